@@ -1,0 +1,112 @@
+"""Delivery to `headwater serve` over gRPC, in batches, retrying while the server restarts.
+
+An ack from the server means the event is stored in ClickHouse; a retried batch that
+was in fact stored collapses downstream (events are keyed by id), so retrying is safe.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+
+from headwater.producers.errors import PublishError
+from headwater.producers.transports.base import Ack, raise_for_rejects
+from headwater.v1 import query_pb2, query_pb2_grpc
+
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class GrpcTransport:
+    """Buffers events and sends them with `Ingest.PublishBatch` when a batch fills."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        batch_size: int = 1000,
+        max_batch_bytes: int = 8 * 1024 * 1024,
+        timeout: float = 60.0,
+        retry_for: float = 60.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        self.target = target
+        self._channel = (
+            grpc.secure_channel(target, credentials, options)
+            if credentials
+            else grpc.insecure_channel(target, options)
+        )
+        self._stub = query_pb2_grpc.IngestStub(self._channel)
+        self._batch_size = batch_size
+        self._max_batch_bytes = max_batch_bytes
+        self._timeout = timeout
+        self._retry_for = retry_for
+        self._buffer: list[bytes] = []
+        self._ids: list[str] = []
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def send(self, key: str, event_id: str, value: bytes) -> None:
+        if len(value) > MAX_MESSAGE_BYTES - 1024:
+            raise PublishError(
+                f"event {event_id} is {len(value)} bytes; the gRPC limit is "
+                f"{MAX_MESSAGE_BYTES - 1024} bytes per event (split the payload)",
+                [event_id],
+            )
+        with self._lock:
+            if self._buffer and self._bytes + len(value) > self._max_batch_bytes:
+                self._deliver()
+            self._buffer.append(value)
+            self._ids.append(event_id)
+            self._bytes += len(value)
+            if len(self._buffer) >= self._batch_size:
+                self._deliver()
+
+    def flush(self, timeout: float | None = None) -> None:
+        with self._lock:
+            self._deliver()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._channel.close()
+
+    def _deliver(self) -> None:
+        if not self._buffer:
+            return
+        batch = query_pb2.EventBatch(events=self._buffer)
+        ids = self._ids
+        deadline = time.monotonic() + self._retry_for
+        delay = 0.1
+        while True:
+            try:
+                response = self._stub.PublishBatch(batch, timeout=self._timeout)
+                break
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                if code not in _RETRYABLE or time.monotonic() + delay > deadline:
+                    raise PublishError(
+                        f"{len(ids)} event(s) not stored: headwater serve at {self.target} "
+                        f"answered {code.name}: {exc.details()}",  # type: ignore[attr-defined]
+                        list(ids),
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self._buffer, self._ids, self._bytes = [], [], 0
+        if len(response.acks) != len(ids):
+            raise PublishError(
+                f"server acknowledged {len(response.acks)} of {len(ids)} events", list(ids)
+            )
+        raise_for_rejects(
+            [
+                Ack(a.index, a.event_id or ids[i], a.status == query_pb2.EventAck.ACCEPTED, a.error)
+                for i, a in enumerate(response.acks)
+            ]
+        )

@@ -1,0 +1,221 @@
+"""Delivery to Kafka with confluent-kafka: acks=all, checked delivery reports, backpressure.
+
+Every message stays in `_pending` until its delivery report says it is stored. If
+reports stop coming while messages are pending (a broker restart can leave librdkafka
+wedged), the producer is recreated and the pending messages are sent again; duplicates
+are harmless because the store collapses events by id. Failures are raised to the caller
+on the next `send` or `flush`, never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from headwater.producers import telemetry
+from headwater.producers.errors import PublishError
+from headwater.v1 import events_pb2
+
+CHUNK_HEADER = "headwater-chunk"
+DEFAULT_TOPIC = "headwater.events"
+
+# Errors worth sending again through a fresh producer; anything else is final.
+_RETRIABLE = {
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError._TIMED_OUT,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+
+
+def split_into_chunks(event_id: str, value: bytes, max_bytes: int) -> list[bytes]:
+    """Encode `value` as EventChunk messages each well under `max_bytes`."""
+    room = max_bytes - 512  # EventChunk framing: id, counters, digest
+    if room <= 0:
+        raise ValueError(f"max_message_bytes={max_bytes} leaves no room for chunk framing")
+    digest = hashlib.sha256(value).hexdigest()
+    pieces = [value[i : i + room] for i in range(0, len(value), room)]
+    return [
+        events_pb2.EventChunk(
+            event_id=event_id, index=i, count=len(pieces), data=p, sha256=digest
+        ).SerializeToString()
+        for i, p in enumerate(pieces)
+    ]
+
+
+class KafkaTransport:
+    """Publishes encoded events to one topic, keyed by run id (one run, one partition)."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str = DEFAULT_TOPIC,
+        *,
+        config: Mapping[str, Any] | None = None,
+        max_message_bytes: int = 900_000,
+        max_pending: int = 100_000,
+        send_timeout: float = 30.0,
+        stall_timeout: float = 15.0,
+        max_attempts: int = 5,
+    ) -> None:
+        self.topic = topic
+        self._config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            "compression.type": "zstd",
+            "linger.ms": 5,
+            "batch.size": 1_000_000,
+            "message.max.bytes": max(max_message_bytes + 65_536, 1_000_000),
+            "queue.buffering.max.messages": max_pending,
+            "delivery.timeout.ms": int(stall_timeout * 2 * 1000),
+            **(dict(config) if config else {}),
+        }
+        self._max_message_bytes = max_message_bytes
+        self._max_pending = max_pending
+        self._send_timeout = send_timeout
+        self._stall_timeout = stall_timeout
+        self._max_attempts = max_attempts
+        self._ids = itertools.count()
+        # token -> (key, value, headers, event_id, attempts)
+        self._pending: dict[int, tuple[bytes, bytes, list[tuple[str, bytes]], str, int]] = {}
+        self._errors: list[tuple[str, str]] = []
+        self._resend: list[tuple[bytes, bytes, list[tuple[str, bytes]], str, int]] = []
+        self._last_progress = time.monotonic()
+        self._lock = threading.RLock()
+        self._producer = Producer(self._config)
+        self.recreated = 0
+        self._published = telemetry.meter().create_counter(
+            "headwater.events.published", description="events acknowledged by Kafka"
+        )
+
+    # -- public API -------------------------------------------------------------------
+
+    def send(self, key: str, event_id: str, value: bytes) -> None:
+        """Queue one event; blocks (backpressure) while too many are unacknowledged."""
+        self._raise_errors()
+        if len(value) > self._max_message_bytes:
+            chunks = split_into_chunks(event_id, value, self._max_message_bytes)
+            for chunk in chunks:
+                self._produce(key.encode(), chunk, [(CHUNK_HEADER, b"1")], event_id, 0)
+        else:
+            self._produce(key.encode(), value, [], event_id, 0)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return when every event sent so far is acknowledged; raise what failed."""
+        limit = self._send_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            with self._lock:
+                self._producer.flush(0.2)
+                self._check_stall()
+                pending = len(self._pending)
+            self._raise_errors()
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                ids = sorted({p[3] for p in self._pending.values()})
+                raise PublishError(
+                    f"{len(ids)} event(s) not acknowledged by Kafka "
+                    f"({self._config['bootstrap.servers']}) within {limit:.0f}s",
+                    ids,
+                )
+
+    def close(self) -> None:
+        self.flush()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _produce(
+        self, key: bytes, value: bytes, headers: list[tuple[str, bytes]], event_id: str,
+        attempts: int,
+    ) -> None:
+        token = next(self._ids)
+        deadline = time.monotonic() + self._send_timeout
+        while True:
+            with self._lock:
+                if len(self._pending) < self._max_pending:
+                    try:
+                        self._producer.produce(
+                            self.topic, value=value, key=key, headers=headers or None,
+                            on_delivery=lambda err, msg, t=token: self._on_delivery(t, err),
+                        )
+                    except BufferError:
+                        pass
+                    except KafkaException as exc:
+                        raise PublishError(f"event {event_id}: {exc}", [event_id]) from exc
+                    else:
+                        if not self._pending:  # the stall clock starts with the first pending
+                            self._last_progress = time.monotonic()
+                        self._pending[token] = (key, value, headers, event_id, attempts)
+                        self._producer.poll(0)
+                        return
+                self._producer.poll(0.05)
+                self._check_stall()
+            self._raise_errors()
+            if time.monotonic() > deadline:
+                raise PublishError(
+                    f"Kafka at {self._config['bootstrap.servers']} accepted nothing for "
+                    f"{self._send_timeout:.0f}s; {len(self._pending)} event(s) still pending",
+                    [event_id],
+                )
+
+    def _on_delivery(self, token: int, err: KafkaError | None) -> None:
+        # Runs inside poll()/flush(), i.e. with the lock held by this thread.
+        self._last_progress = time.monotonic()
+        entry = self._pending.pop(token, None)
+        if entry is None:  # a report for a message already re-sent elsewhere
+            return
+        if err is None:
+            self._published.add(1)
+            return
+        key, value, headers, event_id, attempts = entry
+        if err.code() in _RETRIABLE and attempts + 1 < self._max_attempts:
+            self._resend.append((key, value, headers, event_id, attempts + 1))
+        else:
+            self._errors.append((event_id, f"{err.name()}: {err.str()}"))
+
+    def _check_stall(self) -> None:
+        """Recreate a producer that stopped reporting; re-send what it was holding."""
+        resend, self._resend = list(self._resend), []
+        stalled = self._pending and time.monotonic() - self._last_progress > self._stall_timeout
+        if stalled:
+            resend.extend(self._pending.values())
+            self._pending.clear()
+            old, self._producer = self._producer, Producer(self._config)
+            self.recreated += 1
+            self._last_progress = time.monotonic()
+            old.purge(in_queue=True, in_flight=True)
+            old.flush(0)  # reports for purged messages find no pending entry: ignored
+        for key, value, headers, event_id, attempts in resend:
+            token = next(self._ids)
+            self._producer.produce(
+                self.topic, value=value, key=key, headers=headers or None,
+                on_delivery=lambda err, msg, t=token: self._on_delivery(t, err),
+            )
+            self._pending[token] = (key, value, headers, event_id, attempts)
+
+    def _raise_errors(self) -> None:
+        if self._errors:
+            errors, self._errors = self._errors, []
+            shown = "; ".join(f"{eid}: {why}" for eid, why in errors[:5])
+            raise PublishError(
+                f"{len(errors)} event(s) failed delivery to Kafka: {shown}",
+                [eid for eid, _ in errors],
+            )

@@ -1,0 +1,456 @@
+from headwater.v1 import events_pb2 as _events_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AttributionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ATTRIBUTION_METHOD_UNSPECIFIED: _ClassVar[AttributionMethod]
+    TRACIN: _ClassVar[AttributionMethod]
+    INFLUENCE: _ClassVar[AttributionMethod]
+
+class Aggregation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGGREGATION_UNSPECIFIED: _ClassVar[Aggregation]
+    BY_ROW: _ClassVar[Aggregation]
+    BY_SOURCE: _ClassVar[Aggregation]
+    BY_SOURCE_FILE: _ClassVar[Aggregation]
+    BY_OP: _ClassVar[Aggregation]
+ATTRIBUTION_METHOD_UNSPECIFIED: AttributionMethod
+TRACIN: AttributionMethod
+INFLUENCE: AttributionMethod
+AGGREGATION_UNSPECIFIED: Aggregation
+BY_ROW: Aggregation
+BY_SOURCE: Aggregation
+BY_SOURCE_FILE: Aggregation
+BY_OP: Aggregation
+
+class EventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, events: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class EventAck(_message.Message):
+    __slots__ = ("index", "event_id", "status", "error")
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATUS_UNSPECIFIED: _ClassVar[EventAck.Status]
+        ACCEPTED: _ClassVar[EventAck.Status]
+        REJECTED: _ClassVar[EventAck.Status]
+    STATUS_UNSPECIFIED: EventAck.Status
+    ACCEPTED: EventAck.Status
+    REJECTED: EventAck.Status
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    event_id: str
+    status: EventAck.Status
+    error: str
+    def __init__(self, index: _Optional[int] = ..., event_id: _Optional[str] = ..., status: _Optional[_Union[EventAck.Status, str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class PublishResponse(_message.Message):
+    __slots__ = ("acks", "accepted", "rejected")
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[EventAck]
+    accepted: int
+    rejected: int
+    def __init__(self, acks: _Optional[_Iterable[_Union[EventAck, _Mapping]]] = ..., accepted: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
+
+class GetSourceRequest(_message.Message):
+    __slots__ = ("source_id",)
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    source_id: str
+    def __init__(self, source_id: _Optional[str] = ...) -> None: ...
+
+class Source(_message.Message):
+    __slots__ = ("source_id", "uri", "content_sha256", "row_count", "schema", "format", "size_bytes", "origin", "licence", "node_id", "run_id", "producer_id", "event_id", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    LICENCE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    source_id: str
+    uri: str
+    content_sha256: str
+    row_count: int
+    schema: _containers.RepeatedCompositeFieldContainer[_events_pb2.Column]
+    format: str
+    size_bytes: int
+    origin: str
+    licence: str
+    node_id: str
+    run_id: str
+    producer_id: str
+    event_id: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, source_id: _Optional[str] = ..., uri: _Optional[str] = ..., content_sha256: _Optional[str] = ..., row_count: _Optional[int] = ..., schema: _Optional[_Iterable[_Union[_events_pb2.Column, _Mapping]]] = ..., format: _Optional[str] = ..., size_bytes: _Optional[int] = ..., origin: _Optional[str] = ..., licence: _Optional[str] = ..., node_id: _Optional[str] = ..., run_id: _Optional[str] = ..., producer_id: _Optional[str] = ..., event_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SourcesRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class SourcesResponse(_message.Message):
+    __slots__ = ("sources",)
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    sources: _containers.RepeatedCompositeFieldContainer[Source]
+    def __init__(self, sources: _Optional[_Iterable[_Union[Source, _Mapping]]] = ...) -> None: ...
+
+class NodeRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class TraceRowsRequest(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _events_pb2.RowKeys
+    def __init__(self, rows: _Optional[_Union[_events_pb2.RowKeys, _Mapping]] = ...) -> None: ...
+
+class SourceRowRef(_message.Message):
+    __slots__ = ("source_id", "uri", "row")
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    source_id: str
+    uri: str
+    row: int
+    def __init__(self, source_id: _Optional[str] = ..., uri: _Optional[str] = ..., row: _Optional[int] = ...) -> None: ...
+
+class RowTrace(_message.Message):
+    __slots__ = ("node_id", "row", "sources", "op_ids")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    OP_IDS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    row: int
+    sources: _containers.RepeatedCompositeFieldContainer[SourceRowRef]
+    op_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., row: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[SourceRowRef, _Mapping]]] = ..., op_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TraceRowsResponse(_message.Message):
+    __slots__ = ("traces",)
+    TRACES_FIELD_NUMBER: _ClassVar[int]
+    traces: _containers.RepeatedCompositeFieldContainer[RowTrace]
+    def __init__(self, traces: _Optional[_Iterable[_Union[RowTrace, _Mapping]]] = ...) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node_id", "kind", "produced_by_op", "shape", "columns", "source_id", "run_id")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PRODUCED_BY_OP_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    kind: str
+    produced_by_op: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    source_id: str
+    run_id: str
+    def __init__(self, node_id: _Optional[str] = ..., kind: _Optional[str] = ..., produced_by_op: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., columns: _Optional[_Iterable[str]] = ..., source_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+
+class AncestorsResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+
+class OpInfo(_message.Message):
+    __slots__ = ("op_id", "op_name", "params_json", "input_node_ids", "output_node_id", "understood")
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_NAME_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    INPUT_NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    UNDERSTOOD_FIELD_NUMBER: _ClassVar[int]
+    op_id: str
+    op_name: str
+    params_json: str
+    input_node_ids: _containers.RepeatedScalarFieldContainer[str]
+    output_node_id: str
+    understood: bool
+    def __init__(self, op_id: _Optional[str] = ..., op_name: _Optional[str] = ..., params_json: _Optional[str] = ..., input_node_ids: _Optional[_Iterable[str]] = ..., output_node_id: _Optional[str] = ..., understood: _Optional[bool] = ...) -> None: ...
+
+class OpsResponse(_message.Message):
+    __slots__ = ("ops",)
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[OpInfo]
+    def __init__(self, ops: _Optional[_Iterable[_Union[OpInfo, _Mapping]]] = ...) -> None: ...
+
+class TestGradient(_message.Message):
+    __slots__ = ("model_id", "model_version", "dim", "dtype", "gradient", "projection")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    PROJECTION_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    model_version: str
+    dim: int
+    dtype: _events_pb2.FloatDType
+    gradient: bytes
+    projection: _events_pb2.Projection
+    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[_events_pb2.FloatDType, str]] = ..., gradient: _Optional[bytes] = ..., projection: _Optional[_Union[_events_pb2.Projection, _Mapping]] = ...) -> None: ...
+
+class RawFeatures(_message.Message):
+    __slots__ = ("model_id", "model_version", "features", "shape")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    model_version: str
+    features: bytes
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., features: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class AttributeRequest(_message.Message):
+    __slots__ = ("prediction_id", "test_gradient", "raw_features", "method", "top_k", "aggregation", "damping")
+    PREDICTION_ID_FIELD_NUMBER: _ClassVar[int]
+    TEST_GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    RAW_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    DAMPING_FIELD_NUMBER: _ClassVar[int]
+    prediction_id: str
+    test_gradient: TestGradient
+    raw_features: RawFeatures
+    method: AttributionMethod
+    top_k: int
+    aggregation: Aggregation
+    damping: float
+    def __init__(self, prediction_id: _Optional[str] = ..., test_gradient: _Optional[_Union[TestGradient, _Mapping]] = ..., raw_features: _Optional[_Union[RawFeatures, _Mapping]] = ..., method: _Optional[_Union[AttributionMethod, str]] = ..., top_k: _Optional[int] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., damping: _Optional[float] = ...) -> None: ...
+
+class AttributedRow(_message.Message):
+    __slots__ = ("node_id", "row", "score", "sources", "ops")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    row: int
+    score: float
+    sources: _containers.RepeatedCompositeFieldContainer[SourceRowRef]
+    ops: _containers.RepeatedCompositeFieldContainer[OpInfo]
+    def __init__(self, node_id: _Optional[str] = ..., row: _Optional[int] = ..., score: _Optional[float] = ..., sources: _Optional[_Iterable[_Union[SourceRowRef, _Mapping]]] = ..., ops: _Optional[_Iterable[_Union[OpInfo, _Mapping]]] = ...) -> None: ...
+
+class AttributedGroup(_message.Message):
+    __slots__ = ("key", "label", "score", "rows")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    label: str
+    score: float
+    rows: int
+    def __init__(self, key: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., rows: _Optional[int] = ...) -> None: ...
+
+class AttributeResponse(_message.Message):
+    __slots__ = ("rows", "groups", "method", "model_version")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[AttributedRow]
+    groups: _containers.RepeatedCompositeFieldContainer[AttributedGroup]
+    method: str
+    model_version: str
+    def __init__(self, rows: _Optional[_Iterable[_Union[AttributedRow, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[AttributedGroup, _Mapping]]] = ..., method: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class AttributeBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[AttributeRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[AttributeRequest, _Mapping]]] = ...) -> None: ...
+
+class AttributeBatchResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[AttributeResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[AttributeResponse, _Mapping]]] = ...) -> None: ...
+
+class SelfInfluenceRequest(_message.Message):
+    __slots__ = ("model_id", "model_version", "top_k", "method")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    model_version: str
+    top_k: int
+    method: AttributionMethod
+    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., top_k: _Optional[int] = ..., method: _Optional[_Union[AttributionMethod, str]] = ...) -> None: ...
+
+class SelfInfluenceResponse(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[AttributedRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[AttributedRow, _Mapping]]] = ...) -> None: ...
+
+class ValueRequest(_message.Message):
+    __slots__ = ("prediction_id", "test_gradient", "label", "k_neighbours", "aggregation", "top_k")
+    PREDICTION_ID_FIELD_NUMBER: _ClassVar[int]
+    TEST_GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    K_NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    prediction_id: str
+    test_gradient: TestGradient
+    label: float
+    k_neighbours: int
+    aggregation: Aggregation
+    top_k: int
+    def __init__(self, prediction_id: _Optional[str] = ..., test_gradient: _Optional[_Union[TestGradient, _Mapping]] = ..., label: _Optional[float] = ..., k_neighbours: _Optional[int] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class ValueResponse(_message.Message):
+    __slots__ = ("rows", "groups")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[AttributedRow]
+    groups: _containers.RepeatedCompositeFieldContainer[AttributedGroup]
+    def __init__(self, rows: _Optional[_Iterable[_Union[AttributedRow, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[AttributedGroup, _Mapping]]] = ...) -> None: ...
+
+class ForgetRequest(_message.Message):
+    __slots__ = ("run_id", "model_id", "target", "reason", "method", "verify_with_retrain")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_WITH_RETRAIN_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    model_id: str
+    target: _events_pb2.ForgetTarget
+    reason: str
+    method: _events_pb2.UnlearningMethod
+    verify_with_retrain: bool
+    def __init__(self, run_id: _Optional[str] = ..., model_id: _Optional[str] = ..., target: _Optional[_Union[_events_pb2.ForgetTarget, _Mapping]] = ..., reason: _Optional[str] = ..., method: _Optional[_Union[_events_pb2.UnlearningMethod, str]] = ..., verify_with_retrain: _Optional[bool] = ...) -> None: ...
+
+class ForgetResponse(_message.Message):
+    __slots__ = ("request_id", "affected", "rows")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    affected: _containers.RepeatedCompositeFieldContainer[_events_pb2.AffectedRows]
+    rows: int
+    def __init__(self, request_id: _Optional[str] = ..., affected: _Optional[_Iterable[_Union[_events_pb2.AffectedRows, _Mapping]]] = ..., rows: _Optional[int] = ...) -> None: ...
+
+class UnlearningStatusRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class UnlearningStatus(_message.Message):
+    __slots__ = ("request_id", "state", "applied")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    state: str
+    applied: _events_pb2.UnlearningApplied
+    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[str] = ..., applied: _Optional[_Union[_events_pb2.UnlearningApplied, _Mapping]] = ...) -> None: ...
+
+class VerifyLogRequest(_message.Message):
+    __slots__ = ("run_id", "recompute_hashes")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_HASHES_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    recompute_hashes: bool
+    def __init__(self, run_id: _Optional[str] = ..., recompute_hashes: _Optional[bool] = ...) -> None: ...
+
+class ChainProblem(_message.Message):
+    __slots__ = ("producer_id", "kind", "seq", "detail")
+    PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    producer_id: str
+    kind: str
+    seq: int
+    detail: str
+    def __init__(self, producer_id: _Optional[str] = ..., kind: _Optional[str] = ..., seq: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ProducerChain(_message.Message):
+    __slots__ = ("producer_id", "run_id", "events", "first_seq", "last_seq", "first_emitted_at", "last_emitted_at")
+    PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FIRST_EMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_EMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    producer_id: str
+    run_id: str
+    events: int
+    first_seq: int
+    last_seq: int
+    first_emitted_at: str
+    last_emitted_at: str
+    def __init__(self, producer_id: _Optional[str] = ..., run_id: _Optional[str] = ..., events: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., first_emitted_at: _Optional[str] = ..., last_emitted_at: _Optional[str] = ...) -> None: ...
+
+class VerifyLogResponse(_message.Message):
+    __slots__ = ("ok", "producers", "problems", "events")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    PRODUCERS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    producers: _containers.RepeatedCompositeFieldContainer[ProducerChain]
+    problems: _containers.RepeatedCompositeFieldContainer[ChainProblem]
+    events: int
+    def __init__(self, ok: _Optional[bool] = ..., producers: _Optional[_Iterable[_Union[ProducerChain, _Mapping]]] = ..., problems: _Optional[_Iterable[_Union[ChainProblem, _Mapping]]] = ..., events: _Optional[int] = ...) -> None: ...
+
+class ReportRequest(_message.Message):
+    __slots__ = ("model_id", "model_version")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    model_version: str
+    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ReportResponse(_message.Message):
+    __slots__ = ("json", "sha256")
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    sha256: str
+    def __init__(self, json: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...

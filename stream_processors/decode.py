@@ -1,0 +1,54 @@
+"""Decoding received records into accepted events or rejections (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from headwater.producers.transports.base import Record
+from headwater.stream_processors.validate import Invalid, validate_event
+from headwater.v1 import events_pb2
+
+MAX_EVENT_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Accepted:
+    index: int
+    record: Record
+    event: events_pb2.Event
+
+
+@dataclass(frozen=True)
+class Rejected:
+    index: int
+    record: Record
+    error: str
+    event: events_pb2.Event | None = None
+
+
+def decode_record(index: int, record: Record) -> Accepted | Rejected:
+    """Parse and validate one encoded Event; never raises."""
+    if len(record.value) > MAX_EVENT_BYTES:
+        return Rejected(index, record, f"event is {len(record.value)} bytes; limit is "
+                        f"{MAX_EVENT_BYTES}")
+    event = events_pb2.Event()
+    try:
+        event.ParseFromString(record.value)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        return Rejected(index, record, f"undecodable: not a headwater.v1.Event ({exc})")
+    try:
+        validate_event(event)
+    except Invalid as exc:
+        return Rejected(index, record, f"invalid event: {exc}", event)
+    return Accepted(index, record, event)
+
+
+def decode_batch(records: list[Record]) -> tuple[list[Accepted], list[Rejected]]:
+    accepted: list[Accepted] = []
+    rejected: list[Rejected] = []
+    for i, record in enumerate(records):
+        result = decode_record(i, record)
+        (accepted if isinstance(result, Accepted) else rejected).append(result)  # type: ignore[arg-type]
+    return accepted, rejected

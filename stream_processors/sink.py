@@ -1,0 +1,105 @@
+"""The shell around the pure processors: decode a batch, write every table, return acks.
+
+Used by both runners (in-process and Kafka). Writes go dead letters -> derived tables ->
+events; an ack (or a Kafka offset commit) happens only after all writes succeeded, and
+every table is keyed so that writing a redelivered batch again changes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from headwater.producers import telemetry
+from headwater.producers.transports.base import Ack, Record
+from headwater.stream_processors import chunks
+from headwater.stream_processors.decode import Accepted, Rejected, decode_batch
+from headwater.stream_processors.rows import DERIVED, dead_letter_rows, event_rows
+from headwater.stream_processors.store import Store
+
+CHUNK_SCHEMA = pa.schema([
+    ("event_id", pa.string()), ("idx", pa.uint32()), ("count", pa.uint32()),
+    ("sha256", pa.string()), ("data", pa.binary()), ("received_at", pa.timestamp("us", "UTC")),
+])
+
+
+class EventSink:
+    """Stores batches of encoded events in ClickHouse (implements producers' `Sink`)."""
+
+    def __init__(self, store: Store, transport: str) -> None:
+        self.store = store
+        self.transport = transport
+        self._tracer = telemetry.tracer()
+        m = telemetry.meter()
+        self._stored = m.create_counter("headwater.process.events", description="events stored")
+        self._dead = m.create_counter("headwater.process.dead_letters",
+                                      description="records sent to dead_letters")
+
+    def ingest(self, records: list[Record]) -> list[Ack]:
+        """Store a batch; one Ack per record, in order. Raises StoreError if a write fails."""
+        with self._tracer.start_as_current_span("headwater.process.batch") as span:
+            span.set_attribute("headwater.records", len(records))
+            now = datetime.now(timezone.utc)
+            records, pending_acks, chunk_rejects = self._reassemble(records, now)
+            accepted, rejected = decode_batch(records)
+            rejected += chunk_rejects
+            self.store.insert("dead_letters", dead_letter_rows(rejected, self.transport, now))
+            for table, processor in DERIVED.items():
+                self.store.insert(table, processor(accepted))
+            self.store.insert("events", event_rows(accepted, self.transport, now))
+            self._stored.add(len(accepted))
+            self._dead.add(len(rejected))
+            return _acks(accepted, rejected, pending_acks)
+
+    def _reassemble(
+        self, records: list[Record], now: datetime
+    ) -> tuple[list[Record], list[Ack], list[Rejected]]:
+        """Persist chunk records; return whole records (including completed chunk sets)."""
+        whole = [r for r in records if not chunks.is_chunk(r)]
+        parts = [r for r in records if chunks.is_chunk(r)]
+        if not parts:
+            return whole, [], []
+        rows, rejects, pending = [], [], []
+        for i, record in enumerate(parts):
+            try:
+                c = chunks.parse_chunk(record)
+            except ValueError as exc:
+                rejects.append(Rejected(-1, record, str(exc)))
+                continue
+            rows.append({"event_id": c.event_id, "idx": c.index, "count": c.count,
+                         "sha256": c.sha256, "data": c.data, "received_at": now})
+            pending.append((c.event_id, record))
+        self.store.insert("event_chunks", pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA))
+        ids = sorted({eid for eid, _ in pending})
+        stored = self.store.query(
+            "SELECT event_id, idx, count, sha256, hex(data) FROM event_chunks FINAL "
+            "WHERE event_id IN {ids:Array(String)}", {"ids": ids},
+        )
+        by_event: dict[str, list[chunks.StoredChunk]] = {}
+        for eid, idx, count, digest, data_hex in stored:
+            by_event.setdefault(eid, []).append(
+                chunks.StoredChunk(eid, idx, count, digest, bytes.fromhex(data_hex))
+            )
+        acks = []
+        last_record = {eid: rec for eid, rec in pending}
+        for eid in ids:
+            pieces = by_event.get(eid, [])
+            if pieces and len({p.idx for p in pieces}) == pieces[0].count:
+                rec = last_record[eid]
+                try:
+                    value = chunks.assemble(pieces)
+                except ValueError as exc:
+                    rejects.append(Rejected(-1, rec, str(exc)))
+                    continue
+                whole.append(Record(value, rec.topic, rec.partition, rec.offset))
+            else:
+                acks.append(Ack(-1, eid, True, "waiting for the remaining chunks"))
+        return whole, acks, rejects
+
+
+def _acks(accepted: list[Accepted], rejected: list[Rejected], extra: list[Ack]) -> list[Ack]:
+    acks = [Ack(a.index, a.event.event_id, True) for a in accepted]
+    acks += [Ack(r.index, r.event.event_id if r.event else "", False, r.error) for r in rejected]
+    acks.sort(key=lambda a: a.index)
+    return acks + extra

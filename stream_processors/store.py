@@ -1,0 +1,223 @@
+"""The ClickHouse store: one client over a DSN, numbered migrations, Arrow bulk inserts.
+
+The same SQL runs on the embedded engine (`chdb://DIR`) and on a server (`http(s)://`).
+chDB allows one process per data directory; the store takes an exclusive lock on it so a
+second process gets a clear error instead of a corrupted directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import pyarrow as pa
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from headwater.stream_processors.dsn import Dsn, parse_dsn
+from headwater.stream_processors.errors import ConfigError, DataDirLocked, StoreError
+
+LOCK_NAME = ".headwater.lock"
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self) -> list[str]:
+        """The file's statements, split on `;` at line ends, comments dropped."""
+        lines = [ln for ln in self.sql.splitlines() if not ln.lstrip().startswith("--")]
+        return [s.strip() for s in "\n".join(lines).split(";\n") if s.strip().rstrip(";")]
+
+
+def load_migrations() -> list[Migration]:
+    """Every `NNNN_name.sql` shipped in headwater.stream_processors.migrations, in order."""
+    found = []
+    for entry in resources.files("headwater.stream_processors.migrations").iterdir():
+        m = re.match(r"^(\d{4})_(\w+)\.sql$", entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text()))
+    found.sort(key=lambda mig: mig.version)
+    versions = [mig.version for mig in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration numbers in {versions}")
+    return found
+
+
+class _DirLock:
+    """An exclusive flock on the chDB data directory, released when the store closes."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / LOCK_NAME
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            raise DataDirLocked(
+                f"data directory {directory} is in use by another process (pid {holder}); "
+                "chDB allows one process per directory: publish to that process "
+                "(headwater serve) or pick another --data-dir"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Store:
+    """A ClickHouse database reached through clickhouse-connect (thread-safe)."""
+
+    def __init__(self, dsn: str, database: str = "headwater", *, lock: bool = True) -> None:
+        self.dsn: Dsn = parse_dsn(dsn)
+        if not _DB_NAME.match(database):
+            raise ConfigError(f"database name {database!r} must match {_DB_NAME.pattern}")
+        self.database = database
+        self._mutex = threading.RLock()
+        self._lock: _DirLock | None = None
+        if self.dsn.embedded and lock:
+            assert self.dsn.path is not None
+            self._lock = _DirLock(self.dsn.path)
+        try:
+            self._client = self._connect()
+        except BaseException:
+            if self._lock:
+                self._lock.release()
+            raise
+
+    def _connect(self) -> Any:
+        kwargs: dict[str, Any] = {}
+        if self.dsn.embedded:
+            assert self.dsn.path is not None
+            kwargs["dsn"] = f"chdb://{self.dsn.path.resolve()}"
+        else:
+            kwargs["dsn"] = self.dsn.raw
+            kwargs["connect_timeout"] = 5
+        try:
+            bootstrap = clickhouse_connect.get_client(**kwargs)
+            bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+            if self.dsn.embedded:
+                bootstrap.close()
+            client = clickhouse_connect.get_client(database=self.database, **kwargs)
+        except Exception as exc:  # driver errors vary by backend: report them in one line
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"cannot open ClickHouse at {self.dsn.redacted}: {reason}") from exc
+        # Timestamps are stored and read as UTC whatever the host's zone.
+        return client
+
+    # -- schema -------------------------------------------------------------------------
+
+    def migrate(self) -> list[Migration]:
+        """Apply every migration not yet recorded; return those applied now (idempotent)."""
+        with self._mutex:
+            self.command(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, "
+                "checksum String, applied_at DateTime64(6, 'UTC') DEFAULT now64(6)) "
+                "ENGINE = ReplacingMergeTree ORDER BY version"
+            )
+            done = {
+                int(v): c
+                for v, c in self.query("SELECT version, checksum FROM schema_migrations FINAL")
+            }
+            applied = []
+            for mig in load_migrations():
+                if mig.version in done:
+                    if done[mig.version] != mig.checksum:
+                        raise StoreError(
+                            f"migration {mig.version:04d}_{mig.name} changed after it was "
+                            "applied; add a new numbered migration instead of editing it"
+                        )
+                    continue
+                for statement in mig.statements():
+                    self.command(statement)
+                self.command(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES "
+                    "({v:UInt32}, {n:String}, {c:String})",
+                    {"v": mig.version, "n": mig.name, "c": mig.checksum},
+                )
+                applied.append(mig)
+            return applied
+
+    # -- I/O ------------------------------------------------------------------------------
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
+        """Rows of a parameterised query ({name:Type} placeholders; never format SQL)."""
+        with self._mutex:
+            try:
+                return list(self._client.query(sql, parameters=parameters).result_rows)
+            except ClickHouseError as exc:
+                raise StoreError(_first_line(exc)) from exc
+
+    def query_arrow(self, sql: str, parameters: dict[str, Any] | None = None) -> pa.Table:
+        with self._mutex:
+            try:
+                return self._client.query_arrow(sql, parameters=parameters)
+            except ClickHouseError as exc:
+                raise StoreError(_first_line(exc)) from exc
+
+    def query_columns(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        """Column names and rows, for printing."""
+        with self._mutex:
+            try:
+                result = self._client.query(sql, parameters=parameters)
+            except ClickHouseError as exc:
+                raise StoreError(_first_line(exc)) from exc
+            return list(result.column_names), list(result.result_rows)
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        with self._mutex:
+            try:
+                return self._client.command(sql, parameters=parameters)
+            except ClickHouseError as exc:
+                raise StoreError(_first_line(exc)) from exc
+
+    def insert(self, table: str, rows: pa.Table) -> None:
+        """Bulk insert an Arrow table (columns by name)."""
+        if rows.num_rows == 0:
+            return
+        with self._mutex:
+            try:
+                self._client.insert_arrow(table, rows)
+            except ClickHouseError as exc:
+                raise StoreError(f"insert into {table} failed: {_first_line(exc)}") from exc
+
+    def close(self) -> None:
+        with self._mutex:
+            try:
+                self._client.close()
+            finally:
+                if self._lock:
+                    self._lock.release()
+                    self._lock = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

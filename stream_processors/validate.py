@@ -1,0 +1,162 @@
+"""Validation of decoded events: each check names the field that is wrong.
+
+Pure functions: an event either passes or yields one reason string, which the sink
+stores in dead_letters next to the raw bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Callable, Iterable
+
+from google.protobuf.message import Message
+
+from headwater.producers.envelope import SCHEMA_VERSION, event_hash
+from headwater.v1 import events_pb2
+
+MAX_ID_LEN = 256
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ITEM_SIZE = {events_pb2.FLOAT16: 2, events_pb2.FLOAT32: 4, events_pb2.FLOAT64: 8}
+
+
+class Invalid(ValueError):
+    """The event breaks the contract; the message names the field."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise Invalid(message)
+
+
+def _check_id(name: str, value: str) -> None:
+    _require(bool(value), f"{name} is empty")
+    _require(len(value) <= MAX_ID_LEN, f"{name} is longer than {MAX_ID_LEN} characters")
+
+
+def _check_finite(name: str, values: Iterable[float]) -> None:
+    _require(all(math.isfinite(v) for v in values), f"{name} contains NaN or infinity")
+
+
+def _check_row_keys(name: str, keys: events_pb2.RowKeys) -> int:
+    n = len(keys.rows)
+    if n:
+        _require(len(keys.node_ids) > 0, f"{name}.node_ids is empty but rows are given")
+    for node in keys.node_ids:
+        _check_id(f"{name}.node_ids[]", node)
+    if keys.node_index:
+        _require(len(keys.node_index) == n, f"{name}.node_index has {len(keys.node_index)} "
+                 f"entries for {n} rows")
+        _require(max(keys.node_index) < len(keys.node_ids),
+                 f"{name}.node_index points past node_ids")
+    return n
+
+
+def _check_matrix(name: str, data: bytes, dtype: int, rows: int, dim: int) -> None:
+    size = _ITEM_SIZE.get(dtype)
+    _require(size is not None, f"{name}: dtype {dtype} is not FLOAT16/FLOAT32/FLOAT64")
+    assert size is not None
+    _require(len(data) == rows * dim * size,
+             f"{name} has {len(data)} bytes; {rows} rows x dim {dim} x {size} bytes expected")
+
+
+def _source_registered(p: events_pb2.SourceRegistered) -> None:
+    _check_id("source_registered.source_id", p.source_id)
+    _require(bool(p.uri), "source_registered.uri is empty")
+    _require(bool(_HEX64.match(p.content_sha256)),
+             "source_registered.content_sha256 must be 64 lowercase hex characters")
+    for i, col in enumerate(p.schema):
+        _require(bool(col.name), f"source_registered.schema[{i}].name is empty")
+
+
+def _op_recorded(p: events_pb2.OpRecorded) -> None:
+    _check_id("op_recorded.op_id", p.op_id)
+    _require(bool(p.op_name), "op_recorded.op_name is empty")
+    _check_id("op_recorded.output_node_id", p.output_node_id)
+    for seg_i, seg in enumerate(p.row_map.segments):
+        where = f"op_recorded.row_map.segments[{seg_i}]"
+        _require(seg.input < len(p.input_node_ids), f"{where}.input points past input_node_ids")
+        _require(seg.out_start + seg.length <= p.row_map.output_rows,
+                 f"{where} covers rows past output_rows={p.row_map.output_rows}")
+        _require(seg.WhichOneof("kind") is not None, f"{where} has no kind")
+        if seg.HasField("gather"):
+            _require(seg.gather.count == seg.length, f"{where}.gather.count != length")
+            _require(seg.gather.encoding != 0, f"{where}.gather.encoding is unspecified")
+
+
+def _model_version_recorded(p: events_pb2.ModelVersionRecorded) -> None:
+    _check_id("model_version_recorded.model_id", p.model_id)
+    _check_id("model_version_recorded.version", p.version)
+
+
+def _gradient_batch(p: events_pb2.GradientBatch) -> None:
+    _check_id("gradient_batch.model_id", p.model_id)
+    _check_id("gradient_batch.model_version", p.model_version)
+    n = _check_row_keys("gradient_batch.row_keys", p.row_keys)
+    _require(p.dim > 0, "gradient_batch.dim must be positive")
+    _check_matrix("gradient_batch.gradients", p.gradients, p.dtype, n, p.dim)
+    for name in ("loss", "loss_weight", "curvature_weight", "targets"):
+        values = getattr(p, name)
+        _require(len(values) in (0, n), f"gradient_batch.{name} has {len(values)} values "
+                 f"for {n} rows")
+        _check_finite(f"gradient_batch.{name}", values)
+    _check_finite("gradient_batch.learning_rate", [p.learning_rate])
+
+
+def _prediction_recorded(p: events_pb2.PredictionRecorded) -> None:
+    _check_id("prediction_recorded.prediction_id", p.prediction_id)
+    _check_id("prediction_recorded.model_id", p.model_id)
+    _check_row_keys("prediction_recorded.input_rows", p.input_rows)
+    if p.test_gradients:
+        _require(p.dim > 0, "prediction_recorded.dim must be positive")
+        rows = max(len(p.gradient_labels), 1)
+        _check_matrix("prediction_recorded.test_gradients", p.test_gradients, p.dtype, rows,
+                      p.dim)
+    _check_finite("prediction_recorded.output", p.output)
+
+
+def _forget_requested(p: events_pb2.ForgetRequested) -> None:
+    _check_id("forget_requested.request_id", p.request_id)
+    t = p.target
+    _require(bool(t.source_ids or t.source_rows or t.row_keys.rows),
+             "forget_requested.target names no source, source rows or row keys")
+
+
+def _unlearning_applied(p: events_pb2.UnlearningApplied) -> None:
+    _check_id("unlearning_applied.request_id", p.request_id)
+    _require(p.status != 0, "unlearning_applied.status is unspecified")
+
+
+_PAYLOAD_CHECKS: dict[str, Callable[[Message], None]] = {
+    "source_registered": _source_registered,  # type: ignore[dict-item]
+    "op_recorded": _op_recorded,  # type: ignore[dict-item]
+    "model_version_recorded": _model_version_recorded,  # type: ignore[dict-item]
+    "gradient_batch": _gradient_batch,  # type: ignore[dict-item]
+    "prediction_recorded": _prediction_recorded,  # type: ignore[dict-item]
+    "forget_requested": _forget_requested,  # type: ignore[dict-item]
+    "unlearning_applied": _unlearning_applied,  # type: ignore[dict-item]
+}
+
+
+def validate_event(event: events_pb2.Event) -> None:
+    """Raise Invalid naming the first field that breaks the v1 contract."""
+    _require(event.schema_version == SCHEMA_VERSION,
+             f"schema_version {event.schema_version} is not supported (this service reads "
+             f"{SCHEMA_VERSION})")
+    try:
+        uuid.UUID(event.event_id)
+    except ValueError:
+        raise Invalid(f"event_id {event.event_id[:80]!r} is not a UUID") from None
+    _check_id("producer_id", event.producer_id)
+    _check_id("run_id", event.run_id)
+    _require(event.seq >= 1, "seq must be >= 1")
+    _require(event.emitted_at.seconds > 0, "emitted_at is not set")
+    _require(len(event.prev_hash) == 32, f"prev_hash has {len(event.prev_hash)} bytes, not 32")
+    _require(len(event.hash) == 32, f"hash has {len(event.hash)} bytes, not 32")
+    kind = event.WhichOneof("payload")
+    _require(kind is not None, "payload is missing (or of a type this service does not know)")
+    _require(event_hash(event) == event.hash,
+             "hash does not match the event's content (corrupted or altered in transit)")
+    assert kind is not None
+    _PAYLOAD_CHECKS[kind](getattr(event, kind))
