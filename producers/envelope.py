@@ -35,10 +35,13 @@ PAYLOAD_FIELDS: dict[type[Message], str] = {
 
 def event_hash(event: events_pb2.Event) -> bytes:
     """SHA-256 of the event serialized deterministically with its `hash` field empty."""
-    unhashed = events_pb2.Event()
-    unhashed.CopyFrom(event)
-    unhashed.ClearField("hash")
-    return hashlib.sha256(unhashed.SerializeToString(deterministic=True)).digest()
+    stored = event.hash
+    event.ClearField("hash")  # cheaper than a copy; restored before returning
+    try:
+        return hashlib.sha256(event.SerializeToString(deterministic=True)).digest()
+    finally:
+        if stored:
+            event.hash = stored
 
 
 class _UUID7:

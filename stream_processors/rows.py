@@ -43,43 +43,72 @@ DEAD_LETTERS_SCHEMA = pa.schema([
 ])
 
 
-def _ts(event_ts) -> datetime:  # google.protobuf.Timestamp
-    return datetime.fromtimestamp(event_ts.seconds + event_ts.nanos / 1e9, tz=timezone.utc)
+def _micros(event_ts) -> int:  # google.protobuf.Timestamp -> microseconds since epoch
+    return event_ts.seconds * 1_000_000 + event_ts.nanos // 1000
+
+
+def _ts_column(micros: list[int]) -> pa.Array:
+    return pa.array(micros, pa.int64()).cast(TS)
 
 
 def event_rows(batch: list[Accepted], transport: str, now: datetime) -> pa.Table:
     """One `events` row per accepted event: envelope columns + the exact bytes received."""
-    cols: dict[str, list] = {name: [] for name in EVENTS_SCHEMA.names}
-    for a in batch:
-        e, r = a.event, a.record
-        values = (
-            e.event_id, e.schema_version, e.producer_id, e.run_id, e.seq, _ts(e.emitted_at),
-            e.WhichOneof("payload"), e.prev_hash, e.hash, r.value, len(r.value), transport,
-            r.topic, r.partition, r.offset, now,
-        )
-        for name, value in zip(EVENTS_SCHEMA.names, values):
-            cols[name].append(value)
-    return pa.table(cols, schema=EVENTS_SCHEMA)
+    events = [a.event for a in batch]
+    records = [a.record for a in batch]
+    n = len(batch)
+    now_us = int(now.timestamp() * 1_000_000)
+    columns = [
+        [e.event_id for e in events],
+        [e.schema_version for e in events],
+        [e.producer_id for e in events],
+        [e.run_id for e in events],
+        [e.seq for e in events],
+        _ts_column([_micros(e.emitted_at) for e in events]),
+        [e.WhichOneof("payload") for e in events],
+        [e.prev_hash for e in events],
+        [e.hash for e in events],
+        [r.value for r in records],
+        [len(r.value) for r in records],
+        [transport] * n,
+        [r.topic for r in records],
+        [r.partition for r in records],
+        [r.offset for r in records],
+        _ts_column([now_us] * n),
+    ]
+    return pa.Table.from_arrays(
+        [c if isinstance(c, pa.Array) else pa.array(c, f.type)
+         for c, f in zip(columns, EVENTS_SCHEMA)],
+        schema=EVENTS_SCHEMA,
+    )
 
 
 def source_rows(batch: list[Accepted]) -> pa.Table:
     """One `sources` row per SourceRegistered."""
-    rows = []
-    for a in batch:
-        e = a.event
-        if e.WhichOneof("payload") != "source_registered":
-            continue
-        p = e.source_registered
-        schema = [{"name": c.name, "dtype": c.dtype, "personal": c.personal} for c in p.schema]
-        rows.append({
-            "source_id": p.source_id, "uri": p.uri, "content_sha256": p.content_sha256,
-            "row_count": p.row_count, "schema_json": json.dumps(schema), "format": p.format,
-            "size_bytes": p.size_bytes, "origin": p.origin, "licence": p.licence,
-            "node_id": p.node_id, "labels": list(p.labels.items()), "run_id": e.run_id,
-            "producer_id": e.producer_id, "event_id": e.event_id,
-            "registered_at": _ts(e.emitted_at),
-        })
-    return pa.Table.from_pylist(rows, schema=SOURCES_SCHEMA)
+    found = [a.event for a in batch if a.event.WhichOneof("payload") == "source_registered"]
+    ps = [e.source_registered for e in found]
+    columns = [
+        [p.source_id for p in ps],
+        [p.uri for p in ps],
+        [p.content_sha256 for p in ps],
+        [p.row_count for p in ps],
+        [json.dumps([{"name": c.name, "dtype": c.dtype, "personal": c.personal}
+                     for c in p.schema]) for p in ps],
+        [p.format for p in ps],
+        [p.size_bytes for p in ps],
+        [p.origin for p in ps],
+        [p.licence for p in ps],
+        [p.node_id for p in ps],
+        [list(p.labels.items()) for p in ps],
+        [e.run_id for e in found],
+        [e.producer_id for e in found],
+        [e.event_id for e in found],
+        _ts_column([_micros(e.emitted_at) for e in found]),
+    ]
+    return pa.Table.from_arrays(
+        [c if isinstance(c, pa.Array) else pa.array(c, f.type)
+         for c, f in zip(columns, SOURCES_SCHEMA)],
+        schema=SOURCES_SCHEMA,
+    )
 
 
 def dead_letter_rows(batch: list[Rejected], transport: str, now: datetime) -> pa.Table:

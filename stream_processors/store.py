@@ -176,11 +176,14 @@ class Store:
             except ClickHouseError as exc:
                 raise StoreError(_first_line(exc)) from exc
 
-    def query_columns(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
-        """Column names and rows, for printing."""
+    def query_columns(
+        self, sql: str, parameters: dict[str, Any] | None = None, *, readonly: bool = False
+    ) -> tuple[list[str], list[tuple]]:
+        """Column names and rows; `readonly` makes ClickHouse refuse anything but reads."""
+        settings = {"readonly": 1} if readonly else None
         with self._mutex:
             try:
-                result = self._client.query(sql, parameters=parameters)
+                result = self._client.query(sql, parameters=parameters, settings=settings)
             except ClickHouseError as exc:
                 raise StoreError(_first_line(exc)) from exc
             return list(result.column_names), list(result.result_rows)

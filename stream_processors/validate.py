@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import uuid
 from collections.abc import Callable, Iterable
 
 from google.protobuf.message import Message
@@ -18,6 +17,7 @@ from headwater.v1 import events_pb2
 
 MAX_ID_LEN = 256
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _ITEM_SIZE = {events_pb2.FLOAT16: 2, events_pb2.FLOAT32: 4, events_pb2.FLOAT64: 8}
 
 
@@ -144,10 +144,8 @@ def validate_event(event: events_pb2.Event) -> None:
     _require(event.schema_version == SCHEMA_VERSION,
              f"schema_version {event.schema_version} is not supported (this service reads "
              f"{SCHEMA_VERSION})")
-    try:
-        uuid.UUID(event.event_id)
-    except ValueError:
-        raise Invalid(f"event_id {event.event_id[:80]!r} is not a UUID") from None
+    _require(_UUID.match(event.event_id) is not None,
+             f"event_id {event.event_id[:80]!r} is not a UUID in canonical text form")
     _check_id("producer_id", event.producer_id)
     _check_id("run_id", event.run_id)
     _require(event.seq >= 1, "seq must be >= 1")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from typing import Any
 
 import grpc
 
@@ -20,7 +22,11 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class GrpcTransport:
-    """Buffers events and sends them with `Ingest.PublishBatch` when a batch fills."""
+    """Buffers events and sends them with `Ingest.PublishBatch` when a batch fills.
+
+    Up to `max_in_flight` batches are sent without waiting, so building the next batch
+    overlaps the server storing the previous one; `flush` waits for all of them.
+    """
 
     def __init__(
         self,
@@ -30,6 +36,7 @@ class GrpcTransport:
         max_batch_bytes: int = 8 * 1024 * 1024,
         timeout: float = 60.0,
         retry_for: float = 60.0,
+        max_in_flight: int = 2,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         options = [
@@ -47,6 +54,8 @@ class GrpcTransport:
         self._max_batch_bytes = max_batch_bytes
         self._timeout = timeout
         self._retry_for = retry_for
+        self._max_in_flight = max_in_flight
+        self._in_flight: deque[tuple[query_pb2.EventBatch, list[str], Any]] = deque()
         self._buffer: list[bytes] = []
         self._ids: list[str] = []
         self._bytes = 0
@@ -61,16 +70,18 @@ class GrpcTransport:
             )
         with self._lock:
             if self._buffer and self._bytes + len(value) > self._max_batch_bytes:
-                self._deliver()
+                self._dispatch()
             self._buffer.append(value)
             self._ids.append(event_id)
             self._bytes += len(value)
             if len(self._buffer) >= self._batch_size:
-                self._deliver()
+                self._dispatch()
 
     def flush(self, timeout: float | None = None) -> None:
         with self._lock:
-            self._deliver()
+            self._dispatch()
+            while self._in_flight:
+                self._settle_oldest()
 
     def close(self) -> None:
         try:
@@ -78,20 +89,33 @@ class GrpcTransport:
         finally:
             self._channel.close()
 
-    def _deliver(self) -> None:
+    def _dispatch(self) -> None:
+        """Start sending the buffered batch; keep at most `max_in_flight` unanswered."""
         if not self._buffer:
             return
         batch = query_pb2.EventBatch(events=self._buffer)
         ids = self._ids
+        self._buffer, self._ids, self._bytes = [], [], 0
+        future = self._stub.PublishBatch.future(batch, timeout=self._timeout)
+        self._in_flight.append((batch, ids, future))
+        while len(self._in_flight) > self._max_in_flight:
+            self._settle_oldest()
+
+    def _settle_oldest(self) -> None:
+        """Wait for the oldest batch; retry it while the server is unavailable."""
+        batch, ids, future = self._in_flight.popleft()
+        if future is None:  # a batch that failed before: send it again
+            future = self._stub.PublishBatch.future(batch, timeout=self._timeout)
         deadline = time.monotonic() + self._retry_for
         delay = 0.1
         while True:
             try:
-                response = self._stub.PublishBatch(batch, timeout=self._timeout)
+                response = future.result()
                 break
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
                 if code not in _RETRYABLE or time.monotonic() + delay > deadline:
+                    self._in_flight.appendleft((batch, ids, None))  # kept for the next flush
                     raise PublishError(
                         f"{len(ids)} event(s) not stored: headwater serve at {self.target} "
                         f"answered {code.name}: {exc.details()}",  # type: ignore[attr-defined]
@@ -99,7 +123,7 @@ class GrpcTransport:
                     ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        self._buffer, self._ids, self._bytes = [], [], 0
+                future = self._stub.PublishBatch.future(batch, timeout=self._timeout)
         if len(response.acks) != len(ids):
             raise PublishError(
                 f"server acknowledged {len(response.acks)} of {len(ids)} events", list(ids)

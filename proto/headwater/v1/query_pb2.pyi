@@ -454,3 +454,30 @@ class ReportResponse(_message.Message):
     json: str
     sha256: str
     def __init__(self, json: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class SqlRequest(_message.Message):
+    __slots__ = ("sql", "parameters", "max_rows")
+    class ParametersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SQL_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    sql: str
+    parameters: _containers.ScalarMap[str, str]
+    max_rows: int
+    def __init__(self, sql: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., max_rows: _Optional[int] = ...) -> None: ...
+
+class SqlResponse(_message.Message):
+    __slots__ = ("columns", "rows_json", "truncated")
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    rows_json: str
+    truncated: bool
+    def __init__(self, columns: _Optional[_Iterable[str]] = ..., rows_json: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...

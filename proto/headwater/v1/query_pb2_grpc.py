@@ -902,3 +902,87 @@ class Compliance:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class QueryStub:
+    """---------------------------------------------------------------------------------------
+    Query: read-only SQL over the store. In embedded mode the chDB directory belongs to
+    `headwater serve`, so `headwater sql` reaches it through this service.
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Sql = channel.unary_unary(
+                '/headwater.v1.Query/Sql',
+                request_serializer=headwater_dot_v1_dot_query__pb2.SqlRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_query__pb2.SqlResponse.FromString,
+                _registered_method=True)
+
+
+class QueryServicer:
+    """---------------------------------------------------------------------------------------
+    Query: read-only SQL over the store. In embedded mode the chDB directory belongs to
+    `headwater serve`, so `headwater sql` reaches it through this service.
+
+    """
+
+    def Sql(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_QueryServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Sql': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sql,
+                    request_deserializer=headwater_dot_v1_dot_query__pb2.SqlRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_query__pb2.SqlResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'headwater.v1.Query', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('headwater.v1.Query', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Query:
+    """---------------------------------------------------------------------------------------
+    Query: read-only SQL over the store. In embedded mode the chDB directory belongs to
+    `headwater serve`, so `headwater sql` reaches it through this service.
+
+    """
+
+    @staticmethod
+    def Sql(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headwater.v1.Query/Sql',
+            headwater_dot_v1_dot_query__pb2.SqlRequest.SerializeToString,
+            headwater_dot_v1_dot_query__pb2.SqlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,299 @@
+"""The `headwater` command line. Settings come from HEADWATER_* variables; flags override."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from headwater import __version__
+from headwater.query_service.settings import Settings
+from headwater.stream_processors.errors import DataDirLocked, HeadwaterError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _open_store(settings: Settings, *, migrate: bool = True):
+    from headwater.stream_processors.store import Store
+
+    store = Store(settings.resolved_dsn, settings.database)
+    if migrate:
+        store.migrate()
+    return store
+
+
+def _reader(settings: Settings):
+    """The store itself, or (embedded, serve running) the server's read-only SQL."""
+    from headwater.query_service.remote import RemoteStore
+
+    try:
+        return _open_store(settings)
+    except DataDirLocked:
+        return RemoteStore(settings.listen)
+
+
+def _configure_telemetry(settings: Settings, service: str) -> None:
+    from headwater.producers import telemetry
+
+    telemetry.configure(settings.otlp_endpoint, service)
+
+
+_data_dir = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                         help="Embedded data directory [env HEADWATER_DATA_DIR; ./.headwater]")
+_dsn = click.option("--dsn", default=None,
+                    help="ClickHouse DSN: chdb://DIR or http(s)://host:8123 [HEADWATER_DSN]")
+_listen = click.option("--listen", default=None,
+                       help="gRPC address HOST:PORT [HEADWATER_LISTEN; 127.0.0.1:50051]")
+_kafka = click.option("--kafka-bootstrap", default=None,
+                      help="Kafka bootstrap servers [HEADWATER_KAFKA_BOOTSTRAP]")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="headwater")
+def cli() -> None:
+    """Headwater: streaming lineage and data attribution for ML systems that keep learning."""
+
+
+@cli.command()
+@_data_dir
+@_dsn
+@_listen
+def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
+    """Embedded mode: event log, processors and query service in one process (chDB)."""
+    from headwater.query_service.server import build_server
+    from headwater.stream_processors.sink import EventSink
+
+    settings = _settings(data_dir=data_dir, dsn=dsn, listen=listen)
+    _configure_telemetry(settings, "headwater-serve")
+    store = _open_store(settings)
+    server, port = build_server(store, settings.listen, sink=EventSink(store, "grpc"))
+    server.start()
+    console.print(f"headwater serve: gRPC on {settings.listen} (port {port}), store "
+                  f"{store.dsn.redacted}; Ctrl-C to stop")
+    _wait_for_signal()
+    server.stop(grace=5).wait()
+    store.close()
+
+
+@cli.command("query-service")
+@_dsn
+@_listen
+def query_service(dsn: str | None, listen: str | None) -> None:
+    """Stateless query service over a ClickHouse DSN (distributed mode)."""
+    from headwater.query_service.server import build_server
+
+    settings = _settings(dsn=dsn, listen=listen)
+    _configure_telemetry(settings, "headwater-query")
+    store = _open_store(settings)
+    server, port = build_server(store, settings.listen)
+    server.start()
+    console.print(f"headwater query-service: gRPC on {settings.listen}, store "
+                  f"{store.dsn.redacted}")
+    _wait_for_signal()
+    server.stop(grace=5).wait()
+    store.close()
+
+
+@cli.command()
+@_dsn
+@_kafka
+@click.option("--topic", default=None, help="Events topic [HEADWATER_KAFKA_TOPIC]")
+@click.option("--group", default=None, help="Consumer group [HEADWATER_KAFKA_GROUP]")
+@click.option("--batch-size", type=int, default=None, help="Events per ClickHouse insert")
+def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
+            group: str | None, batch_size: int | None) -> None:
+    """Distributed mode: consume events from Kafka into ClickHouse (a consumer group)."""
+    from headwater.stream_processors.kafka_runner import build_app, run_worker
+    from headwater.stream_processors.sink import EventSink
+
+    settings = _settings(dsn=dsn, kafka_bootstrap=kafka_bootstrap, kafka_topic=topic,
+                         kafka_group=group, batch_size=batch_size)
+    if not settings.kafka_bootstrap:
+        raise HeadwaterError("no Kafka broker: pass --kafka-bootstrap or set "
+                             "HEADWATER_KAFKA_BOOTSTRAP")
+    _check_broker(settings)
+    _configure_telemetry(settings, "headwater-process")
+    store = _open_store(settings)
+    app = build_app(EventSink(store, "kafka"), settings.kafka_bootstrap, settings.kafka_topic,
+                    settings.kafka_group, batch_size=settings.batch_size,
+                    within=settings.batch_within, kafka_config=settings.kafka_config)
+    console.print(f"headwater process: {settings.kafka_topic} @ {settings.kafka_bootstrap} "
+                  f"-> {store.dsn.redacted} (group {settings.kafka_group})")
+    try:
+        run_worker(app)
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Value for a {NAME:Type} placeholder (repeatable)")
+@_data_dir
+@_dsn
+@_listen
+def sql(query: str, fmt: str, params: tuple[str, ...], data_dir: Path | None,
+        dsn: str | None, listen: str | None) -> None:
+    """Run one read-only SQL statement and print the result."""
+    parameters = {}
+    for p in params:
+        name, sep, value = p.partition("=")
+        if not sep or not name:
+            raise HeadwaterError(f"--param {p!r} must be NAME=VALUE")
+        parameters[name] = value
+    reader = _reader(_settings(data_dir=data_dir, dsn=dsn, listen=listen))
+    try:
+        columns, rows = reader.query_columns(query, parameters or None, readonly=True)
+    finally:
+        reader.close()
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif fmt == "json":
+        for row in rows:
+            click.echo(json.dumps(dict(zip(columns, row)), default=str))
+    else:
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*(str(v) for v in row))
+        out.print(table)
+        out.print(f"{len(rows)} row(s)")
+
+
+@cli.command()
+@_data_dir
+@_dsn
+@_listen
+@_kafka
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables")
+def status(data_dir: Path | None, dsn: str | None, listen: str | None,
+           kafka_bootstrap: str | None, as_json: bool) -> None:
+    """Events by type, dead letters, log integrity and (with Kafka) consumer lag."""
+    from headwater.query_service.status import collect_status, consumer_lag
+
+    settings = _settings(data_dir=data_dir, dsn=dsn, listen=listen,
+                         kafka_bootstrap=kafka_bootstrap)
+    reader = _reader(settings)
+    try:
+        st = collect_status(reader)  # type: ignore[arg-type]
+    finally:
+        reader.close()
+    if settings.kafka_bootstrap:
+        try:
+            st.lag = consumer_lag(settings.kafka_bootstrap, settings.kafka_topic,
+                                  settings.kafka_group, settings.kafka_config)
+        except Exception as exc:  # report, do not fail the whole status
+            st.lag_error = str(exc)
+    problems = [vars(p) for p in st.log.problems]
+    if as_json:
+        click.echo(json.dumps({
+            "events_by_type": st.events_by_type, "dead_letters": st.dead_letters,
+            "log_ok": st.log.ok, "producers": len(st.log.producers), "problems": problems,
+            "lag": st.lag, "lag_error": st.lag_error,
+        }, default=str))
+    else:
+        t = Table("payload", "events", title="Events stored")
+        for k, v in st.events_by_type.items():
+            t.add_row(k, str(v))
+        out.print(t)
+        out.print(f"dead letters: {st.dead_letters}")
+        for when, err in st.recent_dead_letters:
+            out.print(f"  {when}  {err}")
+        verdict = "[green]intact[/]" if st.log.ok else f"[red]{len(problems)} problem(s)[/]"
+        out.print(f"log: {st.log.events} events from {len(st.log.producers)} producer(s), "
+                  f"{verdict}")
+        for p in st.log.problems[:20]:
+            out.print(f"  {p.kind:<13} {p.producer_id} seq {p.seq}: {p.detail}")
+        if st.lag is not None:
+            out.print(f"consumer lag ({settings.kafka_group}): {sum(st.lag.values())} "
+                      f"{st.lag}")
+        elif st.lag_error:
+            out.print(f"consumer lag: unavailable ({st.lag_error})")
+    if not st.log.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@_dsn
+def migrate(dsn: str | None) -> None:
+    """Apply pending schema migrations (serve/process also do this at start-up)."""
+    settings = _settings(dsn=dsn)
+    from headwater.stream_processors.store import Store
+
+    store = Store(settings.resolved_dsn, settings.database)
+    try:
+        applied = store.migrate()
+    finally:
+        store.close()
+    click.echo(f"{len(applied)} migration(s) applied" + "".join(
+        f"\n  {m.version:04d}_{m.name}" for m in applied))
+
+
+@cli.command()
+@click.option("--fast", is_flag=True, help="Smaller run, for tests")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("demo-output"),
+              help="Where the demo writes its data and files")
+def demo(fast: bool, output: Path) -> None:
+    """The main job end to end on the embedded default: serve, publish, query, verify."""
+    from headwater.query_service.demo import run_demo
+
+    run_demo(output, fast=fast)
+
+
+def _check_broker(settings: Settings, timeout: float = 10.0) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap,
+                         **settings.kafka_config})
+    try:
+        admin.list_topics(timeout=timeout)
+    except Exception:
+        raise HeadwaterError(f"cannot reach Kafka at {settings.kafka_bootstrap} within "
+                             f"{timeout:.0f}s") from None
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cli.main(args=argv, prog_name="headwater", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except HeadwaterError as exc:
+        click.echo(f"headwater: error: {exc}", err=True)
+        sys.exit(2)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        click.echo(f"headwater: error: setting {where}: {first['msg']}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

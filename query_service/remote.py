@@ -1,0 +1,44 @@
+"""A read-only stand-in for Store that runs SQL through a running server's Query.Sql.
+
+In embedded mode `headwater serve` owns the chDB directory; the CLI's read commands
+(`sql`, `status`) reach the data through it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from headwater.stream_processors.errors import HeadwaterError
+from headwater.v1 import query_pb2, query_pb2_grpc
+
+
+class RemoteStore:
+    def __init__(self, target: str, timeout: float = 30.0) -> None:
+        self.target = target
+        self._channel = grpc.insecure_channel(target)
+        self._stub = query_pb2_grpc.QueryStub(self._channel)
+        self._timeout = timeout
+
+    def query_columns(self, sql: str, parameters: dict[str, Any] | None = None,
+                      readonly: bool = True) -> tuple[list[str], list[tuple]]:
+        request = query_pb2.SqlRequest(
+            sql=sql, parameters={k: str(v) for k, v in (parameters or {}).items()},
+            max_rows=1_000_000,
+        )
+        try:
+            response = self._stub.Sql(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise HeadwaterError(f"no headwater server answering at {self.target}") from None
+            raise HeadwaterError(exc.details()) from None  # type: ignore[attr-defined]
+        return list(response.columns), [tuple(r) for r in json.loads(response.rows_json)]
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
+        return self.query_columns(sql, parameters)[1]
+
+    def close(self) -> None:
+        self._channel.close()

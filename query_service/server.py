@@ -1,0 +1,102 @@
+"""Builds the gRPC server: every v1 service, health checking and reflection, 127.0.0.1 only
+by default."""
+
+from __future__ import annotations
+
+import time
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from headwater.producers import telemetry
+from headwater.producers.transports.base import Sink
+from headwater.producers.transports.grpc import MAX_MESSAGE_BYTES
+from headwater.query_service.services.compliance import ComplianceService
+from headwater.query_service.services.ingest import IngestService
+from headwater.query_service.services.lineage import LineageService
+from headwater.query_service.services.not_built import not_built
+from headwater.query_service.services.query import QueryService
+from headwater.stream_processors.errors import ConfigError
+from headwater.stream_processors.store import Store
+from headwater.v1 import query_pb2, query_pb2_grpc
+
+_ATTRIBUTION = "needs gradient capture, sketches and the attribution engine (issue 4)"
+_UNLEARNING = "needs lineage resolution and the unlearning listener (issue 5)"
+
+
+class _Telemetry(grpc.ServerInterceptor):
+    """One span and one latency sample per RPC (no-ops unless telemetry is configured)."""
+
+    def __init__(self) -> None:
+        self._tracer = telemetry.tracer()
+        self._latency = telemetry.meter().create_histogram(
+            "headwater.rpc.duration", unit="s", description="gRPC handler time"
+        )
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = details.method
+        inner = handler.unary_unary
+
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            with self._tracer.start_as_current_span(f"headwater.rpc {method}"):
+                try:
+                    return inner(request, context)
+                finally:
+                    self._latency.record(time.perf_counter() - start, {"method": method})
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped, handler.request_deserializer, handler.response_serializer
+        )
+
+
+def build_server(store: Store, listen: str, sink: Sink | None = None,
+                 max_workers: int = 8) -> tuple[grpc.Server, int]:
+    """Create (not start) the server; `sink` enables Ingest. Returns (server, bound port)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="headwater-rpc"),
+        interceptors=[_Telemetry()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    names = []
+    if sink is not None:
+        query_pb2_grpc.add_IngestServicer_to_server(IngestService(sink), server)
+        names.append("Ingest")
+    query_pb2_grpc.add_LineageServicer_to_server(LineageService(store), server)
+    query_pb2_grpc.add_ComplianceServicer_to_server(ComplianceService(store), server)
+    query_pb2_grpc.add_QueryServicer_to_server(QueryService(store), server)
+    query_pb2_grpc.add_AttributionServicer_to_server(
+        not_built(query_pb2_grpc.AttributionServicer, "Attribution", {
+            m: _ATTRIBUTION for m in ("Attribute", "AttributeBatch", "SelfInfluence", "Value")
+        }), server)
+    query_pb2_grpc.add_UnlearningServicer_to_server(
+        not_built(query_pb2_grpc.UnlearningServicer, "Unlearning",
+                  {m: _UNLEARNING for m in ("Forget", "Status")}), server)
+    names += ["Lineage", "Compliance", "Query", "Attribution", "Unlearning"]
+
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    full_names = [query_pb2.DESCRIPTOR.services_by_name[n].full_name for n in names]
+    for name in ["", *full_names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*full_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME], server)
+
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise ConfigError(f"cannot listen on {listen} (address in use or not local)")
+    return server, port
