@@ -192,7 +192,7 @@ def status(data_dir: Path | None, dsn: str | None, listen: str | None,
                          kafka_bootstrap=kafka_bootstrap)
     reader = _reader(settings)
     try:
-        st = collect_status(reader)  # type: ignore[arg-type]
+        st = collect_status(reader)
     finally:
         reader.close()
     if settings.kafka_bootstrap:

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from headwater.stream_processors.errors import HeadwaterError
+from headwater.stream_processors.log_integrity import LogReport, Problem, ProducerSummary
 from headwater.v1 import query_pb2, query_pb2_grpc
 
 
@@ -36,6 +37,21 @@ class RemoteStore:
                 raise HeadwaterError(f"no headwater server answering at {self.target}") from None
             raise HeadwaterError(exc.details()) from None  # type: ignore[attr-defined]
         return list(response.columns), [tuple(r) for r in json.loads(response.rows_json)]
+
+    def verify_log(self, run_id: str = "") -> LogReport:
+        """The server's Compliance.VerifyLog, as the LogReport a local check returns."""
+        try:
+            r = query_pb2_grpc.ComplianceStub(self._channel).VerifyLog(
+                query_pb2.VerifyLogRequest(run_id=run_id), timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise HeadwaterError(f"VerifyLog at {self.target} failed: "
+                                 f"{exc.details()}") from None  # type: ignore[attr-defined]
+        return LogReport(
+            events=r.events,
+            producers=[ProducerSummary(p.producer_id, p.run_id, p.events, p.first_seq,
+                                       p.last_seq) for p in r.producers],
+            problems=[Problem(p.producer_id, p.kind, p.seq, p.detail) for p in r.problems],
+        )
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         return self.query_columns(sql, parameters)[1]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headwater.query_service.log_reader import verify_stored_log
+from headwater.query_service.remote import RemoteStore
 from headwater.stream_processors.log_integrity import LogReport
 from headwater.stream_processors.store import Store
 
@@ -21,13 +22,14 @@ class Status:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def collect_status(store: Store) -> Status:
+def collect_status(store: Store | RemoteStore) -> Status:
     by_type = dict(store.query(
         "SELECT payload_type, count() FROM events FINAL GROUP BY payload_type ORDER BY 1"))
     dead = store.query("SELECT count() FROM dead_letters FINAL")[0][0]
     recent = [(str(t), e) for t, e in store.query(
         "SELECT received_at, error FROM dead_letters FINAL ORDER BY received_at DESC LIMIT 5")]
-    return Status(by_type, dead, recent, verify_stored_log(store))
+    log = store.verify_log() if isinstance(store, RemoteStore) else verify_stored_log(store)
+    return Status(by_type, dead, recent, log)
 
 
 def consumer_lag(bootstrap: str, topic: str, group: str, config: dict[str, Any],

@@ -45,9 +45,17 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-def raise_for_rejects(acks: list[Ack]) -> None:
-    """Raise PublishError naming every rejected event (they are kept in dead_letters)."""
-    rejected = [a for a in acks if not a.accepted]
+def raise_for_rejects(acks: list[Ack], sent_ids: list[str]) -> None:
+    """Raise PublishError naming every rejected event (they are kept in dead_letters).
+
+    `sent_ids` are the ids of the events sent, in order: they name events whose bytes
+    did not even decode on the other side.
+    """
+    rejected = [
+        a if a.event_id or not 0 <= a.index < len(sent_ids)
+        else Ack(a.index, sent_ids[a.index], a.accepted, a.error)
+        for a in acks if not a.accepted
+    ]
     if rejected:
         shown = "; ".join(f"{a.event_id or f'#{a.index}'}: {a.error}" for a in rejected[:5])
         more = f" (and {len(rejected) - 5} more)" if len(rejected) > 5 else ""

@@ -129,8 +129,7 @@ class GrpcTransport:
                 f"server acknowledged {len(response.acks)} of {len(ids)} events", list(ids)
             )
         raise_for_rejects(
-            [
-                Ack(a.index, a.event_id or ids[i], a.status == query_pb2.EventAck.ACCEPTED, a.error)
-                for i, a in enumerate(response.acks)
-            ]
+            [Ack(a.index, a.event_id, a.status == query_pb2.EventAck.ACCEPTED, a.error)
+             for a in response.acks],
+            ids,
         )

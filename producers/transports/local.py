@@ -14,11 +14,13 @@ class LocalTransport:
         self._sink = sink
         self._batch_size = batch_size
         self._buffer: list[Record] = []
+        self._ids: list[str] = []
         self._lock = threading.Lock()
 
     def send(self, key: str, event_id: str, value: bytes) -> None:
         with self._lock:
             self._buffer.append(Record(value=value))
+            self._ids.append(event_id)
             if len(self._buffer) >= self._batch_size:
                 self._deliver()
 
@@ -30,6 +32,8 @@ class LocalTransport:
         self.flush()
 
     def _deliver(self) -> None:
-        batch, self._buffer = self._buffer, []
-        if batch:
-            raise_for_rejects(self._sink.ingest(batch))
+        if not self._buffer:
+            return
+        acks = self._sink.ingest(self._buffer)  # on a store error the batch stays buffered
+        ids, self._buffer, self._ids = self._ids, [], []
+        raise_for_rejects(acks, ids)

@@ -1,0 +1,56 @@
+"""Envelopes: ids, seq and the hash chain are built once, the same for every transport."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from headwater.producers.envelope import GENESIS_HASH, EnvelopeBuilder, event_hash, new_event_id
+from headwater.v1 import events_pb2
+
+
+def _source(i: int = 0) -> events_pb2.SourceRegistered:
+    return events_pb2.SourceRegistered(source_id=f"s{i}", uri=f"file:///s{i}.csv",
+                                       content_sha256="0" * 64, row_count=i)
+
+
+def test_chain_links_every_event_to_the_previous_one() -> None:
+    b = EnvelopeBuilder("run-1", "producer-a")
+    events = [b.wrap(_source(i)) for i in range(5)]
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    assert events[0].prev_hash == GENESIS_HASH
+    for prev, cur in zip(events, events[1:]):
+        assert cur.prev_hash == prev.hash
+    for e in events:
+        assert e.hash == event_hash(e)
+        assert e.schema_version == 1 and e.run_id == "run-1" and e.producer_id == "producer-a"
+
+
+def test_hash_covers_the_payload() -> None:
+    event = EnvelopeBuilder("r").wrap(_source(1))
+    before = event.hash
+    event.source_registered.row_count = 2
+    assert event_hash(event) != before
+    assert event.hash == before  # event_hash leaves the event as it was
+
+
+def test_event_ids_are_time_ordered_uuid7() -> None:
+    ids = [new_event_id() for _ in range(5000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 7 for i in ids[:10])
+
+
+def test_wrong_payload_type_is_named() -> None:
+    with pytest.raises(TypeError, match="payload must be one of .*got Column"):
+        EnvelopeBuilder("r").wrap(events_pb2.Column(name="x"))
+
+
+def test_run_id_is_required() -> None:
+    with pytest.raises(ValueError, match="run_id"):
+        EnvelopeBuilder("")
+
+
+def test_default_producer_ids_differ_per_builder() -> None:
+    assert EnvelopeBuilder("r").producer_id != EnvelopeBuilder("r").producer_id
