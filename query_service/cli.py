@@ -231,10 +231,11 @@ def status(data_dir: Path | None, dsn: str | None, listen: str | None,
 
 
 @cli.command()
+@_data_dir
 @_dsn
-def migrate(dsn: str | None) -> None:
+def migrate(data_dir: Path | None, dsn: str | None) -> None:
     """Apply pending schema migrations (serve/process also do this at start-up)."""
-    settings = _settings(dsn=dsn)
+    settings = _settings(data_dir=data_dir, dsn=dsn)
     from headwater.stream_processors.store import Store
 
     store = Store(settings.resolved_dsn, settings.database)

@@ -75,7 +75,11 @@ class KafkaTransport:
             "bootstrap.servers": bootstrap_servers,
             "acks": "all",
             "enable.idempotence": True,
-            "compression.type": "zstd",
+            # gzip: the one codec every Kafka client reads without extra libraries. The
+            # processor's client (aiokafka) needs `cramjam` for zstd/lz4/snappy and, without
+            # it, crashes on the first compressed batch. Level 1 keeps the trainer's CPU cost low.
+            "compression.type": "gzip",
+            "compression.level": 1,
             "linger.ms": 5,
             "batch.size": 1_000_000,
             "message.max.bytes": max(max_message_bytes + 65_536, 1_000_000),
