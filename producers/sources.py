@@ -51,7 +51,7 @@ def describe_csv(path: str | Path, *, origin: str = "", licence: str = "",
     return events_pb2.SourceRegistered(
         source_id=source_id_for(uri, sha), uri=uri, content_sha256=sha, row_count=rows,
         schema=[events_pb2.Column(name=n, dtype=t, personal=n in personal)
-                for n, t in zip(header, dtypes)],
+                for n, t in zip(header, dtypes, strict=True)],
         format="csv", size_bytes=path.stat().st_size, origin=origin, licence=licence,
     )
 

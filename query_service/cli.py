@@ -168,7 +168,7 @@ def sql(query: str, fmt: str, params: tuple[str, ...], data_dir: Path | None,
         writer.writerows(rows)
     elif fmt == "json":
         for row in rows:
-            click.echo(json.dumps(dict(zip(columns, row)), default=str))
+            click.echo(json.dumps(dict(zip(columns, row, strict=True)), default=str))
     else:
         table = Table(*columns)
         for row in rows:

@@ -53,7 +53,7 @@ def write_hospital_files(folder: Path) -> tuple[Path, Path]:
     rows = np.column_stack([data.data, data.target])
     split = len(rows) * 3 // 5
     paths = (folder / "hospital_a.csv", folder / "hospital_b.csv")
-    for path, part in zip(paths, (rows[:split], rows[split:])):
+    for path, part in zip(paths, (rows[:split], rows[split:]), strict=True):
         lines = [",".join(header)] + [
             ",".join(f"{v:.6g}" for v in r[:-1]) + f",{int(r[-1])}" for r in part]
         path.write_text("\n".join(lines) + "\n")
@@ -98,9 +98,10 @@ def train_and_publish(pub: Publisher, sources: list[events_pb2.SourceRegistered]
     theta = np.zeros(features.shape[1])
     lr, batch, step, version = 0.1, 32, 0, "v0"
     node_ids = [s.node_id for s in sources]
-    projection = events_pb2.Projection(projection_id="identity-31", kind=events_pb2.Projection.IDENTITY,
-                                       input_dim=features.shape[1], output_dim=features.shape[1],
-                                       parameters=["weight", "bias"])
+    projection = events_pb2.Projection(projection_id="identity-31",
+                                       kind=events_pb2.Projection.IDENTITY,
+                                       input_dim=features.shape[1],
+                                       output_dim=features.shape[1], parameters=["weight", "bias"])
     steps_total = epochs * int(np.ceil(len(train) / batch))
     task = progress.add_task("training, publishing gradients", total=steps_total)
     for _ in range(epochs):

@@ -48,7 +48,7 @@ def parse_dsn(raw: str) -> Dsn:
         if not parts.hostname:
             raise ConfigError(f"DSN {raw!r} names no host; use http(s)://host:8123")
         try:
-            parts.port
+            _ = parts.port  # raises on a non-numeric or out-of-range port
         except ValueError as exc:
             raise ConfigError(f"DSN {raw!r} has an invalid port: {exc}") from None
         return Dsn(raw, "https" if scheme == "https" else "http", None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pyarrow as pa
 
@@ -77,7 +77,7 @@ def event_rows(batch: list[Accepted], transport: str, now: datetime) -> pa.Table
     ]
     return pa.Table.from_arrays(
         [c if isinstance(c, pa.Array) else pa.array(c, f.type)
-         for c, f in zip(columns, EVENTS_SCHEMA)],
+         for c, f in zip(columns, EVENTS_SCHEMA, strict=True)],
         schema=EVENTS_SCHEMA,
     )
 
@@ -106,7 +106,7 @@ def source_rows(batch: list[Accepted]) -> pa.Table:
     ]
     return pa.Table.from_arrays(
         [c if isinstance(c, pa.Array) else pa.array(c, f.type)
-         for c, f in zip(columns, SOURCES_SCHEMA)],
+         for c, f in zip(columns, SOURCES_SCHEMA, strict=True)],
         schema=SOURCES_SCHEMA,
     )
 

@@ -61,7 +61,7 @@ class EventSink:
         if not parts:
             return whole, [], []
         rows, rejects, pending = [], [], []
-        for i, record in enumerate(parts):
+        for record in parts:
             try:
                 c = chunks.parse_chunk(record)
             except ValueError as exc:

@@ -20,7 +20,7 @@ def test_chain_links_every_event_to_the_previous_one() -> None:
     events = [b.wrap(_source(i)) for i in range(5)]
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
     assert events[0].prev_hash == GENESIS_HASH
-    for prev, cur in zip(events, events[1:]):
+    for prev, cur in zip(events, events[1:], strict=False):
         assert cur.prev_hash == prev.hash
     for e in events:
         assert e.hash == event_hash(e)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -150,7 +151,8 @@ def test_status_detects_a_seq_gap_and_a_broken_chain(serve: Serve) -> None:
     _send(serve, gap + broken)
     done = serve.cli("status", "--json")
     assert done.returncode == 1
-    problems = {(p["producer_id"], p["kind"], p["seq"]) for p in json.loads(done.stdout)["problems"]}
+    reported = json.loads(done.stdout)["problems"]
+    problems = {(p["producer_id"], p["kind"], p["seq"]) for p in reported}
     assert ("producer-gap", "gap", 3) in problems
     assert ("producer-break", "break", 3) in problems
     # seq 4 still names the original seq 3 as its predecessor: the link after it breaks too

@@ -23,7 +23,8 @@ from headwater.stream_processors import EventSink, Store
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 store = Store("chdb://" + tempfile.mkdtemp()); store.migrate()
 with Publisher(LocalTransport(EventSink(store, "local")), run_id="r") as pub:
-    pub.publish(events_pb2.SourceRegistered(source_id="s", uri="file:///s", content_sha256="0" * 64))
+    pub.publish(events_pb2.SourceRegistered(source_id="s", uri="file:///s",
+                                            content_sha256="0" * 64))
 server, port = build_server(store, "127.0.0.1:0")
 server.start()
 query_pb2_grpc.LineageStub(grpc.insecure_channel(f"127.0.0.1:{port}")).GetSource(

@@ -43,7 +43,8 @@ def test_valid_event_is_accepted() -> None:
     ("mutate", "reason"),
     [
         (lambda e: setattr(e, "schema_version", 2), "schema_version 2 is not supported"),
-        (lambda e: setattr(e, "event_id", "x'; DROP TABLE events; --"), "event_id .* is not a UUID"),
+        (lambda e: setattr(e, "event_id", "x'; DROP TABLE events; --"),
+         "event_id .* is not a UUID"),
         (lambda e: setattr(e, "run_id", ""), "run_id is empty"),
         (lambda e: setattr(e, "producer_id", "p" * 300), "producer_id is longer"),
         (lambda e: setattr(e, "seq", 0), "seq must be >= 1"),
