@@ -1,9 +1,10 @@
 """The Kafka runner: a faust-streaming consumer group feeding batches to the EventSink.
 
-At-least-once: `take_events` acks a batch only after the loop body returns, and the body
-returns only after ClickHouse stored the batch. A failed write is retried; if the worker
-must stop while a batch is unstored, the process exits hard so faust cannot commit its
-offsets, and the batch is redelivered to whichever processor takes the partition.
+At-least-once: `take_events` acks a batch when the loop body is left (by returning, or
+by an exception), so the body leaves only after ClickHouse stored the batch. A failed
+write is retried; a record whose processing fails otherwise goes to dead_letters; if the
+worker must stop while a batch is unstored, the process exits hard so faust cannot commit
+its offsets, and the batch is redelivered to whichever processor takes the partition.
 Redelivery is harmless because every table is keyed by event.
 """
 
@@ -16,13 +17,18 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any
 
 import faust
 
 from headwater.producers.transports.base import Record
+from headwater.stream_processors.chunks import is_chunk
+from headwater.stream_processors.decode import Rejected
 from headwater.stream_processors.errors import StoreError
+from headwater.stream_processors.rows import dead_letter_rows
 from headwater.stream_processors.sink import EventSink
+from headwater.v1 import events_pb2
 
 log = logging.getLogger("headwater.process")
 EXIT_UNSTORED = 75  # EX_TEMPFAIL: stopped with a batch not stored; offsets not committed
@@ -59,21 +65,37 @@ def faust_credentials(config: dict[str, Any]) -> Any:
     return faust.SSLCredentials(ssl_context)
 
 
+def _record(message: Any) -> Record:
+    headers = message.headers or []
+    if isinstance(headers, dict):
+        headers = headers.items()
+    return Record(value=message.value or b"",  # None: a tombstone, dead-lettered as empty
+                  topic=message.topic, partition=message.partition, offset=message.offset,
+                  headers=tuple((k, v) for k, v in headers))
+
+
 class _Writer:
-    """Runs sink writes on one thread, retrying store failures until stopped."""
+    """Runs sink writes on one thread, retrying store failures until stopped.
+
+    Nothing may escape `write_batch` while its batch is unstored: faust's `take_events`
+    acks a batch when the agent's loop is left, by an exception too, so an escaping error
+    would commit offsets of events that were never stored. A store failure is retried; a
+    record whose processing raises anything else is isolated (the batch is bisected) and
+    kept in dead_letters with the error, so one bad event neither stalls nor drops the rest.
+    """
 
     def __init__(self, sink: EventSink) -> None:
         self._sink = sink
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headwater-write")
         self.stopping = threading.Event()
         self.stored = 0
+        self.isolated = 0
 
-    def write(self, records: list[Record]) -> None:
+    def _retrying(self, action: Callable[[], object]) -> None:
         delay = 0.2
         while True:
             try:
-                self._sink.ingest(records)
-                self.stored += len(records)
+                action()
                 return
             except StoreError as exc:
                 if self.stopping.is_set():
@@ -82,10 +104,44 @@ class _Writer:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def write_batch(self, records: list[Record]) -> None:
-        future = self._pool.submit(self.write, records)
+    def write(self, records: list[Record]) -> None:
         try:
+            self._retrying(lambda: self._sink.ingest(records))
+        except StoreError:
+            raise
+        except Exception as exc:
+            if len(records) == 1:
+                self._dead_letter(records[0], exc)
+                return
+            mid = len(records) // 2
+            self.write(records[:mid])
+            self.write(records[mid:])
+            return
+        self.stored += len(records)
+
+    def _dead_letter(self, record: Record, exc: Exception) -> None:
+        where = f"{record.topic}/{record.partition}@{record.offset}"
+        log.error("processing the record at %s failed; kept in dead_letters", where,
+                  exc_info=exc)
+        event = None
+        if not is_chunk(record):
+            try:
+                event = events_pb2.Event.FromString(record.value)
+            except Exception:
+                event = None
+        reason = f"processing failed: {type(exc).__name__}: {exc}"
+        rows = dead_letter_rows([Rejected(-1, record, reason, event)], self._sink.transport,
+                                datetime.now(timezone.utc))
+        self._retrying(lambda: self._sink.store.insert("dead_letters", rows))
+        self.isolated += 1
+
+    async def write_batch(self, events: list[Any]) -> int:
+        """Store one batch of faust events; return how many records it held."""
+        try:
+            records = [_record(e.message) for e in events]
+            future = self._pool.submit(self.write, records)
             await asyncio.wrap_future(future)
+            return len(records)
         except asyncio.CancelledError:
             # Shutdown mid-batch: finish this write before faust acks the batch, or die
             # without committing so the batch is redelivered.
@@ -93,11 +149,11 @@ class _Writer:
             try:
                 future.result(timeout=30)
             except Exception:
-                log.error("stopping with an unstored batch; exiting without committing")
+                log.exception("stopping with an unstored batch; exiting without committing")
                 os._exit(EXIT_UNSTORED)
             raise
-        except StoreError:
-            log.error("stopping with an unstored batch; exiting without committing")
+        except BaseException:
+            log.exception("stopping with an unstored batch; exiting without committing")
             os._exit(EXIT_UNSTORED)
 
 
@@ -137,17 +193,9 @@ def build_app(
     @app.agent(source, name="headwater-store")
     async def store_events(stream: Any) -> None:
         async for events in stream.take_events(batch_size, within=within):
-            records = [
-                Record(
-                    value=e.message.value, topic=e.message.topic,
-                    partition=e.message.partition, offset=e.message.offset,
-                    headers=tuple((k, v) for k, v in (e.message.headers or [])),
-                )
-                for e in events
-            ]
-            await writer.write_batch(records)
+            stored = await writer.write_batch(events)
             if on_batch is not None:
-                on_batch(len(records))
+                on_batch(stored)
 
     app.headwater_writer = writer  # type: ignore[attr-defined]
     return app

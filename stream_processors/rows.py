@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from datetime import datetime
+from functools import lru_cache
 
 import pyarrow as pa
 
@@ -41,6 +42,11 @@ DEAD_LETTERS_SCHEMA = pa.schema([
     ("partition", pa.int32()), ("offset", pa.int64()), ("event_id", pa.string()),
     ("producer_id", pa.string()), ("run_id", pa.string()), ("seq", pa.uint64()),
 ])
+
+
+@lru_cache(maxsize=4096)
+def _schema_json(columns: tuple[tuple[str, str, bool], ...]) -> str:
+    return json.dumps([{"name": n, "dtype": t, "personal": p} for n, t, p in columns])
 
 
 def _micros(event_ts) -> int:  # google.protobuf.Timestamp -> microseconds since epoch
@@ -91,8 +97,7 @@ def source_rows(batch: list[Accepted]) -> pa.Table:
         [p.uri for p in ps],
         [p.content_sha256 for p in ps],
         [p.row_count for p in ps],
-        [json.dumps([{"name": c.name, "dtype": c.dtype, "personal": c.personal}
-                     for c in p.schema]) for p in ps],
+        [_schema_json(tuple((c.name, c.dtype, c.personal) for c in p.schema)) for p in ps],
         [p.format for p in ps],
         [p.size_bytes for p in ps],
         [p.origin for p in ps],

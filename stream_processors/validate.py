@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 
+import numpy as np
 from google.protobuf.message import Message
 
 from headwater.producers.envelope import SCHEMA_VERSION, event_hash
@@ -18,6 +19,7 @@ from headwater.v1 import events_pb2
 MAX_ID_LEN = 256
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_NP_DTYPE = {events_pb2.FLOAT16: "<f2", events_pb2.FLOAT32: "<f4", events_pb2.FLOAT64: "<f8"}
 _ITEM_SIZE = {events_pb2.FLOAT16: 2, events_pb2.FLOAT32: 4, events_pb2.FLOAT64: 8}
 
 
@@ -31,34 +33,45 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _check_id(name: str, value: str) -> None:
-    _require(bool(value), f"{name} is empty")
-    _require(len(value) <= MAX_ID_LEN, f"{name} is longer than {MAX_ID_LEN} characters")
+    if not value:
+        raise Invalid(f"{name} is empty")
+    if len(value) > MAX_ID_LEN:
+        raise Invalid(f"{name} is longer than {MAX_ID_LEN} characters")
 
 
 def _check_finite(name: str, values: Iterable[float]) -> None:
-    _require(all(math.isfinite(v) for v in values), f"{name} contains NaN or infinity")
+    values = list(values)
+    # One C-level sum covers the common case; only a non-finite sum (a NaN/inf inside, or
+    # an overflow of huge finite values) needs the element-wise look.
+    if not math.isfinite(math.fsum(values)) and not all(math.isfinite(v) for v in values):
+        raise Invalid(f"{name} contains NaN or infinity")
 
 
 def _check_row_keys(name: str, keys: events_pb2.RowKeys) -> int:
     n = len(keys.rows)
-    if n:
-        _require(len(keys.node_ids) > 0, f"{name}.node_ids is empty but rows are given")
+    if n and not keys.node_ids:
+        raise Invalid(f"{name}.node_ids is empty but rows are given")
     for node in keys.node_ids:
         _check_id(f"{name}.node_ids[]", node)
     if keys.node_index:
-        _require(len(keys.node_index) == n, f"{name}.node_index has {len(keys.node_index)} "
-                 f"entries for {n} rows")
-        _require(max(keys.node_index) < len(keys.node_ids),
-                 f"{name}.node_index points past node_ids")
+        if len(keys.node_index) != n:
+            raise Invalid(f"{name}.node_index has {len(keys.node_index)} entries for {n} rows")
+        if max(keys.node_index) >= len(keys.node_ids):
+            raise Invalid(f"{name}.node_index points past node_ids")
     return n
 
 
 def _check_matrix(name: str, data: bytes, dtype: int, rows: int, dim: int) -> None:
     size = _ITEM_SIZE.get(dtype)
-    _require(size is not None, f"{name}: dtype {dtype} is not FLOAT16/FLOAT32/FLOAT64")
-    assert size is not None
-    _require(len(data) == rows * dim * size,
-             f"{name} has {len(data)} bytes; {rows} rows x dim {dim} x {size} bytes expected")
+    if size is None:
+        raise Invalid(f"{name}: dtype {dtype} is not FLOAT16/FLOAT32/FLOAT64")
+    if len(data) != rows * dim * size:
+        raise Invalid(f"{name} has {len(data)} bytes; {rows} rows x dim {dim} x {size} bytes "
+                      "expected")
+    values = np.frombuffer(data, _NP_DTYPE[dtype])
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.isfinite(values.sum(dtype=np.float64)) and not np.isfinite(values).all():
+            raise Invalid(f"{name} contains NaN or infinity")
 
 
 def _source_registered(p: events_pb2.SourceRegistered) -> None:
@@ -94,12 +107,13 @@ def _gradient_batch(p: events_pb2.GradientBatch) -> None:
     _check_id("gradient_batch.model_id", p.model_id)
     _check_id("gradient_batch.model_version", p.model_version)
     n = _check_row_keys("gradient_batch.row_keys", p.row_keys)
-    _require(p.dim > 0, "gradient_batch.dim must be positive")
+    if p.dim == 0:
+        raise Invalid("gradient_batch.dim must be positive")
     _check_matrix("gradient_batch.gradients", p.gradients, p.dtype, n, p.dim)
     for name in ("loss", "loss_weight", "curvature_weight", "targets"):
         values = getattr(p, name)
-        _require(len(values) in (0, n), f"gradient_batch.{name} has {len(values)} values "
-                 f"for {n} rows")
+        if len(values) not in (0, n):
+            raise Invalid(f"gradient_batch.{name} has {len(values)} values for {n} rows")
         _check_finite(f"gradient_batch.{name}", values)
     _check_finite("gradient_batch.learning_rate", [p.learning_rate])
 
@@ -141,20 +155,26 @@ _PAYLOAD_CHECKS: dict[str, Callable[[Message], None]] = {
 
 def validate_event(event: events_pb2.Event) -> None:
     """Raise Invalid naming the first field that breaks the v1 contract."""
-    _require(event.schema_version == SCHEMA_VERSION,
-             f"schema_version {event.schema_version} is not supported (this service reads "
-             f"{SCHEMA_VERSION})")
-    _require(_UUID.match(event.event_id) is not None,
-             f"event_id {event.event_id[:80]!r} is not a UUID in canonical text form")
+    # Plain `if` tests: this runs for every event, and messages are built only on failure.
+    if event.schema_version != SCHEMA_VERSION:
+        raise Invalid(f"schema_version {event.schema_version} is not supported (this "
+                      f"service reads {SCHEMA_VERSION})")
+    if _UUID.match(event.event_id) is None:
+        raise Invalid(f"event_id {event.event_id[:80]!r} is not a UUID in canonical text form")
     _check_id("producer_id", event.producer_id)
     _check_id("run_id", event.run_id)
-    _require(event.seq >= 1, "seq must be >= 1")
-    _require(event.emitted_at.seconds > 0, "emitted_at is not set")
-    _require(len(event.prev_hash) == 32, f"prev_hash has {len(event.prev_hash)} bytes, not 32")
-    _require(len(event.hash) == 32, f"hash has {len(event.hash)} bytes, not 32")
+    if event.seq < 1:
+        raise Invalid("seq must be >= 1")
+    if event.emitted_at.seconds <= 0:
+        raise Invalid("emitted_at is not set")
+    if len(event.prev_hash) != 32:
+        raise Invalid(f"prev_hash has {len(event.prev_hash)} bytes, not 32")
+    if len(event.hash) != 32:
+        raise Invalid(f"hash has {len(event.hash)} bytes, not 32")
     kind = event.WhichOneof("payload")
-    _require(kind is not None, "payload is missing (or of a type this service does not know)")
-    _require(event_hash(event) == event.hash,
-             "hash does not match the event's content (corrupted or altered in transit)")
-    assert kind is not None
+    if kind is None:
+        raise Invalid("payload is missing (or of a type this service does not know)")
+    if event_hash(event) != event.hash:
+        raise Invalid("hash does not match the event's content (corrupted or altered in "
+                      "transit)")
     _PAYLOAD_CHECKS[kind](getattr(event, kind))

@@ -70,6 +70,17 @@ def test_nan_in_loss_is_rejected() -> None:
     assert "gradient_batch.loss contains NaN" in _reason(_encode(event))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_gradients_are_rejected(bad: float) -> None:
+    batch = _gradients()
+    grads = np.ones((3, 4), "<f4")
+    grads[2, 1] = bad
+    batch.gradients = grads.tobytes()
+    event = EnvelopeBuilder("r").wrap(batch)
+    assert "gradient_batch.gradients contains NaN or infinity" in _reason(
+        _encode(event, rehash=False))
+
+
 def test_altered_event_fails_its_hash() -> None:
     event = EnvelopeBuilder("r").wrap(_gradients())
     event.gradient_batch.step = 99

@@ -32,7 +32,7 @@ class GrpcTransport:
         self,
         target: str = "127.0.0.1:50051",
         *,
-        batch_size: int = 1000,
+        batch_size: int = 2000,
         max_batch_bytes: int = 8 * 1024 * 1024,
         timeout: float = 60.0,
         retry_for: float = 60.0,

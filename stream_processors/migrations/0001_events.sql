@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS events
     payload_type   LowCardinality(String),
     prev_hash      FixedString(32),
     hash           FixedString(32),
-    raw            String CODEC(ZSTD(3)),
+    raw            String CODEC(ZSTD(1)),
     size_bytes     UInt32,
     transport      LowCardinality(String),
     topic          LowCardinality(String),
