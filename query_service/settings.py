@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = None
     kafka_topic: str = "headwater.events"
     kafka_group: str = "headwater-processors"
+    kafka_partitions: int = Field(8, gt=0, description="partitions when `process` creates "
+                                  "the topic")
     kafka_config: dict[str, Any] = Field(
         default_factory=dict,
         description="extra librdkafka/aiokafka settings (SASL, TLS) as a JSON object",

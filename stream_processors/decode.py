@@ -45,10 +45,11 @@ def decode_record(index: int, record: Record) -> Accepted | Rejected:
     return Accepted(index, record, event)
 
 
-def decode_batch(records: list[Record]) -> tuple[list[Accepted], list[Rejected]]:
+def decode_batch(records: list[Record], start: int = 0) -> tuple[list[Accepted], list[Rejected]]:
+    """Decode every record; indices count from `start`."""
     accepted: list[Accepted] = []
     rejected: list[Rejected] = []
-    for i, record in enumerate(records):
+    for i, record in enumerate(records, start):
         result = decode_record(i, record)
         (accepted if isinstance(result, Accepted) else rejected).append(result)  # type: ignore[arg-type]
     return accepted, rejected

@@ -7,6 +7,7 @@ every table is keyed so that writing a redelivered batch again changes nothing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -14,7 +15,7 @@ import pyarrow as pa
 from headwater.producers import telemetry
 from headwater.producers.transports.base import Ack, Record
 from headwater.stream_processors import chunks
-from headwater.stream_processors.decode import Accepted, Rejected, decode_batch
+from headwater.stream_processors.decode import Accepted, Rejected, decode_batch, decode_record
 from headwater.stream_processors.rows import DERIVED, dead_letter_rows, event_rows
 from headwater.stream_processors.store import Store
 
@@ -22,6 +23,13 @@ CHUNK_SCHEMA = pa.schema([
     ("event_id", pa.string()), ("idx", pa.uint32()), ("count", pa.uint32()),
     ("sha256", pa.string()), ("data", pa.binary()), ("received_at", pa.timestamp("us", "UTC")),
 ])
+
+
+@dataclass
+class _Rows:
+    accepted: list[Accepted]
+    rejected: list[Rejected]
+    tables: dict[str, list[pa.Table]]
 
 
 class EventSink:
@@ -42,15 +50,38 @@ class EventSink:
             span.set_attribute("headwater.records", len(records))
             now = datetime.now(timezone.utc)
             records, pending_acks, chunk_rejects = self._reassemble(records, now)
-            accepted, rejected = decode_batch(records)
-            rejected += chunk_rejects
-            self.store.insert("dead_letters", dead_letter_rows(rejected, self.transport, now))
-            for table, processor in DERIVED.items():
-                self.store.insert(table, processor(accepted))
-            self.store.insert("events", event_rows(accepted, self.transport, now))
-            self._stored.add(len(accepted))
-            self._dead.add(len(rejected))
-            return _acks(accepted, rejected, pending_acks)
+            rows = self._rows(records, 0, now)
+            rows.rejected += chunk_rejects
+            self.store.insert("dead_letters", dead_letter_rows(rows.rejected, self.transport, now))
+            for table in DERIVED:
+                self.store.insert(table, pa.concat_tables(rows.tables[table]))
+            self.store.insert("events", pa.concat_tables(rows.tables["events"]))
+            self._stored.add(len(rows.accepted))
+            self._dead.add(len(rows.rejected))
+            return _acks(rows.accepted, rows.rejected, pending_acks)
+
+    def _rows(self, records: list[Record], start: int, now: datetime) -> _Rows:
+        """Run the pure processors. A record whose processing raises (a processor bug the
+        validator let through) is isolated by bisection and dead-lettered with the error,
+        so one event can neither stall the stream nor take its batch down with it."""
+        try:
+            accepted, rejected = decode_batch(records, start)
+            tables = {table: [processor(accepted)] for table, processor in DERIVED.items()}
+            tables["events"] = [event_rows(accepted, self.transport, now)]
+            return _Rows(accepted, rejected, tables)
+        except Exception as exc:
+            if len(records) == 1:
+                reason = f"processing failed: {type(exc).__name__}: {exc}"
+                event = decoded.event if isinstance(
+                    decoded := decode_record(start, records[0]), Accepted) else None
+                empty = self._rows([], start, now)
+                empty.rejected.append(Rejected(start, records[0], reason, event))
+                return empty
+            mid = len(records) // 2
+            left = self._rows(records[:mid], start, now)
+            right = self._rows(records[mid:], start + mid, now)
+            return _Rows(left.accepted + right.accepted, left.rejected + right.rejected,
+                         {t: left.tables[t] + right.tables[t] for t in left.tables})
 
     def _reassemble(
         self, records: list[Record], now: datetime

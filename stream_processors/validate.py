@@ -17,6 +17,7 @@ from headwater.producers.envelope import SCHEMA_VERSION, event_hash
 from headwater.v1 import events_pb2
 
 MAX_ID_LEN = 256
+MAX_EMITTED_AT = 10_413_791_999  # 2299-12-31T23:59:59Z, the end of ClickHouse DateTime64
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _NP_DTYPE = {events_pb2.FLOAT16: "<f2", events_pb2.FLOAT32: "<f4", events_pb2.FLOAT64: "<f8"}
@@ -68,10 +69,11 @@ def _check_matrix(name: str, data: bytes, dtype: int, rows: int, dim: int) -> No
     if len(data) != rows * dim * size:
         raise Invalid(f"{name} has {len(data)} bytes; {rows} rows x dim {dim} x {size} bytes "
                       "expected")
+    # One vectorised sum: finite unless a NaN/inf is inside (float64 accumulation of
+    # float16/32 data cannot overflow); only float64 data needs the element-wise recheck.
     values = np.frombuffer(data, _NP_DTYPE[dtype])
-    with np.errstate(over="ignore", invalid="ignore"):
-        if not np.isfinite(values.sum(dtype=np.float64)) and not np.isfinite(values).all():
-            raise Invalid(f"{name} contains NaN or infinity")
+    if not math.isfinite(values.sum(dtype=np.float64)) and not np.isfinite(values).all():
+        raise Invalid(f"{name} contains NaN or infinity")
 
 
 def _source_registered(p: events_pb2.SourceRegistered) -> None:
@@ -103,6 +105,9 @@ def _model_version_recorded(p: events_pb2.ModelVersionRecorded) -> None:
     _check_id("model_version_recorded.version", p.version)
 
 
+_PER_ROW = ("loss", "loss_weight", "curvature_weight", "targets")
+
+
 def _gradient_batch(p: events_pb2.GradientBatch) -> None:
     _check_id("gradient_batch.model_id", p.model_id)
     _check_id("gradient_batch.model_version", p.model_version)
@@ -110,12 +115,15 @@ def _gradient_batch(p: events_pb2.GradientBatch) -> None:
     if p.dim == 0:
         raise Invalid("gradient_batch.dim must be positive")
     _check_matrix("gradient_batch.gradients", p.gradients, p.dtype, n, p.dim)
-    for name in ("loss", "loss_weight", "curvature_weight", "targets"):
-        values = getattr(p, name)
+    columns = [getattr(p, name) for name in _PER_ROW]
+    for name, values in zip(_PER_ROW, columns, strict=True):
         if len(values) not in (0, n):
             raise Invalid(f"gradient_batch.{name} has {len(values)} values for {n} rows")
-        _check_finite(f"gradient_batch.{name}", values)
-    _check_finite("gradient_batch.learning_rate", [p.learning_rate])
+    # A single sum over every per-row value is finite unless one of them is not.
+    if not math.isfinite(p.learning_rate + sum(math.fsum(c) for c in columns)):
+        for name, values in zip(_PER_ROW, columns, strict=True):
+            _check_finite(f"gradient_batch.{name}", values)
+        _check_finite("gradient_batch.learning_rate", [p.learning_rate])
 
 
 def _prediction_recorded(p: events_pb2.PredictionRecorded) -> None:
@@ -167,6 +175,8 @@ def validate_event(event: events_pb2.Event) -> None:
         raise Invalid("seq must be >= 1")
     if event.emitted_at.seconds <= 0:
         raise Invalid("emitted_at is not set")
+    if event.emitted_at.seconds > MAX_EMITTED_AT:
+        raise Invalid("emitted_at is after 2299-12-31, outside the log's DateTime64 range")
     if len(event.prev_hash) != 32:
         raise Invalid(f"prev_hash has {len(event.prev_hash)} bytes, not 32")
     if len(event.hash) != 32:

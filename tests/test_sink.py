@@ -112,3 +112,24 @@ def test_corrupt_chunk_set_is_dead_lettered(store: Store) -> None:
     acks = EventSink(store, "kafka").ingest(
         [Record(chunk.SerializeToString(), "t", 0, 0, ((CHUNK_HEADER, b"1"),))])
     assert not acks[0].accepted and "fail their sha256" in acks[0].error
+
+
+def test_a_record_whose_processing_raises_is_isolated(store: Store,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from headwater.stream_processors import rows as rows_module
+
+    real = rows_module.source_rows
+
+    def fragile(batch):  # a processor bug triggered by one particular event
+        if any(a.event.source_registered.source_id == "src-3" for a in batch):
+            raise OverflowError("boom")
+        return real(batch)
+
+    monkeypatch.setitem(rows_module.DERIVED, "sources", fragile)
+    acks = EventSink(store, "kafka").ingest(_records(8))
+    assert [a.accepted for a in acks] == [True] * 3 + [False] + [True] * 4
+    assert acks[3].error == "processing failed: OverflowError: boom"
+    assert store.query("SELECT count() FROM events FINAL")[0][0] == 7
+    assert store.query("SELECT count() FROM sources FINAL")[0][0] == 7
+    dead = store.query("SELECT event_id, error FROM dead_letters FINAL")
+    assert len(dead) == 1 and dead[0][0] == acks[3].event_id

