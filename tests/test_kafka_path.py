@@ -295,7 +295,7 @@ def test_malformed_messages_go_to_dead_letters_and_the_events_around_them_are_st
     far_offset = produce_raw(far.SerializeToString(deterministic=True))
     tombstone_offset = produce_raw(None)  # 4. a message with no value at all
     after = pub.publish(_source(tag, 1))
-    pub.flush(timeout=30)
+    pub.close()
 
     proc = _process(processors, broker.bootstrap, topic, data)
     proc.wait_committed(6)
@@ -353,6 +353,7 @@ def test_broker_restart_while_publishing_loses_no_acknowledged_event(
         failed.update(exc.failed_event_ids)
     else:
         assert transport.pending == 0
+    transport.close()
     delivered = [e for e in batch_b if e.event_id not in failed]
     assert delivered, f"nothing of batch B was delivered after the restart: {failed}"
 
@@ -381,7 +382,7 @@ def test_event_larger_than_a_message_is_chunked_and_reassembled(
     pub = Publisher(transport, run_id=f"run-{tag}")
     big = pub.publish(_source(tag, 0, origin=origin))
     small = pub.publish(_source(tag, 1))
-    pub.flush(timeout=30)
+    pub.close()
     encoded = big.SerializeToString(deterministic=True)
     pieces = len(split_into_chunks(big.event_id, encoded, 50_000))
     assert pieces >= 4

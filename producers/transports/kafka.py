@@ -141,7 +141,12 @@ class KafkaTransport:
                 )
 
     def close(self) -> None:
-        self.flush()
+        """Flush (raising what failed), then release the producer and its connections."""
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._producer.close()
 
     @property
     def pending(self) -> int:
@@ -224,6 +229,7 @@ class KafkaTransport:
             self._last_progress = time.monotonic()
             old.purge(in_queue=True, in_flight=True)
             old.flush(0)  # reports for purged messages find no pending entry: ignored
+            old.close()
         # Every message stays in `_resend` until the new producer took it: an event must
         # never be in neither `_pending` nor `_resend` before its delivery report.
         while self._resend:
