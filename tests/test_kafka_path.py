@@ -166,18 +166,29 @@ def _events_by_id(data_dir: Path) -> dict[str, int]:
     return {r["event_id"]: int(r["n"]) for r in rows}
 
 
+def _setup(broker: Broker, name: str, tmp_path: Path) -> tuple[str, str, Path]:
+    """A fresh topic on the session broker, a tag for ids, and a chDB directory."""
+    topic, tag = f"hw-{name}-{_uid()}", _uid()
+    broker.create_topic(topic)
+    return topic, tag, tmp_path / "clickhouse"
+
+
+def _publish_sources(broker: Broker, topic: str, tag: str,
+                     n: int) -> tuple[Publisher, list[events_pb2.Event]]:
+    """Publish n SourceRegistered events through KafkaTransport; closed (all acked)."""
+    with Publisher(KafkaTransport(broker.bootstrap, topic), run_id=f"run-{tag}") as pub:
+        events = [pub.publish(_source(tag, i)) for i in range(n)]
+    return pub, events
+
+
 # -- tests --------------------------------------------------------------------------------
 
 
 def test_sources_published_through_kafka_are_stored_and_served(
     broker: Broker, tmp_path: Path, processors: list[Processor]
 ) -> None:
-    topic, tag = f"hw-sources-{_uid()}", _uid()
-    broker.create_topic(topic)
-    data = tmp_path / "clickhouse"
-    with Publisher(KafkaTransport(broker.bootstrap, topic), run_id=f"run-{tag}") as pub:
-        events = [pub.publish(_source(tag, i)) for i in range(200)]
-        pub.flush(timeout=30)
+    topic, tag, data = _setup(broker, "sources", tmp_path)
+    pub, events = _publish_sources(broker, topic, tag, 200)
 
     proc = _process(processors, broker.bootstrap, topic, data)
     proc.wait_committed(200)
@@ -228,12 +239,8 @@ def test_sources_published_through_kafka_are_stored_and_served(
 def test_redelivered_events_are_stored_once(
     broker: Broker, tmp_path: Path, processors: list[Processor]
 ) -> None:
-    topic, tag = f"hw-redeliver-{_uid()}", _uid()
-    broker.create_topic(topic)
-    data = tmp_path / "clickhouse"
-    with Publisher(KafkaTransport(broker.bootstrap, topic), run_id=f"run-{tag}") as pub:
-        events = [pub.publish(_source(tag, i)) for i in range(60)]
-        pub.flush(timeout=30)
+    topic, tag, data = _setup(broker, "redeliver", tmp_path)
+    pub, events = _publish_sources(broker, topic, tag, 60)
 
     first = _process(processors, broker.bootstrap, topic, data)
     first.wait_committed(60)
