@@ -193,6 +193,14 @@ def test_sources_published_through_kafka_are_stored_and_served(
     proc = _process(processors, broker.bootstrap, topic, data)
     proc.wait_committed(200)
     proc.stop()
+    status = run_headwater("status", "--dsn", f"chdb://{data}", "--kafka-bootstrap",
+                           broker.bootstrap, "--json",
+                           env={"HEADWATER_KAFKA_TOPIC": topic,
+                                "HEADWATER_KAFKA_GROUP": proc.group})
+    assert status.returncode == 0, status.stdout + status.stderr
+    report = json.loads(status.stdout)
+    assert report["log_ok"] and report["events_by_type"] == {"source_registered": 200}
+    assert report["lag"] == {f"{topic}/0": 0}
 
     assert scalar(data, "SELECT count() FROM sources FINAL") == 200
     assert scalar(data, "SELECT count() FROM events FINAL") == 200
