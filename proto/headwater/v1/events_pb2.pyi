@@ -137,9 +137,11 @@ class RowGather(_message.Message):
         ENCODING_UNSPECIFIED: _ClassVar[RowGather.Encoding]
         UINT64_LE: _ClassVar[RowGather.Encoding]
         DELTA_ZIGZAG_VARINT_ZSTD: _ClassVar[RowGather.Encoding]
+        DELTA_INT64_ZSTD: _ClassVar[RowGather.Encoding]
     ENCODING_UNSPECIFIED: RowGather.Encoding
     UINT64_LE: RowGather.Encoding
     DELTA_ZIGZAG_VARINT_ZSTD: RowGather.Encoding
+    DELTA_INT64_ZSTD: RowGather.Encoding
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
