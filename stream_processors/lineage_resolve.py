@@ -1,0 +1,157 @@
+"""Resolving training rows to source rows through recorded row maps (pure).
+
+The graph is given as a lookup `op_of(node_id) -> OpView | None` (None: a source node, or
+unknown). Resolution walks the ops backwards, mapping row sets through each segment, until
+it reaches nodes that no op produced — the sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from headwater.producers.rowmap import segment_inputs
+from headwater.v1 import events_pb2
+
+
+@dataclass(frozen=True)
+class OpView:
+    """What resolution needs of one OpRecorded."""
+
+    op_id: str
+    op_name: str
+    input_node_ids: tuple[str, ...]
+    input_rows: tuple[int, ...]  # row count of each input (for all_rows segments)
+    segments: tuple[events_pb2.RowSegment, ...]
+
+
+@dataclass
+class Trace:
+    """Source rows (by node) reached from some rows, and the ops passed on the way."""
+
+    rows: dict[str, np.ndarray] = field(default_factory=dict)  # source node -> rows
+    op_ids: list[str] = field(default_factory=list)  # oldest first
+
+
+def map_rows(op: OpView, out_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Input rows (per input node) that `out_rows` of the op's output depend on."""
+    found: dict[str, list[np.ndarray]] = {}
+    for seg in op.segments:
+        lo, hi = seg.out_start, seg.out_start + seg.length
+        covered = out_rows[(out_rows >= lo) & (out_rows < hi)]
+        if covered.size == 0:
+            continue
+        node = op.input_node_ids[seg.input]
+        found.setdefault(node, []).append(
+            segment_inputs(seg, covered, op.input_rows[seg.input]))
+    return {n: np.unique(np.concatenate(parts)) for n, parts in found.items()}
+
+
+def trace(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | None],
+          max_depth: int = 10_000) -> Trace:
+    """Every source row that `rows` of `node_id` came from, and the ops in between."""
+    result = Trace()
+    frontier: dict[str, np.ndarray] = {node_id: np.unique(np.asarray(rows, dtype=np.int64))}
+    ops: list[str] = []
+    for _ in range(max_depth):
+        if not frontier:
+            break
+        next_frontier: dict[str, list[np.ndarray]] = {}
+        for node, node_rows in frontier.items():
+            op = op_of(node)
+            if op is None:
+                prev = result.rows.get(node)
+                result.rows[node] = node_rows if prev is None else np.union1d(prev, node_rows)
+                continue
+            ops.append(op.op_id)
+            for parent, parent_rows in map_rows(op, node_rows).items():
+                next_frontier.setdefault(parent, []).append(parent_rows)
+        frontier = {n: np.unique(np.concatenate(p)) for n, p in next_frontier.items()}
+    else:
+        raise ValueError(f"lineage of {node_id} is deeper than {max_depth} ops (a cycle?)")
+    reached = set(ops)
+    result.op_ids = [o for o in oldest_first(node_id, op_of) if o in reached]
+    return result
+
+
+def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | None],
+               max_depth: int = 10_000) -> list[Trace]:
+    """Like `trace`, but one Trace per requested row, all rows resolved together.
+
+    (origin, row) pairs are carried through one-to-one segments in bulk; a segment that
+    depends on all rows of an input resolves that whole input once (cached) and adds it to
+    every origin that reached it.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    traces = [Trace() for _ in rows]
+    origin = np.arange(len(rows), dtype=np.int64)
+    whole: dict[str, Trace] = {}
+    frontier: dict[str, tuple[np.ndarray, np.ndarray]] = {node_id: (origin, rows)}
+    ops_per_origin: list[set[str]] = [set() for _ in rows]
+    for _ in range(max_depth):
+        if not frontier:
+            break
+        nxt: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for node, (orig, node_rows) in frontier.items():
+            op = op_of(node)
+            if op is None:
+                _add_rows(traces, node, orig, node_rows)
+                continue
+            for o in np.unique(orig):
+                ops_per_origin[o].add(op.op_id)
+            for seg in op.segments:
+                lo, hi = seg.out_start, seg.out_start + seg.length
+                hit = (node_rows >= lo) & (node_rows < hi)
+                if not hit.any():
+                    continue
+                parent = op.input_node_ids[seg.input]
+                if seg.WhichOneof("kind") == "all_rows":
+                    if parent not in whole:
+                        whole[parent] = trace(parent, np.arange(op.input_rows[seg.input]),
+                                              op_of, max_depth)
+                    for o in np.unique(orig[hit]):
+                        for src, src_rows in whole[parent].rows.items():
+                            _add_rows(traces, src, np.full(len(src_rows), o), src_rows)
+                        ops_per_origin[o].update(whole[parent].op_ids)
+                    continue
+                nxt.setdefault(parent, []).append(
+                    (orig[hit], segment_inputs(seg, node_rows[hit], op.input_rows[seg.input])))
+        frontier = {n: (np.concatenate([p[0] for p in parts]),
+                        np.concatenate([p[1] for p in parts])) for n, parts in nxt.items()}
+    else:
+        raise ValueError(f"lineage of {node_id} is deeper than {max_depth} ops (a cycle?)")
+    rank = {op_id: i for i, op_id in enumerate(oldest_first(node_id, op_of))}
+    for t, ops in zip(traces, ops_per_origin, strict=True):
+        t.op_ids = sorted(ops, key=lambda op_id: rank.get(op_id, -1))
+    return traces
+
+
+def _add_rows(traces: list[Trace], node: str, orig: np.ndarray, rows: np.ndarray) -> None:
+    order = np.argsort(orig, kind="stable")
+    orig, rows = orig[order], rows[order]
+    bounds = np.flatnonzero(np.diff(orig)) + 1
+    for o_part, r_part in zip(np.split(orig, bounds), np.split(rows, bounds), strict=True):
+        t = traces[int(o_part[0])]
+        prev = t.rows.get(node)
+        t.rows[node] = np.unique(r_part) if prev is None else np.union1d(prev, r_part)
+
+
+def oldest_first(node_id: str, op_of: Callable[[str], OpView | None]) -> list[str]:
+    """Every op upstream of `node_id`, each after all ops that produced its inputs."""
+    order: list[str] = []
+    done: set[str] = set()
+    stack: list[tuple[str, bool]] = [(node_id, False)]
+    while stack:  # iterative DFS post-order: parents before children
+        node, expanded = stack.pop()
+        op = op_of(node)
+        if op is None or op.op_id in done:
+            continue
+        if expanded:
+            done.add(op.op_id)
+            order.append(op.op_id)
+            continue
+        stack.append((node, True))
+        stack.extend((parent, False) for parent in op.input_node_ids)
+    return order
