@@ -3,6 +3,7 @@
 from headwater.producers.envelope import EnvelopeBuilder, event_hash
 from headwater.producers.errors import PublishError
 from headwater.producers.publisher import Publisher
+from headwater.producers import rowmap
 from headwater.producers.transports import GrpcTransport, KafkaTransport, LocalTransport
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "PublishError",
     "Publisher",
     "event_hash",
+    "rowmap",
 ]

@@ -15,6 +15,7 @@ from functools import lru_cache
 import pyarrow as pa
 
 from headwater.stream_processors.decode import Accepted, Rejected
+from headwater.v1 import events_pb2
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -132,8 +133,84 @@ def dead_letter_rows(batch: list[Rejected], transport: str, now: datetime) -> pa
     return pa.Table.from_pylist(rows, schema=DEAD_LETTERS_SCHEMA)
 
 
+NODES_SCHEMA = pa.schema([
+    ("node_id", pa.string()), ("kind", pa.string()), ("source_id", pa.string()),
+    ("op_id", pa.string()), ("rows", pa.uint64()), ("shape", pa.list_(pa.uint64())),
+    ("columns", pa.list_(pa.string())), ("run_id", pa.string()), ("event_id", pa.string()),
+    ("recorded_at", TS),
+])
+
+OPS_SCHEMA = pa.schema([
+    ("op_id", pa.string()), ("op_name", pa.string()), ("params_json", pa.string()),
+    ("input_node_ids", pa.list_(pa.string())), ("output_node_id", pa.string()),
+    ("output_rows", pa.uint64()), ("understood", pa.bool_()), ("granularity", pa.string()),
+    ("code_version", pa.string()), ("segments", pa.uint32()), ("row_map", pa.binary()),
+    ("run_id", pa.string()), ("producer_id", pa.string()), ("event_id", pa.string()),
+    ("recorded_at", TS),
+])
+
+
+def source_node_id(p: events_pb2.SourceRegistered) -> str:
+    """The lineage node holding a source's rows: its node_id, else its source_id."""
+    return p.node_id or p.source_id
+
+
+def lineage_node_rows(batch: list[Accepted]) -> pa.Table:
+    """One `lineage_nodes` row per source and per op output."""
+    rows = []
+    for a in batch:
+        e = a.event
+        kind = e.WhichOneof("payload")
+        if kind == "source_registered":
+            p = e.source_registered
+            rows.append({"node_id": source_node_id(p), "kind": "source",
+                         "source_id": p.source_id, "op_id": "", "rows": p.row_count,
+                         "shape": [p.row_count, len(p.schema)],
+                         "columns": [c.name for c in p.schema]})
+        elif kind == "op_recorded":
+            o = e.op_recorded
+            rows.append({"node_id": o.output_node_id, "kind": "op", "source_id": "",
+                         "op_id": o.op_id, "rows": o.row_map.output_rows,
+                         "shape": list(o.output_shape), "columns": list(o.output_columns)})
+        else:
+            continue
+        rows[-1].update(run_id=e.run_id, event_id=e.event_id,
+                        recorded_at=_micros(e.emitted_at))
+    table = pa.Table.from_pylist(rows, schema=NODES_SCHEMA.set(
+        NODES_SCHEMA.get_field_index("recorded_at"), pa.field("recorded_at", pa.int64())))
+    return table.set_column(table.schema.get_field_index("recorded_at"), "recorded_at",
+                            table["recorded_at"].cast(TS))
+
+
+def lineage_op_rows(batch: list[Accepted]) -> pa.Table:
+    """One `lineage_ops` row per OpRecorded, the row map kept as serialized bytes."""
+    rows = []
+    for a in batch:
+        e = a.event
+        if e.WhichOneof("payload") != "op_recorded":
+            continue
+        o = e.op_recorded
+        rows.append({
+            "op_id": o.op_id, "op_name": o.op_name, "params_json": o.params_json,
+            "input_node_ids": list(o.input_node_ids), "output_node_id": o.output_node_id,
+            "output_rows": o.row_map.output_rows, "understood": o.understood,
+            "granularity": events_pb2.OpRecorded.Granularity.Name(o.granularity),
+            "code_version": o.code_version, "segments": len(o.row_map.segments),
+            "row_map": o.row_map.SerializeToString(deterministic=True), "run_id": e.run_id,
+            "producer_id": e.producer_id, "event_id": e.event_id,
+            "recorded_at": _micros(e.emitted_at),
+        })
+    schema = OPS_SCHEMA.set(OPS_SCHEMA.get_field_index("recorded_at"),
+                            pa.field("recorded_at", pa.int64()))
+    table = pa.Table.from_pylist(rows, schema=schema)
+    return table.set_column(table.schema.get_field_index("recorded_at"), "recorded_at",
+                            table["recorded_at"].cast(TS))
+
+
 # Derived tables, written before `events` so a crash in between is repaired by redelivery.
 Processor = Callable[[list[Accepted]], pa.Table]
 DERIVED: dict[str, Processor] = {
     "sources": source_rows,
+    "lineage_nodes": lineage_node_rows,
+    "lineage_ops": lineage_op_rows,
 }

@@ -92,8 +92,6 @@ def test_unbuilt_methods_say_what_is_missing(serve: Serve) -> None:
          "Attribution.Attribute is not built yet: needs gradient capture"),
         (query_pb2_grpc.UnlearningStub(channel).Forget, query_pb2.ForgetRequest(),
          "Unlearning.Forget is not built yet"),
-        (query_pb2_grpc.LineageStub(channel).TraceRows, query_pb2.TraceRowsRequest(),
-         "Lineage.TraceRows is not built yet: needs the row-level lineage"),
         (query_pb2_grpc.ComplianceStub(channel).Report, query_pb2.ReportRequest(),
          "Compliance.Report is not built yet"),
     ]

@@ -1,11 +1,14 @@
-"""Lineage: sources now; row-level tracing arrives with the lineage tables."""
+"""Lineage: sources, and row-level tracing through the recorded ops."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 
+from headwater.query_service.lineage_graph import BadRowKey, LineageGraph, Node, OpRow, UnknownNode
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
@@ -13,7 +16,6 @@ _SOURCE_COLUMNS = (
     "source_id, uri, content_sha256, row_count, schema_json, format, size_bytes, origin, "
     "licence, node_id, labels, run_id, producer_id, event_id"
 )
-_ROW_LINEAGE = "needs the row-level lineage tables and resolution (issue 3)"
 
 
 def _source(row: tuple) -> query_pb2.Source:
@@ -50,18 +52,54 @@ class LineageService(query_pb2_grpc.LineageServicer):
         )
         return query_pb2.SourcesResponse(sources=[_source(r) for r in rows])
 
-    def _not_built(self, name: str, context: grpc.ServicerContext) -> None:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"Lineage.{name} is not built yet: "
-                      f"{_ROW_LINEAGE}")
+    def TraceRows(self, request: query_pb2.TraceRowsRequest, context: grpc.ServicerContext):
+        graph = LineageGraph(self._store)
+        with _lineage_errors(context):
+            traced = graph.trace_rows(request.rows)
+            return query_pb2.TraceRowsResponse(traces=[
+                query_pb2.RowTrace(
+                    node_id=node_id, row=row, op_ids=t.op_ids,
+                    sources=[query_pb2.SourceRowRef(source_id=ref.source_id, uri=ref.uri,
+                                                    row=int(r))
+                             for src_node, src_rows in sorted(t.rows.items())
+                             for ref in [graph.source(src_node)] for r in src_rows],
+                )
+                for node_id, row, t in traced
+            ])
 
-    def TraceRows(self, request, context):
-        self._not_built("TraceRows", context)
+    def Ancestors(self, request: query_pb2.NodeRequest, context: grpc.ServicerContext):
+        graph = LineageGraph(self._store)
+        with _lineage_errors(context):
+            return query_pb2.AncestorsResponse(
+                nodes=[_node_info(n) for n in graph.ancestors(request.node_id)])
 
-    def Ancestors(self, request, context):
-        self._not_built("Ancestors", context)
+    def Ops(self, request: query_pb2.NodeRequest, context: grpc.ServicerContext):
+        graph = LineageGraph(self._store)
+        with _lineage_errors(context):
+            return query_pb2.OpsResponse(ops=[_op_info(o) for o in graph.ops(request.node_id)])
 
-    def Ops(self, request, context):
-        self._not_built("Ops", context)
+    def DescribeNode(self, request: query_pb2.NodeRequest, context: grpc.ServicerContext):
+        with _lineage_errors(context):
+            return _node_info(LineageGraph(self._store).node(request.node_id))
 
-    def DescribeNode(self, request, context):
-        self._not_built("DescribeNode", context)
+
+def _node_info(n: Node) -> query_pb2.NodeInfo:
+    return query_pb2.NodeInfo(node_id=n.node_id, kind=n.kind, produced_by_op=n.op_id,
+                              shape=list(n.shape), columns=list(n.columns),
+                              source_id=n.source_id, run_id=n.run_id)
+
+
+def _op_info(o: OpRow) -> query_pb2.OpInfo:
+    return query_pb2.OpInfo(op_id=o.op_id, op_name=o.op_name, params_json=o.params_json,
+                            input_node_ids=list(o.input_node_ids),
+                            output_node_id=o.output_node_id, understood=o.understood)
+
+
+@contextmanager
+def _lineage_errors(context: grpc.ServicerContext) -> Iterator[None]:
+    try:
+        yield
+    except UnknownNode as exc:
+        context.abort(grpc.StatusCode.NOT_FOUND, f"no lineage node {exc.args[0]!r}")
+    except BadRowKey as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad row key: {exc}")

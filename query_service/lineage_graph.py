@@ -1,0 +1,152 @@
+"""The lineage graph as stored in ClickHouse, read lazily for resolution and description."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from headwater.stream_processors.lineage_resolve import OpView, Trace, oldest_first, trace_each
+from headwater.stream_processors.store import Store
+from headwater.v1 import events_pb2
+
+
+class UnknownNode(KeyError):
+    """No lineage node with that id."""
+
+
+class BadRowKey(ValueError):
+    """A row key that cannot name a row (out of range, malformed)."""
+
+
+@dataclass(frozen=True)
+class Node:
+    node_id: str
+    kind: str  # source | op
+    source_id: str
+    op_id: str
+    rows: int
+    shape: tuple[int, ...]
+    columns: tuple[str, ...]
+    run_id: str
+
+
+@dataclass(frozen=True)
+class OpRow:
+    op_id: str
+    op_name: str
+    params_json: str
+    input_node_ids: tuple[str, ...]
+    output_node_id: str
+    understood: bool
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    source_id: str
+    uri: str
+
+
+class LineageGraph:
+    """Reads nodes and ops on demand; one instance per request keeps reads consistent."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.node = lru_cache(maxsize=None)(self._node)
+        self.op_of = lru_cache(maxsize=None)(self._op_of)
+        self.op = lru_cache(maxsize=None)(self._op)
+        self.source = lru_cache(maxsize=None)(self._source)
+
+    def _node(self, node_id: str) -> Node:
+        rows = self._store.query(
+            "SELECT node_id, kind, source_id, op_id, rows, shape, columns, run_id "
+            "FROM lineage_nodes FINAL WHERE node_id = {id:String}", {"id": node_id})
+        if not rows:
+            raise UnknownNode(node_id)
+        n = rows[0]
+        return Node(n[0], n[1], n[2], n[3], int(n[4]), tuple(n[5]), tuple(n[6]), n[7])
+
+    def _op_of(self, node_id: str) -> OpView | None:
+        rows = self._store.query(
+            "SELECT op_id, op_name, input_node_ids, hex(row_map) FROM lineage_ops FINAL "
+            "WHERE output_node_id = {id:String} LIMIT 1", {"id": node_id})
+        if not rows:
+            return None
+        op_id, name, inputs, row_map_hex = rows[0]
+        row_map = events_pb2.RowMap.FromString(bytes.fromhex(row_map_hex))
+        sizes = tuple(self._input_rows(n) for n in inputs)
+        return OpView(op_id, name, tuple(inputs), sizes, tuple(row_map.segments))
+
+    def _input_rows(self, node_id: str) -> int:
+        try:
+            return self.node(node_id).rows
+        except UnknownNode:
+            return 0  # an input never described: "all rows" of it resolves to none
+
+    def _op(self, op_id: str) -> OpRow:
+        rows = self._store.query(
+            "SELECT op_id, op_name, params_json, input_node_ids, output_node_id, understood "
+            "FROM lineage_ops FINAL WHERE op_id = {id:String} LIMIT 1", {"id": op_id})
+        if not rows:
+            raise UnknownNode(op_id)
+        o = rows[0]
+        return OpRow(o[0], o[1], o[2], tuple(o[3]), o[4], bool(o[5]))
+
+    def _source(self, node_id: str) -> SourceRef:
+        node = self.node(node_id)
+        rows = self._store.query("SELECT uri FROM sources FINAL WHERE source_id = {id:String}",
+                                 {"id": node.source_id})
+        return SourceRef(node.source_id, rows[0][0] if rows else "")
+
+    # -- queries ------------------------------------------------------------------------
+
+    def trace_rows(self, keys: events_pb2.RowKeys) -> list[tuple[str, int, Trace]]:
+        """(node, row, trace) for every key, rows of one node resolved together."""
+        n = len(keys.rows)
+        if keys.node_index and len(keys.node_index) != n:
+            raise BadRowKey(f"node_index has {len(keys.node_index)} entries for {n} rows")
+        if n and not keys.node_ids:
+            raise BadRowKey("rows are given but node_ids is empty")
+        index = np.asarray(keys.node_index, dtype=np.int64) if keys.node_index else \
+            np.zeros(n, dtype=np.int64)
+        if n and index.max() >= len(keys.node_ids):
+            raise BadRowKey("node_index points past node_ids")
+        rows = np.asarray(keys.rows, dtype=np.int64)
+        out: list[tuple[str, int, Trace] | None] = [None] * n
+        for i, node_id in enumerate(keys.node_ids):
+            where = np.flatnonzero(index == i)
+            if where.size == 0:
+                continue
+            node = self.node(node_id)
+            bad = rows[where] >= node.rows
+            if bad.any():
+                raise BadRowKey(f"row {int(rows[where][bad][0])} of node {node_id} is out of "
+                                f"range (the node has {node.rows} rows)")
+            for j, t in zip(where, trace_each(node_id, rows[where], self.op_of), strict=True):
+                out[j] = (node_id, int(rows[j]), t)
+        return [o for o in out if o is not None]
+
+    def ancestors(self, node_id: str) -> list[Node]:
+        self.node(node_id)
+        seen: list[str] = []
+        stack = [node_id]
+        while stack:
+            current = stack.pop()
+            op = self.op_of(current)
+            for parent in op.input_node_ids if op else ():
+                if parent not in seen:
+                    seen.append(parent)
+                    stack.append(parent)
+        return [self.node(n) for n in seen if self._known(n)]
+
+    def ops(self, node_id: str) -> list[OpRow]:
+        self.node(node_id)
+        return [self.op(o) for o in oldest_first(node_id, self.op_of)]
+
+    def _known(self, node_id: str) -> bool:
+        try:
+            self.node(node_id)
+            return True
+        except UnknownNode:
+            return False
