@@ -262,6 +262,89 @@ def status(data_dir: Path | None, dsn: str | None, listen: str | None,
         sys.exit(1)
 
 
+@cli.group()
+def lineage() -> None:
+    """Row-level lineage from a running serve / query-service (gRPC at --listen)."""
+
+
+def _lineage_stub(listen: str | None):
+    import grpc
+
+    from headwater.v1 import query_pb2_grpc
+
+    return query_pb2_grpc.LineageStub(grpc.insecure_channel(_settings(listen=listen).listen))
+
+
+def _lineage_call(method, request):
+    import grpc
+
+    try:
+        return method(request, timeout=60)
+    except grpc.RpcError as exc:
+        raise HeadwaterError(exc.details() or exc.code().name) from None
+
+
+@lineage.command("trace")
+@click.argument("node_id")
+@click.argument("rows", nargs=-1, type=int, required=True)
+@_listen
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per row")
+def lineage_trace(node_id: str, rows: tuple[int, ...], listen: str | None,
+                  as_json: bool) -> None:
+    """Source-file rows (and the ops in between) behind ROWS of NODE_ID."""
+    from headwater.v1 import events_pb2, query_pb2
+
+    response = _lineage_call(_lineage_stub(listen).TraceRows, query_pb2.TraceRowsRequest(
+        rows=events_pb2.RowKeys(node_ids=[node_id], rows=list(rows))))
+    for t in response.traces:
+        if as_json:
+            click.echo(json.dumps({"node_id": t.node_id, "row": t.row, "ops": list(t.op_ids),
+                                   "sources": [{"source_id": s.source_id, "uri": s.uri,
+                                                "row": s.row} for s in t.sources]}))
+            continue
+        out.print(f"[bold]{t.node_id}[/] row {t.row}  via {' -> '.join(t.op_ids) or '-'}")
+        by_file: dict[str, list[int]] = {}
+        for s in t.sources:
+            by_file.setdefault(s.uri or s.source_id, []).append(s.row)
+        for uri, file_rows in by_file.items():
+            shown = ", ".join(map(str, file_rows[:20])) + (" …" if len(file_rows) > 20 else "")
+            out.print(f"  {uri}: {len(file_rows)} row(s): {shown}")
+
+
+@lineage.command("ops")
+@click.argument("node_id")
+@_listen
+def lineage_ops(node_id: str, listen: str | None) -> None:
+    """The op chain that produced NODE_ID, oldest first."""
+    from headwater.v1 import query_pb2
+
+    response = _lineage_call(_lineage_stub(listen).Ops, query_pb2.NodeRequest(node_id=node_id))
+    table = Table("op", "name", "inputs", "output", "understood")
+    for o in response.ops:
+        table.add_row(o.op_id, o.op_name, ", ".join(o.input_node_ids), o.output_node_id,
+                      "yes" if o.understood else "[red]no: depends on all rows[/]")
+    out.print(table)
+
+
+@lineage.command("describe")
+@click.argument("node_id")
+@_listen
+def lineage_describe(node_id: str, listen: str | None) -> None:
+    """A node: source or op output, shape, columns, and its ancestors."""
+    from headwater.v1 import query_pb2
+
+    stub = _lineage_stub(listen)
+    node = _lineage_call(stub.DescribeNode, query_pb2.NodeRequest(node_id=node_id))
+    ancestors = _lineage_call(stub.Ancestors, query_pb2.NodeRequest(node_id=node_id))
+    out.print(f"{node.node_id}: {node.kind}, shape {list(node.shape)}, run {node.run_id}"
+              + (f", source {node.source_id}" if node.source_id else "")
+              + (f", made by {node.produced_by_op}" if node.produced_by_op else ""))
+    if node.columns:
+        out.print(f"  columns: {', '.join(node.columns)}")
+    for a in ancestors.nodes:
+        out.print(f"  ancestor {a.node_id} ({a.kind}{', ' + a.source_id if a.source_id else ''})")
+
+
 @cli.command()
 @_data_dir
 @_dsn

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import Serve
+from conftest import Serve, run_headwater
 from headwater.producers import GrpcTransport, Publisher, rowmap
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
@@ -118,3 +118,23 @@ def test_bad_row_keys_are_named(pipeline, keys, code, message: str) -> None:
     with pytest.raises(grpc.RpcError) as err:
         _stub(serve).TraceRows(query_pb2.TraceRowsRequest(rows=keys))
     assert err.value.code() == code and message in err.value.details()
+
+
+def test_lineage_cli(pipeline) -> None:
+    serve, perm = pipeline
+
+    def cli(*args: str):
+        return run_headwater("lineage", *args, "--listen", serve.target)
+
+    done = cli("trace", "n-train", "0", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(s["source_id"], s["uri"], s["row"]) for s in lines[1]["sources"]] == [
+        _expected(perm, 1)]
+    assert lines[0]["ops"] == ["op-concat", "op-shuffle", "op-train"]
+    ops = cli("ops", "n-norm")
+    assert ops.returncode == 0 and "numpy.subtract" in ops.stdout and "op-mean" in ops.stdout
+    described = cli("describe", "n-train")
+    assert described.returncode == 0 and "ancestor src-a (source, src-a)" in described.stdout
+    missing = cli("trace", "nope", "0")
+    assert missing.returncode == 2 and "no lineage node 'nope'" in missing.stderr
