@@ -53,12 +53,17 @@ class LineageGraph:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._nodes: dict[str, Node] = {}
+        self._ops_by_output: dict[str, tuple[str, str, tuple[str, ...], events_pb2.RowMap]] = {}
+        self._runs_loaded: set[str] = set()
         self.node = lru_cache(maxsize=None)(self._node)
         self.op_of = lru_cache(maxsize=None)(self._op_of)
         self.op = lru_cache(maxsize=None)(self._op)
         self.source = lru_cache(maxsize=None)(self._source)
 
     def _node(self, node_id: str) -> Node:
+        if node_id in self._nodes:
+            return self._nodes[node_id]
         rows = self._store.query(
             "SELECT node_id, kind, source_id, op_id, rows, shape, columns, run_id "
             "FROM lineage_nodes FINAL WHERE node_id = {id:String}", {"id": node_id})
@@ -68,15 +73,44 @@ class LineageGraph:
         return Node(n[0], n[1], n[2], n[3], int(n[4]), tuple(n[5]), tuple(n[6]), n[7])
 
     def _op_of(self, node_id: str) -> OpView | None:
-        rows = self._store.query(
-            "SELECT op_id, op_name, input_node_ids, hex(row_map) FROM lineage_ops FINAL "
-            "WHERE output_node_id = {id:String} LIMIT 1", {"id": node_id})
-        if not rows:
+        if node_id not in self._ops_by_output:
+            self._load_run_of(node_id)
+        if node_id not in self._ops_by_output:  # not in that run: ask for this node alone
+            self._load_ops("output_node_id = {id:String}", {"id": node_id})
+        op = self._ops_by_output.get(node_id)
+        if op is None:
             return None
-        op_id, name, inputs, row_map_hex = rows[0]
-        row_map = events_pb2.RowMap.FromString(bytes.fromhex(row_map_hex))
+        op_id, name, inputs, row_map = op
         sizes = tuple(self._input_rows(n) for n in inputs)
-        return OpView(op_id, name, tuple(inputs), sizes, tuple(row_map.segments))
+        return OpView(op_id, name, inputs, sizes, tuple(row_map.segments))
+
+    def _load_run_of(self, node_id: str) -> None:
+        """Read every op and node of the node's run in two queries (pipelines rarely span
+        runs; inputs from other runs are read one by one)."""
+        runs = self._store.query("SELECT run_id FROM lineage_nodes FINAL "
+                                 "WHERE node_id = {id:String}", {"id": node_id})
+        if not runs or runs[0][0] in self._runs_loaded:
+            return
+        run = runs[0][0]
+        self._runs_loaded.add(run)
+        self._load_ops("run_id = {run:String}", {"run": run})
+        for n in self._store.query(
+                "SELECT node_id, kind, source_id, op_id, rows, shape, columns, run_id "
+                "FROM lineage_nodes FINAL WHERE run_id = {run:String}", {"run": run}):
+            self._nodes[n[0]] = Node(n[0], n[1], n[2], n[3], int(n[4]), tuple(n[5]),
+                                     tuple(n[6]), n[7])
+
+    def _load_ops(self, where: str, params: dict) -> None:
+        table = self._store.query_arrow(
+            "SELECT op_id, op_name, input_node_ids, output_node_id, row_map "
+            f"FROM lineage_ops FINAL WHERE {where}", params)
+        for op_id, name, inputs, output, row_map in zip(*(table[c].to_pylist() for c in (
+                "op_id", "op_name", "input_node_ids", "output_node_id", "row_map")),
+                strict=True):
+            raw = row_map if isinstance(row_map, bytes) else row_map.encode("latin-1")
+            self._ops_by_output[_text(output)] = (
+                _text(op_id), _text(name), tuple(_text(i) for i in inputs),
+                events_pb2.RowMap.FromString(raw))
 
     def _input_rows(self, node_id: str) -> int:
         try:
@@ -150,3 +184,8 @@ class LineageGraph:
             return True
         except UnknownNode:
             return False
+
+
+def _text(value: str | bytes) -> str:
+    # Arrow results carry ClickHouse String columns as binary
+    return value.decode() if isinstance(value, bytes) else value

@@ -82,14 +82,15 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
 
     (origin, row) pairs are carried through one-to-one segments in bulk; a segment that
     depends on all rows of an input resolves that whole input once (cached) and adds it to
-    every origin that reached it.
+    every origin that reached it. Source rows are grouped per origin once, at the end.
     """
     rows = np.asarray(rows, dtype=np.int64)
-    traces = [Trace() for _ in rows]
     origin = np.arange(len(rows), dtype=np.int64)
     whole: dict[str, Trace] = {}
+    reached: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # source -> (origins, rows)
+    whole_hits: dict[str, list[np.ndarray]] = {}  # aggregated input -> origins reaching it
+    ops_hit: dict[str, list[np.ndarray]] = {}  # op id -> origins passing through it
     frontier: dict[str, tuple[np.ndarray, np.ndarray]] = {node_id: (origin, rows)}
-    ops_per_origin: list[set[str]] = [set() for _ in rows]
     for _ in range(max_depth):
         if not frontier:
             break
@@ -97,10 +98,9 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
         for node, (orig, node_rows) in frontier.items():
             op = op_of(node)
             if op is None:
-                _add_rows(traces, node, orig, node_rows)
+                reached.setdefault(node, []).append((orig, node_rows))
                 continue
-            for o in np.unique(orig):
-                ops_per_origin[o].add(op.op_id)
+            ops_hit.setdefault(op.op_id, []).append(orig)
             for seg in op.segments:
                 lo, hi = seg.out_start, seg.out_start + seg.length
                 hit = (node_rows >= lo) & (node_rows < hi)
@@ -111,10 +111,7 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
                     if parent not in whole:
                         whole[parent] = trace(parent, np.arange(op.input_rows[seg.input]),
                                               op_of, max_depth)
-                    for o in np.unique(orig[hit]):
-                        for src, src_rows in whole[parent].rows.items():
-                            _add_rows(traces, src, np.full(len(src_rows), o), src_rows)
-                        ops_per_origin[o].update(whole[parent].op_ids)
+                    whole_hits.setdefault(parent, []).append(orig[hit])
                     continue
                 nxt.setdefault(parent, []).append(
                     (orig[hit], segment_inputs(seg, node_rows[hit], op.input_rows[seg.input])))
@@ -122,20 +119,34 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
                         np.concatenate([p[1] for p in parts])) for n, parts in nxt.items()}
     else:
         raise ValueError(f"lineage of {node_id} is deeper than {max_depth} ops (a cycle?)")
-    rank = {op_id: i for i, op_id in enumerate(oldest_first(node_id, op_of))}
-    for t, ops in zip(traces, ops_per_origin, strict=True):
-        t.op_ids = sorted(ops, key=lambda op_id: rank.get(op_id, -1))
+
+    traces = [Trace() for _ in rows]
+    for parent, origins in whole_hits.items():  # aggregates: whole inputs, shared arrays
+        for o in np.unique(np.concatenate(origins)):
+            for src, src_rows in whole[parent].rows.items():
+                reached.setdefault(src, []).append((np.full(len(src_rows), o), src_rows))
+            for op_id in whole[parent].op_ids:
+                ops_hit.setdefault(op_id, []).append(np.array([o]))
+    for node, parts in reached.items():
+        orig = np.concatenate([p[0] for p in parts])
+        node_rows = np.concatenate([p[1] for p in parts])
+        order = np.lexsort((node_rows, orig))
+        orig, node_rows = orig[order], node_rows[order]
+        keep = np.ones(len(orig), dtype=bool)
+        keep[1:] = (orig[1:] != orig[:-1]) | (node_rows[1:] != node_rows[:-1])
+        orig, node_rows = orig[keep], node_rows[keep]
+        bounds = np.flatnonzero(np.diff(orig)) + 1
+        firsts = orig[np.concatenate([[0], bounds])] if len(orig) else orig
+        for o, part in zip(firsts, np.split(node_rows, bounds), strict=True):
+            traces[int(o)].rows[node] = part
+    order_of = {op_id: i for i, op_id in enumerate(oldest_first(node_id, op_of))}
+    per_origin: list[list[str]] = [[] for _ in rows]
+    for op_id in sorted(ops_hit, key=lambda o: order_of.get(o, -1)):
+        for o in np.unique(np.concatenate(ops_hit[op_id])):
+            per_origin[int(o)].append(op_id)
+    for t, ops in zip(traces, per_origin, strict=True):
+        t.op_ids = ops
     return traces
-
-
-def _add_rows(traces: list[Trace], node: str, orig: np.ndarray, rows: np.ndarray) -> None:
-    order = np.argsort(orig, kind="stable")
-    orig, rows = orig[order], rows[order]
-    bounds = np.flatnonzero(np.diff(orig)) + 1
-    for o_part, r_part in zip(np.split(orig, bounds), np.split(rows, bounds), strict=True):
-        t = traces[int(o_part[0])]
-        prev = t.rows.get(node)
-        t.rows[node] = np.unique(r_part) if prev is None else np.union1d(prev, r_part)
 
 
 def oldest_first(node_id: str, op_of: Callable[[str], OpView | None]) -> list[str]:

@@ -170,9 +170,10 @@ class Store:
                 raise StoreError(_first_line(exc)) from exc
 
     def query_arrow(self, sql: str, parameters: dict[str, Any] | None = None) -> pa.Table:
+        """An Arrow table; String columns come back as binary (no UTF-8 decoding)."""
         with self._mutex:
             try:
-                return self._client.query_arrow(sql, parameters=parameters)
+                return self._client.query_arrow(sql, parameters=parameters, use_strings=False)
             except ClickHouseError as exc:
                 raise StoreError(_first_line(exc)) from exc
 
