@@ -1,5 +1,6 @@
 """Two CSV files -> normalise -> concat -> shuffle -> split -> batches, recorded by tracked
-arrays, published to `headwater serve`, and every batch row resolved back to its file row."""
+arrays, delivered through `headwater serve` and through Kafka, and every batch row
+resolved back to its file row over gRPC."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
-from conftest import Serve
-from headwater.producers import GrpcTransport, Publisher
+from conftest import Broker, Serve, free_port, headwater, stop, wait_for_port
+from headwater.producers import GrpcTransport, KafkaTransport, Publisher
 from headwater.producers.sources import describe_csv
 from headwater.producers.tracking import Tracker, row_keys
 from headwater.v1 import query_pb2, query_pb2_grpc
+from test_kafka_path import Processor, _process, _uid, processors  # noqa: F401 (fixture)
+
+ROWS = {"clinic_a.csv": 30, "clinic_b.csv": 20}
 
 
 def _csv(path: Path, rows: int, seed: int) -> Path:
@@ -22,38 +27,70 @@ def _csv(path: Path, rows: int, seed: int) -> Path:
     return path
 
 
-def test_two_file_pipeline_resolves_through_serve(serve: Serve, tmp_path: Path) -> None:
-    files = [_csv(tmp_path / "clinic_a.csv", 30, 1), _csv(tmp_path / "clinic_b.csv", 20, 2)]
-    with Publisher(GrpcTransport(serve.target), run_id="pipeline") as pub:
-        tracker = Tracker(pub.publish)
-        parts, ids = [], []
-        for path in files:
-            src = pub.publish(describe_csv(path)).source_registered
-            x = tracker.array(np.loadtxt(path, delimiter=",", skiprows=1), source=src)
-            parts.append((x - x.mean(0)) / x.std(0))  # normalise within each file
-            ids += [(src.source_id, path.as_uri(), r) for r in range(len(x))]
-        data = np.concatenate(parts)
-        order = np.random.default_rng(5).permutation(len(data))
-        shuffled = data[order]
-        train, _test = tracker.split(shuffled, test_size=0.2, seed=7)
-        batches = list(tracker.batches(train, 8, seed=3))
-    # the reference: carry explicit row ids through the same steps
-    perm = np.random.default_rng(7).permutation(len(data))
-    train_ids = [ids[i] for i in order[perm[10:]]]
+def publish_pipeline(pub: Publisher, folder: Path) -> tuple[list, list[tuple[str, str, int]]]:
+    """Run the tracked pipeline; return its batches and, per batch row, the expected
+    (source id, file URI, file row) computed by carrying explicit row ids."""
+    tracker = Tracker(pub.publish)
+    parts, ids = [], []
+    for seed, (name, rows) in enumerate(ROWS.items()):
+        path = _csv(folder / name, rows, seed)
+        src = pub.publish(describe_csv(path)).source_registered
+        x = tracker.array(np.loadtxt(path, delimiter=",", skiprows=1), source=src)
+        parts.append((x - x.mean(0)) / x.std(0))  # normalised within each file
+        ids += [(src.source_id, path.as_uri(), r) for r in range(rows)]
+    data = np.concatenate(parts)
+    order = np.random.default_rng(5).permutation(len(data))
+    train, _test = tracker.split(data[order], test_size=0.2, seed=7)
+    batches = list(tracker.batches(train, 8, seed=3))
+    split_perm = np.random.default_rng(7).permutation(len(data))
+    train_ids = [ids[i] for i in order[split_perm[10:]]]
     batch_order = np.random.default_rng(3).permutation(len(train_ids))
+    expected = [train_ids[i] for i in batch_order]
+    return batches, expected
 
-    lineage = query_pb2_grpc.LineageStub(grpc.insecure_channel(serve.target))
-    for b, batch in enumerate(batches[:3]):
-        traced = lineage.TraceRows(query_pb2.TraceRowsRequest(rows=row_keys(batch))).traces
-        for t in traced:
-            want = train_ids[batch_order[b * 8 + t.row]]
-            own = [(s.source_id, s.uri, s.row) for s in t.sources if s.row == want[2]
-                   and s.source_id == want[0]]
-            assert own == [want]
-            # normalising by the file's mean/std makes a row depend on its whole file
-            assert {(s.source_id, s.row) for s in t.sources} == {
-                (want[0], r) for r in range(30 if want[1].endswith("clinic_a.csv") else 20)}
-        ops = lineage.Ops(query_pb2.NodeRequest(node_id=batch.node_id)).ops
-        names = [o.op_name for o in ops]
-        assert names[-3:] == ["ndarray.__getitem__", "headwater.split", "headwater.batch"]
-        assert "numpy.concatenate" in names and "numpy.subtract" in names
+
+def check_batches(target: str, batches: list, expected: list[tuple[str, str, int]]) -> None:
+    with grpc.insecure_channel(target) as channel:
+        lineage = query_pb2_grpc.LineageStub(channel)
+        for b, batch in enumerate(batches[:3]):
+            traced = lineage.TraceRows(query_pb2.TraceRowsRequest(rows=row_keys(batch))).traces
+            assert len(traced) == len(batch)
+            for t in traced:
+                source_id, uri, row = expected[b * 8 + t.row]
+                refs = {(s.source_id, s.uri, s.row) for s in t.sources}
+                assert (source_id, uri, row) in refs
+                # normalising by its file's mean and std makes a row depend on its whole file
+                assert refs == {(source_id, uri, r) for r in range(ROWS[uri.rsplit("/", 1)[1]])}
+            names = [o.op_name for o in lineage.Ops(
+                query_pb2.NodeRequest(node_id=batch.node_id)).ops]
+            assert names[-3:] == ["ndarray.__getitem__", "headwater.split", "headwater.batch"]
+            assert "numpy.concatenate" in names and "numpy.subtract" in names
+
+
+def test_two_file_pipeline_through_serve(serve: Serve, tmp_path: Path) -> None:
+    with Publisher(GrpcTransport(serve.target), run_id="pipeline") as pub:
+        batches, expected = publish_pipeline(pub, tmp_path)
+    check_batches(serve.target, batches, expected)
+
+
+@pytest.mark.kafka
+def test_two_file_pipeline_through_kafka(broker: Broker, tmp_path: Path,
+                                         processors: list[Processor]) -> None:
+    topic = f"hw-pipeline-{_uid()}"
+    broker.create_topic(topic)
+    data = tmp_path / "clickhouse"
+    transport = KafkaTransport(broker.bootstrap, topic)
+    with Publisher(transport, run_id="pipeline") as pub:
+        batches, expected = publish_pipeline(pub, tmp_path)
+        pub.flush(timeout=30)
+        published = pub.envelopes.seq
+    proc = _process(processors, broker.bootstrap, topic, data)
+    proc.wait_committed(published)
+    proc.stop()
+    port = free_port()
+    qs = headwater("query-service", "--dsn", f"chdb://{data}", "--listen", f"127.0.0.1:{port}")
+    try:
+        wait_for_port(port, timeout=60, proc=qs)
+        check_batches(f"127.0.0.1:{port}", batches, expected)
+    finally:
+        stop(qs)
