@@ -9,13 +9,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from test_kafka_path import Processor, _process, _uid
 
 from conftest import Broker, Serve, free_port, headwater, stop, wait_for_port
 from headwater.producers import GrpcTransport, KafkaTransport, Publisher
 from headwater.producers.sources import describe_csv
 from headwater.producers.tracking import Tracker, row_keys
 from headwater.v1 import query_pb2, query_pb2_grpc
-from test_kafka_path import Processor, _process, _uid, processors  # noqa: F401 (fixture)
 
 ROWS = {"clinic_a.csv": 30, "clinic_b.csv": 20}
 
@@ -74,8 +74,17 @@ def test_two_file_pipeline_through_serve(serve: Serve, tmp_path: Path) -> None:
 
 
 @pytest.mark.kafka
-def test_two_file_pipeline_through_kafka(broker: Broker, tmp_path: Path,
-                                         processors: list[Processor]) -> None:
+def test_two_file_pipeline_through_kafka(broker: Broker, tmp_path: Path) -> None:
+    processors: list[Processor] = []
+    try:
+        _pipeline_through_kafka(broker, tmp_path, processors)
+    finally:
+        for p in processors:
+            p.kill()
+
+
+def _pipeline_through_kafka(broker: Broker, tmp_path: Path,
+                            processors: list[Processor]) -> None:
     topic = f"hw-pipeline-{_uid()}"
     broker.create_topic(topic)
     data = tmp_path / "clickhouse"
