@@ -23,16 +23,17 @@ condition decides each element, so it maps like any elementwise operand.
 Understood ops (row maps exact): elementwise ufuncs with broadcasting (an operand with
 the output's rows maps by identity, a 1-row operand by broadcast — RowRange step 0 — and
 an operand with fewer dimensions, whose axis 0 is not the output's rows, by all rows);
-ufunc reductions and np.sum/mean/std/var/min/max/... over axis 0 or None (all rows) or
-other axes (identity); matmul/dot (rows of the left operand, all rows of the right);
-`__getitem__` with slices, ints, integer arrays, boolean masks, Ellipsis/None and tuples;
+ufunc reductions and np.sum/mean/std/var/min/max/argmax/median/quantile/average/... over
+axis 0 or None (all rows) or other axes (identity); matmul/dot/inner (rows of the left
+operand, all rows of the right); `__getitem__` with slices (any step), ints, integer
+arrays, boolean masks, Ellipsis/None and tuples whose later entries index columns;
 concatenate/vstack/hstack/column_stack/stack; split/array_split/vsplit/hsplit; take;
-reshape/ravel (C order); transpose/swapaxes/moveaxis; flip; roll; repeat; squeeze;
-expand_dims; atleast_2d; broadcast_to; sort/argsort; diff; where; clip; round; copy and
-`astype`. Anything else is recorded honestly: `understood=False` and every output row
-depending on all rows of every tracked input, reason "op not understood: <name>" — the
-output stays tracked. Over-approximations (cumulative sums over rows, a reshape whose row
-blocks do not line up) are recorded the same way.
+reshape/ravel/flatten (C order); transpose/.T/swapaxes/moveaxis; flip; roll; repeat;
+squeeze; expand_dims; atleast_1d/2d/3d; broadcast_to; sort/argsort; diff; where; clip;
+round; copy; `astype`. Anything else is recorded honestly: `understood=False` and every
+output row depending on all rows of every tracked input, reason "op not understood:
+<name>" — the output stays tracked. Over-approximations (cumulative sums over rows, a
+reshape joining more than MAX_FANIN_SEGMENTS rows into one) are recorded the same way.
 
 Granularity: "every_op" records every op as above. "batch" records only dataset-level
 ops of the tracker — `split`, `shuffle`, `batches` — as BATCH_LEVEL events; NumPy ops are
@@ -42,13 +43,28 @@ says it depends on all rows of those nodes. So batch rows resolve exactly when b
 are cut from sources or splits, and conservatively otherwise. "off": `array` returns
 plain arrays, nothing is recorded, no per-op cost.
 
-Not seen by the wrappers (documented limits): in-place changes NumPy does not route
-through ufuncs (`rng.shuffle(x)`, `x.sort()`, `np.copyto`) — use `tracker.shuffle` or
-`x[rng.permutation(len(x))]`; `np.asarray(x)` / `x.view(np.ndarray)` leave tracking on
-purpose. In-place ufuncs (`x += 1`) and `x[i] = v` re-bind `x` to a new node, but other
-views sharing x's memory keep their old node. Arrays made by ndarray methods that are
-not intercepted (views from `x.view()`, iteration) are recorded lazily, when first used
-by a recorded op, as depending on all rows of their parent (understood=False).
+Results are arrays: a reduction to a scalar, or `x[i]` on a 1-D array, gives a 0-d
+TrackedArray (so `x - x.sum()` keeps its lineage); `float()`, `int()`, `bool()` and
+indexing with it work, hashing does not. Results that are not arrays (`np.allclose`,
+`np.shape`) and data-independent ones (`np.zeros_like`) are returned untracked.
+
+In place: ufuncs with `out=` (`x += 1`), `x[i] = v`, `x.sort()`, `x.partition()` and
+`np.copyto(x, ...)` record an op and re-bind `x` to its new node (other views sharing x's
+memory keep their old node).
+
+Not seen by the wrappers (documented limits): NumPy code that copies or reorders data
+without the array protocols — `rng.permutation(x)` and `rng.choice(x)` return plain
+arrays, and `rng.shuffle(x)` reorders x's rows in place unseen, so x's row map is then
+wrong. Use `tracker.shuffle(x, seed)` or `x[rng.permutation(len(x))]` instead.
+`np.asarray(x)` / `x.view(np.ndarray)` leave tracking on purpose; pickling gives a plain
+array (node ids are process-local). Arrays that NumPy makes from a tracked array outside
+the protocols (`x.view()`, `copy.deepcopy(x)`) are recorded lazily, when a recorded op
+first uses them, as depending on all rows of their parent (`headwater.unrecorded_ops`,
+understood=False).
+
+Cost: one event per op is built from cached, pre-encoded protobuf pieces (segments are
+built with NumPy; no per-row Python loops), so the fixed cost is a few microseconds per
+op; gathers are the only row maps whose size grows with the rows (zstd-compressed deltas).
 """
 
 from __future__ import annotations
@@ -369,6 +385,9 @@ class TrackedArray(np.ndarray):
             return func(*pargs, **pkwargs)
         call = _Call(tracker, func, args, kwargs, pargs, pkwargs, found)
         result = func(*pargs, **pkwargs)
+        if func is np.copyto:
+            _record_copyto(call)
+            return result
         if tracker._batch:
             return tracker._derive(result, call.tracked, call.op_name, ())
         handler = _FUNCTIONS.get(func)
@@ -463,6 +482,31 @@ class TrackedArray(np.ndarray):
     @property
     def T(self) -> Any:  # type: ignore[override]
         return np.transpose(self)
+
+    def sort(self, axis: Any = -1, kind: Any = None, order: Any = None,  # type: ignore[override]
+             **kwargs: Any) -> None:
+        self.view(np.ndarray).sort(axis, kind, order, **kwargs)
+        self._in_place("ndarray.sort", axis)
+
+    def partition(self, kth: Any, axis: Any = -1, kind: Any = "introselect",  # type: ignore[override]
+                  order: Any = None) -> None:
+        self.view(np.ndarray).partition(kth, axis, kind, order)
+        self._in_place("ndarray.partition", axis)
+
+    def _in_place(self, op_name: str, axis: Any) -> None:
+        """Record an in-place reordering along `axis`: rows mix when it is axis 0."""
+        tracker = self._hw_tracker
+        if tracker is None or tracker._off:
+            return
+        if tracker._batch:
+            tracker._derive(self.view(np.ndarray), [self], op_name, (self,))
+            return
+        n = _rows(self.shape)
+        node = _node_required(self)
+        mixed = _covers_rows(axis, self.ndim)
+        segments = [_all(0, n, "sorted along rows") if mixed else _identity(0, n)] if n else []
+        tracker._emit_result(self.view(np.ndarray), op_name, _json_axis(axis), [node],
+                             segments, True, (self,))
 
     def astype(self, dtype: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         result = self.view(np.ndarray).astype(dtype, *args, **kwargs)
@@ -786,18 +830,33 @@ def _input_nodes(arrays: Sequence[Any]) -> tuple[list[str], dict[int, int]]:
     return nodes, index
 
 
+_CONTAINERS = (tuple, list, dict)
+
+
 def _strip(obj: Any, found: list[TrackedArray] | None = None) -> Any:
     """obj with TrackedArrays replaced by plain views (inside tuples, lists and dicts)."""
-    if isinstance(obj, TrackedArray):
+    kind = type(obj)
+    if kind is TrackedArray or isinstance(obj, TrackedArray):
         if found is not None and obj._hw_tracker is not None:
             found.append(obj)
         return obj.view(np.ndarray)
-    if isinstance(obj, tuple):
-        return tuple(_strip(o, found) for o in obj)
-    if isinstance(obj, list):
-        return [_strip(o, found) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _strip(v, found) for k, v in obj.items()}
+    if kind is tuple or kind is list:
+        out = []
+        for o in obj:
+            if type(o) is TrackedArray:
+                if found is not None and o._hw_tracker is not None:
+                    found.append(o)
+                out.append(o.view(np.ndarray))
+            elif isinstance(o, _CONTAINERS) or isinstance(o, TrackedArray):
+                out.append(_strip(o, found))
+            else:
+                out.append(o)
+        return tuple(out) if kind is tuple else out
+    if isinstance(obj, _CONTAINERS):  # dicts, and tuple/list subclasses
+        if isinstance(obj, dict):
+            return {k: _strip(v, found) for k, v in obj.items()} if obj else obj
+        stripped = [_strip(o, found) for o in obj]
+        return type(obj)(stripped) if isinstance(obj, list) else tuple(stripped)
     return obj
 
 
@@ -1201,6 +1260,34 @@ def _dot(call: _Call, outs: list[Any]) -> Spec:
     return _product_segments(call.func.__name__, call.input_of(a), np.shape(call.parg(0, "a")),
                              call.input_of(b), np.shape(call.parg(1, "b")),
                              np.shape(outs[0])), True, "{}"
+
+
+def _record_copyto(call: _Call) -> None:
+    """np.copyto(dst, src, where=...): dst now holds src's values (and, where `where` is
+    given, its own old ones); dst is re-bound to a new node."""
+    dst = call.arg(0, "dst")
+    if not isinstance(dst, TrackedArray) or dst._hw_tracker is None:
+        return  # copied into an untracked array: leaves tracking
+    tracker = call.tracker
+    if tracker._batch:
+        tracker._derive(dst.view(np.ndarray), call.tracked, "numpy.copyto", (dst,))
+        return
+    where = call.arg(3, "where", True)
+    operands = [call.arg(1, "src")] + ([dst, where] if where is not True else [])
+    nodes: list[str] = []
+    segments: Segments = []
+    for arr in operands:
+        if not isinstance(arr, TrackedArray) or arr._hw_tracker is None:
+            continue
+        node = _node_required(arr)
+        if node in nodes:
+            continue
+        seg = _operand_segment(len(nodes), arr.shape, dst.shape)
+        nodes.append(node)
+        if seg is not None:
+            segments.append(seg)
+    tracker._emit_result(dst.view(np.ndarray), "numpy.copyto", "{}", nodes, segments, True,
+                         (dst,))
 
 
 def _product_segments(kind: str, i: int | None, a_shape: tuple[int, ...], j: int | None,

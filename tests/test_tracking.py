@@ -696,3 +696,19 @@ def test_large_gathers_are_compressed(rec: Recorder) -> None:
     assert slice_bytes < 200
     assert rec.resolve(rec.events[-1] and x[subset[:3]]) == [
         {("src-big", int(r))} for r in subset[:3]]
+
+
+def test_in_place_sort_and_copyto_rebind(rec: Recorder) -> None:
+    v = rec.source(np.array([3.0, 1.0, 2.0]), "src-v")
+    v.sort()  # rows reordered in place: each row may now come from any row
+    assert rec.last().op_name == "ndarray.sort"
+    assert rec.resolve(v) == [{("src-v", r) for r in range(3)}] * 3
+    x = _x(rec)
+    y = x[:2].copy()
+    y.sort(axis=1)  # within rows: rows keep their lineage
+    assert rec.resolve(y) == [{("src-x", 0)}, {("src-x", 1)}]
+    np.copyto(y, x[4:])
+    assert rec.last().op_name == "numpy.copyto"
+    assert rec.resolve(y) == [{("src-x", 4)}, {("src-x", 5)}]
+    np.copyto(y, x[:1], where=np.array([True, False, True]))
+    assert rec.resolve(y) == [{("src-x", 4), ("src-x", 0)}, {("src-x", 5), ("src-x", 0)}]
