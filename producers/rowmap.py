@@ -14,6 +14,7 @@ import pyarrow as pa
 from headwater.v1 import events_pb2
 
 MIN_RANGE = 16  # arithmetic runs at least this long become ranges; shorter ones are gathered
+MAX_RANGES = 4096  # beyond this many runs one gather is smaller and faster to decode
 
 
 def identity(input_index: int, n: int, out_start: int = 0) -> events_pb2.RowSegment:
@@ -44,41 +45,46 @@ def decode_gather(g: events_pb2.RowGather) -> np.ndarray:
     raise ValueError(f"row gather encoding {g.encoding} is not supported")
 
 
-def from_indices(input_index: int, rows: np.ndarray,
-                 out_start: int = 0) -> list[events_pb2.RowSegment]:
-    """Segments for `out_start + i <- rows[i]`: long arithmetic runs as ranges, the rest
-    gathered (consecutive short runs merged into one gather)."""
-    rows = np.asarray(rows, dtype=np.int64).ravel()
-    n = len(rows)
+def plan(rows: np.ndarray) -> list[tuple[bool, int, int, int]]:
+    """How to cover `rows` in order: (is_range, at, length, step) pieces, computed without
+    per-row Python work. Arithmetic runs of at least MIN_RANGE rows become ranges,
+    everything between them one gather each; more than MAX_RANGES runs, one gather."""
+    n = rows.size
     if n == 0:
         return []
     if n == 1:
-        return [_range(input_index, out_start, 0, 1, int(rows[0]), 1)]
+        return [(True, 0, 1, 1)]
     steps = np.diff(rows)
-    # run boundaries: where the step changes
-    change = np.flatnonzero(steps[1:] != steps[:-1]) + 1
-    starts = np.concatenate([[0], change])
-    ends = np.concatenate([change, [n - 1]])  # run k covers rows[starts[k] .. ends[k]]
-    segments: list[events_pb2.RowSegment] = []
-    pending = -1  # start of rows not yet emitted (gathered)
-    i = 0
-    for s, e in zip(starts, ends, strict=True):
-        s = max(int(s), i)
-        e = int(e)
-        if e - s + 1 >= MIN_RANGE:
-            if pending >= 0:
-                segments.append(_gather(input_index, out_start, pending, rows[pending:s]))
-                pending = -1
-            segments.append(_range(input_index, out_start, s, e - s + 1, int(rows[s]),
-                                   int(rows[s + 1] - rows[s])))
-            i = e + 1
-        elif pending < 0:
-            pending = s
-    if pending >= 0 or i < n:
-        begin = pending if pending >= 0 else i
-        if begin < n:
-            segments.append(_gather(input_index, out_start, begin, rows[begin:]))
-    return segments
+    if (steps == steps[0]).all():
+        return [(True, 0, n, int(steps[0]))]
+    brk = np.flatnonzero(steps[1:] != steps[:-1]) + 1  # where a new run of equal steps starts
+    run_start = np.concatenate(([0], brk))
+    run_end = np.concatenate((brk, [n - 1]))  # run k covers rows[run_start[k]..run_end[k]]
+    long = np.flatnonzero(run_end - run_start + 1 >= MIN_RANGE)
+    if long.size == 0 or long.size > MAX_RANGES:
+        return [(False, 0, n, 0)]
+    pieces: list[tuple[bool, int, int, int]] = []
+    cursor = 0
+    for k in long.tolist():
+        a, b = max(int(run_start[k]), cursor), int(run_end[k])  # adjacent runs share an end
+        if a > cursor:
+            pieces.append((False, cursor, a - cursor, 0))
+        pieces.append((True, a, b - a + 1, int(steps[run_start[k]])))
+        cursor = b + 1
+    if cursor < n:
+        pieces.append((False, cursor, n - cursor, 0))
+    return pieces
+
+
+def from_indices(input_index: int, rows: np.ndarray,
+                 out_start: int = 0) -> list[events_pb2.RowSegment]:
+    """Segments for `out_start + i <- rows[i]` (see `plan`)."""
+    rows = np.asarray(rows, dtype=np.int64).ravel()
+    return [
+        _range(input_index, out_start, at, length, int(rows[at]), step) if is_range
+        else _gather(input_index, out_start, at, rows[at:at + length])
+        for is_range, at, length, step in plan(rows)
+    ]
 
 
 def _range(inp: int, base: int, at: int, length: int, start: int,

@@ -91,7 +91,6 @@ GRANULARITIES = ("every_op", "batch", "off")
 _EVERY_OP = events_pb2.OpRecorded.EVERY_OP
 _BATCH_LEVEL = events_pb2.OpRecorded.BATCH_LEVEL
 
-MAX_RANGES = 4096  # more arithmetic runs than this in one index array: one gather instead
 MAX_FANIN_SEGMENTS = 64  # output rows built from more input rows each: all rows instead
 
 BROADCAST = "broadcast across output rows"
@@ -186,40 +185,13 @@ def decode_segments(segments: Segments) -> list[events_pb2.RowSegment]:
 
 
 def rows_segments(i: int, rows: Any, out_start: int = 0) -> Segments:
-    """Segments for `out_start + k <- rows[k]`, built without per-row Python work.
-
-    Arithmetic runs of at least `rowmap.MIN_RANGE` rows become ranges, everything between
-    them one gather each (zstd-compressed deltas); an array with more than MAX_RANGES such
-    runs is one gather. Same meaning as `rowmap.from_indices`, whose loop is per run.
-    """
+    """Segments for `out_start + k <- rows[k]`: `rowmap.plan`'s pieces, hand-encoded."""
     rows = np.asarray(rows, dtype=np.int64).ravel()
-    n = rows.size
-    if n == 0:
-        return []
-    if n == 1:
-        return [_range(i, int(rows[0]), 1, 1, out_start)]
-    steps = np.diff(rows)
-    first = steps[0]
-    if (steps == first).all():
-        return [_range(i, int(rows[0]), int(first), n, out_start)]
-    brk = np.flatnonzero(steps[1:] != steps[:-1]) + 1  # where a new run of equal steps starts
-    run_start = np.concatenate(([0], brk))
-    run_end = np.concatenate((brk, [n - 1]))  # run k covers rows[run_start[k]..run_end[k]]
-    long = np.flatnonzero(run_end - run_start + 1 >= rowmap.MIN_RANGE)
-    if long.size == 0 or long.size > MAX_RANGES:
-        return [_gather(i, rows, out_start)]
-    segments: Segments = []
-    cursor = 0
-    for k in long.tolist():
-        a, b = max(int(run_start[k]), cursor), int(run_end[k])  # adjacent runs share an end
-        if a > cursor:
-            segments.append(_gather(i, rows[cursor:a], out_start + cursor))
-        segments.append(_range(i, int(rows[a]), int(steps[run_start[k]]), b - a + 1,
-                               out_start + a))
-        cursor = b + 1
-    if cursor < n:
-        segments.append(_gather(i, rows[cursor:], out_start + cursor))
-    return segments
+    return [
+        _range(i, int(rows[at]), step, length, out_start + at) if is_range
+        else _gather(i, rows[at:at + length], out_start + at)
+        for is_range, at, length, step in rowmap.plan(rows)
+    ]
 
 
 def _fanin_segments(i: int, table: np.ndarray, reason: str) -> tuple[Segments, bool]:
