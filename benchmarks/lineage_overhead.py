@@ -1,9 +1,11 @@
-"""Lineage benchmarks: resolution speed from ClickHouse and event volume of row maps.
+"""Lineage benchmarks: tracking overhead, resolution speed from ClickHouse, event volume.
 
     python benchmarks/lineage_overhead.py [--keys 10000] [--ops 20] [--rows 100000]
 
-Prints: the time to resolve KEYS training-row keys through an OPS-op pipeline read from
-ClickHouse (embedded chDB; median of 5 runs, a fresh graph each run so every op is read
+Prints: the overhead of tracked arrays on a 10-op elementwise + normalisation chain vs
+plain NumPy (median of interleaved runs; traceprop 0.7.0 side by side when installed:
+`pip install traceprop==0.7.0`), the time to resolve KEYS training-row keys through an
+OPS-op pipeline read from ClickHouse (embedded chDB; median of 5 runs, a fresh graph each run so every op is read
 from the store), and the bytes of OpRecorded events for 1e7-row gathers.
 """
 
@@ -111,6 +113,54 @@ def event_volume(n: int = 10_000_000) -> dict:
     return out
 
 
+def _chain(x):
+    """The 10-op elementwise + normalisation chain measured for overhead."""
+    m = x.mean(0)
+    s = x.std(0)
+    y = (x - m) / s
+    y = y * 2.0
+    y = y + 1.0
+    y = np.tanh(y)
+    y = y ** 2
+    y = np.sqrt(y)
+    return np.clip(y, 0.0, 1.0)
+
+
+def overhead(sizes: list[int], repeats: int) -> dict:
+    """Median ratio (tracked / plain) over interleaved runs, per size; and traceprop's."""
+    from headwater.producers.tracking import Tracker
+
+    try:
+        import traceprop
+    except ImportError:
+        traceprop = None
+    out = {}
+    for size in sizes:
+        base = np.random.default_rng(0).normal(size=(size // 10, 10))
+        events: list = []
+        tracker = Tracker(events.append)
+        tracked = tracker.array(base)
+        peer = traceprop.from_numpy(base.copy(), source_id="bench") if traceprop else None
+        runs: dict[str, list[float]] = {"plain": [], "headwater": [], "traceprop": []}
+        for _ in range(repeats):  # interleaved: the same noise hits every variant
+            for name, x in (("plain", base), ("headwater", tracked), ("traceprop", peer)):
+                if x is None:
+                    continue
+                start = time.perf_counter()
+                _chain(x)
+                runs[name].append(time.perf_counter() - start)
+            events.clear()
+        plain = statistics.median(runs["plain"])
+        row = {"plain_us": round(plain * 1e6, 1)}
+        for name in ("headwater", "traceprop"):
+            if runs[name]:
+                t = statistics.median(runs[name])
+                row[f"{name}_ratio"] = round(t / plain, 3)
+                row[f"{name}_us_per_op"] = round((t - plain) * 1e6 / 10, 1)
+        out[str(size)] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, default=10_000)
@@ -119,13 +169,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--volume-rows", type=int, default=10_000_000)
     ap.add_argument("--aggregates", action="store_true",
                     help="also x - mean(x) ops: every row then depends on every source row")
+    ap.add_argument("--sizes", default="1000,1000000,10000000",
+                    help="elements of the overhead chain's array, comma-separated")
+    ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    figures = {"resolution": resolution(args.keys, args.ops, args.rows, args.aggregates),
+    sizes = [int(v) for v in args.sizes.split(",")]
+    figures = {"overhead": overhead(sizes, args.repeats),
+               "resolution": resolution(args.keys, args.ops, args.rows, args.aggregates),
                "event_volume": event_volume(args.volume_rows)}
     if args.json:
         print(json.dumps(figures))
         return 0
+    for size, o in figures["overhead"].items():
+        peer = (f"; traceprop 0.7.0 {o['traceprop_ratio']}x ({o['traceprop_us_per_op']} us/op)"
+                if "traceprop_ratio" in o else "; traceprop not installed")
+        print(f"overhead, 10-op chain at {int(size):.0e} elements: headwater "
+              f"{o['headwater_ratio']}x plain NumPy ({o['headwater_us_per_op']} us/op over "
+              f"{o['plain_us']} us plain){peer}  (targets: <= 1.01x at 1e6, <= 2 us/op)")
     r = figures["resolution"]
     print(f"resolution: {r['keys']} row keys through {r['ops']} ops ({r['final_rows']} rows, "
           f"2 sources of {r['rows_per_source']}) from ClickHouse: median {r['median_ms']} ms, "
