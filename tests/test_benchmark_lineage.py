@@ -12,8 +12,8 @@ from conftest import REPO
 def test_lineage_benchmark_fast() -> None:
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "lineage_overhead.py"), "--keys", "500",
-         "--ops", "8", "--rows", "2000", "--volume-rows", "100000", "--aggregates", "--sizes", "1000",
-         "--repeats", "3", "--json"],
+         "--ops", "8", "--rows", "2000", "--volume-rows", "100000", "--aggregates",
+         "--sizes", "1000", "--repeats", "3", "--json"],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
