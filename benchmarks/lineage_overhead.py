@@ -6,7 +6,8 @@ Prints: the overhead of tracked arrays on a 10-op elementwise + normalisation ch
 plain NumPy (median of interleaved runs; traceprop 0.7.0 side by side when installed:
 `pip install traceprop==0.7.0`), the time to resolve KEYS training-row keys through an
 OPS-op pipeline read from ClickHouse (embedded chDB; median of 5 runs, a fresh graph
-each run so every op is read from the store), and the bytes of OpRecorded events for 1e7-row gathers.
+each run so every op is read from the store), and the bytes of OpRecorded events for
+1e7-row gathers.
 """
 
 from __future__ import annotations
