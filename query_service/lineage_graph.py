@@ -48,6 +48,13 @@ class SourceRef:
     uri: str
 
 
+_NODE_COLUMNS = "node_id, kind, source_id, op_id, rows, shape, columns, run_id"
+
+
+def _to_node(n: tuple) -> Node:
+    return Node(n[0], n[1], n[2], n[3], int(n[4]), tuple(n[5]), tuple(n[6]), n[7])
+
+
 class LineageGraph:
     """Reads nodes and ops on demand; one instance per request keeps reads consistent."""
 
@@ -64,13 +71,11 @@ class LineageGraph:
     def _node(self, node_id: str) -> Node:
         if node_id in self._nodes:
             return self._nodes[node_id]
-        rows = self._store.query(
-            "SELECT node_id, kind, source_id, op_id, rows, shape, columns, run_id "
-            "FROM lineage_nodes FINAL WHERE node_id = {id:String}", {"id": node_id})
+        rows = self._store.query(f"SELECT {_NODE_COLUMNS} FROM lineage_nodes FINAL "
+                                 "WHERE node_id = {id:String}", {"id": node_id})
         if not rows:
             raise UnknownNode(node_id)
-        n = rows[0]
-        return Node(n[0], n[1], n[2], n[3], int(n[4]), tuple(n[5]), tuple(n[6]), n[7])
+        return _to_node(rows[0])
 
     def _op_of(self, node_id: str) -> OpView | None:
         if node_id not in self._ops_by_output:
@@ -94,11 +99,10 @@ class LineageGraph:
         run = runs[0][0]
         self._runs_loaded.add(run)
         self._load_ops("run_id = {run:String}", {"run": run})
-        for n in self._store.query(
-                "SELECT node_id, kind, source_id, op_id, rows, shape, columns, run_id "
-                "FROM lineage_nodes FINAL WHERE run_id = {run:String}", {"run": run}):
-            self._nodes[n[0]] = Node(n[0], n[1], n[2], n[3], int(n[4]), tuple(n[5]),
-                                     tuple(n[6]), n[7])
+        for row in self._store.query(f"SELECT {_NODE_COLUMNS} FROM lineage_nodes FINAL "
+                                     "WHERE run_id = {run:String}", {"run": run}):
+            node = _to_node(row)
+            self._nodes[node.node_id] = node
 
     def _load_ops(self, where: str, params: dict) -> None:
         table = self._store.query_arrow(
