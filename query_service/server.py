@@ -14,6 +14,8 @@ from grpc_reflection.v1alpha import reflection
 from headwater.producers import telemetry
 from headwater.producers.transports.base import Sink
 from headwater.producers.transports.grpc import MAX_MESSAGE_BYTES
+from headwater.query_service.attribution import AttributionEngine
+from headwater.query_service.services.attribution import AttributionService
 from headwater.query_service.services.compliance import ComplianceService
 from headwater.query_service.services.ingest import IngestService
 from headwater.query_service.services.lineage import LineageService
@@ -23,7 +25,6 @@ from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
 
-_ATTRIBUTION = "needs gradient capture, sketches and the attribution engine (issue 4)"
 _UNLEARNING = "needs lineage resolution and the unlearning listener (issue 5)"
 
 
@@ -57,7 +58,8 @@ class _Telemetry(grpc.ServerInterceptor):
 
 
 def build_server(store: Store, listen: str, sink: Sink | None = None,
-                 max_workers: int = 8) -> tuple[grpc.Server, int]:
+                 max_workers: int = 8, damping: float = 0.0,
+                 decay: float = 1.0) -> tuple[grpc.Server, int]:
     """Create (not start) the server; `sink` enables Ingest. Returns (server, bound port)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="headwater-rpc"),
@@ -76,9 +78,8 @@ def build_server(store: Store, listen: str, sink: Sink | None = None,
     query_pb2_grpc.add_ComplianceServicer_to_server(ComplianceService(store), server)
     query_pb2_grpc.add_QueryServicer_to_server(QueryService(store), server)
     query_pb2_grpc.add_AttributionServicer_to_server(
-        not_built(query_pb2_grpc.AttributionServicer, "Attribution", {
-            m: _ATTRIBUTION for m in ("Attribute", "AttributeBatch", "SelfInfluence", "Value")
-        }), server)
+        AttributionService(store, AttributionEngine(store, damping=damping, decay=decay)),
+        server)
     query_pb2_grpc.add_UnlearningServicer_to_server(
         not_built(query_pb2_grpc.UnlearningServicer, "Unlearning",
                   {m: _UNLEARNING for m in ("Forget", "Status")}), server)

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(2000, gt=0)
     batch_within: float = Field(0.5, gt=0)
     otlp_endpoint: str | None = None
+    attribution_damping: float = Field(
+        0.0, ge=0, description="influence damping λ; 0: 1e-3 x the mean curvature diagonal")
+    attribution_decay: float = Field(
+        1.0, gt=0, le=1, description="influence ensemble weight per version of age "
+        "(continual learning: < 1 favours recent versions)")
 
     @field_validator("kafka_config", mode="before")
     @classmethod

@@ -33,6 +33,9 @@ class Trace:
 
     rows: dict[str, np.ndarray] = field(default_factory=dict)  # source node -> rows
     op_ids: list[str] = field(default_factory=list)  # oldest first
+    # The rows reached through row-wise segments only (not through an aggregate such as a
+    # mean over all rows): "the" source rows of a training row. Filled by `trace_each`.
+    direct: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def map_rows(op: OpView, out_rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -121,12 +124,27 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
         raise ValueError(f"lineage of {node_id} is deeper than {max_depth} ops (a cycle?)")
 
     traces = [Trace() for _ in rows]
+    _group_into(traces, reached, "direct")
     for parent, origins in whole_hits.items():  # aggregates: whole inputs, shared arrays
         for o in np.unique(np.concatenate(origins)):
             for src, src_rows in whole[parent].rows.items():
                 reached.setdefault(src, []).append((np.full(len(src_rows), o), src_rows))
             for op_id in whole[parent].op_ids:
                 ops_hit.setdefault(op_id, []).append(np.array([o]))
+    _group_into(traces, reached, "rows")
+    order_of = {op_id: i for i, op_id in enumerate(oldest_first(node_id, op_of))}
+    per_origin: list[list[str]] = [[] for _ in rows]
+    for op_id in sorted(ops_hit, key=lambda o: order_of.get(o, -1)):
+        for o in np.unique(np.concatenate(ops_hit[op_id])):
+            per_origin[int(o)].append(op_id)
+    for t, ops in zip(traces, per_origin, strict=True):
+        t.op_ids = ops
+    return traces
+
+
+def _group_into(traces: list[Trace], reached: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+                attr: str) -> None:
+    """Sort (origin, row) pairs per source node and store each origin's unique rows."""
     for node, parts in reached.items():
         orig = np.concatenate([p[0] for p in parts])
         node_rows = np.concatenate([p[1] for p in parts])
@@ -138,15 +156,7 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
         bounds = np.flatnonzero(np.diff(orig)) + 1
         firsts = orig[np.concatenate([[0], bounds])] if len(orig) else orig
         for o, part in zip(firsts, np.split(node_rows, bounds), strict=True):
-            traces[int(o)].rows[node] = part
-    order_of = {op_id: i for i, op_id in enumerate(oldest_first(node_id, op_of))}
-    per_origin: list[list[str]] = [[] for _ in rows]
-    for op_id in sorted(ops_hit, key=lambda o: order_of.get(o, -1)):
-        for o in np.unique(np.concatenate(ops_hit[op_id])):
-            per_origin[int(o)].append(op_id)
-    for t, ops in zip(traces, per_origin, strict=True):
-        t.op_ids = ops
-    return traces
+            getattr(traces[int(o)], attr)[node] = part
 
 
 def oldest_first(node_id: str, op_of: Callable[[str], OpView | None]) -> list[str]:

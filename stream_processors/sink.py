@@ -16,7 +16,9 @@ from headwater.producers import telemetry
 from headwater.producers.transports.base import Ack, Record
 from headwater.stream_processors import chunks
 from headwater.stream_processors.decode import Accepted, Rejected, decode_batch, decode_record
-from headwater.stream_processors.rows import DERIVED, dead_letter_rows, event_rows
+from headwater.stream_processors.derived import DERIVED
+from headwater.stream_processors.gradients import curvature_parts
+from headwater.stream_processors.rows import dead_letter_rows, event_rows
 from headwater.stream_processors.store import Store
 
 CHUNK_SCHEMA = pa.schema([
@@ -55,10 +57,25 @@ class EventSink:
             self.store.insert("dead_letters", dead_letter_rows(rows.rejected, self.transport, now))
             for table in DERIVED:
                 self.store.insert(table, pa.concat_tables(rows.tables[table]))
+            self._sketch(rows.accepted, now)
             self.store.insert("events", pa.concat_tables(rows.tables["events"]))
             self._stored.add(len(rows.accepted))
             self._dead.add(len(rows.rejected))
             return _acks(rows.accepted, rows.rejected, pending_acks)
+
+    def _sketch(self, accepted: list[Accepted], now: datetime) -> None:
+        """Add the batch's gradient rows to the online curvature sketch, skipping events a
+        stored part already counted (a redelivered batch must not count twice). The part
+        lists its events and is inserted in one write, so it is counted whole or not at all."""
+        ids = [a.event.event_id for a in accepted
+               if a.event.WhichOneof("payload") == "gradient_batch"]
+        if not ids:
+            return
+        counted = {row[0] for row in self.store.query(
+            "SELECT DISTINCT e FROM curvature_parts ARRAY JOIN event_ids AS e "
+            "WHERE e IN {ids:Array(String)}", {"ids": ids})}
+        self.store.insert("curvature_parts", curvature_parts(
+            accepted, counted, int(now.timestamp() * 1_000_000)))
 
     def _rows(self, records: list[Record], start: int, now: datetime) -> _Rows:
         """Run the pure processors. A record whose processing raises (a processor bug the

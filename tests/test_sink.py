@@ -116,6 +116,7 @@ def test_corrupt_chunk_set_is_dead_lettered(store: Store) -> None:
 
 def test_a_record_whose_processing_raises_is_isolated(store: Store,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from headwater.stream_processors import derived as derived_module
     from headwater.stream_processors import rows as rows_module
 
     real = rows_module.source_rows
@@ -125,7 +126,7 @@ def test_a_record_whose_processing_raises_is_isolated(store: Store,
             raise OverflowError("boom")
         return real(batch)
 
-    monkeypatch.setitem(rows_module.DERIVED, "sources", fragile)
+    monkeypatch.setitem(derived_module.DERIVED, "sources", fragile)
     acks = EventSink(store, "kafka").ingest(_records(8))
     assert [a.accepted for a in acks] == [True] * 3 + [False] + [True] * 4
     assert acks[3].error == "processing failed: OverflowError: boom"

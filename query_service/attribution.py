@@ -1,0 +1,407 @@
+"""The attribution engine: which training rows most influenced a prediction.
+
+Per model, the stored gradient rows are loaded once into a cached feature matrix (and
+reloaded when rows arrive); scores are computed blockwise over it (DESIGN.md, Attribution):
+
+- influence: score_i = q_i φ_iᵀ (C + λI)⁻¹ φ', C the curvature sketch Σ w φφᵀ of the
+  version, averaged over the versions that have a test gradient (older versions weighted
+  by `decay` per version). With FEATURISATION rows for a version (every training row's
+  gradient re-computed at that version) those are used; otherwise each row's latest
+  TRAINING_STEP gradient of that version, and C is rescaled to one count per row.
+- tracin: score_i = Σ_t η_t q_{i,t} φ_{i,t}·φ', over every step that used row i.
+
+Sign: positive = including the row raised the output f' being explained (the margin of
+the explained label, or the regression output). A training row is a *source example*:
+the set of source rows it came from through row-wise ops (lineage `direct` rows), so the
+same example seen in several batches or epochs is one row of the result.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from headwater.query_service.lineage_graph import LineageGraph, UnknownNode
+from headwater.stream_processors.gradients import NP_DTYPE
+from headwater.stream_processors.store import Store
+from headwater.v1 import events_pb2
+
+METHODS = ("influence", "tracin")
+AGGREGATIONS = ("row", "source", "source_file", "op")
+
+
+class AttributionError(ValueError):
+    """A request that cannot be answered (unknown prediction, no gradients, bad shape)."""
+
+
+class NotFound(AttributionError):
+    """The prediction or model named does not exist."""
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    source_id: str
+    uri: str
+    node_id: str
+    row: int
+
+
+@dataclass
+class Example:
+    """One source example: its first training key, its source rows and op chain."""
+
+    node_id: str
+    row: int
+    sources: list[SourceRow]
+    op_ids: list[str]
+
+
+@dataclass
+class Block:
+    """Gradient rows of one (version, kind): the cached feature matrix."""
+
+    version: str
+    kind: str
+    projection_id: str
+    phi: np.ndarray  # [n, k] float32
+    q: np.ndarray
+    w: np.ndarray
+    lr: np.ndarray
+    step: np.ndarray
+    target: np.ndarray
+    example: np.ndarray  # [n] index into Model.examples
+
+
+@dataclass
+class Model:
+    model_id: str
+    rows: int
+    blocks: list[Block]
+    examples: list[Example]
+    versions: list[str]  # in recorded order
+    curvature: dict[tuple[str, str, str], tuple[np.ndarray, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TestGradient:
+    version: str
+    projection_id: str
+    phi: np.ndarray  # [k]
+    label: str
+
+
+@dataclass
+class Result:
+    method: str
+    model_version: str
+    scores: np.ndarray  # [examples]
+    model: Model
+
+    def top(self, k: int) -> list[tuple[Example, float]]:
+        """The k examples with the largest |score| (both directions), largest first."""
+        k = min(k, len(self.scores))
+        idx = np.argpartition(-np.abs(self.scores), k - 1)[:k] if k else np.array([], int)
+        idx = idx[np.argsort(-np.abs(self.scores[idx]), kind="stable")]
+        return [(self.model.examples[i], float(self.scores[i])) for i in idx]
+
+    def groups(self, by: str, graph: LineageGraph) -> list[tuple[str, str, float, int]]:
+        """(key, label, summed score, examples) per source / file / op, largest |score|
+        first. An example built from two sources counts fully for each of them."""
+        totals: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        labels: dict[str, str] = {}
+        for ex, score in zip(self.model.examples, self.scores, strict=True):
+            if by == "op":
+                keys = {o: graph.op(o).op_name for o in ex.op_ids}
+            elif by == "source":
+                keys = {s.source_id: s.uri for s in ex.sources}
+            else:
+                keys = {s.uri: s.uri for s in ex.sources}
+            for key, label in keys.items():
+                totals[key] += float(score)
+                counts[key] += 1
+                labels[key] = label
+        order = sorted(totals, key=lambda key: -abs(totals[key]))
+        return [(key, labels[key], totals[key], counts[key]) for key in order]
+
+
+def unsign(phi: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Binary margin gradients are s·∇(logit) with s = ±1 by label; return ∇(logit)."""
+    return phi * np.where(np.asarray(labels) > 0, 1.0, -1.0)[:, None].astype(phi.dtype)
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class AttributionEngine:
+    """Caches each model's feature matrix and answers attribution queries over it."""
+
+    def __init__(self, store: Store, *, damping: float = 0.0, decay: float = 1.0,
+                 block_rows: int = 65536) -> None:
+        self.store = store
+        self.damping = damping  # 0: relative default, 1e-3 * mean curvature diagonal
+        self.decay = decay
+        self.block_rows = block_rows
+        self._models: dict[str, Model] = {}
+        self._lock = threading.Lock()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def model(self, model_id: str) -> Model:
+        """The cached model, reloaded when its stored gradient row count changed."""
+        rows = int(self.store.query(
+            "SELECT count() FROM gradients FINAL WHERE model_id = {m:String}",
+            {"m": model_id})[0][0])
+        with self._lock:
+            cached = self._models.get(model_id)
+            if cached is not None and cached.rows == rows:
+                return cached
+            if rows == 0:
+                raise NotFound(f"model {model_id!r} has no stored gradient rows")
+            model = self._load(model_id, rows)
+            self._models[model_id] = model
+            return model
+
+    def _load(self, model_id: str, rows: int) -> Model:
+        t = self.store.query_arrow(
+            "SELECT model_version, kind, node_id, row, step, learning_rate, loss_weight, "
+            "curvature_weight, target, projection_id, dim, dtype, gradient "
+            "FROM gradients FINAL WHERE model_id = {m:String} "
+            "ORDER BY model_version, kind, step, event_id, idx", {"m": model_id})
+        version = np.array([_text(v) for v in t["model_version"].to_pylist()], dtype=object)
+        kind = np.array([_text(v) for v in t["kind"].to_pylist()], dtype=object)
+        node = np.array([_text(v) for v in t["node_id"].to_pylist()], dtype=object)
+        row = t["row"].to_numpy().astype(np.int64)
+        examples, example_of = self._examples(node, row)
+        blocks = []
+        for v, k in sorted(set(zip(version, kind, strict=True))):
+            sel = np.flatnonzero((version == v) & (kind == k))
+            dims = set(t["dim"].take(sel).to_pylist())
+            dtypes = {_text(d) for d in t["dtype"].take(sel).to_pylist()}
+            projections = {_text(p) for p in t["projection_id"].take(sel).to_pylist()}
+            if len(dims) != 1 or len(dtypes) != 1 or len(projections) != 1:
+                raise AttributionError(f"model {model_id} version {v}: gradient rows mix "
+                                       f"projections/dims ({sorted(projections)}, {dims})")
+            grads = t["gradient"].take(sel).combine_chunks()
+            _, offsets, data = grads.buffers()
+            wide = pa.types.is_large_binary(grads.type)
+            start = int(np.frombuffer(offsets, np.int64 if wide else np.int32)[grads.offset])
+            dim = dims.pop()
+            np_type = NP_DTYPE[dtypes.pop()]
+            phi = np.frombuffer(data, np_type, count=len(sel) * dim,
+                                offset=start).reshape(len(sel), dim).astype(np.float32)
+            col = {c: t[c].take(sel).to_numpy() for c in (
+                "loss_weight", "curvature_weight", "learning_rate", "step", "target")}
+            blocks.append(Block(v, k, projections.pop(), phi,
+                                col["loss_weight"].astype(np.float64),
+                                col["curvature_weight"].astype(np.float64),
+                                col["learning_rate"].astype(np.float64),
+                                col["step"].astype(np.int64), col["target"], example_of[sel]))
+        versions = [_text(r[0]) for r in self.store.query(
+            "SELECT version FROM model_versions FINAL WHERE model_id = {m:String} "
+            "ORDER BY step, recorded_at", {"m": model_id})]
+        versions += sorted({b.version for b in blocks} - set(versions))
+        return Model(model_id, rows, blocks, examples, versions)
+
+    def _examples(self, node: np.ndarray, row: np.ndarray) -> tuple[list[Example], np.ndarray]:
+        """Group training keys into source examples through lineage (direct rows)."""
+        keys, inverse = np.unique(np.stack([node.astype(str), row.astype(str)], 1), axis=0,
+                                  return_inverse=True)
+        inverse = inverse.ravel()
+        graph = LineageGraph(self.store)
+        node_ids = sorted(set(keys[:, 0]))
+        index = {n: i for i, n in enumerate(node_ids)}
+        request = events_pb2.RowKeys(node_ids=node_ids,
+                                     node_index=[index[n] for n in keys[:, 0]],
+                                     rows=[int(r) for r in keys[:, 1]])
+        try:
+            traced = graph.trace_rows(request)
+        except UnknownNode:
+            traced = []  # gradients published without lineage: each key is its own example
+        by_key = {(n, r): t for n, r, t in traced}
+        examples: list[Example] = []
+        ident: dict[tuple, int] = {}
+        key_example = np.empty(len(keys), dtype=np.int64)
+        for i, (n, r) in enumerate(keys):
+            trace = by_key.get((n, int(r)))
+            direct = sorted((src, int(x)) for src, rows in (trace.direct if trace else {}).items()
+                            for x in rows)
+            identity = tuple(direct) if direct else (("key", n), ("row", int(r)))
+            if identity not in ident:
+                ident[identity] = len(examples)
+                sources = []
+                for src, x in direct:
+                    try:
+                        ref = graph.source(src)
+                        sources.append(SourceRow(ref.source_id, ref.uri, src, x))
+                    except UnknownNode:
+                        sources.append(SourceRow("", "", src, x))
+                examples.append(Example(n, int(r), sources, trace.op_ids if trace else []))
+            key_example[i] = ident[identity]
+        return examples, key_example[inverse]
+
+    def test_gradients(self, prediction_id: str) -> tuple[str, list[TestGradient]]:
+        """(model id, test gradient per recorded version) of a prediction."""
+        rows = self.store.query(
+            "SELECT model_id, model_version, projection_id, dim, dtype, hex(test_gradients), "
+            "gradient_labels FROM predictions FINAL WHERE prediction_id = {p:String}",
+            {"p": prediction_id})
+        if not rows:
+            raise NotFound(f"no prediction with id {prediction_id!r}")
+        out = []
+        for _model, version, projection_id, dim, dtype, data, labels in rows:
+            if not data:
+                raise AttributionError(f"prediction {prediction_id} was recorded without a "
+                                       "test gradient")
+            phi = np.frombuffer(bytes.fromhex(data), NP_DTYPE[dtype])[:dim].astype(np.float64)
+            out.append(TestGradient(version, projection_id, phi, labels[0] if labels else ""))
+        return rows[0][0], out
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def curvature(self, model: Model, block: Block) -> np.ndarray:
+        """C = Σ w φφᵀ of the block's version and kind from the sketch parts."""
+        key = (block.version, block.kind, block.projection_id)
+        if key not in model.curvature:
+            parts = self.store.query(
+                "SELECT hex(matrix), rows, dim FROM curvature_parts WHERE model_id = {m:String}"
+                " AND model_version = {v:String} AND kind = {k:String} "
+                "AND projection_id = {p:String}",
+                {"m": model.model_id, "v": block.version, "k": block.kind,
+                 "p": block.projection_id})
+            k = block.phi.shape[1]
+            total = np.zeros((k, k))
+            counted = 0
+            for data, n, dim in parts:
+                if dim != k:
+                    continue
+                total += np.frombuffer(bytes.fromhex(data), "<f8").reshape(k, k)
+                counted += int(n)
+            model.curvature[key] = (total, counted)
+        return model.curvature[key][0]
+
+    def _latest_per_example(self, block: Block) -> np.ndarray:
+        """Row indices: each example's latest row in the block (ordered by step)."""
+        order = np.lexsort((block.step, block.example))
+        ex = block.example[order]
+        last = np.ones(len(ex), dtype=bool)
+        last[:-1] = ex[1:] != ex[:-1]
+        return order[last]
+
+    def _matvec(self, phi: np.ndarray, u: np.ndarray) -> np.ndarray:
+        out = np.empty(len(phi))
+        for start in range(0, len(phi), self.block_rows):  # bounded temporaries
+            out[start:start + self.block_rows] = phi[start:start + self.block_rows] @ u
+        return out
+
+    def influence(self, model: Model, tests: list[TestGradient], damping: float = 0.0
+                  ) -> tuple[np.ndarray, str]:
+        scores = np.zeros(len(model.examples))
+        total_weight = 0.0
+        used = []
+        for test in tests:
+            try:
+                block = self._version_block(model, test.version, test.projection_id)
+            except NotFound:
+                continue
+            if block.phi.shape[1] != len(test.phi):
+                raise AttributionError(f"test gradient has {len(test.phi)} dims; the stored "
+                                       f"gradients of {test.version} have {block.phi.shape[1]}")
+            c = self.curvature(model, block)
+            sel = self._latest_per_example(block)
+            counted = model.curvature[(block.version, block.kind, block.projection_id)][1]
+            if block.kind == "TRAINING_STEP" and counted:
+                c = c * (len(sel) / counted)  # one count per example, not per use
+            lam = damping or self.damping or 1e-3 * max(float(np.trace(c)) / len(c), 1e-12)
+            u = np.linalg.solve(c + lam * np.eye(len(c)), test.phi)
+            s = self._matvec(block.phi[sel], u.astype(np.float32)) * block.q[sel]
+            age = len(model.versions) - 1 - (model.versions.index(test.version)
+                                             if test.version in model.versions else 0)
+            weight = self.decay ** age
+            np.add.at(scores, block.example[sel], weight * s)
+            total_weight += weight
+            used.append(test.version)
+        if not used:
+            raise AttributionError("no stored gradient rows at the prediction's model version(s) "
+                                   f"{[t.version for t in tests]} with its projection")
+        return scores / total_weight, ",".join(used)
+
+    def tracin(self, model: Model, tests: list[TestGradient]) -> tuple[np.ndarray, str]:
+        by_version = {t.version: t for t in tests}
+        latest = tests[-1]
+        scores = np.zeros(len(model.examples))
+        for block in model.blocks:
+            if block.kind != "TRAINING_STEP":
+                continue
+            test = by_version.get(block.version, latest)
+            if test.projection_id != block.projection_id:
+                continue
+            s = self._matvec(block.phi, test.phi.astype(np.float32)) * block.q * block.lr
+            np.add.at(scores, block.example, s)
+        return scores, latest.version
+
+    def attribute(self, prediction_id: str = "", *, model_id: str = "",
+                  test: TestGradient | None = None, method: str = "influence",
+                  damping: float = 0.0) -> Result:
+        """Scores of every source example for a prediction (or a given test gradient)."""
+        if method not in METHODS:
+            raise AttributionError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        if prediction_id:
+            model_id, tests = self.test_gradients(prediction_id)
+        elif test is not None and model_id:
+            tests = [test]
+        else:
+            raise AttributionError("give a prediction id, or a model id and a test gradient")
+        model = self.model(model_id)
+        if method == "influence":
+            scores, version = self.influence(model, tests, damping)
+        else:
+            scores, version = self.tracin(model, tests)
+        return Result(method, version, scores, model)
+
+    def embedding(self, model: Model, test: TestGradient
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """(features, labels, example index, binary) of each example's latest row at the
+        test's version: the space KNN-Shapley measures distance in. For a binary margin
+        model φ = ±∇(logit) by label; the sign is removed so that neighbours are rows
+        with similar inputs, not rows with the same label."""
+        block = self._version_block(model, test.version, test.projection_id)
+        sel = self._latest_per_example(block)
+        y = block.target[sel]
+        if np.isnan(y).any():
+            raise AttributionError("KNN-Shapley needs labels: some gradient rows were "
+                                   "published without targets")
+        binary = bool(np.isin(block.target, (0.0, 1.0)).all())
+        phi = block.phi[sel]
+        return (unsign(phi, y) if binary else phi), y, block.example[sel], binary
+
+    def _version_block(self, model: Model, version: str, projection_id: str | None = None
+                       ) -> Block:
+        blocks = [b for b in model.blocks if b.version == version
+                  and (projection_id is None or b.projection_id == projection_id)]
+        block = next((b for b in blocks if b.kind == "FEATURISATION"), None) or \
+            next((b for b in blocks if b.kind == "TRAINING_STEP"), None)
+        if block is None:
+            raise NotFound(f"model {model.model_id} has no gradient rows at version "
+                           f"{version!r}" + (" with that projection" if projection_id else ""))
+        return block
+
+    def self_influence(self, model_id: str, version: str = "", damping: float = 0.0
+                       ) -> Result:
+        """q_i φ_iᵀ (C + λI)⁻¹ φ_i per example: large values flag likely mislabelled rows."""
+        model = self.model(model_id)
+        block = self._version_block(model, version or model.versions[-1])
+        c = self.curvature(model, block)
+        sel = self._latest_per_example(block)
+        lam = damping or self.damping or 1e-3 * max(float(np.trace(c)) / len(c), 1e-12)
+        inv = np.linalg.inv(c + lam * np.eye(len(c)))
+        phi = block.phi[sel].astype(np.float64)
+        s = np.einsum("ij,jk,ik->i", phi, inv, phi) * block.q[sel]
+        scores = np.zeros(len(model.examples))
+        scores[block.example[sel]] = s
+        return Result("self_influence", version, scores, model)

@@ -1,0 +1,164 @@
+"""Attribution over gRPC: top-k training rows (with source rows and op chains) or groups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+import numpy as np
+
+from headwater.query_service.attribution import (
+    AttributionEngine,
+    AttributionError,
+    NotFound,
+    Result,
+    TestGradient,
+    unsign,
+)
+from headwater.query_service.knn_shapley import knn_shapley
+from headwater.query_service.lineage_graph import LineageGraph
+from headwater.stream_processors.gradients import DTYPES, NP_DTYPE
+from headwater.stream_processors.store import Store
+from headwater.v1 import query_pb2, query_pb2_grpc
+
+_METHOD = {query_pb2.ATTRIBUTION_METHOD_UNSPECIFIED: "influence",
+           query_pb2.INFLUENCE: "influence", query_pb2.TRACIN: "tracin"}
+_AGGREGATION = {query_pb2.AGGREGATION_UNSPECIFIED: "row", query_pb2.BY_ROW: "row",
+                query_pb2.BY_SOURCE: "source", query_pb2.BY_SOURCE_FILE: "source_file",
+                query_pb2.BY_OP: "op"}
+DEFAULT_TOP_K = 10
+MAX_TOP_K = 10_000
+
+
+def _top_k(value: int) -> int:
+    if value > MAX_TOP_K:
+        raise AttributionError(f"top_k={value} is over the limit of {MAX_TOP_K}")
+    return value or DEFAULT_TOP_K
+
+
+def test_gradient(msg: query_pb2.TestGradient) -> TestGradient:
+    """A TestGradient request message as the engine's test gradient (checked)."""
+    if not msg.model_id:
+        raise AttributionError("test_gradient.model_id is empty")
+    if msg.dtype not in DTYPES:
+        raise AttributionError(f"test_gradient.dtype {msg.dtype} is not FLOAT16/32/64")
+    np_type = NP_DTYPE[DTYPES[msg.dtype][0]]
+    if msg.dim == 0 or len(msg.gradient) != msg.dim * np.dtype(np_type).itemsize:
+        raise AttributionError(f"test_gradient.gradient has {len(msg.gradient)} bytes; dim "
+                               f"{msg.dim} of {DTYPES[msg.dtype][0]} expected")
+    phi = np.frombuffer(msg.gradient, np_type).astype(np.float64)
+    if not np.isfinite(phi).all():
+        raise AttributionError("test_gradient.gradient contains NaN or infinity")
+    return TestGradient(msg.model_version, msg.projection.projection_id, phi, "")
+
+
+def response(result: Result, aggregation: str, top_k: int, graph: LineageGraph
+             ) -> query_pb2.AttributeResponse:
+    out = query_pb2.AttributeResponse(method=result.method, model_version=result.model_version)
+    if aggregation == "row":
+        for example, score in result.top(top_k):
+            out.rows.append(query_pb2.AttributedRow(
+                node_id=example.node_id, row=example.row, score=score,
+                sources=[query_pb2.SourceRowRef(source_id=s.source_id, uri=s.uri, row=s.row)
+                         for s in example.sources],
+                ops=[_op_info(graph, o) for o in example.op_ids]))
+    else:
+        for key, label, score, rows in result.groups(aggregation, graph)[:top_k]:
+            out.groups.append(query_pb2.AttributedGroup(key=key, label=label, score=score,
+                                                        rows=rows))
+    return out
+
+
+def _op_info(graph: LineageGraph, op_id: str) -> query_pb2.OpInfo:
+    o = graph.op(op_id)
+    return query_pb2.OpInfo(op_id=o.op_id, op_name=o.op_name, params_json=o.params_json,
+                            input_node_ids=o.input_node_ids, output_node_id=o.output_node_id,
+                            understood=o.understood)
+
+
+@contextmanager
+def _errors(context: grpc.ServicerContext) -> Iterator[None]:
+    try:
+        yield
+    except NotFound as exc:
+        context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    except AttributionError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+
+class AttributionService(query_pb2_grpc.AttributionServicer):
+    def __init__(self, store: Store, engine: AttributionEngine | None = None) -> None:
+        self._store = store
+        self.engine = engine or AttributionEngine(store)
+
+    def _attribute(self, request: query_pb2.AttributeRequest) -> query_pb2.AttributeResponse:
+        kind = request.WhichOneof("query")
+        method = _METHOD.get(request.method)
+        aggregation = _AGGREGATION.get(request.aggregation)
+        if method is None or aggregation is None:
+            raise AttributionError(f"unknown method {request.method} or aggregation "
+                                   f"{request.aggregation}")
+        if kind == "prediction_id":
+            result = self.engine.attribute(request.prediction_id, method=method,
+                                           damping=request.damping)
+        elif kind == "test_gradient":
+            result = self.engine.attribute(model_id=request.test_gradient.model_id,
+                                           test=test_gradient(request.test_gradient),
+                                           method=method, damping=request.damping)
+        elif kind == "raw_features":
+            raise AttributionError(
+                "raw_features needs the model to compute a test gradient, and the service "
+                "does not hold models: record the prediction in the trainer "
+                "(record_prediction) or send its test_gradient")
+        else:
+            raise AttributionError("give prediction_id or test_gradient")
+        return response(result, aggregation, _top_k(request.top_k), LineageGraph(self._store))
+
+    def Attribute(self, request: query_pb2.AttributeRequest, context: grpc.ServicerContext):
+        with _errors(context):
+            return self._attribute(request)
+
+    def AttributeBatch(self, request: query_pb2.AttributeBatchRequest,
+                       context: grpc.ServicerContext):
+        with _errors(context):
+            return query_pb2.AttributeBatchResponse(
+                responses=[self._attribute(r) for r in request.requests])
+
+    def SelfInfluence(self, request: query_pb2.SelfInfluenceRequest,
+                      context: grpc.ServicerContext):
+        with _errors(context):
+            if not request.model_id:
+                raise AttributionError("model_id is empty")
+            result = self.engine.self_influence(request.model_id, request.model_version)
+            out = response(result, "row", _top_k(request.top_k), LineageGraph(self._store))
+            return query_pb2.SelfInfluenceResponse(rows=out.rows)
+
+    def Value(self, request: query_pb2.ValueRequest, context: grpc.ServicerContext):
+        with _errors(context):
+            return self._value(request)
+
+    def _value(self, request: query_pb2.ValueRequest) -> query_pb2.ValueResponse:
+        """KNN-Shapley values of the training examples for one labelled test point, in the
+        gradient-feature space of the test point's model version (see docs/attribution.md)."""
+        if request.prediction_id:
+            model_id, tests = self.engine.test_gradients(request.prediction_id)
+            test = tests[-1]
+            label = float(test.label)  # the label the prediction's gradient explains
+        elif request.HasField("test_gradient"):
+            model_id = request.test_gradient.model_id
+            test = test_gradient(request.test_gradient)
+            label = request.label
+        else:
+            raise AttributionError("give prediction_id or test_gradient")
+        model = self.engine.model(model_id)
+        x, y, examples, binary = self.engine.embedding(model, test)
+        k = request.k_neighbours or 5
+        test_x = unsign(test.phi[None, :], np.array([label])) if binary else test.phi[None, :]
+        values = knn_shapley(x, y, test_x, np.array([label]), k)
+        scores = np.zeros(len(model.examples))
+        np.add.at(scores, examples, values)
+        result = Result("knn_shapley", test.version, scores, model)
+        aggregation = _AGGREGATION.get(request.aggregation, "row")
+        out = response(result, aggregation, _top_k(request.top_k), LineageGraph(self._store))
+        return query_pb2.ValueResponse(rows=out.rows, groups=out.groups)

@@ -1,0 +1,27 @@
+"""The derived tables and the pure processor that fills each from a batch of events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+
+from headwater.stream_processors.decode import Accepted
+from headwater.stream_processors.gradients import (
+    gradient_rows,
+    model_version_rows,
+    prediction_rows,
+)
+from headwater.stream_processors.rows import lineage_node_rows, lineage_op_rows, source_rows
+
+Processor = Callable[[list[Accepted]], pa.Table]
+
+# Written before `events` (in this order), so a crash in between is repaired by redelivery.
+DERIVED: dict[str, Processor] = {
+    "sources": source_rows,
+    "lineage_nodes": lineage_node_rows,
+    "lineage_ops": lineage_op_rows,
+    "model_versions": model_version_rows,
+    "gradients": gradient_rows,
+    "predictions": prediction_rows,
+}
