@@ -81,7 +81,9 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
     settings = _settings(data_dir=data_dir, dsn=dsn, listen=listen)
     _configure_telemetry(settings, "headwater-serve")
     store = _open_store(settings)
-    server, port = build_server(store, settings.listen, sink=EventSink(store, "grpc"))
+    server, port = build_server(store, settings.listen, sink=EventSink(store, "grpc"),
+                                damping=settings.attribution_damping,
+                                decay=settings.attribution_decay)
     server.start()
     console.print(f"headwater serve: gRPC on {settings.listen} (port {port}), store "
                   f"{store.dsn.redacted}; Ctrl-C to stop")
@@ -100,7 +102,8 @@ def query_service(dsn: str | None, listen: str | None) -> None:
     settings = _settings(dsn=dsn, listen=listen)
     _configure_telemetry(settings, "headwater-query")
     store = _open_store(settings)
-    server, port = build_server(store, settings.listen)
+    server, port = build_server(store, settings.listen, damping=settings.attribution_damping,
+                                decay=settings.attribution_decay)
     server.start()
     console.print(f"headwater query-service: gRPC on {settings.listen}, store "
                   f"{store.dsn.redacted}")
@@ -345,6 +348,43 @@ def lineage_describe(node_id: str, listen: str | None) -> None:
         out.print(f"  ancestor {a.node_id} ({a.kind}{', ' + a.source_id if a.source_id else ''})")
 
 
+@lineage.command("openlineage")
+@click.option("--run", "run_id", required=True, help="The run whose lineage to export")
+@click.option("--out", "out_file", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="Write here instead of standard output")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "json"]), default="jsonl",
+              help="jsonl: one RunEvent per line (what OpenLineage's file transport writes); "
+                   "json: one JSON array")
+@_data_dir
+@_dsn
+@_listen
+def lineage_openlineage(run_id: str, out_file: Path | None, fmt: str, data_dir: Path | None,
+                        dsn: str | None, listen: str | None) -> None:
+    """A run's datasets and jobs as OpenLineage RunEvents (one per op, then the run).
+
+    Reads like `headwater sql`: the store itself, or a running serve's SQL when serve
+    holds the embedded data directory."""
+    from headwater.query_service.openlineage import export_run
+
+    reader = _reader(_settings(data_dir=data_dir, dsn=dsn, listen=listen))
+    try:
+        events = export_run(reader, run_id)
+    except ValueError as exc:  # stored lineage the export cannot express: name it
+        raise HeadwaterError(f"run {run_id!r}: {exc}") from None
+    finally:
+        reader.close()
+    if fmt == "json":
+        text = json.dumps(events, indent=1) + "\n"
+    else:
+        text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+    if out_file is None:
+        click.echo(text, nl=False)
+    else:
+        out_file.write_text(text)
+        console.print(f"headwater: {len(events)} OpenLineage event(s) of run {run_id} "
+                      f"written to {out_file}")
+
+
 @cli.command()
 @_data_dir
 @_dsn
@@ -372,6 +412,64 @@ def demo(fast: bool, output: Path) -> None:
 
     run_demo(output, fast=fast)
 
+
+_AGGREGATE_BY = {"row": "BY_ROW", "source": "BY_SOURCE", "file": "BY_SOURCE_FILE", "op": "BY_OP"}
+
+
+@cli.command()
+@click.argument("prediction_id")
+@click.option("--method", type=click.Choice(["influence", "tracin", "knn-shapley"]),
+              default="influence", show_default=True)
+@click.option("--by", "by", type=click.Choice(list(_AGGREGATE_BY)), default="row",
+              show_default=True, help="Rows, or sums by source, source file or op")
+@click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True)
+@click.option("--neighbours", type=click.IntRange(1), default=5, show_default=True,
+              help="K of KNN-Shapley")
+@_listen
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per result line")
+def attribute(prediction_id: str, method: str, by: str, top_k: int, neighbours: int,
+              listen: str | None, as_json: bool) -> None:
+    """The training rows (with their source-file rows and ops) that most influenced
+    PREDICTION_ID; positive = the row raised the explained output."""
+    import grpc
+
+    from headwater.v1 import query_pb2, query_pb2_grpc
+
+    stub = query_pb2_grpc.AttributionStub(grpc.insecure_channel(_settings(listen=listen).listen))
+    aggregation = getattr(query_pb2, _AGGREGATE_BY[by])
+    if method == "knn-shapley":
+        response = _lineage_call(stub.Value, query_pb2.ValueRequest(
+            prediction_id=prediction_id, k_neighbours=neighbours, aggregation=aggregation,
+            top_k=top_k))
+        title = "KNN-Shapley value"
+    else:
+        response = _lineage_call(stub.Attribute, query_pb2.AttributeRequest(
+            prediction_id=prediction_id, top_k=top_k, aggregation=aggregation,
+            method=query_pb2.TRACIN if method == "tracin" else query_pb2.INFLUENCE))
+        title = f"{method} score"
+    if by != "row":
+        table = Table(by, "label", title, "rows")
+        for g in response.groups:
+            if as_json:
+                click.echo(json.dumps({"key": g.key, "label": g.label, "score": g.score,
+                                       "rows": g.rows}))
+            table.add_row(g.key, g.label, f"{g.score:+.6g}", str(g.rows))
+        if not as_json:
+            out.print(table)
+        return
+    table = Table("#", title, "training row", "source rows", "ops")
+    for i, r in enumerate(response.rows, 1):
+        sources = [{"source_id": s.source_id, "uri": s.uri, "row": s.row} for s in r.sources]
+        if as_json:
+            click.echo(json.dumps({"node_id": r.node_id, "row": r.row, "score": r.score,
+                                   "sources": sources, "ops": [o.op_name for o in r.ops]}))
+            continue
+        shown = "; ".join(f"{Path(s['uri']).name or s['source_id']}:{s['row']}"
+                          for s in sources[:3]) + (" …" if len(sources) > 3 else "")
+        table.add_row(str(i), f"{r.score:+.6g}", f"{r.node_id}[{r.row}]", shown or "-",
+                      " -> ".join(o.op_name for o in r.ops) or "-")
+    if not as_json:
+        out.print(table)
 
 def _wait_for_signal() -> None:
     stop = threading.Event()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Iterable
 from datetime import datetime
 from functools import lru_cache
 
@@ -146,7 +146,8 @@ OPS_SCHEMA = pa.schema([
     ("output_rows", pa.uint64()), ("understood", pa.bool_()), ("granularity", pa.string()),
     ("code_version", pa.string()), ("segments", pa.uint32()), ("row_map", pa.binary()),
     ("run_id", pa.string()), ("producer_id", pa.string()), ("event_id", pa.string()),
-    ("recorded_at", TS),
+    ("recorded_at", TS), ("columns_json", pa.string()),
+    ("output_columns", pa.list_(pa.string())),
 ])
 
 
@@ -182,8 +183,16 @@ def lineage_node_rows(batch: list[Accepted]) -> pa.Table:
                             table["recorded_at"].cast(TS))
 
 
+def _columns_json(columns: Iterable[events_pb2.ColumnMapping]) -> str:
+    """OpRecorded.columns as a JSON array, keys named as the proto fields."""
+    return json.dumps([{"output_column": c.output_column, "input": c.input,
+                        "input_columns": list(c.input_columns),
+                        "transformation": c.transformation} for c in columns])
+
+
 def lineage_op_rows(batch: list[Accepted]) -> pa.Table:
-    """One `lineage_ops` row per OpRecorded, the row map kept as serialized bytes."""
+    """One `lineage_ops` row per OpRecorded, the row map kept as serialized bytes and the
+    column mappings as JSON (`columns_json`, read by the OpenLineage export)."""
     rows = []
     for a in batch:
         e = a.event
@@ -199,18 +208,11 @@ def lineage_op_rows(batch: list[Accepted]) -> pa.Table:
             "row_map": o.row_map.SerializeToString(deterministic=True), "run_id": e.run_id,
             "producer_id": e.producer_id, "event_id": e.event_id,
             "recorded_at": _micros(e.emitted_at),
+            "columns_json": _columns_json(o.columns) if o.columns else "[]",
+            "output_columns": list(o.output_columns),
         })
     schema = OPS_SCHEMA.set(OPS_SCHEMA.get_field_index("recorded_at"),
                             pa.field("recorded_at", pa.int64()))
     table = pa.Table.from_pylist(rows, schema=schema)
     return table.set_column(table.schema.get_field_index("recorded_at"), "recorded_at",
                             table["recorded_at"].cast(TS))
-
-
-# Derived tables, written before `events` so a crash in between is repaired by redelivery.
-Processor = Callable[[list[Accepted]], pa.Table]
-DERIVED: dict[str, Processor] = {
-    "sources": source_rows,
-    "lineage_nodes": lineage_node_rows,
-    "lineage_ops": lineage_op_rows,
-}
