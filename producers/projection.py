@@ -3,7 +3,8 @@
 P is never stored or materialised whole: every entry is a pure function of (seed, kind, k,
 column), computed from a counter-based 32-bit hash in integer arithmetic. Any column range of P
 can therefore be regenerated on its own, on any machine, in NumPy or on a torch device, bit for
-bit; projecting a gradient split into column blocks gives the sum of the block projections.
+bit (the products then agree to float rounding); projecting a gradient split into column blocks
+gives the sum of the block projections. Memory: one [columns, k] tile of P at a time.
 
 Scaling (both kinds have E[PᵀP] = I, so E[(Px)·(Py)] = x·y):
 - rademacher: every entry is ±1/√k with independent fair signs (Achlioptas 2003); the
@@ -17,6 +18,7 @@ Scaling (both kinds have E[PᵀP] = I, so E[(Px)·(Py)] = x·y):
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import operator
@@ -53,7 +55,10 @@ _M32 = 0xFFFFFFFF
 
 
 def _mul32(x: Any, c: int) -> Any:
-    """(x * c) mod 2^32 for 0 <= x, c < 2^32, split so every partial product stays < 2^49."""
+    """(x * c) mod 2^32 for 0 <= x, c < 2^32. NumPy uint32 wraps natively; elsewhere (Python
+    ints, torch int64 on any device) split c so every partial product stays below 2^49."""
+    if isinstance(x, np.ndarray) and x.dtype == np.uint32:
+        return x * np.uint32(c)
     return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
 
 
@@ -70,16 +75,20 @@ def _keys(kind: str, seed: int) -> tuple[int, int, int]:
     """Three 32-bit round keys from (kind, seed); distinct kinds draw independent streams."""
     lo, hi = seed & _M32, seed >> 32
     return tuple(  # type: ignore[return-value]
-        _fmix32(_fmix32(_fmix32(_KIND_SALT[kind] + 0x9E3779B9 * i & _M32) ^ lo) ^ hi)
+        _fmix32(_fmix32(_fmix32((_KIND_SALT[kind] + 0x9E3779B9 * i) & _M32) ^ lo) ^ hi)
         for i in (1, 2, 3))
 
 
 def _hash(counter: Any, keys: tuple[int, int, int]) -> Any:
-    """32 random bits per int64 counter (< 2^62). Three keyed rounds, so changing the seed is
-    not a mere permutation of the counters (which one XOR-keyed round would be)."""
+    """32 random bits per int64 counter (< 2^62), as uint32 (NumPy) or int64 (torch). Three
+    keyed rounds, so a new seed is not a mere permutation of the counters (one XOR-keyed round
+    would be)."""
     k1, k2, k3 = keys
-    h = _fmix32((counter & _M32) ^ k1)
-    h = _fmix32(h ^ _fmix32((counter >> 32) ^ k2))
+    lo, hi = counter & _M32, counter >> 32
+    if isinstance(counter, np.ndarray):  # same values in uint32, with fewer operations
+        lo, hi = lo.astype(np.uint32), hi.astype(np.uint32)
+    h = _fmix32(lo ^ k1)
+    h = _fmix32(h ^ _fmix32(hi ^ k2))
     return _fmix32(h ^ k3)
 
 
@@ -116,7 +125,7 @@ def _tile_numpy(kind: str, keys: tuple[int, int, int], k: int, c0: int, c1: int,
     rows = starts + (words >> 1) % sizes
     tile = np.zeros((c1 - c0, k), dtype=dtype)
     flat = (np.arange(c1 - c0, dtype=np.int64)[:, None] * k + rows).ravel()
-    tile.ravel()[flat] = (1 - 2 * (words & 1)).ravel()
+    tile.ravel()[flat] = (1.0 - 2.0 * (words & 1)).ravel()
     return tile
 
 
@@ -130,8 +139,10 @@ def _tile_torch(torch: Any, kind: str, keys: tuple[int, int, int], k: int, c0: i
         words = (words - ((words >> 31) << 32)).to(torch.int32)
         shifts = torch.arange(32, dtype=torch.int32, device=device)
         bits = ((words.unsqueeze(-1) >> shifts) & 1).reshape(c1 - c0, w * 32)[:, :k]
-        return (1 - 2 * bits).to(dtype)
-    starts, sizes = (torch.from_numpy(a).to(device) for a in _sparse_blocks(k))
+        return bits.to(dtype).mul_(-2).add_(1)
+    j = torch.arange(w, dtype=torch.int64, device=device)  # the blocks of _sparse_blocks(k),
+    sizes = k // w + (j < k % w).to(torch.int64)              # built on the device
+    starts = j * (k // w) + torch.clamp(j, max=k % w)
     words = words.reshape(c1 - c0, w)
     rows = starts + (words >> 1) % sizes
     tile = torch.zeros((c1 - c0, k), dtype=dtype, device=device)
@@ -155,7 +166,7 @@ def _as_int(name: str, value: Any, lo: int, hi: int) -> int:
         v = operator.index(value)
     except TypeError:
         raise ValueError(f"{name} must be an integer, got {type(value).__name__} "
-                         f"{value!r}") from None
+                         f"{repr(value)[:40]}") from None
     if not lo <= v <= hi:
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
     return v
@@ -180,7 +191,9 @@ class _Coverage:
     """Column ranges seen so far; rejects out-of-range or overlapping blocks, reports gaps."""
 
     def __init__(self, d: int) -> None:
-        self.d, self.starts, self.ends = d, [], []  # type: tuple[int, list[int], list[int]]
+        self.d = d
+        self.starts: list[int] = []
+        self.ends: list[int] = []
 
     def add(self, offset: int, width: int) -> None:
         if offset + width > self.d:
@@ -259,8 +272,8 @@ class Projection:
         """The magnitude of P's nonzero entries: 1/√k (rademacher), 1/√s (sparse_jl), 1."""
         if self.kind == "identity":
             return 1.0
-        return float(1.0 / np.sqrt(_words_per_column(self.kind, self.output_dim)
-                                   if self.kind == "sparse_jl" else self.output_dim))
+        nonzeros = min(self.output_dim, SPARSE_NNZ) if self.kind == "sparse_jl" else self.output_dim
+        return float(1.0 / np.sqrt(nonzeros))
 
     def to_proto(self) -> events_pb2.Projection:
         return events_pb2.Projection(
@@ -287,7 +300,7 @@ class Projection:
         if not 0 <= start <= stop <= self.input_dim:
             raise ValueError(f"columns [{start}, {stop}) not within [0, {self.input_dim}]")
         if self.kind == "identity":
-            return np.eye(self.input_dim)[:, start:stop]
+            return np.eye(self.input_dim, stop - start, k=-start)
         tile = _tile_numpy(self.kind, _keys(self.kind, self.seed), self.output_dim, start, stop,
                            np.dtype(np.float64))
         return tile.T * self.scale
@@ -307,10 +320,10 @@ class Projection:
         acc: _Accumulator | None = None
         cover = _Coverage(self.input_dim)
         for i, item in enumerate(blocks):
-            try:
-                offset, block = item
-            except (TypeError, ValueError):
-                raise ValueError(f"block {i} must be a (column_offset, array) pair") from None
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise ValueError(f"block {i} must be a (column_offset, array) pair, got "
+                                 f"{type(item).__name__}")
+            offset, block = item
             offset = _as_int(f"block {i} column_offset", offset, 0, self.input_dim)
             block = _check_matrix(block, f"block {i} (column_offset={offset})")
             if acc is None:
@@ -334,17 +347,15 @@ class _Accumulator:
         k = proj.output_dim
         if self.torch is None:
             self.device = None
-            self.acc_dtype: Any = np.float64 if first.dtype == np.float64 else np.float32
-            self.out: Any = np.zeros((self.n, k), dtype=self.acc_dtype)
-            budget = TILE_BYTES
+            self.out: Any = np.zeros((self.n, k), dtype=np.float64)  # [n, k]: cheap to widen
+            self.budget = TILE_BYTES
         else:
             t = self.torch
             self.device = first.device
-            self.acc_dtype = t.float64 if first.dtype == t.float64 else t.float32
-            self.out = t.zeros((self.n, k), dtype=self.acc_dtype, device=self.device)
-            budget = TILE_BYTES_CUDA if self.device.type == "cuda" else TILE_BYTES
-        itemsize = 8 if self.acc_dtype in (np.float64, getattr(self.torch, "float64", 0)) else 4
-        self.tile_cols = max(1, budget // (k * itemsize))
+            # float64 only where asked for: some devices (MPS) have no float64.
+            dtype = t.float64 if first.dtype == t.float64 else t.float32
+            self.out = t.zeros((self.n, k), dtype=dtype, device=self.device)
+            self.budget = TILE_BYTES_CUDA if self.device.type == "cuda" else TILE_BYTES
 
     def check_compatible(self, block: Any, i: int) -> None:
         torch = _torch_of(block)
@@ -364,44 +375,45 @@ class _Accumulator:
         return x if x.dtype in (t.float32, t.float64) else x.to(t.float32)
 
     def add(self, offset: int, block: Any) -> None:
+        ctx = self.torch.no_grad() if self.torch is not None else contextlib.nullcontext()
+        with ctx:
+            self._add(offset, block)
+
+    def _add(self, offset: int, block: Any) -> None:
         p, width = self.proj, block.shape[1]
         if p.kind == "identity":
             self.out[:, offset:offset + width] = block
             return
-        ctx = self.torch.no_grad() if self.torch is not None else _NullContext()
-        with ctx:
-            for a in range(0, width, self.tile_cols):
-                b = min(width, a + self.tile_cols)
-                x = self._compute(block[:, a:b])
-                if self.torch is None:
-                    tile = _tile_numpy(p.kind, self.keys, p.output_dim, offset + a,
-                                       offset + b, x.dtype)
-                else:
-                    tile = _tile_torch(self.torch, p.kind, self.keys, p.output_dim, offset + a,
-                                       offset + b, x.dtype, self.device)
-                self.out += x @ tile
+        wide = block.dtype == (np.float64 if self.torch is None else self.torch.float64)
+        itemsize = 8 if wide else 4
+        step = max(1, self.budget // (p.output_dim * itemsize))  # tile columns
+        for a in range(0, width, step):
+            b = min(width, a + step)
+            x = self._compute(block[:, a:b])
+            if self.torch is None:
+                tile = _tile_numpy(p.kind, self.keys, p.output_dim, offset + a, offset + b,
+                                   x.dtype)
+            else:
+                tile = _tile_torch(self.torch, p.kind, self.keys, p.output_dim, offset + a,
+                                   offset + b, x.dtype, self.device)
+            self.out += x @ tile
 
     def result(self) -> Any:
         out = self.out * self.proj.scale
         if self.torch is None:
-            bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
-            out = out.astype(np.float32, copy=False)
+            finite = bool(np.isfinite(out).all())
         else:
-            bad = (~self.torch.isfinite(out).all(dim=1)).nonzero().flatten().cpu().numpy()
-            out = out.to(self.torch.float32)
-        if bad.size:
+            finite = bool(self.torch.isfinite(out).all())  # one scalar sync, not a data copy
+        if not finite:
+            rows = np.asarray(
+                (~np.isfinite(out)).any(axis=1) if self.torch is None
+                else (~self.torch.isfinite(out)).any(dim=1).cpu()).nonzero()[0]
             raise ValueError(f"gradients give non-finite projections in rows "
-                             f"{bad[:10].tolist()}{' ...' if bad.size > 10 else ''} "
+                             f"{rows[:10].tolist()}{' ...' if rows.size > 10 else ''} "
                              "(NaN/inf in the input, or float overflow)")
-        return out
-
-
-class _NullContext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+        if self.torch is None:
+            return out.astype(np.float32)
+        return out.to(self.torch.float32)
 
 
 def make_projection(input_dim: int, k: int = 512, seed: int = 0, kind: str = "rademacher",
@@ -413,9 +425,12 @@ def make_projection(input_dim: int, k: int = 512, seed: int = 0, kind: str = "ra
         raise ValueError(f"unknown projection kind {kind!r}; expected one of {KINDS}")
     d = _as_int("input_dim", input_dim, 1, 2**62)
     k = _as_int("k", k, 1, MAX_OUTPUT_DIM)
+    if isinstance(parameters, str):
+        raise ValueError("parameters must be a sequence of names, not one string")
+    params = tuple(parameters)
     if kind == "identity" or d <= k:
-        return Projection("identity", seed, d, d, tuple(parameters))
-    return Projection(kind, seed, d, k, tuple(parameters))
+        return Projection("identity", seed, d, d, params)
+    return Projection(kind, seed, d, k, params)
 
 
 def project(projection: Projection, grads: Any) -> Any:

@@ -586,8 +586,16 @@ class Tracker:
               source: events_pb2.SourceRegistered | None = None) -> Any:
         """`values` as a TrackedArray (no copy when already an ndarray) holding the rows of
         `source` (its node_id, else its source_id), of `node_id`, or of a fresh node.
-        With granularity "off" the plain array is returned."""
+        With granularity "off" the plain array is returned (after the same checks).
+        Only numbers are tracked: bool, integer, float, complex, datetime64, timedelta64;
+        other dtypes (object, str, bytes, structured/void) raise a TypeError naming it."""
         arr = np.asarray(values)
+        if arr.dtype.kind not in "biufcmM":
+            hint = {"O": "Python objects (ragged or mixed values?)", "V": "structured "
+                    "records: track numeric fields, e.g. values['age']"}.get(
+                        arr.dtype.kind, "text: encode it as numbers (e.g. category codes)")
+            raise TypeError(f"cannot track an array of dtype {arr.dtype}: {hint}; tracked "
+                            "arrays hold bool, integer, float, complex or datetime values")
         if arr.ndim == 0:
             raise ValueError("a tracked array needs at least one dimension (axis 0 = rows)")
         if source is not None:
