@@ -74,6 +74,7 @@ class Block:
     step: np.ndarray
     target: np.ndarray
     example: np.ndarray  # [n] index into Model.examples
+    latest: np.ndarray | None = None  # each example's latest row (cached)
 
 
 @dataclass
@@ -154,8 +155,10 @@ class AttributionEngine:
 
     def model(self, model_id: str) -> Model:
         """The cached model, reloaded when its stored gradient row count changed."""
+        # Stored rows before deduplication: any insert (even a replay) changes it, and it
+        # needs no FINAL merge, so checking it costs little on every query.
         rows = int(self.store.query(
-            "SELECT count() FROM gradients FINAL WHERE model_id = {m:String}",
+            "SELECT count() FROM gradients WHERE model_id = {m:String}",
             {"m": model_id})[0][0])
         with self._lock:
             cached = self._models.get(model_id)
@@ -286,12 +289,15 @@ class AttributionEngine:
         return model.curvature[key][0]
 
     def _latest_per_example(self, block: Block) -> np.ndarray:
-        """Row indices: each example's latest row in the block (ordered by step)."""
+        """Row indices: each example's latest row in the block (ordered by step); cached."""
+        if block.latest is not None:
+            return block.latest
         order = np.lexsort((block.step, block.example))
         ex = block.example[order]
         last = np.ones(len(ex), dtype=bool)
         last[:-1] = ex[1:] != ex[:-1]
-        return order[last]
+        block.latest = order[last]
+        return block.latest
 
     def _matvec(self, phi: np.ndarray, u: np.ndarray) -> np.ndarray:
         out = np.empty(len(phi))
@@ -319,11 +325,12 @@ class AttributionEngine:
                 c = c * (len(sel) / counted)  # one count per example, not per use
             lam = damping or self.damping or 1e-3 * max(float(np.trace(c)) / len(c), 1e-12)
             u = np.linalg.solve(c + lam * np.eye(len(c)), test.phi)
-            s = self._matvec(block.phi[sel], u.astype(np.float32)) * block.q[sel]
+            # score every stored row (no copy of the matrix), keep each example's latest
+            s = self._matvec(block.phi, u.astype(np.float32))[sel] * block.q[sel]
             age = len(model.versions) - 1 - (model.versions.index(test.version)
                                              if test.version in model.versions else 0)
             weight = self.decay ** age
-            np.add.at(scores, block.example[sel], weight * s)
+            scores += np.bincount(block.example[sel], weight * s, len(scores))
             total_weight += weight
             used.append(test.version)
         if not used:
@@ -342,7 +349,7 @@ class AttributionEngine:
             if test.projection_id != block.projection_id:
                 continue
             s = self._matvec(block.phi, test.phi.astype(np.float32)) * block.q * block.lr
-            np.add.at(scores, block.example, s)
+            scores += np.bincount(block.example, s, len(scores))
         return scores, latest.version
 
     def attribute(self, prediction_id: str = "", *, model_id: str = "",

@@ -157,7 +157,7 @@ class AttributionService(query_pb2_grpc.AttributionServicer):
         test_x = unsign(test.phi[None, :], np.array([label])) if binary else test.phi[None, :]
         values = knn_shapley(x, y, test_x, np.array([label]), k)
         scores = np.zeros(len(model.examples))
-        np.add.at(scores, examples, values)
+        scores += np.bincount(examples, values, len(scores))
         result = Result("knn_shapley", test.version, scores, model)
         aggregation = _AGGREGATION.get(request.aggregation, "row")
         out = response(result, aggregation, _top_k(request.top_k), LineageGraph(self._store))
