@@ -157,16 +157,20 @@ class AttributionEngine:
         """The cached model, reloaded when its stored gradient row count changed."""
         # Stored rows before deduplication: any insert (even a replay) changes it, and it
         # needs no FINAL merge, so checking it costs little on every query.
+        # (Forgotten rows count too: a forget request changes what is scored.)
         rows = int(self.store.query(
-            "SELECT count() FROM gradients WHERE model_id = {m:String}",
+            "SELECT (SELECT count() FROM gradients WHERE model_id = {m:String}) * 1000003 + "
+            "(SELECT count() FROM forgotten_rows WHERE model_id = {m:String})",
             {"m": model_id})[0][0])
         with self._lock:
             cached = self._models.get(model_id)
             if cached is not None and cached.rows == rows:
                 return cached
-            if rows == 0:
+            if rows < 1000003:
                 raise NotFound(f"model {model_id!r} has no stored gradient rows")
             model = self._load(model_id, rows)
+            if not model.blocks:
+                raise NotFound(f"model {model_id!r} has no gradient rows left (all forgotten)")
             self._models[model_id] = model
             return model
 
@@ -174,7 +178,8 @@ class AttributionEngine:
         t = self.store.query_arrow(
             "SELECT model_version, kind, node_id, row, step, learning_rate, loss_weight, "
             "curvature_weight, target, projection_id, dim, dtype, gradient "
-            "FROM gradients FINAL WHERE model_id = {m:String} "
+            "FROM gradients FINAL WHERE model_id = {m:String} AND (node_id, row) NOT IN "
+            "(SELECT node_id, row FROM forgotten_rows WHERE model_id = {m:String}) "
             "ORDER BY model_version, kind, step, event_id, idx", {"m": model_id})
         version = np.array([_text(v) for v in t["model_version"].to_pylist()], dtype=object)
         kind = np.array([_text(v) for v in t["kind"].to_pylist()], dtype=object)
@@ -285,8 +290,27 @@ class AttributionEngine:
                     continue
                 total += np.frombuffer(bytes.fromhex(data), "<f8").reshape(k, k)
                 counted += int(n)
-            model.curvature[key] = (total, counted)
+            removed, n_removed = self._forgotten_curvature(model.model_id, block, k)
+            model.curvature[key] = (total - removed, counted - n_removed)
         return model.curvature[key][0]
+
+    def _forgotten_curvature(self, model_id: str, block: Block, k: int
+                             ) -> tuple[np.ndarray, int]:
+        """Σ w φφᵀ of the version's forgotten rows: the sketch counted them when they
+        arrived; a forget request takes them out again."""
+        t = self.store.query_arrow(
+            "SELECT curvature_weight, dtype, gradient FROM gradients FINAL "
+            "WHERE model_id = {m:String} AND model_version = {v:String} AND kind = {k:String} "
+            "AND projection_id = {p:String} AND dim = {d:UInt32} AND (node_id, row) IN "
+            "(SELECT node_id, row FROM forgotten_rows WHERE model_id = {m:String})",
+            {"m": model_id, "v": block.version, "k": block.kind, "p": block.projection_id,
+             "d": k})
+        if t.num_rows == 0:
+            return np.zeros((k, k)), 0
+        phi = np.stack([np.frombuffer(g, NP_DTYPE[_text(d)]).astype(np.float64) for g, d in
+                        zip(t["gradient"].to_pylist(), t["dtype"].to_pylist(), strict=True)])
+        w = t["curvature_weight"].to_numpy().astype(np.float64)
+        return (phi * w[:, None]).T @ phi, t.num_rows
 
     def _latest_per_example(self, block: Block) -> np.ndarray:
         """Row indices: each example's latest row in the block (ordered by step); cached."""

@@ -102,8 +102,16 @@ def query_service(dsn: str | None, listen: str | None) -> None:
     settings = _settings(dsn=dsn, listen=listen)
     _configure_telemetry(settings, "headwater-query")
     store = _open_store(settings)
+    log = None
+    if settings.kafka_bootstrap:
+        from headwater.producers.transports.kafka import KafkaTransport
+        from headwater.query_service.services.unlearning import LogPublishers
+
+        log = LogPublishers(lambda: KafkaTransport(settings.kafka_bootstrap,
+                                                   settings.kafka_topic,
+                                                   config=settings.kafka_config))
     server, port = build_server(store, settings.listen, damping=settings.attribution_damping,
-                                decay=settings.attribution_decay)
+                                decay=settings.attribution_decay, log=log)
     server.start()
     console.print(f"headwater query-service: gRPC on {settings.listen}, store "
                   f"{store.dsn.redacted}")

@@ -14,18 +14,21 @@ from grpc_reflection.v1alpha import reflection
 from headwater.producers import telemetry
 from headwater.producers.transports.base import Sink
 from headwater.producers.transports.grpc import MAX_MESSAGE_BYTES
+from headwater.producers.transports.local import LocalTransport
 from headwater.query_service.attribution import AttributionEngine
 from headwater.query_service.services.attribution import AttributionService
 from headwater.query_service.services.compliance import ComplianceService
 from headwater.query_service.services.ingest import IngestService
 from headwater.query_service.services.lineage import LineageService
-from headwater.query_service.services.not_built import not_built
 from headwater.query_service.services.query import QueryService
+from headwater.query_service.services.unlearning import (
+    LogPublishers,
+    PublisherFor,
+    UnlearningService,
+)
 from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
-
-_UNLEARNING = "needs lineage resolution and the unlearning listener (issue 5)"
 
 
 class _Telemetry(grpc.ServerInterceptor):
@@ -58,9 +61,13 @@ class _Telemetry(grpc.ServerInterceptor):
 
 
 def build_server(store: Store, listen: str, sink: Sink | None = None,
-                 max_workers: int = 8, damping: float = 0.0,
-                 decay: float = 1.0) -> tuple[grpc.Server, int]:
-    """Create (not start) the server; `sink` enables Ingest. Returns (server, bound port)."""
+                 max_workers: int = 8, damping: float = 0.0, decay: float = 1.0,
+                 log: PublisherFor | None = None) -> tuple[grpc.Server, int]:
+    """Create (not start) the server; `sink` enables Ingest. Forget requests are recorded
+    through `log` (default: into `sink`); without either, Forget is refused. Returns
+    (server, bound port)."""
+    if log is None and sink is not None:
+        log = LogPublishers(lambda: LocalTransport(sink))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="headwater-rpc"),
         interceptors=[_Telemetry()],
@@ -80,9 +87,7 @@ def build_server(store: Store, listen: str, sink: Sink | None = None,
     query_pb2_grpc.add_AttributionServicer_to_server(
         AttributionService(store, AttributionEngine(store, damping=damping, decay=decay)),
         server)
-    query_pb2_grpc.add_UnlearningServicer_to_server(
-        not_built(query_pb2_grpc.UnlearningServicer, "Unlearning",
-                  {m: _UNLEARNING for m in ("Forget", "Status")}), server)
+    query_pb2_grpc.add_UnlearningServicer_to_server(UnlearningService(store, log), server)
     names += ["Lineage", "Compliance", "Query", "Attribution", "Unlearning"]
 
     health_servicer = health.HealthServicer()

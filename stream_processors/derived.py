@@ -13,6 +13,11 @@ from headwater.stream_processors.gradients import (
     prediction_rows,
 )
 from headwater.stream_processors.rows import lineage_node_rows, lineage_op_rows, source_rows
+from headwater.stream_processors.unlearning import (
+    forget_request_rows,
+    forgotten_rows,
+    unlearning_applied_rows,
+)
 
 Processor = Callable[[list[Accepted]], pa.Table]
 
@@ -24,4 +29,7 @@ DERIVED: dict[str, Processor] = {
     "model_versions": model_version_rows,
     "gradients": gradient_rows,
     "predictions": prediction_rows,
+    "forget_requests": forget_request_rows,
+    "forgotten_rows": forgotten_rows,
+    "unlearning_applied": unlearning_applied_rows,
 }

@@ -143,6 +143,9 @@ def _forget_requested(p: events_pb2.ForgetRequested) -> None:
     t = p.target
     _require(bool(t.source_ids or t.source_rows or t.row_keys.rows),
              "forget_requested.target names no source, source rows or row keys")
+    _check_row_keys("forget_requested.target.row_keys", t.row_keys)
+    for i, a in enumerate(p.affected):
+        _check_row_keys(f"forget_requested.affected[{i}].rows", a.rows)
 
 
 def _unlearning_applied(p: events_pb2.UnlearningApplied) -> None:

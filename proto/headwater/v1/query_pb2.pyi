@@ -347,6 +347,36 @@ class ValueResponse(_message.Message):
     groups: _containers.RepeatedCompositeFieldContainer[AttributedGroup]
     def __init__(self, rows: _Optional[_Iterable[_Union[AttributedRow, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[AttributedGroup, _Mapping]]] = ...) -> None: ...
 
+class PendingRequest(_message.Message):
+    __slots__ = ("run_id", "model_id", "node_ids", "include_applied")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    model_id: str
+    node_ids: _containers.RepeatedScalarFieldContainer[str]
+    include_applied: bool
+    def __init__(self, run_id: _Optional[str] = ..., model_id: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., include_applied: _Optional[bool] = ...) -> None: ...
+
+class PendingForget(_message.Message):
+    __slots__ = ("request", "rows", "applied", "requested_at")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_AT_FIELD_NUMBER: _ClassVar[int]
+    request: _events_pb2.ForgetRequested
+    rows: _events_pb2.RowKeys
+    applied: bool
+    requested_at: str
+    def __init__(self, request: _Optional[_Union[_events_pb2.ForgetRequested, _Mapping]] = ..., rows: _Optional[_Union[_events_pb2.RowKeys, _Mapping]] = ..., applied: _Optional[bool] = ..., requested_at: _Optional[str] = ...) -> None: ...
+
+class PendingResponse(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[PendingForget]
+    def __init__(self, requests: _Optional[_Iterable[_Union[PendingForget, _Mapping]]] = ...) -> None: ...
+
 class ForgetRequest(_message.Message):
     __slots__ = ("run_id", "model_id", "target", "reason", "method", "verify_with_retrain")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

@@ -678,6 +678,11 @@ class UnlearningStub:
                 request_serializer=headwater_dot_v1_dot_query__pb2.UnlearningStatusRequest.SerializeToString,
                 response_deserializer=headwater_dot_v1_dot_query__pb2.UnlearningStatus.FromString,
                 _registered_method=True)
+        self.Pending = channel.unary_unary(
+                '/headwater.v1.Unlearning/Pending',
+                request_serializer=headwater_dot_v1_dot_query__pb2.PendingRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_query__pb2.PendingResponse.FromString,
+                _registered_method=True)
 
 
 class UnlearningServicer:
@@ -698,6 +703,14 @@ class UnlearningServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pending(self, request, context):
+        """For the trainer's unlearning listener: the run's forget requests, in order, each with
+        the rows of the listener's own dataset nodes that it removes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UnlearningServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -710,6 +723,11 @@ def add_UnlearningServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=headwater_dot_v1_dot_query__pb2.UnlearningStatusRequest.FromString,
                     response_serializer=headwater_dot_v1_dot_query__pb2.UnlearningStatus.SerializeToString,
+            ),
+            'Pending': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pending,
+                    request_deserializer=headwater_dot_v1_dot_query__pb2.PendingRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_query__pb2.PendingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -769,6 +787,33 @@ class Unlearning:
             '/headwater.v1.Unlearning/Status',
             headwater_dot_v1_dot_query__pb2.UnlearningStatusRequest.SerializeToString,
             headwater_dot_v1_dot_query__pb2.UnlearningStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pending(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headwater.v1.Unlearning/Pending',
+            headwater_dot_v1_dot_query__pb2.PendingRequest.SerializeToString,
+            headwater_dot_v1_dot_query__pb2.PendingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,184 @@
+"""Unlearning over gRPC: record forget requests on the log, serve them to the trainer's
+listener, report their progress. The model is changed by the listener, where it lives."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from headwater.producers.envelope import default_producer_id
+from headwater.producers.publisher import Publisher
+from headwater.query_service.forgetting import (
+    TargetError,
+    affected,
+    keys_of,
+    model_keys,
+    node_keys,
+    request_id,
+    target_rows,
+)
+from headwater.query_service.lineage_graph import BadRowKey, LineageGraph, UnknownNode
+from headwater.stream_processors.store import Store
+from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
+
+PublisherFor = Callable[[str], Publisher]  # run id -> a publisher writing to the event log
+POLL_SECONDS = 0.25
+DONE = ("APPLIED", "ALREADY_APPLIED", "FAILED")
+
+
+class LogPublishers:
+    """One service publisher (its own hash chain) per run, built on demand."""
+
+    def __init__(self, transport_factory: Callable[[], object]) -> None:
+        self._factory = transport_factory
+        self._producer = "headwater-service-" + default_producer_id()
+        self._publishers: dict[str, Publisher] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, run_id: str) -> Publisher:
+        with self._lock:
+            if run_id not in self._publishers:
+                self._publishers[run_id] = Publisher(self._factory(), run_id,  # type: ignore[arg-type]
+                                                     self._producer)
+            return self._publishers[run_id]
+
+
+@contextmanager
+def _errors(context: grpc.ServicerContext) -> Iterator[None]:
+    try:
+        yield
+    except (TargetError, BadRowKey) as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except UnknownNode as exc:
+        context.abort(grpc.StatusCode.NOT_FOUND, f"no lineage node {exc.args[0]!r}")
+
+
+class UnlearningService(query_pb2_grpc.UnlearningServicer):
+    def __init__(self, store: Store, log: PublisherFor | None) -> None:
+        self._store = store
+        self._log = log
+        self._lock = threading.Lock()  # one Forget at a time: ids are checked, then written
+
+    def Forget(self, request: query_pb2.ForgetRequest, context: grpc.ServicerContext):
+        with _errors(context):
+            return self._forget(request, context)
+
+    def _forget(self, request: query_pb2.ForgetRequest, context: grpc.ServicerContext):
+        if self._log is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "this query service has no event log to record forget requests on: "
+                          "run `headwater serve`, or give query-service HEADWATER_KAFKA_BOOTSTRAP")
+        for name in ("run_id", "model_id"):
+            if not getattr(request, name):
+                raise TargetError(f"{name} is empty")
+        t = request.target
+        if not (t.source_ids or t.source_rows or t.row_keys.rows):
+            raise TargetError("target names no source, source rows or row keys")
+        rid = request_id(request.run_id, request.model_id, t, request.reason)
+        with self._lock:
+            stored = self._store.query(
+                "SELECT affected_rows FROM forget_requests FINAL WHERE request_id = {r:String}",
+                {"r": rid})
+            if stored:  # the same request again: nothing new is recorded
+                return query_pb2.ForgetResponse(request_id=rid, rows=stored[0][0])
+            graph = LineageGraph(self._store)
+            found = affected(graph, target_rows(self._store, t),
+                             model_keys(self._store, request.model_id),
+                             direct_keys=zip(_nodes(t.row_keys), t.row_keys.rows, strict=True))
+            groups = [events_pb2.AffectedRows(rows=keys_of(pairs), via=via)
+                      for via, pairs in found.items() if pairs]
+            event = events_pb2.ForgetRequested(
+                request_id=rid, target=t, affected=groups, reason=request.reason,
+                requested_by=_peer(context), method=request.method,
+                verify_with_retrain=request.verify_with_retrain, model_id=request.model_id)
+            publisher = self._log(request.run_id)
+            publisher.publish(event)
+            publisher.flush()
+        return query_pb2.ForgetResponse(request_id=rid, affected=groups,
+                                        rows=sum(len(g.rows.rows) for g in groups))
+
+    def _state(self, rid: str) -> query_pb2.UnlearningStatus | None:
+        if not self._store.query("SELECT 1 FROM forget_requests FINAL "
+                                 "WHERE request_id = {r:String}", {"r": rid}):
+            return None
+        rows = self._store.query(
+            "SELECT e.raw FROM unlearning_applied AS u FINAL INNER JOIN events AS e FINAL "
+            "ON u.event_id = e.event_id WHERE u.request_id = {r:String} "
+            "ORDER BY u.applied_at DESC LIMIT 1", {"r": rid})
+        if not rows:
+            return query_pb2.UnlearningStatus(request_id=rid, state="requested")
+        raw = rows[0][0]
+        event = events_pb2.Event.FromString(raw if isinstance(raw, bytes)
+                                            else raw.encode("latin-1"))
+        applied = event.unlearning_applied
+        state = "failed" if applied.status == applied.FAILED else "applied"
+        return query_pb2.UnlearningStatus(request_id=rid, state=state, applied=applied)
+
+    def Status(self, request: query_pb2.UnlearningStatusRequest,
+               context: grpc.ServicerContext):
+        """Stream the request's state on every change until it is applied or failed."""
+        last = ""
+        while context.is_active():
+            status = self._state(request.request_id)
+            if status is None:
+                context.abort(grpc.StatusCode.NOT_FOUND,
+                              f"no forget request {request.request_id!r}")
+            assert status is not None
+            if status.state != last:
+                last = status.state
+                yield status
+            if status.state in ("applied", "failed"):
+                return
+            time.sleep(POLL_SECONDS)
+
+    def Pending(self, request: query_pb2.PendingRequest, context: grpc.ServicerContext):
+        with _errors(context):
+            return self._pending(request)
+
+    def _pending(self, request: query_pb2.PendingRequest) -> query_pb2.PendingResponse:
+        if not request.run_id:
+            raise TargetError("run_id is empty")
+        rows = self._store.query(
+            "SELECT f.request_id, e.raw, toString(f.requested_at), "
+            "f.request_id IN (SELECT request_id FROM unlearning_applied FINAL "
+            "  WHERE status IN ('APPLIED', 'ALREADY_APPLIED')) AS applied "
+            "FROM forget_requests AS f FINAL INNER JOIN events AS e FINAL "
+            "ON f.event_id = e.event_id WHERE f.run_id = {run:String} "
+            "AND ({model:String} = '' OR f.model_id = {model:String}) "
+            "ORDER BY e.seq, f.requested_at", {"run": request.run_id, "model": request.model_id})
+        graph = LineageGraph(self._store)
+        nodes = node_keys(graph, request.node_ids) if request.node_ids else None
+        out = query_pb2.PendingResponse()
+        for _, raw, at, applied in rows:
+            if applied and not request.include_applied:
+                continue
+            event = events_pb2.Event.FromString(raw if isinstance(raw, bytes)
+                                                else raw.encode("latin-1"))
+            forget = event.forget_requested
+            item = query_pb2.PendingForget(request=forget, applied=bool(applied),
+                                           requested_at=at)
+            if nodes is not None:
+                t = forget.target
+                found = affected(graph, target_rows(self._store, t), nodes,
+                                 direct_keys=zip(_nodes(t.row_keys), t.row_keys.rows,
+                                                 strict=True))
+                item.rows.CopyFrom(keys_of(found["row"] + found["join"]))
+            out.requests.append(item)
+        return out
+
+
+def _nodes(keys: events_pb2.RowKeys) -> list[str]:
+    if keys.node_index:
+        return [keys.node_ids[i] for i in keys.node_index]
+    return [keys.node_ids[0]] * len(keys.rows) if keys.rows else []
+
+
+def _peer(context: grpc.ServicerContext) -> str:
+    try:
+        return context.peer() or ""
+    except Exception:  # noqa: BLE001 - a peer address is informative only
+        return ""
