@@ -106,14 +106,12 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
                                  "WHERE request_id = {r:String}", {"r": rid}):
             return None
         rows = self._store.query(
-            "SELECT e.raw FROM unlearning_applied AS u FINAL INNER JOIN events AS e FINAL "
+            "SELECT hex(e.raw) FROM unlearning_applied AS u FINAL INNER JOIN events AS e FINAL "
             "ON u.event_id = e.event_id WHERE u.request_id = {r:String} "
             "ORDER BY u.applied_at DESC LIMIT 1", {"r": rid})
         if not rows:
             return query_pb2.UnlearningStatus(request_id=rid, state="requested")
-        raw = rows[0][0]
-        event = events_pb2.Event.FromString(raw if isinstance(raw, bytes)
-                                            else raw.encode("latin-1"))
+        event = events_pb2.Event.FromString(bytes.fromhex(rows[0][0]))
         applied = event.unlearning_applied
         state = "failed" if applied.status == applied.FAILED else "applied"
         return query_pb2.UnlearningStatus(request_id=rid, state=state, applied=applied)
@@ -143,7 +141,7 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
         if not request.run_id:
             raise TargetError("run_id is empty")
         rows = self._store.query(
-            "SELECT f.request_id, e.raw, toString(f.requested_at), "
+            "SELECT f.request_id, hex(e.raw), toString(f.requested_at), "
             "f.request_id IN (SELECT request_id FROM unlearning_applied FINAL "
             "  WHERE status IN ('APPLIED', 'ALREADY_APPLIED')) AS applied "
             "FROM forget_requests AS f FINAL INNER JOIN events AS e FINAL "
@@ -156,8 +154,7 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
         for _, raw, at, applied in rows:
             if applied and not request.include_applied:
                 continue
-            event = events_pb2.Event.FromString(raw if isinstance(raw, bytes)
-                                                else raw.encode("latin-1"))
+            event = events_pb2.Event.FromString(bytes.fromhex(raw))
             forget = event.forget_requested
             item = query_pb2.PendingForget(request=forget, applied=bool(applied),
                                            requested_at=at)
