@@ -1,19 +1,20 @@
 """The unlearning listener: applies forget requests where the model lives, between steps.
 
     listener = UnlearningListener(publisher, "127.0.0.1:50051", model_id="clf",
-                                  dataset=train, apply=my_apply, capture=capture)
+                                  dataset=train, apply=Unlearner(model, x, y), capture=capture)
     for step, rows in enumerate(batches_of_row_indices):
         rows = listener.keep(rows)              # forgotten rows never train again
         ...                                     # the normal training step
         listener.poll()                         # applies new requests, publishes outcomes
 
 `apply(rows, request)` receives the dataset rows (indices into `dataset`) that the request
-removes and must change the model (e.g. `headwater.producers.unlearning.unlearn`) and return
-an `Outcome`. The listener publishes `UnlearningApplied` (with a new model version when a
-capture is attached). Requests come from the service's `Unlearning.Pending`, which reads the
-event log: a request counts as done only once its `UnlearningApplied` is stored, so a
-restarted trainer re-reads every request, learns which rows are already forgotten, and
-applies only what was not applied yet.
+removes, must change the model and return an `Outcome`; `Unlearner(model, x, y, ...)` is the
+standard one (`headwater.producers.unlearning.unlearn` on those rows). The listener
+publishes `UnlearningApplied` (with a new model version when a capture is attached).
+Requests come from the service's `Unlearning.Pending`, which reads the event log: a request
+counts as done only once its `UnlearningApplied` is stored, so a restarted trainer re-reads
+every request, learns which rows are already forgotten, and applies only what was not
+applied yet.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from headwater.producers.capture import Recorder
 from headwater.producers.tracking import Tracker
+from headwater.producers.unlearning import LinearModel, Rows, unlearn
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 
@@ -40,6 +42,54 @@ class Outcome:
 
 
 Apply = Callable[[np.ndarray, events_pb2.ForgetRequested], Outcome]
+
+
+class Unlearner:
+    """The standard `apply`: `unlearn` the requested rows, read from the trainer's own training
+    data (x, y) (dataset row i is (x[i], y[i])), with every row forgotten so far kept out of
+    the retained set. The model is changed in place (torch) or replaced (`.model`, a
+    LinearModel is immutable). A request asking `verify_with_retrain` retrains from scratch:
+    LinearModel refits itself; a torch model needs `retrain(x_kept, y_kept)`."""
+
+    def __init__(self, model: Any, x: Any, y: Any, *, test: Rows | None = None,
+                 held_out: Rows | None = None,
+                 retrain: Callable[[Any, Any], Any] | None = None, **options: Any) -> None:
+        self.model = model
+        self.x, self.y = _rows_of(x), _rows_of(y)
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
+        self.test, self.held_out, self.retrain, self.options = test, held_out, retrain, options
+        self.gone = np.zeros(0, dtype=np.int64)
+        self.results: list[Any] = []  # UnlearnResult per applied request
+
+    def __call__(self, rows: np.ndarray, request: events_pb2.ForgetRequested) -> Outcome:
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self.x)):
+            raise IndexError(f"request {request.request_id} names dataset rows up to "
+                             f"{rows.max()} but the trainer holds {len(self.x)}")
+        keep = np.setdiff1d(np.arange(len(self.x)), np.union1d(rows, self.gone))
+        retrain: Any = False
+        if request.verify_with_retrain:
+            if isinstance(self.model, LinearModel):
+                retrain = True
+            elif self.retrain is not None:
+                fn = self.retrain
+                retrain = lambda: fn(self.x[keep], self.y[keep])  # noqa: E731
+            else:
+                raise ValueError("the request asks verify_with_retrain but this Unlearner was "
+                                 "given no retrain(x, y) for its torch model")
+        result = unlearn(self.model, (self.x[rows], self.y[rows]),
+                         (self.x[keep], self.y[keep]), test=self.test, held_out=self.held_out,
+                         method=request.method, retrain=retrain, inplace=True, **self.options)
+        self.model = result.model
+        self.gone = np.union1d(self.gone, rows)
+        self.results.append(result)
+        return Outcome(result.verification, result.method)
+
+
+def _rows_of(a: Any) -> Any:
+    """A tracked array becomes a plain one; tensors stay tensors (row indexing is the same)."""
+    return a if hasattr(a, "detach") else np.asarray(a)
 
 
 class UnlearningListener:

@@ -3,23 +3,21 @@ through lineage, the trainer's listener changes the model, the outcome is on the
 
 from __future__ import annotations
 
-import sys
+import json
 
 import grpc
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import run_headwater
 from headwater.producers.capture import LinearCapture
 from headwater.producers.publisher import Publisher
 from headwater.producers.sources import load_csv
 from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.transports.grpc import GrpcTransport
-from headwater.producers.unlearning_listener import Outcome, UnlearningListener
+from headwater.producers.unlearning import LinearModel
+from headwater.producers.unlearning_listener import Unlearner, UnlearningListener
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-from attribution_lds import fit_logreg  # noqa: E402
 
 LAM = 1.0
 
@@ -29,32 +27,6 @@ def _csv(path, x, y):
     rows = [",".join(f"{v:.6f}" for v in r) + f",{int(t)}" for r, t in zip(x, y, strict=True)]
     path.write_text(",".join(cols) + "\n" + "\n".join(rows) + "\n")
     return path
-
-
-def _loss(theta, x, y):
-    m = (2 * y - 1) * (np.hstack([x, np.ones((len(x), 1))]) @ theta)
-    return float(np.mean(np.logaddexp(0, -m)))
-
-
-def newton_apply(state, x, y):
-    """The test's apply callback: one Newton step on the retained objective (the SDK's
-    `unlearn` does the same with verification; here the maths is spelt out)."""
-
-    def apply(rows: np.ndarray, request) -> Outcome:
-        keep = np.setdiff1d(np.arange(len(x)), np.union1d(rows, state["gone"]))
-        theta = state["theta"]
-        xb = np.hstack([x, np.ones((len(x), 1))])
-        p = 1 / (1 + np.exp(-(xb @ theta)))
-        g_forget = xb[rows].T @ (p[rows] - y[rows])
-        h = (xb[keep] * (p[keep] * (1 - p[keep]))[:, None]).T @ xb[keep] + LAM * np.eye(len(theta))
-        new = theta + np.linalg.solve(h, g_forget)
-        v = events_pb2.Verification(forget_loss_before=_loss(theta, x[rows], y[rows]),
-                                    forget_loss_after=_loss(new, x[rows], y[rows]),
-                                    parameter_distance=float(np.linalg.norm(new - theta)))
-        state["theta"], state["gone"] = new, np.union1d(state["gone"], rows)
-        return Outcome(v, events_pb2.NEWTON)
-
-    return apply
 
 
 @pytest.fixture
@@ -74,9 +46,9 @@ def run(serve, tmp_path):
     x = (x - x.mean(0)) / x.std(0)
     y = np.concatenate([ya, yb]).astype(float)
     xs = np.asarray(x)
-    theta = fit_logreg(xs, y, LAM)
+    model = LinearModel.fit(xs, y, l2=LAM)
     capture = LinearCapture(publisher.publish, "clf", 5)
-    capture.set_parameters(theta[:-1], theta[-1])
+    capture.set_parameters(model.coef, model.intercept)
     capture.record_version(step=1)
     for start in range(0, len(xs), 64):  # gradients keyed by batches of the dataset
         batch = x[start:start + 64]
@@ -86,7 +58,7 @@ def run(serve, tmp_path):
     publisher.flush()
     source_b = serve_source_id(serve, "hospital_b.csv")
     return {"publisher": publisher, "capture": capture, "x": x, "xs": xs, "y": y,
-            "theta": theta, "source_b": source_b, "n_a": 150, "n_b": 110}
+            "model": model, "source_b": source_b, "n_a": 150, "n_b": 110}
 
 
 def serve_source_id(serve, name):
@@ -100,17 +72,16 @@ def test_forget_a_source_while_training(serve, run):
     unlearning = query_pb2_grpc.UnlearningStub(channel)
     request = query_pb2.ForgetRequest(
         run_id="forget-run", model_id="clf", reason="hospital_b withdrew consent",
-        target=events_pb2.ForgetTarget(source_ids=[run["source_b"]]))
+        verify_with_retrain=True, target=events_pb2.ForgetTarget(source_ids=[run["source_b"]]))
     response = unlearning.Forget(request, timeout=60)
     via = {a.via: len(a.rows.rows) for a in response.affected}
     assert via["row"] == run["n_b"]  # every training row built from hospital_b
     assert via["aggregation"] == run["n_a"]  # hospital_a rows saw b only through mean/std
     assert unlearning.Forget(request, timeout=60).request_id == response.request_id
 
-    state = {"theta": run["theta"].copy(), "gone": np.zeros(0, dtype=np.int64)}
+    unlearner = Unlearner(run["model"], run["x"], run["y"])
     listener = UnlearningListener(run["publisher"], serve.target, model_id="clf",
-                                  dataset=run["x"], capture=run["capture"],
-                                  apply=newton_apply(state, run["xs"], run["y"]))
+                                  dataset=run["x"], capture=run["capture"], apply=unlearner)
     assert listener.keep(np.arange(5)).tolist() == list(range(5))
     (applied,) = listener.poll(force=True)
     assert applied.status == applied.APPLIED and applied.rows_forgotten == run["n_b"]
@@ -119,6 +90,12 @@ def test_forget_a_source_while_training(serve, run):
     assert listener.keep([0, 149, 150, 200]).tolist() == [0, 149]
     v = applied.verification
     assert v.forget_loss_after > v.forget_loss_before and v.parameter_distance > 0
+    # the model itself changed, to (nearly) the model retrained without hospital_b
+    assert applied.method == events_pb2.NEWTON and v.retrained
+    assert 0.9 <= v.gap_closed <= 1.1
+    retrained = LinearModel.fit(run["xs"][:run["n_a"]], run["y"][:run["n_a"]], l2=LAM)
+    assert np.linalg.norm(unlearner.model.params - retrained.params) <= 0.1 * np.linalg.norm(
+        run["model"].params - retrained.params)
     assert applied.new_version == "v2" and applied.previous_version == "v1"
     assert listener.poll(force=True) == []  # nothing new
 
@@ -135,7 +112,8 @@ def test_forget_a_source_while_training(serve, run):
 
     # a restarted trainer: knows what is gone, applies nothing again
     again = UnlearningListener(run["publisher"], serve.target, model_id="clf",
-                               dataset=run["x"], apply=newton_apply(state, run["xs"], run["y"]))
+                               dataset=run["x"],
+                               apply=Unlearner(unlearner.model, run["x"], run["y"]))
     assert again.forgotten.tolist() == forgotten.tolist()
     assert again.poll(force=True) == []
 
@@ -158,3 +136,42 @@ def test_forget_rejects_bad_targets(serve, run):
         list(unlearning.Status(query_pb2.UnlearningStatusRequest(request_id="fr-x"),
                                timeout=30))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_forget_cli(serve, run):
+    def forget(*args: str):
+        return run_headwater("forget", "--run", "forget-run", "--model", "clf",
+                             "--listen", serve.target, *args)
+
+    ten = ("--source-rows", f"{run['source_b']}:0-4,5,6-9")
+    done = forget(*ten, "--reason", "ten rows withdrawn", "--json")
+    assert done.returncode == 0, done.stderr
+    first = json.loads(done.stdout)
+    assert first["removed"] == 10 and first["affected"]["row"] == 10
+    assert first["rows"] == 260 and first["affected"]["aggregation"] == 250  # mean/std
+    assert first["request_id"].startswith("fr-")
+
+    # nobody is applying it yet: --wait gives up with a message naming the request
+    waited = forget(*ten, "--reason", "ten rows withdrawn", "--wait", "--timeout", "2")
+    assert waited.returncode != 0 and first["request_id"] in waited.stderr
+    assert "not applied within 2 s" in waited.stderr
+
+    unlearner = Unlearner(run["model"], run["x"], run["y"])
+    listener = UnlearningListener(run["publisher"], serve.target, model_id="clf",
+                                  dataset=run["x"], capture=run["capture"], apply=unlearner)
+    (applied,) = listener.poll(force=True)
+    assert applied.rows_forgotten == 10
+    assert listener.forgotten.tolist() == list(range(run["n_a"], run["n_a"] + 10))
+
+    # the same request again is the same request; --wait now shows the outcome
+    shown = forget(*ten, "--reason", "ten rows withdrawn", "--wait")
+    assert shown.returncode == 0, shown.stderr
+    assert first["request_id"] in shown.stdout and "applied" in shown.stdout
+    assert "forget-set loss" in shown.stdout and "v1 -> v2" in shown.stdout
+
+    for args, message in [((), "name what to forget"),
+                          (("--source-rows", "nocolon"), "expected ID:ROWS"),
+                          (("--rows", "n-1:3-1"), "is not a range"),
+                          (("--source", "src-nope"), "unknown source id")]:
+        bad = forget(*args)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
