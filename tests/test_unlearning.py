@@ -393,3 +393,37 @@ def test_bad_input_is_named(bc: dict, mlp: dict) -> None:
         unlearn(ends_in_softmax, mlp["forget"], mlp["retain"], method="newton")
     with pytest.raises(ValueError, match="l2 must be a positive"):
         LinearModel(np.zeros(3), l2=0.0)
+
+
+def test_unlearner_applies_requests_in_turn_for_the_listener(bc: dict, digits: dict,
+                                                            mlp: dict) -> None:
+    """The listener's standard apply: each request's rows come out of the model, rows
+    forgotten earlier stay out of the retained set, a retrain check runs when asked."""
+    from headwater.producers.unlearning_listener import Unlearner
+
+    unlearner = Unlearner(bc["model"], bc["x"], bc["y"], test=bc["test"])
+    first = events_pb2.ForgetRequested(request_id="fr-1", verify_with_retrain=True)
+    outcome = unlearner(np.arange(10), first)
+    assert outcome.method == events_pb2.NEWTON and outcome.verification.retrained
+    assert 0.9 <= outcome.verification.gap_closed <= 1.1
+    second = unlearner(np.arange(10, 30), events_pb2.ForgetRequested(
+        request_id="fr-2", verify_with_retrain=True))
+    assert 0.9 <= second.verification.gap_closed <= 1.1
+    exact = LinearModel.fit(bc["x"][30:], bc["y"][30:])
+    assert np.linalg.norm(unlearner.model.params - exact.params) <= 0.05 * np.linalg.norm(
+        bc["model"].params - exact.params)
+    with pytest.raises(IndexError, match="trainer holds 455"):
+        unlearner(np.array([455]), first)
+
+    # torch: changed in place; a retrain check needs the trainer's retrain function
+    model = _train(digits["x"], digits["y"], steps=20)
+    before = [p.detach().clone() for p in model.parameters()]
+    torch_unlearner = Unlearner(model, digits["x"], digits["y"], test=digits["test"],
+                                l2=len(digits["x"]) * WD)
+    done = torch_unlearner(np.arange(20), events_pb2.ForgetRequested(
+        request_id="fr-3", method=events_pb2.NEWTON))
+    assert done.method == events_pb2.NEWTON and torch_unlearner.model is model
+    assert not torch.equal(list(model.parameters())[2], before[2])
+    with pytest.raises(ValueError, match="no retrain"):
+        torch_unlearner(np.arange(20, 30), events_pb2.ForgetRequested(
+            request_id="fr-4", verify_with_retrain=True))

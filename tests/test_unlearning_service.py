@@ -104,6 +104,18 @@ def test_forget_a_source_while_training(serve, run):
     assert states[-1].state == "applied"
     assert states[-1].applied.verification.forget_loss_after == v.forget_loss_after
 
+    # the auditors' query in docs/sql.md
+    done = serve.cli("sql", "SELECT r.request_id, r.reason, r.affected_rows, a.status, a.method, "
+                     "a.rows_forgotten, a.forget_loss_before, a.forget_loss_after, "
+                     "a.gap_closed, a.new_version FROM forget_requests AS r FINAL "
+                     "LEFT JOIN unlearning_applied AS a FINAL ON a.request_id = r.request_id "
+                     "WHERE r.model_id = {model:String} ORDER BY r.requested_at",
+                     "--param", "model=clf", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    (audit,) = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert audit["request_id"] == response.request_id and audit["status"] == "APPLIED"
+    assert audit["rows_forgotten"] == run["n_b"] and audit["new_version"] == "v2"
+
     # attribution no longer returns hospital_b rows
     attribution = query_pb2_grpc.AttributionStub(channel)
     groups = attribution.Attribute(query_pb2.AttributeRequest(
