@@ -78,6 +78,9 @@ class LineageGraph:
         return _to_node(rows[0])
 
     def _op_of(self, node_id: str) -> OpView | None:
+        known = self._nodes.get(node_id)
+        if known is not None and known.kind == "source":
+            return None  # no op produces a source: no query needed
         if node_id not in self._ops_by_output:
             self._load_run_of(node_id)
         if node_id not in self._ops_by_output:  # not in that run: ask for this node alone
@@ -92,8 +95,10 @@ class LineageGraph:
     def _load_run_of(self, node_id: str) -> None:
         """Read every op and node of the node's run in two queries (pipelines rarely span
         runs; inputs from other runs are read one by one)."""
-        runs = self._store.query("SELECT run_id FROM lineage_nodes FINAL "
-                                 "WHERE node_id = {id:String}", {"id": node_id})
+        known = self._nodes.get(node_id)
+        runs = [(known.run_id,)] if known is not None else self._store.query(
+            "SELECT run_id FROM lineage_nodes FINAL WHERE node_id = {id:String}",
+            {"id": node_id})
         if not runs or runs[0][0] in self._runs_loaded:
             return
         run = runs[0][0]
