@@ -4,7 +4,10 @@ P is never stored or materialised whole: every entry is a pure function of (seed
 column), computed from a counter-based 32-bit hash in integer arithmetic. Any column range of P
 can therefore be regenerated on its own, on any machine, in NumPy or on a torch device, bit for
 bit (the products then agree to float rounding); projecting a gradient split into column blocks
-gives the sum of the block projections. Memory: one [columns, k] tile of P at a time.
+gives the sum of the block projections. Memory: one [columns, k] tile of P at a time, plus a
+bounded cache of generated tiles (CACHE_BYTES; a trainer projects the same columns every
+step, and generating P costs ~10x the product) — only for projections whose whole P fits
+in it, so large models keep the one-tile bound.
 
 Scaling (both kinds have E[PᵀP] = I, so E[(Px)·(Py)] = x·y):
 - rademacher: every entry is ±1/√k with independent fair signs (Achlioptas 2003); the
@@ -38,6 +41,7 @@ SPARSE_NNZ = 8  # s: nonzeros per column of a sparse_jl matrix (fewer when k < 8
 MAX_OUTPUT_DIM = 2**31 - 1
 TILE_BYTES = 16 * 2**20  # one generated [columns, k] tile of P; bounds the extra memory
 TILE_BYTES_CUDA = 64 * 2**20
+CACHE_BYTES = 64 * 2**20  # generated tiles kept for reuse, all projections together
 
 _KIND_TO_PROTO = {
     "identity": events_pb2.Projection.IDENTITY,
@@ -337,6 +341,42 @@ class Projection:
         return acc.result()
 
 
+class _TileCache:
+    """Least-recently-used generated tiles, keyed by everything that determines them and
+    bounded in bytes (set `CACHE_BYTES = 0` to turn it off)."""
+
+    def __init__(self) -> None:
+        from collections import OrderedDict
+
+        self._tiles: OrderedDict[tuple, Any] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple, make: Any, args: tuple) -> Any:
+        """The tile for `key`, made by make(*args) on a miss."""
+        tile = self._tiles.get(key)
+        if tile is not None:
+            self._tiles.move_to_end(key)
+            return tile
+        tile = make(*args)
+        self._tiles[key] = tile
+        self._bytes += _nbytes(tile)
+        while self._bytes > CACHE_BYTES and self._tiles:
+            _, old = self._tiles.popitem(last=False)
+            self._bytes -= _nbytes(old)
+        return tile
+
+    def clear(self) -> None:
+        self._tiles.clear()
+        self._bytes = 0
+
+
+_CACHE = _TileCache()
+
+
+def _nbytes(tile: Any) -> int:
+    return int(tile.nbytes) if hasattr(tile, "nbytes") else tile.element_size() * tile.nelement()
+
+
 class _Accumulator:
     """Sums tile products X[:, c0:c1] @ P[:, c0:c1]ᵀ into an [n, k] buffer on X's backend."""
 
@@ -390,12 +430,17 @@ class _Accumulator:
         for a in range(0, width, step):
             b = min(width, a + step)
             x = self._compute(block[:, a:b])
+            c0, c1 = offset + a, offset + b
             if self.torch is None:
-                tile = _tile_numpy(p.kind, self.keys, p.output_dim, offset + a, offset + b,
-                                   x.dtype)
+                make, args = _tile_numpy, (p.kind, self.keys, p.output_dim, c0, c1, x.dtype)
             else:
-                tile = _tile_torch(self.torch, p.kind, self.keys, p.output_dim, offset + a,
-                                   offset + b, x.dtype, self.device)
+                make, args = _tile_torch, (self.torch, p.kind, self.keys, p.output_dim, c0, c1,
+                                           x.dtype, self.device)
+            if p.output_dim * p.input_dim * itemsize <= CACHE_BYTES:  # all of P fits
+                key = (p.kind, self.keys, p.output_dim, c0, c1, str(x.dtype), str(self.device))
+                tile = _CACHE.get(key, make, args)
+            else:
+                tile = make(*args)
             self.out += x @ tile
 
     def result(self) -> Any:
