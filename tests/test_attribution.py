@@ -243,6 +243,9 @@ def test_attribution_over_grpc(trained, serve):
     assert len(value.rows) == 3
     for request, code in (
         (query_pb2.AttributeRequest(prediction_id="missing"), grpc.StatusCode.NOT_FOUND),
+        (query_pb2.AttributeRequest(raw_features=query_pb2.RawFeatures(model_id="nope",
+                                                                       features=b"\0" * 4)),
+         grpc.StatusCode.NOT_FOUND),
         (query_pb2.AttributeRequest(raw_features=query_pb2.RawFeatures(model_id="logreg")),
          grpc.StatusCode.INVALID_ARGUMENT),
         (query_pb2.AttributeRequest(test_gradient=query_pb2.TestGradient(
@@ -271,3 +274,29 @@ def test_lds_benchmark_fast():
     stream = figures["continual_stream"]
     assert stream["lds_tracin_all"] >= 0.5 and stream["lds_tracin_final"] >= 0.5, stream
     assert stream["lds_influence_final"] >= 0.1, stream
+
+
+def test_raw_features_for_a_linear_model(trained):
+    """∇f = [x, 1] needs no parameters: raw features of p0's input give p0's scores up to the
+    sign of its label's margin (raw features explain the logit of class 1)."""
+    from headwater.query_service.raw_features import raw_features_gradient
+
+    store = trained["store"]
+    x0 = trained["xte"][0].astype(np.float32)
+    msg = query_pb2.RawFeatures(model_id="logreg", features=x0.tobytes(), shape=[1, len(x0)])
+    model_id, test = raw_features_gradient(store, msg)
+    engine = AttributionEngine(store, damping=LAM)
+    raw = _by_row(engine.attribute(model_id=model_id, test=test))
+    recorded = _by_row(engine.attribute("p0"))
+    sign = 1.0 if trained["labels"][0] == 1 else -1.0
+    np.testing.assert_allclose(raw, sign * recorded, rtol=1e-4, atol=1e-6 * np.abs(raw).max())
+    for bad, message in (
+            (query_pb2.RawFeatures(model_id="logreg", features=x0[:5].tobytes()),
+             "has 5 features; model 'logreg' takes 30"),
+            (query_pb2.RawFeatures(model_id="logreg", features=b"\0" * 6), "6 bytes"),
+            (query_pb2.RawFeatures(model_id="logreg", features=x0.tobytes(), shape=[2, 15]),
+             "must be one row"),
+            (query_pb2.RawFeatures(model_id="nope", features=x0.tobytes()),
+             "no model 'nope' recorded")):
+        with pytest.raises(AttributionError, match=message):
+            raw_features_gradient(store, bad)

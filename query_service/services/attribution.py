@@ -18,6 +18,7 @@ from headwater.query_service.attribution import (
 )
 from headwater.query_service.knn_shapley import knn_shapley
 from headwater.query_service.lineage_graph import LineageGraph
+from headwater.query_service.raw_features import raw_features_gradient
 from headwater.stream_processors.gradients import DTYPES, NP_DTYPE
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
@@ -107,12 +108,11 @@ class AttributionService(query_pb2_grpc.AttributionServicer):
                                            test=test_gradient(request.test_gradient),
                                            method=method, damping=request.damping)
         elif kind == "raw_features":
-            raise AttributionError(
-                "raw_features needs the model to compute a test gradient, and the service "
-                "does not hold models: record the prediction in the trainer "
-                "(record_prediction) or send its test_gradient")
+            model_id, test = raw_features_gradient(self._store, request.raw_features)
+            result = self.engine.attribute(model_id=model_id, test=test, method=method,
+                                           damping=request.damping)
         else:
-            raise AttributionError("give prediction_id or test_gradient")
+            raise AttributionError("give prediction_id, test_gradient or raw_features")
         return response(result, aggregation, _top_k(request.top_k), LineageGraph(self._store))
 
     def Attribute(self, request: query_pb2.AttributeRequest, context: grpc.ServicerContext):
