@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from headwater.producers.capture import Recorder
+from headwater.producers.capture import LinearCapture, Recorder
 from headwater.producers.tracking import Tracker
 from headwater.producers.unlearning import LinearModel, Rows, unlearn
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
@@ -39,6 +39,7 @@ class Outcome:
 
     verification: events_pb2.Verification
     method: int = events_pb2.UNLEARNING_METHOD_UNSPECIFIED  # NEWTON / FINE_TUNE
+    model: Any = None  # the unlearned model when it is a new object (a LinearModel)
 
 
 Apply = Callable[[np.ndarray, events_pb2.ForgetRequested], Outcome]
@@ -84,7 +85,7 @@ class Unlearner:
         self.model = result.model
         self.gone = np.union1d(self.gone, rows)
         self.results.append(result)
-        return Outcome(result.verification, result.method)
+        return Outcome(result.verification, result.method, result.model)
 
 
 def _rows_of(a: Any) -> Any:
@@ -174,6 +175,11 @@ class UnlearningListener:
             event.method = outcome.method
             event.verification.CopyFrom(outcome.verification)
             self.forgotten = np.union1d(self.forgotten, new)
+            if isinstance(outcome.model, LinearModel) and isinstance(self.capture,
+                                                                      LinearCapture):
+                # a torch model changes in place; a LinearModel is a new object, so the
+                # capture must learn its parameters before it records the new version
+                self.capture.set_parameters(outcome.model.coef, outcome.model.intercept)
             if self.capture is not None:
                 event.new_version = self.capture.record_version(
                     config={"unlearned": request.request_id})

@@ -31,9 +31,9 @@ def _settings(**overrides: Any) -> Settings:
 def _open_store(settings: Settings, *, migrate: bool = True):
     from headwater.stream_processors.store import Store
 
-    store = Store(settings.resolved_dsn, settings.database)
+    store = Store(settings.resolved_dsn, settings.database, cluster=settings.cluster)
     if migrate:
-        store.migrate()
+        store.migrate(settings.events_retention_days)
     return store
 
 
@@ -401,9 +401,9 @@ def migrate(data_dir: Path | None, dsn: str | None) -> None:
     settings = _settings(data_dir=data_dir, dsn=dsn)
     from headwater.stream_processors.store import Store
 
-    store = Store(settings.resolved_dsn, settings.database)
+    store = Store(settings.resolved_dsn, settings.database, cluster=settings.cluster)
     try:
-        applied = store.migrate()
+        applied = store.migrate(settings.events_retention_days)
     finally:
         store.close()
     click.echo(f"{len(applied)} migration(s) applied" + "".join(
@@ -598,6 +598,65 @@ def _print_verification(applied: Any) -> None:
               + (f"; gap closed {v.gap_closed:.3f}, distance to retrained "
                  f"{v.distance_to_retrained:.4g}" if retrained else ""))
     out.print(table)
+
+
+@cli.group()
+def audit() -> None:
+    """Compliance: verify the record-keeping log, build and check audit reports."""
+
+
+from headwater.query_service.report_cli import check, report  # noqa: E402
+
+audit.add_command(report)
+audit.add_command(check)
+cli.add_command(report)  # `headwater report`: the same command as `headwater audit report`
+
+@audit.command("verify")
+@click.option("--run", "run_id", default="", help="Only the producers of this run")
+@click.option("--recompute-hashes", is_flag=True,
+              help="Also re-hash every stored event and compare its columns with its bytes")
+@_data_dir
+@_dsn
+@_listen
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object")
+def audit_verify(run_id: str, recompute_hashes: bool, data_dir: Path | None, dsn: str | None,
+                 listen: str | None, as_json: bool) -> None:
+    """Art. 12 record-keeping: every producer's seq continuity and hash chain, and the time
+    span the log covers; exit status 1 when a problem is found."""
+    from headwater.query_service.log_reader import verify_stored_log
+    from headwater.query_service.remote import RemoteStore
+    from headwater.stream_processors.log_integrity import report_as_dict
+
+    reader = _reader(_settings(data_dir=data_dir, dsn=dsn, listen=listen))
+    try:
+        if isinstance(reader, RemoteStore):
+            report = reader.verify_log(run_id, recompute_hashes)
+        else:
+            report = verify_stored_log(reader, run_id, recompute_hashes)
+    finally:
+        reader.close()
+    data = report_as_dict(report)
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        table = Table("producer", "run", "events", "seq", "first emitted", "last emitted",
+                      "head hash", title="Event log by producer")
+        for p in data["producers"]:
+            table.add_row(p["producer_id"], p["run_id"], str(p["events"]),
+                          f"{p['first_seq']}..{p['last_seq']}", p["first_emitted_at"],
+                          p["last_emitted_at"], p["head_hash"][:16])
+        out.print(table)
+        verdict = "[green]intact[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]"
+        out.print(f"log: {report.events} events from {len(report.producers)} producer(s), "
+                  f"{data['first_emitted_at']} .. {data['last_emitted_at']}; hashes "
+                  f"{'recomputed' if report.hashes_recomputed else 'not recomputed'}; retention "
+                  f"{report.retention_days or 'none'} days; {verdict}")
+        for p in report.problems:
+            out.print(f"  {p.kind:<15} {p.producer_id} seq {p.seq}: {p.detail}")
+        for p in report.notes:
+            out.print(f"  note: {p.kind:<9} {p.producer_id} seq {p.seq}: {p.detail}")
+    if not report.ok:
+        sys.exit(1)
 
 
 def _wait_for_signal() -> None:

@@ -7,6 +7,7 @@ In embedded mode `headwater serve` owns the chDB directory; the CLI's read comma
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -38,19 +39,25 @@ class RemoteStore:
             raise HeadwaterError(exc.details()) from None  # type: ignore[attr-defined]
         return list(response.columns), [tuple(r) for r in json.loads(response.rows_json)]
 
-    def verify_log(self, run_id: str = "") -> LogReport:
+    def verify_log(self, run_id: str = "", recompute_hashes: bool = False) -> LogReport:
         """The server's Compliance.VerifyLog, as the LogReport a local check returns."""
         try:
             r = query_pb2_grpc.ComplianceStub(self._channel).VerifyLog(
-                query_pb2.VerifyLogRequest(run_id=run_id), timeout=self._timeout)
+                query_pb2.VerifyLogRequest(run_id=run_id, recompute_hashes=recompute_hashes),
+                timeout=self._timeout)
         except grpc.RpcError as exc:
             raise HeadwaterError(f"VerifyLog at {self.target} failed: "
                                  f"{exc.details()}") from None  # type: ignore[attr-defined]
         return LogReport(
             events=r.events,
             producers=[ProducerSummary(p.producer_id, p.run_id, p.events, p.first_seq,
-                                       p.last_seq) for p in r.producers],
+                                       p.last_seq, _time(p.first_emitted_at),
+                                       _time(p.last_emitted_at), bytes.fromhex(p.head_hash))
+                       for p in r.producers],
             problems=[Problem(p.producer_id, p.kind, p.seq, p.detail) for p in r.problems],
+            notes=[Problem(p.producer_id, p.kind, p.seq, p.detail) for p in r.notes],
+            hashes_recomputed=r.hashes_recomputed,
+            retention_days=r.retention_days or None,
         )
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
@@ -58,3 +65,7 @@ class RemoteStore:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _time(iso: str) -> datetime | None:
+    return datetime.fromisoformat(iso) if iso else None

@@ -9,6 +9,12 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from headwater.stream_processors.retention import (
+    DEFAULT_EVENTS_RETENTION_DAYS,
+    MIN_EVENTS_RETENTION_DAYS,
+    retention_problem,
+)
+
 
 class Settings(BaseSettings):
     """Every setting of the service side; see docs/configuration.md."""
@@ -18,6 +24,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".headwater"), description="embedded mode: chDB lives here")
     dsn: str | None = Field(None, description="ClickHouse DSN; default chdb://DATA_DIR/clickhouse")
     database: str = "headwater"
+    cluster: str | None = Field(None, description="ClickHouse cluster name: the schema is "
+                                "created ON CLUSTER, replicated + Distributed (None: one node)")
     listen: str = Field("127.0.0.1:50051", description="gRPC address of serve / query-service")
     kafka_bootstrap: str | None = None
     kafka_topic: str = "headwater.events"
@@ -36,6 +44,17 @@ class Settings(BaseSettings):
     attribution_decay: float = Field(
         1.0, gt=0, le=1, description="influence ensemble weight per version of age "
         "(continual learning: < 1 favours recent versions)")
+    events_retention_days: int = Field(
+        DEFAULT_EVENTS_RETENTION_DAYS, description="days the event log is kept (ClickHouse TTL "
+        f"on events); at least {MIN_EVENTS_RETENTION_DAYS}: Art. 19 / 26(6) EU AI Act")
+
+    @field_validator("events_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        problem = retention_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("kafka_config", mode="before")
     @classmethod

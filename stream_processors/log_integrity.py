@@ -1,15 +1,34 @@
 """Verification of the event log: per-producer seq continuity and the hash chain (pure).
 
-Input rows come from `events FINAL` ordered by producer and seq. A *gap* is a missing
-seq, a *duplicate* is two different events claiming one seq, a *break* is an event whose
-prev_hash is not the hash of the producer's previous event, and a *hash_mismatch* is a
-stored event whose bytes no longer hash to its recorded hash (tampering after storage).
+Each producer numbers its events 1, 2, 3, ... and links each to the one before by
+`prev_hash` (the first to the genesis hash); `hash` is the SHA-256 of the event's bytes.
+Rows are checked in stored seq order, and every finding names one of these kinds:
+
+- gap: seqs missing inside the chain (events deleted, or never stored);
+- truncated: the chain's head (seq 1..k-1) is missing. Retention removes the oldest
+  events, so when a retention horizon is given this is a *note*, not a problem: the log
+  alone cannot tell expired events from deleted ones, and the note says so;
+- duplicate: two different events stored under one seq;
+- reordered: an event's prev_hash is the hash of another *stored* event, but not of the
+  event stored at seq - 1 (or it carries the genesis hash at seq > 1 while seq 1 does
+  not): the seq order disagrees with the chain order, so events were renumbered or moved;
+- break: the prev_hash matches no stored event although seq - 1 is stored: the event at
+  seq - 1 was altered or replaced (or this one was forged); also a second event starting
+  from the genesis hash;
+- time_reversed: emitted_at decreases along seq order: the producer's clock stepped back,
+  or a stored time was rewritten (with hashes recomputed, a rewrite also shows as below);
+- hash_mismatch: the stored bytes no longer hash to the recorded hash (bytes tampered);
+- column_mismatch: the stored columns (seq, ids, hashes, time) disagree with the hashed
+  bytes (an indexed column was rewritten without the bytes).
+
+The last two need the raw bytes (`LogRow.raw`); the others need only the columns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
+from itertools import groupby
 
 from google.protobuf.message import DecodeError
 
@@ -32,7 +51,7 @@ class LogRow:
 @dataclass(frozen=True)
 class Problem:
     producer_id: str
-    kind: str  # gap, duplicate, break, hash_mismatch
+    kind: str  # gap, truncated, duplicate, reordered, break, time_reversed, hash_mismatch, ...
     seq: int
     detail: str
 
@@ -44,8 +63,9 @@ class ProducerSummary:
     events: int = 0
     first_seq: int = 0
     last_seq: int = 0
-    first_emitted_at: datetime | None = None
-    last_emitted_at: datetime | None = None
+    first_emitted_at: datetime | None = None  # earliest emitted_at stored
+    last_emitted_at: datetime | None = None  # latest emitted_at stored
+    head_hash: bytes = b""  # hash of the highest seq: record it to detect later rewrites
 
 
 @dataclass
@@ -53,57 +73,187 @@ class LogReport:
     events: int = 0
     producers: list[ProducerSummary] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    notes: list[Problem] = field(default_factory=list)  # findings that do not fail the log
+    hashes_recomputed: bool = False
+    retention_days: int | None = None  # the events TTL the horizon was derived from
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def first_emitted_at(self) -> datetime | None:
+        times = [p.first_emitted_at for p in self.producers if p.first_emitted_at]
+        return min(times) if times else None
 
-def _recomputed(row: LogRow) -> bytes | None:
+    @property
+    def last_emitted_at(self) -> datetime | None:
+        times = [p.last_emitted_at for p in self.producers if p.last_emitted_at]
+        return max(times) if times else None
+
+
+def verify_log(rows: list[LogRow], horizon: datetime | None = None,
+               retention_days: int | None = None) -> LogReport:
+    """Check every producer's chain. `horizon`: events emitted before it may have expired
+    under retention, so a missing chain head is a note rather than a problem."""
+    ordered = sorted(rows, key=lambda r: (r.producer_id, r.seq, r.event_id))
+    report = LogReport(events=len(rows), retention_days=retention_days,
+                       hashes_recomputed=bool(rows) and all(r.raw is not None for r in rows))
+    for _, group in groupby(ordered, key=lambda r: r.producer_id):
+        summary, problems, notes = verify_chain(list(group), horizon)
+        report.producers.append(summary)
+        report.problems.extend(problems)
+        report.notes.extend(notes)
+    return report
+
+
+def verify_chain(rows: list[LogRow], horizon: datetime | None = None
+                 ) -> tuple[ProducerSummary, list[Problem], list[Problem]]:
+    """One producer's rows, sorted by (seq, event_id): its summary, problems and notes."""
+    first = rows[0]
+    pid = first.producer_id
+    times = [r.emitted_at for r in rows]
+    summary = ProducerSummary(pid, first.run_id, len(rows), first.seq, rows[-1].seq,
+                              min(times), max(times), rows[-1].hash)
+    problems: list[Problem] = []
+    notes: list[Problem] = []
+    by_hash: dict[bytes, LogRow] = {}
+    for r in rows:
+        by_hash.setdefault(r.hash, r)
+    seqs_stored = {r.seq for r in rows}
+    head_at_1 = any(r.seq == 1 and r.prev_hash == GENESIS_HASH for r in rows)
+
+    prev: LogRow | None = None
+    for seq, same_seq in groupby(rows, key=lambda r: r.seq):
+        candidates = list(same_seq)
+        row = _in_chain(candidates, prev)
+        for other in candidates:
+            if other is not row:
+                problems.append(Problem(pid, "duplicate", seq,
+                                        f"events {row.event_id} and {other.event_id} both "
+                                        f"claim seq {seq}"))
+        problems.extend(_continuity(row, prev, horizon, notes))
+        link = _link(row, prev, by_hash, seqs_stored, head_at_1)
+        if link:
+            problems.append(link)
+        if prev is not None and row.emitted_at < prev.emitted_at:
+            problems.append(Problem(pid, "time_reversed", seq,
+                                    f"event {row.event_id} emitted at {row.emitted_at.isoformat()}"
+                                    f", before seq {prev.seq} ({prev.emitted_at.isoformat()})"))
+        for r in candidates:
+            problems.extend(_content(r))
+        prev = row
+    return summary, problems, notes
+
+
+def _in_chain(candidates: list[LogRow], prev: LogRow | None) -> LogRow:
+    """Of the rows claiming one seq, the one linked to the previous event (else the first)."""
+    if prev is not None:
+        for r in candidates:
+            if r.prev_hash == prev.hash:
+                return r
+    return candidates[0]
+
+
+def _continuity(row: LogRow, prev: LogRow | None, horizon: datetime | None,
+                notes: list[Problem]) -> list[Problem]:
+    pid = row.producer_id
+    if prev is None and row.seq > 1:
+        missing = f"seq 1..{row.seq - 1} missing"
+        if horizon is None:
+            return [Problem(pid, "truncated", 1, f"{missing}: the chain's head is not stored")]
+        notes.append(Problem(
+            pid, "truncated", 1,
+            f"{missing}; the first stored event was emitted at {row.emitted_at.isoformat()}, "
+            f"retention removes events emitted before {horizon.isoformat()}: expired or "
+            "deleted cannot be told apart from the log alone"))
+        return []
+    if prev is not None and row.seq > prev.seq + 1:
+        return [Problem(pid, "gap", prev.seq + 1, f"seq {prev.seq + 1}..{row.seq - 1} missing")]
+    return []
+
+
+def _link(row: LogRow, prev: LogRow | None, by_hash: dict[bytes, LogRow],
+          seqs_stored: set[int], head_at_1: bool) -> Problem | None:
+    """The finding about row's prev_hash, if any (missing predecessors are gaps already)."""
+    pid, seq = row.producer_id, row.seq
+    if row.prev_hash == GENESIS_HASH:
+        if seq == 1:
+            return None
+        if head_at_1:  # a second chain start: a forged or restarted chain, not a moved head
+            return Problem(pid, "break", seq, f"event {row.event_id} at seq {seq} starts from "
+                           "the genesis hash although seq 1 already does")
+        return Problem(pid, "reordered", seq, f"event {row.event_id} at seq {seq} carries the "
+                       "genesis prev_hash: it is the first event of the chain")
+    if prev is not None and prev.seq == seq - 1 and row.prev_hash == prev.hash:
+        return None
+    pred = by_hash.get(row.prev_hash)
+    if pred is not None:
+        if pred.seq == seq - 1:  # linked to a duplicate of seq - 1, reported as such
+            return None
+        return Problem(pid, "reordered", seq, f"event {row.event_id} at seq {seq} chains from "
+                       f"the event stored at seq {pred.seq} ({pred.event_id})")
+    if seq == 1:
+        return Problem(pid, "break", 1, f"event {row.event_id} at seq 1 does not start from "
+                       "the genesis hash")
+    if seq - 1 in seqs_stored:
+        return Problem(pid, "break", seq, f"event {row.event_id}: prev_hash matches no stored "
+                       f"event; the event at seq {seq - 1} was altered or replaced, or this "
+                       "one was forged")
+    return None
+
+
+def _content(row: LogRow) -> list[Problem]:
+    """Recompute the hash of the stored bytes and compare the columns with them."""
+    if row.raw is None:
+        return []
+    pid, seq = row.producer_id, row.seq
     event = events_pb2.Event()
     try:
-        event.ParseFromString(row.raw or b"")
+        event.ParseFromString(row.raw)
     except DecodeError:
-        return None
-    return event_hash(event)
+        return [Problem(pid, "hash_mismatch", seq,
+                        f"event {row.event_id}: stored bytes no longer decode as an Event")]
+    found = []
+    if event_hash(event) != row.hash:
+        found.append(Problem(pid, "hash_mismatch", seq,
+                             f"event {row.event_id}: stored bytes no longer match its hash"))
+    emitted = datetime.fromtimestamp(event.emitted_at.seconds, timezone.utc).replace(
+        microsecond=event.emitted_at.nanos // 1000)
+    stored_time = row.emitted_at
+    if stored_time.tzinfo is None:
+        stored_time = stored_time.replace(tzinfo=timezone.utc)
+    differ = [name for name, column, hashed in (
+        ("seq", row.seq, event.seq), ("event_id", row.event_id, event.event_id),
+        ("producer_id", row.producer_id, event.producer_id), ("run_id", row.run_id, event.run_id),
+        ("prev_hash", row.prev_hash, event.prev_hash), ("hash", row.hash, event.hash),
+        ("emitted_at", stored_time, emitted),
+    ) if column != hashed]
+    if differ:
+        found.append(Problem(pid, "column_mismatch", seq,
+                             f"event {row.event_id}: stored {', '.join(differ)} differ from "
+                             "the hashed bytes"))
+    return found
 
 
-def verify_log(rows: list[LogRow]) -> LogReport:
-    """Check every producer's chain; rows must be sorted by (producer_id, seq)."""
-    report = LogReport(events=len(rows))
-    current: ProducerSummary | None = None
-    prev: LogRow | None = None
-    for row in rows:
-        if current is None or row.producer_id != current.producer_id:
-            current = ProducerSummary(row.producer_id, row.run_id, first_seq=row.seq,
-                                      first_emitted_at=row.emitted_at)
-            report.producers.append(current)
-            prev = None
-            if row.seq != 1:
-                report.problems.append(Problem(row.producer_id, "gap", 1,
-                                               f"seq 1..{row.seq - 1} missing"))
-            if row.seq == 1 and row.prev_hash != GENESIS_HASH:
-                report.problems.append(Problem(row.producer_id, "break", 1,
-                                               "first event's prev_hash is not the genesis hash"))
-        current.events += 1
-        current.last_seq = row.seq
-        current.last_emitted_at = row.emitted_at
-        if row.raw is not None and _recomputed(row) != row.hash:
-            report.problems.append(Problem(row.producer_id, "hash_mismatch", row.seq,
-                                           f"event {row.event_id} no longer matches its hash"))
-        if prev is not None:
-            if row.seq == prev.seq:
-                report.problems.append(Problem(
-                    row.producer_id, "duplicate", row.seq,
-                    f"events {prev.event_id} and {row.event_id} both claim seq {row.seq}"))
-                continue
-            if row.seq > prev.seq + 1:
-                report.problems.append(Problem(
-                    row.producer_id, "gap", prev.seq + 1,
-                    f"seq {prev.seq + 1}..{row.seq - 1} missing"))
-            elif row.prev_hash != prev.hash:
-                report.problems.append(Problem(
-                    row.producer_id, "break", row.seq,
-                    f"event {row.event_id}: prev_hash does not match the hash of seq {prev.seq}"))
-        prev = row
-    return report
+def report_as_dict(report: LogReport) -> dict:
+    """The report as JSON-ready data (times ISO 8601, hashes hex)."""
+
+    def iso(t: datetime | None) -> str | None:
+        return t.isoformat() if t else None
+
+    return {
+        "ok": report.ok, "events": report.events,
+        "first_emitted_at": iso(report.first_emitted_at),
+        "last_emitted_at": iso(report.last_emitted_at),
+        "hashes_recomputed": report.hashes_recomputed,
+        "retention_days": report.retention_days,
+        "producers": [{
+            "producer_id": p.producer_id, "run_id": p.run_id, "events": p.events,
+            "first_seq": p.first_seq, "last_seq": p.last_seq,
+            "first_emitted_at": iso(p.first_emitted_at), "last_emitted_at": iso(p.last_emitted_at),
+            "head_hash": p.head_hash.hex(),
+        } for p in report.producers],
+        "problems": [vars(x) for x in report.problems],
+        "notes": [vars(x) for x in report.notes],
+    }

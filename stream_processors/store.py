@@ -21,8 +21,17 @@ import clickhouse_connect
 import pyarrow as pa
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from headwater.stream_processors.cluster_schema import (
+    ClusterDdl,
+    create_database_sql,
+    render_migration,
+)
 from headwater.stream_processors.dsn import Dsn, parse_dsn
 from headwater.stream_processors.errors import ConfigError, DataDirLocked, StoreError
+from headwater.stream_processors.retention import (
+    DEFAULT_EVENTS_RETENTION_DAYS,
+    apply_events_retention,
+)
 
 LOCK_NAME = ".headwater.lock"
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -89,11 +98,16 @@ class _DirLock:
 class Store:
     """A ClickHouse database reached through clickhouse-connect (thread-safe)."""
 
-    def __init__(self, dsn: str, database: str = "headwater", *, lock: bool = True) -> None:
+    def __init__(self, dsn: str, database: str = "headwater", *, lock: bool = True,
+                 cluster: str | None = None) -> None:
         self.dsn: Dsn = parse_dsn(dsn)
         if not _DB_NAME.match(database):
             raise ConfigError(f"database name {database!r} must match {_DB_NAME.pattern}")
+        if cluster is not None and (self.dsn.embedded or not _DB_NAME.match(cluster)):
+            raise ConfigError(f"cluster {cluster!r}: cluster mode needs an http(s):// DSN "
+                              f"and a name matching {_DB_NAME.pattern}")
         self.database = database
+        self.cluster = cluster  # None: single node; else the schema is ON CLUSTER (sharded)
         self._mutex = threading.RLock()
         self._lock: _DirLock | None = None
         if self.dsn.embedded and lock:
@@ -116,7 +130,7 @@ class Store:
             kwargs["connect_timeout"] = 5
         try:
             bootstrap = clickhouse_connect.get_client(**kwargs)
-            bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+            bootstrap.command(create_database_sql(self.database, self.cluster))
             if self.dsn.embedded:
                 bootstrap.close()
             client = clickhouse_connect.get_client(database=self.database, **kwargs)
@@ -128,14 +142,17 @@ class Store:
 
     # -- schema -------------------------------------------------------------------------
 
-    def migrate(self) -> list[Migration]:
-        """Apply every migration not yet recorded; return those applied now (idempotent)."""
+    def migrate(self, events_retention_days: int = DEFAULT_EVENTS_RETENTION_DAYS
+                ) -> list[Migration]:
+        """Apply every migration not yet recorded, then the events retention TTL; return the
+        migrations applied now (idempotent)."""
         with self._mutex:
-            self.command(
+            for ddl in render_migration(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, "
                 "checksum String, applied_at DateTime64(6, 'UTC') DEFAULT now64(6)) "
-                "ENGINE = ReplacingMergeTree ORDER BY version"
-            )
+                "ENGINE = ReplacingMergeTree ORDER BY version", self.cluster, self.database
+            ):
+                self.command(ddl)
             done = {
                 int(v): c
                 for v, c in self.query("SELECT version, checksum FROM schema_migrations FINAL")
@@ -149,7 +166,9 @@ class Store:
                             "applied; add a new numbered migration instead of editing it"
                         )
                     continue
-                for statement in mig.statements():
+                statements = (render_migration(mig.sql, self.cluster, self.database)
+                              if self.cluster else mig.statements())
+                for statement in statements:
                     self.command(statement)
                 self.command(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES "
@@ -157,6 +176,9 @@ class Store:
                     {"v": mig.version, "n": mig.name, "c": mig.checksum},
                 )
                 applied.append(mig)
+            apply_events_retention(
+                ClusterDdl(self, self.cluster, self.database) if self.cluster else self,
+                events_retention_days)
             return applied
 
     # -- I/O ------------------------------------------------------------------------------

@@ -85,16 +85,17 @@ def test_client_streaming_publish_acks_every_event(serve: Serve) -> None:
     assert response.acks[10].status == query_pb2.EventAck.REJECTED
 
 
-def test_unbuilt_methods_say_what_is_missing(serve: Serve) -> None:
-    channel = grpc.insecure_channel(serve.target)
+def test_report_names_what_is_wrong(serve: Serve) -> None:
+    report = query_pb2_grpc.ComplianceStub(grpc.insecure_channel(serve.target)).Report
     calls = [
-        (query_pb2_grpc.ComplianceStub(channel).Report, query_pb2.ReportRequest(),
-         "Compliance.Report is not built yet"),
+        (query_pb2.ReportRequest(), grpc.StatusCode.INVALID_ARGUMENT, "model_id is empty"),
+        (query_pb2.ReportRequest(model_id="m"), grpc.StatusCode.NOT_FOUND,
+         "model 'm' has no recorded versions"),
     ]
-    for method, request, message in calls:
+    for request, code, message in calls:
         with pytest.raises(grpc.RpcError) as err:
-            method(request)
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            report(request)
+        assert err.value.code() == code
         assert message in err.value.details()
 
 

@@ -50,6 +50,7 @@ def run(serve, tmp_path):
     capture = LinearCapture(publisher.publish, "clf", 5)
     capture.set_parameters(model.coef, model.intercept)
     capture.record_version(step=1)
+    model_hash = capture.parameter_hash()
     for start in range(0, len(xs), 64):  # gradients keyed by batches of the dataset
         batch = x[start:start + 64]
         capture.capture(np.asarray(batch), y[start:start + 64], row_keys(batch),
@@ -58,7 +59,7 @@ def run(serve, tmp_path):
     publisher.flush()
     source_b = serve_source_id(serve, "hospital_b.csv")
     return {"publisher": publisher, "capture": capture, "x": x, "xs": xs, "y": y,
-            "model": model, "source_b": source_b, "n_a": 150, "n_b": 110}
+            "model": model, "model_hash": model_hash, "source_b": source_b, "n_a": 150, "n_b": 110}
 
 
 def serve_source_id(serve, name):
@@ -97,6 +98,9 @@ def test_forget_a_source_while_training(serve, run):
     assert np.linalg.norm(unlearner.model.params - retrained.params) <= 0.1 * np.linalg.norm(
         run["model"].params - retrained.params)
     assert applied.new_version == "v2" and applied.previous_version == "v1"
+    # the new version carries the unlearned parameters (its hash is theirs, not v1's)
+    assert run["capture"].parameter_hash() != run["model_hash"]
+    np.testing.assert_array_equal(run["capture"].coef, unlearner.model.coef)
     assert listener.poll(force=True) == []  # nothing new
 
     states = list(unlearning.Status(query_pb2.UnlearningStatusRequest(

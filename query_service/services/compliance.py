@@ -1,10 +1,21 @@
-"""Compliance: log verification now; the audit report arrives with issue 6."""
+"""Compliance: log verification and the signed EU AI Act report of a model version."""
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 
+from headwater.query_service.attribution import AttributionEngine
 from headwater.query_service.log_reader import verify_stored_log
+from headwater.query_service.report_builder import ReportError, build_report
+from headwater.query_service.report_config import (
+    load_config,
+    parse_config,
+    signing_key_path,
+)
+from headwater.query_service.report_signing import load_private_key, report_text, seal
+from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
 
@@ -16,6 +27,14 @@ def _iso(ts) -> str:
 class ComplianceService(query_pb2_grpc.ComplianceServicer):
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._engine: AttributionEngine | None = None
+        self._lock = threading.Lock()
+
+    def _attribution(self) -> AttributionEngine:
+        with self._lock:  # one cached engine: reports reuse its loaded gradients
+            if self._engine is None:
+                self._engine = AttributionEngine(self._store)
+            return self._engine
 
     def VerifyLog(self, request: query_pb2.VerifyLogRequest, context: grpc.ServicerContext):
         report = verify_stored_log(self._store, request.run_id, request.recompute_hashes)
@@ -26,14 +45,43 @@ class ComplianceService(query_pb2_grpc.ComplianceServicer):
                     producer_id=p.producer_id, run_id=p.run_id, events=p.events,
                     first_seq=p.first_seq, last_seq=p.last_seq,
                     first_emitted_at=_iso(p.first_emitted_at),
-                    last_emitted_at=_iso(p.last_emitted_at),
+                    last_emitted_at=_iso(p.last_emitted_at), head_hash=p.head_hash.hex(),
                 )
                 for p in report.producers
             ],
             problems=[query_pb2.ChainProblem(producer_id=x.producer_id, kind=x.kind, seq=x.seq,
                                              detail=x.detail) for x in report.problems],
+            notes=[query_pb2.ChainProblem(producer_id=x.producer_id, kind=x.kind, seq=x.seq,
+                                          detail=x.detail) for x in report.notes],
+            first_emitted_at=_iso(report.first_emitted_at),
+            last_emitted_at=_iso(report.last_emitted_at),
+            hashes_recomputed=report.hashes_recomputed,
+            retention_days=report.retention_days or 0,
         )
 
-    def Report(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Compliance.Report is not built yet: "
-                      "needs the EU AI Act report builder (issue 6)")
+    def Report(self, request: query_pb2.ReportRequest, context: grpc.ServicerContext):
+        """Build, seal and (with HEADWATER_SIGNING_KEY) sign the report."""
+        if not request.model_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_id is empty")
+        try:
+            config = parse_config(request.config_json, "request.config_json") \
+                if request.config_json else None
+        except ConfigError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            config = config or load_config()
+            key_path = signing_key_path(config)
+            key = load_private_key(key_path) if key_path else None
+        except ConfigError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"server configuration: {exc}")
+        try:
+            report = build_report(self._store, request.model_id, request.model_version, config,
+                                  engine=self._attribution(),
+                                  max_samples=request.max_samples or 5,
+                                  recompute_hashes=request.recompute_hashes)
+        except ReportError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        sealed = seal(report.model_dump(mode="json"), key)
+        return query_pb2.ReportResponse(json=report_text(sealed),
+                                        sha256=sealed["integrity"]["content_sha256"],
+                                        signed=key is not None)

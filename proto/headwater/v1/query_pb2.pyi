@@ -440,7 +440,7 @@ class ChainProblem(_message.Message):
     def __init__(self, producer_id: _Optional[str] = ..., kind: _Optional[str] = ..., seq: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ProducerChain(_message.Message):
-    __slots__ = ("producer_id", "run_id", "events", "first_seq", "last_seq", "first_emitted_at", "last_emitted_at")
+    __slots__ = ("producer_id", "run_id", "events", "first_seq", "last_seq", "first_emitted_at", "last_emitted_at", "head_hash")
     PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -448,6 +448,7 @@ class ProducerChain(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     FIRST_EMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_EMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
     producer_id: str
     run_id: str
     events: int
@@ -455,35 +456,54 @@ class ProducerChain(_message.Message):
     last_seq: int
     first_emitted_at: str
     last_emitted_at: str
-    def __init__(self, producer_id: _Optional[str] = ..., run_id: _Optional[str] = ..., events: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., first_emitted_at: _Optional[str] = ..., last_emitted_at: _Optional[str] = ...) -> None: ...
+    head_hash: str
+    def __init__(self, producer_id: _Optional[str] = ..., run_id: _Optional[str] = ..., events: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., first_emitted_at: _Optional[str] = ..., last_emitted_at: _Optional[str] = ..., head_hash: _Optional[str] = ...) -> None: ...
 
 class VerifyLogResponse(_message.Message):
-    __slots__ = ("ok", "producers", "problems", "events")
+    __slots__ = ("ok", "producers", "problems", "events", "first_emitted_at", "last_emitted_at", "notes", "hashes_recomputed", "retention_days")
     OK_FIELD_NUMBER: _ClassVar[int]
     PRODUCERS_FIELD_NUMBER: _ClassVar[int]
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_EMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_EMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    HASHES_RECOMPUTED_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     producers: _containers.RepeatedCompositeFieldContainer[ProducerChain]
     problems: _containers.RepeatedCompositeFieldContainer[ChainProblem]
     events: int
-    def __init__(self, ok: _Optional[bool] = ..., producers: _Optional[_Iterable[_Union[ProducerChain, _Mapping]]] = ..., problems: _Optional[_Iterable[_Union[ChainProblem, _Mapping]]] = ..., events: _Optional[int] = ...) -> None: ...
+    first_emitted_at: str
+    last_emitted_at: str
+    notes: _containers.RepeatedCompositeFieldContainer[ChainProblem]
+    hashes_recomputed: bool
+    retention_days: int
+    def __init__(self, ok: _Optional[bool] = ..., producers: _Optional[_Iterable[_Union[ProducerChain, _Mapping]]] = ..., problems: _Optional[_Iterable[_Union[ChainProblem, _Mapping]]] = ..., events: _Optional[int] = ..., first_emitted_at: _Optional[str] = ..., last_emitted_at: _Optional[str] = ..., notes: _Optional[_Iterable[_Union[ChainProblem, _Mapping]]] = ..., hashes_recomputed: _Optional[bool] = ..., retention_days: _Optional[int] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("model_id", "model_version")
+    __slots__ = ("model_id", "model_version", "config_json", "recompute_hashes", "max_samples")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_HASHES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_version: str
-    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    config_json: str
+    recompute_hashes: bool
+    max_samples: int
+    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., config_json: _Optional[str] = ..., recompute_hashes: _Optional[bool] = ..., max_samples: _Optional[int] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
-    __slots__ = ("json", "sha256")
+    __slots__ = ("json", "sha256", "signed")
     JSON_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
     json: str
     sha256: str
-    def __init__(self, json: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+    signed: bool
+    def __init__(self, json: _Optional[str] = ..., sha256: _Optional[str] = ..., signed: _Optional[bool] = ...) -> None: ...
 
 class SqlRequest(_message.Message):
     __slots__ = ("sql", "parameters", "max_rows")

@@ -1,0 +1,411 @@
+"""Builds the compliance report of one model version from the store (a few queries, no
+progress needed): version lineage, data governance through lineage, log verification,
+erasure log and attribution samples. Only names, hashes and counts leave the store."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+from headwater import __version__
+from headwater.query_service.attribution import AttributionEngine, AttributionError
+from headwater.query_service.lineage_graph import LineageGraph
+from headwater.query_service.log_reader import verify_stored_log
+from headwater.query_service.report_config import (
+    DEPLOYMENT_FIELDS,
+    SYSTEM_FIELDS,
+    ComplianceConfig,
+    missing,
+)
+from headwater.query_service.report_model import (
+    SCHEMA_VERSION,
+    AttributionSample,
+    AttributionSamples,
+    ChainProblem,
+    Column,
+    ComplianceReport,
+    DataGovernance,
+    Deployment,
+    Erasure,
+    ErasureOutcome,
+    ErasureTarget,
+    ModelVersion,
+    Pipeline,
+    PipelineEdge,
+    PipelineNode,
+    PreparationStep,
+    ProducerChain,
+    RecordKeeping,
+    Source,
+    SourceContribution,
+    SystemIdentification,
+    TimeRange,
+    Verification,
+)
+from headwater.stream_processors.errors import HeadwaterError
+from headwater.stream_processors.store import Store
+
+
+class ReportError(HeadwaterError):
+    """The report cannot be built (unknown model or version)."""
+
+
+def iso(ts: Any) -> str:
+    """A stored timestamp as ISO 8601 UTC ('' when unset)."""
+    if not ts:
+        return ""
+    if isinstance(ts, datetime):
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=timezone.utc)
+        return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return str(ts)
+
+
+def finite(value: Any) -> float | None:
+    """NaN and infinity are not JSON: report them as not measured."""
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return text
+
+
+# -- model version lineage ------------------------------------------------------------------
+
+_VERSION_COLUMNS = ("version, parent_version, step, parameter_hash, parameter_count, "
+                    "framework, config_json, checkpoint_uri, run_id, recorded_at")
+
+
+def version_chain(rows: list[tuple], version: str, model_id: str) -> list[ModelVersion]:
+    """The versions from the root to `version` (pure; rows from model_versions). An empty
+    `version` is the latest recorded one; a parent never recorded ends the chain."""
+    if not rows:
+        raise ReportError(f"model {model_id!r} has no recorded versions")
+    by_version = {r[0]: r for r in rows}
+    if not version:
+        version = max(rows, key=lambda r: (r[9], r[2]))[0]
+    if version not in by_version:
+        raise ReportError(f"model {model_id!r} has no version {version!r} (recorded: "
+                          f"{', '.join(sorted(by_version))})")
+    chain: list[ModelVersion] = []
+    seen: set[str] = set()
+    current = version
+    while current in by_version and current not in seen:
+        seen.add(current)
+        v, parent, step, phash, count, framework, config, ckpt, run, at = by_version[current]
+        config_value = _json_or_text(config)
+        chain.append(ModelVersion(
+            version=v, parent_version=parent, step=int(step), parameter_hash=phash,
+            parameter_count=int(count), framework=framework,
+            config=config_value if isinstance(config_value, dict) else {"raw": config_value},
+            checkpoint_uri=ckpt, run_id=run, recorded_at=iso(at)))
+        current = parent
+    return chain[::-1]
+
+
+# -- lineage from the sources to the training nodes -----------------------------------------
+
+_OP_COLUMNS = ("op_id, op_name, params_json, input_node_ids, output_node_id, output_rows, "
+               "understood, granularity, code_version, run_id, recorded_at")
+
+
+def _walk_pipeline(store: Store, training: list[str]) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """Nodes and ops (by output node) of every ancestor of the training nodes, one pair of
+    queries per depth level."""
+    nodes: dict[str, tuple] = {}
+    ops: dict[str, tuple] = {}
+    frontier = sorted(set(training))
+    asked: set[str] = set()
+    while frontier:
+        asked.update(frontier)
+        for row in store.query("SELECT node_id, kind, source_id, op_id, rows, run_id "
+                               "FROM lineage_nodes FINAL WHERE node_id IN {ids:Array(String)}",
+                               {"ids": frontier}):
+            nodes[row[0]] = row
+        found = store.query(f"SELECT {_OP_COLUMNS} FROM lineage_ops FINAL "
+                            "WHERE output_node_id IN {ids:Array(String)}", {"ids": frontier})
+        nxt: set[str] = set()
+        for row in found:
+            ops[row[4]] = row
+            nxt.update(i for i in row[3] if i not in nodes and i not in ops)
+        frontier = sorted(nxt - asked)
+    return nodes, ops
+
+
+def topological_ops(ops: dict[str, tuple]) -> list[tuple]:
+    """Ops ordered so every op comes after the ops that made its inputs (ties: recorded
+    time, then id)."""
+    order: list[tuple] = []
+    done: set[str] = set()
+    pending = sorted(ops.values(), key=lambda o: (o[10], o[0]))
+    while pending:
+        ready = [o for o in pending if all(i not in ops or i in done for i in o[3])]
+        if not ready:  # a cycle cannot be recorded, but never loop forever
+            ready = pending[:1]
+        for o in ready:
+            order.append(o)
+            done.add(o[4])
+        pending = [o for o in pending if o[4] not in done]
+    return order
+
+
+def _step(o: tuple) -> PreparationStep:
+    return PreparationStep(
+        op_id=o[0], op_name=o[1], params=_json_or_text(o[2]), input_node_ids=list(o[3]),
+        output_node_id=o[4], output_rows=int(o[5]), understood=bool(o[6]), granularity=o[7],
+        code_version=o[8], recorded_at=iso(o[10]))
+
+
+def _descendants(start: set[str], ordered: list[tuple]) -> set[str]:
+    """Output nodes reachable from `start` (ops in topological order)."""
+    reached = set(start)
+    for o in ordered:
+        if any(i in reached for i in o[3]):
+            reached.add(o[4])
+    return reached
+
+
+def data_governance(store: Store, model_id: str, versions: list[str]) -> DataGovernance:
+    notes: list[str] = []
+    used = store.query(
+        "SELECT node_id, min(recorded_at), max(recorded_at) FROM gradients "
+        "WHERE model_id = {m:String} AND model_version IN {v:Array(String)} "
+        "GROUP BY node_id ORDER BY node_id", {"m": model_id, "v": versions})
+    training = [r[0] for r in used]
+    if not training:
+        notes.append(f"no gradients were captured for model {model_id} at versions "
+                     f"{', '.join(versions)}: the training nodes, and so the sources, are "
+                     "unknown")
+    nodes, ops = _walk_pipeline(store, training) if training else ({}, {})
+    unknown = [n for n in training if n not in nodes]
+    if unknown:
+        notes.append(f"{len(unknown)} training node(s) have no recorded lineage, e.g. "
+                     f"{unknown[0]}")
+    ordered = topological_ops(ops)
+    source_nodes: dict[str, set[str]] = defaultdict(set)
+    for n in nodes.values():
+        if n[1] == "source":
+            source_nodes[n[2] or n[0]].add(n[0])
+    source_rows = store.query(
+        "SELECT source_id, uri, format, origin, licence, content_sha256, row_count, "
+        "size_bytes, labels, schema_json, registered_at FROM sources FINAL "
+        "WHERE source_id IN {ids:Array(String)} ORDER BY uri, source_id",
+        {"ids": sorted(source_nodes)})
+    described = {r[0] for r in source_rows}
+    for sid in sorted(set(source_nodes) - described):
+        notes.append(f"source node {sid} was never registered (no SourceRegistered event)")
+    used_at = {r[0]: (r[1], r[2]) for r in used}
+    sources = []
+    for sid, uri, fmt, origin, licence, sha, count, size, labels, schema, at in source_rows:
+        reached = _descendants(source_nodes[sid], ordered)
+        steps = [_step(o) for o in ordered if o[4] in reached]
+        fed = sorted(n for n in training if n in reached)
+        times = [used_at[n] for n in fed]
+        columns = [Column(name=str(c.get("name", "")), dtype=str(c.get("dtype", "")),
+                          personal=bool(c.get("personal", False)))
+                   for c in (_json_or_text(schema) or []) if isinstance(c, dict)]
+        sources.append(Source(
+            source_id=sid, uri=uri, format=fmt, origin=origin, licence=licence,
+            content_sha256=sha, row_count=int(count), size_bytes=int(size),
+            labels=dict(labels or {}), columns=columns,
+            personal_columns=[c.name for c in columns if c.personal],
+            time_range=TimeRange(registered_at=iso(at),
+                                 first_used_at=iso(min(t[0] for t in times)) if times else None,
+                                 last_used_at=iso(max(t[1] for t in times)) if times else None),
+            training_nodes=len(fed), preparation=steps))
+    training_set = set(training)
+    pipeline = Pipeline(
+        nodes=[PipelineNode(node_id=n[0], kind="source" if n[1] == "source" else "op",
+                            source_id=n[2], rows=int(n[4]), training=n[0] in training_set)
+               for n in sorted(nodes.values(), key=lambda n: n[0])],
+        edges=[PipelineEdge(op_id=o[0], op_name=o[1], input_node_id=i, output_node_id=o[4])
+               for o in ordered for i in o[3]])
+    return DataGovernance(training_nodes=training, sources=sources, pipeline=pipeline,
+                          notes=notes)
+
+
+# -- record keeping -------------------------------------------------------------------------
+
+def record_keeping(store: Store, runs: list[str], recompute_hashes: bool) -> RecordKeeping:
+    """verify_stored_log for each run the report draws on."""
+    producers: list[ProducerChain] = []
+    problems: list[ChainProblem] = []
+    notes: list[ChainProblem] = []
+    events = 0
+    retention = None
+    for run in runs:
+        log = verify_stored_log(store, run, recompute_hashes)
+        events += log.events
+        retention = getattr(log, "retention_days", None)
+        producers += [ProducerChain(producer_id=p.producer_id, run_id=p.run_id,
+                                    events=p.events, first_seq=p.first_seq,
+                                    last_seq=p.last_seq,
+                                    first_emitted_at=iso(p.first_emitted_at) or None,
+                                    last_emitted_at=iso(p.last_emitted_at) or None,
+                                    head_hash=bytes(getattr(p, "head_hash", b"")).hex())
+                      for p in log.producers]
+        problems += [ChainProblem(producer_id=p.producer_id, kind=p.kind, seq=p.seq,
+                                  detail=p.detail) for p in log.problems]
+        notes += [ChainProblem(producer_id=p.producer_id, kind=p.kind, seq=p.seq,
+                               detail=p.detail) for p in getattr(log, "notes", [])]
+    return RecordKeeping(runs=runs, hashes_recomputed=recompute_hashes, ok=not problems,
+                         events=events, producers=producers, problems=problems, notes=notes,
+                         retention_days=retention)
+
+
+# -- erasure log ----------------------------------------------------------------------------
+
+_VERIFICATION = ("forget_loss_before", "forget_loss_after", "test_accuracy_before",
+                 "test_accuracy_after", "membership_auc", "parameter_distance", "retrained",
+                 "retrain_forget_loss", "gap_closed", "distance_to_retrained",
+                 "retrain_membership_auc", "retrain_test_accuracy")
+_RETRAIN_ONLY = {"retrain_forget_loss", "gap_closed", "distance_to_retrained",
+                 "retrain_membership_auc", "retrain_test_accuracy"}
+
+
+def _verification(values: dict[str, Any]) -> Verification:
+    retrained = bool(values["retrained"])
+    return Verification(**{
+        k: retrained if k == "retrained" else
+        (None if k in _RETRAIN_ONLY and not retrained else finite(values[k]))
+        for k in _VERIFICATION})
+
+
+def _source_row_counts(text: str) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for item in _json_or_text(text) or []:
+        if isinstance(item, dict):
+            counts[str(item.get("source_id", ""))] += len(item.get("rows") or [])
+    return dict(counts)
+
+
+def erasure_log(store: Store, model_id: str) -> list[Erasure]:
+    outcome_rows = store.query(
+        "SELECT request_id, status, error, method, previous_version, new_version, "
+        "rows_forgotten, duration_seconds, applied_at, " + ", ".join(_VERIFICATION) +
+        " FROM unlearning_applied FINAL WHERE model_id = {m:String} ORDER BY applied_at",
+        {"m": model_id})
+    outcomes: dict[str, list[ErasureOutcome]] = defaultdict(list)
+    for r in outcome_rows:
+        outcomes[r[0]].append(ErasureOutcome(
+            status=r[1], error=r[2], method=r[3], previous_version=r[4], new_version=r[5],
+            rows_forgotten=int(r[6]), duration_seconds=finite(r[7]) or 0.0,
+            applied_at=iso(r[8]),
+            verification=_verification(dict(zip(_VERIFICATION, r[9:], strict=True)))))
+    out = []
+    for (rid, run, sources, rows_json, keys, reason, by, method, retrain, affected, via,
+         at) in store.query(
+            "SELECT request_id, run_id, source_ids, source_rows_json, target_keys, reason, "
+            "requested_by, method, verify_with_retrain, affected_rows, affected_via, "
+            "requested_at FROM forget_requests FINAL WHERE model_id = {m:String} "
+            "ORDER BY requested_at, request_id", {"m": model_id}):
+        done = outcomes.get(rid, [])
+        statuses = {o.status for o in done}
+        state = ("applied" if statuses & {"APPLIED", "ALREADY_APPLIED"} else
+                 "failed" if statuses else "pending")
+        out.append(Erasure(
+            request_id=rid, run_id=run, requested_at=iso(at), reason=reason,
+            requested_by=by, method=method, verify_with_retrain=bool(retrain),
+            target=ErasureTarget(source_ids=list(sources),
+                                 source_rows=_source_row_counts(rows_json),
+                                 training_keys=int(keys)),
+            affected_rows=int(affected), affected_via={k: int(v) for k, v in dict(via).items()},
+            state=state, outcomes=done))
+    return out
+
+
+# -- attribution samples --------------------------------------------------------------------
+
+def attribution_samples(store: Store, engine: AttributionEngine, model_id: str, version: str,
+                        max_samples: int, top_sources: int) -> AttributionSamples:
+    count = int(store.query("SELECT count() FROM predictions FINAL WHERE model_id = {m:String}"
+                            " AND model_version = {v:String}",
+                            {"m": model_id, "v": version})[0][0])
+    if max_samples <= 0:
+        return AttributionSamples(status="skipped", reason="attribution samples were not "
+                                  "requested (max samples 0)", predictions_recorded=count,
+                                  samples=[])
+    if not count:
+        return AttributionSamples(status="skipped", reason=f"no predictions recorded for "
+                                  f"model {model_id} at version {version}",
+                                  predictions_recorded=0, samples=[])
+    gradients = int(store.query("SELECT count() FROM gradients WHERE model_id = {m:String}",
+                                {"m": model_id})[0][0])
+    if not gradients:
+        return AttributionSamples(status="skipped", reason=f"no gradients were captured for "
+                                  f"model {model_id}: attribution needs them",
+                                  predictions_recorded=count, samples=[])
+    rows = store.query(
+        "SELECT prediction_id, recorded_at, predicted_label FROM predictions FINAL "
+        "WHERE model_id = {m:String} AND model_version = {v:String} "
+        "ORDER BY recorded_at DESC, prediction_id LIMIT {n:UInt32}",
+        {"m": model_id, "v": version, "n": max_samples})
+    graph = LineageGraph(store)
+    samples = []
+    for pid, at, label in rows:
+        top: list[SourceContribution] = []
+        error = None
+        method = "influence"
+        try:
+            result = engine.attribute(pid, method=method)
+            top = [SourceContribution(source_id=key, uri=uri, score=finite(score) or 0.0,
+                                      examples=int(n))
+                   for key, uri, score, n in result.groups("source", graph)[:top_sources]]
+        except AttributionError as exc:
+            error = str(exc)
+        samples.append(AttributionSample(prediction_id=pid, model_version=version,
+                                         recorded_at=iso(at), predicted_label=int(label),
+                                         method=method, top_sources=top, error=error))
+    return AttributionSamples(status="computed", reason=None, predictions_recorded=count,
+                              samples=samples)
+
+
+# -- the report -----------------------------------------------------------------------------
+
+def build_report(store: Store, model_id: str, version: str = "",
+                 config: ComplianceConfig | None = None, *,
+                 engine: AttributionEngine | None = None, max_samples: int = 5,
+                 top_sources: int = 5, recompute_hashes: bool = False,
+                 now: datetime | None = None) -> ComplianceReport:
+    """The report of `model_id` at `version` (default: the latest recorded), unsigned."""
+    if not model_id:
+        raise ReportError("model id is empty")
+    config = config or ComplianceConfig()
+    chain = version_chain(store.query(
+        f"SELECT {_VERSION_COLUMNS} FROM model_versions FINAL WHERE model_id = {{m:String}}",
+        {"m": model_id}), version, model_id)
+    version = chain[-1].version
+    governance = data_governance(store, model_id, [v.version for v in chain])
+    erasures = erasure_log(store, model_id)
+    node_runs = {r[0] for r in store.query(
+        "SELECT DISTINCT run_id FROM lineage_nodes FINAL WHERE node_id IN {ids:Array(String)}",
+        {"ids": [n.node_id for n in governance.pipeline.nodes]})} if \
+        governance.pipeline.nodes else set()
+    runs = sorted(({v.run_id for v in chain} | node_runs | {e.run_id for e in erasures})
+                  - {""})
+    deployment_missing = missing(config, DEPLOYMENT_FIELDS)
+    return ComplianceReport(
+        schema_version=SCHEMA_VERSION,
+        generated_at=iso(now or datetime.now(timezone.utc)),
+        generator=f"headwater {__version__}",
+        system=SystemIdentification(
+            system_name=config.system_name if "system_name" not in
+            missing(config, SYSTEM_FIELDS) else None,
+            intended_purpose=config.intended_purpose if "intended_purpose" not in
+            missing(config, SYSTEM_FIELDS) else None,
+            model_id=model_id, model_version=version, missing=missing(config, SYSTEM_FIELDS)),
+        deployment=Deployment(**{f: None if f in deployment_missing else getattr(config, f)
+                                 for f in DEPLOYMENT_FIELDS}, missing=deployment_missing),
+        model_lineage=chain,
+        data_governance=governance,
+        record_keeping=record_keeping(store, runs, recompute_hashes),
+        erasure_log=erasures,
+        attribution_samples=attribution_samples(store, engine or AttributionEngine(store),
+                                                model_id, version, max_samples, top_sources))

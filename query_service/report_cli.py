@@ -1,0 +1,152 @@
+"""`headwater audit report` and `headwater audit check`: build, sign, render and verify the
+compliance report. Registered on the `audit` group by query_service/cli.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from headwater.query_service.report_config import (
+    ComplianceConfig,
+    ReportSettings,
+    load_config,
+    signing_key_path,
+)
+from headwater.query_service.settings import Settings
+from headwater.stream_processors.errors import DataDirLocked, HeadwaterError
+
+_File = click.Path(path_type=Path, dir_okay=False)
+
+
+def _local(settings: Settings, model: str, version: str, config: ComplianceConfig,
+           samples: int, recompute: bool) -> dict[str, Any]:
+    """Build through the store itself; DataDirLocked when serve holds the directory."""
+    from headwater.query_service.report_builder import build_report
+    from headwater.stream_processors.store import Store
+
+    store = Store(settings.resolved_dsn, settings.database)
+    try:
+        store.migrate()
+        return build_report(store, model, version, config, max_samples=samples,
+                            recompute_hashes=recompute).model_dump(mode="json")
+    finally:
+        store.close()
+
+
+def _remote(listen: str, model: str, version: str, config: ComplianceConfig | None,
+            samples: int, recompute: bool) -> dict[str, Any]:
+    """Build through a running serve's Compliance.Report (sealed, maybe signed there)."""
+    import grpc
+
+    from headwater.v1 import query_pb2, query_pb2_grpc
+
+    request = query_pb2.ReportRequest(
+        model_id=model, model_version=version, recompute_hashes=recompute, max_samples=samples,
+        config_json=config.model_dump_json(exclude={"signing_key"}) if config else "")
+    stub = query_pb2_grpc.ComplianceStub(grpc.insecure_channel(listen))
+    try:
+        response = stub.Report(request, timeout=300)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+            raise HeadwaterError(f"the data directory is in use, and no headwater server "
+                                 f"answers at {listen}") from None
+        raise HeadwaterError(exc.details() or exc.code().name) from None  # type: ignore
+    return json.loads(response.json)
+
+
+@click.command()
+@click.option("--model", "model_id", required=True, help="The model to report on")
+@click.option("--model-version", default="", help="Version to report [latest recorded]")
+@click.option("--out", "out_file", type=_File, default=Path("report.json"), show_default=True,
+              help="Where to write the JSON report")
+@click.option("--html", "html_file", type=_File, default=None,
+              help="Also write the report for people as one self-contained HTML file")
+@click.option("--config", "config_file", type=_File, default=None,
+              help="Provider/deployer facts, TOML or JSON [HEADWATER_COMPLIANCE_CONFIG]")
+@click.option("--signing-key", type=_File, default=None,
+              help="Ed25519 private key (PEM) to sign with [HEADWATER_SIGNING_KEY]")
+@click.option("--samples", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Recorded predictions to attribute as samples")
+@click.option("--recompute-hashes", is_flag=True,
+              help="Log evidence: re-hash every stored event, not only check the chain")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Embedded data directory [env HEADWATER_DATA_DIR; ./.headwater]")
+@click.option("--dsn", default=None,
+              help="ClickHouse DSN: chdb://DIR or http(s)://host:8123 [HEADWATER_DSN]")
+@click.option("--listen", default=None,
+              help="gRPC address of a running serve [HEADWATER_LISTEN; 127.0.0.1:50051]")
+def report(model_id: str, model_version: str, out_file: Path, html_file: Path | None,
+           config_file: Path | None, signing_key: Path | None, samples: int,
+           recompute_hashes: bool, data_dir: Path | None, dsn: str | None,
+           listen: str | None) -> None:
+    """The EU AI Act compliance report of a model version: JSON (sealed, signed when a key
+    is configured) and, with --html, a page for people. Reads the store directly, or a
+    running serve's Compliance.Report when serve holds the data directory."""
+    from headwater.query_service.report_model import ComplianceReport
+    from headwater.query_service.report_signing import (
+        load_private_key,
+        report_text,
+        seal,
+    )
+
+    settings = Settings(**{k: v for k, v in {"data_dir": data_dir, "dsn": dsn,
+                                             "listen": listen}.items() if v is not None})
+    given = config_file or ReportSettings().compliance_config
+    config = load_config(given)
+    key_path = signing_key_path(config, signing_key)
+    key = load_private_key(key_path) if key_path else None
+    try:
+        body = _local(settings, model_id, model_version, config, samples, recompute_hashes)
+        sealed = seal(body, key)
+        via = "the store"
+    except DataDirLocked:
+        sealed = _remote(settings.listen, model_id, model_version,
+                         config if given else None, samples, recompute_hashes)
+        via = f"serve at {settings.listen}"
+        if key is not None:  # sign here, with the key given to this command
+            sealed = seal(sealed, key)
+    parsed = ComplianceReport.model_validate(sealed)  # what we write is what we publish
+    out_file.write_text(report_text(sealed))
+    integrity = parsed.integrity
+    assert integrity is not None
+    signed = (f"signed by key {integrity.signature.key_id}" if integrity.signature
+              else f"unsigned: {integrity.unsigned_reason}")
+    click.echo(f"headwater: report of {model_id} {parsed.system.model_version} (via {via}) "
+               f"written to {out_file}; sha256 {integrity.content_sha256}, {signed}", err=True)
+    gaps = parsed.system.missing + parsed.deployment.missing
+    if gaps:
+        click.echo(f"  missing from the compliance config: {', '.join(gaps)}", err=True)
+    if html_file is not None:
+        from headwater.query_service.report_html import render_html
+
+        html_file.write_text(render_html(parsed))
+        click.echo(f"  HTML written to {html_file}", err=True)
+
+
+@click.command()
+@click.argument("report_file", metavar="REPORT.json", type=click.Path(
+    path_type=Path, dir_okay=False, exists=True))
+@click.option("--public-key", type=_File, default=None,
+              help="Ed25519 public key (PEM) the report must be signed with")
+@click.option("--allow-unsigned", is_flag=True, help="Accept a report with no signature")
+def check(report_file: Path, public_key: Path | None, allow_unsigned: bool) -> None:
+    """Verify a report: schema, content hash, signature. Exits 1 naming what failed."""
+    from headwater.query_service.report_signing import check as check_report
+    from headwater.query_service.report_signing import load_public_key
+
+    key = load_public_key(public_key) if public_key else None
+    result = check_report(report_file.read_bytes(), key, allow_unsigned)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    if not result.ok:
+        for failure in result.failures:
+            click.echo(f"FAILED {failure}", err=True)
+        click.echo(f"{report_file}: {len(result.failures)} check(s) failed", err=True)
+        sys.exit(1)
+    click.echo(f"{report_file}: OK (schema valid, sha256 {result.content_sha256}"
+               + (f", signature by key {result.key_id} valid)" if result.key_id
+                  else ", unsigned)"))

@@ -1,0 +1,99 @@
+"""Provider/deployer facts for the compliance report, from a TOML or JSON file.
+
+The file is named by `--config` or HEADWATER_COMPLIANCE_CONFIG; the signing key (a PEM
+file) by `--signing-key`, HEADWATER_SIGNING_KEY or the file's `signing_key`. Fields left
+out are reported as missing, never filled in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from headwater.query_service.report_model import Contact
+from headwater.stream_processors.errors import ConfigError
+
+
+class ComplianceConfig(BaseModel):
+    """What only the provider and deployer know (Art. 13, 26)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_name: str | None = None
+    intended_purpose: str | None = None
+    provider: str | None = None
+    deployer: str | None = None
+    human_oversight_contacts: list[Contact] | None = None
+    monitoring: str | None = None
+    input_data_relevance: str | None = None
+    signing_key: Path | None = None  # relative paths are taken from the file's folder
+
+
+SYSTEM_FIELDS = ("system_name", "intended_purpose")
+DEPLOYMENT_FIELDS = ("provider", "deployer", "human_oversight_contacts", "monitoring",
+                     "input_data_relevance")
+
+
+def missing(config: ComplianceConfig, fields: tuple[str, ...]) -> list[str]:
+    """The fields that are unset, blank or empty."""
+    out = []
+    for name in fields:
+        value = getattr(config, name)
+        if value is None or (isinstance(value, str | list) and not
+                             (value.strip() if isinstance(value, str) else value)):
+            out.append(name)
+    return out
+
+
+class ReportSettings(BaseSettings):
+    """HEADWATER_COMPLIANCE_CONFIG and HEADWATER_SIGNING_KEY."""
+
+    model_config = SettingsConfigDict(env_prefix="HEADWATER_", extra="ignore")
+
+    compliance_config: Path | None = None
+    signing_key: Path | None = None
+
+
+def parse_config(text: str, name: str) -> ComplianceConfig:
+    """A config from TOML (name ends .toml) or JSON text; errors name the field."""
+    toml = name.endswith(".toml")
+    try:
+        if toml:
+            import tomllib  # Python 3.11+
+        data = tomllib.loads(text) if toml else json.loads(text)
+    except ModuleNotFoundError:
+        raise ConfigError(f"compliance config {name}: TOML needs Python 3.11 or later; "
+                          "write it as JSON") from None
+    except (ValueError, json.JSONDecodeError) as exc:  # TOMLDecodeError is a ValueError
+        raise ConfigError(f"compliance config {name}: not valid "
+                          f"{'TOML' if toml else 'JSON'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"compliance config {name}: expected an object of fields")
+    try:
+        return ComplianceConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"compliance config {name}: field {where}: {first['msg']}") from None
+
+
+def load_config(path: Path | None = None) -> ComplianceConfig:
+    """The config at `path`, else at HEADWATER_COMPLIANCE_CONFIG, else an empty one."""
+    path = path or ReportSettings().compliance_config
+    if path is None:
+        return ComplianceConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"compliance config {path} does not exist")
+    config = parse_config(path.read_text(), path.name)
+    if config.signing_key is not None and not config.signing_key.is_absolute():
+        config.signing_key = path.parent / config.signing_key
+    return config
+
+
+def signing_key_path(config: ComplianceConfig, given: Path | None = None) -> Path | None:
+    """The PEM to sign with: the option, then HEADWATER_SIGNING_KEY, then the config."""
+    return given or ReportSettings().signing_key or config.signing_key

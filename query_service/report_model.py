@@ -1,0 +1,301 @@
+"""The EU AI Act compliance report as pydantic models; its JSON Schema is published.
+
+`python -m headwater.query_service.report_model > docs/schema/compliance-report.schema.json`
+regenerates the committed schema (a test fails when the file is stale).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1.0"
+SCHEMA_ID = "https://headwater.dev/schema/compliance-report.schema.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Contact(_Strict):
+    """A person or function responsible for human oversight (Art. 14, 26(2))."""
+
+    name: str
+    role: str = ""
+    email: str = ""
+
+
+class SystemIdentification(_Strict):
+    """What the AI system is and what it is for; null fields are listed in `missing`."""
+
+    system_name: str | None
+    intended_purpose: str | None
+    model_id: str
+    model_version: str
+    missing: list[str] = Field(description="fields not configured: never invented")
+
+
+class Deployment(_Strict):
+    """Provider and deployer fields (Art. 26) from the compliance config; null = missing."""
+
+    provider: str | None
+    deployer: str | None
+    human_oversight_contacts: list[Contact] | None
+    monitoring: str | None
+    input_data_relevance: str | None = Field(
+        description="deployer's statement that input data is relevant and representative "
+                    "for the intended purpose (Art. 26(4))")
+    missing: list[str] = Field(description="fields not configured: never invented")
+
+
+class ModelVersion(_Strict):
+    """One recorded model version; the lineage list runs from the root to the reported one."""
+
+    version: str
+    parent_version: str
+    step: int
+    parameter_hash: str
+    parameter_count: int
+    framework: str
+    config: dict[str, Any] = Field(description="config_json as recorded")
+    checkpoint_uri: str
+    run_id: str
+    recorded_at: str
+
+
+class Column(_Strict):
+    """A source column: name, type and whether it holds personal data (never its values)."""
+
+    name: str
+    dtype: str
+    personal: bool
+
+
+class PreparationStep(_Strict):
+    """One recorded data-preparation op (Art. 10(2)(c)), in the order it was applied."""
+
+    op_id: str
+    op_name: str
+    params: Any = Field(description="params_json as recorded (structural parameters)")
+    input_node_ids: list[str]
+    output_node_id: str
+    output_rows: int
+    understood: bool = Field(description="false: the row mapping is unknown (all rows)")
+    granularity: str
+    code_version: str
+    recorded_at: str
+
+
+class TimeRange(_Strict):
+    """When the source was registered and when training first and last used it."""
+
+    registered_at: str
+    first_used_at: str | None
+    last_used_at: str | None
+
+
+class Source(_Strict):
+    """A data source that fed the model's training rows (Art. 10(2)(b): origin)."""
+
+    source_id: str
+    uri: str
+    format: str
+    origin: str
+    licence: str
+    content_sha256: str
+    row_count: int
+    size_bytes: int
+    labels: dict[str, str]
+    columns: list[Column]
+    personal_columns: list[str] = Field(description="names only: values are never exported")
+    time_range: TimeRange
+    training_nodes: int = Field(description="training nodes built from this source")
+    preparation: list[PreparationStep]
+
+
+class PipelineNode(_Strict):
+    node_id: str
+    kind: Literal["source", "op"]
+    source_id: str
+    rows: int
+    training: bool = Field(description="gradients of the model were captured on this node")
+
+
+class PipelineEdge(_Strict):
+    op_id: str
+    op_name: str
+    input_node_id: str
+    output_node_id: str
+
+
+class Pipeline(_Strict):
+    """The lineage graph from the sources to the model's training nodes."""
+
+    nodes: list[PipelineNode]
+    edges: list[PipelineEdge]
+
+
+class DataGovernance(_Strict):
+    """Art. 10(2): the sources, their origin and every preparation op."""
+
+    training_nodes: list[str]
+    sources: list[Source]
+    pipeline: Pipeline
+    notes: list[str]
+
+
+class ProducerChain(_Strict):
+    producer_id: str
+    run_id: str
+    events: int
+    first_seq: int
+    last_seq: int
+    first_emitted_at: str | None
+    last_emitted_at: str | None
+    head_hash: str = Field(description="hex hash of the highest seq: anchors the chain")
+
+
+class ChainProblem(_Strict):
+    producer_id: str
+    kind: str
+    seq: int
+    detail: str
+
+
+class RecordKeeping(_Strict):
+    """Art. 12: the hash-chained event log of the runs involved, as verified now."""
+
+    runs: list[str]
+    hashes_recomputed: bool
+    ok: bool
+    events: int
+    producers: list[ProducerChain]
+    problems: list[ChainProblem]
+    notes: list[ChainProblem] = Field(description="findings that do not fail the log")
+    retention_days: int | None = Field(description="the event log's TTL; null: none")
+
+
+class Verification(_Strict):
+    """Figures the trainer recorded when it applied an erasure (null = not measured)."""
+
+    forget_loss_before: float | None
+    forget_loss_after: float | None
+    test_accuracy_before: float | None
+    test_accuracy_after: float | None
+    membership_auc: float | None
+    parameter_distance: float | None
+    retrained: bool
+    retrain_forget_loss: float | None
+    gap_closed: float | None
+    distance_to_retrained: float | None
+    retrain_membership_auc: float | None
+    retrain_test_accuracy: float | None
+
+
+class ErasureOutcome(_Strict):
+    status: str
+    error: str
+    method: str
+    previous_version: str
+    new_version: str
+    rows_forgotten: int
+    duration_seconds: float
+    applied_at: str
+    verification: Verification
+
+
+class ErasureTarget(_Strict):
+    """What was to be forgotten, as counts (row numbers are not exported)."""
+
+    source_ids: list[str]
+    source_rows: dict[str, int] = Field(description="source id -> number of rows named")
+    training_keys: int
+
+
+class Erasure(_Strict):
+    request_id: str
+    run_id: str
+    requested_at: str
+    reason: str
+    requested_by: str
+    method: str
+    verify_with_retrain: bool
+    target: ErasureTarget
+    affected_rows: int
+    affected_via: dict[str, int]
+    state: Literal["applied", "failed", "pending"]
+    outcomes: list[ErasureOutcome]
+
+
+class SourceContribution(_Strict):
+    source_id: str
+    uri: str
+    score: float = Field(description="summed influence; positive raised the output")
+    examples: int
+
+
+class AttributionSample(_Strict):
+    prediction_id: str
+    model_version: str
+    recorded_at: str
+    predicted_label: int
+    method: str
+    top_sources: list[SourceContribution]
+    error: str | None = Field(description="why this prediction could not be attributed")
+
+
+class AttributionSamples(_Strict):
+    status: Literal["computed", "skipped"]
+    reason: str | None = Field(description="why no samples were computed")
+    predictions_recorded: int
+    samples: list[AttributionSample]
+
+
+class Signature(_Strict):
+    algorithm: Literal["Ed25519"]
+    key_id: str = Field(description="first 16 hex digits of SHA-256 of the raw public key")
+    public_key_pem: str
+    value: str = Field(description="base64 signature over the canonical JSON bytes")
+
+
+class Integrity(_Strict):
+    """The content hash covers the canonical JSON (sorted keys, no whitespace, UTF-8) of
+    the report without this block; the signature signs those same bytes."""
+
+    canonicalization: Literal["json-sorted-keys-compact-utf8"]
+    content_sha256: str
+    signature: Signature | None
+    unsigned_reason: str | None
+
+
+class ComplianceReport(_Strict):
+    """An EU AI Act evidence report for one model version."""
+
+    schema_version: Literal["1.0"]
+    generated_at: str
+    generator: str
+    system: SystemIdentification
+    deployment: Deployment
+    model_lineage: list[ModelVersion]
+    data_governance: DataGovernance
+    record_keeping: RecordKeeping
+    erasure_log: list[Erasure]
+    attribution_samples: AttributionSamples
+    integrity: Integrity | None = None
+
+
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema of the report (draft 2020-12)."""
+    schema = ComplianceReport.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            **schema}
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    print(schema_text(), end="")

@@ -1,0 +1,578 @@
+"""deploy/: the image and the Kubernetes manifests, checked offline.
+
+The kustomize base and its overlays are rendered by a small renderer here (resources,
+strategic-merge patches, images, namespace — the features the manifests use); where
+`kubectl` is installed its own `kubectl kustomize` output must equal ours. Core kinds are
+validated strictly with kubernetes-validate; the operators' custom resources against the
+field lists of their CRDs (Strimzi v1beta2, Altinity clickhouse.altinity.com/v1); and
+every name, port, env var and command is cross-checked with the CLI and Settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import tomllib
+import yaml
+
+from conftest import REPO, free_port, run_headwater
+from headwater.query_service.settings import Settings
+
+K8S = REPO / "deploy" / "k8s"
+OVERLAYS = ["base", "overlays/dev", "overlays/prod"]
+K8S_VERSION = "1.33.0"
+IMAGE = "headwater"
+_CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding",
+                   "CustomResourceDefinition", "PersistentVolume", "StorageClass"}
+_CORE_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2",
+                "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1"}
+
+# -- a kustomize subset ---------------------------------------------------------------------
+
+
+def _merge(base: Any, patch: Any, by_name: bool) -> Any:
+    """Strategic merge: maps merge, null deletes; lists of named maps merge by `name`
+    (core kinds: containers, env, volumes), any other list is replaced (CRs: no schema)."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = _merge(base[k], v, by_name) if k in base else copy.deepcopy(v)
+        return out
+    named = lambda xs: all(isinstance(x, dict) and "name" in x for x in xs)  # noqa: E731
+    if by_name and isinstance(base, list) and isinstance(patch, list) and named(base) \
+            and named(patch):
+        out_list = [copy.deepcopy(x) for x in base]
+        for item in patch:
+            at = [i for i, x in enumerate(out_list) if x["name"] == item["name"]]
+            if at:
+                out_list[at[0]] = _merge(out_list[at[0]], item, by_name)
+            else:
+                out_list.append(copy.deepcopy(item))
+        return out_list
+    return copy.deepcopy(patch)
+
+
+def _containers(doc: dict) -> list[dict]:
+    pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+    return [*pod.get("initContainers", []), *pod.get("containers", [])]
+
+
+def _set_image(doc: dict, rule: dict) -> None:
+    for c in _containers(doc):
+        name, _, tag = c["image"].partition(":")
+        if name == rule["name"]:
+            c["image"] = f"{rule.get('newName', name)}:{rule.get('newTag', tag)}".rstrip(":")
+
+
+def render(directory: Path) -> list[dict]:
+    """The documents `kustomize build directory` produces, for the features used here."""
+    k = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unknown = set(k) - {"apiVersion", "kind", "resources", "patches", "images", "namespace"}
+    assert not unknown, f"{directory}: the test renderer does not implement {unknown}"
+    docs: list[dict] = []
+    for r in k.get("resources", []):
+        path = directory / r
+        docs += render(path) if path.is_dir() else [
+            d for d in yaml.safe_load_all(path.read_text()) if d]
+    for p in k.get("patches", []):
+        for patch in yaml.safe_load_all((directory / p["path"]).read_text()):
+            key = (patch["kind"], patch["metadata"]["name"])
+            hits = [i for i, d in enumerate(docs) if (d["kind"], d["metadata"]["name"]) == key]
+            assert len(hits) == 1, f"{directory / p['path']}: patch target {key} not found"
+            body = {k2: v for k2, v in patch.items() if k2 not in ("apiVersion", "kind")}
+            docs[hits[0]] = _merge(docs[hits[0]], body, patch["apiVersion"] in _CORE_GROUPS)
+    for d in docs:
+        for rule in k.get("images", []):
+            _set_image(d, rule)
+        if "namespace" in k and d["kind"] not in _CLUSTER_SCOPED:
+            d["metadata"]["namespace"] = k["namespace"]
+    return docs
+
+
+@cache
+def rendered(overlay: str) -> tuple[dict, ...]:
+    return tuple(render(K8S / overlay))
+
+
+def one(docs: tuple[dict, ...], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def of_kind(docs: tuple[dict, ...], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+# -- rendering and schema -------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_renderer_agrees_with_kubectl_kustomize(overlay: str) -> None:
+    out = subprocess.run(["kubectl", "kustomize", str(K8S / overlay)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    theirs = sorted((d for d in yaml.safe_load_all(out.stdout) if d), key=key)
+    assert sorted(rendered(overlay), key=key) == theirs
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_core_kinds_validate_strictly(overlay: str) -> None:
+    docs = rendered(overlay)
+    core = [d for d in docs if d["apiVersion"] in _CORE_GROUPS]
+    assert {d["kind"] for d in core} >= {"Namespace", "ConfigMap", "Secret", "Deployment",
+                                          "Service", "HorizontalPodAutoscaler",
+                                          "PodDisruptionBudget", "NetworkPolicy", "Job",
+                                          "Role", "RoleBinding", "ServiceAccount"}
+    for d in core:
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    assert {d["apiVersion"] for d in docs} - _CORE_GROUPS == set(CRD_FIELDS_BY_GROUP)
+
+
+def test_strict_validation_rejects_a_misspelt_field() -> None:
+    deployment = copy.deepcopy(one(rendered("base"), "Deployment", "headwater-query"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+# Fields of the operator CRDs (Strimzi 0.46 kafka.strimzi.io/v1beta2; Altinity operator
+# 0.24 clickhouse.altinity.com/v1 and clickhouse-keeper.altinity.com/v1), for the objects
+# the manifests use: path -> allowed keys ("[]" steps into every list item).
+_STRIMZI = {
+    ("Kafka", "spec"): {"kafka", "entityOperator", "cruiseControl", "kafkaExporter",
+                        "clusterCa", "clientsCa", "maintenanceTimeWindows"},
+    ("Kafka", "spec.kafka"): {"version", "metadataVersion", "listeners", "config",
+                              "authorization", "rack", "resources", "jvmOptions", "template",
+                              "logging", "metricsConfig", "image", "livenessProbe",
+                              "readinessProbe", "quotas", "tieredStorage",
+                              "brokerRackInitImage"},
+    ("Kafka", "spec.kafka.listeners[]"): {"name", "port", "type", "tls", "authentication",
+                                          "configuration", "networkPolicyPeers"},
+    ("Kafka", "spec.kafka.authorization"): {"type", "superUsers", "authorizerClass"},
+    ("Kafka", "spec.entityOperator"): {"topicOperator", "userOperator", "template"},
+    ("KafkaNodePool", "spec"): {"replicas", "storage", "roles", "resources", "jvmOptions",
+                                "template"},
+    ("KafkaNodePool", "spec.storage"): {"type", "size", "class", "deleteClaim", "volumes",
+                                        "selector", "kraftMetadata", "id", "overrides"},
+    ("KafkaTopic", "spec"): {"topicName", "partitions", "replicas", "config"},
+    ("KafkaUser", "spec"): {"authentication", "authorization", "quotas", "template"},
+    ("KafkaUser", "spec.authorization"): {"type", "acls"},
+    ("KafkaUser", "spec.authorization.acls[]"): {"resource", "type", "host", "operations"},
+    ("KafkaUser", "spec.authorization.acls[].resource"): {"type", "name", "patternType"},
+}
+_ALTINITY = {
+    ("ClickHouseInstallation", "spec"): {"taskID", "stop", "restart", "troubleshoot",
+                                         "namespaceDomainPattern", "templating", "reconciling",
+                                         "defaults", "configuration", "templates",
+                                         "useTemplates"},
+    ("ClickHouseInstallation", "spec.configuration"): {"zookeeper", "users", "profiles",
+                                                       "quotas", "settings", "files",
+                                                       "clusters"},
+    ("ClickHouseInstallation", "spec.configuration.zookeeper"): {
+        "nodes", "session_timeout_ms", "operation_timeout_ms", "root", "identity"},
+    ("ClickHouseInstallation", "spec.configuration.clusters[]"): {
+        "name", "zookeeper", "settings", "files", "templates", "schemaPolicy", "insecure",
+        "secure", "secret", "layout", "pdbMaxUnavailable"},
+    ("ClickHouseInstallation", "spec.configuration.clusters[].layout"): {
+        "shardsCount", "replicasCount", "shards", "replicas"},
+    ("ClickHouseInstallation", "spec.defaults"): {"replicasUseFQDN", "distributedDDL",
+                                                  "storageManagement", "templates"},
+    ("ClickHouseInstallation", "spec.templates"): {"hostTemplates", "podTemplates",
+                                                   "volumeClaimTemplates", "serviceTemplates"},
+    ("ClickHouseInstallation", "spec.templates.podTemplates[]"): {
+        "name", "generateName", "zone", "distribution", "podDistribution", "metadata", "spec"},
+    ("ClickHouseInstallation", "spec.templates.serviceTemplates[]"): {
+        "name", "generateName", "metadata", "spec"},
+    ("ClickHouseInstallation", "spec.templates.volumeClaimTemplates[]"): {
+        "name", "provisioner", "reclaimPolicy", "metadata", "spec"},
+    ("ClickHouseKeeperInstallation", "spec"): {"namespaceDomainPattern", "reconciling",
+                                               "defaults", "configuration", "templates"},
+    ("ClickHouseKeeperInstallation", "spec.configuration"): {"settings", "files", "clusters"},
+    ("ClickHouseKeeperInstallation", "spec.configuration.clusters[]"): {
+        "name", "settings", "files", "templates", "pdbMaxUnavailable", "layout"},
+    ("ClickHouseKeeperInstallation", "spec.configuration.clusters[].layout"): {
+        "replicasCount"},
+    ("ClickHouseKeeperInstallation", "spec.templates"): {"podTemplates",
+                                                         "volumeClaimTemplates",
+                                                         "serviceTemplates"},
+}
+_DEFAULT_TEMPLATES = {"hostTemplate", "podTemplate", "dataVolumeClaimTemplate",
+                      "logVolumeClaimTemplate", "serviceTemplate", "clusterServiceTemplate",
+                      "shardServiceTemplate", "replicaServiceTemplate", "volumeClaimTemplate"}
+CRD_FIELDS_BY_GROUP = {"kafka.strimzi.io/v1beta2": _STRIMZI,
+                       "clickhouse.altinity.com/v1": _ALTINITY,
+                       "clickhouse-keeper.altinity.com/v1": _ALTINITY}
+_ACL_OPERATIONS = {"Read", "Write", "Create", "Delete", "Alter", "Describe", "ClusterAction",
+                   "AlterConfigs", "DescribeConfigs", "IdempotentWrite", "All"}
+
+
+def _at(obj: Any, path: str) -> list[Any]:
+    """Every value at a dotted path; `name[]` steps into each list item."""
+    found = [obj]
+    for step in path.split("."):
+        nxt = []
+        for o in found:
+            key = step.removesuffix("[]")
+            if isinstance(o, dict) and key in o:
+                v = o[key]
+                nxt += v if step.endswith("[]") else [v]
+        found = nxt
+    return found
+
+
+def crd_problems(doc: dict) -> list[str]:
+    """Fields of a custom resource its CRD does not have (by the lists above)."""
+    fields = CRD_FIELDS_BY_GROUP.get(doc["apiVersion"], {})
+    out = []
+    for (kind, path), allowed in fields.items():
+        if kind != doc["kind"]:
+            continue
+        for value in _at(doc, path):
+            extra = set(value) - allowed if isinstance(value, dict) else {f"<{value!r}>"}
+            out += [f"{kind}/{doc['metadata']['name']} {path}: unknown field {e}"
+                    for e in sorted(extra)]
+    if not any(kind == doc["kind"] for kind, _ in fields):
+        out.append(f"no field list for {doc['apiVersion']} {doc['kind']}")
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_operator_resources_use_only_their_crd_fields(overlay: str) -> None:
+    docs = rendered(overlay)
+    custom = [d for d in docs if d["apiVersion"] not in _CORE_GROUPS]
+    assert {d["kind"] for d in custom} == {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser",
+                                           "ClickHouseInstallation",
+                                           "ClickHouseKeeperInstallation"}
+    assert [p for d in custom for p in crd_problems(d)] == []
+    kafka = one(docs, "Kafka", "headwater")
+    assert kafka["metadata"]["annotations"] == {"strimzi.io/node-pools": "enabled",
+                                                "strimzi.io/kraft": "enabled"}
+    pools = of_kind(docs, "KafkaNodePool")
+    assert {r for p in pools for r in p["spec"]["roles"]} == {"controller", "broker"}
+    for d in of_kind(docs, "KafkaNodePool") + of_kind(docs, "KafkaTopic") + of_kind(
+            docs, "KafkaUser"):
+        assert d["metadata"]["labels"]["strimzi.io/cluster"] == "headwater"
+    for user in of_kind(docs, "KafkaUser"):
+        for acl in user["spec"]["authorization"]["acls"]:
+            assert set(acl["operations"]) <= _ACL_OPERATIONS
+    topic = one(docs, "KafkaTopic", "headwater-events")
+    assert topic["spec"]["replicas"] <= sum(
+        p["spec"]["replicas"] for p in pools if "broker" in p["spec"]["roles"])
+    assert int(topic["spec"]["config"]["min.insync.replicas"]) <= topic["spec"]["replicas"]
+    assert int(topic["spec"]["config"]["retention.ms"]) >= 24 * 3600 * 1000
+    # Altinity: defaults.templates name templates that exist; pod, volume and service
+    # templates hold real Kubernetes objects (validated strictly as such)
+    for chi in of_kind(docs, "ClickHouseInstallation") + of_kind(
+            docs, "ClickHouseKeeperInstallation"):
+        t = chi["spec"]["templates"]
+        defaults = chi["spec"]["defaults"]["templates"]
+        assert set(defaults) <= _DEFAULT_TEMPLATES
+        names = {x["name"] for group in t.values() for x in group}
+        assert set(defaults.values()) <= names, (defaults, names)
+        for pt in t.get("podTemplates", []):
+            kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod",
+                                          "metadata": {"name": "x"}, "spec": pt["spec"]},
+                                         K8S_VERSION, strict=True)
+        for vt in t.get("volumeClaimTemplates", []):
+            kubernetes_validate.validate({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                          "metadata": {"name": "x"}, "spec": vt["spec"]},
+                                         K8S_VERSION, strict=True)
+        for st in t.get("serviceTemplates", []):
+            kubernetes_validate.validate({"apiVersion": "v1", "kind": "Service",
+                                          "metadata": {"name": "x"}, "spec": st["spec"]},
+                                         K8S_VERSION, strict=True)
+
+
+def test_crd_field_lists_catch_an_unknown_field() -> None:
+    topic = copy.deepcopy(one(rendered("base"), "KafkaTopic", "headwater-events"))
+    topic["spec"]["partitionCount"] = 3
+    assert crd_problems(topic) == [
+        "KafkaTopic/headwater-events spec: unknown field partitionCount"]
+
+
+# -- cross-checks with the CLI and Settings ------------------------------------------------
+
+
+@cache
+def cli_problem(args: tuple[str, ...]) -> str | None:
+    """Why `headwater ARGS` would not start (unknown subcommand or option), or None."""
+    r = run_headwater(*args, "--help", timeout=60)
+    return None if r.returncode == 0 else (r.stderr or r.stdout).strip().splitlines()[-1]
+
+
+def exec_problem(command: list[str]) -> str | None:
+    """An exec probe must run the headwater CLI or a module of the installed package."""
+    if command[0] == "headwater":
+        return cli_problem(tuple(command[1:]))
+    if command[:2] == ["python", "-m"] and importlib.util.find_spec(command[2]) is not None:
+        return None
+    return f"exec command {command} is neither `headwater ...` nor an importable module"
+
+
+def _headwater_containers(docs: tuple[dict, ...]) -> list[tuple[dict, dict]]:
+    return [(d, c) for d in docs if d["kind"] in ("Deployment", "Job")
+            for c in _containers(d) if c["image"].split(":")[0].endswith(IMAGE)]
+
+
+def _env(docs: tuple[dict, ...], container: dict) -> dict[str, str]:
+    """The container's environment as the kubelet builds it (ConfigMaps, then env with
+    $(VAR) expansion); Secrets read as placeholder text."""
+    env: dict[str, str] = {}
+    for src in container.get("envFrom", []):
+        env.update(one(docs, "ConfigMap", src["configMapRef"]["name"])["data"])
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)),
+                                    e["value"])
+        else:
+            env[e["name"]] = f"secret-{e['name'].lower()}"
+    return env
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_commands_are_real_subcommands(overlay: str) -> None:
+    containers = _headwater_containers(rendered(overlay))
+    assert {c["args"][0] for _, c in containers} == {"process", "query-service", "migrate"}
+    for d, c in containers:
+        assert "command" not in c, "the image's ENTRYPOINT is `headwater`; set args only"
+        assert cli_problem(tuple(c["args"])) is None, (d["metadata"]["name"], c["args"])
+        for probe in ("readinessProbe", "livenessProbe"):
+            if "exec" in c.get(probe, {}):
+                assert exec_problem(c[probe]["exec"]["command"]) is None
+
+
+def test_a_manifest_naming_a_missing_subcommand_fails_the_check() -> None:
+    assert "No such command 'procss'" in (cli_problem(("procss",)) or "")
+    assert "No such option" in (cli_problem(("process", "--partitions", "3")) or "")
+    assert exec_problem(["python", "-m", "headwater.query_service.no_such_probe"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_env_vars_are_settings_and_parse(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = rendered(overlay)
+    fields = set(Settings.model_fields)
+    for cm in of_kind(docs, "ConfigMap"):
+        for key in cm["data"]:
+            assert key.startswith("HEADWATER_") and key[10:].lower() in fields, key
+    for _, c in _headwater_containers(docs):
+        values = " ".join(e.get("value", "") for e in c.get("env", []))
+        for e in c.get("env", []):
+            if e["name"].startswith("HEADWATER_"):
+                assert e["name"][10:].lower() in fields, e["name"]
+            else:  # a helper: only there to be expanded into a HEADWATER_ variable
+                assert f"$({e['name']})" in values, f"{e['name']} is set but never used"
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref and not ref["name"].startswith("headwater-clickhouse"):
+                one(docs, "KafkaUser", ref["name"])  # the User Operator makes this Secret
+            elif ref:
+                assert ref["key"] in one(docs, "Secret", ref["name"])["stringData"]
+        env = _env(docs, c)
+        for k in [k for k in os.environ if k.startswith("HEADWATER_")]:
+            monkeypatch.delenv(k)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        settings = Settings()  # raises on any value the service would refuse
+        assert "$(" not in json.dumps(settings.model_dump(mode="json")), "unexpanded $(VAR)"
+        if "sasl.username" in settings.kafka_config:
+            user = settings.kafka_config["sasl.username"]
+            secret = [e for e in c["env"] if e["name"] == "KAFKA_PASSWORD"][0]
+            assert secret["valueFrom"]["secretKeyRef"]["name"] == user
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_names_and_ports_agree(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = rendered(overlay)
+    query = one(docs, "Deployment", "headwater-query")
+    processor = one(docs, "Deployment", "headwater-processor")
+    (qc,) = _containers(query)
+    (pc,) = _containers(processor)
+    env = _env(docs, pc)
+    # Kafka: bootstrap service and listener port, topic, group, SCRAM users
+    kafka = one(docs, "Kafka", "headwater")
+    host, _, port = env["HEADWATER_KAFKA_BOOTSTRAP"].partition(":")
+    assert host == f"{kafka['metadata']['name']}-kafka-bootstrap"
+    listener = [x for x in kafka["spec"]["kafka"]["listeners"] if x["port"] == int(port)]
+    assert listener and listener[0]["authentication"]["type"] == "scram-sha-512"
+    assert json.loads(env["HEADWATER_KAFKA_CONFIG"])["sasl.mechanisms"] == "SCRAM-SHA-512"
+    topic = one(docs, "KafkaTopic", "headwater-events")
+    assert env["HEADWATER_KAFKA_TOPIC"] == topic["spec"]["topicName"]
+    acls = one(docs, "KafkaUser", "headwater-processor")["spec"]["authorization"]["acls"]
+    assert {a["resource"]["name"] for a in acls if a["resource"]["type"] == "group"} == {
+        env["HEADWATER_KAFKA_GROUP"]}
+    assert {a["resource"]["name"] for a in acls if a["resource"]["type"] == "topic"} == {
+        env["HEADWATER_KAFKA_TOPIC"]}
+    # the processor count never exceeds the partitions (extra members would idle)
+    assert 1 <= processor["spec"]["replicas"] <= topic["spec"]["partitions"]
+    # Strimzi lets only pods with the listener's peer labels reach Kafka
+    peers = listener[0]["networkPolicyPeers"][0]["podSelector"]["matchLabels"]
+    for dep in (query, processor):
+        assert peers.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    # ClickHouse: service name and port, cluster name, users' secrets
+    chi = one(docs, "ClickHouseInstallation", "headwater")
+    dsn = env["HEADWATER_DSN"]
+    (svc,) = chi["spec"]["templates"]["serviceTemplates"]
+    svc_name = svc["generateName"].replace("{chi}", chi["metadata"]["name"])
+    http = [p["port"] for p in svc["spec"]["ports"] if p["name"] == "http"]
+    assert re.match(rf"^http://headwater:[^@]+@{svc_name}:{http[0]}$", dsn), dsn
+    assert env["HEADWATER_CLUSTER"] in {c["name"] for c in chi["spec"]["configuration"][
+        "clusters"]}
+    users = chi["spec"]["configuration"]["users"]
+    for key, ref in users.items():
+        if key.endswith("/k8s_secret_password"):
+            name, _, secret_key = ref.partition("/")
+            assert secret_key in one(docs, "Secret", name)["stringData"]
+    assert users["auditor/profile"] == "readonly"
+    assert chi["spec"]["configuration"]["profiles"]["readonly/readonly"] == 1
+    keeper = one(docs, "ClickHouseKeeperInstallation", "headwater-keeper")
+    assert chi["spec"]["configuration"]["zookeeper"]["nodes"][0]["host"] == \
+        f"keeper-{keeper['metadata']['name']}"
+    # query service: --listen port == containerPort == probe ports == Service target
+    listen = qc["args"][qc["args"].index("--listen") + 1]
+    monkeypatch.setenv("HEADWATER_LISTEN", listen)
+    port_num = int(Settings().listen.rpartition(":")[2])
+    (cport,) = qc["ports"]
+    assert cport["containerPort"] == port_num
+    assert qc["readinessProbe"]["grpc"]["port"] == qc["livenessProbe"]["grpc"]["port"] == \
+        port_num
+    service = one(docs, "Service", "headwater-query")
+    (sport,) = service["spec"]["ports"]
+    assert sport["targetPort"] == cport["name"] and sport["port"] == port_num
+    labels = query["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    policy = one(docs, "NetworkPolicy", "headwater-query-ingress")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert [p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]] == [port_num]
+    # autoscaler and disruption budgets point at the Deployments
+    hpa = one(docs, "HorizontalPodAutoscaler", "headwater-query")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": "headwater-query"}
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    for pdb in of_kind(docs, "PodDisruptionBudget"):
+        target = one(docs, "Deployment", pdb["metadata"]["name"])
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= \
+            target["spec"]["template"]["metadata"]["labels"].items()
+    # every headwater container: non-root, requests set, image from the overlay
+    for d, c in _headwater_containers(docs):
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"]
+        assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+        assert pod["serviceAccountName"] == "headwater"
+
+
+def test_auditor_role_is_read_only_and_sees_no_secrets() -> None:
+    role = one(rendered("base"), "Role", "headwater-auditor")
+    verbs = {v for r in role["rules"] for v in r["verbs"]}
+    assert verbs == {"get", "list", "watch"}
+    assert not any("secrets" in r["resources"] or "*" in r["resources"] for r in role["rules"])
+    binding = one(rendered("base"), "RoleBinding", "headwater-auditor")
+    assert binding["roleRef"]["name"] == "headwater-auditor"
+
+
+def test_overlays_size_the_tiers() -> None:
+    sizes = {}
+    for overlay in OVERLAYS:
+        docs = rendered(overlay)
+        layout = one(docs, "ClickHouseInstallation", "headwater")["spec"]["configuration"][
+            "clusters"][0]["layout"]
+        sizes[overlay] = (one(docs, "KafkaTopic", "headwater-events")["spec"]["partitions"],
+                          one(docs, "Deployment", "headwater-processor")["spec"]["replicas"],
+                          layout["shardsCount"], layout["replicasCount"])
+        images = {c["image"] for _, c in _headwater_containers(docs)}
+        assert len(images) == 1, images
+    assert sizes == {"base": (12, 4, 2, 2), "overlays/dev": (3, 1, 1, 1),
+                     "overlays/prod": (24, 12, 3, 2)}
+
+
+# -- the image ------------------------------------------------------------------------------
+
+
+def _dockerfile_stages() -> list[list[str]]:
+    """Instructions (continuation lines joined) grouped by FROM."""
+    text = (REPO / "deploy" / "Dockerfile").read_text()
+    lines = [ln for ln in text.replace("\\\n", " ").splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    stages: list[list[str]] = []
+    for ln in lines:
+        if ln.startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(ln.strip())
+    return stages
+
+
+def test_dockerfile_is_multi_stage_slim_non_root_and_runs_headwater() -> None:
+    stages = _dockerfile_stages()
+    assert len(stages) >= 2
+    assert all(re.match(r"^FROM \S+-slim AS \w+$", s[0]) for s in stages), [s[0] for s in stages]
+    final = stages[-1]
+    user = [ln for ln in final if ln.startswith("USER ")]
+    assert user and user[-1].split()[1].split(":")[0] not in ("0", "root")
+    assert json.loads(next(ln for ln in final if ln.startswith("ENTRYPOINT "))[11:]) == [
+        "headwater"]
+    assert not any("/root" in ln for ln in final)
+    copies = [ln for ln in final if ln.startswith("COPY ")]
+    assert copies and all("--from=" in ln for ln in copies), "runtime copies from the build"
+    # the image's Python satisfies the project's requires-python, and build copies exist
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    text = (REPO / "deploy" / "Dockerfile").read_text()
+    version = re.search(r"ARG PYTHON_VERSION=3\.(\d+)", text)
+    assert version and int(version.group(1)) >= int(
+        project["requires-python"].removeprefix(">=3."))
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    for ln in stages[0]:
+        if ln.startswith("COPY "):
+            for src in ln.split()[1:-1]:
+                assert (REPO / src).exists(), src
+                assert f"!{src}" in ignore, f"{src} is excluded by .dockerignore"
+    # every package of the wheel is copied into the build stage
+    dirs = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"].values())
+    copied = {ln.split()[1].rstrip("/") for ln in stages[0] if ln.startswith("COPY ")}
+    assert {d.split("/")[0] for d in dirs} <= copied
+    # the default listen address of the image is the port the manifests expose
+    env_line = next(ln for ln in final if ln.startswith("ENV "))
+    assert "HEADWATER_LISTEN=0.0.0.0:50051" in env_line
+    assert "EXPOSE 50051" in final
+
+
+# -- the processor's probe ------------------------------------------------------------------
+
+
+def _probe(env: dict[str, str]) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+    return subprocess.run([sys.executable, "-m", "headwater.query_service.probe"],
+                          env={**clean, **env}, cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.kafka
+def test_processor_probe_names_what_it_cannot_reach(broker, tmp_path: Path) -> None:
+    closed = f"127.0.0.1:{free_port()}"
+    ok = _probe({"HEADWATER_KAFKA_BOOTSTRAP": broker.bootstrap,
+                 "HEADWATER_DSN": f"chdb://{tmp_path}"})
+    assert ok.returncode == 0, ok.stderr
+    no_clickhouse = _probe({"HEADWATER_KAFKA_BOOTSTRAP": broker.bootstrap,
+                            "HEADWATER_DSN": f"http://{closed}"})
+    assert no_clickhouse.returncode == 1
+    assert f"cannot reach ClickHouse at http://{closed}/ping" in no_clickhouse.stderr
+    no_kafka = _probe({"HEADWATER_KAFKA_BOOTSTRAP": closed,
+                       "HEADWATER_DSN": f"chdb://{tmp_path}"})
+    assert no_kafka.returncode == 1 and f"cannot reach Kafka at {closed}" in no_kafka.stderr
