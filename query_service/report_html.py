@@ -10,13 +10,24 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
-from headwater.query_service.report_model import ComplianceReport, Pipeline
+from headwater.query_service.report_model import (
+    ComplianceReport,
+    Erasure,
+    Pipeline,
+    RowContribution,
+    TrainingTimeline,
+)
 
 SOURCE_FILL = "#1f77b4"
 TRAINING_FILL = "#2ca02c"
 OP_FILL = "#e8edf3"
 POSITIVE_FILL = "#ff7f0e"
 NEGATIVE_FILL = "#9467bd"
+BEFORE_FILL = "#7f7f7f"
+AFTER_FILL = "#d62728"
+RETRAINED_FILL = "#17becf"
+SOURCE_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
+                  "#bcbd22", "#17becf")
 MAX_PER_LAYER = 30
 _BOX_W, _BOX_H, _COL, _ROW = 180, 46, 220, 62
 
@@ -178,6 +189,114 @@ def contribution_svg(sample_sources: list[tuple[str, float]]) -> str:
     return "".join(parts)
 
 
+def row_label(r: RowContribution) -> str:
+    """'hospital_b.csv row 12' (the first source row) for a training example."""
+    if not r.sources:
+        return f"{r.node_id}[{r.row}]"
+    first = r.sources[0]
+    more = f" +{len(r.sources) - 1}" if len(r.sources) > 1 else ""
+    return f"{short_uri(first.uri) or first.source_id} row {first.row}{more}"
+
+
+def source_colours(timeline: TrainingTimeline | None, names: list[str]) -> dict[str, str]:
+    """A colour per source id, stable across the charts of one page."""
+    ids = list(dict.fromkeys(names + [s.source_id for v in (timeline.versions if timeline
+                                                              else []) for s in v.sources]))
+    return {sid: SOURCE_PALETTE[i % len(SOURCE_PALETTE)] for i, sid in enumerate(ids)}
+
+
+def timeline_svg(timeline: TrainingTimeline, labels: dict[str, str],
+                 colours: dict[str, str]) -> str:
+    """Stacked columns per model version: training-step rows by source; under them, each
+    source's TracIn toward the samples as a line (when computed)."""
+    versions = timeline.versions
+    if not versions:
+        return ""
+    col, gap, left, top_h, line_h = 34, 14, 60, 170, 110
+    width = left + len(versions) * (col + gap) + 20
+    most = max(v.examples for v in versions) or 1
+    sources = list(dict.fromkeys(s.source_id for v in versions for s in v.sources))
+    has_tracin = any(s.tracin is not None for v in versions for s in v.sources)
+    height = top_h + 40 + (line_h + 30 if has_tracin else 0)
+    parts = [f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+             f'height="{height}" role="img" aria-label="source contributions over training">',
+             '<text x="4" y="12" font-size="11">training-step rows per version</text>']
+    for i, v in enumerate(versions):
+        x, y = left + i * (col + gap), top_h + 16
+        for s in v.sources:
+            h = s.examples / most * (top_h - 20)
+            y -= h
+            parts.append(f'<rect x="{x}" y="{y:.1f}" width="{col}" height="{max(h, 0.5):.1f}" '
+                         f'fill="{colours.get(s.source_id, "#999999")}"><title>'
+                         f'{e(labels.get(s.source_id, s.uri))} at {e(v.version)}: '
+                         f'{s.examples} rows ({s.share:.0%})</title></rect>')
+        parts.append(f'<text x="{x + col / 2}" y="{top_h + 30}" font-size="11" '
+                     f'text-anchor="middle">{e(_clip(v.version, 6))}</text>')
+    if has_tracin:
+        base = top_h + 50
+        values = [s.tracin or 0.0 for v in versions for s in v.sources]
+        lo, hi = min(values + [0.0]), max(values + [0.0])
+        span = (hi - lo) or 1.0
+
+        def ypos(t: float) -> float:
+            return base + line_h - (t - lo) / span * line_h
+
+        parts.append(f'<text x="4" y="{base - 6}" font-size="11">TracIn toward the samples'
+                     '</text>'
+                     f'<line x1="{left}" x2="{width - 10}" y1="{ypos(0):.1f}" '
+                     f'y2="{ypos(0):.1f}" stroke="#c0c8d2"/>')
+        for sid in sources:
+            points = []
+            for i, v in enumerate(versions):
+                t = next((s.tracin for s in v.sources if s.source_id == sid), 0.0) or 0.0
+                points.append(f"{left + i * (col + gap) + col / 2:.1f},{ypos(t):.1f}")
+            parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke-width="3" '
+                         f'stroke="{colours.get(sid, "#999999")}"><title>'
+                         f'{e(labels.get(sid, sid))}</title></polyline>')
+    parts.append("</svg>")
+    legend = "".join(f'<span class="key"><i style="background:{colours.get(sid, "#999")}">'
+                     f'</i>{e(labels.get(sid, sid))}</span>' for sid in sources)
+    return "".join(parts) + f'<p class="legend">{legend}</p>'
+
+
+def erasure_svg(er: Erasure) -> str:
+    """Grouped bars per figure: before (grey), after (red), retrained (teal)."""
+    outcome = next((o for o in reversed(er.outcomes) if o.status == "APPLIED"), None)
+    if outcome is None:
+        return ""
+    v = outcome.verification
+    figures = [("forget-set loss", v.forget_loss_before, v.forget_loss_after,
+                v.retrain_forget_loss),
+               ("test accuracy", v.test_accuracy_before, v.test_accuracy_after,
+                v.retrain_test_accuracy),
+               ("membership AUC", None, v.membership_auc, v.retrain_membership_auc)]
+    top = max([x for f in figures for x in f[1:] if x is not None] + [1e-9])
+    bar, group, height, base = 26, 130, 150, 130
+    parts = [f'<svg class="erasure" xmlns="http://www.w3.org/2000/svg" width="{group * 3 + 40}"'
+             f' height="{height + 24}" role="img" aria-label="unlearning before and after">']
+    for g, (name, *values) in enumerate(figures):
+        x0 = 20 + g * group
+        for j, (value, fill, what) in enumerate(zip(values, (BEFORE_FILL, AFTER_FILL,
+                                                             RETRAINED_FILL),
+                                                    ("before", "after", "retrained"),
+                                                    strict=True)):
+            if value is None:
+                continue
+            h = value / top * (base - 20)
+            x = x0 + j * (bar + 4)
+            parts.append(f'<rect x="{x}" y="{base - h:.1f}" width="{bar}" height="{h:.1f}" '
+                         f'fill="{fill}"><title>{e(name)} {what}: {value:.4f}</title></rect>'
+                         f'<text x="{x + bar / 2}" y="{base - h - 3:.1f}" font-size="10" '
+                         f'text-anchor="middle">{value:.2f}</text>')
+        parts.append(f'<text x="{x0 + 45}" y="{base + 16}" font-size="11" '
+                     f'text-anchor="middle">{e(name)}</text>')
+    parts.append("</svg>")
+    legend = "".join(f'<span class="key"><i style="background:{c}"></i>{w}</span>'
+                     for c, w in ((BEFORE_FILL, "before"), (AFTER_FILL, "after"),
+                                  (RETRAINED_FILL, "retrained without the rows")))
+    return "".join(parts) + f'<p class="legend">{legend}</p>'
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     """A table whose cells are already-escaped HTML."""
     head = "".join(f"<th>{e(h)}</th>" for h in headers)
@@ -205,7 +324,9 @@ h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid
 th,td{border:1px solid #d5dce5;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f2f5f8}.missing{color:#b00020;font-weight:600}.ok{color:#1a7f37;
 font-weight:600}.bad{color:#b00020;font-weight:600}.note{color:#5b6878;font-size:12px}
-code{font-size:12px;word-break:break-all}.chain span{display:inline-block;border:1px solid
+code{font-size:12px;word-break:break-all}.legend{font-size:12px}.key{margin-right:14px}
+.key i{display:inline-block;width:11px;height:11px;margin-right:4px;vertical-align:-1px}
+.charts{display:flex;flex-wrap:wrap;gap:18px}.chain span{display:inline-block;border:1px solid
 #44546a;border-radius:6px;padding:4px 8px;margin:2px}.graph{overflow-x:auto}
 """
 
@@ -297,6 +418,11 @@ def render_html(report: ComplianceReport) -> str:
                            "rows forgotten", "versions", "forget-set loss before → after",
                            "test accuracy before → after", "membership AUC", "gap closed"],
                           rows))
+    for er in report.erasure_log:
+        chart = erasure_svg(er)
+        if chart:
+            out.append(f"<h3>Unlearning before / after: <code>{e(er.request_id)}</code> "
+                       f"({e(er.reason) or 'no reason given'})</h3>{chart}")
 
     a = report.attribution_samples
     out.append("<h2>Attribution samples: source contributions</h2>")
@@ -308,8 +434,27 @@ def render_html(report: ComplianceReport) -> str:
                    f"(label {sample.predicted_label}, {e(sample.method)})</h3>")
         if sample.error:
             out.append(f'<p class="bad">{e(sample.error)}</p>')
-        out.append(contribution_svg([(names.get(c.source_id) or short_uri(c.uri)
-                                      or c.source_id, c.score) for c in sample.top_sources]))
+        out.append('<div class="charts"><div><p class="note">by source</p>'
+                   + contribution_svg([(names.get(c.source_id) or short_uri(c.uri)
+                                        or c.source_id, c.score) for c in sample.top_sources])
+                   + '</div><div><p class="note">top training rows (source file row)</p>'
+                   + contribution_svg([(row_label(r), r.score) for r in sample.top_rows])
+                   + "</div></div>")
+
+    timeline = report.training_timeline
+    out.append("<h2>Source contributions over training time</h2>")
+    if timeline is None:
+        out.append('<p class="note">Not in this report (made before the timeline existed).'
+                   '</p>')
+    elif timeline.status == "skipped":
+        out.append(f'<p class="note">Skipped: {e(timeline.reason)}</p>')
+    else:
+        labels = {**{s.source_id: short_uri(s.uri) for v in timeline.versions
+                     for s in v.sources}, **names}
+        colours = source_colours(timeline, list(names))
+        out.append(timeline_svg(timeline, labels, colours))
+        for note in timeline.notes:
+            out.append(f'<p class="note">{e(note)}</p>')
 
     out.append("<h2>Integrity</h2>")
     integrity = report.integrity

@@ -236,6 +236,21 @@ class SourceContribution(_Strict):
     examples: int
 
 
+class SourceRowRef(_Strict):
+    source_id: str
+    uri: str
+    row: int = Field(description="row number in the source file (never its values)")
+
+
+class RowContribution(_Strict):
+    """One training example behind a prediction: its training key, score and source rows."""
+
+    node_id: str
+    row: int
+    score: float = Field(description="influence; positive raised the output")
+    sources: list[SourceRowRef]
+
+
 class AttributionSample(_Strict):
     prediction_id: str
     model_version: str
@@ -243,6 +258,9 @@ class AttributionSample(_Strict):
     predicted_label: int
     method: str
     top_sources: list[SourceContribution]
+    top_rows: list[RowContribution] = Field(
+        default_factory=list, description="the examples with the largest |score| (row "
+                                          "numbers only; values never leave the store)")
     error: str | None = Field(description="why this prediction could not be attributed")
 
 
@@ -251,6 +269,36 @@ class AttributionSamples(_Strict):
     reason: str | None = Field(description="why no samples were computed")
     predictions_recorded: int
     samples: list[AttributionSample]
+
+
+class SourceShare(_Strict):
+    """One source's part of the training steps recorded at one model version."""
+
+    source_id: str
+    uri: str
+    examples: int = Field(description="training-step gradient rows (row x step) from this "
+                                      "source recorded at this version")
+    share: float = Field(description="examples / all training-step rows of the version")
+    tracin: float | None = Field(description="TracIn of these steps toward the attribution "
+                                             "samples (mean over samples; positive raised "
+                                             "the explained output); null: not computed")
+
+
+class VersionContribution(_Strict):
+    version: str
+    step: int
+    examples: int
+    sources: list[SourceShare]
+
+
+class TrainingTimeline(_Strict):
+    """Source contributions over training time: per model version of the lineage, which
+    sources the training steps drew on and their TracIn toward the sample predictions."""
+
+    status: Literal["computed", "skipped"]
+    reason: str | None = Field(description="why no timeline was computed")
+    versions: list[VersionContribution]
+    notes: list[str]
 
 
 class Signature(_Strict):
@@ -283,6 +331,9 @@ class ComplianceReport(_Strict):
     record_keeping: RecordKeeping
     erasure_log: list[Erasure]
     attribution_samples: AttributionSamples
+    training_timeline: TrainingTimeline | None = Field(
+        default=None, description="source contributions per model version (absent in "
+                                  "reports made before it existed)")
     integrity: Integrity | None = None
 
 

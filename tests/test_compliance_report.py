@@ -5,17 +5,13 @@ Chromium shows with its lineage graph, and free of personal values."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import struct
-import subprocess
-import zlib
 from pathlib import Path
 
 import grpc
 import jsonschema
 import numpy as np
 import pytest
+from chromium import chromium, dump_dom, has_colour, screenshot
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -383,103 +379,20 @@ def test_personal_values_never_leave_the_store(store, tmp_path):
 
 # -- the page in a real browser -------------------------------------------------------------
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser"):
-        if shutil.which(name):
-            return shutil.which(name)
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        try:
-            subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
-                           "apt-get install -y -qq chromium", shell=True, timeout=300,
-                           capture_output=True)
-        except subprocess.TimeoutExpired:
-            return None
-        return shutil.which("chromium")
-    return None
-
-
-def _png_pixels(data: bytes) -> np.ndarray:
-    """RGB(A) pixels of an 8-bit PNG (PIL when available, else zlib and the filters)."""
-    try:
-        import io
-
-        from PIL import Image
-
-        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    except ImportError:
-        pass
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", None
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + length]
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", chunk)
-        elif kind == b"IDAT":
-            idat += chunk
-        pos += 12 + length
-    width, height, depth, colour, _, _, interlace = header
-    assert depth == 8 and interlace == 0 and colour in (2, 6), header
-    bpp = 3 if colour == 2 else 4
-    raw = zlib.decompress(idat)
-    stride = width * bpp
-    out = np.zeros((height, stride), dtype=np.uint8)
-    prev = bytearray(stride)
-    for r in range(height):
-        f = raw[r * (stride + 1)]
-        line = bytearray(raw[r * (stride + 1) + 1:(r + 1) * (stride + 1)])
-        if f == 1:
-            for i in range(bpp, stride):
-                line[i] = (line[i] + line[i - bpp]) & 255
-        elif f == 2:
-            line = bytearray((a + b) & 255 for a, b in zip(line, prev, strict=True))
-        elif f == 3:
-            for i in range(stride):
-                left = line[i - bpp] if i >= bpp else 0
-                line[i] = (line[i] + ((left + prev[i]) >> 1)) & 255
-        elif f == 4:
-            for i in range(stride):
-                a = line[i - bpp] if i >= bpp else 0
-                b, c = prev[i], prev[i - bpp] if i >= bpp else 0
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) \
-                    & 255
-        out[r] = np.frombuffer(bytes(line), np.uint8)
-        prev = line
-    return out.reshape(height, width, bpp)[:, :, :3]
-
-
-def _has_colour(pixels: np.ndarray, hex_colour: str, at_least: int = 200) -> bool:
-    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
-    close = (np.abs(pixels.astype(int) - rgb) <= 6).all(axis=2)
-    return int(close.sum()) >= at_least
-
-
 @pytest.mark.timeout(600)
 def test_html_report_in_headless_chromium(erased, tmp_path):
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("Chromium is not installed and could not be installed")
     body = json.loads(_rpc_report(erased["serve"], model_id="clf",
                                   config_json=json.dumps(CONFIG)).json)
     page = tmp_path / "report.html"
     page.write_text(render_html(ComplianceReport.model_validate(body)))
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    shot = tmp_path / "shot.png"
-    done = subprocess.run([*flags, "--enable-logging=stderr", "--v=0",
-                           f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
-                          capture_output=True, text=True, timeout=120)
-    assert shot.exists(), done.stderr[-2000:]
-    console = [line for line in done.stderr.splitlines()
-               if ":CONSOLE" in line or "Refused to" in line or "Uncaught" in line]
+    pixels, console = screenshot(browser, page, tmp_path)
     assert console == [], console
-    pixels = _png_pixels(shot.read_bytes())
     assert pixels.shape[:2] == (900, 1200)
     assert pixels.std() > 10  # not blank
-    assert _has_colour(pixels, SOURCE_FILL) and _has_colour(pixels, TRAINING_FILL)
-    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True,
-                         text=True, timeout=120)
-    assert '<svg id="lineage-graph"' in dom.stdout and "hospital_b.csv" in dom.stdout
-    assert "Sepsis early warning" in dom.stdout
+    assert has_colour(pixels, SOURCE_FILL) and has_colour(pixels, TRAINING_FILL)
+    dom = dump_dom(browser, page, tmp_path)
+    assert '<svg id="lineage-graph"' in dom and "hospital_b.csv" in dom
+    assert "Sepsis early warning" in dom

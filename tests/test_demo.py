@@ -1,30 +1,135 @@
-"""`headwater demo --fast` runs end to end and its outputs are real."""
+"""`headwater demo --fast` runs end to end and its outputs are real: an attribution that
+traces to a row of a hospital file, an unlearning whose forget-set loss rose, a signed
+report that validates against the published schema, commands that work as printed, and a
+report page that headless Chromium draws with its charts."""
 
 from __future__ import annotations
 
 import json
+import math
+import shlex
 from pathlib import Path
 
-from conftest import run_headwater
+import jsonschema
+import numpy as np
+import pytest
+from chromium import chromium, dump_dom, has_colour, screenshot
+
+from conftest import REPO, run_headwater
 from headwater.producers.sources import file_sha256
+from headwater.query_service.report_html import (
+    AFTER_FILL,
+    BEFORE_FILL,
+    RETRAINED_FILL,
+    SOURCE_FILL,
+    TRAINING_FILL,
+)
 
 
-def test_demo_fast(tmp_path: Path) -> None:
-    done = run_headwater("demo", "--fast", "--output", str(tmp_path), timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    figures = json.loads((tmp_path / "demo-summary.json").read_text())
-    assert figures["log_ok"] and figures["dead_letters"] == 0
-    by_type = figures["events_by_type"]
-    assert by_type["source_registered"] == 2
-    assert by_type["gradient_batch"] == figures["steps"] > 0
-    assert by_type["prediction_recorded"] == 40
-    assert figures["events_verified"] == sum(by_type.values())
-    assert figures["test_accuracy"] > 0.85  # a trained model, not a constant
-    b = tmp_path / "data" / "hospital_b.csv"
-    assert figures["hospital_b_rows"] == len(b.read_text().splitlines()) - 1
-    # the stored source hash is the real file's
-    done = run_headwater("sql", "SELECT content_sha256 FROM sources FINAL WHERE uri LIKE "
-                         "'%hospital_b.csv'", "--format", "csv", "--data-dir",
-                         str(tmp_path / ".headwater"))
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("demo")
+    done = run_headwater("demo", "--fast", "--output", str(out), timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads((out / "demo-summary.json").read_text())
+    return {"out": out, "stdout": done.stdout, **figures}
+
+
+def _file_row(demo: dict, train_row: int) -> tuple[str, int]:
+    """Which hospital file row a training row is, recomputed from the pipeline's recipe:
+    concatenate a then b, seeded permutation, the first ceil(0.2 n) rows are the test set."""
+    n_a, n_b = demo["rows_per_file"]
+    perm = np.random.default_rng(demo["seed"]).permutation(n_a + n_b)
+    i = int(perm[math.ceil(demo["test_size"] * (n_a + n_b)) + train_row])
+    return ("hospital_a.csv", i) if i < n_a else ("hospital_b.csv", i - n_a)
+
+
+def test_demo_outputs_are_real(demo):
+    assert demo["log_ok"] and demo["dead_letters"] == 0
+    by_type = demo["events_by_type"]
+    assert by_type["source_registered"] == 2 and by_type["forget_requested"] == 1
+    assert by_type["unlearning_applied"] == 1 and demo["erasures_stored"] == 1
+    assert demo["events_verified"] == sum(by_type.values())
+    assert demo["test_accuracy"] > 0.85  # a trained model, not a constant
+
+    # attribution: non-empty, each top row traces to the file row it really is
+    assert demo["top_rows"], "no attribution rows"
+    for r in demo["top_rows"]:
+        assert r["node_id"] == demo["train_node"] and r["ops"][-1] == "headwater.split"
+        (src,) = r["sources"]
+        name, row = _file_row(demo, r["row"])
+        assert src["uri"].endswith(name) and src["row"] == row
+    before = {Path(g["uri"]).name for g in demo["by_source_before"]}
+    after = {Path(g["uri"]).name for g in demo["by_source_after"]}
+    assert before == {"hospital_a.csv", "hospital_b.csv"} and after == {"hospital_a.csv"}
+    assert {Path(g["uri"]).name for g in demo["by_source_after_new"]} == {"hospital_a.csv"}
+
+    # unlearning: every training row from hospital_b removed; its loss rose
+    u = demo["unlearning"]
+    b_rows = sum(_file_row(demo, i)[0] == "hospital_b.csv"
+                 for i in range(sum(demo["rows_per_file"]) - math.ceil(
+                     demo["test_size"] * sum(demo["rows_per_file"]))))
+    assert u["status"] == "APPLIED" and u["rows_forgotten"] == u["via"]["row"] == b_rows
+    assert u["forget_loss_after"] > u["forget_loss_before"]
+    assert u["parameter_distance"] > 0 and u["new_version"] != u["previous_version"]
+
+    # the report validates against the published schema and carries the run's figures
+    report = json.loads(Path(demo["report"]["json"]).read_text())
+    schema = json.loads((REPO / "docs/schema/compliance-report.schema.json").read_text())
+    jsonschema.validate(report, schema)
+    (erasure,) = report["erasure_log"]
+    assert erasure["state"] == "applied"
+    assert erasure["outcomes"][-1]["verification"]["forget_loss_after"] == pytest.approx(
+        u["forget_loss_after"])
+    samples = report["attribution_samples"]["samples"]
+    assert samples and all(s["top_rows"] for s in samples)
+    timeline = report["training_timeline"]
+    assert timeline["status"] == "computed"
+    early = timeline["versions"][0]
+    assert {Path(s["uri"]).name for s in early["sources"]} == {"hospital_a.csv",
+                                                              "hospital_b.csv"}
+    late = timeline["versions"][-1]  # after the erasure only hospital_a trains
+    assert {Path(s["uri"]).name for s in late["sources"]} == {"hospital_a.csv"}
+    assert "derived from scikit-learn" in demo["stdout"] and "Try next" in demo["stdout"]
+
+
+def test_printed_commands_work(demo):
+    commands = {c["argv"][1] + " " + c["argv"][2]: c["argv"][1:] for c in demo["try_next"]}
+    for c in demo["try_next"]:  # every command is printed as it is run here
+        assert shlex.join(c["argv"]) in demo["stdout"], c["argv"]
+    sql = next(c["argv"][1:] for c in demo["try_next"] if "sources FINAL" in c["argv"][-1])
+    done = run_headwater(*sql, "--format", "csv")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[1] == file_sha256(b)
+    hashes = dict(line.split(",")[0::2] for line in done.stdout.splitlines()[1:])
+    for path in demo["files"]:
+        assert hashes[Path(path).as_uri()] == file_sha256(Path(path))
+    done = run_headwater(*commands["audit check"])
+    assert done.returncode == 0 and "OK" in done.stdout, done.stderr
+    assert "signature by key" in done.stdout
+    done = run_headwater(*commands["audit verify"])
+    assert done.returncode == 0 and "intact" in done.stdout, done.stdout + done.stderr
+    done = run_headwater(*next(c["argv"][1:] for c in demo["try_next"]
+                               if c["argv"][1] == "report"))
+    assert done.returncode == 0, done.stderr
+    again = demo["out"] / "report-again.json"
+    done = run_headwater("audit", "check", str(again), "--allow-unsigned")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(again.read_text())["system"]["model_version"] == \
+        demo["report"]["model_version"]
+
+
+@pytest.mark.timeout(600)
+def test_demo_report_page_in_headless_chromium(demo, tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed and could not be installed")
+    page = Path(demo["report"]["html"])
+    pixels, console = screenshot(browser, page, tmp_path, size=(1200, 3600))
+    assert console == [], console
+    assert pixels.std() > 10
+    for colour in (SOURCE_FILL, TRAINING_FILL, BEFORE_FILL, AFTER_FILL, RETRAINED_FILL):
+        assert has_colour(pixels, colour, at_least=150), colour
+    dom = dump_dom(browser, page, tmp_path)
+    for marker in ('<svg id="lineage-graph"', 'class="timeline"', 'class="erasure"',
+                   'class="contribution"', "hospital_a.csv row", "Source contributions"):
+        assert marker in dom, marker
