@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 
 from headwater.producers.capture import LinearCapture, Recorder
 from headwater.producers.tracking import Tracker
+from headwater.producers.transports.channel import open_channel, security_from_env
 from headwater.producers.unlearning import LinearModel, Rows, unlearn
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
@@ -94,11 +94,14 @@ def _rows_of(a: Any) -> Any:
 
 
 class UnlearningListener:
-    """Consumes one run's forget requests for one model and applies them in order."""
+    """Consumes one run's forget requests for one model and applies them in order.
+    `tls_ca_file` / `token` default to HEADWATER_TLS_CA_FILE / HEADWATER_TOKEN(_FILE); the
+    token needs role producer (Unlearning.Pending)."""
 
     def __init__(self, publisher: Any, target: str, *, model_id: str, dataset: Any,
                  apply: Apply, capture: Recorder | None = None, min_interval: float = 1.0,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, tls_ca_file: str | None = None,
+                 token: str | None = None) -> None:
         self.publisher = publisher
         self.model_id = model_id
         self.node_id = _node_of(dataset)
@@ -106,7 +109,8 @@ class UnlearningListener:
         self.capture = capture
         self.min_interval = min_interval
         self.timeout = timeout
-        self._stub = query_pb2_grpc.UnlearningStub(grpc.insecure_channel(target))
+        self._stub = query_pb2_grpc.UnlearningStub(open_channel(
+            target, security_from_env(tls_ca_file=tls_ca_file, token=token)))
         self._last_poll = float("-inf")
         self.forgotten = np.zeros(0, dtype=np.int64)
         self.applied: list[events_pb2.UnlearningApplied] = []

@@ -39,12 +39,13 @@ def _open_store(settings: Settings, *, migrate: bool = True):
 
 def _reader(settings: Settings):
     """The store itself, or (embedded, serve running) the server's read-only SQL."""
+    from headwater.query_service.channel import open_channel
     from headwater.query_service.remote import RemoteStore
 
     try:
         return _open_store(settings)
     except DataDirLocked:
-        return RemoteStore(settings.listen)
+        return RemoteStore(settings.listen, channel=open_channel(settings))
 
 
 def _configure_telemetry(settings: Settings, service: str) -> None:
@@ -76,17 +77,20 @@ def cli() -> None:
 def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
     """Embedded mode: event log, processors and query service in one process (chDB)."""
     from headwater.query_service.server import build_server
+    from headwater.query_service.transport_security import check_exposure, server_security
     from headwater.stream_processors.sink import EventSink
 
     settings = _settings(data_dir=data_dir, dsn=dsn, listen=listen)
+    security = server_security(settings)
+    check_exposure(settings.listen, security)  # before opening the store
     _configure_telemetry(settings, "headwater-serve")
     store = _open_store(settings)
     server, port = build_server(store, settings.listen, sink=EventSink(store, "grpc"),
                                 damping=settings.attribution_damping,
-                                decay=settings.attribution_decay)
+                                decay=settings.attribution_decay, security=security)
     server.start()
-    console.print(f"headwater serve: gRPC on {settings.listen} (port {port}), store "
-                  f"{store.dsn.redacted}; Ctrl-C to stop")
+    console.print(f"headwater serve: gRPC on {settings.listen} (port {port}, "
+                  f"{security.describe()}), store {store.dsn.redacted}; Ctrl-C to stop")
     _wait_for_signal()
     server.stop(grace=5).wait()
     store.close()
@@ -98,8 +102,11 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
 def query_service(dsn: str | None, listen: str | None) -> None:
     """Stateless query service over a ClickHouse DSN (distributed mode)."""
     from headwater.query_service.server import build_server
+    from headwater.query_service.transport_security import check_exposure, server_security
 
     settings = _settings(dsn=dsn, listen=listen)
+    security = server_security(settings)
+    check_exposure(settings.listen, security)  # before opening the store
     _configure_telemetry(settings, "headwater-query")
     store = _open_store(settings)
     log = None
@@ -111,10 +118,10 @@ def query_service(dsn: str | None, listen: str | None) -> None:
                                                    settings.kafka_topic,
                                                    config=settings.kafka_config))
     server, port = build_server(store, settings.listen, damping=settings.attribution_damping,
-                                decay=settings.attribution_decay, log=log)
+                                decay=settings.attribution_decay, log=log, security=security)
     server.start()
-    console.print(f"headwater query-service: gRPC on {settings.listen}, store "
-                  f"{store.dsn.redacted}")
+    console.print(f"headwater query-service: gRPC on {settings.listen} "
+                  f"({security.describe()}), store {store.dsn.redacted}")
     _wait_for_signal()
     server.stop(grace=5).wait()
     store.close()
@@ -279,11 +286,10 @@ def lineage() -> None:
 
 
 def _lineage_stub(listen: str | None):
-    import grpc
-
+    from headwater.query_service.channel import open_channel
     from headwater.v1 import query_pb2_grpc
 
-    return query_pb2_grpc.LineageStub(grpc.insecure_channel(_settings(listen=listen).listen))
+    return query_pb2_grpc.LineageStub(open_channel(_settings(listen=listen)))
 
 
 def _lineage_call(method, request):
@@ -415,7 +421,7 @@ def migrate(data_dir: Path | None, dsn: str | None) -> None:
 @click.option("--output", type=click.Path(path_type=Path), default=Path("demo-output"),
               help="Where the demo writes its data and files")
 def demo(fast: bool, output: Path) -> None:
-    """The main job end to end on the embedded default: serve, publish, query, verify."""
+    """The whole flow on real data: lineage, attribution, unlearning, the audit report."""
     from headwater.query_service.demo import run_demo
 
     run_demo(output, fast=fast)
@@ -439,11 +445,10 @@ def attribute(prediction_id: str, method: str, by: str, top_k: int, neighbours: 
               listen: str | None, as_json: bool) -> None:
     """The training rows (with their source-file rows and ops) that most influenced
     PREDICTION_ID; positive = the row raised the explained output."""
-    import grpc
-
+    from headwater.query_service.channel import open_channel
     from headwater.v1 import query_pb2, query_pb2_grpc
 
-    stub = query_pb2_grpc.AttributionStub(grpc.insecure_channel(_settings(listen=listen).listen))
+    stub = query_pb2_grpc.AttributionStub(open_channel(_settings(listen=listen)))
     aggregation = getattr(query_pb2, _AGGREGATE_BY[by])
     if method == "knn-shapley":
         response = _lineage_call(stub.Value, query_pb2.ValueRequest(
@@ -543,7 +548,9 @@ def forget(run_id: str, model_id: str, sources: tuple[str, ...], source_rows: tu
             index.append(node_id)
         target.row_keys.node_index.extend([index.index(node_id)] * len(rows))
         target.row_keys.rows.extend(rows)
-    stub = query_pb2_grpc.UnlearningStub(grpc.insecure_channel(_settings(listen=listen).listen))
+    from headwater.query_service.channel import open_channel
+
+    stub = query_pb2_grpc.UnlearningStub(open_channel(_settings(listen=listen)))
     response = _lineage_call(stub.Forget, query_pb2.ForgetRequest(
         run_id=run_id, model_id=model_id, target=target, reason=reason,
         method={"auto": events_pb2.UNLEARNING_METHOD_UNSPECIFIED, "newton": events_pb2.NEWTON,
@@ -610,6 +617,9 @@ from headwater.query_service.report_cli import check, report  # noqa: E402
 audit.add_command(report)
 audit.add_command(check)
 cli.add_command(report)  # `headwater report`: the same command as `headwater audit report`
+from headwater.query_service.replay_cli import replay  # noqa: E402
+
+cli.add_command(replay)
 
 @audit.command("verify")
 @click.option("--run", "run_id", default="", help="Only the producers of this run")

@@ -18,9 +18,15 @@ from headwater.v1 import query_pb2, query_pb2_grpc
 
 
 class RemoteStore:
-    def __init__(self, target: str, timeout: float = 30.0) -> None:
+    def __init__(self, target: str, timeout: float = 30.0,
+                 channel: grpc.Channel | None = None) -> None:
+        """`channel`: TLS/token secured (query_service.channel.open_channel); default: one
+        opened from the HEADWATER_* settings."""
+        from headwater.query_service.channel import open_channel
+        from headwater.query_service.settings import Settings
+
         self.target = target
-        self._channel = grpc.insecure_channel(target)
+        self._channel = channel or open_channel(Settings(listen=target))
         self._stub = query_pb2_grpc.QueryStub(self._channel)
         self._timeout = timeout
 

@@ -42,12 +42,13 @@ def _remote(listen: str, model: str, version: str, config: ComplianceConfig | No
     """Build through a running serve's Compliance.Report (sealed, maybe signed there)."""
     import grpc
 
+    from headwater.query_service.channel import open_channel
     from headwater.v1 import query_pb2, query_pb2_grpc
 
     request = query_pb2.ReportRequest(
         model_id=model, model_version=version, recompute_hashes=recompute, max_samples=samples,
         config_json=config.model_dump_json(exclude={"signing_key"}) if config else "")
-    stub = query_pb2_grpc.ComplianceStub(grpc.insecure_channel(listen))
+    stub = query_pb2_grpc.ComplianceStub(open_channel(Settings(listen=listen)))
     try:
         response = stub.Report(request, timeout=300)
     except grpc.RpcError as exc:

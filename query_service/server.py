@@ -16,6 +16,7 @@ from headwater.producers.transports.base import Sink
 from headwater.producers.transports.grpc import MAX_MESSAGE_BYTES
 from headwater.producers.transports.local import LocalTransport
 from headwater.query_service.attribution import AttributionEngine
+from headwater.query_service.auth import AuthInterceptor
 from headwater.query_service.services.attribution import AttributionService
 from headwater.query_service.services.compliance import ComplianceService
 from headwater.query_service.services.ingest import IngestService
@@ -25,6 +26,12 @@ from headwater.query_service.services.unlearning import (
     LogPublishers,
     PublisherFor,
     UnlearningService,
+)
+from headwater.query_service.transport_security import (
+    ServerSecurity,
+    check_exposure,
+    server_credentials,
+    token_file,
 )
 from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.store import Store
@@ -62,15 +69,20 @@ class _Telemetry(grpc.ServerInterceptor):
 
 def build_server(store: Store, listen: str, sink: Sink | None = None,
                  max_workers: int = 8, damping: float = 0.0, decay: float = 1.0,
-                 log: PublisherFor | None = None) -> tuple[grpc.Server, int]:
+                 log: PublisherFor | None = None,
+                 security: ServerSecurity | None = None) -> tuple[grpc.Server, int]:
     """Create (not start) the server; `sink` enables Ingest. Forget requests are recorded
-    through `log` (default: into `sink`); without either, Forget is refused. Returns
-    (server, bound port)."""
+    through `log` (default: into `sink`); without either, Forget is refused. `security`:
+    TLS and token auth, required for a non-loopback `listen`. Returns (server, bound port)."""
+    security = security or ServerSecurity()
+    check_exposure(listen, security)
+    credentials = server_credentials(security) if security.tls else None
+    tokens = token_file(security)
     if log is None and sink is not None:
         log = LogPublishers(lambda: LocalTransport(sink))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="headwater-rpc"),
-        interceptors=[_Telemetry()],
+        interceptors=[*([AuthInterceptor(tokens)] if tokens else []), _Telemetry()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -100,7 +112,8 @@ def build_server(store: Store, listen: str, sink: Sink | None = None,
          reflection.SERVICE_NAME], server)
 
     try:
-        port = server.add_insecure_port(listen)
+        port = (server.add_secure_port(listen, credentials) if credentials
+                else server.add_insecure_port(listen))
     except RuntimeError:
         port = 0
     if port == 0:

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from headwater.query_service.redaction import redact_config
+from headwater.stream_processors.dsn import redact_dsn
 from headwater.stream_processors.retention import (
     DEFAULT_EVENTS_RETENTION_DAYS,
     MIN_EVENTS_RETENTION_DAYS,
@@ -19,7 +21,10 @@ from headwater.stream_processors.retention import (
 class Settings(BaseSettings):
     """Every setting of the service side; see docs/configuration.md."""
 
-    model_config = SettingsConfigDict(env_prefix="HEADWATER_", extra="ignore")
+    # hide_input_in_errors: a bad value may hold a secret (a DSN or Kafka password);
+    # env_ignore_empty: HEADWATER_X="" means unset (not Path("."), which would be a file)
+    model_config = SettingsConfigDict(env_prefix="HEADWATER_", extra="ignore",
+                                      hide_input_in_errors=True, env_ignore_empty=True)
 
     data_dir: Path = Field(Path(".headwater"), description="embedded mode: chDB lives here")
     dsn: str | None = Field(None, description="ClickHouse DSN; default chdb://DATA_DIR/clickhouse")
@@ -47,6 +52,30 @@ class Settings(BaseSettings):
     events_retention_days: int = Field(
         DEFAULT_EVENTS_RETENTION_DAYS, description="days the event log is kept (ClickHouse TTL "
         f"on events); at least {MIN_EVENTS_RETENTION_DAYS}: Art. 19 / 26(6) EU AI Act")
+
+    # server side (serve / query-service); see docs/security.md
+    auth_tokens_file: Path | None = Field(None, description="SHA-256 token digests -> roles; "
+                                          "unset: no auth (loopback only)")
+    tls_cert_file: Path | None = Field(None, description="server certificate chain (PEM)")
+    tls_key_file: Path | None = Field(None, description="server private key (PEM)")
+    tls_client_ca_file: Path | None = Field(None, description="CA of client certificates: "
+                                            "mutual TLS")
+    # client side (CLI commands reaching a server)
+    tls_ca_file: Path | None = Field(None, description="CA that signed the server's "
+                                     "certificate; set: clients use TLS")
+    tls_client_cert_file: Path | None = None
+    tls_client_key_file: Path | None = None
+    token: SecretStr | None = Field(None, description="bearer token clients send")
+    token_file: Path | None = Field(None, description="file holding the bearer token")
+
+    def __repr_args__(self) -> Any:
+        """repr/str without secrets: the DSN password and secret Kafka settings redacted."""
+        for name, value in super().__repr_args__():
+            if name == "dsn" and value:
+                value = redact_dsn(value)
+            elif name == "kafka_config":
+                value = redact_config(value)
+            yield name, value
 
     @field_validator("events_retention_days")
     @classmethod

@@ -12,6 +12,7 @@ partition.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +75,20 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, config: dict[str, 
     return partitions
 
 
+CRASH_AFTER_INSERT = "HEADWATER_TEST_CRASH_AFTER_INSERT"
+
+
+def _crash_after_insert_hook(inserts: int) -> None:
+    """Fault injection for tests only (tests/test_faults.py): with HEADWATER_TEST_CRASH_AFTER_
+    INSERT=N the process dies (os._exit(70), no cleanup) after its Nth stored batch and before
+    that batch's offset commit: the crash window that redelivery must repair."""
+    limit = os.environ.get(CRASH_AFTER_INSERT)
+    if limit and inserts >= int(limit):
+        log.error("%s=%s: exiting after insert %d, before the offset commit",
+                  CRASH_AFTER_INSERT, limit, inserts)
+        os._exit(70)
+
+
 class KafkaRunner:
     """Consumes `topic` in group `group` and stores every batch through `sink`."""
 
@@ -98,6 +113,7 @@ class KafkaRunner:
         self.stop_event = threading.Event()
         self.stored = 0
         self.assigned: set[int] = set()
+        self._inserts = 0
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": group,
@@ -126,6 +142,8 @@ class KafkaRunner:
                     continue
                 if not self._write(records):
                     return  # stopping with an unstored batch: leave it uncommitted
+                self._inserts += 1
+                _crash_after_insert_hook(self._inserts)
                 self._commit(records)
                 self.stored += len(records)
                 if self.on_batch is not None:

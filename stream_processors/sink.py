@@ -55,13 +55,25 @@ class EventSink:
             rows = self._rows(records, 0, now)
             rows.rejected += chunk_rejects
             self.store.insert("dead_letters", dead_letter_rows(rows.rejected, self.transport, now))
-            for table in DERIVED:
-                self.store.insert(table, pa.concat_tables(rows.tables[table]))
-            self._sketch(rows.accepted, now)
+            self._write_derived(rows, now)
             self.store.insert("events", pa.concat_tables(rows.tables["events"]))
             self._stored.add(len(rows.accepted))
             self._dead.add(len(rows.rejected))
             return _acks(rows.accepted, rows.rejected, pending_acks)
+
+    def derive(self, records: list[Record]) -> list[Rejected]:
+        """Write only the derived tables (and sketch) of whole, already stored events: the
+        replay path (`headwater replay`), through the same row builders as `ingest`. Returns
+        the records that no longer decode or validate; nothing is dead-lettered."""
+        now = datetime.now(timezone.utc)
+        rows = self._rows(records, 0, now)
+        self._write_derived(rows, now)
+        return rows.rejected
+
+    def _write_derived(self, rows: _Rows, now: datetime) -> None:
+        for table in DERIVED:
+            self.store.insert(table, pa.concat_tables(rows.tables[table]))
+        self._sketch(rows.accepted, now)
 
     def _sketch(self, accepted: list[Accepted], now: datetime) -> None:
         """Add the batch's gradient rows to the online curvature sketch, skipping events a

@@ -222,6 +222,7 @@ class Store:
         """Bulk insert an Arrow table (columns by name)."""
         if rows.num_rows == 0:
             return
+        _failing_insert_hook(table)
         with self._mutex:
             try:
                 self._client.insert_arrow(table, rows)
@@ -242,6 +243,19 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+FAIL_INSERTS = "HEADWATER_TEST_FAIL_INSERTS"
+
+
+def _failing_insert_hook(table: str) -> None:
+    """Fault injection for tests only (tests/test_faults.py): while the file named by
+    HEADWATER_TEST_FAIL_INSERTS exists, every insert fails with its text as the engine's
+    error (e.g. a disk-full message), the way a full or read-only disk fails a write."""
+    flag = os.environ.get(FAIL_INSERTS)
+    if flag and os.path.exists(flag):
+        reason = Path(flag).read_text().strip() or "injected write failure"
+        raise StoreError(f"insert into {table} failed: {reason}")
 
 
 def _first_line(exc: BaseException) -> str:

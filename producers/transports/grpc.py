@@ -15,6 +15,11 @@ import grpc
 
 from headwater.producers.errors import PublishError
 from headwater.producers.transports.base import Ack, raise_for_rejects
+from headwater.producers.transports.channel import (
+    open_channel,
+    security_from_env,
+    with_token,
+)
 from headwater.v1 import query_pb2, query_pb2_grpc
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -26,6 +31,8 @@ class GrpcTransport:
 
     Up to `max_in_flight` batches are sent without waiting, so building the next batch
     overlaps the server storing the previous one; `flush` waits for all of them.
+    TLS: `tls_ca_file` (default HEADWATER_TLS_CA_FILE) or explicit `credentials`; `token`
+    (default HEADWATER_TOKEN / HEADWATER_TOKEN_FILE) is sent as a bearer token (role producer).
     """
 
     def __init__(
@@ -38,17 +45,20 @@ class GrpcTransport:
         retry_for: float = 60.0,
         max_in_flight: int = 2,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_ca_file: str | None = None,
+        token: str | None = None,
     ) -> None:
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ]
         self.target = target
-        self._channel = (
-            grpc.secure_channel(target, credentials, options)
-            if credentials
-            else grpc.insecure_channel(target, options)
-        )
+        if credentials is not None:
+            self._channel = with_token(grpc.secure_channel(target, credentials, options),
+                                       security_from_env(token=token).token)
+        else:
+            self._channel = open_channel(
+                target, security_from_env(tls_ca_file=tls_ca_file, token=token), options)
         self._stub = query_pb2_grpc.IngestStub(self._channel)
         self._batch_size = batch_size
         self._max_batch_bytes = max_batch_bytes

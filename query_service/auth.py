@@ -1,0 +1,291 @@
+"""Bearer-token authentication and roles for every gRPC call (see docs/security.md).
+
+The token file (HEADWATER_AUTH_TOKENS_FILE) holds SHA-256 digests of tokens, never tokens;
+a presented token is hashed and compared with every digest in constant time. The file is
+re-read when it changes, so tokens rotate without a restart.
+
+    python -m headwater.query_service.auth new-token reader [NAME]   # token + its file line
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from headwater.stream_processors.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TOKENS_FILE_ENV = "HEADWATER_AUTH_TOKENS_FILE"
+_V1 = "/headwater.v1."
+
+
+class Role(str, Enum):
+    PRODUCER = "producer"
+    READER = "reader"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+_READER = frozenset({f"{_V1}Lineage/*", f"{_V1}Attribution/*", f"{_V1}Unlearning/Status",
+                     f"{_V1}Unlearning/Pending"})
+ROLE_METHODS: dict[Role, frozenset[str]] = {
+    # a trainer publishes its events and reads the forget requests addressed to its run
+    Role.PRODUCER: frozenset({f"{_V1}Ingest/*", f"{_V1}Unlearning/Pending"}),
+    Role.READER: _READER,
+    Role.AUDITOR: _READER | {f"{_V1}Compliance/*", f"{_V1}Query/Sql"},
+    Role.ADMIN: frozenset({"*"}),
+}
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)  # probes need no token
+ANY_ROLE_PREFIXES = ("/grpc.reflection.",)  # schema discovery: any valid token
+
+
+def roles_for(method: str) -> list[Role]:
+    """The roles allowed to call `method` (a full gRPC path); every role for reflection."""
+    if method.startswith(ANY_ROLE_PREFIXES):
+        return list(Role)
+    service = method.rsplit("/", 1)[0]
+    return [role for role, patterns in ROLE_METHODS.items()
+            if "*" in patterns or method in patterns or f"{service}/*" in patterns]
+
+
+def short_name(method: str) -> str:
+    """`/headwater.v1.Unlearning/Forget` -> `Unlearning.Forget`."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return f"{service.rsplit('.', 1)[-1]}.{name}"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a token stands for: its role and an optional name for logs (never the token)."""
+
+    role: Role
+    name: str = ""
+
+
+def hash_token(token: str) -> str:
+    """Hex SHA-256 of a token: what the token file stores."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _digest(text: str, where: str) -> bytes:
+    text = text.strip().lower().removeprefix("sha256:")
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        # the value is not shown: a mistaken file may hold a token instead of its hash
+        raise ConfigError(f"{where}: expected the SHA-256 hex digest of a token (64 hex "
+                          "characters, optionally prefixed sha256:); the value is not shown")
+    return bytes.fromhex(text)
+
+
+def _role(text: str, where: str) -> Role:
+    try:
+        return Role(text.strip().lower())
+    except ValueError:
+        raise ConfigError(f"{where}: unknown role {text.strip()!r}; one of "
+                          f"{', '.join(r.value for r in Role)}") from None
+
+
+def parse_tokens(text: str, source: str = "token file") -> dict[bytes, Principal]:
+    """Digest -> principal from the file's text: a JSON object {"<sha256>": "role"} or
+    {"<sha256>": {"role": ..., "name": ...}}, or lines `<sha256> <role> [name]` (# comments)."""
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno}") \
+                from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the JSON must be an object of digest -> role")
+        table = {}
+        for i, (key, value) in enumerate(data.items(), 1):
+            where = f"{source}: entry {i}"
+            spec = value if isinstance(value, dict) else {"role": value}
+            if not isinstance(spec.get("role"), str):
+                raise ConfigError(f"{where}: needs a role string")
+            table[_digest(key, where)] = Principal(_role(spec["role"], where),
+                                                   str(spec.get("name", "")))
+        return table
+    table = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        where = f"{source}: line {n}"
+        if len(fields) not in (2, 3):
+            raise ConfigError(f"{where}: expected `<sha256> <role> [name]`, got "
+                              f"{len(fields)} field(s); the line is not shown")
+        table[_digest(fields[0], where)] = Principal(_role(fields[1], where),
+                                                     fields[2] if len(fields) > 2 else "")
+    return table
+
+
+def match(table: dict[bytes, Principal], token: str) -> Principal | None:
+    """The principal of `token`, comparing its digest with every entry in constant time."""
+    presented = hashlib.sha256(token.encode()).digest()
+    found = None
+    for digest, principal in table.items():
+        if hmac.compare_digest(presented, digest):
+            found = principal
+    return found
+
+
+class TokenFile:
+    """The token table of a file, re-read (at most once a second) when the file changes; a
+    broken rewrite keeps the previous table and is logged."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        self.table = self._load()
+        self._checked = clock()
+
+    def _stat(self) -> tuple[int, int, int]:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise ConfigError(f"{TOKENS_FILE_ENV}: cannot read {self.path}: "
+                              f"{exc.strerror}") from None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def _load(self) -> dict[bytes, Principal]:
+        try:
+            text = self.path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{TOKENS_FILE_ENV}: cannot read {self.path}: "
+                              f"{exc.strerror}") from None
+        table = parse_tokens(text, str(self.path))
+        if not table:
+            log.warning("%s holds no tokens: every call except health checks is refused",
+                        self.path)
+        return table
+
+    def lookup(self, token: str) -> Principal | None:
+        self._refresh()
+        return match(self.table, token)
+
+    def _refresh(self) -> None:
+        now = self._clock()
+        if now - self._checked < 1.0:
+            return
+        with self._lock:
+            self._checked = now
+            try:
+                stamp = self._stat()
+                if stamp != self._stamp:
+                    self.table, self._stamp = self._load(), stamp
+                    log.info("token file %s re-read: %d token(s)", self.path, len(self.table))
+            except ConfigError as exc:
+                log.error("token file not re-read, previous tokens stay in force: %s", exc)
+
+
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The token of `authorization: Bearer <token>`; '' when the header is malformed."""
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+    return None
+
+
+def decide(method: str, token: str | None, lookup: Callable[[str], Principal | None]
+           ) -> tuple[grpc.StatusCode, str] | None:
+    """None when the call may proceed, else (status, message). Messages name the roles the
+    method needs, never the token."""
+    if method.startswith(OPEN_PREFIXES):
+        return None
+    allowed = roles_for(method)
+    needs = f"{short_name(method)} needs role {' or '.join(r.value for r in allowed)}"
+    if token is None:
+        return (grpc.StatusCode.UNAUTHENTICATED,
+                f"no `authorization: Bearer <token>` metadata; {needs} "
+                "(set HEADWATER_TOKEN or HEADWATER_TOKEN_FILE)")
+    if not token:
+        return (grpc.StatusCode.UNAUTHENTICATED,
+                f"the authorization metadata must be `Bearer <token>`; {needs}")
+    principal = lookup(token)
+    if principal is None:
+        return grpc.StatusCode.UNAUTHENTICATED, f"unknown or revoked token; {needs}"
+    if principal.role not in allowed:
+        return (grpc.StatusCode.PERMISSION_DENIED,
+                f"{needs}; the token presented has role {principal.role.value}")
+    return None
+
+
+def _refusal(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    """A handler of the same kind as `handler` that only answers `code`."""
+
+    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    deser, ser = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, deser, ser)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse, deser, ser)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, deser, ser)
+    return grpc.stream_stream_rpc_method_handler(refuse, deser, ser)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Checks the bearer token and role of every call (unary and streaming) before its
+    handler runs; health checks stay open."""
+
+    def __init__(self, tokens: TokenFile) -> None:
+        self._tokens = tokens
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        token = bearer_token(details.invocation_metadata)
+        refused = decide(details.method, token, self._tokens.lookup)
+        if refused is None:
+            return handler
+        code, message = refused
+        log.warning("refused %s: %s", code.name, message)
+        return _refusal(handler, code, message)
+
+
+def new_token() -> str:
+    """A fresh random token (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def main(argv: list[str]) -> int:
+    """`new-token ROLE [NAME]`: print a token (stdout) and its token-file line (stderr)."""
+    if len(argv) not in (2, 3) or argv[0] != "new-token":
+        print("usage: python -m headwater.query_service.auth new-token ROLE [NAME]",
+              file=sys.stderr)
+        return 2
+    try:
+        role = _role(argv[1], "ROLE")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    token = new_token()
+    print(token)
+    name = f" {argv[2]}" if len(argv) == 3 else ""
+    print(f"append to {TOKENS_FILE_ENV}: sha256:{hash_token(token)} {role.value}{name}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
