@@ -1,12 +1,18 @@
-"""Readiness / liveness probe of a `headwater process` pod (it serves no port): exit 0 when
-the pod's Kafka and ClickHouse answer, 1 with one line per unreachable dependency.
+"""Readiness / liveness probes of the Kubernetes pods, run as exec probes.
 
-Run as `python -m headwater.query_service.probe`; settings come from the same HEADWATER_*
-variables as the processor, so the probe checks exactly what the processor uses.
+    python -m headwater.query_service.probe                  # a `process` pod (no port)
+    python -m headwater.query_service.probe grpc [HOST:PORT] # a `query-service` / `serve` pod
+
+The first exits 0 when the pod's Kafka and ClickHouse answer, 1 with one line per
+unreachable dependency. The second asks the pod's own gRPC server for grpc.health.v1 over
+the transport it serves: TLS when HEADWATER_TLS_CERT_FILE is set (the kubelet's `grpc:`
+probe speaks plaintext only). Settings come from the pod's HEADWATER_* variables, so each
+probe checks exactly what its process uses.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import urllib.error
 import urllib.request
@@ -51,8 +57,89 @@ def problems(settings: Settings, timeout: float = 4.0) -> list[str]:
     return found
 
 
-def main() -> int:
-    found = problems(Settings())
+# -- the gRPC server's own health, over its TLS -------------------------------------------
+
+
+def local_target(listen: str) -> str:
+    """Where a probe in the pod dials a server listening on `listen`: a wildcard host
+    (0.0.0.0, [::]) becomes 127.0.0.1, any other address is dialled as it is."""
+    host, _, port = listen.rpartition(":")
+    return f"127.0.0.1:{port}" if host.strip("[]") in ("0.0.0.0", "::", "") else listen
+
+
+def tls_server_name(cert_pem: bytes) -> str | None:
+    """The first DNS subject alternative name of the server's certificate: the name the probe
+    verifies while dialling 127.0.0.1 (None: no DNS name, verify the address itself)."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificates(cert_pem)[0]
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    names = sans.get_values_for_type(x509.DNSName)
+    return names[0] if names else None
+
+
+def grpc_problems(settings: Settings, target: str | None = None,
+                  timeout: float = 4.0) -> list[str]:
+    """Why the server at `target` (default: this pod's listen address) does not answer
+    grpc.health.v1 SERVING; empty when it does. TLS when the server has a certificate
+    (HEADWATER_TLS_CERT_FILE) or a CA is given (HEADWATER_TLS_CA_FILE): the server is
+    verified against that CA, else against its own certificate (self-signed); a client
+    certificate (HEADWATER_TLS_CLIENT_CERT_FILE/_KEY_FILE) is presented for mutual TLS.
+    Health checks need no token, so none is sent."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from headwater.producers.transports.channel import (
+        ChannelConfigError,
+        ClientSecurity,
+        channel_credentials,
+    )
+
+    target = target or local_target(settings.listen)
+    roots = settings.tls_ca_file or settings.tls_cert_file
+    try:
+        if roots is None:
+            channel = grpc.insecure_channel(target)
+        else:
+            name = (tls_server_name(settings.tls_cert_file.read_bytes())
+                    if settings.tls_cert_file else None)
+            options = [("grpc.ssl_target_name_override", name)] if name else []
+            creds = channel_credentials(ClientSecurity(
+                tls=True, tls_ca_file=roots, client_cert_file=settings.tls_client_cert_file,
+                client_key_file=settings.tls_client_key_file))
+            channel = grpc.secure_channel(target, creds, options)
+    except (ChannelConfigError, OSError, ValueError) as exc:
+        return [f"cannot set up TLS to probe {target}: {exc}"]
+    transport = "TLS" if roots is not None else "plaintext"
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError as exc:
+            return [f"gRPC health check of {target} ({transport}) failed: "
+                    f"{exc.code().name}: {exc.details()}"]
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return [f"gRPC server at {target} answers {status}, not SERVING"]
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m headwater.query_service.probe",
+                                     description="Exit 0 when the pod is ready, 1 with the "
+                                     "reasons on stderr. Without a mode: Kafka and "
+                                     "ClickHouse (a `process` pod).")
+    modes = parser.add_subparsers(dest="mode")
+    grpc_mode = modes.add_parser("grpc", help="the pod's own gRPC server answers "
+                                 "grpc.health.v1 SERVING, over TLS when it serves TLS")
+    grpc_mode.add_argument("target", nargs="?", default=None,
+                           help="HOST:PORT to dial [HEADWATER_LISTEN, wildcard -> 127.0.0.1]")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    found = grpc_problems(settings, args.target) if args.mode == "grpc" else problems(settings)
     for line in found:
         print(f"headwater probe: {line}", file=sys.stderr)
     return 1 if found else 0

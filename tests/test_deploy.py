@@ -4,8 +4,10 @@ The kustomize base and its overlays are rendered by a small renderer here (resou
 strategic-merge patches, images, namespace — the features the manifests use); where
 `kubectl` is installed its own `kubectl kustomize` output must equal ours. Core kinds are
 validated strictly with kubernetes-validate; the operators' custom resources against the
-field lists of their CRDs (Strimzi v1beta2, Altinity clickhouse.altinity.com/v1); and
-every name, port, env var and command is cross-checked with the CLI and Settings.
+field lists of their CRDs (Strimzi v1beta2, Altinity clickhouse.altinity.com/v1,
+cert-manager.io/v1); every name, port, env var and command is cross-checked with the CLI and
+Settings; a gRPC server on a non-loopback address must get TLS and tokens from mounted Secret
+files, and the TLS health probe is run against a real `headwater serve` with TLS and tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import shutil
 import subprocess
 import sys
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import kubernetes_validate
@@ -27,8 +29,13 @@ import pytest
 import tomllib
 import yaml
 
-from conftest import REPO, free_port, run_headwater
+from conftest import HEADWATER, REPO, free_port, run_headwater, stop, wait_for_port
+from headwater.producers.transports.channel import host_of, is_loopback_host
+from headwater.query_service.auth import parse_tokens
+from headwater.query_service.probe import local_target, tls_server_name
 from headwater.query_service.settings import Settings
+from headwater.query_service.transport_security import check_exposure, server_security
+from headwater.stream_processors.errors import ConfigError
 
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ["base", "overlays/dev", "overlays/prod"]
@@ -214,12 +221,34 @@ _ALTINITY = {
                                                          "volumeClaimTemplates",
                                                          "serviceTemplates"},
 }
+# cert-manager 1.15+ cert-manager.io/v1 (the query service's TLS certificate)
+_CERT_MANAGER = {
+    ("Certificate", "spec"): {"secretName", "secretTemplate", "commonName", "dnsNames",
+                              "ipAddresses", "uris", "emailAddresses", "otherNames", "subject",
+                              "literalSubject", "duration", "renewBefore",
+                              "renewBeforePercentage", "usages", "isCA", "issuerRef",
+                              "privateKey", "keystores", "encodeUsagesInRequest",
+                              "revisionHistoryLimit", "additionalOutputFormats",
+                              "nameConstraints"},
+    ("Certificate", "spec.issuerRef"): {"name", "kind", "group"},
+    ("Certificate", "spec.privateKey"): {"algorithm", "encoding", "size", "rotationPolicy"},
+    ("Issuer", "spec"): {"acme", "ca", "selfSigned", "vault", "venafi"},
+    ("Issuer", "spec.ca"): {"secretName", "crlDistributionPoints", "ocspServers",
+                            "issuingCertificateURLs"},
+    ("Issuer", "spec.selfSigned"): {"crlDistributionPoints"},
+}
+_KEY_USAGES = {"signing", "digital signature", "content commitment", "key encipherment",
+               "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only",
+               "decipher only", "any", "server auth", "client auth", "code signing",
+               "email protection", "s/mime", "ipsec end system", "ipsec tunnel", "ipsec user",
+               "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"}
 _DEFAULT_TEMPLATES = {"hostTemplate", "podTemplate", "dataVolumeClaimTemplate",
                       "logVolumeClaimTemplate", "serviceTemplate", "clusterServiceTemplate",
                       "shardServiceTemplate", "replicaServiceTemplate", "volumeClaimTemplate"}
 CRD_FIELDS_BY_GROUP = {"kafka.strimzi.io/v1beta2": _STRIMZI,
                        "clickhouse.altinity.com/v1": _ALTINITY,
-                       "clickhouse-keeper.altinity.com/v1": _ALTINITY}
+                       "clickhouse-keeper.altinity.com/v1": _ALTINITY,
+                       "cert-manager.io/v1": _CERT_MANAGER}
 _ACL_OPERATIONS = {"Read", "Write", "Create", "Delete", "Alter", "Describe", "ClusterAction",
                    "AlterConfigs", "DescribeConfigs", "IdempotentWrite", "All"}
 
@@ -260,7 +289,8 @@ def test_operator_resources_use_only_their_crd_fields(overlay: str) -> None:
     custom = [d for d in docs if d["apiVersion"] not in _CORE_GROUPS]
     assert {d["kind"] for d in custom} == {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser",
                                            "ClickHouseInstallation",
-                                           "ClickHouseKeeperInstallation"}
+                                           "ClickHouseKeeperInstallation", "Certificate",
+                                           "Issuer"}
     assert [p for d in custom for p in crd_problems(d)] == []
     kafka = one(docs, "Kafka", "headwater")
     assert kafka["metadata"]["annotations"] == {"strimzi.io/node-pools": "enabled",
@@ -318,12 +348,21 @@ def cli_problem(args: tuple[str, ...]) -> str | None:
     return None if r.returncode == 0 else (r.stderr or r.stdout).strip().splitlines()[-1]
 
 
+@cache
+def module_problem(module: str, args: tuple[str, ...]) -> str | None:
+    """Why `python -m MODULE ARGS` would not start (its `--help` with ARGS fails), or None."""
+    r = subprocess.run([sys.executable, "-m", module, *args, "--help"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    return None if r.returncode == 0 else (r.stderr or r.stdout).strip().splitlines()[-1]
+
+
 def exec_problem(command: list[str]) -> str | None:
-    """An exec probe must run the headwater CLI or a module of the installed package."""
+    """An exec probe must run the headwater CLI or a module of the installed package, with
+    arguments it accepts."""
     if command[0] == "headwater":
         return cli_problem(tuple(command[1:]))
     if command[:2] == ["python", "-m"] and importlib.util.find_spec(command[2]) is not None:
-        return None
+        return module_problem(command[2], tuple(command[3:]))
     return f"exec command {command} is neither `headwater ...` nor an importable module"
 
 
@@ -363,6 +402,8 @@ def test_a_manifest_naming_a_missing_subcommand_fails_the_check() -> None:
     assert "No such command 'procss'" in (cli_problem(("procss",)) or "")
     assert "No such option" in (cli_problem(("process", "--partitions", "3")) or "")
     assert exec_problem(["python", "-m", "headwater.query_service.no_such_probe"])
+    assert "invalid choice: 'grcp'" in (
+        exec_problem(["python", "-m", "headwater.query_service.probe", "grcp"]) or "")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -450,8 +491,9 @@ def test_names_and_ports_agree(overlay: str, monkeypatch: pytest.MonkeyPatch) ->
     port_num = int(Settings().listen.rpartition(":")[2])
     (cport,) = qc["ports"]
     assert cport["containerPort"] == port_num
-    assert qc["readinessProbe"]["grpc"]["port"] == qc["livenessProbe"]["grpc"]["port"] == \
-        port_num
+    assert qc["livenessProbe"]["tcpSocket"]["port"] in (cport["name"], port_num)
+    probe_target = qc["readinessProbe"]["exec"]["command"][4]
+    assert probe_target == local_target(listen) and probe_target.endswith(f":{port_num}")
     service = one(docs, "Service", "headwater-query")
     (sport,) = service["spec"]["ports"]
     assert sport["targetPort"] == cport["name"] and sport["port"] == port_num
@@ -475,6 +517,260 @@ def test_names_and_ports_agree(overlay: str, monkeypatch: pytest.MonkeyPatch) ->
         assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"]
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
         assert pod["serviceAccountName"] == "headwater"
+
+
+# -- gRPC servers: TLS and tokens from mounted Secrets, probes that speak TLS ---------------
+
+_SERVERS = {"serve", "query-service"}
+_SERVER_FILES = ("HEADWATER_TLS_CERT_FILE", "HEADWATER_TLS_KEY_FILE",
+                 "HEADWATER_AUTH_TOKENS_FILE")
+_PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+_PROBE_MODULE = ["python", "-m", "headwater.query_service.probe"]
+
+
+def image_default_listen() -> str:
+    """HEADWATER_LISTEN of the image's runtime stage (what a container without --listen gets)."""
+    env = " ".join(ln for ln in _dockerfile_stages()[-1] if ln.startswith("ENV "))
+    found = re.search(r"HEADWATER_LISTEN=(\S+)", env)
+    return found.group(1) if found else Settings.model_fields["listen"].default
+
+
+def listen_of(docs: tuple[dict, ...], container: dict) -> str:
+    """The address `serve` / `query-service` listens on: --listen, HEADWATER_LISTEN, image."""
+    args = container.get("args", [])
+    if "--listen" in args:
+        return args[args.index("--listen") + 1]
+    return _env(docs, container).get("HEADWATER_LISTEN", image_default_listen())
+
+
+def secret_keys(docs: tuple[dict, ...], name: str) -> set[str] | None:
+    """The keys Secret `name` will hold: a Secret of the manifests, or the one cert-manager
+    writes for a Certificate (ca.crt too when its Issuer is a CA or self-signed); None when
+    neither makes it."""
+    for d in of_kind(docs, "Secret"):
+        if d["metadata"]["name"] == name:
+            return set(d.get("stringData", {})) | set(d.get("data", {}))
+    for cert in of_kind(docs, "Certificate"):
+        if cert["spec"]["secretName"] == name:
+            keys = {"tls.crt", "tls.key"}
+            ref = cert["spec"]["issuerRef"]
+            if ref.get("kind", "Issuer") == "Issuer":
+                issuer = one(docs, "Issuer", ref["name"])["spec"]
+                keys |= {"ca.crt"} if {"ca", "selfSigned"} & set(issuer) else set()
+            return keys
+    return None
+
+
+def mounted_file_problem(docs: tuple[dict, ...], deployment: dict, container: dict,
+                         path: str) -> str | None:
+    """Why `path` is not a readable file of a Secret mounted (no subPath) in the container."""
+    pod = deployment["spec"]["template"]["spec"]
+    file = PurePosixPath(path)
+    mounts = [m for m in container.get("volumeMounts", []) if file.is_relative_to(m["mountPath"])]
+    if not mounts:
+        return f"{path} is under no volumeMount of container {container['name']}"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    if "subPath" in mount:
+        return f"{path}: mount {mount['name']} uses subPath: a renewed Secret never reaches it"
+    if file == PurePosixPath(mount["mountPath"]):
+        return f"{path} is the directory of mount {mount['name']}, not a file in it"
+    (volume,) = [v for v in pod.get("volumes", []) if v["name"] == mount["name"]]
+    if "secret" not in volume:
+        return f"{path}: volume {volume['name']} is not a Secret"
+    rel = str(file.relative_to(mount["mountPath"]))
+    items = volume["secret"].get("items")
+    key = next((i["key"] for i in items if i["path"] == rel), None) if items else rel
+    name = volume["secret"]["secretName"]
+    keys = secret_keys(docs, name)
+    if keys is None:
+        return f"{path}: Secret {name} is neither in the manifests nor written by a Certificate"
+    if key is None or key not in keys:
+        return f"{path}: Secret {name} has no key {key or rel!r} (it has {sorted(keys)})"
+    mode = volume["secret"].get("defaultMode", 0o644)
+    fs_group = pod.get("securityContext", {}).get("fsGroup")
+    if not mode & 0o004 and not (fs_group and mode & 0o040):
+        return f"{path}: mode {mode:o} without fsGroup: unreadable by a non-root user"
+    return None
+
+
+def _settings_of(env: dict[str, str]) -> Settings:
+    """Settings from a container's environment (HEADWATER_* variables only)."""
+    return Settings(**{k[10:].lower(): v for k, v in env.items() if k.startswith("HEADWATER_")})
+
+
+def serving_problems(docs: tuple[dict, ...], deployment: dict) -> list[str]:
+    """What would stop the Deployment's gRPC servers from starting or being probed: a
+    non-loopback address without TLS + tokens (the server's own check_exposure), a *_FILE
+    setting that is no key of a mounted Secret, a plaintext `grpc:` probe against TLS, or a
+    TLS health probe that dials another port or would speak plaintext."""
+    out = []
+    for c in _containers(deployment):
+        if not c.get("args") or c["args"][0] not in _SERVERS:
+            continue
+        where = f"{deployment['metadata']['name']}/{c['name']}"
+        listen, env = listen_of(docs, c), _env(docs, c)
+        settings = _settings_of(env)
+        try:
+            security = server_security(settings)
+            check_exposure(listen, security)
+        except ConfigError as exc:
+            out.append(f"{where}: {exc}")
+            continue
+        if not is_loopback_host(host_of(listen)):
+            out += [f"{where}: {name} is not set" for name in _SERVER_FILES if name not in env]
+        for name in sorted(k for k in env if k.startswith("HEADWATER_") and k.endswith("_FILE")):
+            problem = mounted_file_problem(docs, deployment, c, env[name])
+            out += [f"{where}: {name}: {problem}"] if problem else []
+        port = listen.rpartition(":")[2]
+        for kind in _PROBES:
+            probe = c.get(kind, {})
+            if "grpc" in probe and security.tls:
+                out.append(f"{where}: {kind} is a kubelet grpc probe: plaintext against TLS")
+            command = probe.get("exec", {}).get("command", [])
+            if command[:4] == [*_PROBE_MODULE, "grpc"]:
+                target = command[4] if len(command) > 4 else local_target(listen)
+                if target.rpartition(":")[2] != port:
+                    out.append(f"{where}: {kind} dials {target}, the server listens on {listen}")
+                if security.tls and not (settings.tls_ca_file or settings.tls_cert_file):
+                    out.append(f"{where}: {kind} would probe a TLS server in plaintext")
+    return out
+
+
+@pytest.fixture
+def no_headwater_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in [k for k in os.environ if k.startswith("HEADWATER_")]:
+        monkeypatch.delenv(k)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grpc_servers_get_tls_and_tokens_from_mounted_secrets(overlay: str,
+                                                              no_headwater_env: None) -> None:
+    docs = rendered(overlay)
+    servers = [d for d in of_kind(docs, "Deployment")
+               if any(c.get("args", [None])[0] in _SERVERS for c in _containers(d))]
+    assert [d["metadata"]["name"] for d in servers] == ["headwater-query"]
+    for d in of_kind(docs, "Deployment"):
+        assert serving_problems(docs, d) == []
+    (qc,) = _containers(one(docs, "Deployment", "headwater-query"))
+    assert not is_loopback_host(host_of(listen_of(docs, qc)))  # so the rules above applied
+    assert not any("grpc" in qc[kind] for kind in ("readinessProbe", "livenessProbe"))
+    # every *_FILE setting of any headwater container is a key of a mounted Secret
+    for d, c in _headwater_containers(docs):
+        env = _env(docs, c)
+        for name in [k for k in env if k.startswith("HEADWATER_") and k.endswith("_FILE")]:
+            assert mounted_file_problem(docs, d, c, env[name]) is None, (d, name)
+    # the placeholder token file parses (no tokens: every call but health is refused)
+    tokens = one(docs, "Secret", "headwater-query-tokens")["stringData"]["tokens"]
+    assert parse_tokens(tokens) == {}
+
+
+def _mutated(change) -> tuple[tuple[dict, ...], dict]:
+    docs = tuple(copy.deepcopy(d) for d in rendered("base"))
+    deployment = one(docs, "Deployment", "headwater-query")
+    change(deployment["spec"]["template"]["spec"], _containers(deployment)[0])
+    return docs, deployment
+
+
+def _drop_env(name: str):
+    def change(pod: dict, c: dict) -> None:
+        c["env"] = [e for e in c["env"] if e["name"] != name]
+    return change
+
+
+def _set_env(name: str, value: str):
+    def change(pod: dict, c: dict) -> None:
+        (e,) = [e for e in c["env"] if e["name"] == name]
+        e["value"] = value
+    return change
+
+
+def _mount(name: str, **fields: Any):
+    def change(pod: dict, c: dict) -> None:
+        (m,) = [m for m in c["volumeMounts"] if m["name"] == name]
+        m.update(fields)
+    return change
+
+
+def _probe_to(kind: str, probe: dict):
+    def change(pod: dict, c: dict) -> None:
+        c[kind] = {**probe, "periodSeconds": 10}
+    return change
+
+
+def _no_listen_arg(pod: dict, c: dict) -> None:
+    c["args"] = ["query-service"]
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (_drop_env("HEADWATER_AUTH_TOKENS_FILE"),
+     "refusing to listen on 0.0.0.0:50051: a non-loopback address needs TLS and token auth; "
+     "missing token auth (HEADWATER_AUTH_TOKENS_FILE)"),
+    (_drop_env("HEADWATER_TLS_KEY_FILE"), "TLS needs both HEADWATER_TLS_CERT_FILE and "
+     "HEADWATER_TLS_KEY_FILE; only the certificate is set"),
+    (_set_env("HEADWATER_TLS_KEY_FILE", "/etc/headwater/tls/key.pem"),
+     "HEADWATER_TLS_KEY_FILE: /etc/headwater/tls/key.pem: Secret headwater-query-tls has no "
+     "key 'key.pem'"),
+    (_set_env("HEADWATER_AUTH_TOKENS_FILE", "/etc/headwater/tokens"),
+     "HEADWATER_AUTH_TOKENS_FILE: /etc/headwater/tokens is under no volumeMount"),
+    (_mount("tls", mountPath="/etc/headwater/certs"),
+     "HEADWATER_TLS_CERT_FILE: /etc/headwater/tls/tls.crt is under no volumeMount"),
+    (_mount("tokens", mountPath="/etc/headwater/auth/tokens", subPath="tokens"),
+     "uses subPath: a renewed Secret never reaches it"),
+    (_probe_to("readinessProbe", {"grpc": {"port": 50051}}),
+     "readinessProbe is a kubelet grpc probe: plaintext against TLS"),
+    (_probe_to("livenessProbe", {"exec": {"command": [*_PROBE_MODULE, "grpc",
+                                                       "127.0.0.1:50052"]}}),
+     "livenessProbe dials 127.0.0.1:50052, the server listens on 0.0.0.0:50051"),
+])
+def test_serving_check_names_what_would_break(change, expected: str,
+                                              no_headwater_env: None) -> None:
+    docs, deployment = _mutated(change)
+    found = serving_problems(docs, deployment)
+    assert any(expected in p for p in found), found
+
+
+def test_without_listen_the_image_default_needs_tls_too(no_headwater_env: None) -> None:
+    assert not is_loopback_host(host_of(image_default_listen()))
+    docs, deployment = _mutated(lambda pod, c: (_no_listen_arg(pod, c), _drop_env(
+        "HEADWATER_TLS_CERT_FILE")(pod, c), _drop_env("HEADWATER_TLS_KEY_FILE")(pod, c)))
+    assert any(f"refusing to listen on {image_default_listen()}" in p
+               for p in serving_problems(docs, deployment))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_query_certificate_is_issued_for_the_service(overlay: str) -> None:
+    docs = rendered(overlay)
+    (qc,) = _containers(one(docs, "Deployment", "headwater-query"))
+    (tls,) = [v for v in one(docs, "Deployment", "headwater-query")["spec"]["template"][
+        "spec"]["volumes"] if v["name"] == "tls"]
+    certs = [c for c in of_kind(docs, "Certificate")
+             if c["spec"]["secretName"] == tls["secret"]["secretName"]]
+    assert len(certs) == 1
+    spec = certs[0]["spec"]
+    service = one(docs, "Service", "headwater-query")
+    name, ns = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert {name, f"{name}.{ns}", f"{name}.{ns}.svc"} <= set(spec["dnsNames"])
+    assert "server auth" in spec["usages"] and set(spec["usages"]) <= _KEY_USAGES
+    assert not spec.get("isCA", False)
+    hours = lambda d: int(d.removesuffix("h"))  # noqa: E731
+    assert 0 < hours(spec["renewBefore"]) < hours(spec["duration"])
+    assert spec["privateKey"]["algorithm"] in {"RSA", "ECDSA", "Ed25519"}
+    assert spec["privateKey"].get("rotationPolicy", "Always") in {"Never", "Always"}
+    # issuer chain: the CA Issuer signs with the Secret of an isCA Certificate, which is
+    # issued by the self-signed Issuer; every issuerRef names an Issuer of the manifests
+    for cert in of_kind(docs, "Certificate"):
+        ref = cert["spec"]["issuerRef"]
+        assert ref["group"] == "cert-manager.io" and ref["kind"] == "Issuer"
+        one(docs, "Issuer", ref["name"])
+    issuer = one(docs, "Issuer", spec["issuerRef"]["name"])["spec"]
+    (ca,) = [c for c in of_kind(docs, "Certificate")
+             if c["spec"]["secretName"] == issuer["ca"]["secretName"]]
+    assert ca["spec"]["isCA"] is True
+    assert "selfSigned" in one(docs, "Issuer", ca["spec"]["issuerRef"]["name"])["spec"]
+    # the pod's probe verifies the server with the CA that Certificate's Secret carries
+    env = _env(docs, qc)
+    assert env["HEADWATER_TLS_CA_FILE"].endswith("/ca.crt")
+    assert "ca.crt" in (secret_keys(docs, spec["secretName"]) or set())
 
 
 def test_auditor_role_is_read_only_and_sees_no_secrets() -> None:
@@ -576,3 +872,114 @@ def test_processor_probe_names_what_it_cannot_reach(broker, tmp_path: Path) -> N
     no_kafka = _probe({"HEADWATER_KAFKA_BOOTSTRAP": closed,
                        "HEADWATER_DSN": f"chdb://{tmp_path}"})
     assert no_kafka.returncode == 1 and f"cannot reach Kafka at {closed}" in no_kafka.stderr
+
+
+# -- the query service's TLS health probe, against a real `headwater serve` -----------------
+
+
+def _pem_pair(subject: str, issuer: tuple | None, ca: bool, dns: list[str]) -> tuple:
+    """(key, certificate, key PEM, certificate PEM) of a throwaway EC certificate."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, issuer_key = issuer or (name, key)
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5))
+               .not_valid_after(now + dt.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if dns:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns]), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return key, cert, key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+class TlsServe:
+    """`headwater serve` on 127.0.0.1 with the query pod's TLS and token settings: the files
+    laid out as the pod mounts them (under `root` instead of /), the certificate issued for
+    the Certificate's DNS names (no IP name: the probe must verify by name)."""
+
+    def __init__(self, root: Path) -> None:
+        docs = rendered("base")
+        deployment = one(docs, "Deployment", "headwater-query")
+        (self.container,) = _containers(deployment)
+        cert_spec = one(docs, "Certificate", "headwater-query-tls")["spec"]
+        self.server_name = cert_spec["dnsNames"][0]
+        ca_key, ca_cert, _, ca_pem = _pem_pair("headwater-ca", None, True, [])
+        _, _, key_pem, cert_pem = _pem_pair("headwater-query", (ca_cert.subject, ca_key),
+                                            False, cert_spec["dnsNames"])
+        self.other_ca = root / "other-ca.crt"
+        self.other_ca.write_bytes(_pem_pair("someone else", None, True, [])[3])
+        tokens = one(docs, "Secret", "headwater-query-tokens")["stringData"]["tokens"]
+        contents = {"tls.crt": cert_pem, "tls.key": key_pem, "ca.crt": ca_pem,
+                    "tokens": tokens.encode()}
+        env = _env(docs, self.container)
+        self.env = {k: str(root / v.lstrip("/")) for k, v in env.items()
+                    if k.startswith("HEADWATER_") and k.endswith("_FILE")}
+        for path in self.env.values():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(contents[Path(path).name])
+        self.port = free_port()
+        self.log = root / "serve.log"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [*HEADWATER, "serve", "--data-dir", str(root / "data"), "--listen",
+                 f"127.0.0.1:{self.port}"], env={**clean, **self.env}, cwd=REPO, stdout=out,
+                stderr=subprocess.STDOUT)
+        wait_for_port(self.port, timeout=60, proc=self.proc)
+
+    def probe(self, env: dict[str, str], port: int | None = None) -> subprocess.CompletedProcess:
+        """The pod's readiness command (its target moved to this server's port)."""
+        command = self.container["readinessProbe"]["exec"]["command"]
+        assert command[:2] == ["python", "-m"]
+        target = f"127.0.0.1:{port or self.port}"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+        return subprocess.run([sys.executable, *command[1:4], target], env={**clean, **env},
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tls_serve(tmp_path_factory: pytest.TempPathFactory):
+    s = TlsServe(tmp_path_factory.mktemp("tls-serve"))
+    yield s
+    stop(s.proc)
+
+
+def test_tls_probe_passes_against_the_pods_tls_and_token_settings(tls_serve: TlsServe) -> None:
+    assert "TLS, token auth" in tls_serve.log.read_text()
+    ok = tls_serve.probe(tls_serve.env)
+    assert ok.returncode == 0, ok.stderr
+    assert tls_server_name(Path(tls_serve.env["HEADWATER_TLS_CERT_FILE"]).read_bytes()) == \
+        tls_serve.server_name
+
+
+def test_tls_probe_fails_in_plaintext_with_a_wrong_ca_or_no_server(tls_serve: TlsServe) -> None:
+    target = f"127.0.0.1:{tls_serve.port}"
+    # what the kubelet's grpc probe does: plaintext against the TLS port
+    plain = tls_serve.probe({})
+    assert plain.returncode == 1
+    assert f"gRPC health check of {target} (plaintext) failed: UNAVAILABLE" in plain.stderr
+    other = tls_serve.probe({**tls_serve.env, "HEADWATER_TLS_CA_FILE": str(tls_serve.other_ca)})
+    assert other.returncode == 1
+    assert f"gRPC health check of {target} (TLS) failed: UNAVAILABLE" in other.stderr
+    closed = free_port()
+    gone = tls_serve.probe(tls_serve.env, port=closed)
+    assert gone.returncode == 1
+    assert f"gRPC health check of 127.0.0.1:{closed} (TLS) failed: UNAVAILABLE" in gone.stderr
+
+
+def test_local_target_dials_loopback_for_a_wildcard_listen() -> None:
+    assert local_target("0.0.0.0:50051") == "127.0.0.1:50051"
+    assert local_target("[::]:50051") == "127.0.0.1:50051"
+    assert local_target("10.1.2.3:7000") == "10.1.2.3:7000"
