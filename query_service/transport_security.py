@@ -9,7 +9,11 @@ from typing import Any
 
 import grpc
 
-from headwater.producers.transports.channel import host_of, is_loopback_host
+from headwater.producers.transports.channel import (
+    host_of,
+    is_loopback_host,
+    read_setting_file,
+)
 from headwater.query_service.auth import TokenFile
 from headwater.stream_processors.errors import ConfigError
 
@@ -61,13 +65,6 @@ def check_exposure(listen: str, security: ServerSecurity) -> None:
                           "127.0.0.1 for plaintext without tokens (see docs/security.md)")
 
 
-def _read(path: Path, setting: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
-
-
 def server_credentials(security: ServerSecurity) -> grpc.ServerCredentials:
     """TLS credentials from the PEM files, checked now (not at the first handshake): the
     key must parse and match the certificate; a client CA makes client certificates required."""
@@ -75,8 +72,8 @@ def server_credentials(security: ServerSecurity) -> grpc.ServerCredentials:
     from cryptography.hazmat.primitives import serialization
 
     assert security.cert_file is not None and security.key_file is not None
-    cert_pem = _read(security.cert_file, "HEADWATER_TLS_CERT_FILE")
-    key_pem = _read(security.key_file, "HEADWATER_TLS_KEY_FILE")
+    cert_pem = read_setting_file(security.cert_file, "HEADWATER_TLS_CERT_FILE", ConfigError)
+    key_pem = read_setting_file(security.key_file, "HEADWATER_TLS_KEY_FILE", ConfigError)
     try:
         cert = x509.load_pem_x509_certificates(cert_pem)[0]
     except ValueError:
@@ -93,7 +90,8 @@ def server_credentials(security: ServerSecurity) -> grpc.ServerCredentials:
                           f"certificate in {security.cert_file}")
     client_ca = None
     if security.client_ca_file is not None:
-        client_ca = _read(security.client_ca_file, "HEADWATER_TLS_CLIENT_CA_FILE")
+        client_ca = read_setting_file(security.client_ca_file, "HEADWATER_TLS_CLIENT_CA_FILE",
+                                      ConfigError)
         try:
             x509.load_pem_x509_certificates(client_ca)
         except ValueError:

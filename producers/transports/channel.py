@@ -88,11 +88,14 @@ def security_from_env(*, tls_ca_file: str | Path | None = None, token: str | Non
                           client_key_file=Path(key) if key else None, token=token)
 
 
-def _read(path: Path, setting: str) -> bytes:
+def read_setting_file(path: Path, setting: str,
+                      error: type[Exception] = ChannelConfigError) -> bytes:
+    """The bytes of a file named by a setting; `error` names the setting and the path (never
+    the content: it may be a key)."""
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise ChannelConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+        raise error(f"{setting}: cannot read {path}: {exc.strerror}") from None
 
 
 def channel_credentials(security: ClientSecurity) -> grpc.ChannelCredentials:
@@ -100,11 +103,11 @@ def channel_credentials(security: ClientSecurity) -> grpc.ChannelCredentials:
     if (security.client_cert_file is None) != (security.client_key_file is None):
         raise ChannelConfigError(f"mTLS needs both {TLS_CLIENT_CERT_ENV} and "
                                  f"{TLS_CLIENT_KEY_ENV}; only one is set")
-    ca = _read(security.tls_ca_file, TLS_CA_ENV) if security.tls_ca_file else None
+    ca = read_setting_file(security.tls_ca_file, TLS_CA_ENV) if security.tls_ca_file else None
     cert = key = None
     if security.client_cert_file and security.client_key_file:
-        cert = _read(security.client_cert_file, TLS_CLIENT_CERT_ENV)
-        key = _read(security.client_key_file, TLS_CLIENT_KEY_ENV)
+        cert = read_setting_file(security.client_cert_file, TLS_CLIENT_CERT_ENV)
+        key = read_setting_file(security.client_key_file, TLS_CLIENT_KEY_ENV)
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                         certificate_chain=cert)
 
