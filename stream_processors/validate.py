@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Iterable
 
 import numpy as np
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 
 from headwater.producers.envelope import SCHEMA_VERSION, event_hash
@@ -46,6 +47,13 @@ def _check_finite(name: str, values: Iterable[float]) -> None:
     # an overflow of huge finite values) needs the element-wise look.
     if not math.isfinite(math.fsum(values)) and not all(math.isfinite(v) for v in values):
         raise Invalid(f"{name} contains NaN or infinity")
+
+
+def _check_enum(name: str, enum: EnumTypeWrapper, value: int) -> None:
+    """proto3 enums are open: an unknown number decodes fine, so name it here rather than
+    let a processor fail on it."""
+    if value not in enum.values():
+        raise Invalid(f"{name} is {value}, not a known {enum.DESCRIPTOR.name} value")
 
 
 def _check_row_keys(name: str, keys: events_pb2.RowKeys) -> int:
@@ -87,6 +95,7 @@ def _source_registered(p: events_pb2.SourceRegistered) -> None:
 
 def _op_recorded(p: events_pb2.OpRecorded) -> None:
     _check_id("op_recorded.op_id", p.op_id)
+    _check_enum("op_recorded.granularity", events_pb2.OpRecorded.Granularity, p.granularity)
     _require(bool(p.op_name), "op_recorded.op_name is empty")
     _check_id("op_recorded.output_node_id", p.output_node_id)
     for seg_i, seg in enumerate(p.row_map.segments):
@@ -98,6 +107,8 @@ def _op_recorded(p: events_pb2.OpRecorded) -> None:
         if seg.HasField("gather"):
             _require(seg.gather.count == seg.length, f"{where}.gather.count != length")
             _require(seg.gather.encoding != 0, f"{where}.gather.encoding is unspecified")
+            _check_enum(f"{where}.gather.encoding", events_pb2.RowGather.Encoding,
+                        seg.gather.encoding)
 
 
 def _model_version_recorded(p: events_pb2.ModelVersionRecorded) -> None:
@@ -111,6 +122,8 @@ _PER_ROW = ("loss", "loss_weight", "curvature_weight", "targets")
 def _gradient_batch(p: events_pb2.GradientBatch) -> None:
     _check_id("gradient_batch.model_id", p.model_id)
     _check_id("gradient_batch.model_version", p.model_version)
+    _check_enum("gradient_batch.kind", events_pb2.GradientBatch.Kind, p.kind)
+    _check_enum("gradient_batch.projection.kind", events_pb2.Projection.Kind, p.projection.kind)
     n = _check_row_keys("gradient_batch.row_keys", p.row_keys)
     if p.dim == 0:
         raise Invalid("gradient_batch.dim must be positive")
@@ -130,6 +143,8 @@ def _prediction_recorded(p: events_pb2.PredictionRecorded) -> None:
     _check_id("prediction_recorded.prediction_id", p.prediction_id)
     _check_id("prediction_recorded.model_id", p.model_id)
     _check_row_keys("prediction_recorded.input_rows", p.input_rows)
+    _check_enum("prediction_recorded.projection.kind", events_pb2.Projection.Kind,
+                p.projection.kind)
     if p.test_gradients:
         _require(p.dim > 0, "prediction_recorded.dim must be positive")
         rows = max(len(p.gradient_labels), 1)
@@ -140,6 +155,7 @@ def _prediction_recorded(p: events_pb2.PredictionRecorded) -> None:
 
 def _forget_requested(p: events_pb2.ForgetRequested) -> None:
     _check_id("forget_requested.request_id", p.request_id)
+    _check_enum("forget_requested.method", events_pb2.UnlearningMethod, p.method)
     t = p.target
     _require(bool(t.source_ids or t.source_rows or t.row_keys.rows),
              "forget_requested.target names no source, source rows or row keys")
@@ -151,6 +167,8 @@ def _forget_requested(p: events_pb2.ForgetRequested) -> None:
 def _unlearning_applied(p: events_pb2.UnlearningApplied) -> None:
     _check_id("unlearning_applied.request_id", p.request_id)
     _require(p.status != 0, "unlearning_applied.status is unspecified")
+    _check_enum("unlearning_applied.status", events_pb2.UnlearningApplied.Status, p.status)
+    _check_enum("unlearning_applied.method", events_pb2.UnlearningMethod, p.method)
 
 
 _PAYLOAD_CHECKS: dict[str, Callable[[Message], None]] = {

@@ -17,7 +17,7 @@ from headwater.query_service.attribution import (
     unsign,
 )
 from headwater.query_service.knn_shapley import knn_shapley
-from headwater.query_service.lineage_graph import LineageGraph
+from headwater.query_service.lineage_graph import BadRowKey, LineageGraph
 from headwater.query_service.raw_features import raw_features_gradient
 from headwater.stream_processors.gradients import DTYPES, NP_DTYPE
 from headwater.stream_processors.store import Store
@@ -86,6 +86,13 @@ def _errors(context: grpc.ServicerContext) -> Iterator[None]:
         context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     except AttributionError as exc:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except BadRowKey as exc:  # stored lineage disagrees with the stored gradient row keys
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, lineage_conflict(exc))
+
+
+def lineage_conflict(exc: BadRowKey) -> str:
+    return (f"the model's training rows do not fit the stored lineage ({exc}); a later "
+            "event re-registered one of their nodes with fewer rows")
 
 
 class AttributionService(query_pb2_grpc.AttributionServicer):

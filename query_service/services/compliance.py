@@ -7,6 +7,7 @@ import threading
 import grpc
 
 from headwater.query_service.attribution import AttributionEngine
+from headwater.query_service.lineage_graph import BadRowKey
 from headwater.query_service.log_reader import verify_stored_log
 from headwater.query_service.report_builder import ReportError, build_report
 from headwater.query_service.report_config import (
@@ -15,6 +16,7 @@ from headwater.query_service.report_config import (
     signing_key_path,
 )
 from headwater.query_service.report_signing import load_private_key, report_text, seal
+from headwater.query_service.services.attribution import lineage_conflict
 from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
@@ -81,6 +83,8 @@ class ComplianceService(query_pb2_grpc.ComplianceServicer):
                                   recompute_hashes=request.recompute_hashes)
         except ReportError as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except BadRowKey as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, lineage_conflict(exc))
         sealed = seal(report.model_dump(mode="json"), key)
         return query_pb2.ReportResponse(json=report_text(sealed),
                                         sha256=sealed["integrity"]["content_sha256"],

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 import grpc
 
-from headwater.producers.envelope import default_producer_id
+from headwater.producers.envelope import EnvelopeBuilder, default_producer_id
+from headwater.producers.errors import PublishError
 from headwater.producers.publisher import Publisher
 from headwater.query_service.forgetting import (
     TargetError,
@@ -22,7 +23,9 @@ from headwater.query_service.forgetting import (
     target_rows,
 )
 from headwater.query_service.lineage_graph import BadRowKey, LineageGraph, UnknownNode
+from headwater.stream_processors.errors import StoreError
 from headwater.stream_processors.store import Store
+from headwater.stream_processors.validate import Invalid, validate_event
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 PublisherFor = Callable[[str], Publisher]  # run id -> a publisher writing to the event log
@@ -55,6 +58,18 @@ def _errors(context: grpc.ServicerContext) -> Iterator[None]:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except UnknownNode as exc:
         context.abort(grpc.StatusCode.NOT_FOUND, f"no lineage node {exc.args[0]!r}")
+    except (PublishError, StoreError) as exc:
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"could not record on the event log: {exc}")
+
+
+def _check_event(run_id: str, event: events_pb2.ForgetRequested) -> None:
+    """Refuse a request whose event the log would reject (unknown method number, over-long
+    run id, ...) before it is published: a rejected event would leave a gap in the
+    service's hash chain."""
+    try:
+        validate_event(EnvelopeBuilder(run_id, "headwater-service-check").wrap(event))
+    except Invalid as exc:
+        raise TargetError(f"the request cannot be recorded: {exc}") from exc
 
 
 class UnlearningService(query_pb2_grpc.UnlearningServicer):
@@ -95,6 +110,7 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
                 request_id=rid, target=t, affected=groups, reason=request.reason,
                 requested_by=_peer(context), method=request.method,
                 verify_with_retrain=request.verify_with_retrain, model_id=request.model_id)
+            _check_event(request.run_id, event)
             publisher = self._log(request.run_id)
             publisher.publish(event)
             publisher.flush()
