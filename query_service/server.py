@@ -67,6 +67,48 @@ class _Telemetry(grpc.ServerInterceptor):
         )
 
 
+class _Decoding(grpc.ServerInterceptor):
+    """Parses requests inside the handler, so undecodable bytes get INVALID_ARGUMENT naming
+    the message type (grpc's own deserializer answers INTERNAL before any servicer runs)."""
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+        method = details.method
+
+        def decode(data: bytes, context: grpc.ServicerContext) -> Any:
+            try:
+                return parse(data)
+            except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{method}: the request bytes are not a valid message "
+                              f"({type(exc).__name__}: {exc})")
+
+        def decode_all(requests: Any, context: grpc.ServicerContext) -> Any:
+            for data in requests:
+                yield decode(data, context)
+
+        def one(inner: Any) -> Any:
+            return lambda data, context: inner(decode(data, context), context)
+
+        def many(inner: Any) -> Any:
+            return lambda it, context: inner(decode_all(it, context), context)
+
+        serialize = handler.response_serializer
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(one(handler.unary_unary), None, serialize)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(one(handler.unary_stream), None,
+                                                        serialize)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(many(handler.stream_unary), None,
+                                                        serialize)
+        return grpc.stream_stream_rpc_method_handler(many(handler.stream_stream), None,
+                                                     serialize)
+
+
 def build_server(store: Store, listen: str, sink: Sink | None = None,
                  max_workers: int = 8, damping: float = 0.0, decay: float = 1.0,
                  log: PublisherFor | None = None,
@@ -82,7 +124,8 @@ def build_server(store: Store, listen: str, sink: Sink | None = None,
         log = LogPublishers(lambda: LocalTransport(sink))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="headwater-rpc"),
-        interceptors=[*([AuthInterceptor(tokens)] if tokens else []), _Telemetry()],
+        interceptors=[*([AuthInterceptor(tokens)] if tokens else []), _Telemetry(),
+                      _Decoding()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
