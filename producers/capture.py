@@ -98,6 +98,7 @@ class Recorder:
         self._proto_projection = self.projection.to_proto()
         self.version = ""
         self._versions = 0
+        self.last_step = 0  # the latest training step seen: a version recorded without a step
 
     @property
     def output_function(self) -> str:
@@ -108,9 +109,13 @@ class Recorder:
     def parameter_hash(self) -> str:
         raise NotImplementedError
 
-    def record_version(self, step: int = 0, config: dict[str, Any] | None = None,
+    def record_version(self, step: int | None = None, config: dict[str, Any] | None = None,
                        checkpoint_uri: str = "") -> str:
-        """Emit ModelVersionRecorded for the current parameters; later events carry it."""
+        """Emit ModelVersionRecorded for the current parameters; later events carry it.
+        `step` defaults to the latest step seen (e.g. a version made by unlearning between
+        steps belongs after them, not at step 0)."""
+        step = self.last_step if step is None else step
+        self.last_step = max(self.last_step, step)
         self._versions += 1
         parent, self.version = self.version, f"v{self._versions}"
         self.publish(events_pb2.ModelVersionRecorded(
@@ -132,6 +137,7 @@ class Recorder:
                           *, learning_rate: float, step: int, targets: Any = None,
                           featurisation: bool = False) -> events_pb2.GradientBatch:
         """One GradientBatch of projected per-sample gradients φ [n, k]."""
+        self.last_step = max(self.last_step, step)
         n = phi.shape[0]
         kind = (events_pb2.GradientBatch.FEATURISATION if featurisation
                 else events_pb2.GradientBatch.TRAINING_STEP)

@@ -19,7 +19,7 @@ from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.transports.local import LocalTransport
 from headwater.query_service.attribution import AttributionEngine, AttributionError, NotFound
 from headwater.stream_processors.sink import EventSink
-from headwater.v1 import query_pb2, query_pb2_grpc
+from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 LAM = 1.0
 
@@ -300,3 +300,17 @@ def test_raw_features_for_a_linear_model(trained):
              "no model 'nope' recorded")):
         with pytest.raises(AttributionError, match=message):
             raw_features_gradient(store, bad)
+
+
+def test_a_version_recorded_without_a_step_follows_the_latest_step():
+    """Unlearning records a new version between steps: it belongs after them, not at 0."""
+    sent: list = []
+    capture = LinearCapture(sent.append, "m", 2)
+    capture.record_version(step=3)
+    keys = events_pb2.RowKeys(node_ids=["n"], rows=[0, 1])
+    capture.capture(np.ones((2, 2)), np.array([0.0, 1.0]), keys, learning_rate=0.1,
+                    step=7)
+    capture.record_version(config={"unlearned": "fr-1"})
+    versions = [e for e in sent if isinstance(e, events_pb2.ModelVersionRecorded)]
+    assert [(v.version, v.step, v.parent_version) for v in versions] == [
+        ("v1", 3, ""), ("v2", 7, "v1")]
