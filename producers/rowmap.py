@@ -8,6 +8,9 @@ reversals, identities and concatenations cost a few bytes whatever the row count
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import numpy as np
 import pyarrow as pa
 
@@ -36,13 +39,54 @@ def encode_gather(rows: np.ndarray) -> events_pb2.RowGather:
                                 count=len(rows))
 
 
+DECODED_CACHE_BYTES = 256 * 2**20  # decoded gathers kept for repeated resolution
+
+
+class _DecodedGathers:
+    """Least-recently-used decoded gathers, keyed by their encoded bytes (row maps never
+    change once recorded) and bounded in bytes: a query service resolving keys through the
+    same ops again skips the zstd decode and the cumulative sum (~7 ms per 400k rows)."""
+
+    def __init__(self) -> None:
+        self._arrays: OrderedDict[tuple[int, int, bytes], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, g: events_pb2.RowGather) -> np.ndarray:
+        key = (g.encoding, g.count, g.data)
+        with self._lock:
+            hit = self._arrays.get(key)
+            if hit is not None:
+                self._arrays.move_to_end(key)
+                return hit
+        rows = _decode_gather(g)
+        rows.flags.writeable = False  # shared between callers
+        if rows.nbytes <= DECODED_CACHE_BYTES // 4:
+            with self._lock:
+                if key not in self._arrays:
+                    self._arrays[key] = rows
+                    self._bytes += rows.nbytes
+                while self._bytes > DECODED_CACHE_BYTES:
+                    _, old = self._arrays.popitem(last=False)
+                    self._bytes -= old.nbytes
+        return rows
+
+
 def decode_gather(g: events_pb2.RowGather) -> np.ndarray:
+    """The input rows a gather lists (read-only; repeated decodes come from a cache)."""
+    return _DECODED.get(g)
+
+
+def _decode_gather(g: events_pb2.RowGather) -> np.ndarray:
     if g.encoding == events_pb2.RowGather.DELTA_INT64_ZSTD:
         raw = pa.decompress(g.data, decompressed_size=8 * g.count, codec="zstd", asbytes=True)
         return np.cumsum(np.frombuffer(raw, "<i8"))
     if g.encoding == events_pb2.RowGather.UINT64_LE:
         return np.frombuffer(g.data, "<u8").astype(np.int64)
     raise ValueError(f"row gather encoding {g.encoding} is not supported")
+
+
+_DECODED = _DecodedGathers()
 
 
 def plan(rows: np.ndarray) -> list[tuple[bool, int, int, int]]:

@@ -88,6 +88,7 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
     server, port = build_server(store, settings.listen, sink=EventSink(store, "grpc"),
                                 damping=settings.attribution_damping,
                                 decay=settings.attribution_decay, security=security)
+    _freeze_startup_heap()
     server.start()
     console.print(f"headwater serve: gRPC on {settings.listen} (port {port}, "
                   f"{security.describe()}), store {store.dsn.redacted}; Ctrl-C to stop")
@@ -119,6 +120,7 @@ def query_service(dsn: str | None, listen: str | None) -> None:
                                                    config=settings.kafka_config))
     server, port = build_server(store, settings.listen, damping=settings.attribution_damping,
                                 decay=settings.attribution_decay, log=log, security=security)
+    _freeze_startup_heap()
     server.start()
     console.print(f"headwater query-service: gRPC on {settings.listen} "
                   f"({security.describe()}), store {store.dsn.redacted}")
@@ -667,6 +669,16 @@ def audit_verify(run_id: str, recompute_hashes: bool, data_dir: Path | None, dsn
             out.print(f"  note: {p.kind:<9} {p.producer_id} seq {p.seq}: {p.detail}")
     if not report.ok:
         sys.exit(1)
+
+
+def _freeze_startup_heap() -> None:
+    """Move everything alive at start-up (modules, torch, the store, the server) to the
+    permanent generation: it never becomes garbage, and full collections during requests
+    that allocate many objects (10k-key lineage traces) then skip it — ~30 ms a query."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _wait_for_signal() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -55,13 +56,21 @@ def _to_node(n: tuple) -> Node:
     return Node(n[0], n[1], n[2], n[3], int(n[4]), tuple(n[5]), tuple(n[6]), n[7])
 
 
+_OpRow = tuple[str, str, tuple[str, ...], events_pb2.RowMap]
+# Every op and node of recently read runs, shared by requests (ops and nodes are immutable
+# events; the signature check in _load_run_of notices any change). Oldest run dropped first.
+_RUNS: dict[tuple[str, str, str], tuple[tuple, dict[str, _OpRow], dict[str, Node]]] = {}
+_RUNS_LOCK = threading.Lock()
+_RUNS_KEPT = 16
+
+
 class LineageGraph:
     """Reads nodes and ops on demand; one instance per request keeps reads consistent."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._nodes: dict[str, Node] = {}
-        self._ops_by_output: dict[str, tuple[str, str, tuple[str, ...], events_pb2.RowMap]] = {}
+        self._ops_by_output: dict[str, _OpRow] = {}
         self._runs_loaded: set[str] = set()
         self.node = lru_cache(maxsize=None)(self._node)
         self.op_of = lru_cache(maxsize=None)(self._op_of)
@@ -103,23 +112,44 @@ class LineageGraph:
             return
         run = runs[0][0]
         self._runs_loaded.add(run)
-        self._load_ops("run_id = {run:String}", {"run": run})
-        for row in self._store.query(f"SELECT {_NODE_COLUMNS} FROM lineage_nodes FINAL "
-                                     "WHERE run_id = {run:String}", {"run": run}):
-            node = _to_node(row)
-            self._nodes[node.node_id] = node
+        params = {"run": run}
+        # one cheap query says whether the run's stored rows changed since another request
+        # read them (any insert, replacement or merge changes the count or the xor)
+        signature = tuple(self._store.query(
+            "SELECT (SELECT (count(), groupBitXor(cityHash64(event_id))) FROM lineage_ops "
+            "WHERE run_id = {run:String}), (SELECT (count(), groupBitXor(cityHash64(event_id)))"
+            " FROM lineage_nodes WHERE run_id = {run:String})", params)[0])
+        key = (self._store.dsn.redacted, self._store.database, run)
+        with _RUNS_LOCK:
+            cached = _RUNS.get(key)
+        if cached is None or cached[0] != signature:
+            ops = self._read_ops("run_id = {run:String}", params)
+            nodes = {n.node_id: n for n in map(_to_node, self._store.query(
+                f"SELECT {_NODE_COLUMNS} FROM lineage_nodes FINAL WHERE run_id = {{run:String}}",
+                params))}
+            cached = (signature, ops, nodes)
+            with _RUNS_LOCK:
+                _RUNS[key] = cached
+                while len(_RUNS) > _RUNS_KEPT:
+                    _RUNS.pop(next(iter(_RUNS)))
+        self._ops_by_output.update(cached[1])
+        self._nodes.update(cached[2])
 
     def _load_ops(self, where: str, params: dict) -> None:
+        self._ops_by_output.update(self._read_ops(where, params))
+
+    def _read_ops(self, where: str, params: dict) -> dict[str, _OpRow]:
         table = self._store.query_arrow(
             "SELECT op_id, op_name, input_node_ids, output_node_id, row_map "
             f"FROM lineage_ops FINAL WHERE {where}", params)
+        out: dict[str, _OpRow] = {}
         for op_id, name, inputs, output, row_map in zip(*(table[c].to_pylist() for c in (
                 "op_id", "op_name", "input_node_ids", "output_node_id", "row_map")),
                 strict=True):
             raw = row_map if isinstance(row_map, bytes) else row_map.encode("latin-1")
-            self._ops_by_output[_text(output)] = (
-                _text(op_id), _text(name), tuple(_text(i) for i in inputs),
-                events_pb2.RowMap.FromString(raw))
+            out[_text(output)] = (_text(op_id), _text(name), tuple(_text(i) for i in inputs),
+                                  events_pb2.RowMap.FromString(raw))
+        return out
 
     def _input_rows(self, node_id: str) -> int:
         try:
