@@ -138,3 +138,32 @@ def test_lineage_cli(pipeline) -> None:
     assert described.returncode == 0 and "ancestor src-a (source, src-a)" in described.stdout
     missing = cli("trace", "nope", "0")
     assert missing.returncode == 2 and "no lineage node 'nope'" in missing.stderr
+
+
+def test_shared_run_cache_sees_later_ops(store) -> None:
+    """Requests share a run's ops and nodes; an op recorded later in the same run must be
+    seen by the next request (the change signature), never a stale graph."""
+    from headwater.producers import LocalTransport
+    from headwater.query_service.lineage_graph import LineageGraph
+    from headwater.stream_processors import EventSink
+
+    def op(i: int, inp: str, rows: list[int]) -> events_pb2.OpRecorded:
+        return events_pb2.OpRecorded(
+            op_id=f"cache-op-{i}", op_name="ndarray.__getitem__", input_node_ids=[inp],
+            output_node_id=f"cache-n{i}", output_shape=[len(rows), 1], understood=True,
+            row_map=events_pb2.RowMap(output_rows=len(rows),
+                                      segments=rowmap.from_indices(0, np.array(rows))))
+
+    def trace(node: str, row: int) -> list[int]:
+        ((_, _, t),) = LineageGraph(store).trace_rows(events_pb2.RowKeys(node_ids=[node],
+                                                                        rows=[row]))
+        return [int(r) for rows in t.rows.values() for r in rows]
+
+    with Publisher(LocalTransport(EventSink(store, "local")), run_id="cache-run") as pub:
+        pub.publish(events_pb2.SourceRegistered(source_id="cache-src", uri="file:///c.csv",
+                                                content_sha256="0" * 64, row_count=10))
+        pub.publish(op(1, "cache-src", [9, 8, 7]))
+    assert trace("cache-n1", 0) == [9]
+    with Publisher(LocalTransport(EventSink(store, "local")), run_id="cache-run") as pub:
+        pub.publish(op(2, "cache-n1", [2, 1]))  # a later op of the same run
+    assert trace("cache-n2", 0) == [7] and trace("cache-n1", 1) == [8]
