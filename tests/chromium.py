@@ -3,6 +3,7 @@ the PNG's pixels and look for a colour. Shared by the report and demo tests."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import struct
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 
+@functools.cache  # one install attempt per test session, however many page tests ask
 def chromium() -> str | None:
     for name in ("chromium", "chromium-browser"):
         if shutil.which(name):
