@@ -88,10 +88,10 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
     server, port = build_server(store, settings.listen, sink=EventSink(store, "grpc"),
                                 damping=settings.attribution_damping,
                                 decay=settings.attribution_decay, security=security)
-    _freeze_startup_heap()
     server.start()
     console.print(f"headwater serve: gRPC on {settings.listen} (port {port}, "
                   f"{security.describe()}), store {store.dsn.redacted}; Ctrl-C to stop")
+    _freeze_startup_heap()
     _wait_for_signal()
     server.stop(grace=5).wait()
     store.close()
@@ -120,10 +120,10 @@ def query_service(dsn: str | None, listen: str | None) -> None:
                                                    config=settings.kafka_config))
     server, port = build_server(store, settings.listen, damping=settings.attribution_damping,
                                 decay=settings.attribution_decay, log=log, security=security)
-    _freeze_startup_heap()
     server.start()
     console.print(f"headwater query-service: gRPC on {settings.listen} "
                   f"({security.describe()}), store {store.dsn.redacted}")
+    _freeze_startup_heap()
     _wait_for_signal()
     server.stop(grace=5).wait()
     store.close()

@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -957,6 +958,9 @@ def tls_serve(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_tls_probe_passes_against_the_pods_tls_and_token_settings(tls_serve: TlsServe) -> None:
+    deadline = time.monotonic() + 15  # the port is bound before the start-up line is printed
+    while "TLS, token auth" not in tls_serve.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert "TLS, token auth" in tls_serve.log.read_text()
     ok = tls_serve.probe(tls_serve.env)
     assert ok.returncode == 0, ok.stderr
