@@ -264,7 +264,7 @@ def _apply(data: Any, pool: Pool) -> bool:  # noqa: C901 - one branch per op kin
             other = _pick(data, pool, "y", lambda a: a.ndim == nd and a.shape[1:] == x.shape[1:])
         elif kind == "cat1":
             other = _pick(data, pool, "y", lambda a: a.ndim == nd and nd >= 2
-                          and a.shape[0] == n)
+                          and a.shape[0] == n and a.shape[2:] == x.shape[2:])
         else:
             other = _pick(data, pool, "y", lambda a: a.shape == x.shape)
         if other is None:
