@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from headwater.query_service.handlers import handler_like
 from headwater.stream_processors.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -233,14 +234,7 @@ def _refusal(handler: Any, code: grpc.StatusCode, message: str) -> Any:
     def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 
-    deser, ser = handler.request_deserializer, handler.response_serializer
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse, deser, ser)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse, deser, ser)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse, deser, ser)
-    return grpc.stream_stream_rpc_method_handler(refuse, deser, ser)
+    return handler_like(handler, refuse, handler.request_deserializer)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):

@@ -17,6 +17,7 @@ from headwater.producers.transports.grpc import MAX_MESSAGE_BYTES
 from headwater.producers.transports.local import LocalTransport
 from headwater.query_service.attribution import AttributionEngine
 from headwater.query_service.auth import AuthInterceptor
+from headwater.query_service.handlers import handler_kind, handler_like
 from headwater.query_service.services.attribution import AttributionService
 from headwater.query_service.services.compliance import ComplianceService
 from headwater.query_service.services.ingest import IngestService
@@ -62,9 +63,7 @@ class _Telemetry(grpc.ServerInterceptor):
                 finally:
                     self._latency.record(time.perf_counter() - start, {"method": method})
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped, handler.request_deserializer, handler.response_serializer
-        )
+        return handler_like(handler, wrapped, handler.request_deserializer)
 
 
 class _Decoding(grpc.ServerInterceptor):
@@ -90,23 +89,15 @@ class _Decoding(grpc.ServerInterceptor):
             for data in requests:
                 yield decode(data, context)
 
-        def one(inner: Any) -> Any:
-            return lambda data, context: inner(decode(data, context), context)
-
-        def many(inner: Any) -> Any:
-            return lambda it, context: inner(decode_all(it, context), context)
-
-        serialize = handler.response_serializer
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(one(handler.unary_unary), None, serialize)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(one(handler.unary_stream), None,
-                                                        serialize)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(many(handler.stream_unary), None,
-                                                        serialize)
-        return grpc.stream_stream_rpc_method_handler(many(handler.stream_stream), None,
-                                                     serialize)
+        kind = handler_kind(handler)
+        inner = getattr(handler, kind)
+        if kind.startswith("unary"):  # one request message
+            def behaviour(data: Any, context: grpc.ServicerContext) -> Any:
+                return inner(decode(data, context), context)
+        else:  # a stream of request messages
+            def behaviour(data: Any, context: grpc.ServicerContext) -> Any:
+                return inner(decode_all(data, context), context)
+        return handler_like(handler, behaviour, None)
 
 
 def build_server(store: Store, listen: str, sink: Sink | None = None,
