@@ -21,6 +21,7 @@ named in `remote_servers` with Keeper for distributed DDL:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 LOCAL_SUFFIX = "_local"
 REPLICA_PATH = "/clickhouse/tables/{shard}/{database}/"
@@ -142,46 +143,44 @@ def _alter_table(table: str, commands_text: str, cluster: str) -> list[str]:
     return [local]
 
 
-def _matching_paren(text: str, start: int) -> int:
-    """Index of the `)` closing the `(` at `start`, skipping quoted strings."""
-    depth, quote, i = 0, "", start
-    while i < len(text):
+def _scan(text: str, start: int = 0) -> Iterator[tuple[int, str, int, bool]]:
+    """(index, char, parenthesis depth after it, quoted) for text[start:]; quoted is true
+    inside '…', `…` and "…" (backslash escapes honoured) and on their quote marks."""
+    depth, quote, escaped = 0, "", False
+    for i in range(start, len(text)):
         ch = text[i]
         if quote:
-            if ch == "\\":
-                i += 1
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
             elif ch == quote:
                 quote = ""
+            yield i, ch, depth, True
         elif ch in "'`\"":
             quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
+            yield i, ch, depth, True
+        else:
+            depth += (ch == "(") - (ch == ")")
+            yield i, ch, depth, False
+
+
+def _matching_paren(text: str, start: int) -> int:
+    """Index of the `)` closing the `(` at `start`, skipping quoted strings."""
+    for i, ch, depth, quoted in _scan(text, start):
+        if ch == ")" and depth == 0 and not quoted:
+            return i
     raise ClusterSchemaError(f"unbalanced parentheses in {text[start:start + 60]!r}…")
 
 
 def _split_top_level(text: str) -> list[str]:
     """Comma-separated parts outside parentheses and quotes (ALTER commands)."""
-    parts, depth, quote, current = [], 0, "", []
-    for ch in text:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'`\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(ch)
-    parts.append("".join(current).strip())
+    parts, last = [], 0
+    for i, ch, depth, quoted in _scan(text):
+        if ch == "," and depth == 0 and not quoted:
+            parts.append(text[last:i].strip())
+            last = i + 1
+    parts.append(text[last:].strip())
     return [p for p in parts if p]
 
 
