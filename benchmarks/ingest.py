@@ -77,6 +77,24 @@ class BenchmarkError(RuntimeError):
     """The benchmark could not measure, or what was stored is not what was published."""
 
 
+def run_in_scratch(body: Callable[[Path], Any], work: Path, keep: bool) -> tuple[Any, str | None]:
+    """body(work) -> (its result, None), or (None, the failure in one line): a benchmark or
+    client error is a figure to report, not a traceback. `work` is removed unless kept."""
+    try:
+        return body(work), None
+    except BenchmarkError as exc:
+        return None, str(exc)
+    except KeyboardInterrupt:
+        return None, "interrupted"
+    except Exception as exc:  # a publish, client or RPC error: report it like the others
+        return None, f"{type(exc).__name__}: {exc}"
+    finally:
+        if keep:
+            err.print(f"data kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 # -- payloads ------------------------------------------------------------------------------
 
 
@@ -656,26 +674,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="headwater-bench-ingest-"))
     runners = {"grpc": run_grpc, "kafka": run_kafka}
-    results: list[Result] = []
-    failure: str | None = None
-    try:
+    results: list[Result] = []  # kept when a later path fails
+
+    def measure(work: Path) -> None:
         with make_progress(args.quiet) as progress:
             for path in args.paths:
                 (work / path).mkdir()
                 result = runners[path](args, progress, work / path)
                 verify(result)
                 results.append(result)
-    except BenchmarkError as exc:
-        failure = str(exc)
-    except KeyboardInterrupt:
-        failure = "interrupted"
-    except Exception as exc:  # a publish or client error: report it like the others
-        failure = f"{type(exc).__name__}: {exc}"
-    finally:
-        if args.keep:
-            err.print(f"data kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+
+    _, failure = run_in_scratch(measure, work, args.keep)
     if args.json:
         print(json.dumps({"payload": args.payload, "events": args.events, "ok": failure is None,
                           "error": failure, "results": [r.as_dict() for r in results]}))

@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import sys
 import tempfile
 import threading
@@ -44,7 +43,15 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import HEADWATER, BenchmarkError, Child, _console, free_port, wait_for_port  # noqa: E402
+from ingest import (  # noqa: E402
+    HEADWATER,
+    BenchmarkError,
+    Child,
+    _console,
+    free_port,
+    run_in_scratch,
+    wait_for_port,
+)
 
 from headwater.producers import GrpcTransport, Publisher  # noqa: E402
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc  # noqa: E402
@@ -430,26 +437,12 @@ def main(argv: list[str] | None = None) -> int:
         run_producer(args.target, args.index, args.seconds, args.rate, args.out)
         return 0
     work = Path(tempfile.mkdtemp(prefix="headwater-soak-"))
-    report: Report | None = None
-    failure: str | None = None
-    try:
-        report = run(args, work)
-        if not report.exactly_once:
-            failure = (f"published events not stored exactly once: {report.producers}, "
-                       f"{report.dead_letters} dead letters")
-        elif report.query_errors:
-            failure = f"{len(report.query_errors)} queries failed: {report.query_errors[:3]}"
-    except BenchmarkError as exc:
-        failure = str(exc)
-    except KeyboardInterrupt:
-        failure = "interrupted"
-    except Exception as exc:  # a client or RPC error: report it like the others
-        failure = f"{type(exc).__name__}: {exc}"
-    finally:
-        if args.keep:
-            err.print(f"data kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    report, failure = run_in_scratch(lambda w: run(args, w), work, args.keep)
+    if report is not None and not report.exactly_once:
+        failure = (f"published events not stored exactly once: {report.producers}, "
+                   f"{report.dead_letters} dead letters")
+    elif report is not None and report.query_errors:
+        failure = f"{len(report.query_errors)} queries failed: {report.query_errors[:3]}"
     if args.json:
         body = asdict(report) if report else {}
         print(json.dumps({"ok": failure is None, "error": failure, **body}))
