@@ -128,11 +128,10 @@ def build_server(store: Store, listen: str, sink: Sink | None = None,
         query_pb2_grpc.add_IngestServicer_to_server(IngestService(sink), server)
         names.append("Ingest")
     query_pb2_grpc.add_LineageServicer_to_server(LineageService(store), server)
-    query_pb2_grpc.add_ComplianceServicer_to_server(ComplianceService(store), server)
+    engine = AttributionEngine(store, damping=damping, decay=decay)
+    query_pb2_grpc.add_ComplianceServicer_to_server(ComplianceService(store, engine), server)
     query_pb2_grpc.add_QueryServicer_to_server(QueryService(store), server)
-    query_pb2_grpc.add_AttributionServicer_to_server(
-        AttributionService(store, AttributionEngine(store, damping=damping, decay=decay)),
-        server)
+    query_pb2_grpc.add_AttributionServicer_to_server(AttributionService(store, engine), server)
     query_pb2_grpc.add_UnlearningServicer_to_server(UnlearningService(store, log), server)
     names += ["Lineage", "Compliance", "Query", "Attribution", "Unlearning"]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import grpc
 
 from headwater.query_service.attribution import AttributionEngine
@@ -27,16 +25,9 @@ def _iso(ts) -> str:
 
 
 class ComplianceService(query_pb2_grpc.ComplianceServicer):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, engine: AttributionEngine) -> None:
         self._store = store
-        self._engine: AttributionEngine | None = None
-        self._lock = threading.Lock()
-
-    def _attribution(self) -> AttributionEngine:
-        with self._lock:  # one cached engine: reports reuse its loaded gradients
-            if self._engine is None:
-                self._engine = AttributionEngine(self._store)
-            return self._engine
+        self._engine = engine  # the Attribution service's: same settings, one cached matrix
 
     def VerifyLog(self, request: query_pb2.VerifyLogRequest, context: grpc.ServicerContext):
         report = verify_stored_log(self._store, request.run_id, request.recompute_hashes)
@@ -78,7 +69,7 @@ class ComplianceService(query_pb2_grpc.ComplianceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"server configuration: {exc}")
         try:
             report = build_report(self._store, request.model_id, request.model_version, config,
-                                  engine=self._attribution(),
+                                  engine=self._engine,
                                   max_samples=request.max_samples or 5,
                                   recompute_hashes=request.recompute_hashes)
         except ReportError as exc:
