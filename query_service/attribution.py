@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from headwater.query_service.lineage_graph import LineageGraph, SourceRef, UnknownNode
+from headwater.query_service.lineage_graph import LineageGraph, UnknownNode
 from headwater.stream_processors.gradients import NP_DTYPE
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
@@ -234,7 +234,6 @@ class AttributionEngine:
         by_key = {(n, r): t for n, r, t in traced}
         examples: list[Example] = []
         ident: dict[tuple, int] = {}
-        refs: dict[str, SourceRef] = {}
         key_example = np.empty(len(keys), dtype=np.int64)
         for i, (n, r) in enumerate(keys):
             trace = by_key.get((n, int(r)))
@@ -245,12 +244,11 @@ class AttributionEngine:
                 ident[identity] = len(examples)
                 sources = []
                 for src, x in direct:
-                    if src not in refs:  # misses too: lru_cache does not keep exceptions
-                        try:
-                            refs[src] = graph.source(src)
-                        except UnknownNode:  # a root never described (e.g. an array)
-                            refs[src] = SourceRef("", "")
-                    sources.append(SourceRow(refs[src].source_id, refs[src].uri, src, x))
+                    try:
+                        ref = graph.source(src)
+                        sources.append(SourceRow(ref.source_id, ref.uri, src, x))
+                    except UnknownNode:  # a root never described (e.g. an array)
+                        sources.append(SourceRow("", "", src, x))
                 examples.append(Example(n, int(r), sources, trace.op_ids if trace else []))
             key_example[i] = ident[identity]
         return examples, key_example[inverse]

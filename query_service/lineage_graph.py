@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
 
@@ -56,12 +58,32 @@ def _to_node(n: tuple) -> Node:
     return Node(n[0], n[1], n[2], n[3], int(n[4]), tuple(n[5]), tuple(n[6]), n[7])
 
 
+T = TypeVar("T")
 _OpRow = tuple[str, str, tuple[str, ...], events_pb2.RowMap]
 # Every op and node of recently read runs, shared by requests (ops and nodes are immutable
 # events; the signature check in _load_run_of notices any change). Oldest run dropped first.
 _RUNS: dict[tuple[str, str, str], tuple[tuple, dict[str, _OpRow], dict[str, Node]]] = {}
 _RUNS_LOCK = threading.Lock()
 _RUNS_KEPT = 16
+
+
+def _memo(lookup: Callable[[str], T]) -> Callable[[str], T]:
+    """Memoise a by-id lookup, its UnknownNode misses included (lru_cache keeps no
+    exceptions, so every repeated miss would cost its queries again)."""
+    found: dict[str, T | UnknownNode] = {}
+
+    def get(key: str) -> T:
+        if key not in found:
+            try:
+                found[key] = lookup(key)
+            except UnknownNode as exc:
+                found[key] = exc
+        value = found[key]
+        if isinstance(value, UnknownNode):
+            raise UnknownNode(*value.args)
+        return value
+
+    return get
 
 
 class LineageGraph:
@@ -72,10 +94,10 @@ class LineageGraph:
         self._nodes: dict[str, Node] = {}
         self._ops_by_output: dict[str, _OpRow] = {}
         self._runs_loaded: set[str] = set()
-        self.node = lru_cache(maxsize=None)(self._node)
+        self.node = _memo(self._node)
         self.op_of = lru_cache(maxsize=None)(self._op_of)
-        self.op = lru_cache(maxsize=None)(self._op)
-        self.source = lru_cache(maxsize=None)(self._source)
+        self.op = _memo(self._op)
+        self.source = _memo(self._source)
 
     def _node(self, node_id: str) -> Node:
         if node_id in self._nodes:
