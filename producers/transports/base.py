@@ -17,6 +17,7 @@ class Record:
     partition: int = -1
     offset: int = -1
     headers: tuple[tuple[str, bytes], ...] = ()
+    principal: str = ""  # who sent it, as authenticated (token name, certificate subject)
 
 
 @dataclass(frozen=True)
