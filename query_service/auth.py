@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from headwater.query_service.handlers import handler_like
+from headwater.query_service.principal import bound
 from headwater.stream_processors.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ _V1 = "/headwater.v1."
 
 class Role(str, Enum):
     PRODUCER = "producer"
+    UNLEARNER = "unlearner"  # the trainer's unlearning listener: UnlearningApplied only
     READER = "reader"
     AUDITOR = "auditor"
     ADMIN = "admin"
@@ -47,10 +49,47 @@ _READER = frozenset({f"{_V1}Lineage/*", f"{_V1}Attribution/*", f"{_V1}Unlearning
 ROLE_METHODS: dict[Role, frozenset[str]] = {
     # a trainer publishes its events and reads the forget requests addressed to its run
     Role.PRODUCER: frozenset({f"{_V1}Ingest/*", f"{_V1}Unlearning/Pending"}),
+    # the listener reads its run's requests and publishes their outcomes, nothing else
+    Role.UNLEARNER: frozenset({f"{_V1}Ingest/*", f"{_V1}Unlearning/Pending"}),
     Role.READER: _READER,
     Role.AUDITOR: _READER | {f"{_V1}Compliance/*", f"{_V1}Query/Sql"},
     Role.ADMIN: frozenset({"*"}),
 }
+# Which event payloads (Event.payload oneof) each role may publish through Ingest, checked
+# per event. `forget_requested` is in no row: only the Unlearning.Forget RPC (admin) records
+# it, through the server's own publisher, never through Ingest. Without token auth (loopback
+# dev mode) there is no role: every payload but forget_requested is accepted.
+_TRAINING_PAYLOADS = frozenset({"source_registered", "op_recorded", "model_version_recorded",
+                                "gradient_batch", "prediction_recorded"})
+ROLE_PAYLOADS: dict[Role, frozenset[str]] = {
+    Role.PRODUCER: _TRAINING_PAYLOADS,
+    Role.UNLEARNER: frozenset({"unlearning_applied"}),
+    Role.READER: frozenset(),
+    Role.AUDITOR: frozenset(),
+    Role.ADMIN: _TRAINING_PAYLOADS,
+}
+UNAUTHENTICATED_PAYLOADS = _TRAINING_PAYLOADS | {"unlearning_applied"}
+_ONLY_BY = {  # who records a payload a role was refused, for the error message
+    "forget_requested": "forget requests are recorded only by Unlearning.Forget (role admin)",
+    "unlearning_applied": "outcomes are published only by the trainer's unlearning listener "
+                          "(role unlearner)",
+}
+
+
+def payload_refusal(payload: str | None, role: Role | None) -> str | None:
+    """Why `role` (None: no token auth) may not publish an event with this payload through
+    Ingest; None when it may. A record without a payload is left to the validator."""
+    if not payload:
+        return None
+    allowed = UNAUTHENTICATED_PAYLOADS if role is None else ROLE_PAYLOADS.get(role, frozenset())
+    if payload in allowed:
+        return None
+    who = "an unauthenticated client" if role is None else f"role {role.value}"
+    why = _ONLY_BY.get(payload, f"{who} publishes " + (
+        f"only {', '.join(sorted(allowed))}" if allowed else "no events"))
+    return f"payload {payload} is not accepted from {who}: {why}"
+
+
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)  # probes need no token
 ANY_ROLE_PREFIXES = ("/grpc.reflection.",)  # schema discovery: any valid token
 
@@ -249,9 +288,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         token = bearer_token(details.invocation_metadata)
-        refused = decide(details.method, token, self._tokens.lookup)
+        found: list[Principal | None] = []
+
+        def lookup(presented: str) -> Principal | None:
+            found.append(self._tokens.lookup(presented))
+            return found[-1]
+
+        refused = decide(details.method, token, lookup)
         if refused is None:
-            return handler
+            # the handler learns who called (principal.describe): writes record it
+            return bound(handler, found[-1]) if found and found[-1] is not None else handler
         code, message = refused
         log.warning("refused %s: %s", code.name, message)
         return _refusal(handler, code, message)

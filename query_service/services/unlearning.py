@@ -23,6 +23,7 @@ from headwater.query_service.forgetting import (
     target_rows,
 )
 from headwater.query_service.lineage_graph import BadRowKey, LineageGraph, UnknownNode
+from headwater.query_service.principal import describe
 from headwater.stream_processors.errors import StoreError
 from headwater.stream_processors.store import Store
 from headwater.stream_processors.validate import Invalid, validate_event
@@ -108,7 +109,7 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
                       for via, pairs in found.items() if pairs]
             event = events_pb2.ForgetRequested(
                 request_id=rid, target=t, affected=groups, reason=request.reason,
-                requested_by=_peer(context), method=request.method,
+                requested_by=describe(context), method=request.method,
                 verify_with_retrain=request.verify_with_retrain, model_id=request.model_id)
             _check_event(request.run_id, event)
             publisher = self._log(request.run_id)
@@ -189,9 +190,3 @@ def _nodes(keys: events_pb2.RowKeys) -> list[str]:
         return [keys.node_ids[i] for i in keys.node_index]
     return [keys.node_ids[0]] * len(keys.rows) if keys.rows else []
 
-
-def _peer(context: grpc.ServicerContext) -> str:
-    try:
-        return context.peer() or ""
-    except Exception:  # noqa: BLE001 - a peer address is informative only
-        return ""
