@@ -11,6 +11,14 @@
 removes, must change the model and return an `Outcome`; `Unlearner(model, x, y, ...)` is the
 standard one (`headwater.producers.unlearning.unlearn` on those rows). The listener
 publishes `UnlearningApplied` (with a new model version when a capture is attached).
+
+Roles (docs/security.md): the server accepts `UnlearningApplied` only from a token of role
+`unlearner`, which may publish nothing else, and a trainer's `producer` token may not publish
+it. So the listener publishes outcomes through a publisher of its own: `GrpcTransport` to
+`target` with the listener's `token` (its own hash chain, producer id
+`<trainer producer id>.unlearning-<random>`, the same run). The new model version stays on the
+trainer's publisher. Where the service has no Ingest (Kafka mode, `headwater query-service`),
+pass `outcomes=` a ready publisher (e.g. a `KafkaTransport` one).
 Requests come from the service's `Unlearning.Pending`, which reads the event log: a request
 counts as done only once its `UnlearningApplied` is stored, so a restarted trainer re-reads
 every request, learns which rows are already forgotten, and applies only what was not
@@ -19,16 +27,25 @@ applied yet.
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from headwater.producers.capture import LinearCapture, Recorder
+from headwater.producers.publisher import Publisher
 from headwater.producers.tracking import Tracker
-from headwater.producers.transports.channel import open_channel, security_from_env
+from headwater.producers.transports.channel import (
+    open_channel,
+    read_token_file,
+    security_from_env,
+)
+from headwater.producers.transports.grpc import GrpcTransport
 from headwater.producers.unlearning import LinearModel, Rows, unlearn
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
@@ -93,24 +110,59 @@ def _rows_of(a: Any) -> Any:
     return a if hasattr(a, "detach") else np.asarray(a)
 
 
+UNLEARNER_TOKEN_ENV = "HEADWATER_UNLEARNER_TOKEN"
+UNLEARNER_TOKEN_FILE_ENV = "HEADWATER_UNLEARNER_TOKEN_FILE"
+
+
+def _listener_token(token: str | None) -> str | None:
+    """`token`, else HEADWATER_UNLEARNER_TOKEN / _FILE; None leaves the choice to the
+    channel (HEADWATER_TOKEN / HEADWATER_TOKEN_FILE)."""
+    if token is not None:
+        return token
+    if os.environ.get(UNLEARNER_TOKEN_ENV):
+        return os.environ[UNLEARNER_TOKEN_ENV]
+    if os.environ.get(UNLEARNER_TOKEN_FILE_ENV):
+        return read_token_file(Path(os.environ[UNLEARNER_TOKEN_FILE_ENV]),
+                               UNLEARNER_TOKEN_FILE_ENV)
+    return None
+
+
+def outcomes_producer_id(trainer: str) -> str:
+    """The producer id of a listener's own outcomes publisher: the trainer's, so an auditor
+    links the two, plus a random suffix, so two listeners (or a listener made again in the
+    same process) never share a hash chain."""
+    return f"{trainer}.unlearning-{secrets.token_hex(4)}"
+
+
 class UnlearningListener:
     """Consumes one run's forget requests for one model and applies them in order.
-    `tls_ca_file` / `token` default to HEADWATER_TLS_CA_FILE / HEADWATER_TOKEN(_FILE); the
-    token needs role producer (Unlearning.Pending)."""
+
+    `publisher` is the trainer's (its run id, the events published so far, the new model
+    versions). Outcomes (`UnlearningApplied`) go through `outcomes` when given, else through
+    a publisher of the listener's own over gRPC to `target`. `token` needs role `unlearner`
+    (Unlearning.Pending and UnlearningApplied only); it defaults to HEADWATER_UNLEARNER_TOKEN
+    / HEADWATER_UNLEARNER_TOKEN_FILE, then HEADWATER_TOKEN / HEADWATER_TOKEN_FILE;
+    `tls_ca_file` to HEADWATER_TLS_CA_FILE. `close()` closes what the listener opened."""
 
     def __init__(self, publisher: Any, target: str, *, model_id: str, dataset: Any,
                  apply: Apply, capture: Recorder | None = None, min_interval: float = 1.0,
                  timeout: float = 60.0, tls_ca_file: str | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, outcomes: Any = None) -> None:
+        token = _listener_token(token)
         self.publisher = publisher
+        self._own_outcomes = outcomes is None
+        self.outcomes = outcomes if outcomes is not None else Publisher(
+            GrpcTransport(target, tls_ca_file=tls_ca_file, token=token, timeout=timeout),
+            run_id=publisher.run_id, producer_id=outcomes_producer_id(publisher.producer_id))
         self.model_id = model_id
         self.node_id = _node_of(dataset)
         self.apply = apply
         self.capture = capture
         self.min_interval = min_interval
         self.timeout = timeout
-        self._stub = query_pb2_grpc.UnlearningStub(open_channel(
-            target, security_from_env(tls_ca_file=tls_ca_file, token=token)))
+        self._channel = open_channel(target, security_from_env(tls_ca_file=tls_ca_file,
+                                                               token=token))
+        self._stub = query_pb2_grpc.UnlearningStub(self._channel)
         self._last_poll = float("-inf")
         self.forgotten = np.zeros(0, dtype=np.int64)
         self.applied: list[events_pb2.UnlearningApplied] = []
@@ -119,6 +171,27 @@ class UnlearningListener:
             if item.applied:
                 self.applied_ids.add(item.request.request_id)
                 self.forgotten = np.union1d(self.forgotten, self._rows(item))
+
+    def close(self) -> None:
+        """Close the channel and the outcomes publisher the listener opened (not a publisher
+        passed as `outcomes`, nor the trainer's)."""
+        try:
+            if self._own_outcomes:
+                self.outcomes.close()
+        finally:
+            self._channel.close()
+
+    def __enter__(self) -> UnlearningListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _publish(self, event: events_pb2.UnlearningApplied) -> None:
+        """The outcome, after everything the trainer published for it (the new version)."""
+        self.publisher.flush()
+        self.outcomes.publish(event)
+        self.outcomes.flush()
 
     def _pending(self, include_applied: bool = False) -> list[query_pb2.PendingForget]:
         # Publish what the trainer sent so far first: the service reads the stored log.
@@ -172,8 +245,7 @@ class UnlearningListener:
                 event.status = event.FAILED
                 event.error = f"{type(exc).__name__}: {exc}"
                 event.duration_seconds = time.perf_counter() - started
-                self.publisher.publish(event)
-                self.publisher.flush()
+                self._publish(event)
                 raise
             event.status = event.APPLIED
             event.method = outcome.method
@@ -188,8 +260,7 @@ class UnlearningListener:
                 event.new_version = self.capture.record_version(
                     config={"unlearned": request.request_id})
         event.duration_seconds = time.perf_counter() - started
-        self.publisher.publish(event)
-        self.publisher.flush()
+        self._publish(event)
         self.applied_ids.add(request.request_id)
         self.applied.append(event)
         return event
