@@ -76,6 +76,7 @@ def cli() -> None:
 @_listen
 def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
     """Embedded mode: event log, processors and query service in one process (chDB)."""
+    from headwater.query_service.limits import StreamLimits
     from headwater.query_service.server import build_server
     from headwater.query_service.transport_security import check_exposure, server_security
     from headwater.stream_processors.sink import EventSink
@@ -87,7 +88,9 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
     store = _open_store(settings)
     server, port = build_server(store, settings.listen, sink=EventSink(store, "grpc"),
                                 damping=settings.attribution_damping,
-                                decay=settings.attribution_decay, security=security)
+                                decay=settings.attribution_decay, security=security,
+                                max_workers=settings.rpc_workers,
+                                limits=StreamLimits.from_settings(settings))
     server.start()
     console.print(f"headwater serve: gRPC on {settings.listen} (port {port}, "
                   f"{security.describe()}), store {store.dsn.redacted}; Ctrl-C to stop")
@@ -102,6 +105,7 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
 @_listen
 def query_service(dsn: str | None, listen: str | None) -> None:
     """Stateless query service over a ClickHouse DSN (distributed mode)."""
+    from headwater.query_service.limits import StreamLimits
     from headwater.query_service.server import build_server
     from headwater.query_service.transport_security import check_exposure, server_security
 
@@ -119,7 +123,9 @@ def query_service(dsn: str | None, listen: str | None) -> None:
                                                    settings.kafka_topic,
                                                    config=settings.kafka_config))
     server, port = build_server(store, settings.listen, damping=settings.attribution_damping,
-                                decay=settings.attribution_decay, log=log, security=security)
+                                decay=settings.attribution_decay, log=log, security=security,
+                                max_workers=settings.rpc_workers,
+                                limits=StreamLimits.from_settings(settings))
     server.start()
     console.print(f"headwater query-service: gRPC on {settings.listen} "
                   f"({security.describe()}), store {store.dsn.redacted}")

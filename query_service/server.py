@@ -18,6 +18,7 @@ from headwater.producers.transports.local import LocalTransport
 from headwater.query_service.attribution import AttributionEngine
 from headwater.query_service.auth import AuthInterceptor
 from headwater.query_service.handlers import handler_kind, handler_like
+from headwater.query_service.limits import StreamLimiter, StreamLimits
 from headwater.query_service.services.attribution import AttributionService
 from headwater.query_service.services.compliance import ComplianceService
 from headwater.query_service.services.ingest import IngestService
@@ -103,10 +104,13 @@ class _Decoding(grpc.ServerInterceptor):
 def build_server(store: Store, listen: str, sink: Sink | None = None,
                  max_workers: int = 8, damping: float = 0.0, decay: float = 1.0,
                  log: PublisherFor | None = None,
-                 security: ServerSecurity | None = None) -> tuple[grpc.Server, int]:
+                 security: ServerSecurity | None = None,
+                 limits: StreamLimits | None = None) -> tuple[grpc.Server, int]:
     """Create (not start) the server; `sink` enables Ingest. Forget requests are recorded
     through `log` (default: into `sink`); without either, Forget is refused. `security`:
-    TLS and token auth, required for a non-loopback `listen`. Returns (server, bound port)."""
+    TLS and token auth, required for a non-loopback `listen`. `max_workers`: threads for unary
+    calls; health checks and streams have pools of their own (`limits`, query_service/limits.py).
+    Returns (server, bound port)."""
     security = security or ServerSecurity()
     check_exposure(listen, security)
     credentials = server_credentials(security) if security.tls else None
@@ -115,7 +119,8 @@ def build_server(store: Store, listen: str, sink: Sink | None = None,
         log = LogPublishers(lambda: LocalTransport(sink))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="headwater-rpc"),
-        interceptors=[*([AuthInterceptor(tokens)] if tokens else []), _Telemetry(),
+        interceptors=[StreamLimiter(limits or StreamLimits(), tokens),  # outermost
+                      *([AuthInterceptor(tokens)] if tokens else []), _Telemetry(),
                       _Decoding()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -67,6 +67,18 @@ class Settings(BaseSettings):
     tls_client_key_file: Path | None = None
     token: SecretStr | None = Field(None, description="bearer token clients send")
     token_file: Path | None = Field(None, description="file holding the bearer token")
+    # availability (serve / query-service); see docs/security.md and query_service/limits.py
+    rpc_workers: int = Field(8, gt=0, description="threads for unary calls; health checks "
+                             "and streams have pools of their own")
+    streams_per_role: int = Field(8, gt=0, description="concurrent streaming calls "
+                                  "(Ingest.Publish, Unlearning.Status) per role; one more is "
+                                  "refused RESOURCE_EXHAUSTED")
+    stream_idle_seconds: float = Field(60.0, gt=0, description="a client stream that sends "
+                                       "nothing this long is ended (DEADLINE_EXCEEDED)")
+    stream_max_seconds: float = Field(3600.0, gt=0, description="a server stream "
+                                      "(Unlearning.Status) is ended after this long")
+    tls_cert_warn_days: int = Field(14, ge=0, description="warn at start when the server "
+                                    "certificate expires within this many days")
 
     def __repr_args__(self) -> Any:
         """repr/str without secrets: the DSN password and secret Kafka settings redacted."""
