@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import os
-import subprocess
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from secure_serve import (
+    TOKENS,
+    Pki,
+    SecureServe,
+    make_pki,
+    secure_env,
+    source_event,
+    tls_channel,
+    write_tokens,
+)
 
-from conftest import HEADWATER, REPO, free_port, run_headwater, stop, wait_for_port
+from conftest import free_port, run_headwater, stop
 from headwater.producers import GrpcTransport, Publisher, PublishError
 from headwater.producers.transports.channel import (
     ChannelConfigError,
@@ -44,111 +46,32 @@ from headwater.stream_processors.dsn import redact_dsn
 from headwater.stream_processors.errors import ConfigError
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
-TOKENS = {role: f"tok-{role.value}-Zq8x2VbN4kLp9mRt7wYc3" for role in Role}
-
-
-# --- a throwaway PKI -------------------------------------------------------------------------
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(subject: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-           ca: bool = False, sans: list[x509.GeneralName] | None = None):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    issuer_name, issuer_key = issuer or (_name(subject), key)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer_name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return key, builder.sign(issuer_key, hashes.SHA256())
-
-
-@dataclass
-class Pki:
-    ca: Path
-    cert: Path
-    key: Path
-    client_cert: Path
-    client_key: Path
-    other_ca: Path
-
-
-def _write(path: Path, key, cert) -> tuple[Path, Path]:
-    path.with_suffix(".key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path.with_suffix(".pem"), path.with_suffix(".key")
-
+# --- a throwaway PKI, one token per role, the server (shared: tests/secure_serve.py) ---------
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    ca_key, ca_cert = _issue("headwater test CA", None, ca=True)
-    ca_pem, _ = _write(d / "ca", ca_key, ca_cert)
-    issuer = (ca_cert.subject, ca_key)
-    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert, key = _write(d / "server", *_issue("headwater serve", issuer, sans=sans))
-    client_cert, client_key = _write(d / "client", *_issue("trainer", issuer))
-    other_pem, _ = _write(d / "other", *_issue("someone else's CA", None, ca=True))
-    return Pki(ca_pem, cert, key, client_cert, client_key, other_pem)
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
 def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("auth") / "tokens"
-    path.write_text("# sha256  role  name\n" + "".join(
-        f"sha256:{hash_token(t)} {r.value} {r.value}-bot\n" for r, t in TOKENS.items()))
-    return path
-
-
-class SecureServe:
-    """`headwater serve` with TLS and tokens; its output goes to a file tests can read."""
-
-    def __init__(self, data_dir: Path, env: dict[str, str], log: Path) -> None:
-        self.data_dir, self.env, self.log = data_dir, env, log
-        self.port = free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        with log.open("w") as out:
-            self.proc = subprocess.Popen(
-                [*HEADWATER, "serve", "--data-dir", str(data_dir), "--listen", self.target],
-                env={**os.environ, **env}, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, timeout=60, proc=self.proc)
-
-    def cli(self, *args: str, token: str | None) -> subprocess.CompletedProcess:
-        env = {"HEADWATER_TLS_CA_FILE": self.env["HEADWATER_TLS_CA_FILE"]}
-        if token:
-            env["HEADWATER_TOKEN"] = token
-        return run_headwater(*args, "--data-dir", str(self.data_dir), "--listen", self.target,
-                             env=env)
+    return write_tokens(tmp_path_factory.mktemp("auth") / "tokens")
 
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory, pki: Pki,
            tokens_file: Path) -> Iterator[SecureServe]:
     d = tmp_path_factory.mktemp("secure")
-    env = {"HEADWATER_TLS_CERT_FILE": str(pki.cert), "HEADWATER_TLS_KEY_FILE": str(pki.key),
-           "HEADWATER_AUTH_TOKENS_FILE": str(tokens_file),
-           "HEADWATER_TLS_CA_FILE": str(pki.ca)}
-    s = SecureServe(d / "data", env, d / "serve.log")
+    s = SecureServe(d / "data", secure_env(pki, tokens_file), d / "serve.log")
     yield s
     stop(s.proc)
 
 
 def _tls(pki: Pki, token: str | None = None, target: str = "") -> grpc.Channel:
-    return open_channel(target, ClientSecurity(tls=True, tls_ca_file=pki.ca, token=token))
+    return tls_channel(pki, token, target)
 
 
-def _source(i: int) -> events_pb2.SourceRegistered:
-    return events_pb2.SourceRegistered(
-        source_id=f"clinic-{i}", uri=f"file:///data/clinic_{i}.csv", content_sha256=f"{i:064x}",
-        row_count=10, format="csv", origin="test",
-        schema=[events_pb2.Column(name="x", dtype="float64")])
+_source = source_event
 
 
 # --- the running server ----------------------------------------------------------------------
@@ -208,7 +131,7 @@ def test_producer_publishes_with_tls_and_token_auditor_reads_it(
     monkeypatch.setenv("HEADWATER_TLS_CA_FILE", str(pki.ca))
     monkeypatch.setenv("HEADWATER_TOKEN", TOKENS[Role.READER])
     with pytest.raises(PublishError, match="PERMISSION_DENIED: Ingest.PublishBatch needs "
-                                           "role producer or admin"):
+                                           "role producer or unlearner or admin"):
         with Publisher(GrpcTransport(secure.target, retry_for=0), run_id="secure-run") as pub:
             pub.publish(_source(9))
 
@@ -327,7 +250,8 @@ def test_every_rpc_has_roles_and_forget_is_admin_only() -> None:
     assert roles_for("/headwater.v1.Unlearning/Forget") == [Role.ADMIN]
     assert roles_for("/headwater.v1.Query/Sql") == [Role.AUDITOR, Role.ADMIN]
     assert roles_for("/headwater.v1.Compliance/Report") == [Role.AUDITOR, Role.ADMIN]
-    assert roles_for("/headwater.v1.Ingest/Publish") == [Role.PRODUCER, Role.ADMIN]
+    assert roles_for("/headwater.v1.Ingest/Publish") == [Role.PRODUCER, Role.UNLEARNER,
+                                                          Role.ADMIN]
     assert roles_for("/headwater.v1.Unlearning/Pending") == list(Role)
     assert roles_for("/headwater.v1.Lineage/TraceRows") == [Role.READER, Role.AUDITOR,
                                                              Role.ADMIN]
