@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     found: dict[str, list[dict]] = {}
     try:
         for title, sql in QUERIES.items():
-            columns, rows = reader.query_columns(sql, {"model": args.model}, readonly=True)
+            columns, rows = reader.query_columns(sql, {"model": args.model})
             found[title] = [dict(zip(columns, r, strict=True)) for r in rows]
             if args.json:
                 for row in found[title]:

@@ -30,8 +30,9 @@ class RemoteStore:
         self._stub = query_pb2_grpc.QueryStub(self._channel)
         self._timeout = timeout
 
-    def query_columns(self, sql: str, parameters: dict[str, Any] | None = None,
-                      readonly: bool = True) -> tuple[list[str], list[tuple]]:
+    def query_columns(self, sql: str, parameters: dict[str, Any] | None = None
+                      ) -> tuple[list[str], list[tuple]]:
+        """The server's Query.Sql: checked and bounded there (read-only)."""
         request = query_pb2.SqlRequest(
             sql=sql, parameters={k: str(v) for k, v in (parameters or {}).items()},
             max_rows=1_000_000,

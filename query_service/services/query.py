@@ -1,5 +1,5 @@
-"""Query.Sql: one read-only statement against the store (readonly=1 is enforced by
-ClickHouse itself, so writes and settings changes are refused there)."""
+"""Query.Sql: one read-only statement against the store, checked on ClickHouse's parse tree
+and run inside server-side limits (query_service/sql_reader.py)."""
 
 from __future__ import annotations
 
@@ -7,40 +7,33 @@ import json
 
 import grpc
 
+from headwater.query_service.sql_policy import SqlRefused
+from headwater.query_service.sql_reader import SqlBusy, SqlReader
 from headwater.stream_processors.errors import StoreError
-from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
 
 DEFAULT_MAX_ROWS = 10_000
 
 
-def one_statement(sql: str) -> str:
-    """The statement without surrounding blanks and trailing ';'. Embedded chDB runs every
-    ';'-separated statement and leaves the extra results on the connection, where the
-    next query of any caller reads them, so the caller refuses any ';' still inside."""
-    return sql.strip().rstrip(";").rstrip()
-
-
 class QueryService(query_pb2_grpc.QueryServicer):
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, reader: SqlReader) -> None:
+        self._reader = reader
 
     def Sql(self, request: query_pb2.SqlRequest, context: grpc.ServicerContext):
-        sql = one_statement(request.sql)
-        if not sql:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sql is empty")
-        if ";" in sql:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          "one statement only: ';' is refused anywhere but at the end (pass "
-                          "text containing ';' as a {name:String} parameter)")
-        limit = request.max_rows or DEFAULT_MAX_ROWS
+        remaining = context.time_remaining()
         try:
-            columns, rows = self._store.query_columns(
-                sql, dict(request.parameters) or None, readonly=True
-            )
+            result = self._reader.run(
+                request.sql, dict(request.parameters) or None,
+                request.max_rows or DEFAULT_MAX_ROWS,
+                seconds=remaining if remaining is not None and remaining < 1e9 else None,
+                on_cancel=context.add_callback)
+        except SqlRefused as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"refused: {exc}")
+        except SqlBusy as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except StoreError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return query_pb2.SqlResponse(
-            columns=columns, rows_json=json.dumps([list(r) for r in rows[:limit]], default=str),
-            truncated=len(rows) > limit,
-        )
+            columns=result.columns, rows_json=json.dumps([list(r) for r in result.rows],
+                                                         default=str),
+            truncated=result.truncated)
