@@ -18,7 +18,7 @@ from rich.table import Table
 
 from headwater import __version__
 from headwater.query_service.settings import Settings
-from headwater.stream_processors.errors import DataDirLocked, HeadwaterError
+from headwater.stream_processors.errors import HeadwaterError
 
 console = Console(stderr=True)
 out = Console()
@@ -37,15 +37,17 @@ def _open_store(settings: Settings, *, migrate: bool = True):
     return store
 
 
-def _reader(settings: Settings):
-    """The store itself, or (embedded, serve running) the server's read-only SQL."""
-    from headwater.query_service.channel import open_channel
-    from headwater.query_service.remote import RemoteStore
+def _reader(settings: Settings, listen: str | None):
+    """What a read command reads (query_service/store_access.py): the server at --listen
+    (`listen`, the flag), else the existing store, else the serve holding its directory."""
+    from headwater.query_service.store_access import open_reader
 
-    try:
-        return _open_store(settings)
-    except DataDirLocked:
-        return RemoteStore(settings.listen, channel=open_channel(settings))
+    return open_reader(settings, listen)
+
+
+def _bound(listen: str, port: int) -> str:
+    """`listen` with the port the server bound (`:0` asks for any free port)."""
+    return f"{listen.rpartition(':')[0]}:{port}"
 
 
 def _configure_telemetry(settings: Settings, service: str) -> None:
@@ -92,6 +94,7 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
                                 max_workers=settings.rpc_workers,
                                 limits=StreamLimits.from_settings(settings))
     server.start()
+    store.record_address(_bound(settings.listen, port))  # CLI reads find this serve
     console.print(f"headwater serve: gRPC on {settings.listen} (port {port}, "
                   f"{security.describe()}), store {store.dsn.redacted}; Ctrl-C to stop")
     _freeze_startup_heap()
@@ -215,7 +218,7 @@ def sql(query: str, fmt: str, params: tuple[str, ...], data_dir: Path | None,
         if not sep or not name:
             raise HeadwaterError(f"--param {p!r} must be NAME=VALUE")
         parameters[name] = value
-    reader = _reader(_settings(data_dir=data_dir, dsn=dsn, listen=listen))
+    reader = _reader(_settings(data_dir=data_dir, dsn=dsn, listen=listen), listen)
     try:
         columns, rows = reader.query_columns(query, parameters or None, readonly=True)
     finally:
@@ -248,7 +251,7 @@ def status(data_dir: Path | None, dsn: str | None, listen: str | None,
 
     settings = _settings(data_dir=data_dir, dsn=dsn, listen=listen,
                          kafka_bootstrap=kafka_bootstrap)
-    reader = _reader(settings)
+    reader = _reader(settings, listen)
     try:
         st = collect_status(reader)
     finally:
@@ -388,7 +391,7 @@ def lineage_openlineage(run_id: str, out_file: Path | None, fmt: str, data_dir: 
     holds the embedded data directory."""
     from headwater.query_service.openlineage import export_run
 
-    reader = _reader(_settings(data_dir=data_dir, dsn=dsn, listen=listen))
+    reader = _reader(_settings(data_dir=data_dir, dsn=dsn, listen=listen), listen)
     try:
         events = export_run(reader, run_id)
     except ValueError as exc:  # stored lineage the export cannot express: name it
@@ -645,7 +648,7 @@ def audit_verify(run_id: str, recompute_hashes: bool, data_dir: Path | None, dsn
     from headwater.query_service.remote import RemoteStore
     from headwater.stream_processors.log_integrity import report_as_dict
 
-    reader = _reader(_settings(data_dir=data_dir, dsn=dsn, listen=listen))
+    reader = _reader(_settings(data_dir=data_dir, dsn=dsn, listen=listen), listen)
     try:
         if isinstance(reader, RemoteStore):
             report = reader.verify_log(run_id, recompute_hashes)

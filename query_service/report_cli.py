@@ -17,7 +17,8 @@ from headwater.query_service.report_config import (
     signing_key_path,
 )
 from headwater.query_service.settings import Settings
-from headwater.stream_processors.errors import DataDirLocked, HeadwaterError
+from headwater.query_service.store_access import HINT, answering_serve, serving_address
+from headwater.stream_processors.errors import DataDirLocked, HeadwaterError, NoStore
 
 _File = click.Path(path_type=Path, dir_okay=False)
 
@@ -28,16 +29,16 @@ def _local(settings: Settings, model: str, version: str, config: ComplianceConfi
     from headwater.query_service.report_builder import build_report
     from headwater.stream_processors.store import Store
 
-    store = Store(settings.resolved_dsn, settings.database)
+    store = Store(settings.resolved_dsn, settings.database, create=False)  # a read: no store made
     try:
-        store.migrate()
         return build_report(store, model, version, config, max_samples=samples,
                             recompute_hashes=recompute).model_dump(mode="json")
     finally:
         store.close()
 
 
-def _remote(listen: str, model: str, version: str, config: ComplianceConfig | None,
+def _remote(settings: Settings, listen: str, model: str, version: str,
+            config: ComplianceConfig | None,
             samples: int, recompute: bool) -> dict[str, Any]:
     """Build through a running serve's Compliance.Report (sealed, maybe signed there)."""
     import grpc
@@ -48,13 +49,12 @@ def _remote(listen: str, model: str, version: str, config: ComplianceConfig | No
     request = query_pb2.ReportRequest(
         model_id=model, model_version=version, recompute_hashes=recompute, max_samples=samples,
         config_json=config.model_dump_json(exclude={"signing_key"}) if config else "")
-    stub = query_pb2_grpc.ComplianceStub(open_channel(Settings(listen=listen)))
+    stub = query_pb2_grpc.ComplianceStub(open_channel(settings, listen))
     try:
         response = stub.Report(request, timeout=300)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
-            raise HeadwaterError(f"the data directory is in use, and no headwater server "
-                                 f"answers at {listen}") from None
+            raise HeadwaterError(f"no headwater server answers at {listen}") from None
         raise HeadwaterError(exc.details() or exc.code().name) from None  # type: ignore
     return json.loads(response.json)
 
@@ -100,14 +100,22 @@ def report(model_id: str, model_version: str, out_file: Path, html_file: Path | 
     config = load_config(given)
     key_path = signing_key_path(config, signing_key)
     key = load_private_key(key_path) if key_path else None
-    try:
-        body = _local(settings, model_id, model_version, config, samples, recompute_hashes)
-        sealed = seal(body, key)
-        via = "the store"
-    except DataDirLocked:
-        sealed = _remote(settings.listen, model_id, model_version,
+    # --listen: that server; else the store (never created), or the serve holding its
+    # directory (the address in its lock), never whatever answers on the default port
+    address = serving_address(settings, listen)
+    if address is None:
+        try:
+            body = _local(settings, model_id, model_version, config, samples, recompute_hashes)
+            sealed = seal(body, key)
+            via = "the store"
+        except NoStore as exc:
+            raise NoStore(f"{exc}; {HINT}") from None
+        except DataDirLocked as exc:  # a serve took the directory meanwhile
+            address = answering_serve(settings, exc.pid, exc.address, settings.data_dir)
+    if address is not None:
+        sealed = _remote(settings, address, model_id, model_version,
                          config if given else None, samples, recompute_hashes)
-        via = f"serve at {settings.listen}"
+        via = f"serve at {address}"
         if key is not None:  # sign here, with the key given to this command
             sealed = seal(sealed, key)
     parsed = ComplianceReport.model_validate(sealed)  # what we write is what we publish

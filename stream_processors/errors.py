@@ -16,4 +16,14 @@ class StoreError(HeadwaterError):
 
 
 class DataDirLocked(StoreError):
-    """Another process holds the chDB data directory."""
+    """Another process holds the chDB data directory; `pid` and `address` (the gRPC address
+    a serve recorded in the lock, None when none) name it."""
+
+    def __init__(self, message: str, *, pid: str = "unknown",
+                 address: str | None = None) -> None:
+        super().__init__(message)
+        self.pid, self.address = pid, address
+
+
+class NoStore(StoreError):
+    """A read found no store where it was pointed (nothing is created by a read)."""

@@ -27,7 +27,7 @@ from headwater.stream_processors.cluster_schema import (
     render_migration,
 )
 from headwater.stream_processors.dsn import Dsn, parse_dsn
-from headwater.stream_processors.errors import ConfigError, DataDirLocked, StoreError
+from headwater.stream_processors.errors import ConfigError, DataDirLocked, NoStore, StoreError
 from headwater.stream_processors.retention import (
     DEFAULT_EVENTS_RETENTION_DAYS,
     apply_events_retention,
@@ -68,7 +68,8 @@ def load_migrations() -> list[Migration]:
 
 
 class _DirLock:
-    """An exclusive flock on the chDB data directory, released when the store closes."""
+    """An exclusive flock on the chDB data directory, released when the store closes. The
+    lock file holds the holder's pid, then (serve, once bound) its gRPC address."""
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -77,15 +78,22 @@ class _DirLock:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            pid, address = _holder(os.pread(self._fd, 512, 0))
             os.close(self._fd)
+            serving = f", serving gRPC at {address}" if address else ""
             raise DataDirLocked(
-                f"data directory {directory} is in use by another process (pid {holder}); "
-                "chDB allows one process per directory: publish to that process "
-                "(headwater serve) or pick another --data-dir"
+                f"data directory {directory} is in use by another process (pid {pid}"
+                f"{serving}); chDB allows one process per directory: publish to that process "
+                "(headwater serve) or pick another --data-dir", pid=pid, address=address
             ) from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def record_address(self, address: str) -> None:
+        """Record where this process serves gRPC, for CLI commands pointed at the directory."""
+        text = f"{os.getpid()}\n{address}\n".encode()
+        os.pwrite(self._fd, text, 0)  # the pid stays first: no reader sees an empty file
+        os.ftruncate(self._fd, len(text))
 
     def release(self) -> None:
         if self._fd >= 0:
@@ -95,12 +103,43 @@ class _DirLock:
             self._fd = -1
 
 
+def _holder(data: bytes) -> tuple[str, str | None]:
+    """(pid, gRPC address or None) from the lock file's bytes."""
+    lines = data.decode(errors="replace").split()
+    return (lines[0] if lines else "unknown"), (lines[1] if len(lines) > 1 else None)
+
+
+def lock_holder(directory: Path) -> tuple[str, str | None] | None:
+    """(pid, gRPC address or None) of the process holding `directory`'s lock, None when no
+    process holds it. Creates nothing."""
+    try:
+        fd = os.open(Path(directory) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(os.pread(fd, 512, 0))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class Store:
     """A ClickHouse database reached through clickhouse-connect (thread-safe)."""
 
     def __init__(self, dsn: str, database: str = "headwater", *, lock: bool = True,
-                 cluster: str | None = None) -> None:
+                 cluster: str | None = None, create: bool = True) -> None:
+        """`create=False` (read commands): an embedded store that does not exist yet, or a
+        server without the database, is NoStore; nothing is created."""
         self.dsn: Dsn = parse_dsn(dsn)
+        self._create = create
+        if not create and self.dsn.embedded:
+            assert self.dsn.path is not None
+            if not self.dsn.path.is_dir():
+                raise NoStore(f"no Headwater store at {self.dsn.path}")
         if not _DB_NAME.match(database):
             raise ConfigError(f"database name {database!r} must match {_DB_NAME.pattern}")
         if cluster is not None and (self.dsn.embedded or not _DB_NAME.match(cluster)):
@@ -130,15 +169,27 @@ class Store:
             kwargs["connect_timeout"] = 5
         try:
             bootstrap = clickhouse_connect.get_client(**kwargs)
-            bootstrap.command(create_database_sql(self.database, self.cluster))
+            if getattr(self, "_create", True):
+                bootstrap.command(create_database_sql(self.database, self.cluster))
+            elif not bootstrap.command(f"EXISTS DATABASE {self.database}"):
+                bootstrap.close()
+                raise NoStore(f"no Headwater database {self.database} at {self.dsn.redacted}")
             if self.dsn.embedded:
                 bootstrap.close()
             client = clickhouse_connect.get_client(database=self.database, **kwargs)
+        except NoStore:
+            raise
         except Exception as exc:  # driver errors vary by backend: report them in one line
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StoreError(f"cannot open ClickHouse at {self.dsn.redacted}: {reason}") from exc
         # Timestamps are stored and read as UTC whatever the host's zone.
         return client
+
+    def record_address(self, address: str) -> None:
+        """serve, once bound: record its gRPC address in the data directory's lock, so CLI
+        commands pointed at the directory reach this server (and no other)."""
+        if self._lock is not None:
+            self._lock.record_address(address)
 
     # -- schema -------------------------------------------------------------------------
 

@@ -132,9 +132,9 @@ def headwater(*args: str, env: dict[str, str] | None = None, **kwargs) -> subpro
 
 
 def run_headwater(*args: str, env: dict[str, str] | None = None,
-                  timeout: float = 120) -> subprocess.CompletedProcess:
+                  timeout: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*HEADWATER, *args], env={**os.environ, **(env or {})}, cwd=REPO, capture_output=True,
+        [*HEADWATER, *args], env={**os.environ, **(env or {})}, cwd=cwd, capture_output=True,
         text=True, timeout=timeout,
     )
 
