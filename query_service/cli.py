@@ -92,7 +92,8 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
                                 damping=settings.attribution_damping,
                                 decay=settings.attribution_decay, security=security,
                                 max_workers=settings.rpc_workers,
-                                limits=StreamLimits.from_settings(settings))
+                                limits=StreamLimits.from_settings(settings),
+                                sql=settings.sql_limits)
     server.start()
     store.record_address(_bound(settings.listen, port))  # CLI reads find this serve
     console.print(f"headwater serve: gRPC on {settings.listen} (port {port}, "
@@ -128,7 +129,8 @@ def query_service(dsn: str | None, listen: str | None) -> None:
     server, port = build_server(store, settings.listen, damping=settings.attribution_damping,
                                 decay=settings.attribution_decay, log=log, security=security,
                                 max_workers=settings.rpc_workers,
-                                limits=StreamLimits.from_settings(settings))
+                                limits=StreamLimits.from_settings(settings),
+                                sql=settings.sql_limits)
     server.start()
     console.print(f"headwater query-service: gRPC on {settings.listen} "
                   f"({security.describe()}), store {store.dsn.redacted}")
@@ -201,6 +203,29 @@ class _ThroughputLog:
             self._window, self._since = 0, self._clock()
 
 
+def _read_sql(reader: Any, settings: Settings, sql: str,
+              parameters: dict[str, str] | None) -> tuple[list[str], list[tuple]]:
+    """An auditor's statement through the same checks and limits as Query.Sql (a local store)
+    or through Query.Sql itself (a server)."""
+    from headwater.query_service.sql_policy import SqlRefused
+    from headwater.query_service.sql_reader import SqlReader
+    from headwater.stream_processors.store import Store
+
+    if not isinstance(reader, Store):
+        return reader.query_columns(sql, parameters)
+    sql_reader = SqlReader(reader, settings.sql_limits)
+    try:
+        result = sql_reader.run(sql, parameters, settings.sql_max_rows)
+    except SqlRefused as exc:
+        raise HeadwaterError(f"refused: {exc}") from None
+    finally:
+        sql_reader.close()
+    if result.truncated:
+        console.print(f"[yellow]result truncated at {len(result.rows)} rows "
+                      "(HEADWATER_SQL_MAX_ROWS)[/]")
+    return result.columns, result.rows
+
+
 @cli.command()
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
@@ -218,9 +243,10 @@ def sql(query: str, fmt: str, params: tuple[str, ...], data_dir: Path | None,
         if not sep or not name:
             raise HeadwaterError(f"--param {p!r} must be NAME=VALUE")
         parameters[name] = value
-    reader = _reader(_settings(data_dir=data_dir, dsn=dsn, listen=listen), listen)
+    settings = _settings(data_dir=data_dir, dsn=dsn, listen=listen)
+    reader = _reader(settings, listen)
     try:
-        columns, rows = reader.query_columns(query, parameters or None, readonly=True)
+        columns, rows = _read_sql(reader, settings, query, parameters or None)
     finally:
         reader.close()
     if fmt == "csv":

@@ -29,6 +29,8 @@ from headwater.query_service.services.unlearning import (
     PublisherFor,
     UnlearningService,
 )
+from headwater.query_service.sql_policy import SqlLimits
+from headwater.query_service.sql_reader import SqlReader
 from headwater.query_service.transport_security import (
     ServerSecurity,
     check_exposure,
@@ -105,12 +107,13 @@ def build_server(store: Store, listen: str, sink: Sink | None = None,
                  max_workers: int = 8, damping: float = 0.0, decay: float = 1.0,
                  log: PublisherFor | None = None,
                  security: ServerSecurity | None = None,
-                 limits: StreamLimits | None = None) -> tuple[grpc.Server, int]:
+                 limits: StreamLimits | None = None,
+                 sql: SqlLimits | None = None) -> tuple[grpc.Server, int]:
     """Create (not start) the server; `sink` enables Ingest. Forget requests are recorded
     through `log` (default: into `sink`); without either, Forget is refused. `security`:
     TLS and token auth, required for a non-loopback `listen`. `max_workers`: threads for unary
     calls; health checks and streams have pools of their own (`limits`, query_service/limits.py).
-    Returns (server, bound port)."""
+    `sql`: the bounds of Query.Sql statements. Returns (server, bound port)."""
     security = security or ServerSecurity()
     check_exposure(listen, security)
     credentials = server_credentials(security) if security.tls else None
@@ -135,7 +138,7 @@ def build_server(store: Store, listen: str, sink: Sink | None = None,
     query_pb2_grpc.add_LineageServicer_to_server(LineageService(store), server)
     engine = AttributionEngine(store, damping=damping, decay=decay)
     query_pb2_grpc.add_ComplianceServicer_to_server(ComplianceService(store, engine), server)
-    query_pb2_grpc.add_QueryServicer_to_server(QueryService(store), server)
+    query_pb2_grpc.add_QueryServicer_to_server(QueryService(SqlReader(store, sql)), server)
     query_pb2_grpc.add_AttributionServicer_to_server(AttributionService(store, engine), server)
     query_pb2_grpc.add_UnlearningServicer_to_server(UnlearningService(store, log), server)
     names += ["Lineage", "Compliance", "Query", "Attribution", "Unlearning"]

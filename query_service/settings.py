@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from headwater.query_service.redaction import redact_config
+from headwater.query_service.sql_policy import SqlLimits
 from headwater.stream_processors.dsn import redact_dsn
 from headwater.stream_processors.retention import (
     DEFAULT_EVENTS_RETENTION_DAYS,
@@ -52,6 +53,16 @@ class Settings(BaseSettings):
     events_retention_days: int = Field(
         DEFAULT_EVENTS_RETENTION_DAYS, description="days the event log is kept (ClickHouse TTL "
         f"on events); at least {MIN_EVENTS_RETENTION_DAYS}: Art. 19 / 26(6) EU AI Act")
+
+    # Query.Sql / `headwater sql` (see docs/sql.md): limits no statement can change
+    sql_timeout_seconds: float = Field(30.0, gt=0, description="longest a statement runs "
+                                       "(the caller's deadline, if sooner, wins)")
+    sql_max_memory_bytes: int = Field(1 << 30, gt=0, description="memory one statement "
+                                      "may use")
+    sql_max_rows: int = Field(100_000, gt=0, description="most rows one result returns "
+                              "(more are cut off, streamed, not fetched)")
+    sql_max_concurrent: int = Field(2, gt=0, description="statements running at once; "
+                                    "more answer RESOURCE_EXHAUSTED")
 
     # server side (serve / query-service); see docs/security.md
     auth_tokens_file: Path | None = Field(None, description="SHA-256 token digests -> roles; "
@@ -116,6 +127,11 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"listen address {value!r} must be HOST:PORT")
         return value
+
+    @property
+    def sql_limits(self) -> SqlLimits:
+        return SqlLimits(self.sql_timeout_seconds, self.sql_max_memory_bytes,
+                         self.sql_max_rows, self.sql_max_concurrent)
 
     @property
     def resolved_dsn(self) -> str:

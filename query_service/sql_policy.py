@@ -78,6 +78,16 @@ _TABLE_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?
                          r"(?: \(alias [^()]*\))?(?: \(children \d+\))?$")
 
 
+@dataclass(frozen=True)
+class SqlLimits:
+    """Server-side bounds of one statement (settings sql_*; docs/configuration.md)."""
+
+    seconds: float = 30.0
+    memory_bytes: int = 1 << 30
+    max_rows: int = 100_000
+    concurrent: int = 2
+
+
 class SqlRefused(ValueError):
     """The statement is not a safe read; the message names what was refused."""
 

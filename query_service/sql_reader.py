@@ -20,19 +20,9 @@ from typing import Any
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from headwater.query_service.sql_policy import SqlRefused, check_statement
+from headwater.query_service.sql_policy import SqlLimits, SqlRefused, check_statement
 from headwater.stream_processors.errors import StoreError
 from headwater.stream_processors.store import Store
-
-
-@dataclass(frozen=True)
-class SqlLimits:
-    """Server-side bounds of one statement (settings sql_*; docs/configuration.md)."""
-
-    seconds: float = 30.0
-    memory_bytes: int = 1 << 30
-    max_rows: int = 100_000
-    concurrent: int = 2
 
 
 @dataclass(frozen=True)
