@@ -5,6 +5,7 @@ peer address."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +184,34 @@ def test_the_principal_string_stays_one_line_of_fields() -> None:
     finally:
         _CURRENT.reset(token)
     assert describe(_Context({}, "ipv6:[::1]:7")) == "unauthenticated peer=ipv6:[::1]:7"
+
+
+def test_stored_events_and_dead_letters_name_who_sent_them(tokens_only: SecureServe) -> None:
+    """Issue 14 row 15 / deliverable 7: through a real serve, the stored event and the
+    dead letter of a refused one (a forged ForgetRequested, row 6) both carry the producer
+    token's principal, so a forgery attempt names its sender."""
+    builder = EnvelopeBuilder("identity-stored")
+    good = builder.wrap(source_event(7))
+    forged = builder.wrap(events_pb2.ForgetRequested(
+        request_id="forged-1", model_id="clf", reason="forged",
+        target=events_pb2.ForgetTarget(source_ids=["clinic-7"])))
+    ingest = query_pb2_grpc.IngestStub(open_channel(
+        tokens_only.target, ClientSecurity(token=TOKENS[Role.PRODUCER])))
+    response = ingest.PublishBatch(query_pb2.EventBatch(
+        events=[good.SerializeToString(), forged.SerializeToString()]), timeout=30)
+    assert [a.status for a in response.acks] == [query_pb2.EventAck.ACCEPTED,
+                                                 query_pb2.EventAck.REJECTED]
+    sql = query_pb2_grpc.QueryStub(open_channel(
+        tokens_only.target, ClientSecurity(token=TOKENS[Role.AUDITOR])))
+
+    def principals(table: str, event_id: str) -> list[str]:
+        rows = sql.Sql(query_pb2.SqlRequest(
+            sql=f"SELECT principal FROM {table} WHERE event_id = {{e:String}}",
+            parameters={"e": event_id}), timeout=30).rows_json
+        return [r[0] for r in json.loads(rows)]
+
+    (stored,) = principals("events", good.event_id)
+    (dead,) = principals("dead_letters", forged.event_id)
+    for who in (stored, dead):
+        assert re.fullmatch(rf"token=producer-bot role=producer {PEER}", who), who
+    assert principals("events", forged.event_id) == []
