@@ -290,3 +290,28 @@ def test_nobody_publishes_forget_requested_through_ingest_without_auth(
     assert ack.status == ack.REJECTED
     assert ack.error == _reason("forget_requested", "unauthenticated")
     assert _stored(open_serve.target, None, event.event_id) == (0, [ack.error])
+
+
+def test_listener_publishes_through_a_given_outcomes_publisher(authed: SecureServe,
+                                                               tmp_path: Path) -> None:
+    """Issue 14 row 6, Kafka-mode shape: `outcomes=` a ready publisher (here an unlearner
+    one over gRPC; on Kafka a KafkaTransport one) carries UnlearningApplied, the listener's
+    own token only reads Unlearning.Pending, and close() leaves the given publisher open."""
+    run = _trainer(authed, tmp_path, "outcomes-run")
+    query_pb2_grpc.UnlearningStub(_channel(authed.target, TOKENS[Role.ADMIN])).Forget(
+        query_pb2.ForgetRequest(run_id="outcomes-run", model_id="clf", reason="withdrawn",
+                                target=events_pb2.ForgetTarget(source_ids=[run["source_b"]])),
+        timeout=60)
+    outcomes = Publisher(GrpcTransport(authed.target, token=TOKENS[Role.UNLEARNER]),
+                         run_id="outcomes-run", producer_id="kafka-side-listener")
+    with UnlearningListener(run["publisher"], authed.target, model_id="clf",
+                            dataset=run["x"], apply=Unlearner(run["model"], run["x"], run["y"]),
+                            token=TOKENS[Role.PRODUCER], outcomes=outcomes) as listener:
+        (applied,) = listener.poll(force=True)
+    assert applied.status == applied.APPLIED
+    outcomes.publish(_valid("unlearning_applied"))  # still open after the listener closed
+    outcomes.close()
+    rows = _sql(authed.target, TOKENS[Role.AUDITOR],
+                "SELECT count() FROM events WHERE producer_id = 'kafka-side-listener'")
+    assert rows == [[2]]
+    run["publisher"].close()
