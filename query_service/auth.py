@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from headwater.producers.transports.channel import file_mode_problem
 from headwater.query_service.handlers import handler_like
 from headwater.query_service.principal import bound
 from headwater.stream_processors.errors import ConfigError
@@ -184,31 +185,43 @@ def match(table: dict[bytes, Principal], token: str) -> Principal | None:
 
 
 class TokenFile:
-    """The token table of a file, re-read (at most once a second) when the file changes; a
-    broken rewrite keeps the previous table and is logged."""
+    """The token table of a file, re-read (at most once a second) when the file changes
+    (content, inode, mode or owner).
+
+    Refused at start and at every re-read: a file group- or world-writable or owned by a
+    user other than the server's or root (file_mode_problem). At a re-read, such a file, or
+    one deleted or unreadable, fails closed: the table empties, every call is refused
+    UNAUTHENTICATED until the file is back, and it is logged. A rewrite that does not parse
+    keeps the previous table (a typo must not lock every client out) and is logged."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
-        self._stamp = self._stat()
+        self._stamp: tuple[int, ...] | None = self._stat()
+        self._check_mode()
         self.table = self._load()
         self._checked = clock()
 
-    def _stat(self) -> tuple[int, int, int]:
+    def _stat(self) -> tuple[int, int, int, int, int]:
         try:
             st = os.stat(self.path)
         except OSError as exc:
             raise ConfigError(f"{TOKENS_FILE_ENV}: cannot read {self.path}: "
                               f"{exc.strerror}") from None
-        return st.st_mtime_ns, st.st_size, st.st_ino
+        return st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid
+
+    def _check_mode(self) -> None:
+        problem = file_mode_problem(self.path)
+        if problem:
+            raise _Untrusted(f"{TOKENS_FILE_ENV}: refused: {problem}")
 
     def _load(self) -> dict[bytes, Principal]:
         try:
             text = self.path.read_text()
         except OSError as exc:
-            raise ConfigError(f"{TOKENS_FILE_ENV}: cannot read {self.path}: "
-                              f"{exc.strerror}") from None
+            raise _Untrusted(f"{TOKENS_FILE_ENV}: cannot read {self.path}: "
+                             f"{exc.strerror}") from None
         table = parse_tokens(text, str(self.path))
         if not table:
             log.warning("%s holds no tokens: every call except health checks is refused",
@@ -226,12 +239,30 @@ class TokenFile:
         with self._lock:
             self._checked = now
             try:
-                stamp = self._stat()
-                if stamp != self._stamp:
-                    self.table, self._stamp = self._load(), stamp
-                    log.info("token file %s re-read: %d token(s)", self.path, len(self.table))
+                stamp: tuple[int, ...] | None = self._stat()
+            except ConfigError as exc:  # deleted or unreadable: fail closed
+                stamp, failure = None, exc
+            else:
+                failure = None
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp  # logged once per change, not once a second
+            try:
+                if failure is not None:
+                    raise _Untrusted(str(failure))
+                self._check_mode()
+                self.table = self._load()
+                log.info("token file %s re-read: %d token(s)", self.path, len(self.table))
+            except _Untrusted as exc:
+                self.table = {}
+                log.error("token file refused, every call is refused until it is fixed: %s",
+                          exc)
             except ConfigError as exc:
                 log.error("token file not re-read, previous tokens stay in force: %s", exc)
+
+
+class _Untrusted(ConfigError):
+    """The token file is gone, unreadable, or its mode or owner lets another user change it."""
 
 
 def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:

@@ -93,6 +93,7 @@ def grpc_problems(settings: Settings, target: str | None = None,
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from headwater.producers.transports.channel import (
+        NO_PROXY,
         ChannelConfigError,
         ClientSecurity,
         channel_credentials,
@@ -102,7 +103,7 @@ def grpc_problems(settings: Settings, target: str | None = None,
     roots = settings.tls_ca_file or settings.tls_cert_file
     try:
         if roots is None:
-            channel = grpc.insecure_channel(target)
+            channel = grpc.insecure_channel(target, [NO_PROXY])  # the server, not a proxy
         else:
             name = (tls_server_name(settings.tls_cert_file.read_bytes())
                     if settings.tls_cert_file else None)

@@ -3,6 +3,8 @@ rule that a non-loopback address is served only with both."""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from headwater.producers.transports.channel import (
 from headwater.query_service.auth import TokenFile
 from headwater.stream_processors.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ServerSecurity:
@@ -26,6 +30,7 @@ class ServerSecurity:
     cert_file: Path | None = None
     key_file: Path | None = None
     client_ca_file: Path | None = None
+    cert_warn_days: int = 14  # HEADWATER_TLS_CERT_WARN_DAYS
 
     @property
     def tls(self) -> bool:
@@ -37,7 +42,40 @@ class ServerSecurity:
 
     def describe(self) -> str:
         tls = ("mTLS" if self.client_ca_file else "TLS") if self.tls else "plaintext"
-        return f"{tls}, " + ("token auth" if self.auth else "no auth (loopback only)")
+        notice = expiry_notice(self)
+        return (f"{tls}, " + ("token auth" if self.auth else "no auth (loopback only)")
+                + (f"; WARNING: {notice}" if notice else ""))
+
+
+def _not_after(cert_file: Path) -> dt.datetime | None:
+    """When the first certificate of `cert_file` expires; None when it cannot be read."""
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificates(Path(cert_file).read_bytes())[0] \
+            .not_valid_after_utc
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def expiry_notice(security: ServerSecurity, now: dt.datetime | None = None) -> str | None:
+    """A line when the server certificate has expired or expires within
+    `security.cert_warn_days` days; None otherwise (or without TLS)."""
+    if security.cert_file is None:
+        return None
+    not_after = _not_after(security.cert_file)
+    if not_after is None:
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    when = f"{not_after:%Y-%m-%d %H:%M} UTC"
+    if not_after <= now:
+        return (f"the certificate in {security.cert_file} expired on {when}: clients refuse "
+                "it; renew it (HEADWATER_TLS_CERT_FILE) and restart")
+    left = not_after - now
+    if left < dt.timedelta(days=security.cert_warn_days):
+        return (f"the certificate in {security.cert_file} expires in {left.days} day(s), on "
+                f"{when}; renew it and restart before then")
+    return None
 
 
 def server_security(settings: Any) -> ServerSecurity:
@@ -49,7 +87,8 @@ def server_security(settings: Any) -> ServerSecurity:
     if settings.tls_client_ca_file is not None and cert is None:
         raise ConfigError("HEADWATER_TLS_CLIENT_CA_FILE (mTLS) needs HEADWATER_TLS_CERT_FILE "
                           "and HEADWATER_TLS_KEY_FILE too")
-    return ServerSecurity(settings.auth_tokens_file, cert, key, settings.tls_client_ca_file)
+    return ServerSecurity(settings.auth_tokens_file, cert, key, settings.tls_client_ca_file,
+                          getattr(settings, "tls_cert_warn_days", 14))
 
 
 def check_exposure(listen: str, security: ServerSecurity) -> None:
@@ -73,7 +112,8 @@ def server_credentials(security: ServerSecurity) -> grpc.ServerCredentials:
 
     assert security.cert_file is not None and security.key_file is not None
     cert_pem = read_setting_file(security.cert_file, "HEADWATER_TLS_CERT_FILE", ConfigError)
-    key_pem = read_setting_file(security.key_file, "HEADWATER_TLS_KEY_FILE", ConfigError)
+    key_pem = read_setting_file(security.key_file, "HEADWATER_TLS_KEY_FILE", ConfigError,
+                                private_key=True)
     try:
         cert = x509.load_pem_x509_certificates(cert_pem)[0]
     except ValueError:
@@ -84,6 +124,11 @@ def server_credentials(security: ServerSecurity) -> grpc.ServerCredentials:
     except (ValueError, TypeError):
         raise ConfigError(f"HEADWATER_TLS_KEY_FILE: {security.key_file} holds no unencrypted "
                           "PEM private key") from None
+    notice = expiry_notice(security)
+    if notice and cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
+        raise ConfigError(f"HEADWATER_TLS_CERT_FILE: refusing to start: {notice}")
+    if notice:
+        log.warning("%s", notice)
     raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if cert.public_key().public_bytes(*raw) != key.public_key().public_bytes(*raw):
         raise ConfigError(f"HEADWATER_TLS_KEY_FILE: {security.key_file} is not the key of the "

@@ -31,14 +31,16 @@ def _name(cn: str) -> x509.Name:
 
 
 def _issue(subject: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-           ca: bool = False, sans: list[x509.GeneralName] | None = None):
+           ca: bool = False, sans: list[x509.GeneralName] | None = None,
+           not_after: dt.datetime | None = None):
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
+    not_after = not_after or now + dt.timedelta(days=1)
     issuer_name, issuer_key = issuer or (_name(subject), key)
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer_name)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(days=1))
+               .not_valid_before(min(now, not_after) - dt.timedelta(days=1))
+               .not_valid_after(not_after)
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -59,6 +61,7 @@ def _write(path: Path, key, cert) -> tuple[Path, Path]:
     path.with_suffix(".key").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
+    path.with_suffix(".key").chmod(0o600)  # keys readable by others are refused
     path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path.with_suffix(".pem"), path.with_suffix(".key")
 
@@ -74,6 +77,13 @@ def make_pki(d: Path) -> Pki:
     client_cert, client_key = _write(d / "client", *_issue("trainer", issuer))
     other_pem, _ = _write(d / "other", *_issue("someone else's CA", None, ca=True))
     return Pki(ca_pem, cert, key, client_cert, client_key, other_pem)
+
+
+def self_signed_server(path: Path, not_after: dt.datetime) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost/127.0.0.1 valid until `not_after`, and its key
+    (mode 0600): (PATH.pem, PATH.key)."""
+    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    return _write(path, *_issue("headwater serve", None, sans=sans, not_after=not_after))
 
 
 def write_tokens(path: Path) -> Path:

@@ -905,6 +905,15 @@ def _pem_pair(subject: str, issuer: tuple | None, ca: bool, dns: list[str]) -> t
     return key, cert, key_pem, cert.public_bytes(serialization.Encoding.PEM)
 
 
+def _secret_modes(deployment: dict, container: dict) -> dict[str, int]:
+    """mountPath -> file mode of every Secret volume the container mounts (defaultMode, else
+    Kubernetes' 0644)."""
+    volumes = {v["name"]: v["secret"] for v in deployment["spec"]["template"]["spec"]["volumes"]
+               if "secret" in v}
+    return {m["mountPath"]: volumes[m["name"]].get("defaultMode", 0o644)
+            for m in container.get("volumeMounts", []) if m["name"] in volumes}
+
+
 class TlsServe:
     """`headwater serve` on 127.0.0.1 with the query pod's TLS and token settings: the files
     laid out as the pod mounts them (under `root` instead of /), the certificate issued for
@@ -927,9 +936,13 @@ class TlsServe:
         env = _env(docs, self.container)
         self.env = {k: str(root / v.lstrip("/")) for k, v in env.items()
                     if k.startswith("HEADWATER_") and k.endswith("_FILE")}
+        modes = _secret_modes(deployment, self.container)
         for path in self.env.values():
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_bytes(contents[Path(path).name])
+            # as the kubelet mounts a Secret: root-owned, the volume's defaultMode
+            Path(path).chmod(next(mode for mount, mode in modes.items()
+                                  if path.startswith(str(root / mount.lstrip("/")))))
         self.port = free_port()
         self.log = root / "serve.log"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ TOKEN_FILE_ENV = "HEADWATER_TOKEN_FILE"
 TLS_CA_ENV = "HEADWATER_TLS_CA_FILE"
 TLS_CLIENT_CERT_ENV = "HEADWATER_TLS_CLIENT_CERT_FILE"
 TLS_CLIENT_KEY_ENV = "HEADWATER_TLS_CLIENT_KEY_FILE"
+
+
+NO_PROXY = ("grpc.enable_http_proxy", 0)  # channel option: never dial through a proxy
 
 
 class ChannelConfigError(ValueError):
@@ -88,14 +92,44 @@ def security_from_env(*, tls_ca_file: str | Path | None = None, token: str | Non
                           client_key_file=Path(key) if key else None, token=token)
 
 
-def read_setting_file(path: Path, setting: str,
-                      error: type[Exception] = ChannelConfigError) -> bytes:
-    """The bytes of a file named by a setting; `error` names the setting and the path (never
-    the content: it may be a key)."""
+def file_mode_problem(path: Path, *, private_key: bool = False) -> str | None:
+    """Why a secret file must not be trusted, or None. Refused: a file group- or world-
+    writable (anyone could add a token or swap a key), or owned by a user other than this
+    process's or root; a private key (`private_key`) also when others can read it, or its
+    group can and it is not owned by root (root-owned 0640 is how a Kubernetes Secret with
+    fsGroup is mounted). A file that cannot be stat'ed is not a mode problem (None)."""
     try:
-        return Path(path).read_bytes()
+        st = os.stat(path)
+    except OSError:
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        return (f"{path} is group- or world-writable (mode {mode:04o}): another user could "
+                f"change it; chmod 600 {path}")
+    if st.st_uid not in (0, os.geteuid()):
+        return (f"{path} is owned by uid {st.st_uid}, neither this user (uid {os.geteuid()}) "
+                f"nor root: its owner could change it; chown it and chmod 600 {path}")
+    if private_key and (mode & 0o004 or (mode & 0o040 and st.st_uid != 0)):
+        return (f"{path} is a private key readable by other users (mode {mode:04o}); "
+                f"chmod 600 {path} (or 640 owned by root)")
+    return None
+
+
+def read_setting_file(path: Path, setting: str,
+                      error: type[Exception] = ChannelConfigError, *,
+                      private_key: bool = False) -> bytes:
+    """The bytes of a file named by a setting; `error` names the setting and the path (never
+    the content: it may be a key). `private_key`: refused when its mode or owner lets another
+    user read or change it (file_mode_problem)."""
+    try:
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise error(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    if private_key:
+        problem = file_mode_problem(path, private_key=True)
+        if problem:
+            raise error(f"{setting}: refused: {problem}")
+    return data
 
 
 def channel_credentials(security: ClientSecurity) -> grpc.ChannelCredentials:
@@ -107,7 +141,8 @@ def channel_credentials(security: ClientSecurity) -> grpc.ChannelCredentials:
     cert = key = None
     if security.client_cert_file and security.client_key_file:
         cert = read_setting_file(security.client_cert_file, TLS_CLIENT_CERT_ENV)
-        key = read_setting_file(security.client_key_file, TLS_CLIENT_KEY_ENV)
+        key = read_setting_file(security.client_key_file, TLS_CLIENT_KEY_ENV,
+                                private_key=True)
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                         certificate_chain=cert)
 
@@ -157,13 +192,17 @@ def open_channel(target: str, security: ClientSecurity | None = None,
     security = security or ClientSecurity()
     opts = list(options or ())
     if security.tls:
+        # TLS may go through an HTTP CONNECT proxy (grpc_proxy / https_proxy): the proxy
+        # relays the encrypted stream and sees the target's host and port, never the token
         channel = grpc.secure_channel(target, channel_credentials(security), opts)
     else:
         if security.token and not is_loopback_host(host_of(target)):
             raise ChannelConfigError(
                 f"refusing to send the token to {target} over plaintext; set "
                 f"{TLS_CA_ENV} (or pass tls_ca_file) to use TLS")
-        channel = grpc.insecure_channel(target, opts)
+        # plaintext never goes through a proxy, whatever grpc_proxy / http(s)_proxy say: the
+        # proxy would read every message and the token in clear
+        channel = grpc.insecure_channel(target, [*opts, NO_PROXY])
     return with_token(channel, security.token)
 
 
