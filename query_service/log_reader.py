@@ -13,11 +13,17 @@ def verify_stored_log(store: Store, run_id: str = "", recompute_hashes: bool = F
                       now: datetime | None = None) -> LogReport:
     """Verify the chains of every producer (of one run, when given) as stored; the table's
     own TTL sets the retention horizon before which a chain's head may have expired."""
-    raw = "hex(raw)" if recompute_hashes else "''"
+    raw = "hex(e.raw)" if recompute_hashes else "''"
+    # every stored event beside the hash first accepted under its id (first write wins)
     rows = store.query(
-        f"SELECT producer_id, run_id, seq, event_id, hex(prev_hash), hex(hash), emitted_at, {raw} "
-        "FROM events FINAL WHERE {run:String} = '' OR run_id = {run:String} "
-        "ORDER BY producer_id, seq, event_id",
+        "SELECT e.producer_id, e.run_id, e.seq, e.event_id, hex(e.prev_hash), hex(e.hash), "
+        f"e.emitted_at, {raw}, r.event_id != '', hex(r.first) "
+        "FROM events AS e FINAL LEFT JOIN (SELECT event_id, argMin(hash, received_at) AS first "
+        "  FROM event_receipts WHERE event_id IN (SELECT event_id FROM events "
+        "  WHERE {run:String} = '' OR run_id = {run:String}) GROUP BY event_id) AS r "
+        "ON r.event_id = e.event_id "
+        "WHERE {run:String} = '' OR e.run_id = {run:String} "
+        "ORDER BY e.producer_id, e.seq, e.event_id",
         {"run": run_id},
     )
     days = stored_events_retention(store)
@@ -26,8 +32,9 @@ def verify_stored_log(store: Store, run_id: str = "", recompute_hashes: bool = F
         horizon = (now or datetime.now(timezone.utc)) - timedelta(days=days)
     report = verify_log([
         LogRow(p, r, s, e, bytes.fromhex(ph), bytes.fromhex(h), _utc(t),
-               bytes.fromhex(body) if recompute_hashes else None)
-        for p, r, s, e, ph, h, t, body in rows
+               bytes.fromhex(body) if recompute_hashes else None, receipt_checked=True,
+               first_hash=bytes.fromhex(first) if has_receipt else None)
+        for p, r, s, e, ph, h, t, body, has_receipt, first in rows
     ], horizon, days)
     report.hashes_recomputed = recompute_hashes
     return report

@@ -6,8 +6,11 @@ Rows are checked in stored seq order, and every finding names one of these kinds
 
 - gap: seqs missing inside the chain (events deleted, or never stored);
 - truncated: the chain's head (seq 1..k-1) is missing. Retention removes the oldest
-  events, so when a retention horizon is given this is a *note*, not a problem: the log
-  alone cannot tell expired events from deleted ones, and the note says so;
+  events, so when the first stored event was itself emitted by the retention horizon (plus
+  TRUNCATION_GRACE for the TTL's lag) this is a *note*: the head expired, or was deleted
+  shortly before it would have. A head missing in front of a younger event cannot have
+  expired, so it is a problem (a producer idle for longer than the retention shows so too:
+  the verifier cannot tell; the finding says when its first stored event was emitted);
 - duplicate: two different events stored under one seq;
 - reordered: an event's prev_hash is the hash of another *stored* event, but not of the
   event stored at seq - 1 (or it carries the genesis hash at seq > 1 while seq 1 does
@@ -19,15 +22,19 @@ Rows are checked in stored seq order, and every finding names one of these kinds
   or a stored time was rewritten (with hashes recomputed, a rewrite also shows as below);
 - hash_mismatch: the stored bytes no longer hash to the recorded hash (bytes tampered);
 - column_mismatch: the stored columns (seq, ids, hashes, time) disagree with the hashed
-  bytes (an indexed column was rewritten without the bytes).
+  bytes (an indexed column was rewritten without the bytes);
+- overwritten: the stored event is not the one first accepted under its id (its hash
+  differs from its receipt: first write wins, so only a write around the sink does this);
+- unreceipted: a stored event with no receipt: it was written around the sink.
 
-The last two need the raw bytes (`LogRow.raw`); the others need only the columns.
+hash_mismatch and column_mismatch need the raw bytes (`LogRow.raw`); overwritten and
+unreceipted need the receipts (`LogRow.receipt_checked`); the others need only the columns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from itertools import groupby
 
 from google.protobuf.message import DecodeError
@@ -46,6 +53,14 @@ class LogRow:
     hash: bytes
     emitted_at: datetime
     raw: bytes | None = None  # given when hashes are to be recomputed
+    receipt_checked: bool = False  # first_hash was read from event_receipts
+    first_hash: bytes | None = None  # the hash first accepted under event_id; None: no receipt
+
+
+# How long after the retention horizon the first stored event of a chain whose head is
+# missing may have been emitted for the head to count as expired: ClickHouse applies TTLs
+# at merges, hours late, and a producer's events come seconds or minutes apart.
+TRUNCATION_GRACE = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,7 @@ def verify_chain(rows: list[LogRow], horizon: datetime | None = None
                                     f", before seq {prev.seq} ({prev.emitted_at.isoformat()})"))
         for r in candidates:
             problems.extend(_content(r))
+            problems.extend(_receipt(r))
         prev = row
     return summary, problems, notes
 
@@ -162,6 +178,13 @@ def _continuity(row: LogRow, prev: LogRow | None, horizon: datetime | None,
         missing = f"seq 1..{row.seq - 1} missing"
         if horizon is None:
             return [Problem(pid, "truncated", 1, f"{missing}: the chain's head is not stored")]
+        if _utc(row.emitted_at) > horizon + TRUNCATION_GRACE:
+            return [Problem(
+                pid, "truncated", 1,
+                f"{missing}; the first stored event was emitted at "
+                f"{row.emitted_at.isoformat()}, after the retention horizon "
+                f"{horizon.isoformat()} (+{TRUNCATION_GRACE.days} day): events before it "
+                "cannot have expired yet, so they were deleted")]
         notes.append(Problem(
             pid, "truncated", 1,
             f"{missing}; the first stored event was emitted at {row.emitted_at.isoformat()}, "
@@ -201,6 +224,26 @@ def _link(row: LogRow, prev: LogRow | None, by_hash: dict[bytes, LogRow],
                        f"event; the event at seq {seq - 1} was altered or replaced, or this "
                        "one was forged")
     return None
+
+
+def _receipt(row: LogRow) -> list[Problem]:
+    """Compare the stored event with the one first accepted under its id."""
+    if not row.receipt_checked:
+        return []
+    if row.first_hash is None:
+        return [Problem(row.producer_id, "unreceipted", row.seq,
+                        f"event {row.event_id} has no receipt: it was written around the "
+                        "sink (directly into the store)")]
+    if row.first_hash != row.hash:
+        return [Problem(row.producer_id, "overwritten", row.seq,
+                        f"event {row.event_id} stored with hash {row.hash.hex()[:16]}…, but "
+                        f"first accepted with {row.first_hash.hex()[:16]}…: the stored event "
+                        "was replaced")]
+    return []
+
+
+def _utc(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def _content(row: LogRow) -> list[Problem]:

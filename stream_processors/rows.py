@@ -25,7 +25,13 @@ EVENTS_SCHEMA = pa.schema([
     ("payload_type", pa.string()), ("prev_hash", pa.binary(32)), ("hash", pa.binary(32)),
     ("raw", pa.binary()), ("size_bytes", pa.uint32()), ("transport", pa.string()),
     ("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()),
-    ("ingested_at", TS),
+    ("ingested_at", TS), ("principal", pa.string()),
+])
+
+RECEIPTS_SCHEMA = pa.schema([
+    ("event_id", pa.string()), ("hash", pa.binary(32)), ("producer_id", pa.string()),
+    ("run_id", pa.string()), ("seq", pa.uint64()), ("principal", pa.string()),
+    ("transport", pa.string()), ("received_at", TS),
 ])
 
 SOURCES_SCHEMA = pa.schema([
@@ -42,6 +48,7 @@ DEAD_LETTERS_SCHEMA = pa.schema([
     ("error", pa.string()), ("transport", pa.string()), ("topic", pa.string()),
     ("partition", pa.int32()), ("offset", pa.int64()), ("event_id", pa.string()),
     ("producer_id", pa.string()), ("run_id", pa.string()), ("seq", pa.uint64()),
+    ("principal", pa.string()),
 ])
 
 
@@ -81,12 +88,29 @@ def event_rows(batch: list[Accepted], transport: str, now: datetime) -> pa.Table
         [r.partition for r in records],
         [r.offset for r in records],
         _ts_column([now_us] * n),
+        [r.principal for r in records],
     ]
     return pa.Table.from_arrays(
         [c if isinstance(c, pa.Array) else pa.array(c, f.type)
          for c, f in zip(columns, EVENTS_SCHEMA, strict=True)],
         schema=EVENTS_SCHEMA,
     )
+
+
+def receipt_rows(batch: list[Accepted], transport: str, now: datetime) -> pa.Table:
+    """One `event_receipts` row per newly accepted event: the content hash its id now
+    stands for (first write wins)."""
+    events = [a.event for a in batch]
+    return pa.Table.from_arrays([
+        pa.array([e.event_id for e in events], pa.string()),
+        pa.array([e.hash for e in events], pa.binary(32)),
+        pa.array([e.producer_id for e in events], pa.string()),
+        pa.array([e.run_id for e in events], pa.string()),
+        pa.array([e.seq for e in events], pa.uint64()),
+        pa.array([a.record.principal for a in batch], pa.string()),
+        pa.array([transport] * len(batch), pa.string()),
+        _ts_column([int(now.timestamp() * 1_000_000)] * len(batch)),
+    ], schema=RECEIPTS_SCHEMA)
 
 
 def source_rows(batch: list[Accepted]) -> pa.Table:
@@ -129,6 +153,7 @@ def dead_letter_rows(batch: list[Rejected], transport: str, now: datetime) -> pa
             "offset": r.record.offset, "event_id": e.event_id[:256] if e else "",
             "producer_id": e.producer_id[:256] if e else "",
             "run_id": e.run_id[:256] if e else "", "seq": e.seq if e else 0,
+            "principal": r.record.principal,
         })
     return pa.Table.from_pylist(rows, schema=DEAD_LETTERS_SCHEMA)
 

@@ -15,10 +15,11 @@ import pyarrow as pa
 from headwater.producers import telemetry
 from headwater.producers.transports.base import Ack, Record
 from headwater.stream_processors import chunks
-from headwater.stream_processors.decode import Accepted, Rejected, decode_batch, decode_record
+from headwater.stream_processors.decode import Accepted, Rejected, decode_batch
 from headwater.stream_processors.derived import DERIVED
+from headwater.stream_processors.first_write import screen
 from headwater.stream_processors.gradients import curvature_parts
-from headwater.stream_processors.rows import dead_letter_rows, event_rows
+from headwater.stream_processors.rows import dead_letter_rows, event_rows, receipt_rows
 from headwater.stream_processors.store import Store
 
 CHUNK_SCHEMA = pa.schema([
@@ -52,23 +53,38 @@ class EventSink:
             span.set_attribute("headwater.records", len(records))
             now = datetime.now(timezone.utc)
             records, pending_acks, chunk_rejects = self._reassemble(records, now)
-            rows = self._rows(records, 0, now)
-            rows.rejected += chunk_rejects
+            accepted, rejected = decode_batch(records)
+            screened = screen(accepted, self._stored_hashes(accepted))
+            rows = self._rows(screened.new, now)
+            rows.rejected += rejected + screened.conflicts + chunk_rejects
             self.store.insert("dead_letters", dead_letter_rows(rows.rejected, self.transport, now))
             self._write_derived(rows, now)
             self.store.insert("events", pa.concat_tables(rows.tables["events"]))
+            # last: a receipt exists only for an event whose every row is stored
+            self.store.insert("event_receipts", receipt_rows(rows.accepted, self.transport, now))
             self._stored.add(len(rows.accepted))
             self._dead.add(len(rows.rejected))
-            return _acks(rows.accepted, rows.rejected, pending_acks)
+            return _acks(rows.accepted + screened.repeats, rows.rejected, pending_acks)
+
+    def _stored_hashes(self, accepted: list[Accepted]) -> dict[str, bytes]:
+        """The content hash each of these event ids was first accepted with, if any."""
+        if not accepted:
+            return {}
+        rows = self.store.query(
+            "SELECT event_id, hex(argMin(hash, received_at)) FROM event_receipts "
+            "WHERE event_id IN {ids:Array(String)} GROUP BY event_id",
+            {"ids": sorted({a.event.event_id for a in accepted})})
+        return {eid: bytes.fromhex(h) for eid, h in rows}
 
     def derive(self, records: list[Record]) -> list[Rejected]:
         """Write only the derived tables (and sketch) of whole, already stored events: the
         replay path (`headwater replay`), through the same row builders as `ingest`. Returns
         the records that no longer decode or validate; nothing is dead-lettered."""
         now = datetime.now(timezone.utc)
-        rows = self._rows(records, 0, now)
+        accepted, rejected = decode_batch(records)
+        rows = self._rows(accepted, now)
         self._write_derived(rows, now)
-        return rows.rejected
+        return rejected + rows.rejected
 
     def _write_derived(self, rows: _Rows, now: datetime) -> None:
         for table in DERIVED:
@@ -89,26 +105,24 @@ class EventSink:
         self.store.insert("curvature_parts", curvature_parts(
             accepted, counted, int(now.timestamp() * 1_000_000)))
 
-    def _rows(self, records: list[Record], start: int, now: datetime) -> _Rows:
-        """Run the pure processors. A record whose processing raises (a processor bug the
+    def _rows(self, accepted: list[Accepted], now: datetime) -> _Rows:
+        """Run the pure processors. An event whose processing raises (a processor bug the
         validator let through) is isolated by bisection and dead-lettered with the error,
         so one event can neither stall the stream nor take its batch down with it."""
         try:
-            accepted, rejected = decode_batch(records, start)
             tables = {table: [processor(accepted)] for table, processor in DERIVED.items()}
             tables["events"] = [event_rows(accepted, self.transport, now)]
-            return _Rows(accepted, rejected, tables)
+            return _Rows(accepted, [], tables)
         except Exception as exc:
-            if len(records) == 1:
-                reason = f"processing failed: {type(exc).__name__}: {exc}"
-                event = decoded.event if isinstance(
-                    decoded := decode_record(start, records[0]), Accepted) else None
-                empty = self._rows([], start, now)
-                empty.rejected.append(Rejected(start, records[0], reason, event))
+            if len(accepted) == 1:
+                a = accepted[0]
+                empty = self._rows([], now)
+                empty.rejected.append(Rejected(
+                    a.index, a.record, f"processing failed: {type(exc).__name__}: {exc}",
+                    a.event))
                 return empty
-            mid = len(records) // 2
-            left = self._rows(records[:mid], start, now)
-            right = self._rows(records[mid:], start + mid, now)
+            mid = len(accepted) // 2
+            left, right = self._rows(accepted[:mid], now), self._rows(accepted[mid:], now)
             return _Rows(left.accepted + right.accepted, left.rejected + right.rejected,
                          {t: left.tables[t] + right.tables[t] for t in left.tables})
 

@@ -8,7 +8,7 @@ import json
 import re
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -80,7 +80,9 @@ def test_a_forged_event_with_a_fresh_hash_breaks_the_chain(filled) -> None:
                   "AND seq = {s:UInt64}", {"r": event.SerializeToString(deterministic=True).hex(),
                                            "h": event.hash.hex(), "p": ids["producer"], "s": seq})
     report = verify_stored_log(store, recompute_hashes=True)
-    assert [(p.kind, p.seq) for p in report.problems] == [("break", seq + 1)]
+    # the replaced event differs from its receipt; the next one no longer links to it
+    assert [(p.kind, p.seq) for p in report.problems] == [("overwritten", seq),
+                                                          ("break", seq + 1)]
 
 
 def test_a_deleted_event_is_a_gap(filled) -> None:
@@ -92,13 +94,20 @@ def test_a_deleted_event_is_a_gap(filled) -> None:
     assert "seq 4..4 missing" in report.problems[0].detail
 
 
-def test_a_missing_head_is_a_note_under_retention_and_a_problem_without(filled) -> None:
+def test_a_missing_head_is_a_problem_unless_it_can_have_expired(filled) -> None:
+    """Issue 14 row 10: deleting the first events of a chain fails verification; only a head
+    older than the retention horizon (the first stored event emitted by then) is a note."""
     store, ids = filled
     store.command("DELETE FROM events WHERE producer_id = {p:String} AND seq = 1",
                   {"p": ids["producer"]})
     report = verify_stored_log(store)
-    assert report.ok and [n.kind for n in report.notes] == ["truncated"]
-    assert "cannot be told apart" in report.notes[0].detail
+    assert [(p.kind, p.seq) for p in report.problems] == [("truncated", 1)]
+    assert "cannot have expired yet" in report.problems[0].detail
+    first = store.query("SELECT min(emitted_at) FROM events")[0][0].replace(tzinfo=timezone.utc)
+    days = stored_events_retention(store)
+    later = verify_stored_log(store, now=first + timedelta(days=days, hours=1))
+    assert later.ok and [n.kind for n in later.notes] == ["truncated"]
+    assert "cannot be told apart" in later.notes[0].detail
     rows = [LogRow(ids["producer"], "r", s, e, bytes.fromhex(ph), bytes.fromhex(h), t)
             for s, e, ph, h, t in store.query(
                 "SELECT seq, event_id, hex(prev_hash), hex(hash), emitted_at FROM events FINAL "

@@ -70,8 +70,11 @@ def test_cluster_variant_statement_by_statement(store: Store) -> None:
         for single in split_statements(mig.sql):
             cluster = render_migration(single, CLUSTER, DB)
             canon = [_format(store, s) for s in cluster]  # every statement parses
-            assert all(f" ON CLUSTER {CLUSTER}" in c.splitlines()[0] for c in canon)
             head = _format(store, single)
+            if head.startswith("INSERT INTO"):  # a backfill runs once, through Distributed
+                assert canon == [head]
+                continue
+            assert all(f" ON CLUSTER {CLUSTER}" in c.splitlines()[0] for c in canon)
             if m := re.match(r"CREATE TABLE IF NOT EXISTS (\w+)\n", head):
                 name, tables = m.group(1), tables + 1
                 local, dist = canon

@@ -145,7 +145,7 @@ def test_producer_publishes_with_tls_and_token_auditor_reads_it(
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "Query.Sql needs role auditor or admin" in err.value.details()
     # the auditor's SQL is read-only: ClickHouse refuses writes and setting changes
-    with pytest.raises(grpc.RpcError, match="readonly"):
+    with pytest.raises(grpc.RpcError, match="SETTINGS clause is refused"):
         auditor.Sql(query_pb2.SqlRequest(sql="SELECT 1 SETTINGS readonly=0"), timeout=10)
 
 

@@ -114,9 +114,8 @@ def test_health_and_reflection(serve: Serve) -> None:
 
 def test_sql_is_read_only(serve: Serve) -> None:
     done = serve.cli("sql", "DROP TABLE events")
-    assert done.returncode == 2 and "readonly" in done.stderr.lower()
-    assert _sql(serve, "SELECT count() AS n FROM system.tables WHERE name = 'events' "
-                       "AND database = 'headwater'") == [{"n": 1}]
+    assert done.returncode == 2 and "only reads are accepted" in done.stderr
+    assert {"name": "events"} in _sql(serve, "SHOW TABLES")
 
 
 def _send(serve: Serve, events: list[events_pb2.Event]) -> None:
