@@ -26,7 +26,7 @@ from openlineage.client.facet_v2 import (
 )
 from openlineage.client.serde import Serde
 
-from conftest import Serve
+from conftest import Serve, run_headwater
 from headwater.producers import GrpcTransport, LocalTransport, Publisher
 from headwater.producers.sources import describe_csv
 from headwater.producers.tracking import Tracker
@@ -416,7 +416,10 @@ def test_cli_through_serve_and_on_the_store(serve: Serve, tmp_path: Path) -> Non
     assert "no lineage recorded for run 'nope'" in missing.stderr
     serve.stop()
     out = tmp_path / "run.json"
-    direct = serve.cli("lineage", "openlineage", "--run", RUN, "--format", "json",
-                       "--out", str(out))  # nothing serves: the store is opened directly
-    assert direct.returncode == 0, direct.stderr
+    # --listen always means that server (issue 14 item 6): it no longer answers
+    gone = serve.cli("lineage", "openlineage", "--run", RUN)
+    assert gone.returncode == 2 and serve.target in gone.stderr
+    direct = run_headwater("lineage", "openlineage", "--run", RUN, "--format", "json",
+                           "--out", str(out), "--data-dir", str(serve.data_dir))
+    assert direct.returncode == 0, direct.stderr  # nothing serves: the store is read directly
     assert json.loads(out.read_text()) == events
