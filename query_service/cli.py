@@ -607,20 +607,39 @@ def forget(run_id: str, model_id: str, sources: tuple[str, ...], source_rows: tu
         out.print(table)
     if not wait:
         return
-    try:
-        for status in stub.Status(query_pb2.UnlearningStatusRequest(
-                request_id=response.request_id), timeout=timeout):
-            if as_json:
-                click.echo(json.dumps(MessageToDict(status, preserving_proto_field_name=True)))
-            else:
-                out.print(f"{status.request_id}: {status.state}")
-            if status.state == "applied" and not as_json:
-                _print_verification(status.applied)
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            raise HeadwaterError(f"request {response.request_id} was not applied within "
-                                 f"{timeout:g} s; is the run's trainer listening?") from None
-        raise HeadwaterError(exc.details() or exc.code().name) from None
+    import time
+
+    until, last = time.monotonic() + timeout, None
+    while True:  # the server ends a stream after HEADWATER_STREAM_MAX_SECONDS: call again
+        try:
+            for status in stub.Status(query_pb2.UnlearningStatusRequest(
+                    request_id=response.request_id), timeout=max(until - time.monotonic(), 1)):
+                if status.state == last:
+                    continue
+                last = status.state
+                if as_json:
+                    click.echo(json.dumps(MessageToDict(status,
+                                                        preserving_proto_field_name=True)))
+                else:
+                    out.print(f"{status.request_id}: {status.state}")
+                if status.state == "applied" and not as_json:
+                    _print_verification(status.applied)
+            return
+        except grpc.RpcError as exc:
+            if (exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() < until - 1
+                    and "HEADWATER_STREAM_MAX_SECONDS" in (exc.details() or "")):
+                continue
+            _status_error(exc, response.request_id, timeout)
+
+
+def _status_error(exc: Any, request_id: str, timeout: float) -> None:
+    """Raise the one-line error of a failed Unlearning.Status stream."""
+    import grpc
+
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        raise HeadwaterError(f"request {request_id} was not applied within {timeout:g} s; "
+                             "is the run's trainer listening?") from None
+    raise HeadwaterError(exc.details() or exc.code().name) from None
 
 
 def _print_verification(applied: Any) -> None:

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from secure_serve import TOKENS, SecureServe, source_event, write_tokens
 
-from conftest import stop
+from conftest import run_headwater, stop
 from headwater.producers import GrpcTransport, Publisher
 from headwater.producers.transports.channel import ClientSecurity, open_channel
 from headwater.query_service.auth import Role
@@ -135,3 +135,20 @@ def test_idle_streams_cannot_starve_health_or_lineage(busy: SecureServe) -> None
     reply = producer.Publish(iter([batch]), timeout=10)
     assert reply.accepted == 0 and reply.rejected == 0
     assert "ended Ingest.Publish: no message for 3 s" in busy.log.read_text()
+
+
+def test_forget_wait_follows_past_the_stream_maximum(busy: SecureServe) -> None:
+    """Row 9 (sibling): the server ends Unlearning.Status after HEADWATER_STREAM_MAX_SECONDS;
+    `forget --wait --timeout T` longer than that calls again, and reports its own T."""
+    with Publisher(GrpcTransport(busy.target, token=TOKENS[Role.PRODUCER]),
+                   run_id="wait-run") as pub:
+        pub.publish(source_event(2))
+    started = time.monotonic()
+    done = run_headwater("forget", "--run", "wait-run", "--model", "m", "--source", "clinic-2",
+                         "--wait", "--timeout", str(MAX + 3), "--listen", busy.target,
+                         env={"HEADWATER_TOKEN": TOKENS[Role.ADMIN]})
+    took = time.monotonic() - started
+    assert done.returncode == 2
+    assert f"was not applied within {MAX + 3:g} s" in done.stderr, done.stderr
+    assert took > MAX + 2, took  # not cut short when the server ended the first stream
+    assert done.stdout.count(": requested") == 1  # the state is shown once, not per call
