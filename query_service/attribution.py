@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from headwater.query_service.lineage_graph import LineageGraph, UnknownNode
-from headwater.stream_processors.gradients import NP_DTYPE
+from headwater.stream_processors.gradients import NP_DTYPE, part_matrix
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
 
@@ -277,7 +277,8 @@ class AttributionEngine:
         key = (block.version, block.kind, block.projection_id)
         if key not in model.curvature:
             parts = self.store.query(
-                "SELECT hex(matrix), rows, dim FROM curvature_parts WHERE model_id = {m:String}"
+                "SELECT hex(matrix), rows, dim, layout FROM curvature_parts "
+                "WHERE model_id = {m:String}"
                 " AND model_version = {v:String} AND kind = {k:String} "
                 "AND projection_id = {p:String}",
                 {"m": model.model_id, "v": block.version, "k": block.kind,
@@ -285,10 +286,10 @@ class AttributionEngine:
             k = block.phi.shape[1]
             total = np.zeros((k, k))
             counted = 0
-            for data, n, dim in parts:
+            for data, n, dim, layout in parts:
                 if dim != k:
                     continue
-                total += np.frombuffer(bytes.fromhex(data), "<f8").reshape(k, k)
+                total += part_matrix(bytes.fromhex(data), int(n), k, layout)
                 counted += int(n)
             removed, n_removed = self._forgotten_curvature(model.model_id, block, k)
             model.curvature[key] = (total - removed, counted - n_removed)

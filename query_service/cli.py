@@ -88,7 +88,8 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
     check_exposure(settings.listen, security)  # before opening the store
     _configure_telemetry(settings, "headwater-serve")
     store = _open_store(settings)
-    server, port = build_server(store, settings.listen, sink=EventSink(store, "grpc"),
+    sink = EventSink(store, "grpc", settings.event_limits)
+    server, port = build_server(store, settings.listen, sink=sink,
                                 damping=settings.attribution_damping,
                                 decay=settings.attribution_decay, security=security,
                                 max_workers=settings.rpc_workers,
@@ -168,7 +169,7 @@ def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
     _configure_telemetry(settings, "headwater-process")
     store = _open_store(settings)
     progress = _ThroughputLog("headwater process")
-    runner = KafkaRunner(EventSink(store, "kafka"), settings.kafka_bootstrap,
+    runner = KafkaRunner(EventSink(store, "kafka", settings.event_limits), settings.kafka_bootstrap,
                          settings.kafka_topic, settings.kafka_group,
                          batch_size=settings.batch_size, within=settings.batch_within,
                          kafka_config=settings.kafka_config, on_batch=progress.add)

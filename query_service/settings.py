@@ -17,6 +17,7 @@ from headwater.stream_processors.retention import (
     MIN_EVENTS_RETENTION_DAYS,
     retention_problem,
 )
+from headwater.stream_processors.validate import Limits
 
 
 class Settings(BaseSettings):
@@ -53,6 +54,15 @@ class Settings(BaseSettings):
     events_retention_days: int = Field(
         DEFAULT_EVENTS_RETENTION_DAYS, description="days the event log is kept (ClickHouse TTL "
         f"on events); at least {MIN_EVENTS_RETENTION_DAYS}: Art. 19 / 26(6) EU AI Act")
+
+    # what one event may cost (serve and process refuse an event over one, naming the field)
+    max_event_bytes: int = Field(64 * 1024 * 1024, gt=0, description="bytes of one event")
+    max_gradient_dim: int = Field(4096, gt=0, description="projected gradient width k of a "
+                                  "GradientBatch or prediction (curvature is k x k)")
+    max_gradient_rows: int = Field(65_536, gt=0, description="rows of one GradientBatch")
+    max_op_rows: int = Field(1_000_000_000, gt=0, description="output rows of one op")
+    max_months_per_batch: int = Field(24, gt=0, le=90, description="distinct emitted_at "
+                                      "months one stored batch may span")
 
     # Query.Sql / `headwater sql` (see docs/sql.md): limits no statement can change
     sql_timeout_seconds: float = Field(30.0, gt=0, description="longest a statement runs "
@@ -127,6 +137,11 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"listen address {value!r} must be HOST:PORT")
         return value
+
+    @property
+    def event_limits(self) -> Limits:
+        return Limits(self.max_event_bytes, self.max_gradient_dim, self.max_gradient_rows,
+                      self.max_op_rows, self.max_months_per_batch)
 
     @property
     def sql_limits(self) -> SqlLimits:

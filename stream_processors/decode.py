@@ -7,10 +7,8 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from headwater.producers.transports.base import Record
-from headwater.stream_processors.validate import Invalid, validate_event
+from headwater.stream_processors.validate import DEFAULT_LIMITS, Invalid, Limits, validate_event
 from headwater.v1 import events_pb2
-
-MAX_EVENT_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -28,28 +26,30 @@ class Rejected:
     event: events_pb2.Event | None = None
 
 
-def decode_record(index: int, record: Record) -> Accepted | Rejected:
+def decode_record(index: int, record: Record, limits: Limits = DEFAULT_LIMITS
+                  ) -> Accepted | Rejected:
     """Parse and validate one encoded Event; never raises."""
-    if len(record.value) > MAX_EVENT_BYTES:
-        return Rejected(index, record, f"event is {len(record.value)} bytes; limit is "
-                        f"{MAX_EVENT_BYTES}")
+    if len(record.value) > limits.event_bytes:
+        return Rejected(index, record, f"event is {len(record.value)} bytes; the limit is "
+                        f"{limits.event_bytes} (HEADWATER_MAX_EVENT_BYTES)")
     event = events_pb2.Event()
     try:
         event.ParseFromString(record.value)
     except (DecodeError, RuntimeError, ValueError) as exc:
         return Rejected(index, record, f"undecodable: not a headwater.v1.Event ({exc})")
     try:
-        validate_event(event)
+        validate_event(event, limits)
     except Invalid as exc:
         return Rejected(index, record, f"invalid event: {exc}", event)
     return Accepted(index, record, event)
 
 
-def decode_batch(records: list[Record], start: int = 0) -> tuple[list[Accepted], list[Rejected]]:
+def decode_batch(records: list[Record], start: int = 0, limits: Limits = DEFAULT_LIMITS
+                 ) -> tuple[list[Accepted], list[Rejected]]:
     """Decode every record; indices count from `start`."""
     accepted: list[Accepted] = []
     rejected: list[Rejected] = []
     for i, record in enumerate(records, start):
-        result = decode_record(i, record)
+        result = decode_record(i, record, limits)
         (accepted if isinstance(result, Accepted) else rejected).append(result)  # type: ignore[arg-type]
     return accepted, rejected

@@ -56,6 +56,7 @@ CURVATURE_SCHEMA = pa.schema([
     ("projection_id", pa.string()), ("dim", pa.uint32()), ("rows", pa.uint64()),
     ("min_step", pa.uint64()), ("max_step", pa.uint64()), ("matrix", pa.binary()),
     ("event_ids", pa.list_(pa.string())), ("part_id", pa.string()), ("created_at", TS),
+    ("layout", pa.string()),
 ])
 
 
@@ -163,13 +164,47 @@ def prediction_rows(batch: list[Accepted]) -> pa.Table:
 
 @dataclass
 class _Part:
+    """Σ w φφᵀ of one key: kept as its rows (w, φ) while they are smaller than the k x k
+    matrix, so a part never costs more than the events it sums."""
+
     projection_id: str
     dim: int
-    matrix: np.ndarray
     rows: int
     min_step: int
     max_step: int
     event_ids: list[str]
+    blocks: list[tuple[np.ndarray, np.ndarray]]
+    matrix: np.ndarray | None = None
+
+    def add(self, w: np.ndarray, phi: np.ndarray) -> None:
+        if self.matrix is None and (self.rows + len(phi)) * (self.dim + 1) < self.dim ** 2:
+            self.blocks.append((w, phi))
+        else:
+            if self.matrix is None:
+                self.matrix = np.zeros((self.dim, self.dim))
+                for bw, bphi in self.blocks:
+                    self.matrix += (bphi * bw[:, None]).T @ bphi
+                self.blocks = []
+            self.matrix += (phi * w[:, None]).T @ phi
+        self.rows += len(phi)
+
+    def stored(self) -> tuple[str, bytes]:
+        """(layout, bytes): 'dense', the k x k matrix; or 'rows', the n weights then the
+        n x k rows (float64, little-endian)."""
+        if self.matrix is not None:
+            return "dense", self.matrix.astype("<f8").tobytes()
+        w = np.concatenate([b[0] for b in self.blocks])
+        phi = np.concatenate([b[1] for b in self.blocks])
+        return "rows", w.astype("<f8").tobytes() + phi.astype("<f8").tobytes()
+
+
+def part_matrix(data: bytes, rows: int, dim: int, layout: str) -> np.ndarray:
+    """The k x k matrix Σ w φφᵀ of one stored curvature part, whatever its layout."""
+    values = np.frombuffer(data, "<f8")
+    if layout == "rows":
+        w, phi = values[:rows], values[rows:].reshape(rows, dim)
+        return (phi * w[:, None]).T @ phi
+    return values.reshape(dim, dim)
 
 
 def curvature_parts(batch: list[Accepted], counted: set[str], now_us: int) -> pa.Table:
@@ -185,24 +220,26 @@ def curvature_parts(batch: list[Accepted], counted: set[str], now_us: int) -> pa
         key = (p.model_id, p.model_version, KIND[p.kind], p.projection.projection_id, p.dim)
         phi = np.frombuffer(p.gradients, DTYPES[p.dtype][1]).reshape(n, p.dim)
         phi = phi.astype(np.float64)
-        w = np.asarray(p.curvature_weight, dtype=np.float64) if p.curvature_weight else 1.0
+        w = (np.asarray(p.curvature_weight, dtype=np.float64) if p.curvature_weight
+             else np.ones(n))
         part = parts.get(key)
         if part is None:
-            part = parts[key] = _Part(p.projection.projection_id, p.dim,
-                                      np.zeros((p.dim, p.dim)), 0, p.step, p.step, [])
-        part.matrix += (phi * np.reshape(w, (-1, 1))).T @ phi
-        part.rows += n
+            part = parts[key] = _Part(p.projection.projection_id, p.dim, 0, p.step, p.step,
+                                      [], [])
+        part.add(w, phi)
         part.min_step = min(part.min_step, p.step)
         part.max_step = max(part.max_step, p.step)
         part.event_ids.append(e.event_id)
     keys = list(parts)
     ps = [parts[k] for k in keys]
+    layouts = [p.stored() for p in ps]
     return _table(CURVATURE_SCHEMA, {
         "model_id": [k[0] for k in keys], "model_version": [k[1] for k in keys],
         "kind": [k[2] for k in keys], "projection_id": [p.projection_id for p in ps],
         "dim": [p.dim for p in ps], "rows": [p.rows for p in ps],
         "min_step": [p.min_step for p in ps], "max_step": [p.max_step for p in ps],
-        "matrix": [p.matrix.astype("<f8").tobytes() for p in ps],
+        "matrix": [stored[1] for stored in layouts],
+        "layout": [stored[0] for stored in layouts],
         "event_ids": [p.event_ids for p in ps],
         "part_id": [hashlib.sha256("\0".join(sorted(p.event_ids)).encode()).hexdigest()[:32]
                     for p in ps],

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from headwater.producers.transports.base import Record
 from headwater.stream_processors.derived import DERIVED
 from headwater.stream_processors.errors import StoreError
+from headwater.stream_processors.gradients import part_matrix
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
 
@@ -175,7 +176,8 @@ def sketches(store: Store, run_id: str = "") -> dict[str, Sketch]:
     """Every curvature sketch, keyed "model/version/kind/projection/dim"."""
     where = f"WHERE {_run_filter(SKETCH, [])}" if run_id else ""
     table = store.query_arrow(
-        "SELECT model_id, model_version, kind, projection_id, dim, rows, event_ids, matrix "
+        "SELECT model_id, model_version, kind, projection_id, dim, rows, event_ids, matrix, "
+        "layout "
         f"FROM {SKETCH} {where}", {"run": run_id})
     cols = {name: table[name].to_pylist() for name in table.column_names}
     sums: dict[str, tuple[int, list[str], np.ndarray]] = {}
@@ -183,7 +185,8 @@ def sketches(store: Store, run_id: str = "") -> dict[str, Sketch]:
         key = "/".join(_text(cols[c][i]) for c in
                        ("model_id", "model_version", "kind", "projection_id")) + \
             f"/{cols['dim'][i]}"
-        matrix = np.frombuffer(cols["matrix"][i], "<f8")
+        matrix = part_matrix(cols["matrix"][i], int(cols["rows"][i]), int(cols["dim"][i]),
+                             _text(cols["layout"][i])).ravel()
         rows, ids, total = sums.get(key, (0, [], np.zeros_like(matrix)))
         sums[key] = (rows + int(cols["rows"][i]),
                      ids + [_text(e) for e in cols["event_ids"][i]], total + matrix)

@@ -15,12 +15,14 @@ import pyarrow as pa
 from headwater.producers import telemetry
 from headwater.producers.transports.base import Ack, Record
 from headwater.stream_processors import chunks
+from headwater.stream_processors.batch_bounds import within_months
 from headwater.stream_processors.decode import Accepted, Rejected, decode_batch
 from headwater.stream_processors.derived import DERIVED
 from headwater.stream_processors.first_write import screen
 from headwater.stream_processors.gradients import curvature_parts
 from headwater.stream_processors.rows import dead_letter_rows, event_rows, receipt_rows
 from headwater.stream_processors.store import Store
+from headwater.stream_processors.validate import DEFAULT_LIMITS, Limits
 
 CHUNK_SCHEMA = pa.schema([
     ("event_id", pa.string()), ("idx", pa.uint32()), ("count", pa.uint32()),
@@ -38,9 +40,10 @@ class _Rows:
 class EventSink:
     """Stores batches of encoded events in ClickHouse (implements producers' `Sink`)."""
 
-    def __init__(self, store: Store, transport: str) -> None:
+    def __init__(self, store: Store, transport: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.store = store
         self.transport = transport
+        self.limits = limits
         self._tracer = telemetry.tracer()
         m = telemetry.meter()
         self._stored = m.create_counter("headwater.process.events", description="events stored")
@@ -53,10 +56,11 @@ class EventSink:
             span.set_attribute("headwater.records", len(records))
             now = datetime.now(timezone.utc)
             records, pending_acks, chunk_rejects = self._reassemble(records, now)
-            accepted, rejected = decode_batch(records)
+            accepted, rejected = decode_batch(records, limits=self.limits)
+            accepted, too_many_months = within_months(accepted, self.limits.months_per_batch)
             screened = screen(accepted, self._stored_hashes(accepted))
             rows = self._rows(screened.new, now)
-            rows.rejected += rejected + screened.conflicts + chunk_rejects
+            rows.rejected += rejected + too_many_months + screened.conflicts + chunk_rejects
             self.store.insert("dead_letters", dead_letter_rows(rows.rejected, self.transport, now))
             self._write_derived(rows, now)
             self.store.insert("events", pa.concat_tables(rows.tables["events"]))
@@ -81,7 +85,7 @@ class EventSink:
         replay path (`headwater replay`), through the same row builders as `ingest`. Returns
         the records that no longer decode or validate; nothing is dead-lettered."""
         now = datetime.now(timezone.utc)
-        accepted, rejected = decode_batch(records)
+        accepted, rejected = decode_batch(records, limits=self.limits)
         rows = self._rows(accepted, now)
         self._write_derived(rows, now)
         return rejected + rows.rejected

@@ -191,6 +191,11 @@ class Store:
         if self._lock is not None:
             self._lock.record_address(address)
 
+    def open_client(self) -> Any:
+        """A separate client on the same database: its own chDB handle (or HTTP session),
+        so what runs there neither waits for nor changes the state of the store's own."""
+        return self._connect()
+
     # -- schema -------------------------------------------------------------------------
 
     def migrate(self, events_retention_days: int = DEFAULT_EVENTS_RETENTION_DAYS
@@ -251,13 +256,13 @@ class Store:
                 raise StoreError(_first_line(exc)) from exc
 
     def query_columns(
-        self, sql: str, parameters: dict[str, Any] | None = None, *, readonly: bool = False
+        self, sql: str, parameters: dict[str, Any] | None = None
     ) -> tuple[list[str], list[tuple]]:
-        """Column names and rows; `readonly` makes ClickHouse refuse anything but reads."""
-        settings = {"readonly": 1} if readonly else None
+        """Column names and rows of Headwater's own SQL (users' SQL goes through
+        query_service.sql_reader, which checks and bounds it)."""
         with self._mutex:
             try:
-                result = self._client.query(sql, parameters=parameters, settings=settings)
+                result = self._client.query(sql, parameters=parameters)
             except ClickHouseError as exc:
                 raise StoreError(_first_line(exc)) from exc
             return list(result.column_names), list(result.result_rows)

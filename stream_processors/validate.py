@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
@@ -27,6 +28,22 @@ _ITEM_SIZE = {events_pb2.FLOAT16: 2, events_pb2.FLOAT32: 4, events_pb2.FLOAT64: 
 
 class Invalid(ValueError):
     """The event breaks the contract; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size maxima that bound what one event may cost (settings HEADWATER_MAX_*): every
+    size field of an event is checked against them, and an event over one is refused on its
+    own with the field named."""
+
+    event_bytes: int = 64 * 1024 * 1024  # one encoded event (the gRPC message cap)
+    gradient_dim: int = 4096  # projected gradient width k (the curvature sketch is k x k)
+    gradient_rows: int = 65_536  # rows of one GradientBatch / test gradients of a prediction
+    op_rows: int = 1_000_000_000  # output rows of one op (row maps and gathers)
+    months_per_batch: int = 24  # distinct emitted_at months in one stored batch
+
+
+DEFAULT_LIMITS = Limits()
 
 
 def _require(condition: bool, message: str) -> None:
@@ -84,7 +101,7 @@ def _check_matrix(name: str, data: bytes, dtype: int, rows: int, dim: int) -> No
         raise Invalid(f"{name} contains NaN or infinity")
 
 
-def _source_registered(p: events_pb2.SourceRegistered) -> None:
+def _source_registered(p: events_pb2.SourceRegistered, limits: Limits) -> None:
     _check_id("source_registered.source_id", p.source_id)
     _require(bool(p.uri), "source_registered.uri is empty")
     _require(bool(_HEX64.match(p.content_sha256)),
@@ -93,11 +110,14 @@ def _source_registered(p: events_pb2.SourceRegistered) -> None:
         _require(bool(col.name), f"source_registered.schema[{i}].name is empty")
 
 
-def _op_recorded(p: events_pb2.OpRecorded) -> None:
+def _op_recorded(p: events_pb2.OpRecorded, limits: Limits) -> None:
     _check_id("op_recorded.op_id", p.op_id)
     _check_enum("op_recorded.granularity", events_pb2.OpRecorded.Granularity, p.granularity)
     _require(bool(p.op_name), "op_recorded.op_name is empty")
     _check_id("op_recorded.output_node_id", p.output_node_id)
+    _require(p.row_map.output_rows <= limits.op_rows,
+             f"op_recorded.row_map.output_rows {p.row_map.output_rows} is over the limit of "
+             f"{limits.op_rows} (HEADWATER_MAX_OP_ROWS)")
     for seg_i, seg in enumerate(p.row_map.segments):
         where = f"op_recorded.row_map.segments[{seg_i}]"
         _require(seg.input < len(p.input_node_ids), f"{where}.input points past input_node_ids")
@@ -111,7 +131,7 @@ def _op_recorded(p: events_pb2.OpRecorded) -> None:
                         seg.gather.encoding)
 
 
-def _model_version_recorded(p: events_pb2.ModelVersionRecorded) -> None:
+def _model_version_recorded(p: events_pb2.ModelVersionRecorded, limits: Limits) -> None:
     _check_id("model_version_recorded.model_id", p.model_id)
     _check_id("model_version_recorded.version", p.version)
 
@@ -119,14 +139,22 @@ def _model_version_recorded(p: events_pb2.ModelVersionRecorded) -> None:
 _PER_ROW = ("loss", "loss_weight", "curvature_weight", "targets")
 
 
-def _gradient_batch(p: events_pb2.GradientBatch) -> None:
+def _gradient_batch(p: events_pb2.GradientBatch, limits: Limits) -> None:
     _check_id("gradient_batch.model_id", p.model_id)
     _check_id("gradient_batch.model_version", p.model_version)
     _check_enum("gradient_batch.kind", events_pb2.GradientBatch.Kind, p.kind)
     _check_enum("gradient_batch.projection.kind", events_pb2.Projection.Kind, p.projection.kind)
     n = _check_row_keys("gradient_batch.row_keys", p.row_keys)
+    if n == 0:
+        raise Invalid("gradient_batch.row_keys has no rows")
+    if n > limits.gradient_rows:
+        raise Invalid(f"gradient_batch.row_keys has {n} rows, over the limit of "
+                      f"{limits.gradient_rows} (HEADWATER_MAX_GRADIENT_ROWS)")
     if p.dim == 0:
         raise Invalid("gradient_batch.dim must be positive")
+    if p.dim > limits.gradient_dim:
+        raise Invalid(f"gradient_batch.dim {p.dim} is over the limit of {limits.gradient_dim} "
+                      "(HEADWATER_MAX_GRADIENT_DIM)")
     _check_matrix("gradient_batch.gradients", p.gradients, p.dtype, n, p.dim)
     columns = [getattr(p, name) for name in _PER_ROW]
     for name, values in zip(_PER_ROW, columns, strict=True):
@@ -139,7 +167,7 @@ def _gradient_batch(p: events_pb2.GradientBatch) -> None:
         _check_finite("gradient_batch.learning_rate", [p.learning_rate])
 
 
-def _prediction_recorded(p: events_pb2.PredictionRecorded) -> None:
+def _prediction_recorded(p: events_pb2.PredictionRecorded, limits: Limits) -> None:
     _check_id("prediction_recorded.prediction_id", p.prediction_id)
     _check_id("prediction_recorded.model_id", p.model_id)
     _check_row_keys("prediction_recorded.input_rows", p.input_rows)
@@ -147,13 +175,18 @@ def _prediction_recorded(p: events_pb2.PredictionRecorded) -> None:
                 p.projection.kind)
     if p.test_gradients:
         _require(p.dim > 0, "prediction_recorded.dim must be positive")
+        _require(p.dim <= limits.gradient_dim, f"prediction_recorded.dim {p.dim} is over the "
+                 f"limit of {limits.gradient_dim} (HEADWATER_MAX_GRADIENT_DIM)")
         rows = max(len(p.gradient_labels), 1)
+        _require(rows <= limits.gradient_rows, f"prediction_recorded.gradient_labels has "
+                 f"{rows} entries, over the limit of {limits.gradient_rows} "
+                 "(HEADWATER_MAX_GRADIENT_ROWS)")
         _check_matrix("prediction_recorded.test_gradients", p.test_gradients, p.dtype, rows,
                       p.dim)
     _check_finite("prediction_recorded.output", p.output)
 
 
-def _forget_requested(p: events_pb2.ForgetRequested) -> None:
+def _forget_requested(p: events_pb2.ForgetRequested, limits: Limits) -> None:
     _check_id("forget_requested.request_id", p.request_id)
     _check_enum("forget_requested.method", events_pb2.UnlearningMethod, p.method)
     t = p.target
@@ -164,14 +197,14 @@ def _forget_requested(p: events_pb2.ForgetRequested) -> None:
         _check_row_keys(f"forget_requested.affected[{i}].rows", a.rows)
 
 
-def _unlearning_applied(p: events_pb2.UnlearningApplied) -> None:
+def _unlearning_applied(p: events_pb2.UnlearningApplied, limits: Limits) -> None:
     _check_id("unlearning_applied.request_id", p.request_id)
     _require(p.status != 0, "unlearning_applied.status is unspecified")
     _check_enum("unlearning_applied.status", events_pb2.UnlearningApplied.Status, p.status)
     _check_enum("unlearning_applied.method", events_pb2.UnlearningMethod, p.method)
 
 
-_PAYLOAD_CHECKS: dict[str, Callable[[Message], None]] = {
+_PAYLOAD_CHECKS: dict[str, Callable[[Message, Limits], None]] = {
     "source_registered": _source_registered,  # type: ignore[dict-item]
     "op_recorded": _op_recorded,  # type: ignore[dict-item]
     "model_version_recorded": _model_version_recorded,  # type: ignore[dict-item]
@@ -182,8 +215,8 @@ _PAYLOAD_CHECKS: dict[str, Callable[[Message], None]] = {
 }
 
 
-def validate_event(event: events_pb2.Event) -> None:
-    """Raise Invalid naming the first field that breaks the v1 contract."""
+def validate_event(event: events_pb2.Event, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Raise Invalid naming the first field that breaks the v1 contract or a size limit."""
     # Plain `if` tests: this runs for every event, and messages are built only on failure.
     if event.schema_version != SCHEMA_VERSION:
         raise Invalid(f"schema_version {event.schema_version} is not supported (this "
@@ -208,4 +241,4 @@ def validate_event(event: events_pb2.Event) -> None:
     if event_hash(event) != event.hash:
         raise Invalid("hash does not match the event's content (corrupted or altered in "
                       "transit)")
-    _PAYLOAD_CHECKS[kind](getattr(event, kind))
+    _PAYLOAD_CHECKS[kind](getattr(event, kind), limits)

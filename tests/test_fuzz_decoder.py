@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from headwater.producers.envelope import EnvelopeBuilder, event_hash
 from headwater.producers.transports.base import Record
-from headwater.stream_processors.decode import MAX_EVENT_BYTES, Rejected, decode_record
+from headwater.stream_processors.decode import Rejected, decode_record
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
-from headwater.stream_processors.validate import MAX_ID_LEN
+from headwater.stream_processors.validate import DEFAULT_LIMITS, MAX_ID_LEN
 from headwater.v1 import events_pb2
 
 SQL = [
@@ -441,9 +441,9 @@ def test_duplicate_and_out_of_order_seqs_are_stored_once_each(store: Store, orde
 
 
 def test_events_over_the_size_limit_are_rejected_before_parsing() -> None:
-    result = decode_record(0, Record(b"\x00" * (MAX_EVENT_BYTES + 1)))
+    result = decode_record(0, Record(b"\x00" * (DEFAULT_LIMITS.event_bytes + 1)))
     assert isinstance(result, Rejected)
-    assert f"limit is {MAX_EVENT_BYTES}" in result.error
+    assert f"limit is {DEFAULT_LIMITS.event_bytes} (HEADWATER_MAX_EVENT_BYTES)" in result.error
 
 
 def test_huge_valid_fields_are_stored(store: Store) -> None:
