@@ -1,13 +1,29 @@
-"""The SDK a trainer imports: build chained events and publish them."""
+"""The SDK a trainer imports: build chained events and publish them.
 
-from headwater.producers import rowmap
-from headwater.producers.envelope import EnvelopeBuilder, event_hash
-from headwater.producers.errors import PublishError
-from headwater.producers.publisher import Publisher
-from headwater.producers.transports import GrpcTransport, KafkaTransport, LocalTransport
-from headwater.producers.unlearning import LinearModel, unlearn, verify
-from headwater.producers.unlearning_listener import Outcome, Unlearner, UnlearningListener
+Names are imported on first use (PEP 562), so importing one pure module of the SDK (the
+envelope, row maps) does not load Kafka, gRPC or torch.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "EnvelopeBuilder": "headwater.producers.envelope",
+    "event_hash": "headwater.producers.envelope",
+    "PublishError": "headwater.producers.errors",
+    "Publisher": "headwater.producers.publisher",
+    "GrpcTransport": "headwater.producers.transports.grpc",
+    "KafkaTransport": "headwater.producers.transports.kafka",
+    "LocalTransport": "headwater.producers.transports.local",
+    "LinearModel": "headwater.producers.unlearning",
+    "unlearn": "headwater.producers.unlearning",
+    "verify": "headwater.producers.unlearning",
+    "Outcome": "headwater.producers.unlearning_listener",
+    "Unlearner": "headwater.producers.unlearning_listener",
+    "UnlearningListener": "headwater.producers.unlearning_listener",
+}
 __all__ = [
     "EnvelopeBuilder",
     "GrpcTransport",
@@ -24,3 +40,25 @@ __all__ = [
     "unlearn",
     "verify",
 ]
+
+if TYPE_CHECKING:
+    from headwater.producers import rowmap
+    from headwater.producers.envelope import EnvelopeBuilder, event_hash
+    from headwater.producers.errors import PublishError
+    from headwater.producers.publisher import Publisher
+    from headwater.producers.transports.grpc import GrpcTransport
+    from headwater.producers.transports.kafka import KafkaTransport
+    from headwater.producers.transports.local import LocalTransport
+    from headwater.producers.unlearning import LinearModel, unlearn, verify
+    from headwater.producers.unlearning_listener import Outcome, Unlearner, UnlearningListener
+
+
+def __getattr__(name: str) -> Any:
+    if name == "rowmap":
+        return importlib.import_module("headwater.producers.rowmap")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'headwater.producers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

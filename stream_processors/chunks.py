@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from headwater.producers.transports.base import Record
-from headwater.producers.transports.kafka import CHUNK_HEADER
+from headwater.producers.transports.chunking import CHUNK_HEADER
 from headwater.v1 import events_pb2
 
 

@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from conftest import Broker, free_port, headwater, run_headwater, stop, wait_for_port
 from headwater.producers import KafkaTransport, Publisher, PublishError
 from headwater.producers.envelope import EnvelopeBuilder, event_hash
-from headwater.producers.transports.kafka import split_into_chunks
+from headwater.producers.transports.chunking import split_into_chunks
 from headwater.query_service.status import consumer_lag
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 

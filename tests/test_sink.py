@@ -7,7 +7,7 @@ import pytest
 from headwater.producers import LocalTransport, Publisher, PublishError
 from headwater.producers.envelope import EnvelopeBuilder
 from headwater.producers.transports.base import Record
-from headwater.producers.transports.kafka import CHUNK_HEADER, split_into_chunks
+from headwater.producers.transports.chunking import CHUNK_HEADER, split_into_chunks
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2

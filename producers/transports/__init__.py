@@ -1,10 +1,23 @@
-"""Ways to deliver encoded events: Kafka, gRPC to `headwater serve`, or in-process."""
+"""Ways to deliver encoded events: Kafka, gRPC to `headwater serve`, or in-process.
 
-from headwater.producers.transports.base import Ack, Record, Sink, Transport
-from headwater.producers.transports.grpc import GrpcTransport
-from headwater.producers.transports.kafka import KafkaTransport
-from headwater.producers.transports.local import LocalTransport
+Each transport is imported on first use, so `base` and `chunking` stay free of Kafka and
+gRPC for the pure code that needs only the record types.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Ack": "headwater.producers.transports.base",
+    "Record": "headwater.producers.transports.base",
+    "Sink": "headwater.producers.transports.base",
+    "Transport": "headwater.producers.transports.base",
+    "GrpcTransport": "headwater.producers.transports.grpc",
+    "KafkaTransport": "headwater.producers.transports.kafka",
+    "LocalTransport": "headwater.producers.transports.local",
+}
 __all__ = [
     "Ack",
     "GrpcTransport",
@@ -14,3 +27,18 @@ __all__ = [
     "Sink",
     "Transport",
 ]
+
+if TYPE_CHECKING:
+    from headwater.producers.transports.base import Ack, Record, Sink, Transport
+    from headwater.producers.transports.grpc import GrpcTransport
+    from headwater.producers.transports.kafka import KafkaTransport
+    from headwater.producers.transports.local import LocalTransport
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -9,7 +9,6 @@ on the next `send` or `flush`, never dropped.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import threading
 import time
@@ -21,9 +20,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from headwater.producers import telemetry
 from headwater.producers.errors import PublishError
-from headwater.v1 import events_pb2
+from headwater.producers.transports.chunking import CHUNK_HEADER, split_into_chunks
 
-CHUNK_HEADER = "headwater-chunk"
 Headers = list[tuple[str, str | bytes | None]]
 DEFAULT_TOPIC = "headwater.events"
 
@@ -41,21 +39,6 @@ _RETRIABLE = {
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._FATAL,  # the producer is unusable; a fresh one is created (see _check_stall)
 }
-
-
-def split_into_chunks(event_id: str, value: bytes, max_bytes: int) -> list[bytes]:
-    """Encode `value` as EventChunk messages each well under `max_bytes`."""
-    room = max_bytes - 512  # EventChunk framing: id, counters, digest
-    if room <= 0:
-        raise ValueError(f"max_message_bytes={max_bytes} leaves no room for chunk framing")
-    digest = hashlib.sha256(value).hexdigest()
-    pieces = [value[i : i + room] for i in range(0, len(value), room)]
-    return [
-        events_pb2.EventChunk(
-            event_id=event_id, index=i, count=len(pieces), data=p, sha256=digest
-        ).SerializeToString()
-        for i, p in enumerate(pieces)
-    ]
 
 
 class KafkaTransport:

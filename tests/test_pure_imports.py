@@ -1,0 +1,41 @@
+"""Pure code imports no I/O: the processors, row maps, envelope, projection, policy and
+attribution maths load without grpc, confluent_kafka, clickhouse_connect, chdb or torch
+(each checked in a fresh interpreter, so nothing imported by other tests hides a leak)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("grpc", "confluent_kafka", "clickhouse_connect", "chdb", "torch")
+PURE = [
+    "headwater.stream_processors.decode", "headwater.stream_processors.validate",
+    "headwater.stream_processors.rows", "headwater.stream_processors.gradients",
+    "headwater.stream_processors.chunks", "headwater.stream_processors.derived",
+    "headwater.stream_processors.first_write", "headwater.stream_processors.batch_bounds",
+    "headwater.stream_processors.log_integrity", "headwater.stream_processors.lineage_resolve",
+    "headwater.producers.envelope", "headwater.producers.rowmap",
+    "headwater.producers.projection", "headwater.producers.transports.base",
+    "headwater.producers.transports.chunking", "headwater.query_service.sql_policy",
+]
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_module_loads_no_transport(module: str) -> None:
+    code = (f"import sys, {module}\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"{module} loads {done.stdout.strip()}"
+
+
+def test_the_check_sees_a_leak() -> None:
+    """The probe itself: a module known to use grpc is reported."""
+    code = ("import sys, headwater.producers.transports.grpc\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert "grpc" in done.stdout
