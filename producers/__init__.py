@@ -6,10 +6,12 @@ envelope, row maps) does not load Kafka, gRPC or torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from headwater.lazy import lazy_exports
 
 _EXPORTS = {
+    "rowmap": "headwater.producers.rowmap",
     "EnvelopeBuilder": "headwater.producers.envelope",
     "event_hash": "headwater.producers.envelope",
     "PublishError": "headwater.producers.errors",
@@ -53,12 +55,4 @@ if TYPE_CHECKING:
     from headwater.producers.unlearning_listener import Outcome, Unlearner, UnlearningListener
 
 
-def __getattr__(name: str) -> Any:
-    if name == "rowmap":
-        return importlib.import_module("headwater.producers.rowmap")
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'headwater.producers' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,8 +6,9 @@ validate, rows, gradients, chunks) load without the ClickHouse client.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from headwater.lazy import lazy_exports
 
 _EXPORTS = {"EventSink": "headwater.stream_processors.sink",
             "Store": "headwater.stream_processors.store"}
@@ -21,10 +22,4 @@ if TYPE_CHECKING:
     from headwater.stream_processors.store import Store
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

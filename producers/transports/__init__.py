@@ -6,8 +6,9 @@ gRPC for the pure code that needs only the record types.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from headwater.lazy import lazy_exports
 
 _EXPORTS = {
     "Ack": "headwater.producers.transports.base",
@@ -35,10 +36,4 @@ if TYPE_CHECKING:
     from headwater.producers.transports.local import LocalTransport
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
