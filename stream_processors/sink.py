@@ -8,7 +8,7 @@ every table is keyed so that writing a redelivered batch again changes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 
@@ -23,6 +23,9 @@ from headwater.stream_processors.gradients import curvature_parts
 from headwater.stream_processors.rows import dead_letter_rows, event_rows, receipt_rows
 from headwater.stream_processors.store import Store
 from headwater.stream_processors.validate import DEFAULT_LIMITS, Limits
+
+# How far a producer's clock may run ahead of the server's for the sketch's dedupe to hold.
+SKETCH_SKEW = timedelta(days=1)
 
 CHUNK_SCHEMA = pa.schema([
     ("event_id", pa.string()), ("idx", pa.uint32()), ("count", pa.uint32()),
@@ -98,14 +101,20 @@ class EventSink:
     def _sketch(self, accepted: list[Accepted], now: datetime) -> None:
         """Add the batch's gradient rows to the online curvature sketch, skipping events a
         stored part already counted (a redelivered batch must not count twice). The part
-        lists its events and is inserted in one write, so it is counted whole or not at all."""
-        ids = [a.event.event_id for a in accepted
-               if a.event.WhichOneof("payload") == "gradient_batch"]
-        if not ids:
+        lists its events and is inserted in one write, so it is counted whole or not at all.
+
+        Only parts created since the batch's oldest event was emitted (less SKETCH_SKEW for
+        producers' clocks) can have counted it, so the lookup reads those alone (a minmax
+        index on created_at): its cost follows the recent stream, not the table's size."""
+        found = [a.event for a in accepted if a.event.WhichOneof("payload") == "gradient_batch"]
+        if not found:
             return
+        oldest = min(e.emitted_at.seconds for e in found)
+        since = datetime.fromtimestamp(oldest, timezone.utc) - SKETCH_SKEW
         counted = {row[0] for row in self.store.query(
             "SELECT DISTINCT e FROM curvature_parts ARRAY JOIN event_ids AS e "
-            "WHERE e IN {ids:Array(String)}", {"ids": ids})}
+            "WHERE created_at >= {since:DateTime64(6, 'UTC')} AND e IN {ids:Array(String)}",
+            {"ids": [e.event_id for e in found], "since": since})}
         self.store.insert("curvature_parts", curvature_parts(
             accepted, counted, int(now.timestamp() * 1_000_000)))
 

@@ -99,6 +99,10 @@ def test_cluster_variant_statement_by_statement(store: Store) -> None:
                 assert view == head.replace(
                     f" IF NOT EXISTS {name}\n", f" IF NOT EXISTS {name} ON CLUSTER {CLUSTER}\n", 1)
                 assert "_local" not in view  # views read the Distributed tables
+            elif head.startswith("ALTER TABLE") and "COLUMN" not in head:
+                # data-skipping indexes and TTLs live on the replicated local tables only
+                name = head.split()[2]
+                assert [c.split()[2] for c in canon] == [f"{name}_local"]
             elif head.startswith("ALTER TABLE"):
                 name = head.split()[2]
                 assert [c.split()[2] for c in canon] == [f"{name}_local", name]
