@@ -15,8 +15,8 @@ import numpy as np
 
 from headwater.producers import LocalTransport, Publisher
 from headwater.producers.capture import LinearCapture
-from headwater.producers.sources import load_csv
 from headwater.producers.tracking import Tracker
+from headwater.producers.tracking.sources import load_csv
 from headwater.producers.unlearning import LinearModel
 from headwater.query_service.lineage_graph import LineageGraph
 from headwater.stream_processors.sink import EventSink

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from headwater.producers import Publisher
-from headwater.producers.sources import track_tensor as register_tensor
 from headwater.producers.torch_capture import TorchCapture
-from headwater.producers.torch_tracking import row_keys, track_tensor, tracked_loader
 from headwater.producers.tracking import Tracker
+from headwater.producers.tracking.sources import track_tensor as register_tensor
+from headwater.producers.tracking.torch import row_keys, track_tensor, tracked_loader
 from headwater.producers.transports.kafka import KafkaTransport
 
 

@@ -12,8 +12,8 @@ import numpy as np
 
 from headwater.producers import LocalTransport, Publisher
 from headwater.producers.capture import LinearCapture
-from headwater.producers.sources import load_csv
 from headwater.producers.tracking import Tracker, row_keys
+from headwater.producers.tracking.sources import load_csv
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from conftest import REPO, Serve, run_headwater
 from headwater.producers.capture import LinearCapture
 from headwater.producers.publisher import Publisher
-from headwater.producers.sources import load_csv
 from headwater.producers.tracking import Tracker, row_keys
+from headwater.producers.tracking.sources import load_csv
 from headwater.producers.transports.grpc import GrpcTransport
 from headwater.producers.transports.local import LocalTransport
 from headwater.producers.unlearning import LinearModel
@@ -177,7 +177,7 @@ def test_report_over_rpc_shows_the_erasure(erased):
     a = by_name["hospital_a.csv"]
     assert a["origin"] == "hospital A export" and a["licence"] == "data-sharing agreement 12"
     assert a["row_count"] == 150 and len(a["content_sha256"]) == 64
-    from headwater.producers.sources import file_sha256
+    from headwater.producers.tracking.sources import file_sha256
 
     assert a["content_sha256"] == file_sha256(erased["tmp"] / "hospital_a.csv")
     assert [c["name"] for c in a["columns"]][:2] == ["f0", "f1"]

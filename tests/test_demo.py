@@ -16,7 +16,7 @@ import pytest
 from chromium import chromium, dump_dom, has_colour, screenshot
 
 from conftest import REPO, run_headwater
-from headwater.producers.sources import file_sha256
+from headwater.producers.tracking.sources import file_sha256
 from headwater.query_service.report_html import (
     AFTER_FILL,
     BEFORE_FILL,

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headwater.producers.envelope import EnvelopeBuilder
-from headwater.producers.frames import TrackedFrame, encode_ranges, merge, pair_rowmap
 from headwater.producers.rowmap import segment_inputs
-from headwater.producers.sources import track_dataframe
 from headwater.producers.tracking import TrackedArray, Tracker
+from headwater.producers.tracking.frames import TrackedFrame, encode_ranges, merge, pair_rowmap
+from headwater.producers.tracking.sources import track_dataframe
 from headwater.stream_processors.lineage_resolve import OpView, trace_each
 from headwater.stream_processors.validate import validate_event
 from headwater.v1 import events_pb2

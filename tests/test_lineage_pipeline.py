@@ -13,8 +13,8 @@ from test_kafka_path import Processor, _process, _uid
 
 from conftest import Broker, Serve, free_port, headwater, stop, wait_for_port
 from headwater.producers import GrpcTransport, KafkaTransport, Publisher
-from headwater.producers.sources import describe_csv
 from headwater.producers.tracking import Tracker, row_keys
+from headwater.producers.tracking.sources import describe_csv
 from headwater.v1 import query_pb2, query_pb2_grpc
 
 ROWS = {"clinic_a.csv": 30, "clinic_b.csv": 20}

@@ -28,8 +28,8 @@ from openlineage.client.serde import Serde
 
 from conftest import Serve, run_headwater
 from headwater.producers import GrpcTransport, LocalTransport, Publisher
-from headwater.producers.sources import describe_csv
 from headwater.producers.tracking import Tracker
+from headwater.producers.tracking.sources import describe_csv
 from headwater.query_service.openlineage import (
     ColumnMap,
     Op,

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from headwater.producers import sources
 from headwater.producers.envelope import EnvelopeBuilder
-from headwater.producers.frames import TrackedFrame
-from headwater.producers.sources import (
+from headwater.producers.tracking import TrackedArray, Tracker, sources
+from headwater.producers.tracking.frames import TrackedFrame
+from headwater.producers.tracking.sources import (
     CHUNK,
     describe_array,
     describe_csv,
@@ -35,7 +35,6 @@ from headwater.producers.sources import (
     track_dataframe,
     track_tensor,
 )
-from headwater.producers.tracking import TrackedArray, Tracker
 from headwater.stream_processors.validate import validate_event
 from headwater.v1 import events_pb2
 

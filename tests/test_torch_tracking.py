@@ -22,7 +22,8 @@ from hypothesis import strategies as st  # noqa: E402
 from torch.utils.data import Dataset, TensorDataset  # noqa: E402
 
 from headwater.producers.envelope import EnvelopeBuilder  # noqa: E402
-from headwater.producers.torch_tracking import (  # noqa: E402
+from headwater.producers.tracking import TrackedArray, Tracker  # noqa: E402
+from headwater.producers.tracking.torch import (  # noqa: E402
     TrackedLoader,
     TrackedTensor,
     node_of,
@@ -33,7 +34,6 @@ from headwater.producers.torch_tracking import (  # noqa: E402
     track_tensor,
     tracked_loader,
 )
-from headwater.producers.tracking import TrackedArray, Tracker  # noqa: E402
 from headwater.stream_processors.lineage_resolve import OpView, trace  # noqa: E402
 from headwater.stream_processors.validate import validate_event  # noqa: E402
 from headwater.v1 import events_pb2  # noqa: E402

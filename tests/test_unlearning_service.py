@@ -12,8 +12,8 @@ import pytest
 from conftest import run_headwater
 from headwater.producers.capture import LinearCapture
 from headwater.producers.publisher import Publisher
-from headwater.producers.sources import load_csv
 from headwater.producers.tracking import Tracker, row_keys
+from headwater.producers.tracking.sources import load_csv
 from headwater.producers.transports.grpc import GrpcTransport
 from headwater.producers.unlearning import LinearModel
 from headwater.producers.unlearning_listener import Unlearner, UnlearningListener

@@ -19,7 +19,7 @@ data tracked: CSV/Parquet columns as a 2-D numeric TrackedArray (all columns at 
 node; a subset through one `headwater.select_columns` op with column lineage), .npy and
 arrays as a TrackedArray, DataFrames as a `frames.TrackedFrame`. Tensors are registered
 as tensors but returned as a TrackedArray over `tensor.detach().cpu().numpy()` (sharing
-memory with a CPU tensor); tensor-level tracking belongs to `producers/torch_tracking.py`.
+memory with a CPU tensor); tensor-level tracking belongs to `producers/tracking/torch/`.
 With tracker granularity "off" the event is still published (audits need sources) and
 plain data is returned. Unsupported dtypes fail before anything is published: non-numeric
 columns name the column and its dtype; arrays follow `Tracker.array`.
@@ -40,14 +40,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.producers.frames import (
+from headwater.producers.tracking import Tracker
+from headwater.producers.tracking.frames import (
     TrackedFrame,
     check_numeric,
     identity_columns,
     identity_rows,
     record_op,
 )
-from headwater.producers.tracking import Tracker
 from headwater.v1 import events_pb2
 
 if TYPE_CHECKING:

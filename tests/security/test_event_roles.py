@@ -20,8 +20,8 @@ from conftest import REPO, Serve, stop
 from headwater.producers import GrpcTransport, Publisher, PublishError
 from headwater.producers.capture import LinearCapture
 from headwater.producers.envelope import EnvelopeBuilder
-from headwater.producers.sources import load_csv
 from headwater.producers.tracking import Tracker, row_keys
+from headwater.producers.tracking.sources import load_csv
 from headwater.producers.transports.channel import ClientSecurity, open_channel
 from headwater.producers.unlearning import LinearModel
 from headwater.producers.unlearning_listener import Unlearner, UnlearningListener

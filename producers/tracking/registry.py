@@ -1,0 +1,93 @@
+"""The op registry: one row-map rule per NumPy or torch function, registered by one call
+next to the rule.
+
+    @rule("numpy", "sort argsort")
+    def _sort(call, outs): ...
+
+    @rule("torch", "index_select", spaces="torch Tensor")
+    def _index_select(call, outs): ...
+
+    rule("torch", "norm quantile nanquantile", spaces="torch Tensor")(reduce_at(2))
+
+A rule takes (call, outputs) and returns a Spec (segments, understood, params) for every
+output, a list of Specs (one per output), or None (not understood: every output row
+depends on all rows of every tracked input); raising NotUnderstood means the same.
+
+Names are looked up in the framework's namespaces (`spaces`: NumPy's `numpy`; torch's
+`torch`, `Tensor`, `F` = torch.nn.functional and `linalg`); a name the installed version
+lacks is skipped, and the first rule registered for a function wins. `in_place=True` adds
+the trailing-underscore variants (`add_`), `properties=True` registers a Tensor property's
+getter (`x.T`, `x.data`). The frameworks are imported only when their rules are
+registered: this module imports neither NumPy nor torch.
+
+Adding an op: one registration in the module holding rules of its kind (NumPy:
+numpy_ops.py, numpy_shapes.py; torch: torch/ops.py, torch/shape_ops.py, torch/nn_ops.py),
+and an example in tests/op_examples.py (the row-map contract runs over every registered op).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+Rule = Callable[..., Any]
+
+# framework -> space -> (module, attribute inside it or "", public name prefix)
+_SPACES: dict[str, dict[str, tuple[str, str, str]]] = {
+    "numpy": {"numpy": ("numpy", "", "numpy")},
+    "torch": {"torch": ("torch", "", "torch"),
+              "Tensor": ("torch", "Tensor", "torch.Tensor"),
+              "F": ("torch.nn.functional", "", "torch.nn.functional"),
+              "linalg": ("torch.linalg", "", "torch.linalg")},
+}
+_DEFAULT_SPACES = {"numpy": "numpy", "torch": "torch Tensor"}
+
+# framework -> the modules whose import registers its rules
+RULE_MODULES: dict[str, tuple[str, ...]] = {
+    "numpy": ("headwater.producers.tracking.numpy_ops",
+              "headwater.producers.tracking.numpy_shapes"),
+    "torch": ("headwater.producers.tracking.torch",),
+}
+
+# framework -> function -> rule, and function -> public op name ("torch.Tensor.add")
+RULES: dict[str, dict[Any, Rule]] = {framework: {} for framework in _SPACES}
+NAMES: dict[str, dict[Any, str]] = {framework: {} for framework in _SPACES}
+
+
+def space(framework: str, name: str) -> Any:
+    """A namespace object of a framework (`numpy`, `torch.Tensor`, ...)."""
+    module, attr, _ = _SPACES[framework][name]
+    obj = importlib.import_module(module)
+    return getattr(obj, attr) if attr else obj
+
+
+def rule(framework: str, names: str, *, spaces: str | None = None, in_place: bool = False,
+         properties: bool = False) -> Callable[[Rule], Rule]:
+    """Register the decorated rule for every `space.name` that exists (names and spaces:
+    whitespace-separated)."""
+    table, public = RULES[framework], NAMES[framework]
+
+    def register(fn: Rule) -> Rule:
+        for space_name in (spaces or _DEFAULT_SPACES[framework]).split():
+            ns = space(framework, space_name)
+            prefix = _SPACES[framework][space_name][2]
+            for name in names.split():
+                for n in (name, name + "_") if in_place else (name,):
+                    f = getattr(ns, n, None)
+                    if f is None:
+                        continue
+                    if properties:
+                        f = f.__get__
+                    if f not in table:
+                        table[f] = fn
+                        public.setdefault(f, f"{prefix}.{n}")
+        return fn
+    return register
+
+
+def load(framework: str) -> dict[Any, Rule]:
+    """The framework's rule table, with every module registering rules imported."""
+    for module in RULE_MODULES[framework]:
+        importlib.import_module(module)
+    return RULES[framework]
