@@ -24,7 +24,7 @@ proto: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy producers stream_processors query_service
+	$(VENV)/bin/mypy producers stream_processors query_service headwater
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/ingest.py

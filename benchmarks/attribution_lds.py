@@ -41,7 +41,7 @@ from headwater.producers.capture import LinearCapture
 from headwater.producers.publisher import Publisher
 from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.transports.local import LocalTransport
-from headwater.query_service.attribution import AttributionEngine, Model
+from headwater.query_service.attribution.engine import AttributionEngine, Model
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
 

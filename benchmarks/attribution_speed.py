@@ -52,7 +52,7 @@ from headwater.producers.publisher import Publisher
 from headwater.producers.torch_capture import TorchCapture
 from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.transports.local import LocalTransport
-from headwater.query_service.attribution import AttributionEngine, Model
+from headwater.query_service.attribution.engine import AttributionEngine, Model
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2

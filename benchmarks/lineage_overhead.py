@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from headwater.producers import LocalTransport, Publisher, rowmap
-from headwater.query_service.lineage_graph import LineageGraph
+from headwater.query_service.lineage.graph import LineageGraph
 from headwater.stream_processors import EventSink, Store
 from headwater.v1 import events_pb2
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from headwater.query_service.remote import RemoteStore
+from headwater.query_service.client.remote import RemoteStore
 
 QUERIES = {
     "sources behind the model's training (files, content hashes, licences)": (

@@ -18,7 +18,7 @@ from headwater.producers.capture import LinearCapture
 from headwater.producers.tracking import Tracker
 from headwater.producers.tracking.sources import load_csv
 from headwater.producers.unlearning import LinearModel
-from headwater.query_service.lineage_graph import LineageGraph
+from headwater.query_service.lineage.graph import LineageGraph
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2

@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from headwater.query_service.redaction import redact_config
-from headwater.query_service.sql_policy import SqlLimits
+from headwater.query_service.sql.policy import SqlLimits
 from headwater.stream_processors.dsn import redact_dsn
 from headwater.stream_processors.retention import (
     DEFAULT_EVENTS_RETENTION_DAYS,
@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     tls_client_key_file: Path | None = None
     token: SecretStr | None = Field(None, description="bearer token clients send")
     token_file: Path | None = Field(None, description="file holding the bearer token")
-    # availability (serve / query-service); see docs/security.md and query_service/limits.py
+    # availability (serve / query-service); see docs/security.md and query_service/server/limits.py
     rpc_workers: int = Field(8, gt=0, description="threads for unary calls; health checks "
                              "and streams have pools of their own")
     streams_per_role: int = Field(8, gt=0, description="concurrent streaming calls "

@@ -259,7 +259,7 @@ class Store:
         self, sql: str, parameters: dict[str, Any] | None = None
     ) -> tuple[list[str], list[tuple]]:
         """Column names and rows of Headwater's own SQL (users' SQL goes through
-        query_service.sql_reader, which checks and bounds it)."""
+        query_service.sql.reader, which checks and bounds it)."""
         with self._mutex:
             try:
                 result = self._client.query(sql, parameters=parameters)

@@ -19,7 +19,7 @@ import pytest
 from headwater.stream_processors.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
-HEADWATER = [sys.executable, "-m", "headwater.query_service.cli"]
+HEADWATER = [sys.executable, "-m", "headwater.cli"]
 
 
 def free_port() -> int:

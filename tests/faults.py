@@ -79,7 +79,7 @@ def check_store(store, delivered: list[str]) -> list[str]:
     background merge — harmless, but they must be byte-identical copies of one event
     (one distinct (run, producer, seq, raw)), and there must be at least one.
     """
-    from headwater.query_service.log_reader import verify_stored_log
+    from headwater.query_service.compliance.log_reader import verify_stored_log
     from headwater.stream_processors import replay as rp
     from headwater.stream_processors.store import Store
 

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from conftest import HEADWATER, REPO, free_port, run_headwater, wait_for_port
 from headwater.producers.transports.channel import ClientSecurity, open_channel
-from headwater.query_service.auth import Role, hash_token
+from headwater.query_service.server.auth import Role, hash_token
 from headwater.v1 import events_pb2
 
 TOKENS = {role: f"tok-{role.value}-Zq8x2VbN4kLp9mRt7wYc3" for role in Role}

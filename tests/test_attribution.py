@@ -17,7 +17,7 @@ from headwater.producers.capture import LinearCapture
 from headwater.producers.publisher import Publisher
 from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.transports.local import LocalTransport
-from headwater.query_service.attribution import AttributionEngine, AttributionError, NotFound
+from headwater.query_service.attribution.engine import AttributionEngine, AttributionError, NotFound
 from headwater.stream_processors.sink import EventSink
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
@@ -279,7 +279,7 @@ def test_lds_benchmark_fast():
 def test_raw_features_for_a_linear_model(trained):
     """∇f = [x, 1] needs no parameters: raw features of p0's input give p0's scores up to the
     sign of its label's margin (raw features explain the logit of class 1)."""
-    from headwater.query_service.raw_features import raw_features_gradient
+    from headwater.query_service.attribution.raw_features import raw_features_gradient
 
     store = trained["store"]
     x0 = trained["xte"][0].astype(np.float32)

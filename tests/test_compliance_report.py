@@ -24,11 +24,11 @@ from headwater.producers.transports.grpc import GrpcTransport
 from headwater.producers.transports.local import LocalTransport
 from headwater.producers.unlearning import LinearModel
 from headwater.producers.unlearning_listener import Unlearner, UnlearningListener
-from headwater.query_service.report_builder import ReportError, build_report
-from headwater.query_service.report_config import load_config, parse_config
-from headwater.query_service.report_html import SOURCE_FILL, TRAINING_FILL, render_html
-from headwater.query_service.report_model import ComplianceReport, json_schema, schema_text
-from headwater.query_service.report_signing import check, report_text, seal
+from headwater.query_service.compliance.builder import ReportError, build_report
+from headwater.query_service.compliance.config import load_config, parse_config
+from headwater.query_service.compliance.html import SOURCE_FILL, TRAINING_FILL, render_html
+from headwater.query_service.compliance.model import ComplianceReport, json_schema, schema_text
+from headwater.query_service.compliance.signing import check, report_text, seal
 from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.sink import EventSink
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
@@ -134,7 +134,7 @@ def test_schema_file_is_current():
     path = REPO / "docs/schema/compliance-report.schema.json"
     assert path.read_text() == schema_text(), (
         "docs/schema/compliance-report.schema.json is stale: regenerate with "
-        "`python -m headwater.query_service.report_model > "
+        "`python -m headwater.query_service.compliance.model > "
         "docs/schema/compliance-report.schema.json`")
 
 
@@ -324,7 +324,7 @@ def test_config_missing_fields_and_errors(tmp_path):
     path.write_text(json.dumps({"system_name": "  ", "signing_key": "k.pem"}))
     config = load_config(path)
     assert config.signing_key == tmp_path / "k.pem"
-    from headwater.query_service.report_config import SYSTEM_FIELDS, missing
+    from headwater.query_service.compliance.config import SYSTEM_FIELDS, missing
 
     assert missing(config, SYSTEM_FIELDS) == ["system_name", "intended_purpose"]
     for text, name, message in [("{", "c.json", "not valid JSON"),

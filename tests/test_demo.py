@@ -17,7 +17,7 @@ from chromium import chromium, dump_dom, has_colour, screenshot
 
 from conftest import REPO, run_headwater
 from headwater.producers.tracking.sources import file_sha256
-from headwater.query_service.report_html import (
+from headwater.query_service.compliance.html import (
     AFTER_FILL,
     BEFORE_FILL,
     RETRAINED_FILL,

@@ -32,10 +32,10 @@ import yaml
 
 from conftest import HEADWATER, REPO, free_port, run_headwater, stop, wait_for_port
 from headwater.producers.transports.channel import host_of, is_loopback_host
-from headwater.query_service.auth import parse_tokens
-from headwater.query_service.probe import local_target, tls_server_name
+from headwater.query_service.server.auth import parse_tokens
+from headwater.query_service.server.probe import local_target, tls_server_name
+from headwater.query_service.server.transport_security import check_exposure, server_security
 from headwater.query_service.settings import Settings
-from headwater.query_service.transport_security import check_exposure, server_security
 from headwater.stream_processors.errors import ConfigError
 
 K8S = REPO / "deploy" / "k8s"
@@ -404,7 +404,7 @@ def test_a_manifest_naming_a_missing_subcommand_fails_the_check() -> None:
     assert "No such option" in (cli_problem(("process", "--partitions", "3")) or "")
     assert exec_problem(["python", "-m", "headwater.query_service.no_such_probe"])
     assert "invalid choice: 'grcp'" in (
-        exec_problem(["python", "-m", "headwater.query_service.probe", "grcp"]) or "")
+        exec_problem(["python", "-m", "headwater.query_service.server.probe", "grcp"]) or "")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -526,7 +526,7 @@ _SERVERS = {"serve", "query-service"}
 _SERVER_FILES = ("HEADWATER_TLS_CERT_FILE", "HEADWATER_TLS_KEY_FILE",
                  "HEADWATER_AUTH_TOKENS_FILE")
 _PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
-_PROBE_MODULE = ["python", "-m", "headwater.query_service.probe"]
+_PROBE_MODULE = ["python", "-m", "headwater.query_service.server.probe"]
 
 
 def image_default_listen() -> str:
@@ -855,7 +855,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_runs_headwater() -> None:
 
 def _probe(env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
-    return subprocess.run([sys.executable, "-m", "headwater.query_service.probe"],
+    return subprocess.run([sys.executable, "-m", "headwater.query_service.server.probe"],
                           env={**clean, **env}, cwd=REPO, capture_output=True, text=True,
                           timeout=60)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, Broker, headwater, run_headwater, stop
-from headwater.query_service.status import consumer_lag
+from headwater.cli.status import consumer_lag
 
 EXAMPLES = REPO / "examples"
 

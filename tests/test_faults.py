@@ -20,8 +20,8 @@ from confluent_kafka import Consumer, TopicPartition
 from faults import Workload, assert_recovered, workload
 
 from conftest import Broker, Serve, free_port, headwater, run_headwater, stop, wait_for_port
+from headwater.cli.status import consumer_lag
 from headwater.producers import GrpcTransport, KafkaTransport, Publisher, PublishError
-from headwater.query_service.status import consumer_lag
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 pytestmark = pytest.mark.timeout(90)

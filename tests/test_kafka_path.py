@@ -24,10 +24,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import Broker, free_port, headwater, run_headwater, stop, wait_for_port
+from headwater.cli.status import consumer_lag
 from headwater.producers import KafkaTransport, Publisher, PublishError
 from headwater.producers.envelope import EnvelopeBuilder, event_hash
 from headwater.producers.transports.chunking import split_into_chunks
-from headwater.query_service.status import consumer_lag
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]

@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from headwater.query_service.knn_shapley import (
+from headwater.query_service.attribution.knn_shapley import (
     group_values,
     knn_shapley,
     knn_shapley_per_test,

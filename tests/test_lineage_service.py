@@ -144,7 +144,7 @@ def test_shared_run_cache_sees_later_ops(store) -> None:
     """Requests share a run's ops and nodes; an op recorded later in the same run must be
     seen by the next request (the change signature), never a stale graph."""
     from headwater.producers import LocalTransport
-    from headwater.query_service.lineage_graph import LineageGraph
+    from headwater.query_service.lineage.graph import LineageGraph
     from headwater.stream_processors import EventSink
 
     def op(i: int, inp: str, rows: list[int]) -> events_pb2.OpRecorded:

@@ -30,7 +30,7 @@ from conftest import Serve, run_headwater
 from headwater.producers import GrpcTransport, LocalTransport, Publisher
 from headwater.producers.tracking import Tracker
 from headwater.producers.tracking.sources import describe_csv
-from headwater.query_service.openlineage import (
+from headwater.query_service.lineage.openlineage import (
     ColumnMap,
     Op,
     RunLineage,

@@ -18,7 +18,9 @@ PURE = [
     "headwater.stream_processors.log_integrity", "headwater.stream_processors.lineage_resolve",
     "headwater.producers.envelope", "headwater.producers.rowmap",
     "headwater.producers.projection", "headwater.producers.transports.base",
-    "headwater.producers.transports.chunking", "headwater.query_service.sql_policy",
+    "headwater.producers.transports.chunking", "headwater.query_service.sql.policy",
+    "headwater.query_service.attribution.scoring",
+    "headwater.query_service.attribution.knn_shapley",
 ]
 
 

@@ -28,8 +28,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import REPO, Broker, run_headwater, stop
+from headwater.cli.status import consumer_lag
 from headwater.producers.envelope import EnvelopeBuilder
-from headwater.query_service.status import consumer_lag
 from headwater.v1 import events_pb2
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(150)]
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(150)]
 PARTITIONS = 6
 MEMBERS = 3
 _AT_INFO = ("import logging, sys; logging.basicConfig(level=logging.INFO, format='%(name)s: "
-            "%(message)s'); from headwater.query_service.cli import main; main(sys.argv[1:])")
+            "%(message)s'); from headwater.cli import main; main(sys.argv[1:])")
 _ASSIGNED = re.compile(r"headwater\.process: (assigned|revoked) partitions \[([\d, ]*)\]")
 
 

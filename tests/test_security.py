@@ -23,13 +23,16 @@ from secure_serve import (
 )
 
 from conftest import free_port, run_headwater, stop
+from headwater.cli import main as cli_main
 from headwater.producers import GrpcTransport, Publisher, PublishError
 from headwater.producers.transports.channel import (
     ChannelConfigError,
     ClientSecurity,
     open_channel,
 )
-from headwater.query_service.auth import (
+from headwater.query_service.redaction import redact_config
+from headwater.query_service.server.app import build_server
+from headwater.query_service.server.auth import (
     Principal,
     Role,
     TokenFile,
@@ -37,11 +40,8 @@ from headwater.query_service.auth import (
     parse_tokens,
     roles_for,
 )
-from headwater.query_service.cli import main as cli_main
-from headwater.query_service.redaction import redact_config
-from headwater.query_service.server import build_server
+from headwater.query_service.server.transport_security import ServerSecurity, check_exposure
 from headwater.query_service.settings import Settings
-from headwater.query_service.transport_security import ServerSecurity, check_exposure
 from headwater.stream_processors.dsn import redact_dsn
 from headwater.stream_processors.errors import ConfigError
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
@@ -209,7 +209,7 @@ def test_non_loopback_bind_without_tls_and_auth_is_refused(tmp_path: Path,
 
 
 def test_bad_tls_files_are_named_at_start(pki: Pki, tmp_path: Path) -> None:
-    from headwater.query_service.transport_security import server_credentials
+    from headwater.query_service.server.transport_security import server_credentials
 
     with pytest.raises(ConfigError, match="is not the key of the certificate"):
         server_credentials(ServerSecurity(cert_file=pki.cert, key_file=pki.client_key))

@@ -18,7 +18,7 @@ off = type(trace.get_tracer_provider()).__name__
 spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
 telemetry.configure(None, span_exporter=spans, metric_reader=reader)
 from headwater.producers import LocalTransport, Publisher
-from headwater.query_service.server import build_server
+from headwater.query_service.server.app import build_server
 from headwater.stream_processors import EventSink, Store
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 store = Store("chdb://" + tempfile.mkdtemp()); store.migrate()

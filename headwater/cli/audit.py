@@ -1,5 +1,5 @@
-"""`headwater audit report` and `headwater audit check`: build, sign, render and verify the
-compliance report. Registered on the `audit` group by query_service/cli.py."""
+"""`headwater audit verify|report|check`: the record-keeping log's integrity, and building,
+signing, rendering and verifying the compliance report (`headwater report` is `audit report`)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,38 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.table import Table
 
-from headwater.query_service.report_config import (
+from headwater.cli.common import (
+    data_dir_option,
+    dsn_option,
+    listen_option,
+    load_settings,
+    open_reader,
+    out,
+)
+from headwater.cli.store_access import HINT, answering_serve, serving_address
+from headwater.query_service.compliance.config import (
     ComplianceConfig,
     ReportSettings,
     load_config,
     signing_key_path,
 )
 from headwater.query_service.settings import Settings
-from headwater.query_service.store_access import HINT, answering_serve, serving_address
 from headwater.stream_processors.errors import DataDirLocked, HeadwaterError, NoStore
 
 _File = click.Path(path_type=Path, dir_okay=False)
 
 
+@click.group()
+def audit() -> None:
+    """Compliance: verify the record-keeping log, build and check audit reports."""
+
+
 def _local(settings: Settings, model: str, version: str, config: ComplianceConfig,
            samples: int, recompute: bool) -> dict[str, Any]:
     """Build through the store itself; DataDirLocked when serve holds the directory."""
-    from headwater.query_service.report_builder import build_report
+    from headwater.query_service.compliance.builder import build_report
     from headwater.stream_processors.store import Store
 
     store = Store(settings.resolved_dsn, settings.database, create=False)  # a read: no store made
@@ -43,7 +57,7 @@ def _remote(settings: Settings, listen: str, model: str, version: str,
     """Build through a running serve's Compliance.Report (sealed, maybe signed there)."""
     import grpc
 
-    from headwater.query_service.channel import open_channel
+    from headwater.query_service.client.channel import open_channel
     from headwater.v1 import query_pb2, query_pb2_grpc
 
     request = query_pb2.ReportRequest(
@@ -74,12 +88,9 @@ def _remote(settings: Settings, listen: str, model: str, version: str,
               help="Recorded predictions to attribute as samples")
 @click.option("--recompute-hashes", is_flag=True,
               help="Log evidence: re-hash every stored event, not only check the chain")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Embedded data directory [env HEADWATER_DATA_DIR; ./.headwater]")
-@click.option("--dsn", default=None,
-              help="ClickHouse DSN: chdb://DIR or http(s)://host:8123 [HEADWATER_DSN]")
-@click.option("--listen", default=None,
-              help="gRPC address of a running serve [HEADWATER_LISTEN; 127.0.0.1:50051]")
+@data_dir_option
+@dsn_option
+@listen_option(help="gRPC address of a running serve [HEADWATER_LISTEN; 127.0.0.1:50051]")
 def report(model_id: str, model_version: str, out_file: Path, html_file: Path | None,
            config_file: Path | None, signing_key: Path | None, samples: int,
            recompute_hashes: bool, data_dir: Path | None, dsn: str | None,
@@ -87,15 +98,14 @@ def report(model_id: str, model_version: str, out_file: Path, html_file: Path | 
     """The EU AI Act compliance report of a model version: JSON (sealed, signed when a key
     is configured) and, with --html, a page for people. Reads the store directly, or a
     running serve's Compliance.Report when serve holds the data directory."""
-    from headwater.query_service.report_model import ComplianceReport
-    from headwater.query_service.report_signing import (
+    from headwater.query_service.compliance.model import ComplianceReport
+    from headwater.query_service.compliance.signing import (
         load_private_key,
         report_text,
         seal,
     )
 
-    settings = Settings(**{k: v for k, v in {"data_dir": data_dir, "dsn": dsn,
-                                             "listen": listen}.items() if v is not None})
+    settings = load_settings(data_dir=data_dir, dsn=dsn, listen=listen)
     given = config_file or ReportSettings().compliance_config
     config = load_config(given)
     key_path = signing_key_path(config, signing_key)
@@ -130,7 +140,7 @@ def report(model_id: str, model_version: str, out_file: Path, html_file: Path | 
     if gaps:
         click.echo(f"  missing from the compliance config: {', '.join(gaps)}", err=True)
     if html_file is not None:
-        from headwater.query_service.report_html import render_html
+        from headwater.query_service.compliance.html import render_html
 
         html_file.write_text(render_html(parsed))
         click.echo(f"  HTML written to {html_file}", err=True)
@@ -144,8 +154,8 @@ def report(model_id: str, model_version: str, out_file: Path, html_file: Path | 
 @click.option("--allow-unsigned", is_flag=True, help="Accept a report with no signature")
 def check(report_file: Path, public_key: Path | None, allow_unsigned: bool) -> None:
     """Verify a report: schema, content hash, signature. Exits 1 naming what failed."""
-    from headwater.query_service.report_signing import check as check_report
-    from headwater.query_service.report_signing import load_public_key
+    from headwater.query_service.compliance.signing import check as check_report
+    from headwater.query_service.compliance.signing import load_public_key
 
     key = load_public_key(public_key) if public_key else None
     result = check_report(report_file.read_bytes(), key, allow_unsigned)
@@ -159,3 +169,56 @@ def check(report_file: Path, public_key: Path | None, allow_unsigned: bool) -> N
     click.echo(f"{report_file}: OK (schema valid, sha256 {result.content_sha256}"
                + (f", signature by key {result.key_id} valid)" if result.key_id
                   else ", unsigned)"))
+
+
+@click.command("verify")
+@click.option("--run", "run_id", default="", help="Only the producers of this run")
+@click.option("--recompute-hashes", is_flag=True,
+              help="Also re-hash every stored event and compare its columns with its bytes")
+@data_dir_option
+@dsn_option
+@listen_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object")
+def verify(run_id: str, recompute_hashes: bool, data_dir: Path | None, dsn: str | None,
+                 listen: str | None, as_json: bool) -> None:
+    """Art. 12 record-keeping: every producer's seq continuity and hash chain, and the time
+    span the log covers; exit status 1 when a problem is found."""
+    from headwater.query_service.client.remote import RemoteStore
+    from headwater.query_service.compliance.log_reader import verify_stored_log
+    from headwater.stream_processors.log_integrity import report_as_dict
+
+    reader = open_reader(load_settings(data_dir=data_dir, dsn=dsn, listen=listen), listen)
+    try:
+        if isinstance(reader, RemoteStore):
+            report = reader.verify_log(run_id, recompute_hashes)
+        else:
+            report = verify_stored_log(reader, run_id, recompute_hashes)
+    finally:
+        reader.close()
+    data = report_as_dict(report)
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        table = Table("producer", "run", "events", "seq", "first emitted", "last emitted",
+                      "head hash", title="Event log by producer")
+        for p in data["producers"]:
+            table.add_row(p["producer_id"], p["run_id"], str(p["events"]),
+                          f"{p['first_seq']}..{p['last_seq']}", p["first_emitted_at"],
+                          p["last_emitted_at"], p["head_hash"][:16])
+        out.print(table)
+        verdict = "[green]intact[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]"
+        out.print(f"log: {report.events} events from {len(report.producers)} producer(s), "
+                  f"{data['first_emitted_at']} .. {data['last_emitted_at']}; hashes "
+                  f"{'recomputed' if report.hashes_recomputed else 'not recomputed'}; retention "
+                  f"{report.retention_days or 'none'} days; {verdict}")
+        for p in report.problems:
+            out.print(f"  {p.kind:<15} {p.producer_id} seq {p.seq}: {p.detail}")
+        for p in report.notes:
+            out.print(f"  note: {p.kind:<9} {p.producer_id} seq {p.seq}: {p.detail}")
+    if not report.ok:
+        sys.exit(1)
+
+
+audit.add_command(verify)
+audit.add_command(report)
+audit.add_command(check)

@@ -1,5 +1,5 @@
 """`headwater replay`: rebuild the derived tables from the event log and compare them with
-the incremental ones (docs/operations.md). Registered by query_service/cli.py."""
+the incremental ones (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from headwater.cli.common import console, data_dir_option, dsn_option, load_settings
 from headwater.query_service.settings import Settings
 from headwater.stream_processors.dsn import parse_dsn
 from headwater.stream_processors.errors import ConfigError
-
-console = Console(stderr=True)
 
 
 def _target_dsn(into: str | None, source_dsn: str) -> str:
@@ -39,10 +38,8 @@ def _same_engine_path(a: str, b: str) -> bool | None:
 
 
 @click.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Embedded data directory [env HEADWATER_DATA_DIR; ./.headwater]")
-@click.option("--dsn", default=None,
-              help="ClickHouse DSN: chdb://DIR or http(s)://host:8123 [HEADWATER_DSN]")
+@data_dir_option
+@dsn_option
 @click.option("--run", "run_id", default="", help="Only the events of this run")
 @click.option("--into", default=None, metavar="DSN_OR_DIR",
               help="Store to rebuild into [default: the source store]")
@@ -63,8 +60,7 @@ def replay(data_dir: Path | None, dsn: str | None, run_id: str, into: str | None
     from headwater.stream_processors import replay as rp
     from headwater.stream_processors.store import Store
 
-    settings = Settings(**{k: v for k, v in {"data_dir": data_dir, "dsn": dsn}.items()
-                           if v is not None})
+    settings = load_settings(data_dir=data_dir, dsn=dsn)
     if in_place and (into or into_database or run_id):
         raise ConfigError("--in-place rebuilds every run of the source store itself; it "
                           "takes no --into, --into-database or --run")

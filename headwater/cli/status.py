@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from headwater.query_service.log_reader import verify_stored_log
-from headwater.query_service.remote import RemoteStore
+import click
+from rich.table import Table
+
+from headwater.cli.common import (
+    data_dir_option,
+    dsn_option,
+    kafka_option,
+    listen_option,
+    load_settings,
+    open_reader,
+    out,
+)
+from headwater.query_service.client.remote import RemoteStore
+from headwater.query_service.compliance.log_reader import verify_stored_log
 from headwater.stream_processors.log_integrity import LogReport
 from headwater.stream_processors.store import Store
 
@@ -53,3 +68,54 @@ def consumer_lag(bootstrap: str, topic: str, group: str, config: dict[str, Any],
         return lag
     finally:
         consumer.close()
+
+
+@click.command()
+@data_dir_option
+@dsn_option
+@listen_option
+@kafka_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables")
+def status(data_dir: Path | None, dsn: str | None, listen: str | None,
+           kafka_bootstrap: str | None, as_json: bool) -> None:
+    """Events by type, dead letters, log integrity and (with Kafka) consumer lag."""
+    settings = load_settings(data_dir=data_dir, dsn=dsn, listen=listen,
+                         kafka_bootstrap=kafka_bootstrap)
+    reader = open_reader(settings, listen)
+    try:
+        st = collect_status(reader)
+    finally:
+        reader.close()
+    if settings.kafka_bootstrap:
+        try:
+            st.lag = consumer_lag(settings.kafka_bootstrap, settings.kafka_topic,
+                                  settings.kafka_group, settings.kafka_config)
+        except Exception as exc:  # report, do not fail the whole status
+            st.lag_error = str(exc)
+    problems = [vars(p) for p in st.log.problems]
+    if as_json:
+        click.echo(json.dumps({
+            "events_by_type": st.events_by_type, "dead_letters": st.dead_letters,
+            "log_ok": st.log.ok, "producers": len(st.log.producers), "problems": problems,
+            "lag": st.lag, "lag_error": st.lag_error,
+        }, default=str))
+    else:
+        t = Table("payload", "events", title="Events stored")
+        for k, v in st.events_by_type.items():
+            t.add_row(k, str(v))
+        out.print(t)
+        out.print(f"dead letters: {st.dead_letters}")
+        for when, err in st.recent_dead_letters:
+            out.print(f"  {when}  {err}")
+        verdict = "[green]intact[/]" if st.log.ok else f"[red]{len(problems)} problem(s)[/]"
+        out.print(f"log: {st.log.events} events from {len(st.log.producers)} producer(s), "
+                  f"{verdict}")
+        for p in st.log.problems[:20]:
+            out.print(f"  {p.kind:<13} {p.producer_id} seq {p.seq}: {p.detail}")
+        if st.lag is not None:
+            out.print(f"consumer lag ({settings.kafka_group}): {sum(st.lag.values())} "
+                      f"{st.lag}")
+        elif st.lag_error:
+            out.print(f"consumer lag: unavailable ({st.lag_error})")
+    if not st.log.ok:
+        sys.exit(1)

@@ -59,7 +59,7 @@ def answering_serve(settings: Settings, pid: str, address: str | None, directory
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from headwater.query_service.channel import open_channel
+    from headwater.query_service.client.channel import open_channel
 
     target = dial_address(address)
     channel = open_channel(settings, target)
@@ -109,8 +109,8 @@ def open_store_for_read(settings: Settings) -> Any:
 
 def open_reader(settings: Settings, listen: str | None) -> Any:
     """A Store, or a RemoteStore over the right server's read-only SQL (see the module)."""
-    from headwater.query_service.channel import open_channel
-    from headwater.query_service.remote import RemoteStore
+    from headwater.query_service.client.channel import open_channel
+    from headwater.query_service.client.remote import RemoteStore
 
     address = serving_address(settings, listen)
     if address is None:

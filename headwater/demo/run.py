@@ -35,9 +35,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from headwater.demo.data import DATA_NOTE, write_hospital_files
 from headwater.producers import GrpcTransport, Publisher
 from headwater.producers.tracking import Tracker
-from headwater.query_service.demo_data import DATA_NOTE, write_hospital_files
 from headwater.stream_processors.errors import HeadwaterError
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
@@ -79,7 +79,7 @@ class ServeProcess:
     def __enter__(self) -> ServeProcess:
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "headwater.query_service.cli", "serve", "--data-dir",
+                [sys.executable, "-m", "headwater.cli", "serve", "--data-dir",
                  str(self.data_dir), "--listen", self.target], stdout=log,
                 stderr=subprocess.STDOUT)
         try:
@@ -174,9 +174,9 @@ def _signing_key(folder: Path) -> tuple[Any, Path]:
 
 def write_report(channel: grpc.Channel, output: Path) -> dict:
     """Compliance.Report from serve, signed here, written as JSON and HTML."""
-    from headwater.query_service.report_html import render_html
-    from headwater.query_service.report_model import ComplianceReport
-    from headwater.query_service.report_signing import report_text, seal
+    from headwater.query_service.compliance.html import render_html
+    from headwater.query_service.compliance.model import ComplianceReport
+    from headwater.query_service.compliance.signing import report_text, seal
 
     response = query_pb2_grpc.ComplianceStub(channel).Report(query_pb2.ReportRequest(
         model_id="demo-mlp", recompute_hashes=True, max_samples=3,
@@ -203,7 +203,7 @@ def _forget(channel: grpc.Channel, source_id: str) -> query_pb2.ForgetResponse:
 
 def run_demo(output: Path, fast: bool = False) -> dict:
     """Run the demo; returns its figures (also written to demo-summary.json)."""
-    from headwater.query_service.demo_train import MODEL_ID, Recipe
+    from headwater.demo.train import MODEL_ID, Recipe
 
     recipe = Recipe.of(fast)
     output = output.resolve()
@@ -237,7 +237,7 @@ def run_demo(output: Path, fast: bool = False) -> dict:
 
 def _session(target: str, paths: tuple[Path, ...], recipe: Any, output: Path) -> dict:
     """Everything that talks to serve: publish, train, attribute, forget, report."""
-    from headwater.query_service.demo_train import Trainer, prepare
+    from headwater.demo.train import Trainer, prepare
 
     channel = grpc.insecure_channel(target)
     f: dict[str, Any] = {}

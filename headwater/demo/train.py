@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from headwater.demo.data import DATA_NOTE, LICENCE
 from headwater.producers.torch_capture import TorchCapture
 from headwater.producers.tracking import Tracker
 from headwater.producers.tracking.sources import load_csv
 from headwater.producers.unlearning_listener import Unlearner, UnlearningListener
-from headwater.query_service.demo_data import DATA_NOTE, LICENCE
 from headwater.v1 import events_pb2
 
 MODEL_ID = "demo-mlp"

@@ -1,4 +1,5 @@
-"""The attribution engine: which training rows most influenced a prediction.
+"""The attribution engine: which training rows most influenced a prediction. This module
+reads the store and caches; the maths is scoring.py (pure).
 
 Per model, the stored gradient rows are loaded once into a cached feature matrix (and
 reloaded when rows arrive); scores are computed blockwise over it (DESIGN.md, Attribution):
@@ -19,120 +20,33 @@ same example seen in several batches or epochs is one row of the result.
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from headwater.query_service.lineage_graph import LineageGraph, UnknownNode
+from headwater.query_service.attribution.scoring import (
+    METHODS,
+    AttributionError,
+    Block,
+    Example,
+    Model,
+    NotFound,
+    Result,
+    SourceRow,
+    TestGradient,
+    damping_for,
+    embedding_of,
+    influence_of_block,
+    latest_per_example,
+    matvec,
+    self_influence_scores,
+    tracin_scores,
+    version_block,
+)
+from headwater.query_service.lineage.graph import LineageGraph, UnknownNode
 from headwater.stream_processors.gradients import NP_DTYPE, part_matrix
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
-
-METHODS = ("influence", "tracin")
-AGGREGATIONS = ("row", "source", "source_file", "op")
-
-
-class AttributionError(ValueError):
-    """A request that cannot be answered (unknown prediction, no gradients, bad shape)."""
-
-
-class NotFound(AttributionError):
-    """The prediction or model named does not exist."""
-
-
-@dataclass(frozen=True)
-class SourceRow:
-    source_id: str
-    uri: str
-    node_id: str
-    row: int
-
-
-@dataclass
-class Example:
-    """One source example: its first training key, its source rows and op chain."""
-
-    node_id: str
-    row: int
-    sources: list[SourceRow]
-    op_ids: list[str]
-
-
-@dataclass
-class Block:
-    """Gradient rows of one (version, kind): the cached feature matrix."""
-
-    version: str
-    kind: str
-    projection_id: str
-    phi: np.ndarray  # [n, k] float32
-    q: np.ndarray
-    w: np.ndarray
-    lr: np.ndarray
-    step: np.ndarray
-    target: np.ndarray
-    example: np.ndarray  # [n] index into Model.examples
-    latest: np.ndarray | None = None  # each example's latest row (cached)
-
-
-@dataclass
-class Model:
-    model_id: str
-    rows: int
-    blocks: list[Block]
-    examples: list[Example]
-    versions: list[str]  # in recorded order
-    curvature: dict[tuple[str, str, str], tuple[np.ndarray, int]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TestGradient:
-    version: str
-    projection_id: str
-    phi: np.ndarray  # [k]
-    label: str
-
-
-@dataclass
-class Result:
-    method: str
-    model_version: str
-    scores: np.ndarray  # [examples]
-    model: Model
-
-    def top(self, k: int) -> list[tuple[Example, float]]:
-        """The k examples with the largest |score| (both directions), largest first."""
-        k = min(k, len(self.scores))
-        idx = np.argpartition(-np.abs(self.scores), k - 1)[:k] if k else np.array([], int)
-        idx = idx[np.argsort(-np.abs(self.scores[idx]), kind="stable")]
-        return [(self.model.examples[i], float(self.scores[i])) for i in idx]
-
-    def groups(self, by: str, graph: LineageGraph) -> list[tuple[str, str, float, int]]:
-        """(key, label, summed score, examples) per source / file / op, largest |score|
-        first. An example built from two sources counts fully for each of them."""
-        totals: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
-        labels: dict[str, str] = {}
-        for ex, score in zip(self.model.examples, self.scores, strict=True):
-            if by == "op":
-                keys = {o: graph.op(o).op_name for o in ex.op_ids}
-            elif by == "source":
-                keys = {s.source_id: s.uri for s in ex.sources}
-            else:
-                keys = {s.uri: s.uri for s in ex.sources}
-            for key, label in keys.items():
-                totals[key] += float(score)
-                counts[key] += 1
-                labels[key] = label
-        order = sorted(totals, key=lambda key: -abs(totals[key]))
-        return [(key, labels[key], totals[key], counts[key]) for key in order]
-
-
-def unsign(phi: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Binary margin gradients are s·∇(logit) with s = ±1 by label; return ∇(logit)."""
-    return phi * np.where(np.asarray(labels) > 0, 1.0, -1.0)[:, None].astype(phi.dtype)
 
 
 def _text(v: bytes | str) -> str:
@@ -314,21 +228,10 @@ class AttributionEngine:
         return (phi * w[:, None]).T @ phi, t.num_rows
 
     def _latest_per_example(self, block: Block) -> np.ndarray:
-        """Row indices: each example's latest row in the block (ordered by step); cached."""
-        if block.latest is not None:
-            return block.latest
-        order = np.lexsort((block.step, block.example))
-        ex = block.example[order]
-        last = np.ones(len(ex), dtype=bool)
-        last[:-1] = ex[1:] != ex[:-1]
-        block.latest = order[last]
-        return block.latest
+        return latest_per_example(block)
 
     def _matvec(self, phi: np.ndarray, u: np.ndarray) -> np.ndarray:
-        out = np.empty(len(phi))
-        for start in range(0, len(phi), self.block_rows):  # bounded temporaries
-            out[start:start + self.block_rows] = phi[start:start + self.block_rows] @ u
-        return out
+        return matvec(phi, u, self.block_rows)
 
     def influence(self, model: Model, tests: list[TestGradient], damping: float = 0.0
                   ) -> tuple[np.ndarray, str]:
@@ -344,18 +247,13 @@ class AttributionEngine:
                 raise AttributionError(f"test gradient has {len(test.phi)} dims; the stored "
                                        f"gradients of {test.version} have {block.phi.shape[1]}")
             c = self.curvature(model, block)
-            sel = self._latest_per_example(block)
             counted = model.curvature[(block.version, block.kind, block.projection_id)][1]
-            if block.kind == "TRAINING_STEP" and counted:
-                c = c * (len(sel) / counted)  # one count per example, not per use
-            lam = damping or self.damping or 1e-3 * max(float(np.trace(c)) / len(c), 1e-12)
-            u = np.linalg.solve(c + lam * np.eye(len(c)), test.phi)
-            # score every stored row (no copy of the matrix), keep each example's latest
-            s = self._matvec(block.phi, u.astype(np.float32))[sel] * block.q[sel]
+            examples, s = influence_of_block(block, c, counted, test.phi,
+                                             damping or self.damping or None, self.block_rows)
             age = len(model.versions) - 1 - (model.versions.index(test.version)
                                              if test.version in model.versions else 0)
             weight = self.decay ** age
-            scores += np.bincount(block.example[sel], weight * s, len(scores))
+            scores += np.bincount(examples, weight * s, len(scores))
             total_weight += weight
             used.append(test.version)
         if not used:
@@ -364,18 +262,7 @@ class AttributionEngine:
         return scores / total_weight, ",".join(used)
 
     def tracin(self, model: Model, tests: list[TestGradient]) -> tuple[np.ndarray, str]:
-        by_version = {t.version: t for t in tests}
-        latest = tests[-1]
-        scores = np.zeros(len(model.examples))
-        for block in model.blocks:
-            if block.kind != "TRAINING_STEP":
-                continue
-            test = by_version.get(block.version, latest)
-            if test.projection_id != block.projection_id:
-                continue
-            s = self._matvec(block.phi, test.phi.astype(np.float32)) * block.q * block.lr
-            scores += np.bincount(block.example, s, len(scores))
-        return scores, latest.version
+        return tracin_scores(model, tests, self.block_rows)
 
     def attribute(self, prediction_id: str = "", *, model_id: str = "",
                   test: TestGradient | None = None, method: str = "influence",
@@ -398,30 +285,12 @@ class AttributionEngine:
 
     def embedding(self, model: Model, test: TestGradient
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-        """(features, labels, example index, binary) of each example's latest row at the
-        test's version: the space KNN-Shapley measures distance in. For a binary margin
-        model φ = ±∇(logit) by label; the sign is removed so that neighbours are rows
-        with similar inputs, not rows with the same label."""
-        block = self._version_block(model, test.version, test.projection_id)
-        sel = self._latest_per_example(block)
-        y = block.target[sel]
-        if np.isnan(y).any():
-            raise AttributionError("KNN-Shapley needs labels: some gradient rows were "
-                                   "published without targets")
-        binary = bool(np.isin(block.target, (0.0, 1.0)).all())
-        phi = block.phi[sel]
-        return (unsign(phi, y) if binary else phi), y, block.example[sel], binary
+        """KNN-Shapley's space: scoring.embedding_of."""
+        return embedding_of(model, test)
 
     def _version_block(self, model: Model, version: str, projection_id: str | None = None
                        ) -> Block:
-        blocks = [b for b in model.blocks if b.version == version
-                  and (projection_id is None or b.projection_id == projection_id)]
-        block = next((b for b in blocks if b.kind == "FEATURISATION"), None) or \
-            next((b for b in blocks if b.kind == "TRAINING_STEP"), None)
-        if block is None:
-            raise NotFound(f"model {model.model_id} has no gradient rows at version "
-                           f"{version!r}" + (" with that projection" if projection_id else ""))
-        return block
+        return version_block(model, version, projection_id)
 
     def self_influence(self, model_id: str, version: str = "", damping: float = 0.0
                        ) -> Result:
@@ -429,11 +298,5 @@ class AttributionEngine:
         model = self.model(model_id)
         block = self._version_block(model, version or model.versions[-1])
         c = self.curvature(model, block)
-        sel = self._latest_per_example(block)
-        lam = damping or self.damping or 1e-3 * max(float(np.trace(c)) / len(c), 1e-12)
-        inv = np.linalg.inv(c + lam * np.eye(len(c)))
-        phi = block.phi[sel].astype(np.float64)
-        s = np.einsum("ij,jk,ik->i", phi, inv, phi) * block.q[sel]
-        scores = np.zeros(len(model.examples))
-        scores[block.example[sel]] = s
+        scores = self_influence_scores(model, block, c, damping_for(c, damping, self.damping))
         return Result("self_influence", version, scores, model)

@@ -22,7 +22,7 @@ class RemoteStore:
                  channel: grpc.Channel | None = None) -> None:
         """`channel`: TLS/token secured (query_service.channel.open_channel); default: one
         opened from the HEADWATER_* settings."""
-        from headwater.query_service.channel import open_channel
+        from headwater.query_service.client.channel import open_channel
         from headwater.query_service.settings import Settings
 
         self.target = target

@@ -13,16 +13,15 @@ from typing import Any
 import numpy as np
 
 from headwater import __version__
-from headwater.query_service.attribution import AttributionEngine, AttributionError
-from headwater.query_service.lineage_graph import LineageGraph
-from headwater.query_service.log_reader import verify_stored_log
-from headwater.query_service.report_config import (
+from headwater.query_service.attribution.engine import AttributionEngine, AttributionError
+from headwater.query_service.compliance.config import (
     DEPLOYMENT_FIELDS,
     SYSTEM_FIELDS,
     ComplianceConfig,
     missing,
 )
-from headwater.query_service.report_model import (
+from headwater.query_service.compliance.log_reader import verify_stored_log
+from headwater.query_service.compliance.model import (
     SCHEMA_VERSION,
     AttributionSample,
     AttributionSamples,
@@ -52,6 +51,7 @@ from headwater.query_service.report_model import (
     Verification,
     VersionContribution,
 )
+from headwater.query_service.lineage.graph import LineageGraph
 from headwater.stream_processors.errors import HeadwaterError
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from headwater.query_service.report_model import Contact
+from headwater.query_service.compliance.model import Contact
 from headwater.stream_processors.errors import ConfigError
 
 

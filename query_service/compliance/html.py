@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
-from headwater.query_service.report_model import (
+from headwater.query_service.compliance.model import (
     ComplianceReport,
     Erasure,
     Pipeline,

@@ -1,6 +1,6 @@
 """The EU AI Act compliance report as pydantic models; its JSON Schema is published.
 
-`python -m headwater.query_service.report_model > docs/schema/compliance-report.schema.json`
+`python -m headwater.query_service.compliance.model > docs/schema/compliance-report.schema.json`
 regenerates the committed schema (a test fails when the file is stale).
 """
 

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from headwater.query_service.report_model import Integrity, Signature, json_schema
+from headwater.query_service.compliance.model import Integrity, Signature, json_schema
 from headwater.stream_processors.errors import ConfigError
 
 CANONICALIZATION = "json-sorted-keys-compact-utf8"

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from headwater.query_service.lineage_graph import LineageGraph, UnknownNode
+from headwater.query_service.lineage.graph import LineageGraph, UnknownNode
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
 

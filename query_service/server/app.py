@@ -1,24 +1,30 @@
-"""Builds the gRPC server: every v1 service, health checking and reflection, 127.0.0.1 only
-by default."""
+"""Builds the gRPC server: every v1 service (the SERVICES table), health checking and
+reflection, 127.0.0.1 only by default."""
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from headwater.producers import telemetry
 from headwater.producers.transports.base import Sink
 from headwater.producers.transports.grpc import MAX_MESSAGE_BYTES
 from headwater.producers.transports.local import LocalTransport
-from headwater.query_service.attribution import AttributionEngine
-from headwater.query_service.auth import AuthInterceptor
-from headwater.query_service.handlers import handler_kind, handler_like
-from headwater.query_service.limits import StreamLimiter, StreamLimits
+from headwater.query_service.attribution.engine import AttributionEngine
+from headwater.query_service.server.auth import AuthInterceptor
+from headwater.query_service.server.interceptors import Decoding, Telemetry
+from headwater.query_service.server.limits import StreamLimiter, StreamLimits
+from headwater.query_service.server.transport_security import (
+    ServerSecurity,
+    check_exposure,
+    server_credentials,
+    token_file,
+)
 from headwater.query_service.services.attribution import AttributionService
 from headwater.query_service.services.compliance import ComplianceService
 from headwater.query_service.services.ingest import IngestService
@@ -29,78 +35,56 @@ from headwater.query_service.services.unlearning import (
     PublisherFor,
     UnlearningService,
 )
-from headwater.query_service.sql_policy import SqlLimits
-from headwater.query_service.sql_reader import SqlReader
-from headwater.query_service.transport_security import (
-    ServerSecurity,
-    check_exposure,
-    server_credentials,
-    token_file,
-)
+from headwater.query_service.sql.policy import SqlLimits
+from headwater.query_service.sql.reader import SqlReader
 from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
 
 
-class _Telemetry(grpc.ServerInterceptor):
-    """One span and one latency sample per RPC (no-ops unless telemetry is configured)."""
+@dataclass(frozen=True)
+class ServiceParts:
+    """What the servicers are built from (one engine shared by Attribution and Compliance)."""
 
-    def __init__(self) -> None:
-        self._tracer = telemetry.tracer()
-        self._latency = telemetry.meter().create_histogram(
-            "headwater.rpc.duration", unit="s", description="gRPC handler time"
-        )
-
-    def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = details.method
-        inner = handler.unary_unary
-
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            start = time.perf_counter()
-            with self._tracer.start_as_current_span(f"headwater.rpc {method}"):
-                try:
-                    return inner(request, context)
-                finally:
-                    self._latency.record(time.perf_counter() - start, {"method": method})
-
-        return handler_like(handler, wrapped, handler.request_deserializer)
+    store: Store
+    engine: AttributionEngine
+    sink: Sink | None
+    log: PublisherFor | None
+    sql: SqlLimits | None
 
 
-class _Decoding(grpc.ServerInterceptor):
-    """Parses requests inside the handler, so undecodable bytes get INVALID_ARGUMENT naming
-    the message type (grpc's own deserializer answers INTERNAL before any servicer runs)."""
+@dataclass(frozen=True)
+class Service:
+    """One gRPC service of headwater.v1: its servicer, built from the parts (None: not
+    served), and the generated function that adds it to a server."""
 
-    def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        parse = handler.request_deserializer
-        method = details.method
+    servicer: Callable[[ServiceParts], Any | None]
+    add: Callable[[Any, grpc.Server], None]
 
-        def decode(data: bytes, context: grpc.ServicerContext) -> Any:
-            try:
-                return parse(data)
-            except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"{method}: the request bytes are not a valid message "
-                              f"({type(exc).__name__}: {exc})")
+    def register(self, parts: ServiceParts, server: grpc.Server) -> bool:
+        servicer = self.servicer(parts)
+        if servicer is None:
+            return False
+        self.add(servicer, server)
+        return True
 
-        def decode_all(requests: Any, context: grpc.ServicerContext) -> Any:
-            for data in requests:
-                yield decode(data, context)
 
-        kind = handler_kind(handler)
-        inner = getattr(handler, kind)
-        if kind.startswith("unary"):  # one request message
-            def behaviour(data: Any, context: grpc.ServicerContext) -> Any:
-                return inner(decode(data, context), context)
-        else:  # a stream of request messages
-            def behaviour(data: Any, context: grpc.ServicerContext) -> Any:
-                return inner(decode_all(data, context), context)
-        return handler_like(handler, behaviour, None)
+# Every service the server offers, by its name in query.proto: registration, health and
+# reflection all derive from this one table (a new service is one line here).
+SERVICES: dict[str, Service] = {
+    "Ingest": Service(lambda p: IngestService(p.sink) if p.sink is not None else None,
+                      query_pb2_grpc.add_IngestServicer_to_server),
+    "Lineage": Service(lambda p: LineageService(p.store),
+                       query_pb2_grpc.add_LineageServicer_to_server),
+    "Compliance": Service(lambda p: ComplianceService(p.store, p.engine),
+                          query_pb2_grpc.add_ComplianceServicer_to_server),
+    "Query": Service(lambda p: QueryService(SqlReader(p.store, p.sql)),
+                     query_pb2_grpc.add_QueryServicer_to_server),
+    "Attribution": Service(lambda p: AttributionService(p.store, p.engine),
+                           query_pb2_grpc.add_AttributionServicer_to_server),
+    "Unlearning": Service(lambda p: UnlearningService(p.store, p.log),
+                          query_pb2_grpc.add_UnlearningServicer_to_server),
+}
 
 
 def build_server(store: Store, listen: str, sink: Sink | None = None,
@@ -112,7 +96,8 @@ def build_server(store: Store, listen: str, sink: Sink | None = None,
     """Create (not start) the server; `sink` enables Ingest. Forget requests are recorded
     through `log` (default: into `sink`); without either, Forget is refused. `security`:
     TLS and token auth, required for a non-loopback `listen`. `max_workers`: threads for unary
-    calls; health checks and streams have pools of their own (`limits`, query_service/limits.py).
+    calls; health checks and streams have pools of their own (`limits`,
+    query_service/server/limits.py).
     `sql`: the bounds of Query.Sql statements. Returns (server, bound port)."""
     security = security or ServerSecurity()
     check_exposure(listen, security)
@@ -123,25 +108,17 @@ def build_server(store: Store, listen: str, sink: Sink | None = None,
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="headwater-rpc"),
         interceptors=[StreamLimiter(limits or StreamLimits(), tokens),  # outermost
-                      *([AuthInterceptor(tokens)] if tokens else []), _Telemetry(),
-                      _Decoding()],
+                      *([AuthInterceptor(tokens)] if tokens else []), Telemetry(),
+                      Decoding()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )
-    names = []
-    if sink is not None:
-        query_pb2_grpc.add_IngestServicer_to_server(IngestService(sink), server)
-        names.append("Ingest")
-    query_pb2_grpc.add_LineageServicer_to_server(LineageService(store), server)
     engine = AttributionEngine(store, damping=damping, decay=decay)
-    query_pb2_grpc.add_ComplianceServicer_to_server(ComplianceService(store, engine), server)
-    query_pb2_grpc.add_QueryServicer_to_server(QueryService(SqlReader(store, sql)), server)
-    query_pb2_grpc.add_AttributionServicer_to_server(AttributionService(store, engine), server)
-    query_pb2_grpc.add_UnlearningServicer_to_server(UnlearningService(store, log), server)
-    names += ["Lineage", "Compliance", "Query", "Attribution", "Unlearning"]
+    parts = ServiceParts(store, engine, sink, log, sql)
+    names = [name for name, service in SERVICES.items() if service.register(parts, server)]
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -4,7 +4,7 @@ The token file (HEADWATER_AUTH_TOKENS_FILE) holds SHA-256 digests of tokens, nev
 a presented token is hashed and compared with every digest in constant time. The file is
 re-read when it changes, so tokens rotate without a restart.
 
-    python -m headwater.query_service.auth new-token reader [NAME]   # token + its file line
+    python -m headwater.query_service.server.auth new-token reader [NAME]   # token + its file line
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import grpc
 
 from headwater.producers.transports.channel import file_mode_problem
-from headwater.query_service.handlers import handler_like
-from headwater.query_service.principal import bound
+from headwater.query_service.server.handlers import handler_like
+from headwater.query_service.server.principal import bound
 from headwater.stream_processors.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ def new_token() -> str:
 def main(argv: list[str]) -> int:
     """`new-token ROLE [NAME]`: print a token (stdout) and its token-file line (stderr)."""
     if len(argv) not in (2, 3) or argv[0] != "new-token":
-        print("usage: python -m headwater.query_service.auth new-token ROLE [NAME]",
+        print("usage: python -m headwater.query_service.server.auth new-token ROLE [NAME]",
               file=sys.stderr)
         return 2
     try:

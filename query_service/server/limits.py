@@ -26,8 +26,8 @@ from typing import Any
 
 import grpc
 
-from headwater.query_service.auth import Role, TokenFile, bearer_token, short_name
-from headwater.query_service.handlers import handler_kind, handler_like
+from headwater.query_service.server.auth import Role, TokenFile, bearer_token, short_name
+from headwater.query_service.server.handlers import handler_kind, handler_like
 
 log = logging.getLogger(__name__)
 

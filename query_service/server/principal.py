@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from cryptography import x509
 
-from headwater.query_service.handlers import handler_kind, handler_like
+from headwater.query_service.server.handlers import handler_kind, handler_like
 
 if TYPE_CHECKING:
-    from headwater.query_service.auth import Principal
+    from headwater.query_service.server.auth import Principal
 
 _CURRENT: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "headwater_principal", default=None)

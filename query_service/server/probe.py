@@ -1,7 +1,7 @@
 """Readiness / liveness probes of the Kubernetes pods, run as exec probes.
 
-    python -m headwater.query_service.probe                  # a `process` pod (no port)
-    python -m headwater.query_service.probe grpc [HOST:PORT] # a `query-service` / `serve` pod
+    python -m headwater.query_service.server.probe                  # a `process` pod
+    python -m headwater.query_service.server.probe grpc [HOST:PORT] # `query-service`, `serve`
 
 The first exits 0 when the pod's Kafka and ClickHouse answer, 1 with one line per
 unreachable dependency. The second asks the pod's own gRPC server for grpc.health.v1 over
@@ -129,7 +129,7 @@ def grpc_problems(settings: Settings, target: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m headwater.query_service.probe",
+    parser = argparse.ArgumentParser(prog="python -m headwater.query_service.server.probe",
                                      description="Exit 0 when the pod is ready, 1 with the "
                                      "reasons on stderr. Without a mode: Kafka and "
                                      "ClickHouse (a `process` pod).")

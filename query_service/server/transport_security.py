@@ -16,7 +16,7 @@ from headwater.producers.transports.channel import (
     is_loopback_host,
     read_setting_file,
 )
-from headwater.query_service.auth import TokenFile
+from headwater.query_service.server.auth import TokenFile
 from headwater.stream_processors.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import grpc
 
-from headwater.query_service.attribution import AttributionEngine
-from headwater.query_service.lineage_graph import BadRowKey
-from headwater.query_service.log_reader import verify_stored_log
-from headwater.query_service.report_builder import ReportError, build_report
-from headwater.query_service.report_config import (
+from headwater.query_service.attribution.engine import AttributionEngine
+from headwater.query_service.compliance.builder import ReportError, build_report
+from headwater.query_service.compliance.config import (
     load_config,
     parse_config,
     signing_key_path,
 )
-from headwater.query_service.report_signing import load_private_key, report_text, seal
+from headwater.query_service.compliance.log_reader import verify_stored_log
+from headwater.query_service.compliance.signing import load_private_key, report_text, seal
+from headwater.query_service.lineage.graph import BadRowKey
 from headwater.query_service.services.attribution import lineage_conflict
 from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.store import Store

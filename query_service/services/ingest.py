@@ -16,8 +16,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from headwater.producers.transports.base import Ack, Record, Sink
-from headwater.query_service import principal as principals
-from headwater.query_service.auth import payload_refusal
+from headwater.query_service.server import principal as principals
+from headwater.query_service.server.auth import payload_refusal
 from headwater.stream_processors.decode import Rejected
 from headwater.stream_processors.errors import StoreError
 from headwater.stream_processors.rows import dead_letter_rows

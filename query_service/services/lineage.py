@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import grpc
 
-from headwater.query_service.lineage_graph import BadRowKey, LineageGraph, Node, OpRow, UnknownNode
+from headwater.query_service.lineage.graph import BadRowKey, LineageGraph, Node, OpRow, UnknownNode
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 

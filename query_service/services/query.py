@@ -1,5 +1,5 @@
 """Query.Sql: one read-only statement against the store, checked on ClickHouse's parse tree
-and run inside server-side limits (query_service/sql_reader.py)."""
+and run inside server-side limits (query_service/sql/reader.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import grpc
 
-from headwater.query_service.sql_policy import SqlRefused
-from headwater.query_service.sql_reader import SqlBusy, SqlReader
+from headwater.query_service.sql.policy import SqlRefused
+from headwater.query_service.sql.reader import SqlBusy, SqlReader
 from headwater.stream_processors.errors import StoreError
 from headwater.v1 import query_pb2, query_pb2_grpc
 

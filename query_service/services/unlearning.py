@@ -13,7 +13,7 @@ import grpc
 from headwater.producers.envelope import EnvelopeBuilder, default_producer_id
 from headwater.producers.errors import PublishError
 from headwater.producers.publisher import Publisher
-from headwater.query_service.forgetting import (
+from headwater.query_service.lineage.forgetting import (
     TargetError,
     affected,
     keys_of,
@@ -22,8 +22,8 @@ from headwater.query_service.forgetting import (
     request_id,
     target_rows,
 )
-from headwater.query_service.lineage_graph import BadRowKey, LineageGraph, UnknownNode
-from headwater.query_service.principal import describe
+from headwater.query_service.lineage.graph import BadRowKey, LineageGraph, UnknownNode
+from headwater.query_service.server.principal import describe
 from headwater.stream_processors.errors import StoreError
 from headwater.stream_processors.store import Store
 from headwater.stream_processors.validate import Invalid, validate_event

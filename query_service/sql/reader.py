@@ -1,7 +1,7 @@
 """Runs auditors' SQL (Query.Sql) inside limits the statement cannot change.
 
 Each statement is parsed by ClickHouse (`EXPLAIN AST`, nothing runs) and checked by
-sql_policy; it then runs on a client of its own (its own chDB handle or HTTP session), so a
+sql.policy; it then runs on a client of its own (its own chDB handle or HTTP session), so a
 long read never waits for or blocks ingest and no setting it meets sticks to the writer's
 session. Limits ride on the query as settings (readonly=1 last, so the statement cannot
 change them): execution time (also bounded by the caller's deadline), memory and result
@@ -20,7 +20,7 @@ from typing import Any
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from headwater.query_service.sql_policy import SqlLimits, SqlRefused, check_statement
+from headwater.query_service.sql.policy import SqlLimits, SqlRefused, check_statement
 from headwater.stream_processors.errors import StoreError
 from headwater.stream_processors.store import Store
 

@@ -17,7 +17,7 @@ from secure_serve import TOKENS, SecureServe, source_event, write_tokens
 from conftest import run_headwater, stop
 from headwater.producers import GrpcTransport, Publisher
 from headwater.producers.transports.channel import ClientSecurity, open_channel
-from headwater.query_service.auth import Role
+from headwater.query_service.server.auth import Role
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 WORKERS = 4  # HEADWATER_RPC_WORKERS: the unary pool

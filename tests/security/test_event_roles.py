@@ -25,7 +25,7 @@ from headwater.producers.tracking.sources import load_csv
 from headwater.producers.transports.channel import ClientSecurity, open_channel
 from headwater.producers.unlearning import LinearModel
 from headwater.producers.unlearning_listener import Unlearner, UnlearningListener
-from headwater.query_service.auth import ROLE_PAYLOADS, UNAUTHENTICATED_PAYLOADS, Role
+from headwater.query_service.server.auth import ROLE_PAYLOADS, UNAUTHENTICATED_PAYLOADS, Role
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 TRAINING = {"source_registered", "op_recorded", "model_version_recorded", "gradient_batch",

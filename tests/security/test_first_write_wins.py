@@ -17,7 +17,7 @@ from conftest import Broker, Serve
 from headwater.producers.envelope import EnvelopeBuilder, event_hash
 from headwater.producers.transports.base import Record
 from headwater.producers.transports.grpc import GrpcTransport
-from headwater.query_service.log_reader import verify_stored_log
+from headwater.query_service.compliance.log_reader import verify_stored_log
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2

@@ -27,10 +27,10 @@ from conftest import Serve, stop
 from headwater.producers.envelope import EnvelopeBuilder
 from headwater.producers.transports.base import Ack, Record
 from headwater.producers.transports.channel import ClientSecurity, open_channel
-from headwater.query_service.auth import Principal, Role
-from headwater.query_service.principal import _CURRENT, describe
-from headwater.query_service.server import build_server
-from headwater.query_service.transport_security import ServerSecurity
+from headwater.query_service.server.app import build_server
+from headwater.query_service.server.auth import Principal, Role
+from headwater.query_service.server.principal import _CURRENT, describe
+from headwater.query_service.server.transport_security import ServerSecurity
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 PEER = r"peer=ipv4:127\.0\.0\.1:\d+"

@@ -34,8 +34,8 @@ from headwater.producers.transports.channel import (
     ClientSecurity,
     open_channel,
 )
-from headwater.query_service.auth import Principal, Role, TokenFile, hash_token
-from headwater.query_service.transport_security import ServerSecurity, server_credentials
+from headwater.query_service.server.auth import Principal, Role, TokenFile, hash_token
+from headwater.query_service.server.transport_security import ServerSecurity, server_credentials
 from headwater.stream_processors.errors import ConfigError
 from headwater.v1 import query_pb2, query_pb2_grpc
 
@@ -127,7 +127,7 @@ def test_plaintext_channels_never_go_through_a_proxy(serve: Serve,
                          "--listen", serve.target, env={"HEADWATER_TOKEN": token})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == '{"n": 1}'
-    from headwater.query_service.probe import main as probe
+    from headwater.query_service.server.probe import main as probe
 
     assert probe(["grpc", serve.target]) == 0
     time.sleep(0.3)
@@ -331,7 +331,7 @@ def test_expired_certificate_is_refused_and_near_expiry_is_warned(tmp_path: Path
             time.sleep(0.1)
         log = serve.log.read_text()
         warning = f"the certificate in {cert} expires in 3 day(s)"
-        assert f"WARNING headwater.query_service.transport_security: {warning}" in log
+        assert f"WARNING headwater.query_service.server.transport_security: {warning}" in log
         startup = "".join(log[log.index("headwater serve: gRPC on"):].split())  # rich wraps
         assert "".join(f"TLS, no auth (loopback only); WARNING: {warning}".split()) in startup
     finally:

@@ -25,8 +25,8 @@ from secure_serve import (
 
 from conftest import stop
 from headwater.producers import GrpcTransport, Publisher
-from headwater.query_service.auth import Role
-from headwater.query_service.sql_policy import (
+from headwater.query_service.server.auth import Role
+from headwater.query_service.sql.policy import (
     DENIED_FUNCTIONS,
     SYSTEM_FUNCTIONS_SQL,
     TABLE_FUNCTIONS,
@@ -37,7 +37,7 @@ from headwater.query_service.sql_policy import (
     check_statement,
     denial,
 )
-from headwater.query_service.sql_reader import SqlReader
+from headwater.query_service.sql.reader import SqlReader
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
 
@@ -60,9 +60,9 @@ def reader(engine: Store) -> Iterator[SqlReader]:
 
 
 def test_every_function_of_the_engine_is_reviewed(engine: Store) -> None:
-    """A new engine version adds functions: each must be allowed (sql_functions.txt) or
+    """A new engine version adds functions: each must be allowed (sql/functions.txt) or
     refused with a reason, and the shipped list must be what the rules give for this engine
-    (regenerate with `python -m headwater.query_service.sql_policy`)."""
+    (regenerate with `python -m headwater.query_service.sql.policy`)."""
     rows = [tuple(r) for r in engine.query(SYSTEM_FUNCTIONS_SQL)]
     assert len(rows) > 1000
     assert sorted(allowed_functions()) == allowlist(rows)  # type: ignore[arg-type]
@@ -205,7 +205,7 @@ def test_concurrency_is_capped(engine: Store) -> None:
                                               "numbers(1000000000000)", None, 1),
                                      done.set())).start()
     time.sleep(0.3)
-    from headwater.query_service.sql_reader import SqlBusy
+    from headwater.query_service.sql.reader import SqlBusy
     with pytest.raises(SqlBusy, match="HEADWATER_SQL_MAX_CONCURRENT"):
         reader.run("SELECT 1", None, 1)
     assert done.wait(10)

@@ -1,0 +1,1 @@
+"""The compliance report: model, builder, HTML, signing, provider config and log verification."""

@@ -1,0 +1,2 @@
+"""Lineage: the graph over the stored lineage tables, the OpenLineage export, and
+forgetting targets."""
