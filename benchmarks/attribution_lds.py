@@ -365,7 +365,7 @@ def traced_training(publisher: Publisher, tracker: Tracker, train: Any, y_train:
     import torch
     import torch.nn.functional as F  # noqa: N812
 
-    from headwater.producers.torch_capture import TorchCapture
+    from headwater.producers.capture.torch import TorchCapture
 
     x_all = torch.as_tensor(np.asarray(train), dtype=torch.float32)
     y_all = torch.as_tensor(y_train, dtype=torch.long)

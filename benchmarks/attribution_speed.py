@@ -48,8 +48,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from headwater.producers.capture import Recorder, margin_weights
+from headwater.producers.capture.torch import TorchCapture
 from headwater.producers.publisher import Publisher
-from headwater.producers.torch_capture import TorchCapture
 from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.transports.local import LocalTransport
 from headwater.query_service.attribution.engine import AttributionEngine, Model

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from headwater.producers import Publisher
-from headwater.producers.torch_capture import TorchCapture
+from headwater.producers.capture.torch import TorchCapture
 from headwater.producers.tracking import Tracker
 from headwater.producers.tracking.sources import track_tensor as register_tensor
 from headwater.producers.tracking.torch import row_keys, track_tensor, tracked_loader

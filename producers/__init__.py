@@ -1,5 +1,10 @@
 """The SDK a trainer imports: build chained events and publish them.
 
+Rooms: envelope.py, publisher.py, transports/ (build and send events), rowmap.py (the
+row-map wire codec, shared with the stream processors), tracking/ (tracked arrays and
+tensors, the op registry, frames, sources), capture/ (per-sample gradients, projection),
+unlearning/ (Newton, fine-tune, verification, the listener).
+
 Names are imported on first use (PEP 562), so importing one pure module of the SDK (the
 envelope, row maps) does not load Kafka, gRPC or torch.
 """
@@ -19,12 +24,12 @@ _EXPORTS = {
     "GrpcTransport": "headwater.producers.transports.grpc",
     "KafkaTransport": "headwater.producers.transports.kafka",
     "LocalTransport": "headwater.producers.transports.local",
-    "LinearModel": "headwater.producers.unlearning",
-    "unlearn": "headwater.producers.unlearning",
-    "verify": "headwater.producers.unlearning",
-    "Outcome": "headwater.producers.unlearning_listener",
-    "Unlearner": "headwater.producers.unlearning_listener",
-    "UnlearningListener": "headwater.producers.unlearning_listener",
+    "LinearModel": "headwater.producers.unlearning.linear",
+    "unlearn": "headwater.producers.unlearning.api",
+    "verify": "headwater.producers.unlearning.api",
+    "Outcome": "headwater.producers.unlearning.listener",
+    "Unlearner": "headwater.producers.unlearning.listener",
+    "UnlearningListener": "headwater.producers.unlearning.listener",
 }
 __all__ = [
     "EnvelopeBuilder",
@@ -51,8 +56,9 @@ if TYPE_CHECKING:
     from headwater.producers.transports.grpc import GrpcTransport
     from headwater.producers.transports.kafka import KafkaTransport
     from headwater.producers.transports.local import LocalTransport
-    from headwater.producers.unlearning import LinearModel, unlearn, verify
-    from headwater.producers.unlearning_listener import Outcome, Unlearner, UnlearningListener
+    from headwater.producers.unlearning.api import unlearn, verify
+    from headwater.producers.unlearning.linear import LinearModel
+    from headwater.producers.unlearning.listener import Outcome, Unlearner, UnlearningListener
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -188,7 +188,7 @@ def test_errors_name_what_is_wrong(trained):
 
 
 def test_torch_capture_matches_per_row_autograd(store):
-    from headwater.producers.torch_capture import TorchCapture
+    from headwater.producers.capture.torch import TorchCapture
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))

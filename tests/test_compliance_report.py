@@ -23,7 +23,7 @@ from headwater.producers.tracking.sources import load_csv
 from headwater.producers.transports.grpc import GrpcTransport
 from headwater.producers.transports.local import LocalTransport
 from headwater.producers.unlearning import LinearModel
-from headwater.producers.unlearning_listener import Unlearner, UnlearningListener
+from headwater.producers.unlearning.listener import Unlearner, UnlearningListener
 from headwater.query_service.compliance.builder import ReportError, build_report
 from headwater.query_service.compliance.config import load_config, parse_config
 from headwater.query_service.compliance.html import SOURCE_FILL, TRAINING_FILL, render_html

@@ -9,8 +9,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from headwater.producers import projection as proj
-from headwater.producers.projection import Projection, make_projection
+from headwater.producers.capture import projection as proj
+from headwater.producers.capture.projection import Projection, make_projection
 from headwater.v1 import events_pb2
 
 torch = pytest.importorskip("torch")
@@ -143,7 +143,7 @@ def test_kinds_draw_independent_streams() -> None:
 def test_same_projection_in_a_fresh_process() -> None:
     code = (
         "import sys, numpy as np\n"
-        "from headwater.producers.projection import make_projection\n"
+        "from headwater.producers.capture.projection import make_projection\n"
         "x = np.random.default_rng(0).standard_normal((3, 5000)).astype(np.float32)\n"
         "for kind in ('rademacher', 'sparse_jl'):\n"
         "    p = make_projection(5000, k=128, seed=21, kind=kind)\n"

@@ -17,7 +17,7 @@ PURE = [
     "headwater.stream_processors.first_write", "headwater.stream_processors.batch_bounds",
     "headwater.stream_processors.log_integrity", "headwater.stream_processors.lineage_resolve",
     "headwater.producers.envelope", "headwater.producers.rowmap",
-    "headwater.producers.projection", "headwater.producers.transports.base",
+    "headwater.producers.capture.projection", "headwater.producers.transports.base",
     "headwater.producers.transports.chunking", "headwater.query_service.sql.policy",
     "headwater.query_service.attribution.scoring",
     "headwater.query_service.attribution.knn_shapley",

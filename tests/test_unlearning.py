@@ -10,7 +10,6 @@ import torch
 from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.metrics import roc_auc_score
 
-from headwater.producers import unlearning as U
 from headwater.producers.unlearning import (
     LinearModel,
     RetrainTargets,
@@ -22,6 +21,7 @@ from headwater.producers.unlearning import (
     unlearn,
     verify,
 )
+from headwater.producers.unlearning import linear as U
 from headwater.v1 import events_pb2
 
 
@@ -202,7 +202,7 @@ def test_softmax_gradient_and_hessian_match_autograd() -> None:
     a = np.hstack([rng.normal(size=(20, 4)), np.ones((20, 1))])
     y = rng.integers(0, 3, 20)
     theta = rng.normal(size=15)
-    glm = U._Glm("softmax", 3)
+    glm = U.Glm("softmax", 3)
 
     def loss(t: torch.Tensor) -> torch.Tensor:
         logits = torch.as_tensor(a) @ t.reshape(3, 5).T
@@ -399,7 +399,7 @@ def test_unlearner_applies_requests_in_turn_for_the_listener(bc: dict, digits: d
                                                             mlp: dict) -> None:
     """The listener's standard apply: each request's rows come out of the model, rows
     forgotten earlier stay out of the retained set, a retrain check runs when asked."""
-    from headwater.producers.unlearning_listener import Unlearner
+    from headwater.producers.unlearning.listener import Unlearner
 
     unlearner = Unlearner(bc["model"], bc["x"], bc["y"], test=bc["test"])
     first = events_pb2.ForgetRequested(request_id="fr-1", verify_with_retrain=True)

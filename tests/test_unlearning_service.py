@@ -16,7 +16,7 @@ from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.tracking.sources import load_csv
 from headwater.producers.transports.grpc import GrpcTransport
 from headwater.producers.unlearning import LinearModel
-from headwater.producers.unlearning_listener import Unlearner, UnlearningListener
+from headwater.producers.unlearning.listener import Unlearner, UnlearningListener
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 LAM = 1.0

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from headwater.demo.data import DATA_NOTE, LICENCE
-from headwater.producers.torch_capture import TorchCapture
+from headwater.producers.capture.torch import TorchCapture
 from headwater.producers.tracking import Tracker
 from headwater.producers.tracking.sources import load_csv
-from headwater.producers.unlearning_listener import Unlearner, UnlearningListener
+from headwater.producers.unlearning.listener import Unlearner, UnlearningListener
 from headwater.v1 import events_pb2
 
 MODEL_ID = "demo-mlp"

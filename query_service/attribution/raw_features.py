@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headwater.producers.projection import Projection
+from headwater.producers.capture.projection import Projection
 from headwater.query_service.attribution.scoring import AttributionError, NotFound, TestGradient
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2, query_pb2

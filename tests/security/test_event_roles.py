@@ -24,7 +24,7 @@ from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.tracking.sources import load_csv
 from headwater.producers.transports.channel import ClientSecurity, open_channel
 from headwater.producers.unlearning import LinearModel
-from headwater.producers.unlearning_listener import Unlearner, UnlearningListener
+from headwater.producers.unlearning.listener import Unlearner, UnlearningListener
 from headwater.query_service.server.auth import ROLE_PAYLOADS, UNAUTHENTICATED_PAYLOADS, Role
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 

@@ -37,16 +37,19 @@ from typing import Any
 
 import numpy as np
 
-from headwater.producers.capture import LinearCapture, Recorder
+from headwater.producers.capture.linear import LinearCapture
+from headwater.producers.capture.recorder import Recorder
 from headwater.producers.publisher import Publisher
-from headwater.producers.tracking import Tracker
+from headwater.producers.tracking.tracker import Tracker
 from headwater.producers.transports.channel import (
     open_channel,
     read_token_file,
     security_from_env,
 )
 from headwater.producers.transports.grpc import GrpcTransport
-from headwater.producers.unlearning import LinearModel, Rows, unlearn
+from headwater.producers.unlearning.api import unlearn
+from headwater.producers.unlearning.linear import LinearModel
+from headwater.producers.unlearning.rows import Rows
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from headwater.producers.capture import (
+from headwater.producers.capture.recorder import (
     Publish,
     Recorder,
     Weights,

@@ -1,0 +1,268 @@
+"""torch models: last-layer Newton and the bounded corrective fine-tune (ascent on the
+forget rows, descent on retained rows, stopped at the held-out loss level)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+
+from headwater.producers.unlearning.digests import (
+    parse_method,
+)
+from headwater.producers.unlearning.linear import (
+    Glm,
+    augment,
+)
+from headwater.producers.unlearning.newton import (
+    NewtonReport,
+    newton_removal,
+)
+from headwater.producers.unlearning.rows import (
+    CHUNK,
+    Rows,
+    nonempty,
+    type_name,
+)
+from headwater.producers.unlearning.verification import (
+    TorchAdapter,
+    torch_losses,
+    torch_rows,
+)
+from headwater.v1 import events_pb2
+
+if TYPE_CHECKING:
+    import torch
+
+
+# -- torch: last-layer Newton and the bounded fine-tune -----------------------------------
+
+def _last_linear(model: torch.nn.Module, name: str | None) -> tuple[str, torch.nn.Linear]:
+    import torch
+
+    modules = dict(model.named_modules())
+    if name is None:
+        owners = [n for n, m in modules.items() if list(m.parameters(recurse=False))]
+        if not owners:
+            raise ValueError("the model has no parameters to unlearn")
+        name = owners[-1]
+    if name not in modules:
+        raise ValueError(f"no module named {name!r}; the model has "
+                         f"{', '.join(n for n in modules if n)}")
+    layer = modules[name]
+    if not isinstance(layer, torch.nn.Linear):
+        raise TypeError(f"last-layer Newton needs an nn.Linear last layer; {name!r} is "
+                        f"{type_name(layer)} (pass last_layer=, or method='fine_tune')")
+    return name, layer
+
+
+def _features(model: torch.nn.Module, layer: torch.nn.Linear, x: torch.Tensor,
+              name: str) -> np.ndarray:
+    """The last layer's inputs (penultimate activations) for x, as float64 [n, h]; checks the
+    model's output is that layer's output (nothing after it)."""
+    import torch
+
+    got: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hook = layer.register_forward_hook(lambda _m, i, o: got.append((i[0], o)))
+    was = model.training
+    model.eval()
+    feats = []
+    try:
+        with torch.no_grad():
+            for lo in range(0, len(x), CHUNK):
+                got.clear()
+                out = model(x[lo:lo + CHUNK])
+                if len(got) != 1:
+                    raise ValueError(f"layer {name!r} ran {len(got)} times in one forward "
+                                     "pass; last-layer Newton needs it to run once")
+                inp, last = got[0]
+                if out.shape[0] != last.shape[0] or not torch.allclose(
+                        out.reshape(len(out), -1), last.reshape(len(last), -1)):
+                    raise ValueError(f"the model's output is not layer {name!r}'s output "
+                                     "(something follows it); pass last_layer= the final "
+                                     "nn.Linear, or method='fine_tune'")
+                feats.append(inp.reshape(len(inp), -1).double().cpu().numpy())
+    finally:
+        hook.remove()
+        model.train(was)
+    return np.concatenate(feats)
+
+
+def _last_layer_newton(model: torch.nn.Module, forget: tuple[torch.Tensor, torch.Tensor],
+                       retain: tuple[torch.Tensor, torch.Tensor], *, task: str,
+                       last_layer: str | None, l2: float, steps: int, tol: float | None,
+                       max_steps: int) -> NewtonReport:
+    """Newton removal on the last nn.Linear (in place), the features held fixed."""
+    import torch
+
+    name, layer = _last_linear(model, last_layer)
+    classes = layer.out_features
+    if task == "regression" and classes != 1:
+        raise ValueError(f"regression needs one output; layer {name!r} has {classes}")
+    glm = Glm("softmax", classes) if classes > 1 else \
+        Glm("logistic" if task == "classification" else "squared")
+    weight = layer.weight.detach().double().cpu().numpy()
+    bias = (layer.bias.detach().double().cpu().numpy() if layer.bias is not None
+            else None)
+    if bias is None:
+        raise ValueError(f"layer {name!r} has no bias; last-layer Newton expects one")
+    theta = np.hstack([weight, bias[:, None]])  # [C, h+1]
+    af = augment(_features(model, layer, forget[0], name))
+    ar = augment(_features(model, layer, retain[0], name))
+    yf, yr = (t.double().cpu().numpy() for t in (forget[1], retain[1]))
+    if glm.kind == "logistic" and not (np.isin(yf, (0, 1)).all() and np.isin(yr, (0, 1)).all()):
+        raise ValueError("binary-logit classification labels must be 0 or 1")
+    labels = np.concatenate([yf, yr])
+    if glm.kind == "softmax" and ((labels < 0) | (labels >= classes)).any():
+        raise ValueError(f"class labels must lie in [0, {classes})")
+    new, report = newton_removal(glm, theta.ravel(), af, yf, ar, yr, l2, steps, tol,
+                                  max_steps, keep_offset=True)
+    new = new.reshape(classes, -1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(new[:, :-1]))
+        layer.bias.copy_(torch.as_tensor(new[:, -1]))
+    return report
+
+
+@dataclass(frozen=True)
+class FineTuneBound:
+    """The bound on the corrective fine-tune (docs/unlearning.md):
+    - stop as soon as the mean forget loss reaches `target_loss` (the held-out loss level of
+      the original model: what a row it never saw gets), and only rows still below it are
+      pushed up — ascent never drives a row past what a non-member gets;
+    - each step moves the parameters by at most `max_step_norm` (the gradient is clipped
+      before the plain SGD step), so after `steps` steps ||θ − θ₀|| ≤ steps·max_step_norm;
+    - `max_distance`, when set, stops (and projects back) at ||θ − θ₀|| = max_distance."""
+
+    target_loss: float
+    steps: int = 100
+    max_step_norm: float = 0.05
+    max_distance: float | None = None
+
+
+def _fine_tune(model: torch.nn.Module, params: list[torch.nn.Parameter],
+               forget: tuple[torch.Tensor, torch.Tensor],
+               retain: tuple[torch.Tensor, torch.Tensor], *, task: str, bound: FineTuneBound,
+               lr: float, batch_size: int, retain_weight: float, seed: int) -> dict[str, Any]:
+    """Gradient ascent on forget rows below the target loss, balanced by descent on random
+    retained batches, in eval mode (dropout off, batch-norm statistics frozen), in place."""
+    import torch
+
+    if not params:
+        raise ValueError("no parameters to fine-tune")
+    gen = torch.Generator().manual_seed(seed)
+    start = [p.detach().clone() for p in params]
+    was = model.training
+    model.eval()
+    reason, step, forget_loss = "max steps", 0, float("nan")
+    try:
+        for step in range(bound.steps + 1):
+            with torch.no_grad():
+                forget_loss = float(torch.cat([
+                    torch_losses(model(forget[0][lo:lo + CHUNK]), forget[1][lo:lo + CHUNK],
+                                  task) for lo in range(0, len(forget[0]), CHUNK)]).mean())
+            if forget_loss >= bound.target_loss:
+                reason = "forget loss reached the target"
+                break
+            if step == bound.steps:
+                break
+            fb = torch.randperm(len(forget[0]), generator=gen)[:batch_size].to(forget[0].device)
+            rb = torch.randperm(len(retain[0]), generator=gen)[:batch_size].to(retain[0].device)
+            lf = torch_losses(model(forget[0][fb]), forget[1][fb], task)
+            # only rows below the target pull the parameters; divided by the batch size, so
+            # the ascent fades as rows reach the held-out level
+            ascent = -(lf * (lf.detach() < bound.target_loss)).sum() / len(fb)
+            descent = torch_losses(model(retain[0][rb]), retain[1][rb], task).mean()
+            grads = torch.autograd.grad(ascent + retain_weight * descent, params,
+                                        allow_unused=True)
+            grads = tuple(torch.zeros_like(p) if g is None else g
+                          for p, g in zip(params, grads, strict=True))
+            norm = float(torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(g.double()) for g in grads])))
+            scale = lr if lr * norm <= bound.max_step_norm else bound.max_step_norm / norm
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=True):
+                    p.sub_(scale * g)
+                moved = float(torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(p.double() - s.double())
+                     for p, s in zip(params, start, strict=True)])))
+                if bound.max_distance is not None and moved >= bound.max_distance:
+                    for p, s in zip(params, start, strict=True):  # project onto the ball
+                        p.copy_(s + (p - s) * (bound.max_distance / moved))
+                    reason = "distance bound"
+                    step += 1
+                    break
+    finally:
+        model.train(was)
+    return {"fine_tune_steps": step, "fine_tune_stop": reason,
+            "fine_tune_target_loss": bound.target_loss, "fine_tune_forget_loss": forget_loss}
+
+
+def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
+                  method: int | str = "auto", task: str = "classification",
+                  last_layer: str | None = None, l2: float = 1.0,
+                  newton_steps: int | str = "auto", tol: float = 0.05, max_newton_steps: int = 10,
+                  earlier_layers: bool | None = None, held_out: Rows | None = None,
+                  target_loss: float | None = None, fine_tune_steps: int = 300,
+                  lr: float = 0.5, max_step_norm: float = 0.1,
+                  max_distance: float | None = None, batch_size: int = 128,
+                  retain_weight: float = 1.0, seed: int = 0,
+                  inplace: bool = False) -> tuple[torch.nn.Module, int, dict[str, Any]]:
+    """Unlearn rows from a torch model; returns (model, method used, details).
+
+    The last nn.Linear gets exact Newton removal (softmax cross-entropy, binary logit or
+    squared error on the penultimate activations; `l2` = λ on the summed loss, i.e. n × the
+    weight decay of a mean-reduced loss). `earlier_layers`: then also the bounded fine-tune
+    of every other trainable parameter — by default yes for method auto when the model
+    trains parameters outside its last layer, no for NEWTON; reported as FINE_TUNE.
+    FINE_TUNE: the bounded fine-tune of all trainable parameters, no Newton. The fine-tune's
+    target is `target_loss`, else the original model's mean loss on `held_out` (one is
+    required); see FineTuneBound. A new model unless `inplace`."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"unlearn_torch needs a torch.nn.Module; got {type_name(model)}")
+    chosen = parse_method(method)
+    f = torch_rows(model, forget, task, "forget")
+    r = torch_rows(model, retain, task, "retain")
+    nonempty(f[0], r[0])
+    if f[0].shape[1:] != r[0].shape[1:]:
+        raise ValueError(f"forget rows have shape {tuple(f[0].shape[1:])} but retain rows "
+                         f"have {tuple(r[0].shape[1:])}")
+    if newton_steps != "auto" and not (isinstance(newton_steps, int) and newton_steps >= 1):
+        raise ValueError(f"newton_steps must be 'auto' or an int >= 1; got {newton_steps!r}")
+    steps, step_tol = (1, tol) if newton_steps == "auto" else (int(newton_steps), None)
+    out = model if inplace else copy.deepcopy(model)
+    trainable = [p for p in out.parameters() if p.requires_grad]
+    tuned, detail = trainable, cast(dict[str, Any], {})
+    if chosen != events_pb2.FINE_TUNE:
+        name, layer = _last_linear(out, last_layer)
+        own = {id(p) for p in layer.parameters()}
+        tuned = [p for p in trainable if id(p) not in own]
+        if earlier_layers is None:
+            earlier_layers = chosen == events_pb2.UNLEARNING_METHOD_UNSPECIFIED and bool(tuned)
+    fine_tune = chosen == events_pb2.FINE_TUNE or bool(earlier_layers)
+    bound = None
+    if fine_tune:
+        if target_loss is None:
+            if held_out is None:
+                raise ValueError(
+                    "the corrective fine-tune (method FINE_TUNE, or auto on a model that trains "
+                    "more than its last layer) needs held_out rows or target_loss to bound the "
+                    "ascent; method='newton' corrects the last layer alone")
+            target_loss = float(TorchAdapter(task).losses(model, held_out).mean())
+        bound = FineTuneBound(float(target_loss), fine_tune_steps, max_step_norm, max_distance)
+    if chosen != events_pb2.FINE_TUNE:
+        report = _last_layer_newton(out, f, r, task=task, last_layer=name, l2=l2, steps=steps,
+                                    tol=step_tol, max_steps=max_newton_steps)
+        detail.update(last_layer=name, newton_steps=report.steps,
+                      residual_ratio=report.residual_ratio,
+                      last_layer_distance_bound=report.distance_bound,
+                      training_gradient=report.training_gradient)
+    if bound is not None:
+        detail.update(_fine_tune(out, tuned, f, r, task=task, bound=bound, lr=lr,
+                                 batch_size=batch_size, retain_weight=retain_weight,
+                                 seed=seed))
+    return out, events_pb2.FINE_TUNE if fine_tune else events_pb2.NEWTON, detail
