@@ -19,6 +19,10 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from lineage_oracle import Key, along, expand, obj, reduce_ref, row_sets  # noqa: E402
+from lineage_oracle import Recorder as ArrayRecorder  # noqa: E402
+from lineage_oracle import n_rows as _rows  # noqa: E402
+from lineage_oracle import union as _or  # noqa: E402
 from torch.utils.data import Dataset, TensorDataset  # noqa: E402
 
 from headwater.producers.envelope import EnvelopeBuilder  # noqa: E402
@@ -26,7 +30,6 @@ from headwater.producers.tracking import TrackedArray, Tracker  # noqa: E402
 from headwater.producers.tracking.torch import (  # noqa: E402
     TrackedLoader,
     TrackedTensor,
-    node_of,
     row_keys,
     shuffle,
     split,
@@ -34,11 +37,9 @@ from headwater.producers.tracking.torch import (  # noqa: E402
     track_tensor,
     tracked_loader,
 )
-from headwater.stream_processors.lineage_resolve import OpView, trace  # noqa: E402
 from headwater.stream_processors.validate import validate_event  # noqa: E402
 from headwater.v1 import events_pb2  # noqa: E402
 
-Key = tuple[str, int]
 BATCH_LEVEL = events_pb2.OpRecorded.BATCH_LEVEL
 
 
@@ -46,89 +47,13 @@ BATCH_LEVEL = events_pb2.OpRecorded.BATCH_LEVEL
 # Helpers: resolution through the captured events, and the brute-force reference
 
 
-class Recorder:
-    """A tracker whose events land in a list, and resolution over them."""
-
-    def __init__(self, granularity: str = "every_op") -> None:
-        self.events: list[events_pb2.OpRecorded] = []
-        self.tracker = Tracker(self.events.append, granularity=granularity, code_version="t1")
-        self.sources: dict[str, int] = {}
+class Recorder(ArrayRecorder):
+    """The oracle's Recorder, with sources tracked as tensors."""
 
     def source(self, values: Any, node_id: str) -> Any:
         t = track_tensor(self.tracker, torch.as_tensor(values), node_id)
         self.sources[node_id] = len(values)
         return t
-
-    def op_of(self) -> Callable[[str], OpView | None]:
-        rows = dict(self.sources)
-        ops: dict[str, events_pb2.OpRecorded] = {}
-        for op in self.events:
-            rows[op.output_node_id] = op.row_map.output_rows
-            ops[op.output_node_id] = op
-
-        def op_of(node: str) -> OpView | None:
-            op = ops.get(node)
-            if op is None:
-                return None
-            return OpView(op.op_id, op.op_name, tuple(op.input_node_ids),
-                          tuple(rows[n] for n in op.input_node_ids), tuple(op.row_map.segments))
-        return op_of
-
-    def resolve(self, t: Any, rows: Iterable[int] | None = None) -> list[set[Key]]:
-        """For each row of t, the (source node, source row) set it resolves to."""
-        op_of = self.op_of()
-        node = node_of(t)
-        out = []
-        for r in range(_rows(t)) if rows is None else rows:
-            found = trace(node, np.array([r]), op_of).rows
-            out.append({(n, int(x)) for n, xs in found.items() for x in xs})
-        return out
-
-    def last(self) -> events_pb2.OpRecorded:
-        return self.events[-1]
-
-
-def _rows(t: Any) -> int:
-    return t.shape[0] if len(t.shape) else 1
-
-
-_or = np.frompyfunc(lambda a, b: a | b, 2, 1)
-
-
-def expand(sets: list[frozenset[Key]], shape: tuple[int, ...]) -> np.ndarray:
-    """Row ids as elements: every element of row r holds row r's lineage set."""
-    ref = np.empty(shape, dtype=object)
-    for idx in np.ndindex(*shape):
-        ref[idx] = sets[idx[0] if shape else 0]
-    return ref
-
-
-def obj(value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    ref = np.empty((), dtype=object)
-    ref[()] = value
-    return ref
-
-
-def reduce_ref(ref: np.ndarray, axis: Any, keepdims: bool = False) -> np.ndarray:
-    if axis is None:
-        total = _or.reduce(ref.ravel()) if ref.size else frozenset()
-        out = obj(total)
-        return out.reshape((1,) * ref.ndim) if keepdims else out
-    return obj(_or.reduce(ref, axis=axis, keepdims=keepdims))
-
-
-def along(ref: np.ndarray, axis: int) -> np.ndarray:
-    """Every element depends on all elements along `axis` (softmax, sort)."""
-    return np.broadcast_to(reduce_ref(ref, axis, keepdims=True), ref.shape).copy()
-
-
-def row_sets(ref: np.ndarray) -> list[frozenset[Key]]:
-    """Back to rows: a row depends on the union of what its elements hold."""
-    if ref.ndim == 0:
-        return [frozenset(ref[()])]
-    return [frozenset().union(*ref[r:r + 1].ravel()) for r in range(ref.shape[0])]
 
 
 def kinds(op: events_pb2.OpRecorded) -> list[str]:

@@ -4,106 +4,26 @@ source rows it came from (checked against row ids carried through the same ops).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lineage_oracle import Key, Recorder, expand, obj, reduce_ref, row_sets
+from lineage_oracle import n_rows as _rows
+from lineage_oracle import union as _or
 
 from headwater.producers import rowmap
 from headwater.producers.envelope import EnvelopeBuilder
 from headwater.producers.tracking import TrackedArray, Tracker, row_keys, rows_segments
-from headwater.stream_processors.lineage_resolve import OpView, trace
+from headwater.stream_processors.lineage_resolve import trace
 from headwater.stream_processors.validate import validate_event
 from headwater.v1 import events_pb2
 
-Key = tuple[str, int]
-
 # ---------------------------------------------------------------------------------------
 # Helpers: resolution through the captured events, and the brute-force reference
-
-
-class Recorder:
-    """A tracker whose events land in a list, and resolution over them."""
-
-    def __init__(self, granularity: str = "every_op") -> None:
-        self.events: list[events_pb2.OpRecorded] = []
-        self.tracker = Tracker(self.events.append, granularity=granularity, code_version="t1")
-        self.sources: dict[str, int] = {}
-
-    def source(self, values: Any, node_id: str) -> Any:
-        arr = self.tracker.array(values, node_id=node_id)
-        self.sources[node_id] = len(values)
-        return arr
-
-    def op_of(self) -> Callable[[str], OpView | None]:
-        rows = dict(self.sources)
-        ops: dict[str, events_pb2.OpRecorded] = {}
-        for op in self.events:
-            rows[op.output_node_id] = op.row_map.output_rows
-            ops[op.output_node_id] = op
-
-        def op_of(node: str) -> OpView | None:
-            op = ops.get(node)
-            if op is None:
-                return None
-            return OpView(op.op_id, op.op_name, tuple(op.input_node_ids),
-                          tuple(rows[n] for n in op.input_node_ids), tuple(op.row_map.segments))
-        return op_of
-
-    def resolve(self, arr: TrackedArray, rows: Iterable[int] | None = None) -> list[set[Key]]:
-        """For each row of arr, the (source node, source row) set it resolves to."""
-        op_of = self.op_of()
-        node = arr.node_id
-        out = []
-        for r in range(_rows(arr)) if rows is None else rows:
-            found = trace(node, np.array([r]), op_of).rows
-            out.append({(n, int(x)) for n, xs in found.items() for x in xs})
-        return out
-
-    def last(self) -> events_pb2.OpRecorded:
-        return self.events[-1]
-
-
-def _rows(a: Any) -> int:
-    return a.shape[0] if np.ndim(a) else 1
-
-
-_or = np.frompyfunc(lambda a, b: a | b, 2, 1)
-
-
-def expand(sets: list[frozenset[Key]], shape: tuple[int, ...]) -> np.ndarray:
-    """Row ids as elements: every element of row r holds row r's lineage set."""
-    ref = np.empty(shape, dtype=object)
-    for idx in np.ndindex(*shape):
-        ref[idx] = sets[idx[0] if shape else 0]
-    return ref
-
-
-def obj(value: Any) -> np.ndarray:
-    """An object-array result (numpy returns a bare element for 0-d results)."""
-    if isinstance(value, np.ndarray):
-        return value
-    ref = np.empty((), dtype=object)
-    ref[()] = value
-    return ref
-
-
-def reduce_ref(ref: np.ndarray, axis: Any, keepdims: bool = False) -> np.ndarray:
-    if axis is None:
-        total = _or.reduce(ref.ravel()) if ref.size else frozenset()
-        out = obj(total)
-        return out.reshape((1,) * ref.ndim) if keepdims else out
-    return obj(_or.reduce(ref, axis=axis, keepdims=keepdims))
-
-
-def row_sets(ref: np.ndarray) -> list[frozenset[Key]]:
-    """Back to rows: a row depends on the union of what its elements hold."""
-    if ref.ndim == 0:
-        return [frozenset(ref[()])]
-    return [frozenset().union(*ref[r:r + 1].ravel()) for r in range(ref.shape[0])]
 
 
 def segments(op: events_pb2.OpRecorded) -> list[tuple[int, int, int, str, Any]]:
