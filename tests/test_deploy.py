@@ -31,101 +31,26 @@ import tomllib
 import yaml
 
 from conftest import HEADWATER, REPO, free_port, run_headwater, stop, wait_for_port
+from k8s_crds import crd_problems
+from k8s_manifests import (
+    _CORE_GROUPS,
+    IMAGE,
+    K8S,
+    K8S_VERSION,
+    OVERLAYS,
+    _containers,
+    initial_token_file,
+    of_kind,
+    one,
+    rendered,
+    secret_keys,
+)
 from headwater.producers.transports.channel import host_of, is_loopback_host
 from headwater.query_service.server.auth import parse_tokens
 from headwater.query_service.server.probe import local_target, tls_server_name
 from headwater.query_service.server.transport_security import check_exposure, server_security
 from headwater.query_service.settings import Settings
 from headwater.stream_processors.errors import ConfigError
-
-K8S = REPO / "deploy" / "k8s"
-OVERLAYS = ["base", "overlays/dev", "overlays/prod"]
-K8S_VERSION = "1.33.0"
-IMAGE = "headwater"
-_CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding",
-                   "CustomResourceDefinition", "PersistentVolume", "StorageClass"}
-_CORE_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2",
-                "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1"}
-
-# -- a kustomize subset ---------------------------------------------------------------------
-
-
-def _merge(base: Any, patch: Any, by_name: bool) -> Any:
-    """Strategic merge: maps merge, null deletes; lists of named maps merge by `name`
-    (core kinds: containers, env, volumes), any other list is replaced (CRs: no schema)."""
-    if isinstance(base, dict) and isinstance(patch, dict):
-        out = dict(base)
-        for k, v in patch.items():
-            if v is None:
-                out.pop(k, None)
-            else:
-                out[k] = _merge(base[k], v, by_name) if k in base else copy.deepcopy(v)
-        return out
-    named = lambda xs: all(isinstance(x, dict) and "name" in x for x in xs)  # noqa: E731
-    if by_name and isinstance(base, list) and isinstance(patch, list) and named(base) \
-            and named(patch):
-        out_list = [copy.deepcopy(x) for x in base]
-        for item in patch:
-            at = [i for i, x in enumerate(out_list) if x["name"] == item["name"]]
-            if at:
-                out_list[at[0]] = _merge(out_list[at[0]], item, by_name)
-            else:
-                out_list.append(copy.deepcopy(item))
-        return out_list
-    return copy.deepcopy(patch)
-
-
-def _containers(doc: dict) -> list[dict]:
-    pod = doc.get("spec", {}).get("template", {}).get("spec", {})
-    return [*pod.get("initContainers", []), *pod.get("containers", [])]
-
-
-def _set_image(doc: dict, rule: dict) -> None:
-    for c in _containers(doc):
-        name, _, tag = c["image"].partition(":")
-        if name == rule["name"]:
-            c["image"] = f"{rule.get('newName', name)}:{rule.get('newTag', tag)}".rstrip(":")
-
-
-def render(directory: Path) -> list[dict]:
-    """The documents `kustomize build directory` produces, for the features used here."""
-    k = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(k) - {"apiVersion", "kind", "resources", "patches", "images", "namespace"}
-    assert not unknown, f"{directory}: the test renderer does not implement {unknown}"
-    docs: list[dict] = []
-    for r in k.get("resources", []):
-        path = directory / r
-        docs += render(path) if path.is_dir() else [
-            d for d in yaml.safe_load_all(path.read_text()) if d]
-    for p in k.get("patches", []):
-        for patch in yaml.safe_load_all((directory / p["path"]).read_text()):
-            key = (patch["kind"], patch["metadata"]["name"])
-            hits = [i for i, d in enumerate(docs) if (d["kind"], d["metadata"]["name"]) == key]
-            assert len(hits) == 1, f"{directory / p['path']}: patch target {key} not found"
-            body = {k2: v for k2, v in patch.items() if k2 not in ("apiVersion", "kind")}
-            docs[hits[0]] = _merge(docs[hits[0]], body, patch["apiVersion"] in _CORE_GROUPS)
-    for d in docs:
-        for rule in k.get("images", []):
-            _set_image(d, rule)
-        if "namespace" in k and d["kind"] not in _CLUSTER_SCOPED:
-            d["metadata"]["namespace"] = k["namespace"]
-    return docs
-
-
-@cache
-def rendered(overlay: str) -> tuple[dict, ...]:
-    return tuple(render(K8S / overlay))
-
-
-def one(docs: tuple[dict, ...], kind: str, name: str) -> dict:
-    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
-    return found[0]
-
-
-def of_kind(docs: tuple[dict, ...], kind: str) -> list[dict]:
-    return [d for d in docs if d["kind"] == kind]
-
 
 # -- rendering and schema -------------------------------------------------------------------
 
@@ -145,13 +70,16 @@ def test_renderer_agrees_with_kubectl_kustomize(overlay: str) -> None:
 def test_core_kinds_validate_strictly(overlay: str) -> None:
     docs = rendered(overlay)
     core = [d for d in docs if d["apiVersion"] in _CORE_GROUPS]
-    assert {d["kind"] for d in core} >= {"Namespace", "ConfigMap", "Secret", "Deployment",
+    assert {d["kind"] for d in core} >= {"Namespace", "ConfigMap", "Deployment",
                                           "Service", "HorizontalPodAutoscaler",
                                           "PodDisruptionBudget", "NetworkPolicy", "Job",
                                           "Role", "RoleBinding", "ServiceAccount"}
     for d in core:
         kubernetes_validate.validate(d, K8S_VERSION, strict=True)
-    assert {d["apiVersion"] for d in docs} - _CORE_GROUPS == set(CRD_FIELDS_BY_GROUP)
+    assert {d["apiVersion"] for d in docs} - _CORE_GROUPS == {
+        "kafka.strimzi.io/v1", "clickhouse.altinity.com/v1",
+        "clickhouse-keeper.altinity.com/v1", "cert-manager.io/v1"}
+    assert not of_kind(docs, "Secret"), "Secrets are created once (secrets.sh), never applied"
 
 
 def test_strict_validation_rejects_a_misspelt_field() -> None:
@@ -161,83 +89,9 @@ def test_strict_validation_rejects_a_misspelt_field() -> None:
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
 
 
-# Fields of the operator CRDs (Strimzi 0.46 kafka.strimzi.io/v1beta2; Altinity operator
-# 0.24 clickhouse.altinity.com/v1 and clickhouse-keeper.altinity.com/v1), for the objects
-# the manifests use: path -> allowed keys ("[]" steps into every list item).
-_STRIMZI = {
-    ("Kafka", "spec"): {"kafka", "entityOperator", "cruiseControl", "kafkaExporter",
-                        "clusterCa", "clientsCa", "maintenanceTimeWindows"},
-    ("Kafka", "spec.kafka"): {"version", "metadataVersion", "listeners", "config",
-                              "authorization", "rack", "resources", "jvmOptions", "template",
-                              "logging", "metricsConfig", "image", "livenessProbe",
-                              "readinessProbe", "quotas", "tieredStorage",
-                              "brokerRackInitImage"},
-    ("Kafka", "spec.kafka.listeners[]"): {"name", "port", "type", "tls", "authentication",
-                                          "configuration", "networkPolicyPeers"},
-    ("Kafka", "spec.kafka.authorization"): {"type", "superUsers", "authorizerClass"},
-    ("Kafka", "spec.entityOperator"): {"topicOperator", "userOperator", "template"},
-    ("KafkaNodePool", "spec"): {"replicas", "storage", "roles", "resources", "jvmOptions",
-                                "template"},
-    ("KafkaNodePool", "spec.storage"): {"type", "size", "class", "deleteClaim", "volumes",
-                                        "selector", "kraftMetadata", "id", "overrides"},
-    ("KafkaTopic", "spec"): {"topicName", "partitions", "replicas", "config"},
-    ("KafkaUser", "spec"): {"authentication", "authorization", "quotas", "template"},
-    ("KafkaUser", "spec.authorization"): {"type", "acls"},
-    ("KafkaUser", "spec.authorization.acls[]"): {"resource", "type", "host", "operations"},
-    ("KafkaUser", "spec.authorization.acls[].resource"): {"type", "name", "patternType"},
-}
-_ALTINITY = {
-    ("ClickHouseInstallation", "spec"): {"taskID", "stop", "restart", "troubleshoot",
-                                         "namespaceDomainPattern", "templating", "reconciling",
-                                         "defaults", "configuration", "templates",
-                                         "useTemplates"},
-    ("ClickHouseInstallation", "spec.configuration"): {"zookeeper", "users", "profiles",
-                                                       "quotas", "settings", "files",
-                                                       "clusters"},
-    ("ClickHouseInstallation", "spec.configuration.zookeeper"): {
-        "nodes", "session_timeout_ms", "operation_timeout_ms", "root", "identity"},
-    ("ClickHouseInstallation", "spec.configuration.clusters[]"): {
-        "name", "zookeeper", "settings", "files", "templates", "schemaPolicy", "insecure",
-        "secure", "secret", "layout", "pdbMaxUnavailable"},
-    ("ClickHouseInstallation", "spec.configuration.clusters[].layout"): {
-        "shardsCount", "replicasCount", "shards", "replicas"},
-    ("ClickHouseInstallation", "spec.defaults"): {"replicasUseFQDN", "distributedDDL",
-                                                  "storageManagement", "templates"},
-    ("ClickHouseInstallation", "spec.templates"): {"hostTemplates", "podTemplates",
-                                                   "volumeClaimTemplates", "serviceTemplates"},
-    ("ClickHouseInstallation", "spec.templates.podTemplates[]"): {
-        "name", "generateName", "zone", "distribution", "podDistribution", "metadata", "spec"},
-    ("ClickHouseInstallation", "spec.templates.serviceTemplates[]"): {
-        "name", "generateName", "metadata", "spec"},
-    ("ClickHouseInstallation", "spec.templates.volumeClaimTemplates[]"): {
-        "name", "provisioner", "reclaimPolicy", "metadata", "spec"},
-    ("ClickHouseKeeperInstallation", "spec"): {"namespaceDomainPattern", "reconciling",
-                                               "defaults", "configuration", "templates"},
-    ("ClickHouseKeeperInstallation", "spec.configuration"): {"settings", "files", "clusters"},
-    ("ClickHouseKeeperInstallation", "spec.configuration.clusters[]"): {
-        "name", "settings", "files", "templates", "pdbMaxUnavailable", "layout"},
-    ("ClickHouseKeeperInstallation", "spec.configuration.clusters[].layout"): {
-        "replicasCount"},
-    ("ClickHouseKeeperInstallation", "spec.templates"): {"podTemplates",
-                                                         "volumeClaimTemplates",
-                                                         "serviceTemplates"},
-}
-# cert-manager 1.15+ cert-manager.io/v1 (the query service's TLS certificate)
-_CERT_MANAGER = {
-    ("Certificate", "spec"): {"secretName", "secretTemplate", "commonName", "dnsNames",
-                              "ipAddresses", "uris", "emailAddresses", "otherNames", "subject",
-                              "literalSubject", "duration", "renewBefore",
-                              "renewBeforePercentage", "usages", "isCA", "issuerRef",
-                              "privateKey", "keystores", "encodeUsagesInRequest",
-                              "revisionHistoryLimit", "additionalOutputFormats",
-                              "nameConstraints"},
-    ("Certificate", "spec.issuerRef"): {"name", "kind", "group"},
-    ("Certificate", "spec.privateKey"): {"algorithm", "encoding", "size", "rotationPolicy"},
-    ("Issuer", "spec"): {"acme", "ca", "selfSigned", "vault", "venafi"},
-    ("Issuer", "spec.ca"): {"secretName", "crlDistributionPoints", "ocspServers",
-                            "issuingCertificateURLs"},
-    ("Issuer", "spec.selfSigned"): {"crlDistributionPoints"},
-}
+# The operators' custom resources are validated against the CRDs themselves
+# (tests/k8s_crds.py: ../shared/k8s-crds, Strimzi 1.2.0, Altinity 0.25.6, cert-manager
+# 1.15.0): `crd_problems` lists every unknown field, type, enum or required-field error.
 _KEY_USAGES = {"signing", "digital signature", "content commitment", "key encipherment",
                "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only",
                "decipher only", "any", "server auth", "client auth", "code signing",
@@ -246,42 +100,8 @@ _KEY_USAGES = {"signing", "digital signature", "content commitment", "key enciph
 _DEFAULT_TEMPLATES = {"hostTemplate", "podTemplate", "dataVolumeClaimTemplate",
                       "logVolumeClaimTemplate", "serviceTemplate", "clusterServiceTemplate",
                       "shardServiceTemplate", "replicaServiceTemplate", "volumeClaimTemplate"}
-CRD_FIELDS_BY_GROUP = {"kafka.strimzi.io/v1beta2": _STRIMZI,
-                       "clickhouse.altinity.com/v1": _ALTINITY,
-                       "clickhouse-keeper.altinity.com/v1": _ALTINITY,
-                       "cert-manager.io/v1": _CERT_MANAGER}
 _ACL_OPERATIONS = {"Read", "Write", "Create", "Delete", "Alter", "Describe", "ClusterAction",
                    "AlterConfigs", "DescribeConfigs", "IdempotentWrite", "All"}
-
-
-def _at(obj: Any, path: str) -> list[Any]:
-    """Every value at a dotted path; `name[]` steps into each list item."""
-    found = [obj]
-    for step in path.split("."):
-        nxt = []
-        for o in found:
-            key = step.removesuffix("[]")
-            if isinstance(o, dict) and key in o:
-                v = o[key]
-                nxt += v if step.endswith("[]") else [v]
-        found = nxt
-    return found
-
-
-def crd_problems(doc: dict) -> list[str]:
-    """Fields of a custom resource its CRD does not have (by the lists above)."""
-    fields = CRD_FIELDS_BY_GROUP.get(doc["apiVersion"], {})
-    out = []
-    for (kind, path), allowed in fields.items():
-        if kind != doc["kind"]:
-            continue
-        for value in _at(doc, path):
-            extra = set(value) - allowed if isinstance(value, dict) else {f"<{value!r}>"}
-            out += [f"{kind}/{doc['metadata']['name']} {path}: unknown field {e}"
-                    for e in sorted(extra)]
-    if not any(kind == doc["kind"] for kind, _ in fields):
-        out.append(f"no field list for {doc['apiVersion']} {doc['kind']}")
-    return out
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -293,9 +113,6 @@ def test_operator_resources_use_only_their_crd_fields(overlay: str) -> None:
                                            "ClickHouseKeeperInstallation", "Certificate",
                                            "Issuer"}
     assert [p for d in custom for p in crd_problems(d)] == []
-    kafka = one(docs, "Kafka", "headwater")
-    assert kafka["metadata"]["annotations"] == {"strimzi.io/node-pools": "enabled",
-                                                "strimzi.io/kraft": "enabled"}
     pools = of_kind(docs, "KafkaNodePool")
     assert {r for p in pools for r in p["spec"]["roles"]} == {"controller", "broker"}
     for d in of_kind(docs, "KafkaNodePool") + of_kind(docs, "KafkaTopic") + of_kind(
@@ -424,8 +241,8 @@ def test_env_vars_are_settings_and_parse(overlay: str, monkeypatch: pytest.Monke
             ref = e.get("valueFrom", {}).get("secretKeyRef")
             if ref and not ref["name"].startswith("headwater-clickhouse"):
                 one(docs, "KafkaUser", ref["name"])  # the User Operator makes this Secret
-            elif ref:
-                assert ref["key"] in one(docs, "Secret", ref["name"])["stringData"]
+            if ref:
+                assert ref["key"] in (secret_keys(docs, ref["name"]) or set()), ref
         env = _env(docs, c)
         for k in [k for k in os.environ if k.startswith("HEADWATER_")]:
             monkeypatch.delenv(k)
@@ -472,15 +289,15 @@ def test_names_and_ports_agree(overlay: str, monkeypatch: pytest.MonkeyPatch) ->
     dsn = env["HEADWATER_DSN"]
     (svc,) = chi["spec"]["templates"]["serviceTemplates"]
     svc_name = svc["generateName"].replace("{chi}", chi["metadata"]["name"])
-    http = [p["port"] for p in svc["spec"]["ports"] if p["name"] == "http"]
-    assert re.match(rf"^http://headwater:[^@]+@{svc_name}:{http[0]}$", dsn), dsn
+    https = [p["port"] for p in svc["spec"]["ports"] if p["name"] == "https"]
+    assert re.match(rf"^https://headwater:[^@]+@{svc_name}:{https[0]}/\?ca_cert=/\S+$", dsn), dsn
     assert env["HEADWATER_CLUSTER"] in {c["name"] for c in chi["spec"]["configuration"][
         "clusters"]}
     users = chi["spec"]["configuration"]["users"]
     for key, ref in users.items():
         if key.endswith("/k8s_secret_password"):
             name, _, secret_key = ref.partition("/")
-            assert secret_key in one(docs, "Secret", name)["stringData"]
+            assert secret_key in (secret_keys(docs, name) or set()), (name, secret_key)
     assert users["auditor/profile"] == "readonly"
     assert chi["spec"]["configuration"]["profiles"]["readonly/readonly"] == 1
     keeper = one(docs, "ClickHouseKeeperInstallation", "headwater-keeper")
@@ -542,24 +359,6 @@ def listen_of(docs: tuple[dict, ...], container: dict) -> str:
     if "--listen" in args:
         return args[args.index("--listen") + 1]
     return _env(docs, container).get("HEADWATER_LISTEN", image_default_listen())
-
-
-def secret_keys(docs: tuple[dict, ...], name: str) -> set[str] | None:
-    """The keys Secret `name` will hold: a Secret of the manifests, or the one cert-manager
-    writes for a Certificate (ca.crt too when its Issuer is a CA or self-signed); None when
-    neither makes it."""
-    for d in of_kind(docs, "Secret"):
-        if d["metadata"]["name"] == name:
-            return set(d.get("stringData", {})) | set(d.get("data", {}))
-    for cert in of_kind(docs, "Certificate"):
-        if cert["spec"]["secretName"] == name:
-            keys = {"tls.crt", "tls.key"}
-            ref = cert["spec"]["issuerRef"]
-            if ref.get("kind", "Issuer") == "Issuer":
-                issuer = one(docs, "Issuer", ref["name"])["spec"]
-                keys |= {"ca.crt"} if {"ca", "selfSigned"} & set(issuer) else set()
-            return keys
-    return None
 
 
 def mounted_file_problem(docs: tuple[dict, ...], deployment: dict, container: dict,
@@ -661,8 +460,7 @@ def test_grpc_servers_get_tls_and_tokens_from_mounted_secrets(overlay: str,
         for name in [k for k in env if k.startswith("HEADWATER_") and k.endswith("_FILE")]:
             assert mounted_file_problem(docs, d, c, env[name]) is None, (d, name)
     # the placeholder token file parses (no tokens: every call but health is refused)
-    tokens = one(docs, "Secret", "headwater-query-tokens")["stringData"]["tokens"]
-    assert parse_tokens(tokens) == {}
+    assert parse_tokens(initial_token_file()) == {}
 
 
 def _mutated(change) -> tuple[tuple[dict, ...], dict]:
@@ -818,7 +616,12 @@ def _dockerfile_stages() -> list[list[str]]:
 def test_dockerfile_is_multi_stage_slim_non_root_and_runs_headwater() -> None:
     stages = _dockerfile_stages()
     assert len(stages) >= 2
-    assert all(re.match(r"^FROM \S+-slim AS \w+$", s[0]) for s in stages), [s[0] for s in stages]
+    # every stage starts from a -slim base pinned by digest (directly or through an ARG)
+    text = (REPO / "deploy" / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+    bases = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], s[0].split()[1]) for s in stages]
+    assert all(re.match(r"^\S+:[\w.]+-slim@sha256:[0-9a-f]{64}$", b) for b in bases), bases
+    assert all(re.match(r"^FROM \S+ AS \w+$", s[0]) for s in stages), [s[0] for s in stages]
     final = stages[-1]
     user = [ln for ln in final if ln.startswith("USER ")]
     assert user and user[-1].split()[1].split(":")[0] not in ("0", "root")
@@ -829,8 +632,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_runs_headwater() -> None:
     assert copies and all("--from=" in ln for ln in copies), "runtime copies from the build"
     # the image's Python satisfies the project's requires-python, and build copies exist
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    text = (REPO / "deploy" / "Dockerfile").read_text()
-    version = re.search(r"ARG PYTHON_VERSION=3\.(\d+)", text)
+    version = re.search(r"python:3\.(\d+)-slim@", bases[-1])
     assert version and int(version.group(1)) >= int(
         project["requires-python"].removeprefix(">=3."))
     ignore = (REPO / ".dockerignore").read_text().splitlines()
@@ -930,7 +732,7 @@ class TlsServe:
                                             False, cert_spec["dnsNames"])
         self.other_ca = root / "other-ca.crt"
         self.other_ca.write_bytes(_pem_pair("someone else", None, True, [])[3])
-        tokens = one(docs, "Secret", "headwater-query-tokens")["stringData"]["tokens"]
+        tokens = initial_token_file()
         contents = {"tls.crt": cert_pem, "tls.key": key_pem, "ca.crt": ca_pem,
                     "tokens": tokens.encode()}
         env = _env(docs, self.container)
