@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,17 @@ from headwater.query_service.compliance.model import (
     VersionContribution,
 )
 from headwater.query_service.lineage.graph import LineageGraph
+from headwater.query_service.tables import (
+    VERIFICATION,
+    ForgetRequestRecord,
+    LineageNode,
+    LineageOp,
+    ModelVersionRecord,
+    SourceRecord,
+    UnlearningAppliedRecord,
+    select,
+    select_ops,
+)
 from headwater.stream_processors.errors import HeadwaterError
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
@@ -85,20 +96,20 @@ def _json_or_text(text: str) -> Any:
         return text
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 # -- model version lineage ------------------------------------------------------------------
 
-_VERSION_COLUMNS = ("version, parent_version, step, parameter_hash, parameter_count, "
-                    "framework, config_json, checkpoint_uri, run_id, recorded_at")
-
-
-def version_chain(rows: list[tuple], version: str, model_id: str) -> list[ModelVersion]:
+def version_chain(rows: list[ModelVersionRecord], version: str, model_id: str
+                  ) -> list[ModelVersion]:
     """The versions from the root to `version` (pure; rows from model_versions). An empty
     `version` is the latest recorded one; a parent never recorded ends the chain."""
     if not rows:
         raise ReportError(f"model {model_id!r} has no recorded versions")
-    by_version = {r[0]: r for r in rows}
+    by_version = {r.version: r for r in rows}
     if not version:
-        version = max(rows, key=lambda r: (r[9], r[2]))[0]
+        version = max(rows, key=lambda r: (r.recorded_at, r.step)).version
     if version not in by_version:
         raise ReportError(f"model {model_id!r} has no version {version!r} (recorded: "
                           f"{', '.join(sorted(by_version))})")
@@ -107,76 +118,74 @@ def version_chain(rows: list[tuple], version: str, model_id: str) -> list[ModelV
     current = version
     while current in by_version and current not in seen:
         seen.add(current)
-        v, parent, step, phash, count, framework, config, ckpt, run, at = by_version[current]
-        config_value = _json_or_text(config)
+        r = by_version[current]
+        config_value = _json_or_text(r.config_json)
         chain.append(ModelVersion(
-            version=v, parent_version=parent, step=int(step), parameter_hash=phash,
-            parameter_count=int(count), framework=framework,
+            version=r.version, parent_version=r.parent_version, step=int(r.step),
+            parameter_hash=r.parameter_hash, parameter_count=int(r.parameter_count),
+            framework=r.framework,
             config=config_value if isinstance(config_value, dict) else {"raw": config_value},
-            checkpoint_uri=ckpt, run_id=run, recorded_at=iso(at)))
-        current = parent
+            checkpoint_uri=r.checkpoint_uri, run_id=r.run_id, recorded_at=iso(r.recorded_at)))
+        current = r.parent_version
     return chain[::-1]
 
 
 # -- lineage from the sources to the training nodes -----------------------------------------
 
-_OP_COLUMNS = ("op_id, op_name, params_json, input_node_ids, output_node_id, output_rows, "
-               "understood, granularity, code_version, run_id, recorded_at")
-
-
-def _walk_pipeline(store: Store, training: list[str]) -> tuple[dict[str, tuple], dict[str, tuple]]:
+def _walk_pipeline(store: Store, training: list[str]
+                   ) -> tuple[dict[str, LineageNode], dict[str, LineageOp]]:
     """Nodes and ops (by output node) of every ancestor of the training nodes, one pair of
     queries per depth level."""
-    nodes: dict[str, tuple] = {}
-    ops: dict[str, tuple] = {}
+    nodes: dict[str, LineageNode] = {}
+    ops: dict[str, LineageOp] = {}
     frontier = sorted(set(training))
     asked: set[str] = set()
     while frontier:
         asked.update(frontier)
-        for row in store.query("SELECT node_id, kind, source_id, op_id, rows, run_id "
-                               "FROM lineage_nodes FINAL WHERE node_id IN {ids:Array(String)}",
-                               {"ids": frontier}):
-            nodes[row[0]] = row
-        found = store.query(f"SELECT {_OP_COLUMNS} FROM lineage_ops FINAL "
-                            "WHERE output_node_id IN {ids:Array(String)}", {"ids": frontier})
+        for node in select(store, LineageNode, "lineage_nodes", "node_id IN {ids:Array(String)}",
+                           {"ids": frontier}):
+            nodes[node.node_id] = node
+        found = select_ops(store, "output_node_id IN {ids:Array(String)}", {"ids": frontier})
         nxt: set[str] = set()
-        for row in found:
-            ops[row[4]] = row
-            nxt.update(i for i in row[3] if i not in nodes and i not in ops)
+        for op in found:
+            ops[op.output_node_id] = op
+            nxt.update(i for i in op.input_node_ids if i not in nodes and i not in ops)
         frontier = sorted(nxt - asked)
     return nodes, ops
 
 
-def topological_ops(ops: dict[str, tuple]) -> list[tuple]:
+def topological_ops(ops: dict[str, LineageOp]) -> list[LineageOp]:
     """Ops ordered so every op comes after the ops that made its inputs (ties: recorded
     time, then id)."""
-    order: list[tuple] = []
+    order: list[LineageOp] = []
     done: set[str] = set()
-    pending = sorted(ops.values(), key=lambda o: (o[10], o[0]))
+    pending = sorted(ops.values(), key=lambda o: (o.recorded_us, o.op_id))
     while pending:
-        ready = [o for o in pending if all(i not in ops or i in done for i in o[3])]
+        ready = [o for o in pending if all(i not in ops or i in done for i in o.input_node_ids)]
         if not ready:  # a cycle cannot be recorded, but never loop forever
             ready = pending[:1]
         for o in ready:
             order.append(o)
-            done.add(o[4])
-        pending = [o for o in pending if o[4] not in done]
+            done.add(o.output_node_id)
+        pending = [o for o in pending if o.output_node_id not in done]
     return order
 
 
-def _step(o: tuple) -> PreparationStep:
+def _step(o: LineageOp) -> PreparationStep:
     return PreparationStep(
-        op_id=o[0], op_name=o[1], params=_json_or_text(o[2]), input_node_ids=list(o[3]),
-        output_node_id=o[4], output_rows=int(o[5]), understood=bool(o[6]), granularity=o[7],
-        code_version=o[8], recorded_at=iso(o[10]))
+        op_id=o.op_id, op_name=o.op_name, params=_json_or_text(o.params_json),
+        input_node_ids=list(o.input_node_ids), output_node_id=o.output_node_id,
+        output_rows=o.output_rows, understood=o.understood, granularity=o.granularity,
+        code_version=o.code_version,
+        recorded_at=iso(_EPOCH + timedelta(microseconds=o.recorded_us)))
 
 
-def _descendants(start: set[str], ordered: list[tuple]) -> set[str]:
+def _descendants(start: set[str], ordered: list[LineageOp]) -> set[str]:
     """Output nodes reachable from `start` (ops in topological order)."""
     reached = set(start)
     for o in ordered:
-        if any(i in reached for i in o[3]):
-            reached.add(o[4])
+        if any(i in reached for i in o.input_node_ids):
+            reached.add(o.output_node_id)
     return reached
 
 
@@ -199,42 +208,42 @@ def data_governance(store: Store, model_id: str, versions: list[str]) -> DataGov
     ordered = topological_ops(ops)
     source_nodes: dict[str, set[str]] = defaultdict(set)
     for n in nodes.values():
-        if n[1] == "source":
-            source_nodes[n[2] or n[0]].add(n[0])
-    source_rows = store.query(
-        "SELECT source_id, uri, format, origin, licence, content_sha256, row_count, "
-        "size_bytes, labels, schema_json, registered_at FROM sources FINAL "
-        "WHERE source_id IN {ids:Array(String)} ORDER BY uri, source_id",
-        {"ids": sorted(source_nodes)})
-    described = {r[0] for r in source_rows}
+        if n.kind == "source":
+            source_nodes[n.source_id or n.node_id].add(n.node_id)
+    source_rows = select(store, SourceRecord, "sources", "source_id IN {ids:Array(String)}",
+                         {"ids": sorted(source_nodes)}, order="uri, source_id")
+    described = {r.source_id for r in source_rows}
     for sid in sorted(set(source_nodes) - described):
         notes.append(f"source node {sid} was never registered (no SourceRegistered event)")
     used_at = {r[0]: (r[1], r[2]) for r in used}
     sources = []
-    for sid, uri, fmt, origin, licence, sha, count, size, labels, schema, at in source_rows:
-        reached = _descendants(source_nodes[sid], ordered)
-        steps = [_step(o) for o in ordered if o[4] in reached]
+    for src in source_rows:
+        reached = _descendants(source_nodes[src.source_id], ordered)
+        steps = [_step(o) for o in ordered if o.output_node_id in reached]
         fed = sorted(n for n in training if n in reached)
         times = [used_at[n] for n in fed]
         columns = [Column(name=str(c.get("name", "")), dtype=str(c.get("dtype", "")),
                           personal=bool(c.get("personal", False)))
-                   for c in (_json_or_text(schema) or []) if isinstance(c, dict)]
+                   for c in (_json_or_text(src.schema_json) or []) if isinstance(c, dict)]
         sources.append(Source(
-            source_id=sid, uri=uri, format=fmt, origin=origin, licence=licence,
-            content_sha256=sha, row_count=int(count), size_bytes=int(size),
-            labels=dict(labels or {}), columns=columns,
+            source_id=src.source_id, uri=src.uri, format=src.format, origin=src.origin,
+            licence=src.licence, content_sha256=src.content_sha256,
+            row_count=int(src.row_count), size_bytes=int(src.size_bytes),
+            labels=dict(src.labels or {}), columns=columns,
             personal_columns=[c.name for c in columns if c.personal],
-            time_range=TimeRange(registered_at=iso(at),
+            time_range=TimeRange(registered_at=iso(src.registered_at),
                                  first_used_at=iso(min(t[0] for t in times)) if times else None,
                                  last_used_at=iso(max(t[1] for t in times)) if times else None),
             training_nodes=len(fed), preparation=steps))
     training_set = set(training)
     pipeline = Pipeline(
-        nodes=[PipelineNode(node_id=n[0], kind="source" if n[1] == "source" else "op",
-                            source_id=n[2], rows=int(n[4]), training=n[0] in training_set)
-               for n in sorted(nodes.values(), key=lambda n: n[0])],
-        edges=[PipelineEdge(op_id=o[0], op_name=o[1], input_node_id=i, output_node_id=o[4])
-               for o in ordered for i in o[3]])
+        nodes=[PipelineNode(node_id=n.node_id, kind="source" if n.kind == "source" else "op",
+                            source_id=n.source_id, rows=n.rows,
+                            training=n.node_id in training_set)
+               for n in sorted(nodes.values(), key=lambda n: n.node_id)],
+        edges=[PipelineEdge(op_id=o.op_id, op_name=o.op_name, input_node_id=i,
+                            output_node_id=o.output_node_id)
+               for o in ordered for i in o.input_node_ids])
     return DataGovernance(training_nodes=training, sources=sources, pipeline=pipeline,
                           notes=notes)
 
@@ -270,10 +279,6 @@ def record_keeping(store: Store, runs: list[str], recompute_hashes: bool) -> Rec
 
 # -- erasure log ----------------------------------------------------------------------------
 
-_VERIFICATION = ("forget_loss_before", "forget_loss_after", "test_accuracy_before",
-                 "test_accuracy_after", "membership_auc", "parameter_distance", "retrained",
-                 "retrain_forget_loss", "gap_closed", "distance_to_retrained",
-                 "retrain_membership_auc", "retrain_test_accuracy")
 _RETRAIN_ONLY = {"retrain_forget_loss", "gap_closed", "distance_to_retrained",
                  "retrain_membership_auc", "retrain_test_accuracy"}
 
@@ -283,7 +288,7 @@ def _verification(values: dict[str, Any]) -> Verification:
     return Verification(**{
         k: retrained if k == "retrained" else
         (None if k in _RETRAIN_ONLY and not retrained else finite(values[k]))
-        for k in _VERIFICATION})
+        for k in VERIFICATION})
 
 
 def _source_row_counts(text: str) -> dict[str, int]:
@@ -295,36 +300,32 @@ def _source_row_counts(text: str) -> dict[str, int]:
 
 
 def erasure_log(store: Store, model_id: str) -> list[Erasure]:
-    outcome_rows = store.query(
-        "SELECT request_id, status, error, method, previous_version, new_version, "
-        "rows_forgotten, duration_seconds, applied_at, " + ", ".join(_VERIFICATION) +
-        " FROM unlearning_applied FINAL WHERE model_id = {m:String} ORDER BY applied_at",
-        {"m": model_id})
+    outcome_rows = select(store, UnlearningAppliedRecord, "unlearning_applied",
+                          "model_id = {m:String}", {"m": model_id}, order="applied_at")
     outcomes: dict[str, list[ErasureOutcome]] = defaultdict(list)
-    for r in outcome_rows:
-        outcomes[r[0]].append(ErasureOutcome(
-            status=r[1], error=r[2], method=r[3], previous_version=r[4], new_version=r[5],
-            rows_forgotten=int(r[6]), duration_seconds=finite(r[7]) or 0.0,
-            applied_at=iso(r[8]),
-            verification=_verification(dict(zip(_VERIFICATION, r[9:], strict=True)))))
+    for a in outcome_rows:
+        outcomes[a.request_id].append(ErasureOutcome(
+            status=a.status, error=a.error, method=a.method,
+            previous_version=a.previous_version, new_version=a.new_version,
+            rows_forgotten=int(a.rows_forgotten),
+            duration_seconds=finite(a.duration_seconds) or 0.0,
+            applied_at=iso(a.applied_at), verification=_verification(a.verification)))
     out = []
-    for (rid, run, sources, rows_json, keys, reason, by, method, retrain, affected, via,
-         at) in store.query(
-            "SELECT request_id, run_id, source_ids, source_rows_json, target_keys, reason, "
-            "requested_by, method, verify_with_retrain, affected_rows, affected_via, "
-            "requested_at FROM forget_requests FINAL WHERE model_id = {m:String} "
-            "ORDER BY requested_at, request_id", {"m": model_id}):
-        done = outcomes.get(rid, [])
+    for f in select(store, ForgetRequestRecord, "forget_requests", "model_id = {m:String}",
+                    {"m": model_id}, order="requested_at, request_id"):
+        done = outcomes.get(f.request_id, [])
         statuses = {o.status for o in done}
         state = ("applied" if statuses & {"APPLIED", "ALREADY_APPLIED"} else
                  "failed" if statuses else "pending")
         out.append(Erasure(
-            request_id=rid, run_id=run, requested_at=iso(at), reason=reason,
-            requested_by=by, method=method, verify_with_retrain=bool(retrain),
-            target=ErasureTarget(source_ids=list(sources),
-                                 source_rows=_source_row_counts(rows_json),
-                                 training_keys=int(keys)),
-            affected_rows=int(affected), affected_via={k: int(v) for k, v in dict(via).items()},
+            request_id=f.request_id, run_id=f.run_id, requested_at=iso(f.requested_at),
+            reason=f.reason, requested_by=f.requested_by, method=f.method,
+            verify_with_retrain=bool(f.verify_with_retrain),
+            target=ErasureTarget(source_ids=list(f.source_ids),
+                                 source_rows=_source_row_counts(f.source_rows_json),
+                                 training_keys=int(f.target_keys)),
+            affected_rows=int(f.affected_rows),
+            affected_via={k: int(v) for k, v in dict(f.affected_via).items()},
             state=state, outcomes=done))
     return out
 
@@ -498,9 +499,8 @@ def build_report(store: Store, model_id: str, version: str = "",
     if not model_id:
         raise ReportError("model id is empty")
     config = config or ComplianceConfig()
-    chain = version_chain(store.query(
-        f"SELECT {_VERSION_COLUMNS} FROM model_versions FINAL WHERE model_id = {{m:String}}",
-        {"m": model_id}), version, model_id)
+    chain = version_chain(select(store, ModelVersionRecord, "model_versions",
+                                 "model_id = {m:String}", {"m": model_id}), version, model_id)
     version = chain[-1].version
     governance = data_governance(store, model_id, [v.version for v in chain])
     erasures = erasure_log(store, model_id)

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from headwater.query_service.tables import LineageNode, LineageOp, columns, select_ops
 from headwater.stream_processors.lineage_resolve import OpView, Trace, oldest_first, trace_each
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
@@ -23,26 +24,8 @@ class BadRowKey(ValueError):
     """A row key that cannot name a row (out of range, malformed)."""
 
 
-@dataclass(frozen=True)
-class Node:
-    node_id: str
-    kind: str  # source | op
-    source_id: str
-    op_id: str
-    rows: int
-    shape: tuple[int, ...]
-    columns: tuple[str, ...]
-    run_id: str
-
-
-@dataclass(frozen=True)
-class OpRow:
-    op_id: str
-    op_name: str
-    params_json: str
-    input_node_ids: tuple[str, ...]
-    output_node_id: str
-    understood: bool
+Node = LineageNode  # one row of lineage_nodes (query_service/tables.py)
+OpRow = LineageOp  # one row of lineage_ops
 
 
 @dataclass(frozen=True)
@@ -51,12 +34,10 @@ class SourceRef:
     uri: str
 
 
-_NODE_COLUMNS = "node_id, kind, source_id, op_id, rows, shape, columns, run_id"
+_NODE_COLUMNS = columns(LineageNode)
 
 
-def _to_node(n: tuple) -> Node:
-    return Node(n[0], n[1], n[2], n[3], int(n[4]), tuple(n[5]), tuple(n[6]), n[7])
-
+_to_node = LineageNode.from_row
 
 T = TypeVar("T")
 _OpRow = tuple[str, str, tuple[str, ...], events_pb2.RowMap]
@@ -180,13 +161,10 @@ class LineageGraph:
             return 0  # an input never described: "all rows" of it resolves to none
 
     def _op(self, op_id: str) -> OpRow:
-        rows = self._store.query(
-            "SELECT op_id, op_name, params_json, input_node_ids, output_node_id, understood "
-            "FROM lineage_ops FINAL WHERE op_id = {id:String} LIMIT 1", {"id": op_id})
+        rows = select_ops(self._store, "op_id = {id:String}", {"id": op_id})
         if not rows:
             raise UnknownNode(op_id)
-        o = rows[0]
-        return OpRow(o[0], o[1], o[2], tuple(o[3]), o[4], bool(o[5]))
+        return rows[0]
 
     def _source(self, node_id: str) -> SourceRef:
         node = self.node(node_id)

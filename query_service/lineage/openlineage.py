@@ -20,11 +20,15 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from headwater import __version__
+from headwater.query_service.tables import ColumnMap, LineageOp, Reader, select_ops
 from headwater.stream_processors.errors import HeadwaterError
+
+Op = LineageOp  # a recorded op: one row of lineage_ops (query_service/tables.py)
+
 
 PRODUCER = f"urn:headwater:{__version__}"
 JOB_NAMESPACE = "headwater"
@@ -89,33 +93,6 @@ class Node:
     rows: int
     columns: tuple[str, ...]
     source: Source | None  # for kind == "source"
-
-
-@dataclass(frozen=True)
-class ColumnMap:
-    """OpRecorded.ColumnMapping; an empty output_column means the whole output (e.g. a
-    filter or sort key), exported as the facet's dataset-level lineage."""
-    output_column: str
-    input: int
-    input_columns: tuple[str, ...]
-    transformation: str
-
-
-@dataclass(frozen=True)
-class Op:
-    op_id: str
-    op_name: str
-    params_json: str
-    input_node_ids: tuple[str, ...]
-    output_node_id: str
-    output_rows: int
-    understood: bool
-    granularity: str
-    code_version: str
-    segments: int
-    columns: tuple[ColumnMap, ...]
-    output_columns: tuple[str, ...]
-    recorded_us: int  # microseconds since the epoch, UTC
 
 
 @dataclass(frozen=True)
@@ -330,20 +307,6 @@ def run_events(lineage: RunLineage) -> list[dict[str, Any]]:
 
 # -- reading a run from the store -----------------------------------------------------------
 
-class Reader(Protocol):
-    """Store or RemoteStore: parameterised SQL returning rows."""
-
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]: ...
-
-
-_OPS_SQL = """
-SELECT op_id, op_name, params_json, input_node_ids, output_node_id, output_rows, understood,
-       granularity, code_version, segments, columns_json, output_columns,
-       toUnixTimestamp64Micro(recorded_at)
-FROM lineage_ops FINAL WHERE run_id = {run:String}
-ORDER BY recorded_at, event_id, op_id
-"""
-
 # The run's nodes and every node its ops read (inputs may come from other runs), each
 # with its source row when it is a source.
 _NODES_SQL = """
@@ -356,15 +319,6 @@ FROM (SELECT * FROM lineage_nodes FINAL WHERE run_id = {run:String} OR node_id I
 ANY LEFT JOIN (SELECT * FROM sources FINAL) AS s ON n.source_id = s.source_id
 ORDER BY n.node_id
 """
-
-
-def _column_maps(op_id: str, text: str) -> tuple[ColumnMap, ...]:
-    try:
-        return tuple(ColumnMap(str(m["output_column"]), int(m["input"]),
-                               tuple(m["input_columns"]), str(m["transformation"]))
-                     for m in json.loads(text or "[]"))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"op {op_id}: lineage_ops.columns_json is malformed ({exc})") from None
 
 
 def _schema(source_id: str, text: str) -> tuple[Column, ...]:
@@ -386,20 +340,13 @@ def _node(row: Sequence[Any]) -> Node:
     return Node(node_id, kind, run, int(rows), tuple(columns), source)
 
 
-def _op(row: Sequence[Any]) -> Op:
-    (op_id, name, params, inputs, output, rows, understood, granularity, code, segments,
-     columns_json, output_columns, recorded_us) = row
-    return Op(op_id, name, params, tuple(inputs), output, int(rows), bool(understood),
-              granularity, code, int(segments), _column_maps(op_id, columns_json),
-              tuple(output_columns), int(recorded_us))
-
-
 def load_run(reader: Reader, run_id: str) -> RunLineage:
     """A run's ops and nodes, in two queries. Raises UnknownRun when nothing was recorded."""
     if not run_id:
         raise UnknownRun("run id is empty")
     params = {"run": run_id}
-    ops = tuple(_op(r) for r in reader.query(_OPS_SQL, params))
+    ops = tuple(select_ops(reader, "run_id = {run:String}", params,
+                           order="recorded_at, event_id, op_id"))
     nodes = {n.node_id: n for n in map(_node, reader.query(_NODES_SQL, params))}
     if not ops and not any(n.run_id == run_id for n in nodes.values()):
         raise UnknownRun(f"no lineage recorded for run {run_id!r} (no sources, no ops)")
