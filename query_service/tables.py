@@ -20,11 +20,6 @@ class Reader(Protocol):
 R = TypeVar("R")
 
 
-def _sql(expression: str) -> Any:
-    """A field read through `expression` instead of its own column name."""
-    return field(metadata={"sql": expression})
-
-
 def columns(row_type: type) -> str:
     """The SELECT list of a row type, in its field order."""
     return ", ".join(f.metadata.get("sql", f.name) for f in fields(row_type))
@@ -75,9 +70,10 @@ class LineageOp:
     granularity: str
     code_version: str
     segments: int
-    columns: tuple[ColumnMap, ...] = _sql("columns_json")
+    columns: tuple[ColumnMap, ...] = field(metadata={"sql": "columns_json"})
     output_columns: tuple[str, ...]
-    recorded_us: int = _sql("toUnixTimestamp64Micro(recorded_at)")  # µs since the epoch, UTC
+    recorded_us: int = field(
+        metadata={"sql": "toUnixTimestamp64Micro(recorded_at)"})  # µs since the epoch, UTC
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> LineageOp:
@@ -185,8 +181,10 @@ class UnlearningAppliedRecord:
     rows_forgotten: int
     duration_seconds: float
     applied_at: datetime
-    verification: dict[str, Any] = _sql(", ".join(VERIFICATION))
+    verification: dict[str, Any] = field(metadata={"sql": ", ".join(VERIFICATION)})
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> UnlearningAppliedRecord:
-        return cls(*row[:9], dict(zip(VERIFICATION, row[9:], strict=True)))
+        (request_id, status, error, method, previous, new, rows, seconds, at) = row[:9]
+        return cls(request_id, status, error, method, previous, new, rows, seconds, at,
+                   dict(zip(VERIFICATION, row[9:], strict=True)))

@@ -10,7 +10,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from headwater.query_service.tables import LineageNode, LineageOp, columns, select_ops
+from headwater.query_service.tables import LineageNode, columns, select_ops
+from headwater.query_service.tables import LineageNode as Node  # one row of lineage_nodes
+from headwater.query_service.tables import LineageOp as OpRow  # one row of lineage_ops
 from headwater.stream_processors.lineage_resolve import OpView, Trace, oldest_first, trace_each
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
@@ -24,8 +26,6 @@ class BadRowKey(ValueError):
     """A row key that cannot name a row (out of range, malformed)."""
 
 
-Node = LineageNode  # one row of lineage_nodes (query_service/tables.py)
-OpRow = LineageOp  # one row of lineage_ops
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from headwater import __version__
-from headwater.query_service.tables import ColumnMap, LineageOp, Reader, select_ops
+from headwater.query_service.tables import ColumnMap, Reader, select_ops
+from headwater.query_service.tables import LineageOp as Op  # one row of lineage_ops
 from headwater.stream_processors.errors import HeadwaterError
-
-Op = LineageOp  # a recorded op: one row of lineage_ops (query_service/tables.py)
-
 
 PRODUCER = f"urn:headwater:{__version__}"
 JOB_NAMESPACE = "headwater"
