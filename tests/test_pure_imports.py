@@ -18,6 +18,8 @@ PURE = [
     "headwater.stream_processors.log_integrity", "headwater.stream_processors.lineage_resolve",
     "headwater.producers.envelope", "headwater.producers.rowmap",
     "headwater.producers.capture.projection", "headwater.producers.transports.base",
+    "headwater.producers.tracking", "headwater.producers.tracking.registry",
+    "headwater.producers.unlearning.api",
     "headwater.producers.transports.chunking", "headwater.query_service.sql.policy",
     "headwater.query_service.attribution.scoring",
     "headwater.query_service.attribution.knn_shapley",
