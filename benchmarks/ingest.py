@@ -163,7 +163,9 @@ def payload_factory(kind: str, seed: int = 0) -> Callable[[int], Any]:
         rows = SHAPES[kind][0]
         size = len(grads[0].gradients)
         n_blocks = GRADIENT_BLOCKS if kind == "gradient" else 64
-        blocks = rng.standard_normal(n_blocks * size // 4, dtype=np.float32).tobytes()
+        np_type = SHAPES[kind][3]  # blocks hold values of the payload's own dtype
+        blocks = rng.standard_normal(n_blocks * size // np.dtype(np_type).itemsize,
+                                     dtype=np.float32).astype(np_type).tobytes()
 
         def gradient(i: int) -> Any:
             p = grads[i % len(grads)]
