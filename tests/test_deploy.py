@@ -29,8 +29,6 @@ import kubernetes_validate
 import pytest
 import tomllib
 import yaml
-
-from conftest import HEADWATER, REPO, free_port, run_headwater, stop, wait_for_port
 from k8s_crds import crd_problems
 from k8s_manifests import (
     _CORE_GROUPS,
@@ -45,6 +43,8 @@ from k8s_manifests import (
     rendered,
     secret_keys,
 )
+
+from conftest import HEADWATER, REPO, free_port, run_headwater, stop, wait_for_port
 from headwater.producers.transports.channel import host_of, is_loopback_host
 from headwater.query_service.server.auth import parse_tokens
 from headwater.query_service.server.probe import local_target, tls_server_name

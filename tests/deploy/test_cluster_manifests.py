@@ -23,8 +23,6 @@ import kubernetes_validate
 import pytest
 import yaml
 from clickhouse_connect.driver.httpclient import HttpClient
-
-from conftest import REPO
 from k8s_crds import CRD_DIR, OPERATOR_VERSIONS, cel_rule_count, crd_problems, crds
 from k8s_manifests import (
     _CORE_GROUPS,
@@ -43,6 +41,8 @@ from k8s_manifests import (
 )
 from netpol_sim import Cluster, Endpoint
 from pod_security import level_of, violations
+
+from conftest import REPO
 
 NAMESPACE = "headwater"
 STRIMZI = K8S / "operators" / "strimzi"
@@ -453,14 +453,15 @@ def test_tls_everywhere_with_certificates_from_cert_manager(overlay: str) -> Non
             volumes = {v["name"]: v for v in pod["volumes"]}
             mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
 
-            def ca_file(path: str) -> str:  # the Secret a CA path comes from (key ca.crt)
+            def ca_file(path: str, mounts: dict = mounts) -> str:  # Secret of a CA path
                 directory, _, file = path.rpartition("/")
                 secret = mounts[directory]["secret"]
                 assert secret["items"] == [{"key": "ca.crt", "path": file}], \
                     "only the CA reaches the client, not the server's key"
                 return secret["secretName"]
 
-            dsn = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1)) or "x", env["HEADWATER_DSN"])
+            dsn = re.sub(r"\$\((\w+)\)", lambda m, env=env: env.get(m.group(1)) or "x",
+                         env["HEADWATER_DSN"])
             m = re.match(r"^https://headwater:[^@]+@([\w.-]+):(\d+)/\?ca_cert=(\S+)$", dsn)
             assert m, dsn
             assert m.group(1) in ch_cert[0]["spec"]["dnsNames"]
@@ -605,7 +606,7 @@ def test_readme_pins_the_operators_and_installs_them_in_order() -> None:
         "kubectl apply -k deploy/k8s/overlays/prod",
     ]
     at = [install.find(s) for s in steps]
-    assert all(i >= 0 for i in at), [s for s, i in zip(steps, at) if i < 0]
+    assert all(i >= 0 for i in at), [s for s, i in zip(steps, at, strict=True) if i < 0]
     assert at == sorted(at), "operators, namespaces, Secrets, then the overlay"
     urls = re.findall(r"https://\S+", install)
     assert urls and not [u for u in urls if "latest" in u or "master" in u], urls
