@@ -19,7 +19,7 @@ _EXPORTS = {
     "rowmap": "headwater.producers.rowmap",
     "EnvelopeBuilder": "headwater.producers.envelope",
     "event_hash": "headwater.producers.envelope",
-    "PublishError": "headwater.producers.errors",
+    "PublishError": "headwater.errors",
     "Publisher": "headwater.producers.publisher",
     "GrpcTransport": "headwater.producers.transports.grpc",
     "KafkaTransport": "headwater.producers.transports.kafka",
@@ -49,9 +49,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from headwater.errors import PublishError
     from headwater.producers import rowmap
     from headwater.producers.envelope import EnvelopeBuilder, event_hash
-    from headwater.producers.errors import PublishError
     from headwater.producers.publisher import Publisher
     from headwater.producers.transports.grpc import GrpcTransport
     from headwater.producers.transports.kafka import KafkaTransport

@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from headwater.errors import ClusterSchemaError
+
 LOCAL_SUFFIX = "_local"
 REPLICA_PATH = "/clickhouse/tables/{shard}/{database}/"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -38,9 +40,6 @@ _ORDER_BY = re.compile(r"\bORDER\s+BY\s+(.+?)(?=\s+(?:PARTITION\s+BY|PRIMARY\s+K
                        r"|TTL|SETTINGS)\b|\s*$)", re.I | re.S)
 _COLUMN_COMMAND = re.compile(r"^(ADD|DROP|MODIFY|RENAME|COMMENT)\s+COLUMN\b", re.I)
 
-
-class ClusterSchemaError(ValueError):
-    """A statement the cluster renderer cannot translate faithfully."""
 
 
 def split_statements(sql: str) -> list[str]:

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from headwater.producers.transports.base import Record
-from headwater.stream_processors.validate import DEFAULT_LIMITS, Invalid, Limits, validate_event
+from headwater.stream_processors.validate import (
+    DEFAULT_LIMITS,
+    InvalidEvent,
+    Limits,
+    validate_event,
+)
 from headwater.v1 import events_pb2
 
 
@@ -39,7 +44,7 @@ def decode_record(index: int, record: Record, limits: Limits = DEFAULT_LIMITS
         return Rejected(index, record, f"undecodable: not a headwater.v1.Event ({exc})")
     try:
         validate_event(event, limits)
-    except Invalid as exc:
+    except InvalidEvent as exc:
         return Rejected(index, record, f"invalid event: {exc}", event)
     return Accepted(index, record, event)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from headwater.stream_processors.errors import ConfigError
+from headwater.errors import ConfigError
 
 
 @dataclass(frozen=True)

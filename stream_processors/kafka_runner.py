@@ -21,8 +21,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from headwater.errors import HeadwaterError, StoreError
 from headwater.producers.transports.base import Record
-from headwater.stream_processors.errors import HeadwaterError, StoreError
 from headwater.stream_processors.sink import EventSink
 
 log = logging.getLogger("headwater.process")

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from pydantic import BaseModel
 
+from headwater.errors import StoreError
 from headwater.producers.transports.base import Record
 from headwater.stream_processors.derived import DERIVED
-from headwater.stream_processors.errors import StoreError
 from headwater.stream_processors.gradients import part_matrix
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from headwater.stream_processors.errors import ConfigError
+from headwater.errors import ConfigError
 
 MIN_EVENTS_RETENTION_DAYS = 183
 DEFAULT_EVENTS_RETENTION_DAYS = 190  # six months and a week's margin

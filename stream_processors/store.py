@@ -21,13 +21,13 @@ import clickhouse_connect
 import pyarrow as pa
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from headwater.errors import ConfigError, DataDirLocked, NoStore, StoreError
 from headwater.stream_processors.cluster_schema import (
     ClusterDdl,
     create_database_sql,
     render_migration,
 )
 from headwater.stream_processors.dsn import Dsn, parse_dsn
-from headwater.stream_processors.errors import ConfigError, DataDirLocked, NoStore, StoreError
 from headwater.stream_processors.retention import (
     DEFAULT_EVENTS_RETENTION_DAYS,
     apply_events_retention,

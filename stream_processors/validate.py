@@ -15,6 +15,7 @@ import numpy as np
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 
+from headwater.errors import InvalidEvent
 from headwater.producers.envelope import SCHEMA_VERSION, event_hash
 from headwater.v1 import events_pb2
 
@@ -25,9 +26,6 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 _NP_DTYPE = {events_pb2.FLOAT16: "<f2", events_pb2.FLOAT32: "<f4", events_pb2.FLOAT64: "<f8"}
 _ITEM_SIZE = {events_pb2.FLOAT16: 2, events_pb2.FLOAT32: 4, events_pb2.FLOAT64: 8}
 
-
-class Invalid(ValueError):
-    """The event breaks the contract; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -48,14 +46,14 @@ DEFAULT_LIMITS = Limits()
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise Invalid(message)
+        raise InvalidEvent(message)
 
 
 def _check_id(name: str, value: str) -> None:
     if not value:
-        raise Invalid(f"{name} is empty")
+        raise InvalidEvent(f"{name} is empty")
     if len(value) > MAX_ID_LEN:
-        raise Invalid(f"{name} is longer than {MAX_ID_LEN} characters")
+        raise InvalidEvent(f"{name} is longer than {MAX_ID_LEN} characters")
 
 
 def _check_finite(name: str, values: Iterable[float]) -> None:
@@ -63,7 +61,7 @@ def _check_finite(name: str, values: Iterable[float]) -> None:
     # One C-level sum covers the common case; only a non-finite sum (a NaN/inf inside, or
     # an overflow of huge finite values) needs the element-wise look.
     if not math.isfinite(math.fsum(values)) and not all(math.isfinite(v) for v in values):
-        raise Invalid(f"{name} contains NaN or infinity")
+        raise InvalidEvent(f"{name} contains NaN or infinity")
 
 
 _KNOWN: dict[str, frozenset[int]] = {}  # enum full name -> its numbers (enum.values() is a list
@@ -77,35 +75,35 @@ def _check_enum(name: str, enum: EnumTypeWrapper, value: int) -> None:
     if known is None:
         known = _KNOWN[enum.DESCRIPTOR.full_name] = frozenset(enum.values())
     if value not in known:
-        raise Invalid(f"{name} is {value}, not a known {enum.DESCRIPTOR.name} value")
+        raise InvalidEvent(f"{name} is {value}, not a known {enum.DESCRIPTOR.name} value")
 
 
 def _check_row_keys(name: str, keys: events_pb2.RowKeys) -> int:
     n = len(keys.rows)
     if n and not keys.node_ids:
-        raise Invalid(f"{name}.node_ids is empty but rows are given")
+        raise InvalidEvent(f"{name}.node_ids is empty but rows are given")
     for node in keys.node_ids:
         _check_id(f"{name}.node_ids[]", node)
     if keys.node_index:
         if len(keys.node_index) != n:
-            raise Invalid(f"{name}.node_index has {len(keys.node_index)} entries for {n} rows")
+            raise InvalidEvent(f"{name}.node_index has {len(keys.node_index)} entries for {n} rows")
         if max(keys.node_index) >= len(keys.node_ids):
-            raise Invalid(f"{name}.node_index points past node_ids")
+            raise InvalidEvent(f"{name}.node_index points past node_ids")
     return n
 
 
 def _check_matrix(name: str, data: bytes, dtype: int, rows: int, dim: int) -> None:
     size = _ITEM_SIZE.get(dtype)
     if size is None:
-        raise Invalid(f"{name}: dtype {dtype} is not FLOAT16/FLOAT32/FLOAT64")
+        raise InvalidEvent(f"{name}: dtype {dtype} is not FLOAT16/FLOAT32/FLOAT64")
     if len(data) != rows * dim * size:
-        raise Invalid(f"{name} has {len(data)} bytes; {rows} rows x dim {dim} x {size} bytes "
+        raise InvalidEvent(f"{name} has {len(data)} bytes; {rows} rows x dim {dim} x {size} bytes "
                       "expected")
     # One vectorised sum: finite unless a NaN/inf is inside (float64 accumulation of
     # float16/32 data cannot overflow); only float64 data needs the element-wise recheck.
     values = np.frombuffer(data, _NP_DTYPE[dtype])
     if not math.isfinite(values.sum(dtype=np.float64)) and not np.isfinite(values).all():
-        raise Invalid(f"{name} contains NaN or infinity")
+        raise InvalidEvent(f"{name} contains NaN or infinity")
 
 
 def _source_registered(p: events_pb2.SourceRegistered, limits: Limits) -> None:
@@ -153,20 +151,20 @@ def _gradient_batch(p: events_pb2.GradientBatch, limits: Limits) -> None:
     _check_enum("gradient_batch.projection.kind", events_pb2.Projection.Kind, p.projection.kind)
     n = _check_row_keys("gradient_batch.row_keys", p.row_keys)
     if n == 0:
-        raise Invalid("gradient_batch.row_keys has no rows")
+        raise InvalidEvent("gradient_batch.row_keys has no rows")
     if n > limits.gradient_rows:
-        raise Invalid(f"gradient_batch.row_keys has {n} rows, over the limit of "
+        raise InvalidEvent(f"gradient_batch.row_keys has {n} rows, over the limit of "
                       f"{limits.gradient_rows} (HEADWATER_MAX_GRADIENT_ROWS)")
     if p.dim == 0:
-        raise Invalid("gradient_batch.dim must be positive")
+        raise InvalidEvent("gradient_batch.dim must be positive")
     if p.dim > limits.gradient_dim:
-        raise Invalid(f"gradient_batch.dim {p.dim} is over the limit of {limits.gradient_dim} "
+        raise InvalidEvent(f"gradient_batch.dim {p.dim} is over the limit of {limits.gradient_dim} "
                       "(HEADWATER_MAX_GRADIENT_DIM)")
     _check_matrix("gradient_batch.gradients", p.gradients, p.dtype, n, p.dim)
     columns = [getattr(p, name) for name in _PER_ROW]
     for name, values in zip(_PER_ROW, columns, strict=True):
         if len(values) not in (0, n):
-            raise Invalid(f"gradient_batch.{name} has {len(values)} values for {n} rows")
+            raise InvalidEvent(f"gradient_batch.{name} has {len(values)} values for {n} rows")
     # A single sum over every per-row value is finite unless one of them is not.
     if not math.isfinite(p.learning_rate + sum(math.fsum(c) for c in columns)):
         for name, values in zip(_PER_ROW, columns, strict=True):
@@ -223,29 +221,29 @@ _PAYLOAD_CHECKS: dict[str, Callable[[Message, Limits], None]] = {
 
 
 def validate_event(event: events_pb2.Event, limits: Limits = DEFAULT_LIMITS) -> None:
-    """Raise Invalid naming the first field that breaks the v1 contract or a size limit."""
+    """Raise InvalidEvent naming the first field that breaks the v1 contract or a size limit."""
     # Plain `if` tests: this runs for every event, and messages are built only on failure.
     if event.schema_version != SCHEMA_VERSION:
-        raise Invalid(f"schema_version {event.schema_version} is not supported (this "
+        raise InvalidEvent(f"schema_version {event.schema_version} is not supported (this "
                       f"service reads {SCHEMA_VERSION})")
     if _UUID.match(event.event_id) is None:
-        raise Invalid(f"event_id {event.event_id[:80]!r} is not a UUID in canonical text form")
+        raise InvalidEvent(f"event_id {event.event_id[:80]!r} is not a UUID in canonical text form")
     _check_id("producer_id", event.producer_id)
     _check_id("run_id", event.run_id)
     if event.seq < 1:
-        raise Invalid("seq must be >= 1")
+        raise InvalidEvent("seq must be >= 1")
     if event.emitted_at.seconds <= 0:
-        raise Invalid("emitted_at is not set")
+        raise InvalidEvent("emitted_at is not set")
     if event.emitted_at.seconds > MAX_EMITTED_AT:
-        raise Invalid("emitted_at is after 2299-12-31, outside the log's DateTime64 range")
+        raise InvalidEvent("emitted_at is after 2299-12-31, outside the log's DateTime64 range")
     if len(event.prev_hash) != 32:
-        raise Invalid(f"prev_hash has {len(event.prev_hash)} bytes, not 32")
+        raise InvalidEvent(f"prev_hash has {len(event.prev_hash)} bytes, not 32")
     if len(event.hash) != 32:
-        raise Invalid(f"hash has {len(event.hash)} bytes, not 32")
+        raise InvalidEvent(f"hash has {len(event.hash)} bytes, not 32")
     kind = event.WhichOneof("payload")
     if kind is None:
-        raise Invalid("payload is missing (or of a type this service does not know)")
+        raise InvalidEvent("payload is missing (or of a type this service does not know)")
     if event_hash(event) != event.hash:
-        raise Invalid("hash does not match the event's content (corrupted or altered in "
+        raise InvalidEvent("hash does not match the event's content (corrupted or altered in "
                       "transit)")
     _PAYLOAD_CHECKS[kind](getattr(event, kind), limits)

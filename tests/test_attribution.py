@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from conftest import REPO
+from headwater.errors import AttributionError, NotFound
 from headwater.producers.capture import LinearCapture
 from headwater.producers.publisher import Publisher
 from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.transports.local import LocalTransport
-from headwater.query_service.attribution.engine import AttributionEngine, AttributionError, NotFound
+from headwater.query_service.attribution.engine import AttributionEngine
 from headwater.stream_processors.sink import EventSink
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 

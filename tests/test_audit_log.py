@@ -16,12 +16,12 @@ from audit_pipeline import fill, rewrite_raw
 from pydantic import ValidationError
 
 from conftest import REPO, Serve, run_headwater
+from headwater.errors import ConfigError
 from headwater.producers.envelope import EnvelopeBuilder, event_hash
 from headwater.producers.transports.base import Record
 from headwater.query_service.compliance.log_reader import verify_stored_log
 from headwater.query_service.settings import Settings
 from headwater.query_service.sql.reader import SqlReader
-from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.log_integrity import LogRow, verify_log
 from headwater.stream_processors.retention import stored_events_retention
 from headwater.stream_processors.sink import EventSink

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from headwater.errors import ConfigError
 from headwater.query_service.settings import Settings
 from headwater.stream_processors.cluster_schema import (
     ClusterDdl,
@@ -20,7 +21,6 @@ from headwater.stream_processors.cluster_schema import (
     render_migration,
     split_statements,
 )
-from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.retention import apply_events_retention
 from headwater.stream_processors.store import Store, load_migrations
 

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from conftest import REPO, Serve, run_headwater
+from headwater.errors import ConfigError
 from headwater.producers.capture import LinearCapture
 from headwater.producers.publisher import Publisher
 from headwater.producers.tracking import Tracker, row_keys
@@ -29,7 +30,6 @@ from headwater.query_service.compliance.config import load_config, parse_config
 from headwater.query_service.compliance.html import SOURCE_FILL, TRAINING_FILL, render_html
 from headwater.query_service.compliance.model import ComplianceReport, json_schema, schema_text
 from headwater.query_service.compliance.signing import check, report_text, seal
-from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.sink import EventSink
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 

@@ -45,12 +45,12 @@ from k8s_manifests import (
 )
 
 from conftest import HEADWATER, REPO, free_port, run_headwater, stop, wait_for_port
+from headwater.errors import ConfigError
 from headwater.producers.transports.channel import host_of, is_loopback_host
 from headwater.query_service.server.auth import parse_tokens
 from headwater.query_service.server.probe import local_target, tls_server_name
 from headwater.query_service.server.transport_security import check_exposure, server_security
 from headwater.query_service.settings import Settings
-from headwater.stream_processors.errors import ConfigError
 
 # -- rendering and schema -------------------------------------------------------------------
 

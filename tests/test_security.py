@@ -24,6 +24,7 @@ from secure_serve import (
 
 from conftest import free_port, run_headwater, stop
 from headwater.cli import main as cli_main
+from headwater.errors import ConfigError
 from headwater.producers import GrpcTransport, Publisher, PublishError
 from headwater.producers.transports.channel import (
     ChannelConfigError,
@@ -43,7 +44,6 @@ from headwater.query_service.server.auth import (
 from headwater.query_service.server.transport_security import ServerSecurity, check_exposure
 from headwater.query_service.settings import Settings
 from headwater.stream_processors.dsn import redact_dsn
-from headwater.stream_processors.errors import ConfigError
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 # --- a throwaway PKI, one token per role, the server (shared: tests/secure_serve.py) ---------

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_headwater
+from headwater.errors import ConfigError, DataDirLocked, StoreError
 from headwater.stream_processors import store as store_module
 from headwater.stream_processors.dsn import parse_dsn
-from headwater.stream_processors.errors import ConfigError, DataDirLocked, StoreError
 from headwater.stream_processors.store import Migration, Store, _DirLock, load_migrations
 
 

@@ -30,7 +30,7 @@ from headwater.cli.replay import replay
 from headwater.cli.serve import process, query_service, serve
 from headwater.cli.sql import sql
 from headwater.cli.status import status
-from headwater.stream_processors.errors import HeadwaterError
+from headwater.errors import HeadwaterError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

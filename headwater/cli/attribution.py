@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 
 from headwater.cli.common import call, channel, listen_option, out
-from headwater.stream_processors.errors import HeadwaterError
+from headwater.errors import HeadwaterError
 
 _AGGREGATE_BY = {"row": "BY_ROW", "source": "BY_SOURCE", "file": "BY_SOURCE_FILE", "op": "BY_OP"}
 

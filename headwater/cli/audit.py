@@ -20,6 +20,7 @@ from headwater.cli.common import (
     out,
 )
 from headwater.cli.store_access import HINT, answering_serve, serving_address
+from headwater.errors import DataDirLocked, HeadwaterError, NoStore
 from headwater.query_service.compliance.config import (
     ComplianceConfig,
     ReportSettings,
@@ -27,7 +28,6 @@ from headwater.query_service.compliance.config import (
     signing_key_path,
 )
 from headwater.query_service.settings import Settings
-from headwater.stream_processors.errors import DataDirLocked, HeadwaterError, NoStore
 
 _File = click.Path(path_type=Path, dir_okay=False)
 

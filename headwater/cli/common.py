@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from headwater.errors import HeadwaterError
 from headwater.query_service.settings import Settings
-from headwater.stream_processors.errors import HeadwaterError
 
 console = Console(stderr=True)
 out = Console()

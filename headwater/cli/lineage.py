@@ -20,7 +20,7 @@ from headwater.cli.common import (
     open_reader,
     out,
 )
-from headwater.stream_processors.errors import HeadwaterError
+from headwater.errors import HeadwaterError
 
 
 @click.group()

@@ -13,9 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from headwater.cli.common import console, data_dir_option, dsn_option, load_settings
+from headwater.errors import ConfigError
 from headwater.query_service.settings import Settings
 from headwater.stream_processors.dsn import parse_dsn
-from headwater.stream_processors.errors import ConfigError
 
 
 def _target_dsn(into: str | None, source_dsn: str) -> str:

@@ -18,8 +18,8 @@ from headwater.cli.common import (
     load_settings,
     open_store,
 )
+from headwater.errors import HeadwaterError
 from headwater.query_service.settings import Settings
-from headwater.stream_processors.errors import HeadwaterError
 
 
 def _bound(listen: str, port: int) -> str:

@@ -20,8 +20,8 @@ from headwater.cli.common import (
     open_reader,
     out,
 )
+from headwater.errors import HeadwaterError
 from headwater.query_service.settings import Settings
-from headwater.stream_processors.errors import HeadwaterError
 
 
 def _read_sql(reader: Any, settings: Settings, sql: str,

@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from headwater.errors import DataDirLocked, HeadwaterError, NoStore
 from headwater.producers.transports.channel import host_of, is_loopback_host
 from headwater.query_service.settings import Settings
 from headwater.stream_processors.dsn import parse_dsn
-from headwater.stream_processors.errors import DataDirLocked, HeadwaterError, NoStore
 
 HINT = "pass --data-dir, --dsn or --listen"
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "::": "[::1]", "": "127.0.0.1"}

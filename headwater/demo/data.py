@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headwater.stream_processors.errors import HeadwaterError
+from headwater.errors import HeadwaterError
 
 DATA_NOTE = ("derived from scikit-learn's bundled copy of the public Wisconsin diagnostic "
              "breast-cancer data set (UCI, 569 rows); split 60/40 into two files to play two "

@@ -36,9 +36,9 @@ from rich.progress import (
 from rich.table import Table
 
 from headwater.demo.data import DATA_NOTE, write_hospital_files
+from headwater.errors import HeadwaterError
 from headwater.producers import GrpcTransport, Publisher
 from headwater.producers.tracking import Tracker
-from headwater.stream_processors.errors import HeadwaterError
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 console = Console()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from headwater.producers.errors import PublishError
+from headwater.errors import PublishError
 
 
 @dataclass(frozen=True)

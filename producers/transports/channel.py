@@ -16,6 +16,8 @@ from typing import Any
 
 import grpc
 
+from headwater.errors import ChannelConfigError
+
 TOKEN_ENV = "HEADWATER_TOKEN"
 TOKEN_FILE_ENV = "HEADWATER_TOKEN_FILE"
 TLS_CA_ENV = "HEADWATER_TLS_CA_FILE"
@@ -25,9 +27,6 @@ TLS_CLIENT_KEY_ENV = "HEADWATER_TLS_CLIENT_KEY_FILE"
 
 NO_PROXY = ("grpc.enable_http_proxy", 0)  # channel option: never dial through a proxy
 
-
-class ChannelConfigError(ValueError):
-    """A client's TLS or token configuration is unusable (names the setting, never a secret)."""
 
 
 @dataclass(frozen=True, repr=False)

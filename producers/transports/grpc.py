@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from headwater.producers.errors import PublishError
+from headwater.errors import PublishError
 from headwater.producers.transports.base import Ack, raise_for_rejects
 from headwater.producers.transports.channel import (
     open_channel,

@@ -18,8 +18,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from headwater.errors import PublishError
 from headwater.producers import telemetry
-from headwater.producers.errors import PublishError
 from headwater.producers.transports.chunking import CHUNK_HEADER, split_into_chunks
 
 Headers = list[tuple[str, str | bytes | None]]

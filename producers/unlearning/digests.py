@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from headwater.errors import RowsNotInTraining
 from headwater.producers.unlearning.rows import (
     Rows,
     as_numpy,
@@ -17,14 +18,6 @@ from headwater.v1 import events_pb2
 _METHOD_NAMES = {"auto": events_pb2.UNLEARNING_METHOD_UNSPECIFIED, "newton": events_pb2.NEWTON,
                  "fine_tune": events_pb2.FINE_TUNE}
 
-
-class RowsNotInTraining(ValueError):
-    """Forget rows that the model's training-row digest does not hold (never trained on, or
-    already forgotten: the listener reports ALREADY_APPLIED for the latter)."""
-
-    def __init__(self, message: str, rows: np.ndarray) -> None:
-        super().__init__(message)
-        self.rows = rows
 
 
 def parse_method(method: int | str) -> int:

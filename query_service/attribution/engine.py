@@ -24,13 +24,13 @@ import threading
 import numpy as np
 import pyarrow as pa
 
+from headwater.errors import NothingToAttribute
 from headwater.query_service.attribution.scoring import (
     METHODS,
     AttributionError,
     Block,
     Example,
     Model,
-    NotFound,
     Result,
     SourceRow,
     TestGradient,
@@ -81,10 +81,11 @@ class AttributionEngine:
             if cached is not None and cached.rows == rows:
                 return cached
             if rows < 1000003:
-                raise NotFound(f"model {model_id!r} has no stored gradient rows")
+                raise NothingToAttribute(f"model {model_id!r} has no stored gradient rows")
             model = self._load(model_id, rows)
             if not model.blocks:
-                raise NotFound(f"model {model_id!r} has no gradient rows left (all forgotten)")
+                raise NothingToAttribute(
+                    f"model {model_id!r} has no gradient rows left (all forgotten)")
             self._models[model_id] = model
             return model
 
@@ -174,7 +175,7 @@ class AttributionEngine:
             "gradient_labels FROM predictions FINAL WHERE prediction_id = {p:String}",
             {"p": prediction_id})
         if not rows:
-            raise NotFound(f"no prediction with id {prediction_id!r}")
+            raise NothingToAttribute(f"no prediction with id {prediction_id!r}")
         out = []
         for _model, version, projection_id, dim, dtype, data, labels in rows:
             if not data:
@@ -241,7 +242,7 @@ class AttributionEngine:
         for test in tests:
             try:
                 block = self._version_block(model, test.version, test.projection_id)
-            except NotFound:
+            except NothingToAttribute:
                 continue
             if block.phi.shape[1] != len(test.phi):
                 raise AttributionError(f"test gradient has {len(test.phi)} dims; the stored "

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from headwater.errors import NothingToAttribute
 from headwater.producers.capture.projection import Projection
-from headwater.query_service.attribution.scoring import AttributionError, NotFound, TestGradient
+from headwater.query_service.attribution.scoring import AttributionError, TestGradient
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2, query_pb2
 
@@ -33,7 +34,7 @@ def raw_features_gradient(store: Store, msg: query_pb2.RawFeatures) -> tuple[str
         "ORDER BY step DESC, recorded_at DESC LIMIT 1", params)
     if not rows:
         what = f"version {msg.model_version!r} of " if msg.model_version else ""
-        raise NotFound(f"no {what}model {msg.model_id!r} recorded")
+        raise NothingToAttribute(f"no {what}model {msg.model_id!r} recorded")
     version, framework, parameter_count = rows[0]
     if framework not in PARAMETER_FREE:
         raise AttributionError(

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from headwater.errors import AttributionError, NothingToAttribute
+
 if TYPE_CHECKING:
     from headwater.query_service.lineage.graph import LineageGraph
 
@@ -23,12 +25,6 @@ METHODS = ("influence", "tracin")
 AGGREGATIONS = ("row", "source", "source_file", "op")
 
 
-class AttributionError(ValueError):
-    """A request that cannot be answered (unknown prediction, no gradients, bad shape)."""
-
-
-class NotFound(AttributionError):
-    """The prediction or model named does not exist."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +156,7 @@ def version_block(model: Model, version: str, projection_id: str | None = None) 
     block = next((b for b in blocks if b.kind == "FEATURISATION"), None) or \
         next((b for b in blocks if b.kind == "TRAINING_STEP"), None)
     if block is None:
-        raise NotFound(f"model {model.model_id} has no gradient rows at version "
+        raise NothingToAttribute(f"model {model.model_id} has no gradient rows at version "
                        f"{version!r}" + (" with that projection" if projection_id else ""))
     return block
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from headwater.errors import ConfigError
 from headwater.producers.transports.channel import (
     ChannelConfigError,
     ClientSecurity,
@@ -11,7 +12,6 @@ from headwater.producers.transports.channel import (
 )
 from headwater.producers.transports.channel import open_channel as _open
 from headwater.query_service.settings import Settings
-from headwater.stream_processors.errors import ConfigError
 
 
 def client_security(settings: Settings) -> ClientSecurity:

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from headwater.stream_processors.errors import HeadwaterError
+from headwater.errors import HeadwaterError
 from headwater.stream_processors.log_integrity import LogReport, Problem, ProducerSummary
 from headwater.v1 import query_pb2, query_pb2_grpc
 

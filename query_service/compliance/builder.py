@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from headwater import __version__
+from headwater.errors import ReportError
 from headwater.query_service.attribution.engine import AttributionEngine, AttributionError
 from headwater.query_service.compliance.config import (
     DEPLOYMENT_FIELDS,
@@ -63,13 +64,8 @@ from headwater.query_service.tables import (
     select,
     select_ops,
 )
-from headwater.stream_processors.errors import HeadwaterError
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
-
-
-class ReportError(HeadwaterError):
-    """The report cannot be built (unknown model or version)."""
 
 
 def iso(ts: Any) -> str:

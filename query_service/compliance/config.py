@@ -13,8 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from headwater.errors import ConfigError
 from headwater.query_service.compliance.model import Contact
-from headwater.stream_processors.errors import ConfigError
 
 
 class ComplianceConfig(BaseModel):

@@ -17,8 +17,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from headwater.errors import ConfigError
 from headwater.query_service.compliance.model import Integrity, Signature, json_schema
-from headwater.stream_processors.errors import ConfigError
 
 CANONICALIZATION = "json-sorted-keys-compact-utf8"
 

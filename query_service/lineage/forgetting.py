@@ -14,15 +14,13 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from headwater.errors import TargetError
 from headwater.query_service.lineage.graph import LineageGraph, UnknownNode
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
 
 ALL = None  # every row of a source node
 
-
-class TargetError(ValueError):
-    """The target names nothing that exists, or is malformed."""
 
 
 def request_id(run_id: str, model_id: str, target: events_pb2.ForgetTarget, reason: str) -> str:

@@ -10,22 +10,13 @@ from typing import TypeVar
 
 import numpy as np
 
+from headwater.errors import BadRowKey, UnknownNode
 from headwater.query_service.tables import LineageNode, columns, select_ops
 from headwater.query_service.tables import LineageNode as Node  # one row of lineage_nodes
 from headwater.query_service.tables import LineageOp as OpRow  # one row of lineage_ops
 from headwater.stream_processors.lineage_resolve import OpView, Trace, oldest_first, trace_each
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
-
-
-class UnknownNode(KeyError):
-    """No lineage node with that id."""
-
-
-class BadRowKey(ValueError):
-    """A row key that cannot name a row (out of range, malformed)."""
-
-
 
 
 @dataclass(frozen=True)

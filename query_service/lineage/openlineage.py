@@ -24,9 +24,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from headwater import __version__
+from headwater.errors import UnknownRun
 from headwater.query_service.tables import ColumnMap, Reader, select_ops
 from headwater.query_service.tables import LineageOp as Op  # one row of lineage_ops
-from headwater.stream_processors.errors import HeadwaterError
 
 PRODUCER = f"urn:headwater:{__version__}"
 JOB_NAMESPACE = "headwater"
@@ -58,9 +58,6 @@ _DIRECT = ("IDENTITY", "TRANSFORMATION", "AGGREGATION")
 _INDIRECT = ("JOIN", "GROUP_BY", "FILTER", "SORT", "WINDOW", "CONDITIONAL")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-
-class UnknownRun(HeadwaterError):
-    """No lineage (source or op) was recorded for this run id."""
 
 
 @dataclass(frozen=True)

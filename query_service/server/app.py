@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from headwater.errors import ConfigError
 from headwater.producers.transports.base import Sink
 from headwater.producers.transports.grpc import MAX_MESSAGE_BYTES
 from headwater.producers.transports.local import LocalTransport
@@ -37,7 +38,6 @@ from headwater.query_service.services.unlearning import (
 )
 from headwater.query_service.sql.policy import SqlLimits
 from headwater.query_service.sql.reader import SqlReader
-from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
 

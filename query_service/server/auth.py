@@ -26,10 +26,10 @@ from typing import Any
 
 import grpc
 
+from headwater.errors import ConfigError
 from headwater.producers.transports.channel import file_mode_problem
 from headwater.query_service.server.handlers import handler_like
 from headwater.query_service.server.principal import bound
-from headwater.stream_processors.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
+from headwater.errors import HeadwaterError
 from headwater.query_service.settings import Settings
 from headwater.stream_processors.dsn import parse_dsn
-from headwater.stream_processors.errors import HeadwaterError
 
 
 def clickhouse_ping_url(dsn: str) -> str | None:

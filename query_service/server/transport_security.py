@@ -11,13 +11,13 @@ from typing import Any
 
 import grpc
 
+from headwater.errors import ConfigError
 from headwater.producers.transports.channel import (
     host_of,
     is_loopback_host,
     read_setting_file,
 )
 from headwater.query_service.server.auth import TokenFile
-from headwater.stream_processors.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -8,17 +8,16 @@ from contextlib import contextmanager
 import grpc
 import numpy as np
 
+from headwater.errors import AttributionError, BadRowKey, NotFound
 from headwater.query_service.attribution.engine import AttributionEngine
 from headwater.query_service.attribution.knn_shapley import knn_shapley
 from headwater.query_service.attribution.raw_features import raw_features_gradient
 from headwater.query_service.attribution.scoring import (
-    AttributionError,
-    NotFound,
     Result,
     TestGradient,
     unsign,
 )
-from headwater.query_service.lineage.graph import BadRowKey, LineageGraph
+from headwater.query_service.lineage.graph import LineageGraph
 from headwater.stream_processors.gradients import DTYPES, NP_DTYPE
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from headwater.errors import ConfigError
 from headwater.query_service.attribution.engine import AttributionEngine
 from headwater.query_service.compliance.builder import ReportError, build_report
 from headwater.query_service.compliance.config import (
@@ -15,7 +16,6 @@ from headwater.query_service.compliance.log_reader import verify_stored_log
 from headwater.query_service.compliance.signing import load_private_key, report_text, seal
 from headwater.query_service.lineage.graph import BadRowKey
 from headwater.query_service.services.attribution import lineage_conflict
-from headwater.stream_processors.errors import ConfigError
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
 

@@ -15,11 +15,11 @@ from datetime import datetime, timezone
 import grpc
 from google.protobuf.message import DecodeError
 
+from headwater.errors import StoreError
 from headwater.producers.transports.base import Ack, Record, Sink
 from headwater.query_service.server import principal as principals
 from headwater.query_service.server.auth import payload_refusal
 from headwater.stream_processors.decode import Rejected
-from headwater.stream_processors.errors import StoreError
 from headwater.stream_processors.rows import dead_letter_rows
 from headwater.stream_processors.sink import EventSink
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc

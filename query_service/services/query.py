@@ -7,9 +7,9 @@ import json
 
 import grpc
 
+from headwater.errors import StoreError
 from headwater.query_service.sql.policy import SqlRefused
 from headwater.query_service.sql.reader import SqlBusy, SqlReader
-from headwater.stream_processors.errors import StoreError
 from headwater.v1 import query_pb2, query_pb2_grpc
 
 DEFAULT_MAX_ROWS = 10_000

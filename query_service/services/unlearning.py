@@ -10,8 +10,8 @@ from contextlib import contextmanager
 
 import grpc
 
+from headwater.errors import PublishError, StoreError
 from headwater.producers.envelope import EnvelopeBuilder, default_producer_id
-from headwater.producers.errors import PublishError
 from headwater.producers.publisher import Publisher
 from headwater.query_service.lineage.forgetting import (
     TargetError,
@@ -24,9 +24,8 @@ from headwater.query_service.lineage.forgetting import (
 )
 from headwater.query_service.lineage.graph import BadRowKey, LineageGraph, UnknownNode
 from headwater.query_service.server.principal import describe
-from headwater.stream_processors.errors import StoreError
 from headwater.stream_processors.store import Store
-from headwater.stream_processors.validate import Invalid, validate_event
+from headwater.stream_processors.validate import InvalidEvent, validate_event
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 PublisherFor = Callable[[str], Publisher]  # run id -> a publisher writing to the event log
@@ -69,7 +68,7 @@ def _check_event(run_id: str, event: events_pb2.ForgetRequested) -> None:
     service's hash chain."""
     try:
         validate_event(EnvelopeBuilder(run_id, "headwater-service-check").wrap(event))
-    except Invalid as exc:
+    except InvalidEvent as exc:
         raise TargetError(f"the request cannot be recorded: {exc}") from exc
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
+from headwater.errors import SqlRefused
+
 # Read statements accepted at the root of the parse tree.
 READ_ROOTS = frozenset({"SelectWithUnionQuery", "SelectIntersectExceptQuery", "DescribeQuery",
                         "ShowTables"})
@@ -87,9 +89,6 @@ class SqlLimits:
     max_rows: int = 100_000
     concurrent: int = 2
 
-
-class SqlRefused(ValueError):
-    """The statement is not a safe read; the message names what was refused."""
 
 
 @dataclass

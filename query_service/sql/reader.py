@@ -20,8 +20,8 @@ from typing import Any
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from headwater.errors import SqlBusy, StoreError
 from headwater.query_service.sql.policy import SqlLimits, SqlRefused, check_statement
-from headwater.stream_processors.errors import StoreError
 from headwater.stream_processors.store import Store
 
 
@@ -31,9 +31,6 @@ class SqlResult:
     rows: list[tuple]
     truncated: bool
 
-
-class SqlBusy(RuntimeError):
-    """Every SQL slot is taken; the caller should retry later."""
 
 
 def one_statement(sql: str) -> str:

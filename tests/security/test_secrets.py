@@ -28,6 +28,7 @@ from secure_serve import (
 )
 
 from conftest import Serve, free_port, run_headwater, stop
+from headwater.errors import ConfigError
 from headwater.producers import GrpcTransport, Publisher
 from headwater.producers.transports.channel import (
     ChannelConfigError,
@@ -36,7 +37,6 @@ from headwater.producers.transports.channel import (
 )
 from headwater.query_service.server.auth import Principal, Role, TokenFile, hash_token
 from headwater.query_service.server.transport_security import ServerSecurity, server_credentials
-from headwater.stream_processors.errors import ConfigError
 from headwater.v1 import query_pb2, query_pb2_grpc
 
 PROXY_VARIABLES = ("grpc_proxy", "https_proxy", "http_proxy", "GRPC_PROXY", "HTTPS_PROXY",
