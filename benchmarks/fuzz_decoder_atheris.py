@@ -30,9 +30,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 with atheris.instrument_imports():
     from headwater.producers.transports.base import Record
-    from headwater.stream_processors.decode import Accepted, Rejected, decode_record
-    from headwater.stream_processors.derived import DERIVED
-    from headwater.stream_processors.rows import event_rows
+    from headwater.stream_processors.processors.decode import Accepted, Rejected, decode_record
+    from headwater.stream_processors.processors.derived import DERIVED
+    from headwater.stream_processors.processors.rows import event_rows
 
 from headwater.producers.envelope import EnvelopeBuilder, event_hash  # noqa: E402
 from headwater.v1 import events_pb2  # noqa: E402

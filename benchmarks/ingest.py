@@ -201,9 +201,9 @@ import sys, tempfile, time
 sys.path.insert(0, sys.argv[3])
 from ingest import payload_factory
 from headwater.producers.envelope import EnvelopeBuilder
-from headwater.stream_processors.decode import Accepted
+from headwater.stream_processors.processors.decode import Accepted
 from headwater.producers.transports.base import Record
-from headwater.stream_processors.gradients import gradient_rows
+from headwater.stream_processors.processors.gradients import gradient_rows
 from headwater.stream_processors.store import Store
 kind, n = sys.argv[1], int(sys.argv[2])
 payload, env = payload_factory(kind, seed=3), EnvelopeBuilder("ceiling", "ceiling")

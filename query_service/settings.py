@@ -12,12 +12,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from headwater.query_service.redaction import redact_config
 from headwater.query_service.sql.policy import SqlLimits
 from headwater.stream_processors.dsn import redact_dsn
+from headwater.stream_processors.processors.validate import Limits
 from headwater.stream_processors.retention import (
     DEFAULT_EVENTS_RETENTION_DAYS,
     MIN_EVENTS_RETENTION_DAYS,
     retention_problem,
 )
-from headwater.stream_processors.validate import Limits
 
 
 class Settings(BaseSettings):

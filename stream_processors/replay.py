@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from headwater.errors import StoreError
 from headwater.producers.transports.base import Record
-from headwater.stream_processors.derived import DERIVED
-from headwater.stream_processors.gradients import part_matrix
+from headwater.stream_processors.processors.derived import DERIVED
+from headwater.stream_processors.processors.gradients import part_matrix
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
 

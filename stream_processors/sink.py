@@ -14,15 +14,15 @@ import pyarrow as pa
 
 from headwater.producers import telemetry
 from headwater.producers.transports.base import Ack, Record
-from headwater.stream_processors import chunks
-from headwater.stream_processors.batch_bounds import within_months
-from headwater.stream_processors.decode import Accepted, Rejected, decode_batch
-from headwater.stream_processors.derived import DERIVED
-from headwater.stream_processors.first_write import screen
-from headwater.stream_processors.gradients import curvature_parts
-from headwater.stream_processors.rows import dead_letter_rows, event_rows, receipt_rows
+from headwater.stream_processors.processors import chunks
+from headwater.stream_processors.processors.batch_bounds import within_months
+from headwater.stream_processors.processors.decode import Accepted, Rejected, decode_batch
+from headwater.stream_processors.processors.derived import DERIVED
+from headwater.stream_processors.processors.first_write import screen
+from headwater.stream_processors.processors.gradients import curvature_parts
+from headwater.stream_processors.processors.rows import dead_letter_rows, event_rows, receipt_rows
+from headwater.stream_processors.processors.validate import DEFAULT_LIMITS, Limits
 from headwater.stream_processors.store import Store
-from headwater.stream_processors.validate import DEFAULT_LIMITS, Limits
 
 # How far a producer's clock may run ahead of the server's for the sketch's dedupe to hold.
 SKETCH_SKEW = timedelta(days=1)

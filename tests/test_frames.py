@@ -19,7 +19,7 @@ from headwater.producers.tracking import TrackedArray, Tracker
 from headwater.producers.tracking.frames import TrackedFrame, encode_ranges, merge, pair_rowmap
 from headwater.producers.tracking.sources import track_dataframe
 from headwater.stream_processors.lineage_resolve import OpView, trace_each
-from headwater.stream_processors.validate import validate_event
+from headwater.stream_processors.processors.validate import validate_event
 from headwater.v1 import events_pb2
 
 Key = tuple[str, int]

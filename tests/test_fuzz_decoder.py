@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from headwater.producers.envelope import EnvelopeBuilder, event_hash
 from headwater.producers.transports.base import Record
-from headwater.stream_processors.decode import Rejected, decode_record
+from headwater.stream_processors.processors.decode import Rejected, decode_record
+from headwater.stream_processors.processors.validate import DEFAULT_LIMITS, MAX_ID_LEN
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
-from headwater.stream_processors.validate import DEFAULT_LIMITS, MAX_ID_LEN
 from headwater.v1 import events_pb2
 
 SQL = [

@@ -116,8 +116,8 @@ def test_corrupt_chunk_set_is_dead_lettered(store: Store) -> None:
 
 def test_a_record_whose_processing_raises_is_isolated(store: Store,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from headwater.stream_processors import derived as derived_module
-    from headwater.stream_processors import rows as rows_module
+    from headwater.stream_processors.processors import derived as derived_module
+    from headwater.stream_processors.processors import rows as rows_module
 
     real = rows_module.source_rows
 

@@ -35,7 +35,7 @@ from headwater.producers.tracking.sources import (
     track_dataframe,
     track_tensor,
 )
-from headwater.stream_processors.validate import validate_event
+from headwater.stream_processors.processors.validate import validate_event
 from headwater.v1 import events_pb2
 
 

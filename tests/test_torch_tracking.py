@@ -37,7 +37,7 @@ from headwater.producers.tracking.torch import (  # noqa: E402
     track_tensor,
     tracked_loader,
 )
-from headwater.stream_processors.validate import validate_event  # noqa: E402
+from headwater.stream_processors.processors.validate import validate_event  # noqa: E402
 from headwater.v1 import events_pb2  # noqa: E402
 
 BATCH_LEVEL = events_pb2.OpRecorded.BATCH_LEVEL

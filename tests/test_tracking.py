@@ -19,7 +19,7 @@ from headwater.producers import rowmap
 from headwater.producers.envelope import EnvelopeBuilder
 from headwater.producers.tracking import TrackedArray, Tracker, row_keys, rows_segments
 from headwater.stream_processors.lineage_resolve import trace
-from headwater.stream_processors.validate import validate_event
+from headwater.stream_processors.processors.validate import validate_event
 from headwater.v1 import events_pb2
 
 # ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from headwater.producers.envelope import EnvelopeBuilder, event_hash
 from headwater.producers.transports.base import Record
-from headwater.stream_processors.decode import Accepted, Rejected, decode_record
+from headwater.stream_processors.processors.decode import Accepted, Rejected, decode_record
 from headwater.v1 import events_pb2
 
 

@@ -44,7 +44,7 @@ from headwater.query_service.attribution.scoring import (
     version_block,
 )
 from headwater.query_service.lineage.graph import LineageGraph, UnknownNode
-from headwater.stream_processors.gradients import NP_DTYPE, part_matrix
+from headwater.stream_processors.processors.gradients import NP_DTYPE, part_matrix
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
 

@@ -18,7 +18,7 @@ from headwater.query_service.attribution.scoring import (
     unsign,
 )
 from headwater.query_service.lineage.graph import LineageGraph
-from headwater.stream_processors.gradients import DTYPES, NP_DTYPE
+from headwater.stream_processors.processors.gradients import DTYPES, NP_DTYPE
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
 

@@ -19,8 +19,8 @@ from headwater.errors import StoreError
 from headwater.producers.transports.base import Ack, Record, Sink
 from headwater.query_service.server import principal as principals
 from headwater.query_service.server.auth import payload_refusal
-from headwater.stream_processors.decode import Rejected
-from headwater.stream_processors.rows import dead_letter_rows
+from headwater.stream_processors.processors.decode import Rejected
+from headwater.stream_processors.processors.rows import dead_letter_rows
 from headwater.stream_processors.sink import EventSink
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 

@@ -24,8 +24,8 @@ from headwater.query_service.lineage.forgetting import (
 )
 from headwater.query_service.lineage.graph import BadRowKey, LineageGraph, UnknownNode
 from headwater.query_service.server.principal import describe
+from headwater.stream_processors.processors.validate import InvalidEvent, validate_event
 from headwater.stream_processors.store import Store
-from headwater.stream_processors.validate import InvalidEvent, validate_event
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 PublisherFor = Callable[[str], Publisher]  # run id -> a publisher writing to the event log

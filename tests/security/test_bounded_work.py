@@ -15,10 +15,10 @@ from conftest import Serve
 from headwater.producers.envelope import EnvelopeBuilder, event_hash
 from headwater.producers.transports.base import Record
 from headwater.producers.transports.grpc import GrpcTransport
-from headwater.stream_processors.gradients import part_matrix
+from headwater.stream_processors.processors.gradients import part_matrix
+from headwater.stream_processors.processors.validate import Limits
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
-from headwater.stream_processors.validate import Limits
 from headwater.v1 import events_pb2
 
 

@@ -6,9 +6,14 @@ import json
 
 import pyarrow as pa
 
-from headwater.stream_processors.decode import Accepted
-from headwater.stream_processors.gradients import _of, _table, _ts, row_nodes
-from headwater.stream_processors.rows import TS, _micros
+from headwater.stream_processors.processors.decode import Accepted
+from headwater.stream_processors.processors.gradients import (
+    arrow_table,
+    of_payload,
+    row_nodes,
+    ts_column,
+)
+from headwater.stream_processors.processors.rows import TS, micros
 from headwater.v1 import events_pb2
 
 REMOVED_VIA = ("row", "join")  # rows that are removed; "aggregation" is only reported
@@ -47,9 +52,9 @@ def method_name(value: int) -> str:
 
 
 def forget_request_rows(batch: list[Accepted]) -> pa.Table:
-    found = _of(batch, "forget_requested")
+    found = of_payload(batch, "forget_requested")
     ps = [e.forget_requested for e in found]
-    return _table(FORGET_SCHEMA, {
+    return arrow_table(FORGET_SCHEMA, {
         "request_id": [p.request_id for p in ps], "run_id": [e.run_id for e in found],
         "model_id": [p.model_id for p in ps],
         "source_ids": [list(p.target.source_ids) for p in ps],
@@ -62,7 +67,7 @@ def forget_request_rows(batch: list[Accepted]) -> pa.Table:
         "affected_rows": [sum(len(a.rows.rows) for a in p.affected) for p in ps],
         "affected_via": [_via_counts(p) for p in ps],
         "event_id": [e.event_id for e in found],
-        "requested_at": _ts([_micros(e.emitted_at) for e in found]),
+        "requested_at": ts_column([micros(e.emitted_at) for e in found]),
     })
 
 
@@ -74,7 +79,7 @@ def _via_counts(p: events_pb2.ForgetRequested) -> list[tuple[str, int]]:
 
 
 def unlearning_applied_rows(batch: list[Accepted]) -> pa.Table:
-    found = _of(batch, "unlearning_applied")
+    found = of_payload(batch, "unlearning_applied")
     ps = [e.unlearning_applied for e in found]
     columns: dict[str, object] = {
         "request_id": [p.request_id for p in ps], "run_id": [e.run_id for e in found],
@@ -86,17 +91,17 @@ def unlearning_applied_rows(batch: list[Accepted]) -> pa.Table:
         "rows_forgotten": [p.rows_forgotten for p in ps],
         "duration_seconds": [p.duration_seconds for p in ps],
         "event_id": [e.event_id for e in found],
-        "applied_at": _ts([_micros(e.emitted_at) for e in found]),
+        "applied_at": ts_column([micros(e.emitted_at) for e in found]),
     }
     for name in _VERIFICATION:
         columns[name] = [getattr(p.verification, name) for p in ps]
-    return _table(APPLIED_SCHEMA, columns)
+    return arrow_table(APPLIED_SCHEMA, columns)
 
 
 def forgotten_rows(batch: list[Accepted]) -> pa.Table:
     """Tombstones: the removed training-row keys of every ForgetRequested."""
     cols: dict[str, list] = {f.name: [] for f in FORGOTTEN_SCHEMA}
-    for e in _of(batch, "forget_requested"):
+    for e in of_payload(batch, "forget_requested"):
         p = e.forget_requested
         for a in p.affected:
             if a.via not in REMOVED_VIA:
@@ -107,6 +112,6 @@ def forgotten_rows(batch: list[Accepted]) -> pa.Table:
             cols["model_id"] += [p.model_id] * n
             cols["request_id"] += [p.request_id] * n
             cols["via"] += [a.via] * n
-            cols["forgotten_at"] += [_micros(e.emitted_at)] * n
-    cols["forgotten_at"] = _ts(cols["forgotten_at"])  # type: ignore[assignment]
-    return _table(FORGOTTEN_SCHEMA, cols)
+            cols["forgotten_at"] += [micros(e.emitted_at)] * n
+    cols["forgotten_at"] = ts_column(cols["forgotten_at"])  # type: ignore[assignment]
+    return arrow_table(FORGOTTEN_SCHEMA, cols)

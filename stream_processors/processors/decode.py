@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from headwater.producers.transports.base import Record
-from headwater.stream_processors.validate import (
+from headwater.stream_processors.processors.validate import (
     DEFAULT_LIMITS,
     InvalidEvent,
     Limits,

@@ -6,14 +6,18 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
-from headwater.stream_processors.decode import Accepted
-from headwater.stream_processors.gradients import (
+from headwater.stream_processors.processors.decode import Accepted
+from headwater.stream_processors.processors.gradients import (
     gradient_rows,
     model_version_rows,
     prediction_rows,
 )
-from headwater.stream_processors.rows import lineage_node_rows, lineage_op_rows, source_rows
-from headwater.stream_processors.unlearning import (
+from headwater.stream_processors.processors.rows import (
+    lineage_node_rows,
+    lineage_op_rows,
+    source_rows,
+)
+from headwater.stream_processors.processors.unlearning import (
     forget_request_rows,
     forgotten_rows,
     unlearning_applied_rows,

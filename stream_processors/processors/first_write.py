@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from headwater.stream_processors.decode import Accepted, Rejected
+from headwater.stream_processors.processors.decode import Accepted, Rejected
 
 
 @dataclass(frozen=True)

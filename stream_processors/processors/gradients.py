@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from headwater.stream_processors.decode import Accepted
-from headwater.stream_processors.rows import TS, _micros
+from headwater.stream_processors.processors.decode import Accepted
+from headwater.stream_processors.processors.rows import TS, micros, ts_column
 from headwater.v1 import events_pb2
 
 DTYPES = {events_pb2.FLOAT16: ("float16", "<f2"), events_pb2.FLOAT32: ("float32", "<f4"),
@@ -60,19 +60,15 @@ CURVATURE_SCHEMA = pa.schema([
 ])
 
 
-def _of(batch: list[Accepted], payload: str) -> list[events_pb2.Event]:
+def of_payload(batch: list[Accepted], payload: str) -> list[events_pb2.Event]:
     return [a.event for a in batch if a.event.WhichOneof("payload") == payload]
 
 
-def _table(schema: pa.Schema, columns: dict[str, object]) -> pa.Table:
+def arrow_table(schema: pa.Schema, columns: dict[str, object]) -> pa.Table:
     return pa.Table.from_arrays(
         [c if isinstance(c, pa.Array) else pa.array(c, f.type)
          for c, f in zip((columns[f.name] for f in schema), schema, strict=True)],
         schema=schema)
-
-
-def _ts(micros: list[int]) -> pa.Array:
-    return pa.array(micros, pa.int64()).cast(TS)
 
 
 def row_nodes(keys: events_pb2.RowKeys) -> list[str]:
@@ -84,9 +80,9 @@ def row_nodes(keys: events_pb2.RowKeys) -> list[str]:
 
 def model_version_rows(batch: list[Accepted]) -> pa.Table:
     """One `model_versions` row per ModelVersionRecorded."""
-    found = _of(batch, "model_version_recorded")
+    found = of_payload(batch, "model_version_recorded")
     ps = [e.model_version_recorded for e in found]
-    return _table(MODEL_VERSIONS_SCHEMA, {
+    return arrow_table(MODEL_VERSIONS_SCHEMA, {
         "model_id": [p.model_id for p in ps], "version": [p.version for p in ps],
         "parent_version": [p.parent_version for p in ps],
         "parameter_hash": [p.parameter_hash for p in ps], "step": [p.step for p in ps],
@@ -94,7 +90,7 @@ def model_version_rows(batch: list[Accepted]) -> pa.Table:
         "parameter_count": [p.parameter_count for p in ps],
         "checkpoint_uri": [p.checkpoint_uri for p in ps],
         "run_id": [e.run_id for e in found], "event_id": [e.event_id for e in found],
-        "recorded_at": _ts([_micros(e.emitted_at) for e in found]),
+        "recorded_at": ts_column([micros(e.emitted_at) for e in found]),
     })
 
 
@@ -110,7 +106,7 @@ def _binary_rows(data: list[bytes], row_bytes: list[int], counts: list[int]) -> 
 
 def gradient_rows(batch: list[Accepted]) -> pa.Table:
     """One `gradients` row per training row of every GradientBatch."""
-    found = _of(batch, "gradient_batch")
+    found = of_payload(batch, "gradient_batch")
     cols: dict[str, list] = {f.name: [] for f in GRADIENTS_SCHEMA}
     data, row_bytes, counts = [], [], []
     for e in found:
@@ -134,19 +130,19 @@ def gradient_rows(batch: list[Accepted]) -> pa.Table:
             ("output_function", p.output_function or "margin"),
             ("projection_id", p.projection.projection_id), ("dim", p.dim),
             ("dtype", dtype_name), ("run_id", e.run_id), ("event_id", e.event_id),
-            ("recorded_at", _micros(e.emitted_at)),
+            ("recorded_at", micros(e.emitted_at)),
         ):
             cols[name] += [value] * n
     cols["gradient"] = _binary_rows(data, row_bytes, counts)  # type: ignore[assignment]
-    cols["recorded_at"] = _ts(cols["recorded_at"])  # type: ignore[assignment]
-    return _table(GRADIENTS_SCHEMA, cols)
+    cols["recorded_at"] = ts_column(cols["recorded_at"])  # type: ignore[assignment]
+    return arrow_table(GRADIENTS_SCHEMA, cols)
 
 
 def prediction_rows(batch: list[Accepted]) -> pa.Table:
     """One `predictions` row per PredictionRecorded."""
-    found = _of(batch, "prediction_recorded")
+    found = of_payload(batch, "prediction_recorded")
     ps = [e.prediction_recorded for e in found]
-    return _table(PREDICTIONS_SCHEMA, {
+    return arrow_table(PREDICTIONS_SCHEMA, {
         "prediction_id": [p.prediction_id for p in ps], "model_id": [p.model_id for p in ps],
         "model_version": [p.model_version for p in ps], "output": [list(p.output) for p in ps],
         "predicted_label": [p.predicted_label for p in ps],
@@ -158,7 +154,7 @@ def prediction_rows(batch: list[Accepted]) -> pa.Table:
         "input_node_ids": [row_nodes(p.input_rows) for p in ps],
         "input_rows": [list(p.input_rows.rows) for p in ps],
         "run_id": [e.run_id for e in found], "event_id": [e.event_id for e in found],
-        "recorded_at": _ts([_micros(e.emitted_at) for e in found]),
+        "recorded_at": ts_column([micros(e.emitted_at) for e in found]),
     })
 
 
@@ -212,7 +208,7 @@ def curvature_parts(batch: list[Accepted], counted: set[str], now_us: int) -> pa
     part per (model, version, kind, projection). float64 accumulation: parts are summed
     later. Pure and total: it never raises on a validated event."""
     parts: dict[tuple[str, str, str, str, int], _Part] = {}
-    for e in _of(batch, "gradient_batch"):
+    for e in of_payload(batch, "gradient_batch"):
         if e.event_id in counted:
             continue
         p = e.gradient_batch
@@ -233,7 +229,7 @@ def curvature_parts(batch: list[Accepted], counted: set[str], now_us: int) -> pa
     keys = list(parts)
     ps = [parts[k] for k in keys]
     layouts = [p.stored() for p in ps]
-    return _table(CURVATURE_SCHEMA, {
+    return arrow_table(CURVATURE_SCHEMA, {
         "model_id": [k[0] for k in keys], "model_version": [k[1] for k in keys],
         "kind": [k[2] for k in keys], "projection_id": [p.projection_id for p in ps],
         "dim": [p.dim for p in ps], "rows": [p.rows for p in ps],
@@ -243,5 +239,5 @@ def curvature_parts(batch: list[Accepted], counted: set[str], now_us: int) -> pa
         "event_ids": [p.event_ids for p in ps],
         "part_id": [hashlib.sha256("\0".join(sorted(p.event_ids)).encode()).hexdigest()[:32]
                     for p in ps],
-        "created_at": _ts([now_us] * len(ps)),
+        "created_at": ts_column([now_us] * len(ps)),
     })

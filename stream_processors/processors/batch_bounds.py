@@ -8,7 +8,7 @@ naming the field, and the rest is stored.
 
 from __future__ import annotations
 
-from headwater.stream_processors.decode import Accepted, Rejected
+from headwater.stream_processors.processors.decode import Accepted, Rejected
 
 
 def within_months(accepted: list[Accepted], max_months: int

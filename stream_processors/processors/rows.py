@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import pyarrow as pa
 
-from headwater.stream_processors.decode import Accepted, Rejected
+from headwater.stream_processors.processors.decode import Accepted, Rejected
 from headwater.v1 import events_pb2
 
 TS = pa.timestamp("us", tz="UTC")
@@ -57,11 +57,11 @@ def _schema_json(columns: tuple[tuple[str, str, bool], ...]) -> str:
     return json.dumps([{"name": n, "dtype": t, "personal": p} for n, t, p in columns])
 
 
-def _micros(event_ts) -> int:  # google.protobuf.Timestamp -> microseconds since epoch
+def micros(event_ts) -> int:  # google.protobuf.Timestamp -> microseconds since epoch
     return event_ts.seconds * 1_000_000 + event_ts.nanos // 1000
 
 
-def _ts_column(micros: list[int]) -> pa.Array:
+def ts_column(micros: list[int]) -> pa.Array:
     return pa.array(micros, pa.int64()).cast(TS)
 
 
@@ -77,7 +77,7 @@ def event_rows(batch: list[Accepted], transport: str, now: datetime) -> pa.Table
         [e.producer_id for e in events],
         [e.run_id for e in events],
         [e.seq for e in events],
-        _ts_column([_micros(e.emitted_at) for e in events]),
+        ts_column([micros(e.emitted_at) for e in events]),
         [e.WhichOneof("payload") for e in events],
         [e.prev_hash for e in events],
         [e.hash for e in events],
@@ -87,7 +87,7 @@ def event_rows(batch: list[Accepted], transport: str, now: datetime) -> pa.Table
         [r.topic for r in records],
         [r.partition for r in records],
         [r.offset for r in records],
-        _ts_column([now_us] * n),
+        ts_column([now_us] * n),
         [r.principal for r in records],
     ]
     return pa.Table.from_arrays(
@@ -109,7 +109,7 @@ def receipt_rows(batch: list[Accepted], transport: str, now: datetime) -> pa.Tab
         pa.array([e.seq for e in events], pa.uint64()),
         pa.array([a.record.principal for a in batch], pa.string()),
         pa.array([transport] * len(batch), pa.string()),
-        _ts_column([int(now.timestamp() * 1_000_000)] * len(batch)),
+        ts_column([int(now.timestamp() * 1_000_000)] * len(batch)),
     ], schema=RECEIPTS_SCHEMA)
 
 
@@ -132,7 +132,7 @@ def source_rows(batch: list[Accepted]) -> pa.Table:
         [e.run_id for e in found],
         [e.producer_id for e in found],
         [e.event_id for e in found],
-        _ts_column([_micros(e.emitted_at) for e in found]),
+        ts_column([micros(e.emitted_at) for e in found]),
     ]
     return pa.Table.from_arrays(
         [c if isinstance(c, pa.Array) else pa.array(c, f.type)
@@ -201,7 +201,7 @@ def lineage_node_rows(batch: list[Accepted]) -> pa.Table:
         else:
             continue
         rows[-1].update(run_id=e.run_id, event_id=e.event_id,
-                        recorded_at=_micros(e.emitted_at))
+                        recorded_at=micros(e.emitted_at))
     table = pa.Table.from_pylist(rows, schema=NODES_SCHEMA.set(
         NODES_SCHEMA.get_field_index("recorded_at"), pa.field("recorded_at", pa.int64())))
     return table.set_column(table.schema.get_field_index("recorded_at"), "recorded_at",
@@ -232,7 +232,7 @@ def lineage_op_rows(batch: list[Accepted]) -> pa.Table:
             "code_version": o.code_version, "segments": len(o.row_map.segments),
             "row_map": o.row_map.SerializeToString(deterministic=True), "run_id": e.run_id,
             "producer_id": e.producer_id, "event_id": e.event_id,
-            "recorded_at": _micros(e.emitted_at),
+            "recorded_at": micros(e.emitted_at),
             "columns_json": _columns_json(o.columns) if o.columns else "[]",
             "output_columns": list(o.output_columns),
         })
