@@ -13,7 +13,9 @@ named in `remote_servers` with Keeper for distributed DDL:
   ReplacingMergeTree's collapse (and `FINAL`) stays correct per shard.
 - `CREATE VIEW v` gains `ON CLUSTER c`; it reads the Distributed tables by their names.
 - `ALTER TABLE t` of columns runs on `t_local` and on `t`; any other ALTER (TTL, settings,
-  mutations) only on `t_local`, the table that holds data.
+  mutations) only on `t_local`, the table that holds data; a column added and appended to
+  the sorting key in one ALTER (`ADD COLUMN c, MODIFY ORDER BY (..., c)`) runs whole on
+  `t_local`, its column changes on `t`.
 - Anything else (materialized views, other engines, DROP, INSERT) is refused by name: it
   needs a hand-written cluster form, not a guess.
 """
@@ -39,6 +41,7 @@ _ENGINE = re.compile(r"^\s*ENGINE\s*=\s*(\w+)\s*", re.I)
 _ORDER_BY = re.compile(r"\bORDER\s+BY\s+(.+?)(?=\s+(?:PARTITION\s+BY|PRIMARY\s+KEY|SAMPLE\s+BY"
                        r"|TTL|SETTINGS)\b|\s*$)", re.I | re.S)
 _COLUMN_COMMAND = re.compile(r"^(ADD|DROP|MODIFY|RENAME|COMMENT)\s+COLUMN\b", re.I)
+_ORDER_BY_COMMAND = re.compile(r"^MODIFY\s+ORDER\s+BY\b", re.I)
 
 
 
@@ -139,6 +142,13 @@ def _alter_table(table: str, commands_text: str, cluster: str) -> list[str]:
     local = f"ALTER TABLE {local_name(table)} ON CLUSTER {cluster} {commands_text.strip()}"
     if all(column_ops):
         return [local, f"ALTER TABLE {table} ON CLUSTER {cluster} {commands_text.strip()}"]
+    if any(column_ops) and all(ok or _ORDER_BY_COMMAND.match(c)
+                               for c, ok in zip(commands, column_ops, strict=True)):
+        # columns added and appended to the sorting key in one ALTER (ClickHouse allows no
+        # other way): all of it on the local table, the column changes on the Distributed
+        columns_only = ", ".join(c.strip() for c, ok in zip(commands, column_ops, strict=True)
+                                 if ok)
+        return [local, f"ALTER TABLE {table} ON CLUSTER {cluster} {columns_only}"]
     if any(column_ops):
         raise ClusterSchemaError(
             f"ALTER TABLE {table} mixes column changes with other commands; in cluster mode "

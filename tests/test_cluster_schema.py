@@ -103,6 +103,13 @@ def test_cluster_variant_statement_by_statement(store: Store) -> None:
                 # data-skipping indexes and TTLs live on the replicated local tables only
                 name = head.split()[2]
                 assert [c.split()[2] for c in canon] == [f"{name}_local"]
+            elif head.startswith("ALTER TABLE") and "MODIFY ORDER BY" in head:
+                # a column appended to the sorting key: whole on the local table, the
+                # column alone on the Distributed one
+                name = head.split()[2]
+                assert [c.split()[2] for c in canon] == [f"{name}_local", name]
+                assert canon[0].split("\n", 1)[1] == head.split("\n", 1)[1]
+                assert "ADD COLUMN" in canon[1] and "ORDER BY" not in canon[1]
             elif head.startswith("ALTER TABLE"):
                 name = head.split()[2]
                 assert [c.split()[2] for c in canon] == [f"{name}_local", name]

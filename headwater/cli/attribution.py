@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from headwater.cli.common import call, channel, listen_option, out
+from headwater.cli.common import call, channel, listen_option, out, run_option
 from headwater.errors import HeadwaterError
 
 _AGGREGATE_BY = {"row": "BY_ROW", "source": "BY_SOURCE", "file": "BY_SOURCE_FILE", "op": "BY_OP"}
@@ -25,12 +25,18 @@ _AGGREGATE_BY = {"row": "BY_ROW", "source": "BY_SOURCE", "file": "BY_SOURCE_FILE
 @click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True)
 @click.option("--neighbours", type=click.IntRange(1), default=5, show_default=True,
               help="K of KNN-Shapley")
+@run_option(help="The run that recorded PREDICTION_ID (needed when the id was recorded in "
+                 "several runs); only that run's training rows are scored")
 @listen_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per result line")
 def attribute(prediction_id: str, method: str, by: str, top_k: int, neighbours: int,
-              listen: str | None, as_json: bool) -> None:
+              run_id: str, listen: str | None, as_json: bool) -> None:
     """The training rows (with their source-file rows and ops) that most influenced
-    PREDICTION_ID; positive = the row raised the explained output."""
+    PREDICTION_ID; positive = the row raised the explained output.
+
+    Only the training rows of the prediction's own run count, at the model versions on
+    its version lineage: another run that reuses the model id or the source files never
+    contributes."""
     from headwater.v1 import query_pb2, query_pb2_grpc
 
     stub = query_pb2_grpc.AttributionStub(channel(listen))
@@ -38,11 +44,11 @@ def attribute(prediction_id: str, method: str, by: str, top_k: int, neighbours: 
     if method == "knn-shapley":
         response = call(stub.Value, query_pb2.ValueRequest(
             prediction_id=prediction_id, k_neighbours=neighbours, aggregation=aggregation,
-            top_k=top_k))
+            top_k=top_k, run_id=run_id))
         title = "KNN-Shapley value"
     else:
         response = call(stub.Attribute, query_pb2.AttributeRequest(
-            prediction_id=prediction_id, top_k=top_k, aggregation=aggregation,
+            prediction_id=prediction_id, top_k=top_k, aggregation=aggregation, run_id=run_id,
             method=query_pb2.TRACIN if method == "tracin" else query_pb2.INFLUENCE))
         title = f"{method} score"
     if by != "row":
@@ -91,7 +97,8 @@ def _parse_rows(spec: str, what: str) -> tuple[str, list[int]]:
 
 
 @click.command()
-@click.option("--run", "run_id", required=True, help="The training run")
+@run_option(required=True, help="The training run whose trainer applies the request; the "
+                                "target resolves to this run's training rows only")
 @click.option("--model", "model_id", required=True, help="The model to unlearn from")
 @click.option("--source", "sources", multiple=True, help="A source id: forget all its rows")
 @click.option("--source-rows", "source_rows", multiple=True,
@@ -113,7 +120,10 @@ def forget(run_id: str, model_id: str, sources: tuple[str, ...], source_rows: tu
            row_keys: tuple[str, ...], reason: str, method: str, verify_retrain: bool,
            wait: bool, timeout: float, listen: str | None, as_json: bool) -> None:
     """Ask the trainer of RUN to remove the influence of a source, source rows or training
-    rows from MODEL; prints the request id and every training row the target reaches."""
+    rows from MODEL; prints the request id and every training row the target reaches.
+
+    The target resolves within RUN: another run that trained the same model id on the
+    same source files is not touched (send it its own request)."""
     import grpc
     from google.protobuf.json_format import MessageToDict
 

@@ -40,6 +40,17 @@ def listen_option(f: F | None = None, *, help: str = LISTEN_HELP) -> Any:
     return decorator(f) if f is not None else decorator
 
 
+RUN_HELP = ("The training run. A model id, its version names, prediction ids and source "
+            "files may recur in other runs; answers never mix runs")
+
+
+def run_option(f: F | None = None, *, required: bool = False, help: str = RUN_HELP) -> Any:
+    """--run: the training run a query is scoped to (never mixed with another run's rows)."""
+    decorator = click.option("--run", "run_id", required=required, default=None if required
+                             else "", help=help)
+    return decorator(f) if f is not None else decorator
+
+
 def kafka_option(f: F) -> F:
     """--kafka-bootstrap: the Kafka brokers."""
     return click.option("--kafka-bootstrap", default=None,

@@ -19,6 +19,7 @@ from headwater.cli.common import (
     load_settings,
     open_reader,
     out,
+    run_option,
 )
 from headwater.errors import HeadwaterError
 
@@ -26,6 +27,10 @@ from headwater.errors import HeadwaterError
 @click.group()
 def lineage() -> None:
     """Row-level lineage from a running serve / query-service (gRPC at --listen)."""
+
+
+_RUN_HELP = ("Only answer for a node of this run (source nodes, named by their content, "
+             "belong to every run that registered them)")
 
 
 def _stub(listen: str | None) -> Any:
@@ -37,15 +42,16 @@ def _stub(listen: str | None) -> Any:
 @lineage.command("trace")
 @click.argument("node_id")
 @click.argument("rows", nargs=-1, type=int, required=True)
+@run_option(help=_RUN_HELP)
 @listen_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per row")
-def lineage_trace(node_id: str, rows: tuple[int, ...], listen: str | None,
+def lineage_trace(node_id: str, rows: tuple[int, ...], run_id: str, listen: str | None,
                   as_json: bool) -> None:
     """Source-file rows (and the ops in between) behind ROWS of NODE_ID."""
     from headwater.v1 import events_pb2, query_pb2
 
     response = call(_stub(listen).TraceRows, query_pb2.TraceRowsRequest(
-        rows=events_pb2.RowKeys(node_ids=[node_id], rows=list(rows))))
+        rows=events_pb2.RowKeys(node_ids=[node_id], rows=list(rows)), run_id=run_id))
     for t in response.traces:
         if as_json:
             click.echo(json.dumps({"node_id": t.node_id, "row": t.row, "ops": list(t.op_ids),
@@ -63,12 +69,13 @@ def lineage_trace(node_id: str, rows: tuple[int, ...], listen: str | None,
 
 @lineage.command("ops")
 @click.argument("node_id")
+@run_option(help=_RUN_HELP)
 @listen_option
-def lineage_ops(node_id: str, listen: str | None) -> None:
+def lineage_ops(node_id: str, run_id: str, listen: str | None) -> None:
     """The op chain that produced NODE_ID, oldest first."""
     from headwater.v1 import query_pb2
 
-    response = call(_stub(listen).Ops, query_pb2.NodeRequest(node_id=node_id))
+    response = call(_stub(listen).Ops, query_pb2.NodeRequest(node_id=node_id, run_id=run_id))
     table = Table("op", "name", "inputs", "output", "understood")
     for o in response.ops:
         table.add_row(o.op_id, o.op_name, ", ".join(o.input_node_ids), o.output_node_id,
@@ -78,14 +85,15 @@ def lineage_ops(node_id: str, listen: str | None) -> None:
 
 @lineage.command("describe")
 @click.argument("node_id")
+@run_option(help=_RUN_HELP)
 @listen_option
-def lineage_describe(node_id: str, listen: str | None) -> None:
+def lineage_describe(node_id: str, run_id: str, listen: str | None) -> None:
     """A node: source or op output, shape, columns, and its ancestors."""
     from headwater.v1 import query_pb2
 
     stub = _stub(listen)
-    node = call(stub.DescribeNode, query_pb2.NodeRequest(node_id=node_id))
-    ancestors = call(stub.Ancestors, query_pb2.NodeRequest(node_id=node_id))
+    node = call(stub.DescribeNode, query_pb2.NodeRequest(node_id=node_id, run_id=run_id))
+    ancestors = call(stub.Ancestors, query_pb2.NodeRequest(node_id=node_id, run_id=run_id))
     out.print(f"{node.node_id}: {node.kind}, shape {list(node.shape)}, run {node.run_id}"
               + (f", source {node.source_id}" if node.source_id else "")
               + (f", made by {node.produced_by_op}" if node.produced_by_op else ""))

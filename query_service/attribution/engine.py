@@ -15,11 +15,17 @@ Sign: positive = including the row raised the output f' being explained (the mar
 the explained label, or the regression output). A training row is a *source example*:
 the set of source rows it came from through row-wise ops (lineage `direct` rows), so the
 same example seen in several batches or epochs is one row of the result.
+
+Runs: everything is scoped to one training run. Two runs may share a model id, version
+names, prediction ids and source files; a prediction is scored against the gradient rows,
+curvature and tombstones of its own run only, and TracIn only over the versions on the
+prediction's version lineage (its version and its parent_version chain in that run).
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +54,9 @@ from headwater.stream_processors.processors.gradients import NP_DTYPE, part_matr
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
 
+# tombstones of the run's forget requests ('' = stored before tombstones named their run)
+_FORGOTTEN_IN_RUN = "run_id IN ({r:String}, '')"
+
 
 def _text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
@@ -62,40 +71,63 @@ class AttributionEngine:
         self.damping = damping  # 0: relative default, 1e-3 * mean curvature diagonal
         self.decay = decay
         self.block_rows = block_rows
-        self._models: dict[str, Model] = {}
+        self._models: dict[tuple[str, str], Model] = {}  # (model id, run id) -> model
+        self._parents: dict[tuple[str, str], dict[str, str]] = {}  # version -> parent
         self._lock = threading.Lock()
 
     # -- loading ---------------------------------------------------------------------------
 
-    def model(self, model_id: str) -> Model:
-        """The cached model, reloaded when its stored gradient row count changed."""
+    def run_of(self, model_id: str, run_id: str = "") -> str:
+        """`run_id`, or the one run that trained `model_id` (AttributionError when several
+        did: the caller must name one)."""
+        if run_id:
+            return run_id
+        runs = [r[0] for r in self.store.query(
+            "SELECT DISTINCT run_id FROM gradients WHERE model_id = {m:String} ORDER BY run_id",
+            {"m": model_id})]
+        if not runs:
+            raise NothingToAttribute(f"model {model_id!r} has no stored gradient rows")
+        if len(runs) > 1:
+            raise AttributionError(
+                f"model {model_id!r} was trained in {len(runs)} runs ({', '.join(runs[:5])}"
+                f"{', ...' if len(runs) > 5 else ''}); name the run (run_id, --run)")
+        return runs[0]
+
+    def model(self, model_id: str, run_id: str = "") -> Model:
+        """The cached model of one run (the model's only run when `run_id` is empty),
+        reloaded when its stored gradient row count changed."""
+        run = self.run_of(model_id, run_id)
         # Stored rows before deduplication: any insert (even a replay) changes it, and it
         # needs no FINAL merge, so checking it costs little on every query.
         # (Forgotten rows count too: a forget request changes what is scored.)
+        params = {"m": model_id, "r": run}
         rows = int(self.store.query(
-            "SELECT (SELECT count() FROM gradients WHERE model_id = {m:String}) * 1000003 + "
-            "(SELECT count() FROM forgotten_rows WHERE model_id = {m:String})",
-            {"m": model_id})[0][0])
+            "SELECT (SELECT count() FROM gradients WHERE model_id = {m:String} "
+            "AND run_id = {r:String}) * 1000003 + (SELECT count() FROM forgotten_rows "
+            f"WHERE model_id = {{m:String}} AND {_FORGOTTEN_IN_RUN})", params)[0][0])
         with self._lock:
-            cached = self._models.get(model_id)
+            cached = self._models.get((model_id, run))
             if cached is not None and cached.rows == rows:
                 return cached
             if rows < 1000003:
-                raise NothingToAttribute(f"model {model_id!r} has no stored gradient rows")
-            model = self._load(model_id, rows)
+                raise NothingToAttribute(f"model {model_id!r} has no stored gradient rows in "
+                                         f"run {run!r}")
+            model = self._load(model_id, run, rows)
             if not model.blocks:
-                raise NothingToAttribute(
-                    f"model {model_id!r} has no gradient rows left (all forgotten)")
-            self._models[model_id] = model
+                raise NothingToAttribute(f"model {model_id!r} has no gradient rows left in run "
+                                         f"{run!r} (all forgotten)")
+            self._models[(model_id, run)] = model
             return model
 
-    def _load(self, model_id: str, rows: int) -> Model:
+    def _load(self, model_id: str, run: str, rows: int) -> Model:
+        params = {"m": model_id, "r": run}
         t = self.store.query_arrow(
             "SELECT model_version, kind, node_id, row, step, learning_rate, loss_weight, "
             "curvature_weight, target, projection_id, dim, dtype, gradient "
-            "FROM gradients FINAL WHERE model_id = {m:String} AND (node_id, row) NOT IN "
-            "(SELECT node_id, row FROM forgotten_rows WHERE model_id = {m:String}) "
-            "ORDER BY model_version, kind, step, event_id, idx", {"m": model_id})
+            "FROM gradients FINAL WHERE model_id = {m:String} AND run_id = {r:String} "
+            "AND (node_id, row) NOT IN (SELECT node_id, row FROM forgotten_rows "
+            f"WHERE model_id = {{m:String}} AND {_FORGOTTEN_IN_RUN}) "
+            "ORDER BY model_version, kind, step, event_id, idx", params)
         version = np.array([_text(v) for v in t["model_version"].to_pylist()], dtype=object)
         kind = np.array([_text(v) for v in t["kind"].to_pylist()], dtype=object)
         node = np.array([_text(v) for v in t["node_id"].to_pylist()], dtype=object)
@@ -125,11 +157,27 @@ class AttributionEngine:
                                 col["curvature_weight"].astype(np.float64),
                                 col["learning_rate"].astype(np.float64),
                                 col["step"].astype(np.int64), col["target"], example_of[sel]))
-        versions = [_text(r[0]) for r in self.store.query(
-            "SELECT version FROM model_versions FINAL WHERE model_id = {m:String} "
-            "ORDER BY step, recorded_at", {"m": model_id})]
+        recorded = self.store.query(
+            "SELECT version, parent_version FROM model_versions FINAL WHERE model_id = {m:String}"
+            " AND run_id = {r:String} ORDER BY step, recorded_at", params)
+        versions = [_text(r[0]) for r in recorded]
+        self._parents[(model_id, run)] = {_text(v): _text(p) for v, p in recorded}
         versions += sorted({b.version for b in blocks} - set(versions))
-        return Model(model_id, rows, blocks, examples, versions)
+        return Model(model_id, rows, blocks, examples, versions, run_id=run)
+
+    def lineage(self, model: Model, versions: list[str]) -> set[str]:
+        """The given versions and their ancestors (parent_version chains) in the model's
+        run; a version the run never recorded (no ModelVersionRecorded) stands for every
+        version of the run, as there is no chain to follow."""
+        parents = self._parents.get((model.model_id, model.run_id), {})
+        out: set[str] = set()
+        for v in versions:
+            if v not in parents:
+                return set(model.versions)
+            while v and v not in out:
+                out.add(v)
+                v = parents.get(v, "")
+        return out
 
     def _examples(self, node: np.ndarray, row: np.ndarray) -> tuple[list[Example], np.ndarray]:
         """Group training keys into source examples through lineage (direct rows)."""
@@ -168,12 +216,35 @@ class AttributionEngine:
             key_example[i] = ident[identity]
         return examples, key_example[inverse]
 
-    def test_gradients(self, prediction_id: str) -> tuple[str, list[TestGradient]]:
+    def test_gradients(self, prediction_id: str, run_id: str = ""
+                       ) -> tuple[str, list[TestGradient]]:
         """(model id, test gradient per recorded version) of a prediction."""
+        model_id, _, tests = self.prediction(prediction_id, run_id)
+        return model_id, tests
+
+    def prediction(self, prediction_id: str, run_id: str = ""
+                   ) -> tuple[str, str, list[TestGradient]]:
+        """(model id, run id, test gradient per recorded version) of a prediction: the one
+        recorded in `run_id`, or in the only run that recorded that id (AttributionError
+        when several did: prediction ids may recur across runs)."""
         rows = self.store.query(
-            "SELECT model_id, model_version, projection_id, dim, dtype, hex(test_gradients), "
-            "gradient_labels FROM predictions FINAL WHERE prediction_id = {p:String}",
+            "SELECT run_id, model_id, model_version, projection_id, dim, dtype, "
+            "hex(test_gradients), gradient_labels FROM predictions FINAL "
+            "WHERE prediction_id = {p:String} ORDER BY run_id, recorded_at",
             {"p": prediction_id})
+        runs = sorted({r[0] for r in rows})
+        if run_id:
+            if run_id not in runs:
+                raise NothingToAttribute(
+                    f"no prediction with id {prediction_id!r} in run {run_id!r}"
+                    + (f" (recorded in run(s) {', '.join(runs[:5])})" if runs else ""))
+            runs = [run_id]
+        elif len(runs) > 1:
+            raise AttributionError(
+                f"prediction id {prediction_id!r} was recorded in {len(runs)} runs "
+                f"({', '.join(runs[:5])}{', ...' if len(runs) > 5 else ''}); name the run "
+                "(run_id, --run)")
+        rows = [r[1:] for r in rows if r[0] in runs]
         if not rows:
             raise NothingToAttribute(f"no prediction with id {prediction_id!r}")
         out = []
@@ -183,7 +254,7 @@ class AttributionEngine:
                                        "test gradient")
             phi = np.frombuffer(bytes.fromhex(data), NP_DTYPE[dtype])[:dim].astype(np.float64)
             out.append(TestGradient(version, projection_id, phi, labels[0] if labels else ""))
-        return rows[0][0], out
+        return rows[0][0], runs[0], out
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -193,11 +264,11 @@ class AttributionEngine:
         if key not in model.curvature:
             parts = self.store.query(
                 "SELECT hex(matrix), rows, dim, layout FROM curvature_parts "
-                "WHERE model_id = {m:String}"
+                "WHERE model_id = {m:String} AND run_id IN ({r:String}, '')"
                 " AND model_version = {v:String} AND kind = {k:String} "
                 "AND projection_id = {p:String}",
-                {"m": model.model_id, "v": block.version, "k": block.kind,
-                 "p": block.projection_id})
+                {"m": model.model_id, "r": model.run_id, "v": block.version,
+                 "k": block.kind, "p": block.projection_id})
             k = block.phi.shape[1]
             total = np.zeros((k, k))
             counted = 0
@@ -206,21 +277,22 @@ class AttributionEngine:
                     continue
                 total += part_matrix(bytes.fromhex(data), int(n), k, layout)
                 counted += int(n)
-            removed, n_removed = self._forgotten_curvature(model.model_id, block, k)
+            removed, n_removed = self._forgotten_curvature(model, block, k)
             model.curvature[key] = (total - removed, counted - n_removed)
         return model.curvature[key][0]
 
-    def _forgotten_curvature(self, model_id: str, block: Block, k: int
+    def _forgotten_curvature(self, model: Model, block: Block, k: int
                              ) -> tuple[np.ndarray, int]:
-        """Σ w φφᵀ of the version's forgotten rows: the sketch counted them when they
-        arrived; a forget request takes them out again."""
+        """Σ w φφᵀ of the version's forgotten rows in the run: the sketch counted them when
+        they arrived; a forget request takes them out again."""
         t = self.store.query_arrow(
             "SELECT curvature_weight, dtype, gradient FROM gradients FINAL "
-            "WHERE model_id = {m:String} AND model_version = {v:String} AND kind = {k:String} "
-            "AND projection_id = {p:String} AND dim = {d:UInt32} AND (node_id, row) IN "
-            "(SELECT node_id, row FROM forgotten_rows WHERE model_id = {m:String})",
-            {"m": model_id, "v": block.version, "k": block.kind, "p": block.projection_id,
-             "d": k})
+            "WHERE model_id = {m:String} AND run_id = {r:String} AND model_version = {v:String}"
+            " AND kind = {k:String} AND projection_id = {p:String} AND dim = {d:UInt32} AND "
+            "(node_id, row) IN (SELECT node_id, row FROM forgotten_rows WHERE model_id = "
+            f"{{m:String}} AND {_FORGOTTEN_IN_RUN})",
+            {"m": model.model_id, "r": model.run_id, "v": block.version, "k": block.kind,
+             "p": block.projection_id, "d": k})
         if t.num_rows == 0:
             return np.zeros((k, k)), 0
         phi = np.stack([np.frombuffer(g, NP_DTYPE[_text(d)]).astype(np.float64) for g, d in
@@ -263,21 +335,26 @@ class AttributionEngine:
         return scores / total_weight, ",".join(used)
 
     def tracin(self, model: Model, tests: list[TestGradient]) -> tuple[np.ndarray, str]:
-        return tracin_scores(model, tests, self.block_rows)
+        """TracIn over the training steps of the versions on the tests' version lineage."""
+        lineage = self.lineage(model, [t.version for t in tests])
+        scoped = replace(model, blocks=[b for b in model.blocks if b.version in lineage])
+        return tracin_scores(scoped, tests, self.block_rows)
 
     def attribute(self, prediction_id: str = "", *, model_id: str = "",
                   test: TestGradient | None = None, method: str = "influence",
-                  damping: float = 0.0) -> Result:
-        """Scores of every source example for a prediction (or a given test gradient)."""
+                  damping: float = 0.0, run_id: str = "") -> Result:
+        """Scores of every source example for a prediction (or a given test gradient),
+        over the training rows of the prediction's run (`run_id`, else the prediction's
+        or the model's only run)."""
         if method not in METHODS:
             raise AttributionError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
         if prediction_id:
-            model_id, tests = self.test_gradients(prediction_id)
+            model_id, run_id, tests = self.prediction(prediction_id, run_id)
         elif test is not None and model_id:
             tests = [test]
         else:
             raise AttributionError("give a prediction id, or a model id and a test gradient")
-        model = self.model(model_id)
+        model = self.model(model_id, run_id)
         if method == "influence":
             scores, version = self.influence(model, tests, damping)
         else:
@@ -293,10 +370,10 @@ class AttributionEngine:
                        ) -> Block:
         return version_block(model, version, projection_id)
 
-    def self_influence(self, model_id: str, version: str = "", damping: float = 0.0
-                       ) -> Result:
+    def self_influence(self, model_id: str, version: str = "", damping: float = 0.0,
+                       run_id: str = "") -> Result:
         """q_i φ_iᵀ (C + λI)⁻¹ φ_i per example: large values flag likely mislabelled rows."""
-        model = self.model(model_id)
+        model = self.model(model_id, run_id)
         block = self._version_block(model, version or model.versions[-1])
         c = self.curvature(model, block)
         scores = self_influence_scores(model, block, c, damping_for(c, damping, self.damping))

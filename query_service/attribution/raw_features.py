@@ -22,15 +22,18 @@ from headwater.v1 import events_pb2, query_pb2
 PARAMETER_FREE = ("numpy",)  # frameworks whose output gradient is [x, 1]
 
 
-def raw_features_gradient(store: Store, msg: query_pb2.RawFeatures) -> tuple[str, TestGradient]:
-    """(model id, test gradient) of raw features at a model version (latest if empty)."""
+def raw_features_gradient(store: Store, msg: query_pb2.RawFeatures, run_id: str = ""
+                          ) -> tuple[str, TestGradient]:
+    """(model id, test gradient) of raw features at a model version (latest if empty) of
+    the run `run_id` (any run if empty)."""
     if not msg.model_id:
         raise AttributionError("raw_features.model_id is empty")
     x = _features(msg)
-    params = {"m": msg.model_id, "v": msg.model_version}
+    params = {"m": msg.model_id, "v": msg.model_version, "r": run_id}
     rows = store.query(
         "SELECT version, framework, parameter_count FROM model_versions FINAL "
         "WHERE model_id = {m:String} AND ({v:String} = '' OR version = {v:String}) "
+        "AND ({r:String} = '' OR run_id = {r:String}) "
         "ORDER BY step DESC, recorded_at DESC LIMIT 1", params)
     if not rows:
         what = f"version {msg.model_version!r} of " if msg.model_version else ""

@@ -70,6 +70,7 @@ class Model:
     examples: list[Example]
     versions: list[str]  # in recorded order
     curvature: dict[tuple[str, str, str], tuple[np.ndarray, int]] = field(default_factory=dict)
+    run_id: str = ""  # the training run these rows are of (models are scoped by run)
 
 
 @dataclass(frozen=True)

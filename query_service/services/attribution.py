@@ -106,17 +106,20 @@ class AttributionService(query_pb2_grpc.AttributionServicer):
         if method is None or aggregation is None:
             raise AttributionError(f"unknown method {request.method} or aggregation "
                                    f"{request.aggregation}")
+        run = request.run_id  # scope: one run's training rows (engine.py, "Runs")
         if kind == "prediction_id":
             result = self.engine.attribute(request.prediction_id, method=method,
-                                           damping=request.damping)
+                                           damping=request.damping, run_id=run)
         elif kind == "test_gradient":
             result = self.engine.attribute(model_id=request.test_gradient.model_id,
                                            test=test_gradient(request.test_gradient),
-                                           method=method, damping=request.damping)
+                                           method=method, damping=request.damping, run_id=run)
         elif kind == "raw_features":
-            model_id, test = raw_features_gradient(self._store, request.raw_features)
+            if request.raw_features.model_id:
+                run = self.engine.run_of(request.raw_features.model_id, run)
+            model_id, test = raw_features_gradient(self._store, request.raw_features, run)
             result = self.engine.attribute(model_id=model_id, test=test, method=method,
-                                           damping=request.damping)
+                                           damping=request.damping, run_id=run)
         else:
             raise AttributionError("give prediction_id, test_gradient or raw_features")
         return response(result, aggregation, _top_k(request.top_k), LineageGraph(self._store))
@@ -136,7 +139,8 @@ class AttributionService(query_pb2_grpc.AttributionServicer):
         with _errors(context):
             if not request.model_id:
                 raise AttributionError("model_id is empty")
-            result = self.engine.self_influence(request.model_id, request.model_version)
+            result = self.engine.self_influence(request.model_id, request.model_version,
+                                                run_id=request.run_id)
             out = response(result, "row", _top_k(request.top_k), LineageGraph(self._store))
             return query_pb2.SelfInfluenceResponse(rows=out.rows)
 
@@ -147,8 +151,9 @@ class AttributionService(query_pb2_grpc.AttributionServicer):
     def _value(self, request: query_pb2.ValueRequest) -> query_pb2.ValueResponse:
         """KNN-Shapley values of the training examples for one labelled test point, in the
         gradient-feature space of the test point's model version (see docs/attribution.md)."""
+        run = request.run_id
         if request.prediction_id:
-            model_id, tests = self.engine.test_gradients(request.prediction_id)
+            model_id, run, tests = self.engine.prediction(request.prediction_id, run)
             test = tests[-1]
             label = float(test.label)  # the label the prediction's gradient explains
         elif request.HasField("test_gradient"):
@@ -157,7 +162,7 @@ class AttributionService(query_pb2_grpc.AttributionServicer):
             label = request.label
         else:
             raise AttributionError("give prediction_id or test_gradient")
-        model = self.engine.model(model_id)
+        model = self.engine.model(model_id, run)
         x, y, examples, binary = self.engine.embedding(model, test)
         k = request.k_neighbours or 5
         test_x = unsign(test.phi[None, :], np.array([label])) if binary else test.phi[None, :]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import grpc
@@ -55,6 +55,7 @@ class LineageService(query_pb2_grpc.LineageServicer):
     def TraceRows(self, request: query_pb2.TraceRowsRequest, context: grpc.ServicerContext):
         graph = LineageGraph(self._store)
         with _lineage_errors(context):
+            _in_run(graph, request.rows.node_ids, request.run_id, context)
             traced = graph.trace_rows(request.rows)
             return query_pb2.TraceRowsResponse(traces=[
                 query_pb2.RowTrace(
@@ -70,17 +71,34 @@ class LineageService(query_pb2_grpc.LineageServicer):
     def Ancestors(self, request: query_pb2.NodeRequest, context: grpc.ServicerContext):
         graph = LineageGraph(self._store)
         with _lineage_errors(context):
+            _in_run(graph, [request.node_id], request.run_id, context)
             return query_pb2.AncestorsResponse(
                 nodes=[_node_info(n) for n in graph.ancestors(request.node_id)])
 
     def Ops(self, request: query_pb2.NodeRequest, context: grpc.ServicerContext):
         graph = LineageGraph(self._store)
         with _lineage_errors(context):
+            _in_run(graph, [request.node_id], request.run_id, context)
             return query_pb2.OpsResponse(ops=[_op_info(o) for o in graph.ops(request.node_id)])
 
     def DescribeNode(self, request: query_pb2.NodeRequest, context: grpc.ServicerContext):
+        graph = LineageGraph(self._store)
         with _lineage_errors(context):
-            return _node_info(LineageGraph(self._store).node(request.node_id))
+            _in_run(graph, [request.node_id], request.run_id, context)
+            return _node_info(graph.node(request.node_id))
+
+
+def _in_run(graph: LineageGraph, node_ids: Iterable[str], run_id: str,
+            context: grpc.ServicerContext) -> None:
+    """With a run named, NOT_FOUND for a node another run made. Source nodes are named by
+    their content (the same file in two runs is one node), so they belong to every run."""
+    if not run_id:
+        return
+    for node_id in node_ids:
+        node = graph.node(node_id)
+        if node.kind != "source" and node.run_id != run_id:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"lineage node {node_id!r} is of run "
+                          f"{node.run_id!r}, not of run {run_id!r}")
 
 
 def _node_info(n: Node) -> query_pb2.NodeInfo:

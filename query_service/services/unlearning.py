@@ -102,7 +102,7 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
                 return query_pb2.ForgetResponse(request_id=rid, rows=stored[0][0])
             graph = LineageGraph(self._store)
             found = affected(graph, target_rows(self._store, t),
-                             model_keys(self._store, request.model_id),
+                             model_keys(self._store, request.model_id, request.run_id),
                              direct_keys=zip(_nodes(t.row_keys), t.row_keys.rows, strict=True))
             groups = [events_pb2.AffectedRows(rows=keys_of(pairs), via=via)
                       for via, pairs in found.items() if pairs]

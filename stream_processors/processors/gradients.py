@@ -29,7 +29,7 @@ MODEL_VERSIONS_SCHEMA = pa.schema([
     ("parameter_hash", pa.string()), ("step", pa.uint64()), ("config_json", pa.string()),
     ("framework", pa.string()), ("parameter_count", pa.uint64()),
     ("checkpoint_uri", pa.string()), ("run_id", pa.string()), ("event_id", pa.string()),
-    ("recorded_at", TS),
+    ("recorded_at", TS), ("run_key", pa.string()),
 ])
 
 GRADIENTS_SCHEMA = pa.schema([
@@ -49,6 +49,7 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("test_gradients", pa.binary()), ("gradient_labels", pa.list_(pa.string())),
     ("input_node_ids", pa.list_(pa.string())), ("input_rows", pa.list_(pa.uint64())),
     ("run_id", pa.string()), ("event_id", pa.string()), ("recorded_at", TS),
+    ("run_key", pa.string()),  # run_id again, in the sorting key (migration 0013)
 ])
 
 CURVATURE_SCHEMA = pa.schema([
@@ -56,7 +57,7 @@ CURVATURE_SCHEMA = pa.schema([
     ("projection_id", pa.string()), ("dim", pa.uint32()), ("rows", pa.uint64()),
     ("min_step", pa.uint64()), ("max_step", pa.uint64()), ("matrix", pa.binary()),
     ("event_ids", pa.list_(pa.string())), ("part_id", pa.string()), ("created_at", TS),
-    ("layout", pa.string()),
+    ("layout", pa.string()), ("run_id", pa.string()),
 ])
 
 
@@ -91,6 +92,7 @@ def model_version_rows(batch: list[Accepted]) -> pa.Table:
         "checkpoint_uri": [p.checkpoint_uri for p in ps],
         "run_id": [e.run_id for e in found], "event_id": [e.event_id for e in found],
         "recorded_at": ts_column([micros(e.emitted_at) for e in found]),
+        "run_key": [e.run_id for e in found],
     })
 
 
@@ -155,6 +157,7 @@ def prediction_rows(batch: list[Accepted]) -> pa.Table:
         "input_rows": [list(p.input_rows.rows) for p in ps],
         "run_id": [e.run_id for e in found], "event_id": [e.event_id for e in found],
         "recorded_at": ts_column([micros(e.emitted_at) for e in found]),
+        "run_key": [e.run_id for e in found],
     })
 
 
@@ -205,15 +208,16 @@ def part_matrix(data: bytes, rows: int, dim: int, layout: str) -> np.ndarray:
 
 def curvature_parts(batch: list[Accepted], counted: set[str], now_us: int) -> pa.Table:
     """Σ w φφᵀ over the rows of the batch's GradientBatch events not yet `counted`, one
-    part per (model, version, kind, projection). float64 accumulation: parts are summed
+    part per (run, model, version, kind, projection). float64 accumulation: parts are summed
     later. Pure and total: it never raises on a validated event."""
-    parts: dict[tuple[str, str, str, str, int], _Part] = {}
+    parts: dict[tuple[str, str, str, str, int, str], _Part] = {}
     for e in of_payload(batch, "gradient_batch"):
         if e.event_id in counted:
             continue
         p = e.gradient_batch
         n = len(p.row_keys.rows)
-        key = (p.model_id, p.model_version, KIND[p.kind], p.projection.projection_id, p.dim)
+        key = (p.model_id, p.model_version, KIND[p.kind], p.projection.projection_id, p.dim,
+               e.run_id)
         phi = np.frombuffer(p.gradients, DTYPES[p.dtype][1]).reshape(n, p.dim)
         phi = phi.astype(np.float64)
         w = (np.asarray(p.curvature_weight, dtype=np.float64) if p.curvature_weight
@@ -239,5 +243,5 @@ def curvature_parts(batch: list[Accepted], counted: set[str], now_us: int) -> pa
         "event_ids": [p.event_ids for p in ps],
         "part_id": [hashlib.sha256("\0".join(sorted(p.event_ids)).encode()).hexdigest()[:32]
                     for p in ps],
-        "created_at": ts_column([now_us] * len(ps)),
+        "created_at": ts_column([now_us] * len(ps)), "run_id": [k[5] for k in keys],
     })

@@ -44,6 +44,7 @@ APPLIED_SCHEMA = pa.schema([
 FORGOTTEN_SCHEMA = pa.schema([
     ("model_id", pa.string()), ("node_id", pa.string()), ("row", pa.uint64()),
     ("request_id", pa.string()), ("via", pa.string()), ("forgotten_at", TS),
+    ("run_id", pa.string()),  # the request's run: its tombstones hide only that run's rows
 ])
 
 
@@ -113,5 +114,6 @@ def forgotten_rows(batch: list[Accepted]) -> pa.Table:
             cols["request_id"] += [p.request_id] * n
             cols["via"] += [a.via] * n
             cols["forgotten_at"] += [micros(e.emitted_at)] * n
+            cols["run_id"] += [e.run_id] * n
     cols["forgotten_at"] = ts_column(cols["forgotten_at"])  # type: ignore[assignment]
     return arrow_table(FORGOTTEN_SCHEMA, cols)

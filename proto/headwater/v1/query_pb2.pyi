@@ -124,16 +124,20 @@ class SourcesResponse(_message.Message):
     def __init__(self, sources: _Optional[_Iterable[_Union[Source, _Mapping]]] = ...) -> None: ...
 
 class NodeRequest(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "run_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, node_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class TraceRowsRequest(_message.Message):
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "run_id")
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     rows: _events_pb2.RowKeys
-    def __init__(self, rows: _Optional[_Union[_events_pb2.RowKeys, _Mapping]] = ...) -> None: ...
+    run_id: str
+    def __init__(self, rows: _Optional[_Union[_events_pb2.RowKeys, _Mapping]] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class SourceRowRef(_message.Message):
     __slots__ = ("source_id", "uri", "row")
@@ -238,7 +242,7 @@ class RawFeatures(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., features: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class AttributeRequest(_message.Message):
-    __slots__ = ("prediction_id", "test_gradient", "raw_features", "method", "top_k", "aggregation", "damping")
+    __slots__ = ("prediction_id", "test_gradient", "raw_features", "method", "top_k", "aggregation", "damping", "run_id")
     PREDICTION_ID_FIELD_NUMBER: _ClassVar[int]
     TEST_GRADIENT_FIELD_NUMBER: _ClassVar[int]
     RAW_FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +250,7 @@ class AttributeRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     DAMPING_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     prediction_id: str
     test_gradient: TestGradient
     raw_features: RawFeatures
@@ -253,7 +258,8 @@ class AttributeRequest(_message.Message):
     top_k: int
     aggregation: Aggregation
     damping: float
-    def __init__(self, prediction_id: _Optional[str] = ..., test_gradient: _Optional[_Union[TestGradient, _Mapping]] = ..., raw_features: _Optional[_Union[RawFeatures, _Mapping]] = ..., method: _Optional[_Union[AttributionMethod, str]] = ..., top_k: _Optional[int] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., damping: _Optional[float] = ...) -> None: ...
+    run_id: str
+    def __init__(self, prediction_id: _Optional[str] = ..., test_gradient: _Optional[_Union[TestGradient, _Mapping]] = ..., raw_features: _Optional[_Union[RawFeatures, _Mapping]] = ..., method: _Optional[_Union[AttributionMethod, str]] = ..., top_k: _Optional[int] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., damping: _Optional[float] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class AttributedRow(_message.Message):
     __slots__ = ("node_id", "row", "score", "sources", "ops")
@@ -306,16 +312,18 @@ class AttributeBatchResponse(_message.Message):
     def __init__(self, responses: _Optional[_Iterable[_Union[AttributeResponse, _Mapping]]] = ...) -> None: ...
 
 class SelfInfluenceRequest(_message.Message):
-    __slots__ = ("model_id", "model_version", "top_k", "method")
+    __slots__ = ("model_id", "model_version", "top_k", "method", "run_id")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_version: str
     top_k: int
     method: AttributionMethod
-    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., top_k: _Optional[int] = ..., method: _Optional[_Union[AttributionMethod, str]] = ...) -> None: ...
+    run_id: str
+    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., top_k: _Optional[int] = ..., method: _Optional[_Union[AttributionMethod, str]] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class SelfInfluenceResponse(_message.Message):
     __slots__ = ("rows",)
@@ -324,20 +332,22 @@ class SelfInfluenceResponse(_message.Message):
     def __init__(self, rows: _Optional[_Iterable[_Union[AttributedRow, _Mapping]]] = ...) -> None: ...
 
 class ValueRequest(_message.Message):
-    __slots__ = ("prediction_id", "test_gradient", "label", "k_neighbours", "aggregation", "top_k")
+    __slots__ = ("prediction_id", "test_gradient", "label", "k_neighbours", "aggregation", "top_k", "run_id")
     PREDICTION_ID_FIELD_NUMBER: _ClassVar[int]
     TEST_GRADIENT_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     K_NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     prediction_id: str
     test_gradient: TestGradient
     label: float
     k_neighbours: int
     aggregation: Aggregation
     top_k: int
-    def __init__(self, prediction_id: _Optional[str] = ..., test_gradient: _Optional[_Union[TestGradient, _Mapping]] = ..., label: _Optional[float] = ..., k_neighbours: _Optional[int] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    run_id: str
+    def __init__(self, prediction_id: _Optional[str] = ..., test_gradient: _Optional[_Union[TestGradient, _Mapping]] = ..., label: _Optional[float] = ..., k_neighbours: _Optional[int] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., top_k: _Optional[int] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class ValueResponse(_message.Message):
     __slots__ = ("rows", "groups")
