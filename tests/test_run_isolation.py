@@ -21,7 +21,8 @@ from headwater.producers.unlearning import LinearModel
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 N = 120  # rows of the shared source file
-VERSIONS = 2  # model versions per run, each with featurisation gradients of every row
+VERSIONS = 2  # model versions per run
+KEYS = 2 * VERSIONS  # training-row keys per source row in a run: a batch node per pass
 COLUMNS = [f"f{i}" for i in range(4)]
 
 
@@ -35,23 +36,47 @@ def _csv(path):
     return path, y.astype(float)
 
 
-def publish_run(target, path, y, run_id, *, l2, versions=VERSIONS, shared_prediction=True):
-    """One run: the shared CSV, normalised, a linear model "clf" with featurisation
-    gradients at each of `versions` versions (v1, v2, ...) and predictions at the last."""
-    with Publisher(GrpcTransport(target), run_id=run_id) as publisher:
-        tracker = Tracker(publisher.publish)
-        x = load_csv(tracker, path, columns=COLUMNS)
-        x = (x - x.mean(0)) / x.std(0)
-        xs = np.asarray(x)
-        capture = LinearCapture(publisher.publish, "clf", len(COLUMNS))
-        for v in range(versions):
-            model = LinearModel.fit(xs, y, l2=l2 * (v + 1))
-            capture.set_parameters(model.coef, model.intercept)
-            capture.record_version(step=v + 1)
+class Run:
+    """One run: the shared CSV, normalised, and a linear model "clf" (see `version`)."""
+
+    def __init__(self, target, path, y, run_id, *, l2):
+        self.publisher = Publisher(GrpcTransport(target), run_id=run_id)
+        self.tracker = Tracker(self.publisher.publish)
+        self.x = load_csv(self.tracker, path, columns=COLUMNS)
+        self.x = (self.x - self.x.mean(0)) / self.x.std(0)
+        self.xs, self.y, self.l2 = np.asarray(self.x), y, l2
+        self.capture = LinearCapture(self.publisher.publish, "clf", len(COLUMNS))
+        self.versions = 0
+
+    def version(self):
+        """A new version (v1, v2, ...): training-step gradients of every row in batches of
+        40 (TracIn), then the version's featurisation gradients (influence)."""
+        self.versions += 1
+        v = self.versions
+        model = LinearModel.fit(self.xs, self.y, l2=self.l2 * v)
+        self.capture.set_parameters(model.coef, model.intercept)
+        self.capture.record_version(step=v)
+        for featurisation in (False, True):
             for start in range(0, N, 40):
-                batch = x[start:start + 40]
-                capture.capture(np.asarray(batch), y[start:start + 40], row_keys(batch),
-                                learning_rate=0.1, step=v + 1, featurisation=True)
+                batch = self.x[start:start + 40]
+                self.capture.capture(np.asarray(batch), self.y[start:start + 40],
+                                     row_keys(batch), learning_rate=0.1, step=v,
+                                     featurisation=featurisation)
+
+    def predict(self, prediction_id):
+        self.capture.record_prediction(self.xs[3], label=int(self.y[3]),
+                                       prediction_id=prediction_id)
+        self.publisher.flush()
+
+
+def publish_run(target, path, y, run_id, *, l2, versions=VERSIONS, shared_prediction=True):
+    """One run of `versions` versions with its predictions (p-RUN, p-shared) at the last;
+    returns the training node of the run's featurisation rows (its normalised data)."""
+    run = Run(target, path, y, run_id, l2=l2)
+    with run.publisher as publisher:
+        tracker, capture, xs, x = run.tracker, run.capture, run.xs, run.x
+        for _ in range(versions):
+            run.version()
         capture.record_prediction(xs[3], label=int(y[3]), prediction_id=f"p-{run_id}")
         if shared_prediction:
             capture.record_prediction(xs[3], label=int(y[3]), prediction_id="p-shared")
@@ -95,7 +120,7 @@ def test_attribution_of_one_run_ignores_another_run_with_the_same_ids(serve, tmp
                                                     aggregation=aggregation)
     assert alone[query_pb2.INFLUENCE, query_pb2.BY_ROW][1] == N
     (source_score, source_rows), = alone[query_pb2.TRACIN, query_pb2.BY_SOURCE][0].values()
-    assert source_rows == N
+    assert source_rows == N and source_score != 0
 
     # a second run: same model id, same file (same source id), same versions' names,
     # another model, and the same prediction id "p-shared"
@@ -140,6 +165,30 @@ def test_attribution_of_one_run_ignores_another_run_with_the_same_ids(serve, tmp
     assert "--run" in run_headwater("attribute", "--help").stdout
 
 
+def test_tracin_counts_only_the_versions_on_the_predictions_lineage(serve, tmp_path):
+    """A prediction made at v1 is not explained by v2's training steps, made after it."""
+    path, y = _csv(tmp_path / "shared.csv")
+    stub = query_pb2_grpc.AttributionStub(grpc.insecure_channel(serve.target))
+    run = Run(serve.target, path, y, "run-a", l2=1.0)
+    run.version()
+    run.predict("p-at-v1")
+    before = {agg: _attribute(stub, "p-at-v1", method=query_pb2.TRACIN, aggregation=agg)
+              for agg in (query_pb2.BY_ROW, query_pb2.BY_SOURCE)}
+    run.version()
+    run.predict("p-at-v2")
+    for agg, (scores, count) in before.items():
+        again, again_count = _attribute(stub, "p-at-v1", method=query_pb2.TRACIN,
+                                        aggregation=agg)
+        assert again_count == count
+        _same(again, scores)
+    # the later prediction's lineage holds both versions: v1's steps and v2's
+    (at_v1, _), = before[query_pb2.BY_SOURCE][0].values()
+    (at_v2, _), = _attribute(stub, "p-at-v2", method=query_pb2.TRACIN,
+                             aggregation=query_pb2.BY_SOURCE)[0].values()
+    assert not np.isclose(at_v1, at_v2)
+    run.publisher.close()
+
+
 def test_forget_in_one_run_leaves_the_other_run_alone(serve, tmp_path):
     path, y = _csv(tmp_path / "shared.csv")
     publish_run(serve.target, path, y, "run-a", l2=1.0, shared_prediction=False)
@@ -155,9 +204,9 @@ def test_forget_in_one_run_leaves_the_other_run_alone(serve, tmp_path):
         target=events_pb2.ForgetTarget(source_rows=[events_pb2.SourceRows(
             source_id=src, rows=list(range(10)))])), timeout=60)
     via = {a.via: len(a.rows.rows) for a in response.affected}
-    assert via["row"] == 10 * VERSIONS  # run A's ten rows (a batch node per version), not run B's
-    assert via["aggregation"] == (N - 10) * VERSIONS  # through run A's own mean/std
-    assert response.rows == N * VERSIONS
+    assert via["row"] == 10 * KEYS  # run A's keys of the ten rows, not run B's
+    assert via["aggregation"] == (N - 10) * KEYS  # through run A's own mean/std
+    assert response.rows == N * KEYS
     nodes = {n for a in response.affected for n in a.rows.node_ids}
     assert node_b not in nodes
 
@@ -176,7 +225,7 @@ def test_forget_in_one_run_leaves_the_other_run_alone(serve, tmp_path):
                          f"{src}:0-4", "--json", "--listen", serve.target)
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
-    assert shown["affected"]["row"] == 5 * VERSIONS and shown["rows"] == N * VERSIONS
+    assert shown["affected"]["row"] == 5 * KEYS and shown["rows"] == N * KEYS
     # a model the run never trained: refused, not resolved in another run
     done = run_headwater("forget", "--run", "run-c", "--model", "clf", "--source-rows",
                          f"{src}:0-4", "--listen", serve.target)
