@@ -79,9 +79,10 @@ CRASH_AFTER_INSERT = "HEADWATER_TEST_CRASH_AFTER_INSERT"
 
 
 def _crash_after_insert_hook(inserts: int) -> None:
-    """Fault injection for tests only (tests/test_faults.py): with HEADWATER_TEST_CRASH_AFTER_
-    INSERT=N the process dies (os._exit(70), no cleanup) after its Nth stored batch and before
-    that batch's offset commit: the crash window that redelivery must repair."""
+    """Fault injection for tests only (tests/integration/test_faults.py): with
+    HEADWATER_TEST_CRASH_AFTER_INSERT=N the process dies (os._exit(70), no cleanup) after
+    its Nth stored batch and before that batch's offset commit: the crash window that
+    redelivery must repair."""
     limit = os.environ.get(CRASH_AFTER_INSERT)
     if limit and inserts >= int(limit):
         log.error("%s=%s: exiting after insert %d, before the offset commit",

@@ -22,7 +22,7 @@ registered: this module imports neither NumPy nor torch.
 
 Adding an op: one registration in the module holding rules of its kind (NumPy:
 numpy_ops.py, numpy_shapes.py; torch: torch/ops.py, torch/shape_ops.py, torch/nn_ops.py),
-and an example in tests/op_examples.py (the row-map contract runs over every registered op).
+and an example in tests/support/op_examples.py (the row-map contract runs over every registered op).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A segment is one `RowSegment` of an `OpRecorded.row_map`, kept as (input index, bytes
 encoded as RowMap field 2): building an OpRecorded field by field through the protobuf API
 costs ~15 us in CPython; encoding the few fields here (segments cached by value) and parsing
-once costs a few. tests/test_tracking.py checks the bytes against the API.
+once costs a few. tests/unit/test_tracking.py checks the bytes against the API.
 """
 
 from __future__ import annotations

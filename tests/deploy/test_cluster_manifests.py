@@ -1,7 +1,7 @@
 """deploy/k8s as a cluster would take it (issue 21), checked statically: no cluster here.
 
-Every overlay is rendered (tests/k8s_manifests.py); every custom resource is validated
-against the operators' real CRD schemas (tests/k8s_crds.py: Strimzi 1.2.0, Altinity 0.25.6,
+Every overlay is rendered (tests/support/k8s_manifests.py); every custom resource is validated
+against the operators' real CRD schemas (tests/support/k8s_crds.py: Strimzi 1.2.0, Altinity 0.25.6,
 cert-manager 1.15.0); the Pod Security level of every pod spec is checked against its
 namespace's enforce label — Headwater's Deployments and Job, the ClickHouse and Keeper pod
 templates, and the pods Strimzi makes, modelled from its restricted pod-security provider
@@ -23,8 +23,10 @@ import kubernetes_validate
 import pytest
 import yaml
 from clickhouse_connect.driver.httpclient import HttpClient
-from k8s_crds import CRD_DIR, OPERATOR_VERSIONS, cel_rule_count, crd_problems, crds
-from k8s_manifests import (
+from netpol_sim import Cluster, Endpoint
+from pod_security import level_of, violations
+from support.k8s_crds import CRD_DIR, OPERATOR_VERSIONS, cel_rule_count, crd_problems, crds
+from support.k8s_manifests import (
     _CORE_GROUPS,
     K8S,
     K8S_VERSION,
@@ -39,8 +41,6 @@ from k8s_manifests import (
     secret_keys,
     split_image,
 )
-from netpol_sim import Cluster, Endpoint
-from pod_security import level_of, violations
 
 from conftest import REPO
 

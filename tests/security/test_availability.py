@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from secure_serve import TOKENS, SecureServe, source_event, write_tokens
+from support.secure_serve import TOKENS, SecureServe, source_event, write_tokens
 
 from conftest import run_headwater, stop
 from headwater.producers import GrpcTransport, Publisher

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from secure_serve import source_event
+from support.secure_serve import source_event
 
 from conftest import Serve, free_port, run_headwater
 from headwater.producers import GrpcTransport, Publisher

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from secure_serve import TOKENS, SecureServe, write_tokens
+from support.secure_serve import TOKENS, SecureServe, write_tokens
 from test_fuzz_decoder import KINDS, _valid
 
 from conftest import REPO, Serve, stop

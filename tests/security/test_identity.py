@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from secure_serve import (
+from support.secure_serve import (
     TOKENS,
     Pki,
     SecureServe,

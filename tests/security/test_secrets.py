@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from secure_serve import (
+from support.secure_serve import (
     TOKENS,
     Pki,
     SecureServe,

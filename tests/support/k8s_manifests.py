@@ -1,9 +1,9 @@
 """deploy/k8s rendered offline: a kustomize subset, lookups, and the Secrets made outside it.
 
-Shared by tests/test_deploy.py and tests/deploy/. The renderer implements what the manifests
+Shared by tests/deploy/test_deploy.py and tests/deploy/. The renderer implements what the manifests
 use (resources, strategic-merge and JSON 6902 patches, images with tags and digests,
 replacements, namespace); `kubectl kustomize` must agree with it where kubectl is installed
-(tests/test_deploy.py::test_renderer_agrees_with_kubectl_kustomize).
+(tests/deploy/test_deploy.py::test_renderer_agrees_with_kubectl_kustomize).
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def test_torch_kafka_trainer_reaches_the_store_through_process(broker: Broker, t
 
 def test_auditor_sql_session(tmp_path):
     data_dir = tmp_path / "store"
-    filled = subprocess.run([sys.executable, str(REPO / "tests/audit_pipeline.py"),
+    filled = subprocess.run([sys.executable, str(REPO / "tests/support/audit_pipeline.py"),
                              str(data_dir)], cwd=REPO, capture_output=True, text=True,
                             timeout=180)
     assert filled.returncode == 0, filled.stderr

@@ -228,7 +228,7 @@ EXAMPLES: dict[str, Example] = {
     # None: not exercised here, with the reason
     "numpy.ascontiguousarray": None,  # NumPy >= 2 dispatches it only with like=: never seen
     "numpy.asfortranarray": None,  # (same)
-    "cuda": None,  # no GPU in the contract: checked elsewhere (tests/test_torch_tracking.py)
+    "cuda": None,  # no GPU in the contract: checked elsewhere (tests/unit/test_torch_tracking.py)
     "pin_memory": None,
     "is_cuda": None,
     "backward": None,  # autograd plumbing, never recorded (PASS): nothing to map

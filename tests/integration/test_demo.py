@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-from chromium import chromium, dump_dom, has_colour, screenshot
+from support.chromium import chromium, dump_dom, has_colour, screenshot
 
 from conftest import REPO, run_headwater
 from headwater.producers.tracking.sources import file_sha256

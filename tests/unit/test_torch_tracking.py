@@ -19,10 +19,10 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from lineage_oracle import Key, along, expand, obj, reduce_ref, row_sets  # noqa: E402
-from lineage_oracle import Recorder as ArrayRecorder  # noqa: E402
-from lineage_oracle import n_rows as _rows  # noqa: E402
-from lineage_oracle import union as _or  # noqa: E402
+from support.lineage_oracle import Key, along, expand, obj, reduce_ref, row_sets  # noqa: E402
+from support.lineage_oracle import Recorder as ArrayRecorder  # noqa: E402
+from support.lineage_oracle import n_rows as _rows  # noqa: E402
+from support.lineage_oracle import union as _or  # noqa: E402
 from torch.utils.data import Dataset, TensorDataset  # noqa: E402
 
 from headwater.producers.envelope import EnvelopeBuilder  # noqa: E402

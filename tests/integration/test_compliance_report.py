@@ -11,9 +11,9 @@ import grpc
 import jsonschema
 import numpy as np
 import pytest
-from chromium import chromium, dump_dom, has_colour, screenshot
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.chromium import chromium, dump_dom, has_colour, screenshot
 
 from conftest import REPO, Serve, run_headwater
 from headwater.errors import ConfigError

@@ -9,7 +9,7 @@ import sys
 import uuid
 
 import pytest
-from faults import workload
+from support.faults import workload
 
 from conftest import REPO, Serve, run_headwater
 from headwater.producers import GrpcTransport, Publisher

@@ -2,7 +2,7 @@
 
 After each fault: every event the producer was told was delivered is stored exactly once,
 the hash chains verify, and a replay of the log equals the incremental derived tables
-(tests/faults.py). Processes are stopped by pid, never by name.
+(tests/support/faults.py). Processes are stopped by pid, never by name.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from faults import Workload, assert_recovered, workload
+from support.faults import Workload, assert_recovered, workload
 
 from conftest import Broker, Serve, free_port, headwater, run_headwater, stop, wait_for_port
 from headwater.cli.status import consumer_lag

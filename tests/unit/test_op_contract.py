@@ -1,5 +1,5 @@
 """The row-map contract, run over every op in the registry (NumPy and torch): for each
-registered function, one example call (tests/op_examples.py) on tracked inputs; every
+registered function, one example call (tests/support/op_examples.py) on tracked inputs; every
 output row's resolved lineage must hold each input row whose change changes that output
 row (found by brute force: the same call on plain inputs with one row perturbed at a
 time, row ids carried as data). Ops marked as not recorded (data-independent results,
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from lineage_oracle import Recorder
-from op_examples import DEFAULT_TRIALS, EXAMPLES, UNRECORDED
+from support.lineage_oracle import Recorder
+from support.op_examples import DEFAULT_TRIALS, EXAMPLES, UNRECORDED
 
 from headwater.producers.tracking import TrackedArray, registry
 from headwater.producers.tracking.array import UNTRACKED as NUMPY_UNTRACKED
@@ -132,7 +132,7 @@ def _example(framework: str, name: str, f: Any,
             continue
         if not recorded or any(_tracked(o) for o in _flat(result)):
             return example
-    pytest.fail(f"{name}: no example in tests/op_examples.py and no default trial fits")
+    pytest.fail(f"{name}: no example in tests/support/op_examples.py and no default trial fits")
 
 
 def _check(framework: str, name: str, f: Any) -> None:

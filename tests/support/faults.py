@@ -4,7 +4,7 @@ After a fault, `assert_recovered` checks a store against the events the producer
 were delivered: each stored exactly once, every producer's hash chain intact, and a replay
 of the log into a fresh database giving derived tables (curvature sketches included) equal
 to the incremental ones. chDB opens one data directory per process, so the checks run in a
-child process (`python tests/faults.py DSN IDS_FILE`) over the stopped service's directory.
+child process (`python tests/support/faults.py DSN IDS_FILE`) over the stopped service's directory.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.message import Message
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -12,8 +12,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from audit_pipeline import fill, rewrite_raw
 from pydantic import ValidationError
+from support.audit_pipeline import fill, rewrite_raw
 
 from conftest import REPO, Serve, run_headwater
 from headwater.errors import ConfigError
@@ -193,7 +193,8 @@ def _verify(data_dir: Path, *args: str, serve: Serve | None = None):
 
 def test_audit_verify_embedded_and_through_serve(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    made = subprocess.run([sys.executable, str(REPO / "tests" / "audit_pipeline.py"), str(data)],
+    script = REPO / "tests" / "support" / "audit_pipeline.py"
+    made = subprocess.run([sys.executable, str(script), str(data)],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert made.returncode == 0, made.stderr
     producer = made.stdout.strip()

@@ -29,8 +29,8 @@ import kubernetes_validate
 import pytest
 import tomllib
 import yaml
-from k8s_crds import crd_problems
-from k8s_manifests import (
+from support.k8s_crds import crd_problems
+from support.k8s_manifests import (
     _CORE_GROUPS,
     IMAGE,
     K8S,
@@ -90,7 +90,7 @@ def test_strict_validation_rejects_a_misspelt_field() -> None:
 
 
 # The operators' custom resources are validated against the CRDs themselves
-# (tests/k8s_crds.py: ../shared/k8s-crds, Strimzi 1.2.0, Altinity 0.25.6, cert-manager
+# (tests/support/k8s_crds.py: ../shared/k8s-crds, Strimzi 1.2.0, Altinity 0.25.6, cert-manager
 # 1.15.0): `crd_problems` lists every unknown field, type, enum or required-field error.
 _KEY_USAGES = {"signing", "digital signature", "content commitment", "key encipherment",
                "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only",

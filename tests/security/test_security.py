@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from secure_serve import (
+from support.secure_serve import (
     TOKENS,
     Pki,
     SecureServe,
@@ -46,7 +46,7 @@ from headwater.query_service.settings import Settings
 from headwater.stream_processors.dsn import redact_dsn
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
-# --- a throwaway PKI, one token per role, the server (shared: tests/secure_serve.py) ---------
+# --- a throwaway PKI, one token per role, the server (tests/support/secure_serve.py) ---
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:

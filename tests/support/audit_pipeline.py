@@ -79,7 +79,7 @@ def rewrite_raw(store: Store, producer: str, seq: int, old: bytes, new: bytes) -
         {"o": old.decode(), "n": new.decode(), "p": producer, "s": seq})
 
 
-if __name__ == "__main__":  # python tests/audit_pipeline.py DATA_DIR: two runs, one tampered
+if __name__ == "__main__":  # tests/support/audit_pipeline.py DATA_DIR: two runs, one tampered
     data_dir = Path(sys.argv[1])
     with Store(f"chdb://{data_dir / 'clickhouse'}") as s:
         s.migrate()

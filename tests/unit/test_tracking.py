@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lineage_oracle import Key, Recorder, expand, obj, reduce_ref, row_sets
-from lineage_oracle import n_rows as _rows
-from lineage_oracle import union as _or
+from support.lineage_oracle import Key, Recorder, expand, obj, reduce_ref, row_sets
+from support.lineage_oracle import n_rows as _rows
+from support.lineage_oracle import union as _or
 
 from headwater.producers import rowmap
 from headwater.producers.envelope import EnvelopeBuilder

@@ -1,0 +1,1 @@
+"""Helpers shared by the test folders (pipelines, servers, PKI, oracles, manifests)."""
