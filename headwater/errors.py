@@ -97,7 +97,12 @@ class SqlRefused(RequestError):
 
 class RowsNotInTraining(RequestError):
     """Forget rows that the model's training-row digest does not hold (never trained on, or
-    already forgotten: the listener reports ALREADY_APPLIED for the latter)."""
+    already forgotten: the listener reports ALREADY_APPLIED for the latter); `rows` names
+    them (indices into the forget set)."""
+
+    def __init__(self, message: str, rows: object) -> None:
+        super().__init__(message)
+        self.rows = rows
 
 
 class AttributionError(RequestError):

@@ -79,7 +79,7 @@ CRASH_AFTER_INSERT = "HEADWATER_TEST_CRASH_AFTER_INSERT"
 
 
 def _crash_after_insert_hook(inserts: int) -> None:
-    """Fault injection for tests only (tests/integration/test_faults.py): with
+    """Fault injection for tests only (tests/e2e/test_faults.py): with
     HEADWATER_TEST_CRASH_AFTER_INSERT=N the process dies (os._exit(70), no cleanup) after
     its Nth stored batch and before that batch's offset commit: the crash window that
     redelivery must repair."""

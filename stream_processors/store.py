@@ -305,7 +305,7 @@ FAIL_INSERTS = "HEADWATER_TEST_FAIL_INSERTS"
 
 
 def _failing_insert_hook(table: str) -> None:
-    """Fault injection for tests only (tests/integration/test_faults.py): while the file named by
+    """Fault injection for tests only (tests/e2e/test_faults.py): while the file named by
     HEADWATER_TEST_FAIL_INSERTS exists, every insert fails with its text as the engine's
     error (e.g. a disk-full message), the way a full or read-only disk fails a write."""
     flag = os.environ.get(FAIL_INSERTS)

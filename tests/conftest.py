@@ -169,3 +169,19 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     s.start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory):
+    """A throwaway PKI (CA, server and client certificates) for TLS tests, per module."""
+    from support.secure_serve import make_pki  # secure_serve imports this module
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A token file with one token per role (support.secure_serve.TOKENS), per module."""
+    from support.secure_serve import write_tokens
+
+    return write_tokens(tmp_path_factory.mktemp("auth") / "tokens")

@@ -104,19 +104,12 @@ def keys_of(pairs: list[tuple[str, int]]) -> events_pb2.RowKeys:
 
 def model_keys(store: Store, model_id: str, run_id: str) -> events_pb2.RowKeys:
     """Every training-row key the model has gradient rows for in run `run_id`: a forget
-    resolves within one run, as another run may reuse the model id and the sources
-    (TargetError when the run has no training rows of the model)."""
+    resolves within one run, as another run may reuse the model id and the sources. A run
+    that has not trained the model yet has none: its request is still recorded, and the
+    trainer's listener keeps the rows out of the training to come."""
     pairs = [(n, int(r)) for n, r in store.query(
         "SELECT DISTINCT node_id, row FROM gradients WHERE model_id = {m:String} "
         "AND run_id = {r:String} ORDER BY node_id, row", {"m": model_id, "r": run_id})]
-    if not pairs:
-        runs = [r for (r,) in store.query(
-            "SELECT DISTINCT run_id FROM gradients WHERE model_id = {m:String} "
-            "ORDER BY run_id LIMIT 6", {"m": model_id})]
-        raise TargetError(
-            f"run {run_id!r} has no training rows of model {model_id!r}"
-            + (f"; runs that trained it: {', '.join(runs[:5])}{', ...' if len(runs) > 5 else ''}"
-               if runs else "") + " (a forget request names one run)")
     return keys_of(pairs)
 
 

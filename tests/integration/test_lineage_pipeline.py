@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from integration.test_kafka_path import Processor, _process, _uid
+from e2e.test_kafka_path import Processor, _process, _uid
 
 from conftest import Broker, Serve, free_port, headwater, stop, wait_for_port
 from headwater.producers import GrpcTransport, KafkaTransport, Publisher

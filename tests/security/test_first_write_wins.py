@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from integration.test_kafka_path import Processor, _process, _setup, scalar, sql
+from e2e.test_kafka_path import Processor, _process, _setup, scalar, sql
 
 from conftest import Broker, Serve
 from headwater.producers.envelope import EnvelopeBuilder, event_hash

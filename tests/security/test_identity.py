@@ -16,11 +16,9 @@ from support.secure_serve import (
     TOKENS,
     Pki,
     SecureServe,
-    make_pki,
     secure_env,
     source_event,
     tls_channel,
-    write_tokens,
 )
 
 from conftest import Serve, stop
@@ -34,16 +32,6 @@ from headwater.query_service.server.transport_security import ServerSecurity
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 PEER = r"peer=ipv4:127\.0\.0\.1:\d+"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tokens(tmp_path_factory.mktemp("auth") / "tokens")
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,9 @@ from support.secure_serve import (
     TOKENS,
     Pki,
     SecureServe,
-    make_pki,
     secure_env,
     source_event,
     tls_channel,
-    write_tokens,
 )
 
 from conftest import free_port, run_headwater, stop
@@ -47,16 +45,6 @@ from headwater.stream_processors.dsn import redact_dsn
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 # --- a throwaway PKI, one token per role, the server (tests/support/secure_serve.py) ---
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tokens(tmp_path_factory.mktemp("auth") / "tokens")
-
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory, pki: Pki,
