@@ -26,7 +26,7 @@ import hashlib
 import json
 import operator
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -431,6 +431,8 @@ class _Accumulator:
             b = min(width, a + step)
             x = self._compute(block[:, a:b])
             c0, c1 = offset + a, offset + b
+            make: Callable[..., Any]
+            args: tuple[Any, ...]
             if self.torch is None:
                 make, args = _tile_numpy, (p.kind, self.keys, p.output_dim, c0, c1, x.dtype)
             else:

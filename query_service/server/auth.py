@@ -238,6 +238,7 @@ class TokenFile:
             return
         with self._lock:
             self._checked = now
+            failure: ConfigError | None
             try:
                 stamp: tuple[int, ...] | None = self._stat()
             except ConfigError as exc:  # deleted or unreadable: fail closed

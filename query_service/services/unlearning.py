@@ -111,6 +111,7 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
                 requested_by=describe(context), method=request.method,
                 verify_with_retrain=request.verify_with_retrain, model_id=request.model_id)
             _check_event(request.run_id, event)
+            assert self._log is not None  # checked above (abort raises)
             publisher = self._log(request.run_id)
             publisher.publish(event)
             publisher.flush()

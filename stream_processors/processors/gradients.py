@@ -8,6 +8,7 @@ curvature part of a batch is Σ w φφᵀ over its rows, per (model, version, ki
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +66,7 @@ def of_payload(batch: list[Accepted], payload: str) -> list[events_pb2.Event]:
     return [a.event for a in batch if a.event.WhichOneof("payload") == payload]
 
 
-def arrow_table(schema: pa.Schema, columns: dict[str, object]) -> pa.Table:
+def arrow_table(schema: pa.Schema, columns: Mapping[str, object]) -> pa.Table:
     return pa.Table.from_arrays(
         [c if isinstance(c, pa.Array) else pa.array(c, f.type)
          for c, f in zip((columns[f.name] for f in schema), schema, strict=True)],
