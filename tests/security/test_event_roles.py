@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from fuzz.test_fuzz_decoder import KINDS, _valid
 from support.secure_serve import TOKENS, SecureServe, write_tokens
-from test_fuzz_decoder import KINDS, _valid
 
 from conftest import REPO, Serve, stop
 from headwater.producers import GrpcTransport, Publisher, PublishError
