@@ -17,7 +17,8 @@ def test_lineage_benchmark_fast() -> None:
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
-    assert figures["overhead"]["1000"]["headwater_ratio"] > 0
+    # tracking does more than the plain op it wraps: a ratio under 1 means nothing was tracked
+    assert figures["overhead"]["1000"]["headwater_ratio"] > 1
     assert figures["resolution"]["keys"] == 500
     # rows that passed the broadcast mean depend on every row it averaged (thousands);
     # rows concatenated after it depend on one source row

@@ -289,6 +289,8 @@ def test_frame_events_validate() -> None:
     events, _, (left, right) = setup(LEFT, RIGHT)
     left.merge(right, on="k", how="outer")[["a", "b"]]
     builder = EnvelopeBuilder("run-1")
+    names = [e.op_name for e in events if isinstance(e, events_pb2.OpRecorded)]
+    assert any("merge" in n for n in names), names  # the merge was recorded at all
     for e in events:
         validate_event(builder.wrap(e))
 

@@ -42,3 +42,28 @@ def test_random_gather_is_compressed() -> None:
     size = sum(s.ByteSize() for s in segments)
     assert size < rows.nbytes / 3  # sorted gathers compress well below 8 bytes a row
     assert (_expand(segments, len(rows)) == rows).all()
+
+
+def test_adjacent_long_runs_share_their_boundary_row_once() -> None:
+    """Two arithmetic runs of at least MIN_RANGE rows that meet at one row (the step changes
+    without a jump): the plan covers every row exactly once, in order (issue 25: a planner
+    letting the runs overlap summed 41 lengths for 40 rows and no test noticed)."""
+    from headwater.producers.rowmap import MIN_RANGE, plan
+
+    first = np.arange(0, 20)  # step 1 up to row 19
+    second = 19 + 2 * np.arange(1, 21)  # step 2 from 21: the runs meet at 19
+    rows = np.concatenate([first, second])
+    assert len(first) >= MIN_RANGE and len(second) >= MIN_RANGE
+    pieces = plan(rows)
+    assert sum(length for _, _, length, _ in pieces) == len(rows) == 40
+    cursor = 0
+    rebuilt = []
+    for is_range, at, length, step in pieces:
+        assert at == cursor
+        if is_range:
+            rebuilt.extend(rows[at] + step * np.arange(length))
+        else:
+            rebuilt.extend(rows[at:at + length])
+        cursor = at + length
+    assert np.array_equal(np.asarray(rebuilt), rows)
+    assert [p[0] for p in pieces].count(True) == 2
