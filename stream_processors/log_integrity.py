@@ -178,7 +178,7 @@ def _continuity(row: LogRow, prev: LogRow | None, horizon: datetime | None,
         missing = f"seq 1..{row.seq - 1} missing"
         if horizon is None:
             return [Problem(pid, "truncated", 1, f"{missing}: the chain's head is not stored")]
-        if _utc(row.emitted_at) > horizon + TRUNCATION_GRACE:
+        if as_utc(row.emitted_at) > horizon + TRUNCATION_GRACE:
             return [Problem(
                 pid, "truncated", 1,
                 f"{missing}; the first stored event was emitted at "
@@ -242,7 +242,8 @@ def _receipt(row: LogRow) -> list[Problem]:
     return []
 
 
-def _utc(t: datetime) -> datetime:
+def as_utc(t: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (ClickHouse may hand back naive ones)."""
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
@@ -263,9 +264,7 @@ def _content(row: LogRow) -> list[Problem]:
                              f"event {row.event_id}: stored bytes no longer match its hash"))
     emitted = datetime.fromtimestamp(event.emitted_at.seconds, timezone.utc).replace(
         microsecond=event.emitted_at.nanos // 1000)
-    stored_time = row.emitted_at
-    if stored_time.tzinfo is None:
-        stored_time = stored_time.replace(tzinfo=timezone.utc)
+    stored_time = as_utc(row.emitted_at)
     differ = [name for name, column, hashed in (
         ("seq", row.seq, event.seq), ("event_id", row.event_id, event.event_id),
         ("producer_id", row.producer_id, event.producer_id), ("run_id", row.run_id, event.run_id),

@@ -245,7 +245,7 @@ class Store:
             try:
                 return list(self._client.query(sql, parameters=parameters).result_rows)
             except ClickHouseError as exc:
-                raise StoreError(_first_line(exc)) from exc
+                raise StoreError(first_line(exc)) from exc
 
     def query_arrow(self, sql: str, parameters: dict[str, Any] | None = None) -> pa.Table:
         """An Arrow table; String columns come back as binary (no UTF-8 decoding)."""
@@ -253,7 +253,7 @@ class Store:
             try:
                 return self._client.query_arrow(sql, parameters=parameters, use_strings=False)
             except ClickHouseError as exc:
-                raise StoreError(_first_line(exc)) from exc
+                raise StoreError(first_line(exc)) from exc
 
     def query_columns(
         self, sql: str, parameters: dict[str, Any] | None = None
@@ -264,7 +264,7 @@ class Store:
             try:
                 result = self._client.query(sql, parameters=parameters)
             except ClickHouseError as exc:
-                raise StoreError(_first_line(exc)) from exc
+                raise StoreError(first_line(exc)) from exc
             return list(result.column_names), list(result.result_rows)
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
@@ -272,7 +272,7 @@ class Store:
             try:
                 return self._client.command(sql, parameters=parameters)
             except ClickHouseError as exc:
-                raise StoreError(_first_line(exc)) from exc
+                raise StoreError(first_line(exc)) from exc
 
     def insert(self, table: str, rows: pa.Table) -> None:
         """Bulk insert an Arrow table (columns by name)."""
@@ -283,7 +283,7 @@ class Store:
             try:
                 self._client.insert_arrow(table, rows)
             except ClickHouseError as exc:
-                raise StoreError(f"insert into {table} failed: {_first_line(exc)}") from exc
+                raise StoreError(f"insert into {table} failed: {first_line(exc)}") from exc
 
     def close(self) -> None:
         with self._mutex:
@@ -314,6 +314,7 @@ def _failing_insert_hook(table: str) -> None:
         raise StoreError(f"insert into {table} failed: {reason}")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an engine error: what the CLI and gRPC show."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from headwater.stream_processors.log_integrity import LogReport, LogRow, verify_log
+from headwater.stream_processors.log_integrity import LogReport, LogRow, as_utc, verify_log
 from headwater.stream_processors.retention import stored_events_retention
 from headwater.stream_processors.store import Store
 
@@ -31,7 +31,7 @@ def verify_stored_log(store: Store, run_id: str = "", recompute_hashes: bool = F
     if days is not None:
         horizon = (now or datetime.now(timezone.utc)) - timedelta(days=days)
     report = verify_log([
-        LogRow(p, r, s, e, bytes.fromhex(ph), bytes.fromhex(h), _utc(t),
+        LogRow(p, r, s, e, bytes.fromhex(ph), bytes.fromhex(h), as_utc(t),
                bytes.fromhex(body) if recompute_hashes else None, receipt_checked=True,
                first_hash=bytes.fromhex(first) if has_receipt else None)
         for p, r, s, e, ph, h, t, body, has_receipt, first in rows
@@ -39,6 +39,3 @@ def verify_stored_log(store: Store, run_id: str = "", recompute_hashes: bool = F
     report.hashes_recomputed = recompute_hashes
     return report
 
-
-def _utc(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)

@@ -22,7 +22,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from headwater.errors import SqlBusy, StoreError
 from headwater.query_service.sql.policy import SqlLimits, SqlRefused, check_statement
-from headwater.stream_processors.store import Store
+from headwater.stream_processors.store import Store, first_line
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class SqlReader:
             # binds to the explained statement and would show in its tree
             result = client.query(f"EXPLAIN AST {sql}", parameters=parameters)
         except ClickHouseError as exc:
-            raise SqlRefused(f"not a statement ClickHouse can parse: {_first_line(exc)}") \
+            raise SqlRefused(f"not a statement ClickHouse can parse: {first_line(exc)}") \
                 from None
         return [row[0] for row in result.result_rows]
 
@@ -148,7 +148,7 @@ class SqlReader:
                         truncated = _more(stream)
                         break
         except ClickHouseError as exc:
-            raise StoreError(_first_line(exc)) from exc
+            raise StoreError(first_line(exc)) from exc
         return SqlResult(columns, rows, truncated)
 
 
@@ -158,7 +158,7 @@ class SqlReader:
             result = client.query(sql, parameters=parameters,
                                   settings=self._settings(seconds, limit, tag))
         except ClickHouseError as exc:
-            raise StoreError(_first_line(exc)) from exc
+            raise StoreError(first_line(exc)) from exc
         rows = list(result.result_rows)
         return SqlResult(list(result.column_names), rows[:limit], len(rows) > limit)
 
@@ -170,7 +170,3 @@ def _more(stream: Any) -> bool:
     except StopIteration:
         return False
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
