@@ -264,7 +264,7 @@ class OpRecorded(_message.Message):
     def __init__(self, op_id: _Optional[str] = ..., op_name: _Optional[str] = ..., params_json: _Optional[str] = ..., input_node_ids: _Optional[_Iterable[str]] = ..., output_node_id: _Optional[str] = ..., output_shape: _Optional[_Iterable[int]] = ..., row_map: _Optional[_Union[RowMap, _Mapping]] = ..., code_version: _Optional[str] = ..., understood: _Optional[bool] = ..., columns: _Optional[_Iterable[_Union[ColumnMapping, _Mapping]]] = ..., granularity: _Optional[_Union[OpRecorded.Granularity, str]] = ..., output_columns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelVersionRecorded(_message.Message):
-    __slots__ = ("model_id", "version", "parent_version", "parameter_hash", "step", "config_json", "framework", "parameter_count", "checkpoint_uri")
+    __slots__ = ("model_id", "version", "parent_version", "parameter_hash", "step", "config_json", "framework", "parameter_count", "checkpoint_uri", "l2_penalty")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -274,6 +274,7 @@ class ModelVersionRecorded(_message.Message):
     FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_URI_FIELD_NUMBER: _ClassVar[int]
+    L2_PENALTY_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     version: str
     parent_version: str
@@ -283,7 +284,8 @@ class ModelVersionRecorded(_message.Message):
     framework: str
     parameter_count: int
     checkpoint_uri: str
-    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[str] = ..., parent_version: _Optional[str] = ..., parameter_hash: _Optional[str] = ..., step: _Optional[int] = ..., config_json: _Optional[str] = ..., framework: _Optional[str] = ..., parameter_count: _Optional[int] = ..., checkpoint_uri: _Optional[str] = ...) -> None: ...
+    l2_penalty: float
+    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[str] = ..., parent_version: _Optional[str] = ..., parameter_hash: _Optional[str] = ..., step: _Optional[int] = ..., config_json: _Optional[str] = ..., framework: _Optional[str] = ..., parameter_count: _Optional[int] = ..., checkpoint_uri: _Optional[str] = ..., l2_penalty: _Optional[float] = ...) -> None: ...
 
 class GradientBatch(_message.Message):
     __slots__ = ("model_id", "model_version", "step", "learning_rate", "row_keys", "dim", "dtype", "gradients", "loss", "loss_weight", "curvature_weight", "projection", "kind", "targets", "output_function")
@@ -292,9 +294,11 @@ class GradientBatch(_message.Message):
         KIND_UNSPECIFIED: _ClassVar[GradientBatch.Kind]
         TRAINING_STEP: _ClassVar[GradientBatch.Kind]
         FEATURISATION: _ClassVar[GradientBatch.Kind]
+        CURVATURE: _ClassVar[GradientBatch.Kind]
     KIND_UNSPECIFIED: GradientBatch.Kind
     TRAINING_STEP: GradientBatch.Kind
     FEATURISATION: GradientBatch.Kind
+    CURVATURE: GradientBatch.Kind
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]

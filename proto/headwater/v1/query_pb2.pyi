@@ -242,7 +242,7 @@ class RawFeatures(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[str] = ..., features: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class AttributeRequest(_message.Message):
-    __slots__ = ("prediction_id", "test_gradient", "raw_features", "method", "top_k", "aggregation", "damping", "run_id")
+    __slots__ = ("prediction_id", "test_gradient", "raw_features", "method", "top_k", "aggregation", "damping", "run_id", "versions")
     PREDICTION_ID_FIELD_NUMBER: _ClassVar[int]
     TEST_GRADIENT_FIELD_NUMBER: _ClassVar[int]
     RAW_FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +251,7 @@ class AttributeRequest(_message.Message):
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     DAMPING_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     prediction_id: str
     test_gradient: TestGradient
     raw_features: RawFeatures
@@ -259,7 +260,8 @@ class AttributeRequest(_message.Message):
     aggregation: Aggregation
     damping: float
     run_id: str
-    def __init__(self, prediction_id: _Optional[str] = ..., test_gradient: _Optional[_Union[TestGradient, _Mapping]] = ..., raw_features: _Optional[_Union[RawFeatures, _Mapping]] = ..., method: _Optional[_Union[AttributionMethod, str]] = ..., top_k: _Optional[int] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., damping: _Optional[float] = ..., run_id: _Optional[str] = ...) -> None: ...
+    versions: int
+    def __init__(self, prediction_id: _Optional[str] = ..., test_gradient: _Optional[_Union[TestGradient, _Mapping]] = ..., raw_features: _Optional[_Union[RawFeatures, _Mapping]] = ..., method: _Optional[_Union[AttributionMethod, str]] = ..., top_k: _Optional[int] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., damping: _Optional[float] = ..., run_id: _Optional[str] = ..., versions: _Optional[int] = ...) -> None: ...
 
 class AttributedRow(_message.Message):
     __slots__ = ("node_id", "row", "score", "sources", "ops")
@@ -288,16 +290,40 @@ class AttributedGroup(_message.Message):
     def __init__(self, key: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class AttributeResponse(_message.Message):
-    __slots__ = ("rows", "groups", "method", "model_version")
+    __slots__ = ("rows", "groups", "method", "model_version", "damping", "damping_source", "helpful", "harmful")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DAMPING_FIELD_NUMBER: _ClassVar[int]
+    DAMPING_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    HELPFUL_FIELD_NUMBER: _ClassVar[int]
+    HARMFUL_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[AttributedRow]
     groups: _containers.RepeatedCompositeFieldContainer[AttributedGroup]
     method: str
     model_version: str
-    def __init__(self, rows: _Optional[_Iterable[_Union[AttributedRow, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[AttributedGroup, _Mapping]]] = ..., method: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    damping: float
+    damping_source: str
+    helpful: _containers.RepeatedCompositeFieldContainer[AttributedRow]
+    harmful: _containers.RepeatedCompositeFieldContainer[AttributedRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[AttributedRow, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[AttributedGroup, _Mapping]]] = ..., method: _Optional[str] = ..., model_version: _Optional[str] = ..., damping: _Optional[float] = ..., damping_source: _Optional[str] = ..., helpful: _Optional[_Iterable[_Union[AttributedRow, _Mapping]]] = ..., harmful: _Optional[_Iterable[_Union[AttributedRow, _Mapping]]] = ...) -> None: ...
+
+class AttributeChunk(_message.Message):
+    __slots__ = ("rows", "groups", "method", "model_version", "damping", "total")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DAMPING_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[AttributedRow]
+    groups: _containers.RepeatedCompositeFieldContainer[AttributedGroup]
+    method: str
+    model_version: str
+    damping: float
+    total: int
+    def __init__(self, rows: _Optional[_Iterable[_Union[AttributedRow, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[AttributedGroup, _Mapping]]] = ..., method: _Optional[str] = ..., model_version: _Optional[str] = ..., damping: _Optional[float] = ..., total: _Optional[int] = ...) -> None: ...
 
 class AttributeBatchRequest(_message.Message):
     __slots__ = ("requests",)

@@ -478,6 +478,11 @@ class AttributionStub:
                 request_serializer=headwater_dot_v1_dot_query__pb2.ValueRequest.SerializeToString,
                 response_deserializer=headwater_dot_v1_dot_query__pb2.ValueResponse.FromString,
                 _registered_method=True)
+        self.AttributeAll = channel.unary_stream(
+                '/headwater.v1.Attribution/AttributeAll',
+                request_serializer=headwater_dot_v1_dot_query__pb2.AttributeRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_query__pb2.AttributeChunk.FromString,
+                _registered_method=True)
 
 
 class AttributionServicer:
@@ -510,6 +515,13 @@ class AttributionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttributeAll(self, request, context):
+        """Every training row's score (or every group's), streamed in chunks: no top_k cap.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AttributionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -532,6 +544,11 @@ def add_AttributionServicer_to_server(servicer, server):
                     servicer.Value,
                     request_deserializer=headwater_dot_v1_dot_query__pb2.ValueRequest.FromString,
                     response_serializer=headwater_dot_v1_dot_query__pb2.ValueResponse.SerializeToString,
+            ),
+            'AttributeAll': grpc.unary_stream_rpc_method_handler(
+                    servicer.AttributeAll,
+                    request_deserializer=headwater_dot_v1_dot_query__pb2.AttributeRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_query__pb2.AttributeChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -645,6 +662,33 @@ class Attribution:
             '/headwater.v1.Attribution/Value',
             headwater_dot_v1_dot_query__pb2.ValueRequest.SerializeToString,
             headwater_dot_v1_dot_query__pb2.ValueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttributeAll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/headwater.v1.Attribution/AttributeAll',
+            headwater_dot_v1_dot_query__pb2.AttributeRequest.SerializeToString,
+            headwater_dot_v1_dot_query__pb2.AttributeChunk.FromString,
             options,
             channel_credentials,
             insecure,
