@@ -22,6 +22,7 @@ class UnlearningMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNLEARNING_METHOD_UNSPECIFIED: _ClassVar[UnlearningMethod]
     NEWTON: _ClassVar[UnlearningMethod]
     FINE_TUNE: _ClassVar[UnlearningMethod]
+    REPLAY: _ClassVar[UnlearningMethod]
 FLOAT_DTYPE_UNSPECIFIED: FloatDType
 FLOAT16: FloatDType
 FLOAT32: FloatDType
@@ -29,6 +30,7 @@ FLOAT64: FloatDType
 UNLEARNING_METHOD_UNSPECIFIED: UnlearningMethod
 NEWTON: UnlearningMethod
 FINE_TUNE: UnlearningMethod
+REPLAY: UnlearningMethod
 
 class Event(_message.Message):
     __slots__ = ("event_id", "schema_version", "producer_id", "run_id", "seq", "emitted_at", "prev_hash", "hash", "source_registered", "op_recorded", "model_version_recorded", "gradient_batch", "prediction_recorded", "forget_requested", "unlearning_applied")
@@ -169,30 +171,50 @@ class ColumnMapping(_message.Message):
     def __init__(self, output_column: _Optional[str] = ..., input: _Optional[int] = ..., input_columns: _Optional[_Iterable[str]] = ..., transformation: _Optional[str] = ...) -> None: ...
 
 class Projection(_message.Message):
-    __slots__ = ("projection_id", "kind", "seed", "input_dim", "output_dim", "parameters")
+    __slots__ = ("projection_id", "kind", "seed", "input_dim", "output_dim", "parameters", "factors")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Projection.Kind]
         IDENTITY: _ClassVar[Projection.Kind]
         RADEMACHER: _ClassVar[Projection.Kind]
         SPARSE_JL: _ClassVar[Projection.Kind]
+        KRONECKER: _ClassVar[Projection.Kind]
     KIND_UNSPECIFIED: Projection.Kind
     IDENTITY: Projection.Kind
     RADEMACHER: Projection.Kind
     SPARSE_JL: Projection.Kind
+    KRONECKER: Projection.Kind
     PROJECTION_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     INPUT_DIM_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DIM_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    FACTORS_FIELD_NUMBER: _ClassVar[int]
     projection_id: str
     kind: Projection.Kind
     seed: int
     input_dim: int
     output_dim: int
     parameters: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, projection_id: _Optional[str] = ..., kind: _Optional[_Union[Projection.Kind, str]] = ..., seed: _Optional[int] = ..., input_dim: _Optional[int] = ..., output_dim: _Optional[int] = ..., parameters: _Optional[_Iterable[str]] = ...) -> None: ...
+    factors: _containers.RepeatedCompositeFieldContainer[ProjectionFactor]
+    def __init__(self, projection_id: _Optional[str] = ..., kind: _Optional[_Union[Projection.Kind, str]] = ..., seed: _Optional[int] = ..., input_dim: _Optional[int] = ..., output_dim: _Optional[int] = ..., parameters: _Optional[_Iterable[str]] = ..., factors: _Optional[_Iterable[_Union[ProjectionFactor, _Mapping]]] = ...) -> None: ...
+
+class ProjectionFactor(_message.Message):
+    __slots__ = ("layer", "rows", "columns", "k_rows", "k_columns", "bias")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    K_ROWS_FIELD_NUMBER: _ClassVar[int]
+    K_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    rows: int
+    columns: int
+    k_rows: int
+    k_columns: int
+    bias: bool
+    def __init__(self, layer: _Optional[str] = ..., rows: _Optional[int] = ..., columns: _Optional[int] = ..., k_rows: _Optional[int] = ..., k_columns: _Optional[int] = ..., bias: _Optional[bool] = ...) -> None: ...
 
 class SourceRegistered(_message.Message):
     __slots__ = ("source_id", "uri", "content_sha256", "row_count", "schema", "format", "size_bytes", "origin", "licence", "node_id", "labels")
@@ -408,7 +430,7 @@ class ForgetRequested(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., target: _Optional[_Union[ForgetTarget, _Mapping]] = ..., affected: _Optional[_Iterable[_Union[AffectedRows, _Mapping]]] = ..., reason: _Optional[str] = ..., requested_by: _Optional[str] = ..., method: _Optional[_Union[UnlearningMethod, str]] = ..., verify_with_retrain: _Optional[bool] = ..., model_id: _Optional[str] = ...) -> None: ...
 
 class Verification(_message.Message):
-    __slots__ = ("forget_loss_before", "forget_loss_after", "test_accuracy_before", "test_accuracy_after", "membership_auc", "parameter_distance", "retrained", "retrain_forget_loss", "gap_closed", "distance_to_retrained", "retrain_membership_auc", "retrain_test_accuracy")
+    __slots__ = ("forget_loss_before", "forget_loss_after", "test_accuracy_before", "test_accuracy_after", "membership_auc", "parameter_distance", "retrained", "retrain_forget_loss", "gap_closed", "distance_to_retrained", "retrain_membership_auc", "retrain_test_accuracy", "membership_auc_before")
     FORGET_LOSS_BEFORE_FIELD_NUMBER: _ClassVar[int]
     FORGET_LOSS_AFTER_FIELD_NUMBER: _ClassVar[int]
     TEST_ACCURACY_BEFORE_FIELD_NUMBER: _ClassVar[int]
@@ -421,6 +443,7 @@ class Verification(_message.Message):
     DISTANCE_TO_RETRAINED_FIELD_NUMBER: _ClassVar[int]
     RETRAIN_MEMBERSHIP_AUC_FIELD_NUMBER: _ClassVar[int]
     RETRAIN_TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_AUC_BEFORE_FIELD_NUMBER: _ClassVar[int]
     forget_loss_before: float
     forget_loss_after: float
     test_accuracy_before: float
@@ -433,10 +456,11 @@ class Verification(_message.Message):
     distance_to_retrained: float
     retrain_membership_auc: float
     retrain_test_accuracy: float
-    def __init__(self, forget_loss_before: _Optional[float] = ..., forget_loss_after: _Optional[float] = ..., test_accuracy_before: _Optional[float] = ..., test_accuracy_after: _Optional[float] = ..., membership_auc: _Optional[float] = ..., parameter_distance: _Optional[float] = ..., retrained: _Optional[bool] = ..., retrain_forget_loss: _Optional[float] = ..., gap_closed: _Optional[float] = ..., distance_to_retrained: _Optional[float] = ..., retrain_membership_auc: _Optional[float] = ..., retrain_test_accuracy: _Optional[float] = ...) -> None: ...
+    membership_auc_before: float
+    def __init__(self, forget_loss_before: _Optional[float] = ..., forget_loss_after: _Optional[float] = ..., test_accuracy_before: _Optional[float] = ..., test_accuracy_after: _Optional[float] = ..., membership_auc: _Optional[float] = ..., parameter_distance: _Optional[float] = ..., retrained: _Optional[bool] = ..., retrain_forget_loss: _Optional[float] = ..., gap_closed: _Optional[float] = ..., distance_to_retrained: _Optional[float] = ..., retrain_membership_auc: _Optional[float] = ..., retrain_test_accuracy: _Optional[float] = ..., membership_auc_before: _Optional[float] = ...) -> None: ...
 
 class UnlearningApplied(_message.Message):
-    __slots__ = ("request_id", "model_id", "previous_version", "new_version", "method", "rows_forgotten", "verification", "duration_seconds", "status", "error")
+    __slots__ = ("request_id", "model_id", "previous_version", "new_version", "method", "rows_forgotten", "verification", "duration_seconds", "status", "error", "method_reason", "estimated_replay_steps", "estimated_replay_seconds", "steps_replayed", "checkpoint_uri", "newton_steps", "fine_tune_steps")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATUS_UNSPECIFIED: _ClassVar[UnlearningApplied.Status]
@@ -457,6 +481,13 @@ class UnlearningApplied(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    METHOD_REASON_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_REPLAY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_REPLAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_URI_FIELD_NUMBER: _ClassVar[int]
+    NEWTON_STEPS_FIELD_NUMBER: _ClassVar[int]
+    FINE_TUNE_STEPS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model_id: str
     previous_version: str
@@ -467,4 +498,11 @@ class UnlearningApplied(_message.Message):
     duration_seconds: float
     status: UnlearningApplied.Status
     error: str
-    def __init__(self, request_id: _Optional[str] = ..., model_id: _Optional[str] = ..., previous_version: _Optional[str] = ..., new_version: _Optional[str] = ..., method: _Optional[_Union[UnlearningMethod, str]] = ..., rows_forgotten: _Optional[int] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ..., duration_seconds: _Optional[float] = ..., status: _Optional[_Union[UnlearningApplied.Status, str]] = ..., error: _Optional[str] = ...) -> None: ...
+    method_reason: str
+    estimated_replay_steps: int
+    estimated_replay_seconds: float
+    steps_replayed: int
+    checkpoint_uri: str
+    newton_steps: int
+    fine_tune_steps: int
+    def __init__(self, request_id: _Optional[str] = ..., model_id: _Optional[str] = ..., previous_version: _Optional[str] = ..., new_version: _Optional[str] = ..., method: _Optional[_Union[UnlearningMethod, str]] = ..., rows_forgotten: _Optional[int] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ..., duration_seconds: _Optional[float] = ..., status: _Optional[_Union[UnlearningApplied.Status, str]] = ..., error: _Optional[str] = ..., method_reason: _Optional[str] = ..., estimated_replay_steps: _Optional[int] = ..., estimated_replay_seconds: _Optional[float] = ..., steps_replayed: _Optional[int] = ..., checkpoint_uri: _Optional[str] = ..., newton_steps: _Optional[int] = ..., fine_tune_steps: _Optional[int] = ...) -> None: ...
