@@ -33,15 +33,126 @@ PAYLOAD_FIELDS: dict[type[Message], str] = {
 }
 
 
+def canonical_bytes(event: events_pb2.Event) -> bytes:
+    """The event's canonical encoding (docs/wire-contract.md), which its hash covers.
+
+    Protobuf's deterministic encoding of the parsed event, except map entries, which are
+    written in key order (UTF-8 byte order) here: upb orders a key after every longer key
+    it is a prefix of ("ab" before "a"), an order no other implementation reproduces.
+    """
+    labels = (event.source_registered.labels
+              if event.WhichOneof("payload") == "source_registered" else None)
+    if labels is None or len(labels) < 2:  # no order to choose: upb's bytes are canonical
+        return event.SerializeToString(deterministic=True)
+    source = events_pb2.SourceRegistered()
+    source.CopyFrom(event.source_registered)
+    source.ClearField("labels")
+    entries = b"".join(_map_entry(_LABELS, key, labels[key])
+                       for key in sorted(labels, key=lambda k: k.encode()))
+    body = _insert_field(source.SerializeToString(deterministic=True), _LABELS, entries)
+    envelope = events_pb2.Event()
+    envelope.CopyFrom(event)
+    envelope.ClearField("source_registered")
+    field = _SOURCE_REGISTERED
+    return _insert_field(envelope.SerializeToString(deterministic=True), field,
+                         _tag(field, 2) + _varint(len(body)) + body)
+
+
 def event_hash(event: events_pb2.Event) -> bytes:
-    """SHA-256 of the event serialized deterministically with its `hash` field empty."""
+    """SHA-256 of the event's canonical encoding with its `hash` field empty."""
     stored = event.hash
     event.ClearField("hash")  # cheaper than a copy; restored before returning
     try:
-        return hashlib.sha256(event.SerializeToString(deterministic=True)).digest()
+        return hashlib.sha256(canonical_bytes(event)).digest()
     finally:
         if stored:
             event.hash = stored
+
+
+def hash_matches(event: events_pb2.Event, expected: bytes | None = None) -> bool:
+    """Whether `expected` (default `event.hash`) is the event's hash: canonical, or (events
+    published before the canonical form was written down) over Python protobuf's
+    deterministic bytes, which differ only in the order of map keys that prefix others."""
+    expected = event.hash if expected is None else expected
+    if event_hash(event) == expected:
+        return True
+    if event.WhichOneof("payload") != "source_registered" or \
+            len(event.source_registered.labels) < 2:
+        return False
+    legacy = events_pb2.Event()
+    legacy.CopyFrom(event)
+    legacy.ClearField("hash")
+    return hashlib.sha256(legacy.SerializeToString(deterministic=True)).digest() == expected
+
+
+# Field numbers the canonical encoder writes itself (the only map in events.proto).
+_LABELS = events_pb2.SourceRegistered.DESCRIPTOR.fields_by_name["labels"].number
+_SOURCE_REGISTERED = events_pb2.Event.DESCRIPTOR.fields_by_name["source_registered"].number
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _tag(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _map_entry(number: int, key: str, value: str) -> bytes:
+    """One map<string, string> entry: key (1) and value (2) always written, even empty."""
+    k, v = key.encode(), value.encode()
+    entry = b"\x0a" + _varint(len(k)) + k + b"\x12" + _varint(len(v)) + v
+    return _tag(number, 2) + _varint(len(entry)) + entry
+
+
+def _insert_field(encoded: bytes, number: int, field: bytes) -> bytes:
+    """`field` (complete tag-value records of field `number`) placed in `encoded` before the
+    first record of a higher field number, so the records stay in number order."""
+    pos = 0
+    while pos < len(encoded):
+        start = pos
+        key, pos = _read_varint(encoded, pos)
+        if key >> 3 > number:
+            return encoded[:start] + field + encoded[start:]
+        pos = _skip(encoded, pos, key)
+    return encoded + field
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _skip(data: bytes, pos: int, key: int) -> int:
+    """The position after the value of the record whose tag `key` ends at `pos`."""
+    wire_type = key & 7
+    if wire_type == 0:
+        return _read_varint(data, pos)[1]
+    if wire_type == 1:
+        return pos + 8
+    if wire_type == 2:
+        length, pos = _read_varint(data, pos)
+        return pos + length
+    if wire_type == 5:
+        return pos + 4
+    if wire_type == 3:  # a group (kept as an unknown field): skip to its end tag
+        while True:
+            inner, pos = _read_varint(data, pos)
+            if inner & 7 == 4:
+                return pos
+            pos = _skip(data, pos, inner)
+    raise ValueError(f"wire type {wire_type} in an encoded message")  # upb never writes one
 
 
 class _UUID7:

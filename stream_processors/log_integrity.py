@@ -39,7 +39,7 @@ from itertools import groupby
 
 from google.protobuf.message import DecodeError
 
-from headwater.producers.envelope import GENESIS_HASH, event_hash
+from headwater.producers.envelope import GENESIS_HASH, hash_matches
 from headwater.v1 import events_pb2
 
 
@@ -259,7 +259,7 @@ def _content(row: LogRow) -> list[Problem]:
         return [Problem(pid, "hash_mismatch", seq,
                         f"event {row.event_id}: stored bytes no longer decode as an Event")]
     found = []
-    if event_hash(event) != row.hash:
+    if not hash_matches(event, row.hash):
         found.append(Problem(pid, "hash_mismatch", seq,
                              f"event {row.event_id}: stored bytes no longer match its hash"))
     emitted = datetime.fromtimestamp(event.emitted_at.seconds, timezone.utc).replace(

@@ -16,7 +16,7 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 
 from headwater.errors import InvalidEvent
-from headwater.producers.envelope import SCHEMA_VERSION, event_hash
+from headwater.producers.envelope import SCHEMA_VERSION, hash_matches
 from headwater.v1 import events_pb2
 
 MAX_ID_LEN = 256
@@ -139,6 +139,9 @@ def _op_recorded(p: events_pb2.OpRecorded, limits: Limits) -> None:
 def _model_version_recorded(p: events_pb2.ModelVersionRecorded, limits: Limits) -> None:
     _check_id("model_version_recorded.model_id", p.model_id)
     _check_id("model_version_recorded.version", p.version)
+    if not (math.isfinite(p.l2_penalty) and p.l2_penalty >= 0):
+        raise InvalidEvent(f"model_version_recorded.l2_penalty must be a finite number >= 0; "
+                           f"got {p.l2_penalty}")
 
 
 _PER_ROW = ("loss", "loss_weight", "curvature_weight", "targets")
@@ -243,7 +246,7 @@ def validate_event(event: events_pb2.Event, limits: Limits = DEFAULT_LIMITS) -> 
     kind = event.WhichOneof("payload")
     if kind is None:
         raise InvalidEvent("payload is missing (or of a type this service does not know)")
-    if event_hash(event) != event.hash:
+    if not hash_matches(event):
         raise InvalidEvent("hash does not match the event's content (corrupted or altered in "
                       "transit)")
     _PAYLOAD_CHECKS[kind](getattr(event, kind), limits)
