@@ -18,6 +18,7 @@ line (no traceback), and the gRPC services map the families to status codes.
     │   ├── SqlRefused               an auditor's statement is not a safe read
     │   ├── RowsNotInTraining        forget rows the model never trained on
     │   ├── AttributionError         an attribution that cannot be answered
+    │   │   └── NoTrainingSteps      tracin without training-step gradients -> FAILED_PRECONDITION
     │   └── NotFound                 what was named does not exist              -> NOT_FOUND
     │       ├── UnknownNode          no lineage node with that id (also KeyError)
     │       ├── UnknownRun           no lineage recorded for that run
@@ -107,6 +108,10 @@ class RowsNotInTraining(RequestError):
 
 class AttributionError(RequestError):
     """A request that cannot be answered (unknown prediction, no gradients, bad shape)."""
+
+
+class NoTrainingSteps(AttributionError):
+    """TracIn asked of a model without training-step gradients (FAILED_PRECONDITION)."""
 
 
 class NotFound(RequestError):

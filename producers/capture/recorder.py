@@ -1,13 +1,16 @@
 """Per-sample gradient capture in the trainer: GradientBatch, ModelVersionRecorded and
 PredictionRecorded events for attribution.
 
-    capture = TorchCapture(publisher.publish, model, "clf", k=512, parameters="last_layer")
+    background = BackgroundPublisher(publisher)        # encoding off the trainer's thread
+    capture = TorchCapture(background, model, "clf", k=512)
     for step, (x, y) in enumerate(loader):
-        capture.capture(x, y, row_keys(x), learning_rate=lr, step=step)   # before .step()
-        loss = loss_fn(model(x), y); loss.backward(); opt.step(); opt.zero_grad()
+        with capture.step(x, y, row_keys(x), learning_rate=lr, step=step):
+            loss_fn(model(x), y).backward()                 # hooks read this backward
+        opt.step(); opt.zero_grad()
         if step % 100 == 0:
             capture.record_version(step)
     capture.record_prediction(x_test[:1], prediction_id="p-1")
+    background.flush()                                      # errors of the worker surface here
 
 What is captured (DESIGN.md, Attribution): f is the model output being explained — the
 margin log(p_y / (1 - p_y)) of the row's label for classification, the output itself for
@@ -24,14 +27,24 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from google.protobuf.message import Message
 
+from headwater.producers.capture.kronecker import KroneckerProjection
 from headwater.producers.capture.projection import Projection, make_projection
 from headwater.v1 import events_pb2
 
-Publish = Callable[[Any], object]
+
+class Submit(Protocol):
+    """A publisher that builds payloads itself, later, off the caller's thread
+    (headwater.producers.publisher.BackgroundPublisher)."""
+
+    def submit(self, build: Callable[[], Message]) -> None: ...
+
+
+Publish = Callable[[Any], object] | Submit
 TASKS = ("classification", "regression")
 _DTYPES = {"float16": (events_pb2.FLOAT16, np.float16), "float32": (events_pb2.FLOAT32, np.float32)}
 
@@ -59,6 +72,13 @@ def regression_weights(output: np.ndarray, target: np.ndarray) -> Weights:
     return Weights(0.5 * r * r, r, np.ones_like(r))
 
 
+def _bytes(phi: Any, dtype: type) -> bytes:
+    """Row-major little-endian bytes of φ (NumPy array or torch tensor, any device)."""
+    if hasattr(phi, "detach"):
+        phi = phi.detach().cpu().numpy()
+    return np.ascontiguousarray(phi, dtype=dtype).tobytes()
+
+
 def _keys(keys: events_pb2.RowKeys, n: int) -> events_pb2.RowKeys:
     if not isinstance(keys, events_pb2.RowKeys):
         raise TypeError(f"keys must be headwater.v1.RowKeys (see tracking.row_keys); "
@@ -80,7 +100,8 @@ class Recorder:
     def __init__(self, publish: Publish, model_id: str, parameter_count: int, *,
                  task: str = "classification", k: int = 512, seed: int = 0,
                  projection: str = "rademacher", parameters: Sequence[str] = (),
-                 dtype: str = "float32") -> None:
+                 dtype: str = "float32",
+                 projection_spec: Projection | KroneckerProjection | None = None) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
         if dtype not in _DTYPES:
@@ -91,9 +112,13 @@ class Recorder:
         self.model_id = model_id
         self.task = task
         self.dtype = dtype
-        self.projection: Projection = make_projection(parameter_count, k=k, seed=seed,
-                                                      kind=projection,
-                                                      parameters=tuple(parameters))
+        self.projection: Projection | KroneckerProjection = (
+            make_projection(parameter_count, k=k, seed=seed, kind=projection,
+                            parameters=tuple(parameters))
+            if projection_spec is None else projection_spec)
+        if self.projection.input_dim != parameter_count:
+            raise ValueError(f"the projection takes {self.projection.input_dim} parameters, "
+                             f"the model has {parameter_count}")
         self._proto_projection = self.projection.to_proto()
         self.version = ""
         self._versions = 0
@@ -109,20 +134,25 @@ class Recorder:
         raise NotImplementedError
 
     def record_version(self, step: int | None = None, config: dict[str, Any] | None = None,
-                       checkpoint_uri: str = "") -> str:
+                       checkpoint_uri: str = "", l2_penalty: float = 0.0) -> str:
         """Emit ModelVersionRecorded for the current parameters; later events carry it.
         `step` defaults to the latest step seen (e.g. a version made by unlearning between
-        steps belongs after them, not at step 0)."""
+        steps belongs after them, not at step 0). `l2_penalty`: λ of the objective
+        Σ_i ℓ_i + (λ/2)|θ|² (weight decay wd on a mean loss over n rows: wd · n); the
+        service uses it as this version's influence damping."""
+        if not (np.isfinite(l2_penalty) and l2_penalty >= 0):
+            raise ValueError(f"l2_penalty must be a finite number >= 0; got {l2_penalty}")
         step = self.last_step if step is None else step
         self.last_step = max(self.last_step, step)
         self._versions += 1
         parent, self.version = self.version, f"v{self._versions}"
-        self.publish(events_pb2.ModelVersionRecorded(
+        event = events_pb2.ModelVersionRecorded(
             model_id=self.model_id, version=self.version, parent_version=parent,
             parameter_hash=self.parameter_hash(), step=step,
             config_json=json.dumps(config or {}, sort_keys=True, default=str),
             framework=self.framework, parameter_count=self.projection.input_dim,
-            checkpoint_uri=checkpoint_uri))
+            checkpoint_uri=checkpoint_uri, l2_penalty=l2_penalty)
+        self._emit(lambda: event)
         return self.version
 
     def _require_version(self) -> str:
@@ -132,32 +162,75 @@ class Recorder:
 
     # -- events ----------------------------------------------------------------------------
 
-    def publish_gradients(self, phi: np.ndarray, weights: Weights, keys: events_pb2.RowKeys,
+    def _emit(self, build: Callable[[], Message]) -> Message | None:
+        """Publish build()'s payload: on a BackgroundPublisher's worker (returns None), or
+        here and now through a plain publish callable (returns the payload)."""
+        submit = getattr(self.publish, "submit", None)
+        if submit is not None:
+            submit(build)
+            return None
+        payload = build()
+        self.publish(payload)  # type: ignore[operator]
+        return payload
+
+    def publish_gradients(self, phi: Any, weights: Weights, keys: events_pb2.RowKeys,
                           *, learning_rate: float, step: int, targets: Any = None,
-                          featurisation: bool = False) -> events_pb2.GradientBatch:
-        """One GradientBatch of projected per-sample gradients φ [n, k]."""
+                          featurisation: bool = False) -> events_pb2.GradientBatch | None:
+        """One GradientBatch of projected per-sample gradients φ [n, k] (a NumPy array or a
+        torch tensor, read when the event is built; it must not change after this call).
+        Returns the payload, or None when a BackgroundPublisher builds it later."""
         self.last_step = max(self.last_step, step)
         n = phi.shape[0]
+        keys = _keys(keys, n)
         kind = (events_pb2.GradientBatch.FEATURISATION if featurisation
                 else events_pb2.GradientBatch.TRAINING_STEP)
+        version = self._require_version()
         proto_dtype, np_dtype = _DTYPES[self.dtype]
-        batch = events_pb2.GradientBatch(
-            model_id=self.model_id, model_version=self._require_version(), step=step,
-            learning_rate=learning_rate, row_keys=_keys(keys, n), dim=phi.shape[1],
-            dtype=proto_dtype, gradients=np.ascontiguousarray(phi, dtype=np_dtype).tobytes(),
-            loss=weights.loss.tolist(), loss_weight=weights.q.tolist(),
-            curvature_weight=weights.w.tolist(), projection=self._proto_projection, kind=kind,
-            output_function=self.output_function,
-            targets=[] if targets is None else np.asarray(targets, np.float64).ravel().tolist())
-        self.publish(batch)
-        return batch
+
+        def build() -> events_pb2.GradientBatch:
+            return events_pb2.GradientBatch(
+                model_id=self.model_id, model_version=version, step=step,
+                learning_rate=learning_rate, row_keys=keys, dim=phi.shape[1],
+                dtype=proto_dtype, gradients=_bytes(phi, np_dtype),
+                loss=weights.loss.tolist(), loss_weight=weights.q.tolist(),
+                curvature_weight=weights.w.tolist(), projection=self._proto_projection,
+                kind=kind, output_function=self.output_function,
+                targets=[] if targets is None
+                else np.asarray(targets, np.float64).ravel().tolist())
+
+        return self._emit(build)  # type: ignore[return-value]
+
+    def publish_curvature(self, phi: np.ndarray, w: np.ndarray, keys: events_pb2.RowKeys,
+                          per_row: int, *, step: int = 0, max_rows: int = 65_536) -> None:
+        """CURVATURE GradientBatches: factors φ [n·per_row, k] with weights w whose Σ w φφᵀ
+        is the version's curvature (per_row factors per row of `keys`, row-major); the
+        service never scores them as training rows."""
+        keys = _keys(keys, len(phi) // per_row)
+        proto_dtype, np_dtype = _DTYPES[self.dtype]
+        index = list(keys.node_index) or [0] * len(keys.rows)
+        rows = list(keys.rows)
+        chunk = max(1, max_rows // per_row)
+        for a in range(0, len(rows), chunk):
+            b = min(a + chunk, len(rows))
+            part = events_pb2.RowKeys(node_ids=keys.node_ids,
+                                      node_index=np.repeat(index[a:b], per_row).tolist(),
+                                      rows=np.repeat(rows[a:b], per_row).tolist())
+            block = phi[a * per_row:b * per_row]
+            self.publish(events_pb2.GradientBatch(
+                model_id=self.model_id, model_version=self._require_version(), step=step,
+                learning_rate=0.0, row_keys=part, dim=phi.shape[1], dtype=proto_dtype,
+                gradients=np.ascontiguousarray(block, dtype=np_dtype).tobytes(),
+                curvature_weight=np.asarray(w[a * per_row:b * per_row], np.float64).tolist(),
+                projection=self._proto_projection, kind=events_pb2.GradientBatch.CURVATURE,
+                output_function=self.output_function))
 
     def publish_prediction(self, phi: np.ndarray, output: Iterable[float], label: Any, *,
                            prediction_id: str | None = None,
                            input_rows: events_pb2.RowKeys | None = None
                            ) -> events_pb2.PredictionRecorded:
         """PredictionRecorded carrying the projected test gradient φ' [1, k] of the margin
-        of `label` (classification) or of the output (regression)."""
+        of `label` (classification) or of the output (regression). Built now, whatever
+        the publisher: the caller gets the event (and its prediction id) back."""
         proto_dtype, np_dtype = _DTYPES[self.dtype]
         event = events_pb2.PredictionRecorded(
             prediction_id=prediction_id or str(uuid.uuid4()), model_id=self.model_id,
@@ -165,10 +238,10 @@ class Recorder:
             output=[float(v) for v in np.ravel(np.asarray(output, dtype=np.float64))],
             predicted_label=int(label) if self.task == "classification" else 0,
             dim=phi.shape[1], dtype=proto_dtype,
-            test_gradients=np.ascontiguousarray(phi, dtype=np_dtype).tobytes(),
+            test_gradients=_bytes(phi, np_dtype),
             gradient_labels=[str(label) if self.task == "classification" else "output"],
             projection=self._proto_projection)
         if input_rows is not None:
             event.input_rows.CopyFrom(input_rows)
-        self.publish(event)
+        self._emit(lambda: event)
         return event

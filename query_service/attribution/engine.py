@@ -30,21 +30,23 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 
-from headwater.errors import NothingToAttribute
+from headwater.errors import NothingToAttribute, NoTrainingSteps
 from headwater.query_service.attribution.scoring import (
     METHODS,
+    SPECTRUM_FACTOR,
     AttributionError,
     Block,
+    Damping,
     Example,
     Model,
     Result,
     SourceRow,
     TestGradient,
-    damping_for,
     embedding_of,
     influence_of_block,
     latest_per_example,
     matvec,
+    per_example,
     self_influence_scores,
     tracin_scores,
     version_block,
@@ -66,9 +68,10 @@ class AttributionEngine:
     """Caches each model's feature matrix and answers attribution queries over it."""
 
     def __init__(self, store: Store, *, damping: float = 0.0, decay: float = 1.0,
-                 block_rows: int = 65536) -> None:
+                 block_rows: int = 65536, damping_factor: float = SPECTRUM_FACTOR) -> None:
         self.store = store
-        self.damping = damping  # 0: relative default, 1e-3 * mean curvature diagonal
+        self.damping = damping  # 0: the version's recorded L2, else the spectrum rule
+        self.damping_factor = damping_factor
         self.decay = decay
         self.block_rows = block_rows
         self._models: dict[tuple[str, str], Model] = {}  # (model id, run id) -> model
@@ -125,8 +128,8 @@ class AttributionEngine:
             "SELECT model_version, kind, node_id, row, step, learning_rate, loss_weight, "
             "curvature_weight, target, projection_id, dim, dtype, gradient "
             "FROM gradients FINAL WHERE model_id = {m:String} AND run_id = {r:String} "
-            "AND (node_id, row) NOT IN (SELECT node_id, row FROM forgotten_rows "
-            f"WHERE model_id = {{m:String}} AND {_FORGOTTEN_IN_RUN}) "
+            "AND kind != 'CURVATURE' AND (node_id, row) NOT IN (SELECT node_id, row "
+            f"FROM forgotten_rows WHERE model_id = {{m:String}} AND {_FORGOTTEN_IN_RUN}) "
             "ORDER BY model_version, kind, step, event_id, idx", params)
         version = np.array([_text(v) for v in t["model_version"].to_pylist()], dtype=object)
         kind = np.array([_text(v) for v in t["kind"].to_pylist()], dtype=object)
@@ -158,12 +161,15 @@ class AttributionEngine:
                                 col["learning_rate"].astype(np.float64),
                                 col["step"].astype(np.int64), col["target"], example_of[sel]))
         recorded = self.store.query(
-            "SELECT version, parent_version FROM model_versions FINAL WHERE model_id = {m:String}"
-            " AND run_id = {r:String} ORDER BY step, recorded_at", params)
+            "SELECT version, parent_version, l2_penalty, framework FROM model_versions FINAL "
+            "WHERE model_id = {m:String} AND run_id = {r:String} ORDER BY step, recorded_at",
+            params)
         versions = [_text(r[0]) for r in recorded]
-        self._parents[(model_id, run)] = {_text(v): _text(p) for v, p in recorded}
+        self._parents[(model_id, run)] = {_text(r[0]): _text(r[1]) for r in recorded}
         versions += sorted({b.version for b in blocks} - set(versions))
-        return Model(model_id, rows, blocks, examples, versions, run_id=run)
+        return Model(model_id, rows, blocks, examples, versions, run_id=run,
+                     l2={_text(r[0]): float(r[2]) for r in recorded},
+                     framework={_text(r[0]): _text(r[3]) for r in recorded})
 
     def lineage(self, model: Model, versions: list[str]) -> set[str]:
         """The given versions and their ancestors (parent_version chains) in the model's
@@ -259,7 +265,19 @@ class AttributionEngine:
     # -- scoring ---------------------------------------------------------------------------
 
     def curvature(self, model: Model, block: Block) -> np.ndarray:
-        """C = Σ w φφᵀ of the block's version and kind from the sketch parts."""
+        """C = Σ w φφᵀ of the block's version and kind from the sketch parts; for a
+        FEATURISATION block the version's CURVATURE parts (full softmax Gauss-Newton
+        factors) when the trainer published them."""
+        if block.kind == "FEATURISATION":
+            full = replace(block, kind="CURVATURE")
+            c = self._curvature(model, full)
+            if model.curvature[(full.version, full.kind, full.projection_id)][1]:
+                model.curvature[(block.version, block.kind, block.projection_id)] = \
+                    model.curvature[(full.version, full.kind, full.projection_id)]
+                return c
+        return self._curvature(model, block)
+
+    def _curvature(self, model: Model, block: Block) -> np.ndarray:
         key = (block.version, block.kind, block.projection_id)
         if key not in model.curvature:
             parts = self.store.query(
@@ -307,10 +325,15 @@ class AttributionEngine:
         return matvec(phi, u, self.block_rows)
 
     def influence(self, model: Model, tests: list[TestGradient], damping: float = 0.0
-                  ) -> tuple[np.ndarray, str]:
+                  ) -> tuple[np.ndarray, str, float, str]:
+        """(scores, versions used, mean λ, where λ came from) of the influence ensemble
+        over the tests' versions (Damping: request, setting, recorded L2, spectrum)."""
         scores = np.zeros(len(model.examples))
         total_weight = 0.0
         used = []
+        lams: list[float] = []
+        sources: set[str] = set()
+        rule = Damping(damping or self.damping, self.damping_factor)
         for test in tests:
             try:
                 block = self._version_block(model, test.version, test.projection_id)
@@ -321,8 +344,11 @@ class AttributionEngine:
                                        f"gradients of {test.version} have {block.phi.shape[1]}")
             c = self.curvature(model, block)
             counted = model.curvature[(block.version, block.kind, block.projection_id)][1]
-            examples, s = influence_of_block(block, c, counted, test.phi,
-                                             damping or self.damping or None, self.block_rows)
+            c = per_example(block, c, counted)
+            lam, source = rule.of(c, model.l2.get(block.version, 0.0))
+            lams.append(lam)
+            sources.add(source)
+            examples, s = influence_of_block(block, c, test.phi, lam, self.block_rows)
             age = len(model.versions) - 1 - (model.versions.index(test.version)
                                              if test.version in model.versions else 0)
             weight = self.decay ** age
@@ -332,20 +358,32 @@ class AttributionEngine:
         if not used:
             raise AttributionError("no stored gradient rows at the prediction's model version(s) "
                                    f"{[t.version for t in tests]} with its projection")
-        return scores / total_weight, ",".join(used)
+        return (scores / total_weight, ",".join(used), float(np.mean(lams)),
+                ", ".join(sorted(sources)))
 
     def tracin(self, model: Model, tests: list[TestGradient]) -> tuple[np.ndarray, str]:
-        """TracIn over the training steps of the versions on the tests' version lineage."""
+        """TracIn over the training steps of the versions on the tests' version lineage;
+        NoTrainingSteps when none was captured with a learning rate (it would score 0)."""
         lineage = self.lineage(model, [t.version for t in tests])
+        steps = [b for b in model.blocks if b.version in lineage and b.kind == "TRAINING_STEP"]
+        if not any((b.lr != 0).any() for b in steps):
+            raise NoTrainingSteps(
+                f"tracin needs training-step gradients: model {model.model_id!r} has "
+                + ("only FEATURISATION rows" if not steps else
+                   "training-step rows with learning_rate 0 only")
+                + " on the prediction's version lineage; capture every step with the "
+                "optimiser's learning rate (capture(x, y, keys, learning_rate=lr, step=...) "
+                "before optimizer.step()), or use method influence")
         scoped = replace(model, blocks=[b for b in model.blocks if b.version in lineage])
         return tracin_scores(scoped, tests, self.block_rows)
 
     def attribute(self, prediction_id: str = "", *, model_id: str = "",
                   test: TestGradient | None = None, method: str = "influence",
-                  damping: float = 0.0, run_id: str = "") -> Result:
+                  damping: float = 0.0, run_id: str = "", versions: int = 0) -> Result:
         """Scores of every source example for a prediction (or a given test gradient),
         over the training rows of the prediction's run (`run_id`, else the prediction's
-        or the model's only run)."""
+        or the model's only run). `versions` > 0: influence over the prediction's latest
+        that many versions only."""
         if method not in METHODS:
             raise AttributionError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
         if prediction_id:
@@ -356,9 +394,10 @@ class AttributionEngine:
             raise AttributionError("give a prediction id, or a model id and a test gradient")
         model = self.model(model_id, run_id)
         if method == "influence":
-            scores, version = self.influence(model, tests, damping)
-        else:
-            scores, version = self.tracin(model, tests)
+            scores, version, lam, source = self.influence(
+                model, tests[-versions:] if versions else tests, damping)
+            return Result(method, version, scores, model, lam, source)
+        scores, version = self.tracin(model, tests)
         return Result(method, version, scores, model)
 
     def embedding(self, model: Model, test: TestGradient
@@ -376,5 +415,9 @@ class AttributionEngine:
         model = self.model(model_id, run_id)
         block = self._version_block(model, version or model.versions[-1])
         c = self.curvature(model, block)
-        scores = self_influence_scores(model, block, c, damping_for(c, damping, self.damping))
-        return Result("self_influence", version, scores, model)
+        c = per_example(block, c, model.curvature[(block.version, block.kind,
+                                                   block.projection_id)][1])
+        lam, source = Damping(damping or self.damping, self.damping_factor).of(
+            c, model.l2.get(block.version, 0.0))
+        scores = self_influence_scores(model, block, c, lam)
+        return Result("self_influence", version, scores, model, lam, source)

@@ -71,6 +71,8 @@ class Model:
     versions: list[str]  # in recorded order
     curvature: dict[tuple[str, str, str], tuple[np.ndarray, int]] = field(default_factory=dict)
     run_id: str = ""  # the training run these rows are of (models are scoped by run)
+    l2: dict[str, float] = field(default_factory=dict)  # version -> recorded L2 penalty
+    framework: dict[str, str] = field(default_factory=dict)  # version -> framework
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,20 @@ class Result:
     model_version: str
     scores: np.ndarray  # [examples]
     model: Model
+    damping: float = 0.0  # influence: λ used (mean over the ensembled versions)
+    damping_source: str = ""
+
+    def ranked(self, k: int, sign: int) -> list[tuple[Example, float]]:
+        """The k examples with the largest scores of one sign (+1: most helpful, raised
+        the output; -1: most harmful, lowered it), strongest first; zeros never."""
+        signed = sign * self.scores
+        idx = np.flatnonzero(signed > 0)
+        k = min(k, len(idx))
+        if k == 0:
+            return []
+        idx = idx[np.argpartition(-signed[idx], k - 1)[:k]]
+        idx = idx[np.argsort(-signed[idx], kind="stable")]
+        return [(self.model.examples[i], float(self.scores[i])) for i in idx]
 
     def top(self, k: int) -> list[tuple[Example, float]]:
         """The k examples with the largest |score| (both directions), largest first."""
@@ -141,12 +157,32 @@ def matvec(phi: np.ndarray, u: np.ndarray, block_rows: int) -> np.ndarray:
     return out
 
 
+SPECTRUM_FACTOR = 0.1  # λ = this × the mean eigenvalue of C when no L2 was recorded
+
+
+@dataclass(frozen=True)
+class Damping:
+    """Where λ comes from, in order: `value` (the request, else the server setting), the L2
+    penalty recorded with the model version, else `factor` × the mean eigenvalue of C
+    (trace / k), the data-driven rule benchmarks/attribution_lds.py measured
+    (docs/attribution.md, "Damping")."""
+
+    value: float = 0.0
+    factor: float = SPECTRUM_FACTOR
+
+    def of(self, c: np.ndarray, l2: float = 0.0) -> tuple[float, str]:
+        """(λ, where it came from) for curvature `c` of a version with recorded `l2`."""
+        if self.value:
+            return self.value, "request"
+        if l2:
+            return l2, "recorded l2"
+        mean_eig = max(float(np.trace(c)) / len(c), 1e-12)
+        return self.factor * mean_eig, f"{self.factor:g} x mean eigenvalue"
+
+
 def damping_for(c: np.ndarray, *dampings: float) -> float:
-    """The first non-zero damping given, else 1e-3 x the mean curvature diagonal."""
-    for d in dampings:
-        if d:
-            return d
-    return 1e-3 * max(float(np.trace(c)) / len(c), 1e-12)
+    """The first non-zero damping given, else the spectrum rule (Damping)."""
+    return Damping(next((d for d in dampings if d), 0.0)).of(c)[0]
 
 
 def version_block(model: Model, version: str, projection_id: str | None = None) -> Block:
@@ -162,19 +198,24 @@ def version_block(model: Model, version: str, projection_id: str | None = None) 
     return block
 
 
-def influence_of_block(block: Block, c: np.ndarray, counted: int, test_phi: np.ndarray,
-                       lam: float | None, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def influence_of_block(block: Block, c: np.ndarray, test_phi: np.ndarray, lam: float,
+                       block_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """(example index, score) of each example's latest row in `block` for one test
-    gradient; `c` the block's curvature over `counted` rows, `lam` the damping (None: the
-    relative default)."""
+    gradient; `c` the block's curvature (already one count per example), `lam` the
+    damping."""
     sel = latest_per_example(block)
-    if block.kind == "TRAINING_STEP" and counted:
-        c = c * (len(sel) / counted)  # one count per example, not per use
-    lam = lam or damping_for(c)
     u = np.linalg.solve(c + lam * np.eye(len(c)), test_phi)
     # score every stored row (no copy of the matrix), keep each example's latest
     s = matvec(block.phi, u.astype(np.float32), block_rows)[sel] * block.q[sel]
     return block.example[sel], s
+
+
+def per_example(block: Block, c: np.ndarray, counted: int) -> np.ndarray:
+    """The curvature of a TRAINING_STEP block rescaled to one count per example (a row
+    used in several steps of the version was counted once per use)."""
+    if block.kind == "TRAINING_STEP" and counted:
+        return c * (len(latest_per_example(block)) / counted)
+    return c
 
 
 def tracin_scores(model: Model, tests: list[TestGradient], block_rows: int

@@ -1,4 +1,5 @@
-"""Attribution over gRPC: top-k training rows (with source rows and op chains) or groups."""
+"""Attribution over gRPC: top-k training rows (with source rows and op chains) or groups,
+most helpful and most harmful apart; AttributeAll streams every row's (or group's) score."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from contextlib import contextmanager
 import grpc
 import numpy as np
 
-from headwater.errors import AttributionError, BadRowKey, NotFound
+from headwater.errors import AttributionError, BadRowKey, NotFound, NoTrainingSteps
 from headwater.query_service.attribution.engine import AttributionEngine
 from headwater.query_service.attribution.knn_shapley import knn_shapley
 from headwater.query_service.attribution.raw_features import raw_features_gradient
 from headwater.query_service.attribution.scoring import (
+    Example,
     Result,
     TestGradient,
     unsign,
@@ -22,13 +24,14 @@ from headwater.stream_processors.processors.gradients import DTYPES, NP_DTYPE
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
 
-_METHOD = {query_pb2.ATTRIBUTION_METHOD_UNSPECIFIED: "influence",
+_METHOD = {query_pb2.ATTRIBUTION_METHOD_UNSPECIFIED: "default",
            query_pb2.INFLUENCE: "influence", query_pb2.TRACIN: "tracin"}
 _AGGREGATION = {query_pb2.AGGREGATION_UNSPECIFIED: "row", query_pb2.BY_ROW: "row",
                 query_pb2.BY_SOURCE: "source", query_pb2.BY_SOURCE_FILE: "source_file",
                 query_pb2.BY_OP: "op"}
 DEFAULT_TOP_K = 10
-MAX_TOP_K = 10_000
+MAX_TOP_K = 10_000  # a top list; AttributeAll streams every score
+CHUNK_ROWS = 2048  # rows (or groups) per AttributeChunk
 
 
 def _top_k(value: int) -> int:
@@ -53,21 +56,59 @@ def test_gradient(msg: query_pb2.TestGradient) -> TestGradient:
     return TestGradient(msg.model_version, msg.projection.projection_id, phi, "")
 
 
+def _row(example: Example, score: float, ops: list[query_pb2.OpInfo]
+         ) -> query_pb2.AttributedRow:
+    return query_pb2.AttributedRow(
+        node_id=example.node_id, row=example.row, score=score,
+        sources=[query_pb2.SourceRowRef(source_id=s.source_id, uri=s.uri, row=s.row)
+                 for s in example.sources], ops=ops)
+
+
 def response(result: Result, aggregation: str, top_k: int, graph: LineageGraph
              ) -> query_pb2.AttributeResponse:
-    out = query_pb2.AttributeResponse(method=result.method, model_version=result.model_version)
+    """The top lists: by |score| (`rows`), and most helpful / most harmful apart."""
+    out = query_pb2.AttributeResponse(method=result.method, model_version=result.model_version,
+                                      damping=result.damping,
+                                      damping_source=result.damping_source)
     if aggregation == "row":
-        for example, score in result.top(top_k):
-            out.rows.append(query_pb2.AttributedRow(
-                node_id=example.node_id, row=example.row, score=score,
-                sources=[query_pb2.SourceRowRef(source_id=s.source_id, uri=s.uri, row=s.row)
-                         for s in example.sources],
-                ops=[_op_info(graph, o) for o in example.op_ids]))
+        for field, ranked in ((out.rows, result.top(top_k)),
+                              (out.helpful, result.ranked(top_k, +1)),
+                              (out.harmful, result.ranked(top_k, -1))):
+            field.extend(_row(example, score, [_op_info(graph, o) for o in example.op_ids])
+                         for example, score in ranked)
     else:
         for key, label, score, rows in result.groups(aggregation, graph)[:top_k]:
             out.groups.append(query_pb2.AttributedGroup(key=key, label=label, score=score,
                                                         rows=rows))
     return out
+
+
+def chunks(result: Result, aggregation: str, graph: LineageGraph
+           ) -> Iterator[query_pb2.AttributeChunk]:
+    """Every example's (or group's) score, CHUNK_ROWS per message; rows carry their source
+    rows and their ops' ids and names."""
+    head = {"method": result.method, "model_version": result.model_version,
+            "damping": result.damping}
+    if aggregation != "row":
+        groups = result.groups(aggregation, graph)
+        for start in range(0, max(len(groups), 1), CHUNK_ROWS):
+            yield query_pb2.AttributeChunk(**head, total=len(groups), groups=[
+                query_pb2.AttributedGroup(key=key, label=label, score=score, rows=rows)
+                for key, label, score, rows in groups[start:start + CHUNK_ROWS]])
+        return
+    names: dict[str, str] = {}
+
+    def op(op_id: str) -> query_pb2.OpInfo:
+        if op_id not in names:
+            names[op_id] = graph.op(op_id).op_name
+        return query_pb2.OpInfo(op_id=op_id, op_name=names[op_id])
+
+    examples, scores = result.model.examples, result.scores
+    for start in range(0, max(len(examples), 1), CHUNK_ROWS):
+        yield query_pb2.AttributeChunk(**head, total=len(examples), rows=[
+            _row(e, float(s), [op(o) for o in e.op_ids])
+            for e, s in zip(examples[start:start + CHUNK_ROWS],
+                            scores[start:start + CHUNK_ROWS], strict=True)])
 
 
 def _op_info(graph: LineageGraph, op_id: str) -> query_pb2.OpInfo:
@@ -81,6 +122,8 @@ def _op_info(graph: LineageGraph, op_id: str) -> query_pb2.OpInfo:
 def _errors(context: grpc.ServicerContext) -> Iterator[None]:
     try:
         yield
+    except NoTrainingSteps as exc:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     except NotFound as exc:
         context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     except AttributionError as exc:
@@ -99,34 +142,49 @@ class AttributionService(query_pb2_grpc.AttributionServicer):
         self._store = store
         self.engine = engine or AttributionEngine(store)
 
-    def _attribute(self, request: query_pb2.AttributeRequest) -> query_pb2.AttributeResponse:
+    def _result(self, request: query_pb2.AttributeRequest) -> tuple[Result, str]:
+        """(scores of every example, aggregation) of one request."""
         kind = request.WhichOneof("query")
         method = _METHOD.get(request.method)
         aggregation = _AGGREGATION.get(request.aggregation)
         if method is None or aggregation is None:
             raise AttributionError(f"unknown method {request.method} or aggregation "
                                    f"{request.aggregation}")
+        if not (np.isfinite(request.damping) and request.damping >= 0):
+            raise AttributionError(f"damping must be a finite number >= 0; got "
+                                   f"{request.damping}")
         run = request.run_id  # scope: one run's training rows (engine.py, "Runs")
+        common = {"method": method, "damping": request.damping, "versions": request.versions}
         if kind == "prediction_id":
-            result = self.engine.attribute(request.prediction_id, method=method,
-                                           damping=request.damping, run_id=run)
+            result = self.engine.attribute(request.prediction_id, run_id=run, **common)
         elif kind == "test_gradient":
             result = self.engine.attribute(model_id=request.test_gradient.model_id,
                                            test=test_gradient(request.test_gradient),
-                                           method=method, damping=request.damping, run_id=run)
+                                           run_id=run, **common)
         elif kind == "raw_features":
             if request.raw_features.model_id:
                 run = self.engine.run_of(request.raw_features.model_id, run)
             model_id, test = raw_features_gradient(self._store, request.raw_features, run)
-            result = self.engine.attribute(model_id=model_id, test=test, method=method,
-                                           damping=request.damping, run_id=run)
+            result = self.engine.attribute(model_id=model_id, test=test, run_id=run, **common)
         else:
             raise AttributionError("give prediction_id, test_gradient or raw_features")
-        return response(result, aggregation, _top_k(request.top_k), LineageGraph(self._store))
+        return result, aggregation
+
+    def _attribute(self, request: query_pb2.AttributeRequest) -> query_pb2.AttributeResponse:
+        top_k = _top_k(request.top_k)
+        result, aggregation = self._result(request)
+        return response(result, aggregation, top_k, LineageGraph(self._store))
 
     def Attribute(self, request: query_pb2.AttributeRequest, context: grpc.ServicerContext):
         with _errors(context):
             return self._attribute(request)
+
+    def AttributeAll(self, request: query_pb2.AttributeRequest,
+                     context: grpc.ServicerContext) -> Iterator[query_pb2.AttributeChunk]:
+        """Every training example's score (or every group's), streamed; top_k is ignored."""
+        with _errors(context):
+            result, aggregation = self._result(request)
+            yield from chunks(result, aggregation, LineageGraph(self._store))
 
     def AttributeBatch(self, request: query_pb2.AttributeBatchRequest,
                        context: grpc.ServicerContext):

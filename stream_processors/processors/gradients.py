@@ -8,13 +8,13 @@ curvature part of a batch is Σ w φφᵀ over its rows, per (model, version, ki
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
 
 from headwater.stream_processors.processors.decode import Accepted
+from headwater.stream_processors.processors.gradient_columns import ITEM_SIZE, gradient_columns
 from headwater.stream_processors.processors.rows import TS, micros, ts_column
 from headwater.v1 import events_pb2
 
@@ -23,6 +23,7 @@ DTYPES = {events_pb2.FLOAT16: ("float16", "<f2"), events_pb2.FLOAT32: ("float32"
 NP_DTYPE = {name: np_type for name, np_type in DTYPES.values()}
 KIND = {events_pb2.GradientBatch.TRAINING_STEP: "TRAINING_STEP",
         events_pb2.GradientBatch.FEATURISATION: "FEATURISATION",
+        events_pb2.GradientBatch.CURVATURE: "CURVATURE",
         events_pb2.GradientBatch.KIND_UNSPECIFIED: "TRAINING_STEP"}
 
 MODEL_VERSIONS_SCHEMA = pa.schema([
@@ -30,7 +31,7 @@ MODEL_VERSIONS_SCHEMA = pa.schema([
     ("parameter_hash", pa.string()), ("step", pa.uint64()), ("config_json", pa.string()),
     ("framework", pa.string()), ("parameter_count", pa.uint64()),
     ("checkpoint_uri", pa.string()), ("run_id", pa.string()), ("event_id", pa.string()),
-    ("recorded_at", TS), ("run_key", pa.string()),
+    ("recorded_at", TS), ("run_key", pa.string()), ("l2_penalty", pa.float64()),
 ])
 
 GRADIENTS_SCHEMA = pa.schema([
@@ -94,10 +95,11 @@ def model_version_rows(batch: list[Accepted]) -> pa.Table:
         "run_id": [e.run_id for e in found], "event_id": [e.event_id for e in found],
         "recorded_at": ts_column([micros(e.emitted_at) for e in found]),
         "run_key": [e.run_id for e in found],
+        "l2_penalty": [p.l2_penalty for p in ps],
     })
 
 
-def _binary_rows(data: list[bytes], row_bytes: list[int], counts: list[int]) -> pa.Array:
+def _binary_rows(data: list[bytes], row_bytes: np.ndarray, counts: np.ndarray) -> pa.Array:
     """Split each event's n x k matrix into per-row binary values without copying rows."""
     buffer = b"".join(data)
     sizes = np.repeat(np.asarray(row_bytes, dtype=np.int64), counts)
@@ -108,37 +110,34 @@ def _binary_rows(data: list[bytes], row_bytes: list[int], counts: list[int]) -> 
 
 
 def gradient_rows(batch: list[Accepted]) -> pa.Table:
-    """One `gradients` row per training row of every GradientBatch."""
+    """One `gradients` row per training row of every GradientBatch, built per batch: the
+    per-row fields are concatenated arrays, the per-event ones repeated by an Arrow take."""
     found = of_payload(batch, "gradient_batch")
-    cols: dict[str, list] = {f.name: [] for f in GRADIENTS_SCHEMA}
-    data, row_bytes, counts = [], [], []
-    for e in found:
-        p = e.gradient_batch
-        n = len(p.row_keys.rows)
-        dtype_name, np_type = DTYPES[p.dtype]
-        data.append(p.gradients)
-        row_bytes.append(p.dim * np.dtype(np_type).itemsize)
-        counts.append(n)
-        cols["node_id"] += row_nodes(p.row_keys)
-        cols["row"] += list(p.row_keys.rows)
-        cols["idx"] += range(n)
-        cols["loss"] += list(p.loss) if p.loss else [float("nan")] * n
-        cols["loss_weight"] += list(p.loss_weight) if p.loss_weight else [1.0] * n
-        cols["curvature_weight"] += (list(p.curvature_weight) if p.curvature_weight
-                                     else [1.0] * n)
-        cols["target"] += list(p.targets) if p.targets else [float("nan")] * n
-        for name, value in (
-            ("model_id", p.model_id), ("model_version", p.model_version),
-            ("kind", KIND[p.kind]), ("step", p.step), ("learning_rate", p.learning_rate),
-            ("output_function", p.output_function or "margin"),
-            ("projection_id", p.projection.projection_id), ("dim", p.dim),
-            ("dtype", dtype_name), ("run_id", e.run_id), ("event_id", e.event_id),
-            ("recorded_at", micros(e.emitted_at)),
-        ):
-            cols[name] += [value] * n
-    cols["gradient"] = _binary_rows(data, row_bytes, counts)  # type: ignore[assignment]
-    cols["recorded_at"] = ts_column(cols["recorded_at"])  # type: ignore[assignment]
-    return arrow_table(GRADIENTS_SCHEMA, cols)
+    c = gradient_columns(found)
+    ps, starts = c.payloads, c.starts
+    item = np.fromiter((ITEM_SIZE[d] for d in c.dtypes), np.int64, count=len(ps))
+    return arrow_table(GRADIENTS_SCHEMA, {
+        "model_id": c.per_row([p.model_id for p in ps]),
+        "model_version": c.per_row([p.model_version for p in ps]),
+        "kind": c.per_row([KIND[p.kind] for p in ps]),
+        "node_id": c.node_ids, "row": c.rows,
+        "step": np.repeat(np.fromiter((p.step for p in ps), np.uint64, count=len(ps)),
+                          c.counts),
+        "learning_rate": np.repeat(np.fromiter((p.learning_rate for p in ps), np.float64,
+                                               count=len(ps)), c.counts),
+        "loss": c.loss, "loss_weight": c.loss_weight, "curvature_weight": c.curvature_weight,
+        "target": c.targets,
+        "output_function": c.per_row([p.output_function or "margin" for p in ps]),
+        "projection_id": c.per_row([p.projection.projection_id for p in ps]),
+        "dim": np.repeat(c.dims.astype(np.uint32), c.counts),
+        "dtype": c.per_row([DTYPES[p.dtype][0] for p in ps]),
+        "gradient": _binary_rows([p.gradients for p in ps], c.dims * item, c.counts),
+        "run_id": c.per_row([e.run_id for e in found]),
+        "event_id": c.per_row([e.event_id for e in found]),
+        "idx": (np.arange(len(c.rows), dtype=np.int64)
+                - np.repeat(starts[:-1], c.counts)).astype(np.uint32),
+        "recorded_at": c.per_row([micros(e.emitted_at) for e in found]).cast(TS),
+    })
 
 
 def prediction_rows(batch: list[Accepted]) -> pa.Table:
@@ -162,42 +161,6 @@ def prediction_rows(batch: list[Accepted]) -> pa.Table:
     })
 
 
-@dataclass
-class _Part:
-    """Σ w φφᵀ of one key: kept as its rows (w, φ) while they are smaller than the k x k
-    matrix, so a part never costs more than the events it sums."""
-
-    projection_id: str
-    dim: int
-    rows: int
-    min_step: int
-    max_step: int
-    event_ids: list[str]
-    blocks: list[tuple[np.ndarray, np.ndarray]]
-    matrix: np.ndarray | None = None
-
-    def add(self, w: np.ndarray, phi: np.ndarray) -> None:
-        if self.matrix is None and (self.rows + len(phi)) * (self.dim + 1) < self.dim ** 2:
-            self.blocks.append((w, phi))
-        else:
-            if self.matrix is None:
-                self.matrix = np.zeros((self.dim, self.dim))
-                for bw, bphi in self.blocks:
-                    self.matrix += (bphi * bw[:, None]).T @ bphi
-                self.blocks = []
-            self.matrix += (phi * w[:, None]).T @ phi
-        self.rows += len(phi)
-
-    def stored(self) -> tuple[str, bytes]:
-        """(layout, bytes): 'dense', the k x k matrix; or 'rows', the n weights then the
-        n x k rows (float64, little-endian)."""
-        if self.matrix is not None:
-            return "dense", self.matrix.astype("<f8").tobytes()
-        w = np.concatenate([b[0] for b in self.blocks])
-        phi = np.concatenate([b[1] for b in self.blocks])
-        return "rows", w.astype("<f8").tobytes() + phi.astype("<f8").tobytes()
-
-
 def part_matrix(data: bytes, rows: int, dim: int, layout: str) -> np.ndarray:
     """The k x k matrix Σ w φφᵀ of one stored curvature part, whatever its layout."""
     values = np.frombuffer(data, "<f8")
@@ -207,42 +170,76 @@ def part_matrix(data: bytes, rows: int, dim: int, layout: str) -> np.ndarray:
     return values.reshape(dim, dim)
 
 
+# Rows per float64 block of a part's sum: bounds the float64 copy of float16/32 gradients
+# (4096 x 512 x 8 B = 16 MiB) while each matrix product stays large enough for BLAS.
+BLOCK_ROWS = 4096
+
+
+def _blocks(ps: list[events_pb2.GradientBatch], dim: int) -> Iterator[np.ndarray]:
+    """The events' gradient rows as float64 (rows, dim) blocks, in event order: a block
+    joins consecutive events of one dtype up to BLOCK_ROWS rows (one event may exceed it)."""
+    group: list[events_pb2.GradientBatch] = []
+    rows = 0
+    for p in ps:
+        n = len(p.row_keys.rows)
+        if group and (rows + n > BLOCK_ROWS or p.dtype != group[0].dtype):
+            yield _block(group, dim)
+            group, rows = [], 0
+        group.append(p)
+        rows += n
+    if group:
+        yield _block(group, dim)
+
+
+def _block(group: list[events_pb2.GradientBatch], dim: int) -> np.ndarray:
+    data = group[0].gradients if len(group) == 1 else b"".join(p.gradients for p in group)
+    return np.frombuffer(data, DTYPES[group[0].dtype][1]).reshape(-1, dim).astype(np.float64)
+
+
+def _part(ps: list[events_pb2.GradientBatch], dim: int) -> tuple[str, bytes, int]:
+    """(layout, bytes, rows) of Σ w φφᵀ over the events' rows: 'rows' (the n weights, then
+    the n x k rows, float64 little-endian) while they are smaller than the k x k matrix, so
+    a part never costs more than the events it sums; else 'dense', one matrix product per
+    block of rows."""
+    w = np.concatenate([np.asarray(p.curvature_weight, np.float64) if p.curvature_weight
+                        else np.ones(len(p.row_keys.rows)) for p in ps])
+    n = len(w)
+    if n * (dim + 1) < dim * dim:
+        phi = np.concatenate(list(_blocks(ps, dim)))
+        return "rows", w.astype("<f8").tobytes() + phi.astype("<f8").tobytes(), n
+    matrix = np.zeros((dim, dim))
+    at = 0
+    for phi in _blocks(ps, dim):
+        matrix += (phi * w[at:at + len(phi), None]).T @ phi
+        at += len(phi)
+    return "dense", matrix.astype("<f8").tobytes(), n
+
+
 def curvature_parts(batch: list[Accepted], counted: set[str], now_us: int) -> pa.Table:
     """Σ w φφᵀ over the rows of the batch's GradientBatch events not yet `counted`, one
-    part per (run, model, version, kind, projection). float64 accumulation: parts are summed
-    later. Pure and total: it never raises on a validated event."""
-    parts: dict[tuple[str, str, str, str, int, str], _Part] = {}
+    part per (run, model, version, kind, projection), summed per part in large blocks
+    rather than per event. float64 accumulation: parts are summed later. Pure and total: it
+    never raises on a validated event."""
+    groups: dict[tuple[str, str, str, str, int, str], list[events_pb2.Event]] = {}
     for e in of_payload(batch, "gradient_batch"):
         if e.event_id in counted:
             continue
         p = e.gradient_batch
-        n = len(p.row_keys.rows)
         key = (p.model_id, p.model_version, KIND[p.kind], p.projection.projection_id, p.dim,
                e.run_id)
-        phi = np.frombuffer(p.gradients, DTYPES[p.dtype][1]).reshape(n, p.dim)
-        phi = phi.astype(np.float64)
-        w = (np.asarray(p.curvature_weight, dtype=np.float64) if p.curvature_weight
-             else np.ones(n))
-        part = parts.get(key)
-        if part is None:
-            part = parts[key] = _Part(p.projection.projection_id, p.dim, 0, p.step, p.step,
-                                      [], [])
-        part.add(w, phi)
-        part.min_step = min(part.min_step, p.step)
-        part.max_step = max(part.max_step, p.step)
-        part.event_ids.append(e.event_id)
-    keys = list(parts)
-    ps = [parts[k] for k in keys]
-    layouts = [p.stored() for p in ps]
+        groups.setdefault(key, []).append(e)
+    keys = list(groups)
+    stored = [_part([e.gradient_batch for e in groups[k]], k[4]) for k in keys]
+    steps = [[e.gradient_batch.step for e in groups[k]] for k in keys]
+    ids = [[e.event_id for e in groups[k]] for k in keys]
     return arrow_table(CURVATURE_SCHEMA, {
         "model_id": [k[0] for k in keys], "model_version": [k[1] for k in keys],
-        "kind": [k[2] for k in keys], "projection_id": [p.projection_id for p in ps],
-        "dim": [p.dim for p in ps], "rows": [p.rows for p in ps],
-        "min_step": [p.min_step for p in ps], "max_step": [p.max_step for p in ps],
-        "matrix": [stored[1] for stored in layouts],
-        "layout": [stored[0] for stored in layouts],
-        "event_ids": [p.event_ids for p in ps],
-        "part_id": [hashlib.sha256("\0".join(sorted(p.event_ids)).encode()).hexdigest()[:32]
-                    for p in ps],
-        "created_at": ts_column([now_us] * len(ps)), "run_id": [k[5] for k in keys],
+        "kind": [k[2] for k in keys], "projection_id": [k[3] for k in keys],
+        "dim": [k[4] for k in keys], "rows": [s[2] for s in stored],
+        "min_step": [min(s) for s in steps], "max_step": [max(s) for s in steps],
+        "matrix": [s[1] for s in stored], "layout": [s[0] for s in stored],
+        "event_ids": ids,
+        "part_id": [hashlib.sha256("\0".join(sorted(i)).encode()).hexdigest()[:32]
+                    for i in ids],
+        "created_at": ts_column([now_us] * len(keys)), "run_id": [k[5] for k in keys],
     })
