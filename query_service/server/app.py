@@ -10,13 +10,13 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from headwater.errors import ConfigError
 from headwater.producers.transports.base import Sink
 from headwater.producers.transports.grpc import MAX_MESSAGE_BYTES
 from headwater.producers.transports.local import LocalTransport
 from headwater.query_service.attribution.engine import AttributionEngine
+from headwater.query_service.server import reflection
 from headwater.query_service.server.auth import AuthInterceptor
 from headwater.query_service.server.interceptors import Decoding, Telemetry
 from headwater.query_service.server.limits import StreamLimiter, StreamLimits
@@ -125,9 +125,8 @@ def build_server(store: Store, listen: str, sink: Sink | None = None,
     full_names = [query_pb2.DESCRIPTOR.services_by_name[n].full_name for n in names]
     for name in ["", *full_names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        [*full_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME], server)
+    reflection.enable([*full_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
+                      server)
 
     try:
         port = (server.add_secure_port(listen, credentials) if credentials
