@@ -1,11 +1,16 @@
-"""The one object a trainer holds: wraps payloads in chained envelopes and publishes them."""
+"""The one object a trainer holds: wraps payloads in chained envelopes and publishes them;
+BackgroundPublisher moves that work (and building the payloads) off the trainer's thread."""
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Callable
 from types import TracebackType
 
 from google.protobuf.message import Message
 
+from headwater.errors import PublishError
 from headwater.producers import telemetry
 from headwater.producers.envelope import EnvelopeBuilder
 from headwater.producers.transports.base import Transport
@@ -50,6 +55,100 @@ class Publisher:
             self.transport.close()
 
     def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+Build = Callable[[], Message]
+_STOP = object()
+
+
+class BackgroundPublisher:
+    """Builds payloads, chains and sends them on one worker thread, in submission order.
+
+    The queue holds at most `max_pending` payloads not yet built: a trainer that outruns
+    the worker waits in `submit` (back-pressure; memory stays bounded). A payload that
+    fails to build or send does not stop the worker; `flush` (and `close`) wait for
+    everything submitted so far and raise PublishError naming the failures. Publish every
+    event of the producer through it (a Tracker too: it is callable), so the hash chain
+    follows submission order.
+    """
+
+    def __init__(self, publisher: Publisher, max_pending: int = 64) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self.publisher = publisher
+        self._queue: queue.Queue[object] = queue.Queue(max_pending)
+        self._errors: list[str] = []
+        self._failed = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="headwater-publish",
+                                        daemon=True)
+        self._worker.start()
+
+    def submit(self, build: Build) -> None:
+        """Queue build() to be built and published by the worker (blocks while full)."""
+        if self._closed:
+            raise PublishError("BackgroundPublisher is closed")
+        self._queue.put(build)
+
+    def __call__(self, payload: Message) -> None:
+        """Queue an already built payload (the plain publish-callable form)."""
+        self.submit(lambda: payload)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    return
+                self.publisher.publish(item())  # type: ignore[operator]
+            except Exception as exc:  # noqa: BLE001 - kept and raised at flush
+                with self._lock:
+                    self._failed += 1
+                    if len(self._errors) < 5:
+                        self._errors.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                self._queue.task_done()
+
+    def _raise_errors(self) -> None:
+        with self._lock:
+            failed, errors = self._failed, self._errors
+            self._failed, self._errors = 0, []
+        if failed:
+            more = f" (and {failed - len(errors)} more)" if failed > len(errors) else ""
+            raise PublishError(f"{failed} event(s) failed on the publishing worker: "
+                               + "; ".join(errors) + more)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every submitted payload is published and stored; raise PublishError
+        for any that failed."""
+        self._queue.join()
+        self._raise_errors()
+        self.publisher.flush(timeout)
+
+    def close(self) -> None:
+        """Flush, then stop the worker (the wrapped Publisher stays open)."""
+        if self._closed:
+            return
+        try:
+            self._queue.join()
+            self._raise_errors()
+        finally:
+            self._closed = True
+            self._queue.put(_STOP)
+            self._worker.join()
+        self.publisher.flush()
+
+    def __enter__(self) -> BackgroundPublisher:
         return self
 
     def __exit__(

@@ -43,6 +43,8 @@ class Submit(Protocol):
 
     def submit(self, build: Callable[[], Message]) -> None: ...
 
+    def __call__(self, payload: Message) -> None: ...
+
 
 Publish = Callable[[Any], object] | Submit
 TASKS = ("classification", "regression")
@@ -170,7 +172,7 @@ class Recorder:
             submit(build)
             return None
         payload = build()
-        self.publish(payload)  # type: ignore[operator]
+        self.publish(payload)
         return payload
 
     def publish_gradients(self, phi: Any, weights: Weights, keys: events_pb2.RowKeys,

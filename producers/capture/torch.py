@@ -1,4 +1,6 @@
-"""Per-sample gradient capture for torch models with `torch.func` (vmap over grad).
+"""Per-sample gradient capture for torch models: factored from the training step's own
+backward (hooks on nn.Linear / nn.Conv2d, the default), or dense with `torch.func` (vmap over
+grad: exact per-sample gradients of any layer, the fallback).
 
 Importing this module imports torch; the rest of the SDK does not need it.
 """
@@ -6,13 +8,17 @@ Importing this module imports torch; the rest of the SDK does not need it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
+from headwater.producers.capture.factored import Layer, Projector, Taps, find_layers
+from headwater.producers.capture.kronecker import KroneckerProjection, plan_factors
 from headwater.producers.capture.recorder import (
     Publish,
     Recorder,
@@ -20,7 +26,15 @@ from headwater.producers.capture.recorder import (
     margin_weights,
     regression_weights,
 )
+from headwater.producers.capture.rescale import LossMismatch, OutputGradient, wrap_output
 from headwater.v1 import events_pb2
+
+MODES = ("auto", "factored", "dense")
+TINY = 1e-30  # |c q| below this: the row's loss gradient carries no margin gradient
+
+
+class FactoredFallback(UserWarning):
+    """The factored capture cannot take some layers; the dense vmap path runs instead."""
 
 
 def select_parameters(model: torch.nn.Module, parameters: str | Sequence[str]) -> list[str]:
@@ -53,18 +67,63 @@ class TorchCapture(Recorder):
     Classification: outputs [n] or [n, 1] are a binary logit (labels 0/1), [n, C] are
     class logits; f is the margin of the row's label, log p_y - log(1 - p_y).
     Regression: outputs [n] or [n, 1], f is the output.
+
+    mode "auto" (default): factored when every selected parameter belongs to an nn.Linear
+    or a supported nn.Conv2d (P = P_rows ⊗ P_cols per layer, k split over the layers as
+    `factor_shapes` or plan_factors says; identity when d <= k), else dense with one
+    FactoredFallback warning naming the layers. "factored" refuses instead of falling back;
+    "dense" is the exact vmap path with a dense seeded P.
     """
 
     framework = "torch"
 
     def __init__(self, publish: Publish, model: torch.nn.Module, model_id: str, *,
-                 parameters: str | Sequence[str] = "all", **kwargs: Any) -> None:
+                 parameters: str | Sequence[str] = "all", mode: str = "auto",
+                 factor_shapes: dict[str, tuple[int, int]] | None = None,
+                 **kwargs: Any) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         self.model = model
         self.names = select_parameters(model, parameters)
         named = dict(model.named_parameters())
         d = sum(named[n].numel() for n in self.names)
-        super().__init__(publish, model_id, d, parameters=self.names, **kwargs)
+        self.layers: list[Layer] | None = None
+        spec: KroneckerProjection | None = None
+        if mode != "dense":
+            layers, refused = find_layers(model, self.names)
+            kind = kwargs.get("projection", "rademacher")
+            if kind != "rademacher" and d > kwargs.get("k", 512):
+                refused.append(f"projection={kind!r} (factors are rademacher)")
+            if refused and mode == "factored":
+                raise ValueError("the factored capture cannot take " + ", ".join(refused) +
+                                 "; use mode='auto' or 'dense' (exact per-sample gradients "
+                                 "through torch.func.vmap)")
+            if refused:
+                warnings.warn("factored gradient capture cannot take " + ", ".join(refused) +
+                              "; falling back to the dense vmap path for this model",
+                              FactoredFallback, stacklevel=2)
+            else:
+                self.layers = layers
+                self.names = [n for layer in layers for n in layer.parameters]
+                if d > kwargs.get("k", 512):
+                    factors = plan_factors([(la.name, la.rows, la.cols, la.bias)
+                                            for la in layers], kwargs.get("k", 512),
+                                           factor_shapes)
+                    spec = KroneckerProjection(kwargs.get("seed", 0), factors,
+                                               tuple(self.names))
+        if factor_shapes and spec is None:
+            raise ValueError("factor_shapes apply to the factored capture of more than k "
+                             "parameters only")
+        super().__init__(publish, model_id, d, parameters=self.names, projection_spec=spec,
+                         **kwargs)
+        self._projector = Projector(self.layers, spec) if self.layers is not None else None
         self._per_sample = vmap(grad(self._margin_of_one), in_dims=(None, None, 0, 0))
+        self._scale: float | None = None  # the loss's per-row scale c, last measured
+
+    @property
+    def mode(self) -> str:
+        """"factored" or "dense": the path this capture runs."""
+        return "dense" if self.layers is None else "factored"
 
     def parameter_hash(self) -> str:
         digest = hashlib.sha256()
@@ -90,6 +149,42 @@ class TorchCapture(Recorder):
         out = functional_call(self.model, {**frozen, **trained}, (x.unsqueeze(0),))
         return self._margin(out, y.unsqueeze(0))[0]
 
+    def _weights(self, f: torch.Tensor, y: torch.Tensor) -> Weights:
+        fn = f.detach().double().cpu().numpy()
+        if self.task == "classification":
+            return margin_weights(fn)
+        return regression_weights(fn, y.detach().double().reshape(-1).cpu().numpy())
+
+    def _dense_phi(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """φ through vmap(grad): every per-sample gradient formed, then projected by P."""
+        named = dict(self.model.named_parameters())
+        trained = {n: named[n].detach() for n in self.names}
+        frozen = {n: p.detach() for n, p in named.items() if n not in trained}
+        frozen.update(dict(self.model.named_buffers()))
+        grads = self._per_sample(trained, frozen, x, y)
+        blocks, offset = [], 0
+        for name in self.names:
+            g = grads[name].reshape(x.shape[0], -1)
+            blocks.append((offset, g))
+            offset += g.shape[1]
+        return torch.as_tensor(self.projection.project_blocks(blocks))  # type: ignore[union-attr]
+
+    def _factored_phi(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """φ of the margins through the hooks: one forward, one backward to the captured
+        layers' outputs (parameter gradients are not computed, .grad is untouched)."""
+        assert self.layers is not None and self._projector is not None
+        taps = Taps(self.layers, keep_outputs=True)
+        with taps, torch.enable_grad():
+            f = self._margin(self.model(x), y)
+            outs = [o for layer in self.layers for o in taps.outputs[layer.name]]
+            grads = torch.autograd.grad(f.sum(), outs, allow_unused=True)
+        it = iter(grads)
+        for layer in self.layers:
+            for o in taps.outputs[layer.name]:
+                g = next(it)
+                taps.grads[layer.name].append(torch.zeros_like(o) if g is None else g)
+        return self._projector.phi(taps)
+
     def features(self, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, Weights,
                                                                   torch.Tensor]:
         """(φ [n, k], weights, f [n]) at the model's current parameters."""
@@ -97,34 +192,19 @@ class TorchCapture(Recorder):
         y = torch.as_tensor(y)
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-        named = dict(self.model.named_parameters())
-        trained = {n: named[n].detach() for n in self.names}
-        frozen = {n: p.detach() for n, p in named.items() if n not in trained}
-        frozen.update(dict(self.model.named_buffers()))
         with torch.no_grad():
-            out = self.model(x)
-            f = self._margin(out, y)
-        grads = self._per_sample(trained, frozen, x, y)
-        blocks, offset = [], 0
-        for name in self.names:
-            g = grads[name].reshape(x.shape[0], -1)
-            blocks.append((offset, g))
-            offset += g.shape[1]
-        phi = self.projection.project_blocks(blocks)
-        phi = phi.detach().cpu().numpy() if isinstance(phi, torch.Tensor) else phi
-        fn = f.double().cpu().numpy()
-        if self.task == "classification":
-            weights = margin_weights(fn)
-        else:
-            weights = regression_weights(fn, y.double().reshape(-1).cpu().numpy())
-        return np.asarray(phi, dtype=np.float32), weights, f
+            f = self._margin(self.model(x), y)
+        phi = self._dense_phi(x, y) if self.layers is None else self._factored_phi(x, y)
+        return (np.asarray(phi.detach().cpu().numpy(), dtype=np.float32),
+                self._weights(f, y), f)
 
     def capture(self, x: torch.Tensor, y: torch.Tensor, keys: events_pb2.RowKeys, *,
                 learning_rate: float, step: int = 0, reduction: str = "mean",
-                featurisation: bool = False) -> events_pb2.GradientBatch:
-        """Publish the batch's per-sample gradients at the current parameters (call it
-        before `optimizer.step()`). `learning_rate` is the optimiser's; with a mean-reduced
-        loss each sample's step is lr / batch size, which is what is recorded."""
+                featurisation: bool = False) -> events_pb2.GradientBatch | None:
+        """Publish the batch's per-sample gradients at the current parameters, with a pass
+        of its own (call it before `optimizer.step()`; `step()` instead reuses the training
+        step's backward). `learning_rate` is the optimiser's; with a mean-reduced loss each
+        sample's step is lr / batch size, which is what is recorded."""
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum'; got {reduction!r}")
         phi, weights, _ = self.features(x, y)
@@ -132,6 +212,65 @@ class TorchCapture(Recorder):
         return self.publish_gradients(phi, weights, keys, learning_rate=per_sample, step=step,
                                       targets=torch.as_tensor(y).detach().cpu().numpy(),
                                       featurisation=featurisation)
+
+    @contextmanager
+    def step(self, x: torch.Tensor, y: torch.Tensor, keys: events_pb2.RowKeys, *,
+             learning_rate: float, step: int = 0) -> Iterator[None]:
+        """Capture the training step run inside the block: call the model once on x and
+        backward the loss (softmax / binary cross-entropy with logits or squared error,
+        mean or sum); call `optimizer.step()` after the block. Factored: φ comes from the
+        hooks on this backward, rescaled from loss to margin gradients; dense: from a vmap
+        pass at entry. The recorded per-sample learning rate is lr x c, the loss's measured
+        per-row scale (1/B for a mean)."""
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+        dense = self._dense_phi(x, y) if self.layers is None else None
+        state = OutputGradient(self.task, y)
+        handle = wrap_output(self.model, state)
+        taps = Taps(self.layers) if self.layers is not None else None
+        try:
+            if taps is not None:
+                taps.__enter__()
+            yield
+        finally:
+            handle.remove()
+            if taps is not None:
+                taps.__exit__(None, None, None)
+        phi, weights, c = self._finish(x, y, state, taps, dense)
+        self.publish_gradients(phi, weights, keys, learning_rate=learning_rate * c, step=step,
+                               targets=y.detach().cpu().numpy())
+
+    def _finish(self, x: torch.Tensor, y: torch.Tensor, state: OutputGradient,
+                taps: Taps | None, dense: torch.Tensor | None
+                ) -> tuple[torch.Tensor, Weights, float]:
+        """(φ, weights, c) of a step from what its forward and backward left behind."""
+        if state.errors:
+            raise LossMismatch(state.errors[0] + "; or capture with capture.capture(x, y, "
+                               "keys, ...) before the step, which runs a pass of its own")
+        if state.calls != 1 or state.output is None:
+            raise ValueError(f"the model ran {state.calls} times inside capture.step(); run "
+                             "it once, on the batch given to step()")
+        z = state.output.detach()
+        if z.shape[0] != x.shape[0]:
+            raise ValueError(f"the model's output has {z.shape[0]} rows, the batch {len(x)}")
+        f = self._margin(z.double(), y)
+        weights = self._weights(f, y)
+        c = state.scale if state.scale is not None else (self._scale or 1.0 / len(x))
+        if not c > 0:
+            raise LossMismatch(f"the loss's per-row scale is {c}, not positive: capture.step()"
+                               " expects a loss that is minimised (cross-entropy, squared "
+                               "error)")
+        self._scale = c
+        if dense is not None:
+            return dense, weights, c
+        assert taps is not None and self._projector is not None
+        r = torch.as_tensor(-c * weights.q, dtype=z.dtype, device=z.device)
+        lost = (r.abs() < TINY).nonzero().flatten()
+        phi = self._projector.phi(taps, scale=torch.where(r.abs() < TINY, 1.0, r))
+        if len(lost):  # loss gradient 0 (certain rows, exact fits): a margin pass for them
+            phi[lost] = self._factored_phi(x[lost], y[lost])
+        return phi, weights, c
 
     def featurise(self, batches: Any) -> int:
         """Re-compute the gradients of training rows at the current version (FEATURISATION
@@ -147,7 +286,8 @@ class TorchCapture(Recorder):
                           input_rows: events_pb2.RowKeys | None = None
                           ) -> events_pb2.PredictionRecorded:
         """PredictionRecorded for one input: the output and φ' of the margin of `label`
-        (default: the predicted class) or of the output (regression)."""
+        (default: the predicted class) or of the output (regression), projected as the
+        training gradients are."""
         x = torch.as_tensor(x)
         if x.shape[0] != 1:
             x = x.unsqueeze(0)

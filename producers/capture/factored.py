@@ -1,0 +1,202 @@
+"""Factored per-sample gradients from hooks: each captured layer's input a and output
+gradient δ, projected per layer as vec((P_rows δ)(P_cols a)ᵀ) without forming δ aᵀ.
+
+Layers: nn.Linear (inputs [n, ..., d_in]: the extra dimensions are summed over, as for a
+sequence) and nn.Conv2d through unfold (groups 1, zero padding given as numbers or "valid":
+the per-sample gradient is Σ over output positions of δ_p a_pᵀ with a_p the unfolded patch).
+Anything else is refused by name, and the capture falls back to the dense vmap path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from headwater.producers.capture.kronecker import KroneckerProjection
+
+
+@dataclass
+class Layer:
+    """A captured module: its name, whether its bias is captured, the gradient's shape."""
+
+    name: str
+    module: nn.Module
+    bias: bool
+    rows: int  # output features / channels
+    cols: int  # input features (x kernel area), +1 with the bias
+    parameters: list[str]
+
+
+def _refusal(module: nn.Module) -> str:
+    """Why the factored path cannot take this module ("" when it can)."""
+    if isinstance(module, nn.Linear):
+        return ""
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            return f"Conv2d with groups={module.groups}"
+        if module.padding_mode != "zeros":
+            return f"Conv2d with padding_mode={module.padding_mode!r}"
+        if isinstance(module.padding, str) and module.padding != "valid":
+            return f"Conv2d with padding={module.padding!r}"
+        return ""
+    return type(module).__name__
+
+
+def find_layers(model: nn.Module, names: list[str]) -> tuple[list[Layer], list[str]]:
+    """The captured layers owning the selected parameters `names`, in model order, and
+    'name (reason)' for every module the factored path cannot take."""
+    chosen = set(names)
+    layers: list[Layer] = []
+    refused: list[str] = []
+    for mod_name, module in model.named_modules():
+        own = [(f"{mod_name}.{p}" if mod_name else p) for p, _ in
+               module.named_parameters(recurse=False)]
+        picked = [p for p in own if p in chosen]
+        if not picked:
+            continue
+        label = mod_name or type(module).__name__
+        reason = _refusal(module)
+        weight = f"{mod_name}.weight" if mod_name else "weight"
+        if not reason and weight not in picked:
+            reason = "bias captured without its weight"
+        if reason:
+            refused.append(f"{label} ({reason})")
+            continue
+        bias = len(picked) == 2
+        w = module.weight
+        rows, cols = w.shape[0], w[0].numel()
+        layers.append(Layer(mod_name, module, bias, rows, cols + bias,
+                            [weight] + ([p for p in picked if p != weight] if bias else [])))
+    return layers, refused
+
+
+def _unfold(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Conv2d input [n, C, H, W] -> patches [n, positions, C * kh * kw]."""
+    padding: Any = 0 if module.padding == "valid" else module.padding
+    cols = nn.functional.unfold(x, module.kernel_size, dilation=module.dilation,
+                                padding=padding, stride=module.stride)
+    return cols.transpose(1, 2)
+
+
+def _as_rows(layer: Layer, a: torch.Tensor, delta: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a [n, T, in], δ [n, T, out]) with T the positions summed over."""
+    n = delta.shape[0]
+    if isinstance(layer.module, nn.Conv2d):
+        return _unfold(layer.module, a), delta.reshape(n, delta.shape[1], -1).transpose(1, 2)
+    return a.reshape(n, -1, a.shape[-1]), delta.reshape(n, -1, delta.shape[-1])
+
+
+@dataclass
+class Taps:
+    """Hooks on the captured layers for one pass: inputs a and output gradients δ."""
+
+    layers: list[Layer]
+    inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    outputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    grads: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    handles: list[Any] = field(default_factory=list)
+    keep_outputs: bool = False  # margin pass: keep outputs to take their gradients
+
+    def __enter__(self) -> Taps:
+        for layer in self.layers:
+            self.inputs[layer.name], self.grads[layer.name] = [], []
+            self.outputs[layer.name] = []
+            self.handles.append(layer.module.register_forward_hook(self._forward(layer.name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _forward(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            self.inputs[name].append(args[0].detach())
+            if self.keep_outputs:
+                self.outputs[name].append(out)
+            elif out.requires_grad:
+                self.grads[name].append(out)  # placeholder, replaced by its gradient
+                slot = len(self.grads[name]) - 1
+
+                def grab(g: torch.Tensor) -> None:
+                    self.grads[name][slot] = g.detach()
+
+                out.register_hook(grab)
+        return hook
+
+    def clear(self) -> None:
+        for name in self.inputs:
+            self.inputs[name].clear()
+            self.outputs[name].clear()
+            self.grads[name].clear()
+
+
+class Projector:
+    """The factor matrices of a projection as tensors, and φ from (a, δ) pairs."""
+
+    def __init__(self, layers: list[Layer], spec: KroneckerProjection | None) -> None:
+        self.layers, self.spec = layers, spec
+        self.matrices: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
+        for i, layer in enumerate(layers):
+            if spec is None:  # identity: the gradient itself, in parameter order
+                self.matrices.append((None, None))
+                continue
+            f = spec.factors[i]
+            if (f.layer, f.rows, f.cols, f.bias) != (layer.name, layer.rows, layer.cols,
+                                                      layer.bias):
+                raise ValueError(f"projection factor {f} does not match layer {layer.name!r}")
+            side_rows, side_cols = spec.sides(i)
+            weight: torch.Tensor = layer.module.weight  # type: ignore[assignment]
+            dtype, device = weight.dtype, weight.device
+            self.matrices.append(tuple(  # type: ignore[arg-type]
+                None if side.kind == "identity"
+                else torch.as_tensor(side.columns(), dtype=dtype, device=device)
+                for side in (side_rows, side_cols)))
+
+    def phi(self, taps: Taps, scale: torch.Tensor | None = None,
+            rows: torch.Tensor | None = None) -> torch.Tensor:
+        """φ [n, k] from the taps' (a, δ) pairs (several per layer when a layer ran several
+        times: their gradients add); δ is divided by `scale` [n] per row; `rows` picks the
+        samples (the taps then hold those rows only)."""
+        blocks = []
+        with torch.no_grad():
+            for layer, (p_rows, p_cols) in zip(self.layers, self.matrices, strict=True):
+                ins, grads = taps.inputs[layer.name], taps.grads[layer.name]
+                if len(grads) != len(ins) or any(not isinstance(g, torch.Tensor) or
+                                                 g.requires_grad for g in grads):
+                    raise RuntimeError(f"layer {layer.name!r}: its output gradient never "
+                                       "arrived; call loss.backward() inside capture.step()")
+                total = None
+                for a, delta in zip(ins, grads, strict=True):
+                    part = self._layer(layer, a, delta, p_rows, p_cols, scale)
+                    total = part if total is None else total + part
+                if total is None:
+                    raise RuntimeError(f"layer {layer.name!r} did not run in the forward pass")
+                blocks.append(total)
+        return torch.cat(blocks, dim=1)
+
+    @staticmethod
+    def _layer(layer: Layer, a: torch.Tensor, delta: torch.Tensor, p_rows: torch.Tensor | None,
+               p_cols: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
+        a, d = _as_rows(layer, a, delta)
+        n = d.shape[0]
+        if scale is not None:
+            d = d / scale.to(d.dtype)[:, None, None]
+        width = layer.cols - layer.bias
+        if p_rows is None and p_cols is None:  # identity: [vec(Σ δ aᵀ), Σ δ]
+            w = (d.transpose(1, 2) @ a).reshape(n, -1)
+            return torch.cat([w, d.sum(1)], dim=1) if layer.bias else w
+        pd = d if p_rows is None else d @ p_rows.T
+        if p_cols is None:
+            pa = torch.cat([a, a.new_ones(a.shape[:2] + (1,))], dim=2) if layer.bias else a
+        else:
+            pa = a @ p_cols[:, :width].T
+            if layer.bias:
+                pa = pa + p_cols[:, width]
+        if pd.shape[1] == 1:
+            return (pd[:, 0, :, None] * pa[:, 0, None, :]).reshape(n, -1)
+        return (pd.transpose(1, 2) @ pa).reshape(n, -1)
