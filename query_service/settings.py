@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from headwater.query_service.redaction import redact_config
 from headwater.query_service.sql.policy import SqlLimits
@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     kafka_group: str = "headwater-processors"
     kafka_partitions: int = Field(8, gt=0, description="partitions when `process` creates "
                                   "the topic")
-    kafka_config: dict[str, Any] = Field(
+    kafka_config: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict,
         description="extra librdkafka/aiokafka settings (SASL, TLS) as a JSON object",
     )
@@ -151,3 +151,20 @@ class Settings(BaseSettings):
     @property
     def resolved_dsn(self) -> str:
         return self.dsn or f"chdb://{self.data_dir / 'clickhouse'}"
+
+
+ENV_PREFIX = "HEADWATER_"
+
+
+def settings_problem(exc: ValidationError | SettingsError, flags: Any = ()) -> str:
+    """A bad setting named the way the user set it: the HEADWATER_* variable (or, for a
+    field in `flags`, the command-line flag), the field, and what was wrong."""
+    if isinstance(exc, SettingsError):
+        return str(exc)
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        where = (f"setting {field} (its command-line flag)" if field in flags
+                 else f"{ENV_PREFIX}{field.upper()} (setting {field})")
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     except HeadwaterError as exc:
         click.echo(f"headwater: error: {exc}", err=True)
         sys.exit(2)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        click.echo(f"headwater: error: setting {where}: {first['msg']}", err=True)
+    except ValidationError as exc:  # settings built outside load_settings
+        from headwater.query_service.settings import settings_problem
+
+        click.echo(f"headwater: error: {settings_problem(exc)}", err=True)
         sys.exit(2)

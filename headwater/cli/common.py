@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from headwater.errors import HeadwaterError
+from headwater.errors import ConfigError, HeadwaterError
 from headwater.query_service.settings import Settings
 
 console = Console(stderr=True)
@@ -58,8 +58,18 @@ def kafka_option(f: F) -> F:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from HEADWATER_* variables, the flags given (not None) overriding them."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from HEADWATER_* variables, the flags given (not None) overriding them; a
+    bad value is a ConfigError naming the variable (or flag) it came from."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from headwater.query_service.settings import settings_problem
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except (ValidationError, SettingsError) as exc:
+        raise ConfigError(settings_problem(exc, given)) from None
 
 
 def open_store(config: Settings, *, migrate: bool = True) -> Any:
