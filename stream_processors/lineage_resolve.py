@@ -27,15 +27,34 @@ class OpView:
     segments: tuple[events_pb2.RowSegment, ...]
 
 
+@dataclass(frozen=True)
+class Aggregate:
+    """"Depends on all `node_rows` rows of `node_id` via `op_name`": one op that made each
+    of its output rows from every row of an input (a mean, a std, an op not understood),
+    summarised as a reference instead of a list of rows. `sources` counts the source rows
+    that whole input resolves to (source node -> rows)."""
+
+    op_id: str
+    op_name: str
+    node_id: str
+    node_rows: int
+    reason: str
+    sources: tuple[tuple[str, int], ...]
+
+
 @dataclass
 class Trace:
     """Source rows (by node) reached from some rows, and the ops passed on the way."""
 
     rows: dict[str, np.ndarray] = field(default_factory=dict)  # source node -> rows
     op_ids: list[str] = field(default_factory=list)  # oldest first
+    op_names: list[str] = field(default_factory=list)  # of op_ids
     # The rows reached through row-wise segments only (not through an aggregate such as a
     # mean over all rows): "the" source rows of a training row. Filled by `trace_each`.
     direct: dict[str, np.ndarray] = field(default_factory=dict)
+    # The aggregates passed on the way (filled by `trace_each`); with expand=False they
+    # stand for their rows, which `rows` then leaves out.
+    aggregates: list[Aggregate] = field(default_factory=list)
 
 
 def map_rows(op: OpView, out_rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -58,6 +77,7 @@ def trace(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | None],
     result = Trace()
     frontier: dict[str, np.ndarray] = {node_id: np.unique(np.asarray(rows, dtype=np.int64))}
     ops: list[str] = []
+    names: dict[str, str] = {}
     for _ in range(max_depth):
         if not frontier:
             break
@@ -69,6 +89,7 @@ def trace(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | None],
                 result.rows[node] = node_rows if prev is None else np.union1d(prev, node_rows)
                 continue
             ops.append(op.op_id)
+            names[op.op_id] = op.op_name
             for parent, parent_rows in map_rows(op, node_rows).items():
                 next_frontier.setdefault(parent, []).append(parent_rows)
         frontier = {n: np.unique(np.concatenate(p)) for n, p in next_frontier.items()}
@@ -76,23 +97,28 @@ def trace(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | None],
         raise ValueError(f"lineage of {node_id} is deeper than {max_depth} ops (a cycle?)")
     reached = set(ops)
     result.op_ids = [o for o in oldest_first(node_id, op_of) if o in reached]
+    result.op_names = [names[o] for o in result.op_ids]
     return result
 
 
 def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | None],
-               max_depth: int = 10_000) -> list[Trace]:
+               max_depth: int = 10_000, expand: bool = True) -> list[Trace]:
     """Like `trace`, but one Trace per requested row, all rows resolved together.
 
     (origin, row) pairs are carried through one-to-one segments in bulk; a segment that
-    depends on all rows of an input resolves that whole input once (cached) and adds it to
-    every origin that reached it. Source rows are grouped per origin once, at the end.
+    depends on all rows of an input resolves that whole input once (cached) and is named
+    in `aggregates` of every origin that reached it; with `expand` its source rows are also
+    added to each such origin's `rows` (costly: rows x aggregated rows), without it `rows`
+    holds the direct rows only. Source rows are grouped per origin once, at the end.
     """
     rows = np.asarray(rows, dtype=np.int64)
     origin = np.arange(len(rows), dtype=np.int64)
     whole: dict[str, Trace] = {}
     reached: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # source -> (origins, rows)
-    whole_hits: dict[str, list[np.ndarray]] = {}  # aggregated input -> origins reaching it
+    # (op id, op name, aggregated input, its rows, reason) -> origins reaching it
+    whole_hits: dict[tuple[str, str, str, int, str], list[np.ndarray]] = {}
     ops_hit: dict[str, list[np.ndarray]] = {}  # op id -> origins passing through it
+    names: dict[str, str] = {}  # op id -> op name
     frontier: dict[str, tuple[np.ndarray, np.ndarray]] = {node_id: (origin, rows)}
     for _ in range(max_depth):
         if not frontier:
@@ -104,6 +130,7 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
                 reached.setdefault(node, []).append((orig, node_rows))
                 continue
             ops_hit.setdefault(op.op_id, []).append(orig)
+            names[op.op_id] = op.op_name
             for seg in op.segments:
                 lo, hi = seg.out_start, seg.out_start + seg.length
                 hit = (node_rows >= lo) & (node_rows < hi)
@@ -114,7 +141,9 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
                     if parent not in whole:
                         whole[parent] = trace(parent, np.arange(op.input_rows[seg.input]),
                                               op_of, max_depth)
-                    whole_hits.setdefault(parent, []).append(orig[hit])
+                    whole_hits.setdefault((op.op_id, op.op_name, parent,
+                                           op.input_rows[seg.input], seg.all_rows.reason),
+                                          []).append(orig[hit])
                     continue
                 nxt.setdefault(parent, []).append(
                     (orig[hit], segment_inputs(seg, node_rows[hit], op.input_rows[seg.input])))
@@ -125,14 +154,27 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
 
     traces = [Trace() for _ in rows]
     _group_into(traces, reached, "direct")
-    for parent, origins in whole_hits.items():  # aggregates: whole inputs, shared arrays
-        for o in np.unique(np.concatenate(origins)):
-            for src, src_rows in whole[parent].rows.items():
-                reached.setdefault(src, []).append((np.full(len(src_rows), o), src_rows))
-            for op_id in whole[parent].op_ids:
-                ops_hit.setdefault(op_id, []).append(np.array([o]))
-    _group_into(traces, reached, "rows")
     order_of = {op_id: i for i, op_id in enumerate(oldest_first(node_id, op_of))}
+    for (op_id, op_name, parent, n_parent, reason), origins in sorted(
+            whole_hits.items(), key=lambda kv: (order_of.get(kv[0][0], -1), kv[0][2])):
+        whole_trace = whole[parent]  # aggregates: whole inputs, shared arrays
+        agg = Aggregate(op_id, op_name, parent, n_parent, reason,
+                        tuple(sorted((s, len(r)) for s, r in whole_trace.rows.items())))
+        hit = np.unique(np.concatenate(origins))
+        for o in hit.tolist():
+            traces[o].aggregates.append(agg)
+        for up, up_name in zip(whole_trace.op_ids, whole_trace.op_names, strict=True):
+            ops_hit.setdefault(up, []).append(hit)
+            names[up] = up_name
+        if expand:
+            for o in hit.tolist():
+                for src, src_rows in whole_trace.rows.items():
+                    reached.setdefault(src, []).append((np.full(len(src_rows), o), src_rows))
+    if expand:
+        _group_into(traces, reached, "rows")
+    else:
+        for t in traces:
+            t.rows = dict(t.direct)
     chain = sorted(ops_hit, key=lambda o: order_of.get(o, -1))
     # origins x ops membership; origins with the same pattern (usually all of them) share
     # one op list, built once
@@ -142,8 +184,10 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
     patterns, which = np.unique(np.packbits(passed, axis=1), axis=0, return_inverse=True)
     lists = [[chain[j] for j in np.flatnonzero(np.unpackbits(p)[:len(chain)])]
              for p in patterns]
+    name_lists = [[names[o] for o in ops] for ops in lists]
     for t, w in zip(traces, which.ravel().tolist(), strict=True):
         t.op_ids = list(lists[w])
+        t.op_names = list(name_lists[w])
     return traces
 
 

@@ -39,32 +39,66 @@ def _stub(listen: str | None) -> Any:
     return query_pb2_grpc.LineageStub(channel(listen))
 
 
+_PAGE = 1000  # traces per TraceRows reply
+
+
 @lineage.command("trace")
 @click.argument("node_id")
 @click.argument("rows", nargs=-1, type=int, required=True)
 @run_option(help=_RUN_HELP)
 @listen_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per row")
+@click.option("--expand", is_flag=True,
+              help="Also list every row an aggregate (a mean, a std, ...) depends on")
 def lineage_trace(node_id: str, rows: tuple[int, ...], run_id: str, listen: str | None,
-                  as_json: bool) -> None:
-    """Source-file rows (and the ops in between) behind ROWS of NODE_ID."""
+                  as_json: bool, expand: bool) -> None:
+    """Source-file rows behind ROWS of NODE_ID: the op chain by name, each row's own
+    (direct) source rows first, then one line per aggregate it depends on ("all N rows of
+    node X via numpy.mean")."""
     from headwater.v1 import events_pb2, query_pb2
 
-    response = call(_stub(listen).TraceRows, query_pb2.TraceRowsRequest(
-        rows=events_pb2.RowKeys(node_ids=[node_id], rows=list(rows)), run_id=run_id))
-    for t in response.traces:
+    stub = _stub(listen)
+    keys = events_pb2.RowKeys(node_ids=[node_id], rows=list(rows))
+    token = ""
+    while True:
+        page = call(stub.TraceRows, query_pb2.TraceRowsRequest(
+            rows=keys, run_id=run_id, expand_aggregates=expand, page_size=_PAGE,
+            page_token=token))
+        _print_traces(page, as_json)
+        token = page.next_page_token
+        if not token:
+            break
+
+
+def _print_traces(page: Any, as_json: bool) -> None:
+    names = {o.op_id: o.op_name for o in page.ops}
+    for t in page.traces:
+        aggregates = [page.aggregates[k] for k in t.aggregate_refs]
         if as_json:
-            click.echo(json.dumps({"node_id": t.node_id, "row": t.row, "ops": list(t.op_ids),
-                                   "sources": [{"source_id": s.source_id, "uri": s.uri,
-                                                "row": s.row} for s in t.sources]}))
+            click.echo(json.dumps({
+                "node_id": t.node_id, "row": t.row, "ops": list(t.op_ids),
+                "op_names": [names.get(o, "") for o in t.op_ids],
+                "sources": [{"source_id": s.source_id, "uri": s.uri, "row": s.row}
+                            for s in t.sources],
+                "aggregates": [{"op_id": a.op_id, "op_name": a.op_name, "node_id": a.node_id,
+                                "node_rows": a.node_rows, "reason": a.reason,
+                                "sources": [{"source_id": c.source_id, "uri": c.uri,
+                                             "rows": c.rows} for c in a.sources]}
+                               for a in aggregates]}))
             continue
-        out.print(f"[bold]{t.node_id}[/] row {t.row}  via {' -> '.join(t.op_ids) or '-'}")
+        chain = " -> ".join(names.get(o) or o for o in t.op_ids) or "-"
+        out.print(f"[bold]{t.node_id}[/] row {t.row}  via {chain}")
         by_file: dict[str, list[int]] = {}
         for s in t.sources:
             by_file.setdefault(s.uri or s.source_id, []).append(s.row)
         for uri, file_rows in by_file.items():
             shown = ", ".join(map(str, file_rows[:20])) + (" …" if len(file_rows) > 20 else "")
             out.print(f"  {uri}: {len(file_rows)} row(s): {shown}")
+        for a in aggregates:
+            files = ", ".join(f"{c.uri or c.source_id}: {c.rows}" for c in a.sources)
+            out.print(f"  depends on all {a.node_rows} rows of node {a.node_id} via "
+                      f"{a.op_name} ({a.reason})" + (f"; from {files}" if files else ""),
+                      soft_wrap=True)
 
 
 @lineage.command("ops")

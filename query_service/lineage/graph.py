@@ -165,8 +165,10 @@ class LineageGraph:
 
     # -- queries ------------------------------------------------------------------------
 
-    def trace_rows(self, keys: events_pb2.RowKeys) -> list[tuple[str, int, Trace]]:
-        """(node, row, trace) for every key, rows of one node resolved together."""
+    def trace_rows(self, keys: events_pb2.RowKeys,
+                   expand: bool = True) -> list[tuple[str, int, Trace]]:
+        """(node, row, trace) for every key, rows of one node resolved together; without
+        `expand` each trace's aggregates stand for their rows (see `trace_each`)."""
         n = len(keys.rows)
         if keys.node_index and len(keys.node_index) != n:
             raise BadRowKey(f"node_index has {len(keys.node_index)} entries for {n} rows")
@@ -187,7 +189,8 @@ class LineageGraph:
             if bad.any():
                 raise BadRowKey(f"row {int(rows[where][bad][0])} of node {node_id} is out of "
                                 f"range (the node has {node.rows} rows)")
-            for j, t in zip(where, trace_each(node_id, rows[where], self.op_of), strict=True):
+            for j, t in zip(where, trace_each(node_id, rows[where], self.op_of,
+                                                  expand=expand), strict=True):
                 out[j] = (node_id, int(rows[j]), t)
         return [o for o in out if o is not None]
 

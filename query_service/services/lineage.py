@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import grpc
 
 from headwater.query_service.lineage.graph import BadRowKey, LineageGraph, Node, OpRow, UnknownNode
+from headwater.stream_processors.lineage_resolve import Aggregate
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
@@ -56,17 +57,9 @@ class LineageService(query_pb2_grpc.LineageServicer):
         graph = LineageGraph(self._store)
         with _lineage_errors(context):
             _in_run(graph, request.rows.node_ids, request.run_id, context)
-            traced = graph.trace_rows(request.rows)
-            return query_pb2.TraceRowsResponse(traces=[
-                query_pb2.RowTrace(
-                    node_id=node_id, row=row, op_ids=t.op_ids,
-                    sources=[query_pb2.SourceRowRef(source_id=ref.source_id, uri=ref.uri,
-                                                    row=int(r))
-                             for src_node, src_rows in sorted(t.rows.items())
-                             for ref in [graph.source(src_node)] for r in src_rows],
-                )
-                for node_id, row, t in traced
-            ])
+            keys, next_token = _page(request, context)
+            traced = graph.trace_rows(keys, expand=request.expand_aggregates)
+            return _trace_response(graph, traced, next_token)
 
     def Ancestors(self, request: query_pb2.NodeRequest, context: grpc.ServicerContext):
         graph = LineageGraph(self._store)
@@ -86,6 +79,62 @@ class LineageService(query_pb2_grpc.LineageServicer):
         with _lineage_errors(context):
             _in_run(graph, [request.node_id], request.run_id, context)
             return _node_info(graph.node(request.node_id))
+
+
+def _page(request: query_pb2.TraceRowsRequest,
+          context: grpc.ServicerContext) -> tuple[events_pb2.RowKeys, str]:
+    """The keys of this page and the token of the next ("" after the last key)."""
+    keys = request.rows
+    n = len(keys.rows)
+    token = request.page_token
+    if token and not (token.isdigit() and 0 < int(token) <= n):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_token {token[:40]!r} is not a "
+                      "next_page_token of this request's keys")
+    start = int(token or 0)
+    if not request.page_size and not start:
+        return keys, ""
+    stop = min(n, start + request.page_size) if request.page_size else n
+    page = events_pb2.RowKeys(node_ids=keys.node_ids, rows=keys.rows[start:stop],
+                              node_index=keys.node_index[start:stop])
+    return page, str(stop) if stop < n else ""
+
+
+def _trace_response(graph: LineageGraph, traced: list, next_token: str
+                    ) -> query_pb2.TraceRowsResponse:
+    """Traces with each aggregate and op named once, referenced by index / id."""
+    aggregates: dict[Aggregate, int] = {}
+    op_names: dict[str, str] = {}
+    traces = []
+    for node_id, row, t in traced:
+        sources: list[query_pb2.SourceRowRef] = []
+        for src_node, src_rows in sorted(t.rows.items()):
+            ref = graph.source(src_node)
+            sources.extend(query_pb2.SourceRowRef(source_id=ref.source_id, uri=ref.uri,
+                                                  row=int(r)) for r in src_rows.tolist())
+        agg_refs = []
+        for agg in t.aggregates:
+            k = aggregates.get(agg)
+            if k is None:
+                k = aggregates[agg] = len(aggregates)
+                op_names[agg.op_id] = agg.op_name
+            agg_refs.append(k)
+        traces.append(query_pb2.RowTrace(node_id=node_id, row=row, op_ids=t.op_ids,
+                                         sources=sources, aggregate_refs=agg_refs))
+        op_names.update(zip(t.op_ids, t.op_names, strict=True))
+    return query_pb2.TraceRowsResponse(
+        traces=traces, next_page_token=next_token,
+        aggregates=[_aggregate(graph, a) for a in aggregates],
+        ops=[query_pb2.OpInfo(op_id=o, op_name=name) for o, name in op_names.items()])
+
+
+def _aggregate(graph: LineageGraph, a: Aggregate) -> query_pb2.AggregateDependency:
+    counts = []
+    for src_node, rows in a.sources:
+        ref = graph.source(src_node)
+        counts.append(query_pb2.SourceRowCount(source_id=ref.source_id, uri=ref.uri, rows=rows))
+    return query_pb2.AggregateDependency(op_id=a.op_id, op_name=a.op_name, node_id=a.node_id,
+                                         node_rows=a.node_rows, reason=a.reason,
+                                         sources=counts)
 
 
 def _in_run(graph: LineageGraph, node_ids: Iterable[str], run_id: str,

@@ -68,13 +68,56 @@ def test_training_rows_trace_to_their_file_rows(pipeline) -> None:
         assert list(t.op_ids) == ["op-concat", "op-shuffle", "op-train"]
 
 
-def test_a_broadcast_aggregate_reaches_every_row(pipeline) -> None:
+def test_a_broadcast_aggregate_is_one_reference_not_every_row(pipeline) -> None:
+    serve, _ = pipeline
+    response = _stub(serve).TraceRows(query_pb2.TraceRowsRequest(
+        rows=events_pb2.RowKeys(node_ids=["n-norm"], rows=[2, 7])))
+    t2, t7 = response.traces
+    # direct rows first: row 2 of the concat is a.csv row 2, row 7 is b.csv row 1
+    assert [(s.source_id, s.row) for s in t2.sources] == [("src-a", 2)]
+    assert [(s.source_id, s.row) for s in t7.sources] == [("src-b", 1)]
+    (agg,) = response.aggregates  # named once, referenced by both rows
+    assert list(t2.aggregate_refs) == list(t7.aggregate_refs) == [0]
+    assert (agg.op_id, agg.op_name, agg.node_id, agg.node_rows, agg.reason) == (
+        "op-mean", "numpy.mean", "n-cat", 10, "reduction over rows")
+    assert [(c.source_id, c.uri, c.rows) for c in agg.sources] == [
+        ("src-a", "file:///data/a.csv", 6), ("src-b", "file:///data/b.csv", 4)]
+    assert list(t2.op_ids) == ["op-concat", "op-mean", "op-norm"]
+    assert {o.op_id: o.op_name for o in response.ops} == {
+        "op-concat": "numpy.concatenate", "op-mean": "numpy.mean", "op-norm": "numpy.subtract"}
+
+
+def test_expanded_aggregates_list_every_row(pipeline) -> None:
     serve, _ = pipeline
     (t,) = _stub(serve).TraceRows(query_pb2.TraceRowsRequest(
-        rows=events_pb2.RowKeys(node_ids=["n-norm"], rows=[2]))).traces
+        rows=events_pb2.RowKeys(node_ids=["n-norm"], rows=[2]), expand_aggregates=True)).traces
     assert {(s.source_id, s.row) for s in t.sources} == \
         {("src-a", r) for r in range(6)} | {("src-b", r) for r in range(4)}
     assert list(t.op_ids) == ["op-concat", "op-mean", "op-norm"]
+
+
+def test_trace_rows_pages(pipeline) -> None:
+    serve, perm = pipeline
+    stub = _stub(serve)
+    keys = events_pb2.RowKeys(node_ids=["n-train"], rows=list(range(7)))
+    seen, token, pages = [], "", 0
+    while True:
+        page = stub.TraceRows(query_pb2.TraceRowsRequest(rows=keys, page_size=3,
+                                                         page_token=token))
+        pages += 1
+        assert len(page.traces) <= 3
+        seen += [(t.row, [(s.source_id, s.uri, s.row) for s in t.sources])
+                 for t in page.traces]
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == 3
+    assert seen == [(r, [_expected(perm, r)]) for r in range(7)]
+    for bad in ("x", "0", "8", "-1"):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.TraceRows(query_pb2.TraceRowsRequest(rows=keys, page_size=3, page_token=bad))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "page_token" in err.value.details()
 
 
 def test_ops_ancestors_and_description(pipeline) -> None:
@@ -132,6 +175,17 @@ def test_lineage_cli(pipeline) -> None:
     assert [(s["source_id"], s["uri"], s["row"]) for s in lines[1]["sources"]] == [
         _expected(perm, 1)]
     assert lines[0]["ops"] == ["op-concat", "op-shuffle", "op-train"]
+    agg = cli("trace", "n-norm", "7")
+    assert agg.returncode == 0, agg.stderr
+    text = agg.stdout.splitlines()
+    assert "via numpy.concatenate -> numpy.mean -> numpy.subtract" in text[0]
+    assert text[1].strip() == "file:///data/b.csv: 1 row(s): 1"  # direct rows first
+    assert text[2].strip().startswith("depends on all 10 rows of node n-cat via numpy.mean "
+                                      "(reduction over rows)")
+    assert len(text) == 3
+    as_json = json.loads(cli("trace", "n-norm", "7", "--json").stdout)
+    assert as_json["op_names"] == ["numpy.concatenate", "numpy.mean", "numpy.subtract"]
+    assert [a["node_rows"] for a in as_json["aggregates"]] == [10]
     ops = cli("ops", "n-norm")
     assert ops.returncode == 0 and "numpy.subtract" in ops.stdout and "op-mean" in ops.stdout
     described = cli("describe", "n-train")

@@ -132,12 +132,18 @@ class NodeRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class TraceRowsRequest(_message.Message):
-    __slots__ = ("rows", "run_id")
+    __slots__ = ("rows", "run_id", "expand_aggregates", "page_size", "page_token")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPAND_AGGREGATES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     rows: _events_pb2.RowKeys
     run_id: str
-    def __init__(self, rows: _Optional[_Union[_events_pb2.RowKeys, _Mapping]] = ..., run_id: _Optional[str] = ...) -> None: ...
+    expand_aggregates: bool
+    page_size: int
+    page_token: str
+    def __init__(self, rows: _Optional[_Union[_events_pb2.RowKeys, _Mapping]] = ..., run_id: _Optional[str] = ..., expand_aggregates: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class SourceRowRef(_message.Message):
     __slots__ = ("source_id", "uri", "row")
@@ -150,22 +156,56 @@ class SourceRowRef(_message.Message):
     def __init__(self, source_id: _Optional[str] = ..., uri: _Optional[str] = ..., row: _Optional[int] = ...) -> None: ...
 
 class RowTrace(_message.Message):
-    __slots__ = ("node_id", "row", "sources", "op_ids")
+    __slots__ = ("node_id", "row", "sources", "op_ids", "aggregate_refs")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROW_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     OP_IDS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_REFS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     row: int
     sources: _containers.RepeatedCompositeFieldContainer[SourceRowRef]
     op_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., row: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[SourceRowRef, _Mapping]]] = ..., op_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    aggregate_refs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, node_id: _Optional[str] = ..., row: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[SourceRowRef, _Mapping]]] = ..., op_ids: _Optional[_Iterable[str]] = ..., aggregate_refs: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class AggregateDependency(_message.Message):
+    __slots__ = ("op_id", "op_name", "node_id", "node_rows", "reason", "sources")
+    OP_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    op_id: str
+    op_name: str
+    node_id: str
+    node_rows: int
+    reason: str
+    sources: _containers.RepeatedCompositeFieldContainer[SourceRowCount]
+    def __init__(self, op_id: _Optional[str] = ..., op_name: _Optional[str] = ..., node_id: _Optional[str] = ..., node_rows: _Optional[int] = ..., reason: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[SourceRowCount, _Mapping]]] = ...) -> None: ...
+
+class SourceRowCount(_message.Message):
+    __slots__ = ("source_id", "uri", "rows")
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    source_id: str
+    uri: str
+    rows: int
+    def __init__(self, source_id: _Optional[str] = ..., uri: _Optional[str] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class TraceRowsResponse(_message.Message):
-    __slots__ = ("traces",)
+    __slots__ = ("traces", "aggregates", "ops", "next_page_token")
     TRACES_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATES_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     traces: _containers.RepeatedCompositeFieldContainer[RowTrace]
-    def __init__(self, traces: _Optional[_Iterable[_Union[RowTrace, _Mapping]]] = ...) -> None: ...
+    aggregates: _containers.RepeatedCompositeFieldContainer[AggregateDependency]
+    ops: _containers.RepeatedCompositeFieldContainer[OpInfo]
+    next_page_token: str
+    def __init__(self, traces: _Optional[_Iterable[_Union[RowTrace, _Mapping]]] = ..., aggregates: _Optional[_Iterable[_Union[AggregateDependency, _Mapping]]] = ..., ops: _Optional[_Iterable[_Union[OpInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
     __slots__ = ("node_id", "kind", "produced_by_op", "shape", "columns", "source_id", "run_id")
@@ -496,7 +536,7 @@ class ProducerChain(_message.Message):
     def __init__(self, producer_id: _Optional[str] = ..., run_id: _Optional[str] = ..., events: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., first_emitted_at: _Optional[str] = ..., last_emitted_at: _Optional[str] = ..., head_hash: _Optional[str] = ...) -> None: ...
 
 class VerifyLogResponse(_message.Message):
-    __slots__ = ("ok", "producers", "problems", "events", "first_emitted_at", "last_emitted_at", "notes", "hashes_recomputed", "retention_days")
+    __slots__ = ("ok", "producers", "problems", "events", "first_emitted_at", "last_emitted_at", "notes", "hashes_recomputed", "retention_days", "derived_tables", "excluded_events")
     OK_FIELD_NUMBER: _ClassVar[int]
     PRODUCERS_FIELD_NUMBER: _ClassVar[int]
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
@@ -506,6 +546,8 @@ class VerifyLogResponse(_message.Message):
     NOTES_FIELD_NUMBER: _ClassVar[int]
     HASHES_RECOMPUTED_FIELD_NUMBER: _ClassVar[int]
     RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    DERIVED_TABLES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_EVENTS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     producers: _containers.RepeatedCompositeFieldContainer[ProducerChain]
     problems: _containers.RepeatedCompositeFieldContainer[ChainProblem]
@@ -515,7 +557,31 @@ class VerifyLogResponse(_message.Message):
     notes: _containers.RepeatedCompositeFieldContainer[ChainProblem]
     hashes_recomputed: bool
     retention_days: int
-    def __init__(self, ok: _Optional[bool] = ..., producers: _Optional[_Iterable[_Union[ProducerChain, _Mapping]]] = ..., problems: _Optional[_Iterable[_Union[ChainProblem, _Mapping]]] = ..., events: _Optional[int] = ..., first_emitted_at: _Optional[str] = ..., last_emitted_at: _Optional[str] = ..., notes: _Optional[_Iterable[_Union[ChainProblem, _Mapping]]] = ..., hashes_recomputed: _Optional[bool] = ..., retention_days: _Optional[int] = ...) -> None: ...
+    derived_tables: _containers.RepeatedCompositeFieldContainer[DerivedTableCheck]
+    excluded_events: _containers.RepeatedCompositeFieldContainer[ExcludedEvent]
+    def __init__(self, ok: _Optional[bool] = ..., producers: _Optional[_Iterable[_Union[ProducerChain, _Mapping]]] = ..., problems: _Optional[_Iterable[_Union[ChainProblem, _Mapping]]] = ..., events: _Optional[int] = ..., first_emitted_at: _Optional[str] = ..., last_emitted_at: _Optional[str] = ..., notes: _Optional[_Iterable[_Union[ChainProblem, _Mapping]]] = ..., hashes_recomputed: _Optional[bool] = ..., retention_days: _Optional[int] = ..., derived_tables: _Optional[_Iterable[_Union[DerivedTableCheck, _Mapping]]] = ..., excluded_events: _Optional[_Iterable[_Union[ExcludedEvent, _Mapping]]] = ...) -> None: ...
+
+class DerivedTableCheck(_message.Message):
+    __slots__ = ("table", "equal", "rows_stored", "rows_from_events", "detail")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    EQUAL_FIELD_NUMBER: _ClassVar[int]
+    ROWS_STORED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FROM_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    equal: bool
+    rows_stored: int
+    rows_from_events: int
+    detail: str
+    def __init__(self, table: _Optional[str] = ..., equal: _Optional[bool] = ..., rows_stored: _Optional[int] = ..., rows_from_events: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ExcludedEvent(_message.Message):
+    __slots__ = ("event_id", "reason")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    reason: str
+    def __init__(self, event_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
     __slots__ = ("model_id", "model_version", "config_json", "recompute_hashes", "max_samples")
