@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(2000, gt=0)
     batch_within: float = Field(0.5, gt=0)
     otlp_endpoint: str | None = None
+    log_level: str = Field("warning", description="debug, info, warning, error or critical")
+    log_format: str = Field("text", description="text, or json: one JSON object per line")
     attribution_damping: float = Field(
         0.0, ge=0, description="influence damping λ; 0: 1e-3 x the mean curvature diagonal")
     attribution_decay: float = Field(
@@ -129,6 +131,16 @@ class Settings(BaseSettings):
         if not isinstance(value, dict):
             raise ValueError("kafka_config must be a JSON object")
         return value
+
+    @field_validator("log_level", "log_format")
+    @classmethod
+    def _log_choice(cls, value: str, info: Any) -> str:
+        from headwater.logs import FORMATS, LEVELS
+
+        choices = LEVELS if info.field_name == "log_level" else FORMATS
+        if value.lower() not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value.lower()
 
     @field_validator("listen")
     @classmethod

@@ -14,13 +14,12 @@ settings in common.py. Settings come from HEADWATER_* variables; flags override.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
 from pydantic import ValidationError
 
-from headwater import __version__
+from headwater import __version__, logs
 from headwater.cli.attribution import attribute, forget
 from headwater.cli.audit import audit, report
 from headwater.cli.demo import demo
@@ -35,8 +34,16 @@ from headwater.errors import HeadwaterError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="headwater")
-def cli() -> None:
+@click.option("--log-level", default=None, help="debug, info, warning, error or critical "
+              "[HEADWATER_LOG_LEVEL; warning]")
+@click.option("--log-format", default=None, help="text, or json: one JSON object per line "
+              "[HEADWATER_LOG_FORMAT; text]")
+def cli(log_level: str | None, log_format: str | None) -> None:
     """Headwater: streaming lineage and data attribution for ML systems that keep learning."""
+    from headwater.cli.common import load_settings
+
+    settings = load_settings(log_level=log_level, log_format=log_format)
+    logs.configure(settings.log_level, settings.log_format)
 
 
 # in the order `headwater --help` lists them (alphabetical); `report` is `audit report`
@@ -46,7 +53,7 @@ for command in (serve, query_service, process, sql, status, lineage, migrate, de
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure()  # until the group's options are read
     try:
         cli.main(args=argv, prog_name="headwater", standalone_mode=False)
     except click.exceptions.Abort:
@@ -55,10 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except HeadwaterError as exc:
-        click.echo(f"headwater: error: {exc}", err=True)
+        logs.error(str(exc))
         sys.exit(2)
     except ValidationError as exc:  # settings built outside load_settings
         from headwater.query_service.settings import settings_problem
 
-        click.echo(f"headwater: error: {settings_problem(exc)}", err=True)
+        logs.error(settings_problem(exc))
         sys.exit(2)

@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from headwater.cli.common import (
-    console,
     data_dir_option,
     dsn_option,
     kafka_option,
@@ -19,6 +18,7 @@ from headwater.cli.common import (
     open_store,
 )
 from headwater.errors import HeadwaterError
+from headwater.logs import status
 from headwater.query_service.settings import Settings
 
 
@@ -58,7 +58,7 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
                                 sql=settings.sql_limits)
     server.start()
     store.record_address(_bound(settings.listen, port))  # CLI reads find this serve
-    console.print(f"headwater serve: gRPC on {settings.listen} (port {port}, "
+    status(f"headwater serve: gRPC on {settings.listen} (port {port}, "
                   f"{security.describe()}), store {store.dsn.redacted}; Ctrl-C to stop")
     _freeze_startup_heap()
     _wait_for_signal()
@@ -94,7 +94,7 @@ def query_service(dsn: str | None, listen: str | None) -> None:
                                 limits=StreamLimits.from_settings(settings),
                                 sql=settings.sql_limits)
     server.start()
-    console.print(f"headwater query-service: gRPC on {settings.listen} "
+    status(f"headwater query-service: gRPC on {settings.listen} "
                   f"({security.describe()}), store {store.dsn.redacted}")
     _freeze_startup_heap()
     _wait_for_signal()
@@ -134,14 +134,14 @@ def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
                          settings.kafka_topic, settings.kafka_group,
                          batch_size=settings.batch_size, within=settings.batch_within,
                          kafka_config=settings.kafka_config, on_batch=progress.add)
-    console.print(f"headwater process: {settings.kafka_topic} ({partitions} partitions) @ "
+    status(f"headwater process: {settings.kafka_topic} ({partitions} partitions) @ "
                   f"{settings.kafka_bootstrap} -> {store.dsn.redacted} "
                   f"(group {settings.kafka_group}); Ctrl-C to stop")
     try:
         run_until_signalled(runner)
     finally:
         store.close()
-    console.print(f"headwater process: stopped after storing {runner.stored} events")
+    status(f"headwater process: stopped after storing {runner.stored} events")
 
 
 class _ThroughputLog:
@@ -160,7 +160,7 @@ class _ThroughputLog:
         self._window += n
         elapsed = self._clock() - self._since
         if elapsed >= self._every:
-            console.print(f"{self._name}: {self._total} events stored "
+            status(f"{self._name}: {self._total} events stored "
                           f"({self._window / elapsed:,.0f}/s over the last {elapsed:.0f}s)")
             self._window, self._since = 0, self._clock()
 
