@@ -24,6 +24,7 @@ PURE = [
     "headwater.producers.envelope",
     "headwater.producers.rowmap",
     "headwater.producers.capture.projection",
+    "headwater.producers.capture.kronecker",
     "headwater.producers.transports.base",
     "headwater.producers.tracking",
     "headwater.producers.tracking.registry",
