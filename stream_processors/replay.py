@@ -174,7 +174,7 @@ class Sketch(BaseModel):
 
 def sketches(store: Store, run_id: str = "") -> dict[str, Sketch]:
     """Every curvature sketch, keyed "model/version/kind/projection/dim"."""
-    where = f"WHERE {_run_filter(SKETCH, [])}" if run_id else ""
+    where = f"WHERE {_run_filter(SKETCH, _columns(store, SKETCH))}" if run_id else ""
     table = store.query_arrow(
         "SELECT model_id, model_version, kind, projection_id, dim, rows, event_ids, matrix, "
         "layout "

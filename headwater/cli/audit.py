@@ -181,21 +181,35 @@ def check(report_file: Path, public_key: Path | None, allow_unsigned: bool) -> N
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object")
 def verify(run_id: str, recompute_hashes: bool, data_dir: Path | None, dsn: str | None,
                  listen: str | None, as_json: bool) -> None:
-    """Art. 12 record-keeping: every producer's seq continuity and hash chain, and the time
-    span the log covers; exit status 1 when a problem is found."""
+    """Art. 12 record-keeping: every producer's seq continuity and hash chain, the time
+    span the log covers, and every derived table against its rebuild from the verified
+    events; exit status 1 when a problem is found or a table differs."""
     from headwater.query_service.client.remote import RemoteStore
+    from headwater.query_service.compliance.evidence import check_derived, runs_of
     from headwater.query_service.compliance.log_reader import verify_stored_log
     from headwater.stream_processors.log_integrity import report_as_dict
 
-    reader = open_reader(load_settings(data_dir=data_dir, dsn=dsn, listen=listen), listen)
+    settings = load_settings(data_dir=data_dir, dsn=dsn, listen=listen)
+    reader = open_reader(settings, listen)
+    tables: list[Any] = []
+    excluded: dict[str, str] = {}
     try:
         if isinstance(reader, RemoteStore):
             report = reader.verify_log(run_id, recompute_hashes)
+            tables, excluded = _remote_derived(settings, reader.target, run_id)
         else:
             report = verify_stored_log(reader, run_id, recompute_hashes)
+            tables, excluded, rejected = check_derived(reader, runs_of(reader, run_id))
+            excluded.update({f"(rejected {i})": r for i, r in enumerate(rejected)})
     finally:
         reader.close()
     data = report_as_dict(report)
+    derived_ok = all(t.equal for t in tables) and not excluded
+    data["derived_tables"] = [
+        {"table": t.table, "equal": t.equal, "rows_stored": t.incremental.rows,
+         "rows_from_events": t.replayed.rows, "detail": t.detail} for t in tables]
+    data["excluded_events"] = excluded
+    data["ok"] = report.ok and derived_ok
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -215,8 +229,40 @@ def verify(run_id: str, recompute_hashes: bool, data_dir: Path | None, dsn: str 
             out.print(f"  {p.kind:<15} {p.producer_id} seq {p.seq}: {p.detail}")
         for p in report.notes:
             out.print(f"  note: {p.kind:<9} {p.producer_id} seq {p.seq}: {p.detail}")
-    if not report.ok:
+        _print_derived(tables, excluded)
+    if not data["ok"]:
         sys.exit(1)
+
+
+def _remote_derived(settings: Settings, target: str, run_id: str
+                    ) -> tuple[list[Any], dict[str, str]]:
+    """The derived-table comparison a running serve made in Compliance.VerifyLog."""
+    from headwater.query_service.client.channel import open_channel
+    from headwater.stream_processors.replay import TableComparison, TableDigest
+    from headwater.v1 import query_pb2, query_pb2_grpc
+
+    channel = open_channel(settings, target)
+    try:
+        r = query_pb2_grpc.ComplianceStub(channel).VerifyLog(
+            query_pb2.VerifyLogRequest(run_id=run_id), timeout=300)
+    finally:
+        channel.close()
+    tables = [TableComparison(table=t.table, equal=t.equal, detail=t.detail,
+                              incremental=TableDigest(rows=t.rows_stored, checksum=""),
+                              replayed=TableDigest(rows=t.rows_from_events, checksum=""))
+              for t in r.derived_tables]
+    return tables, {x.event_id: x.reason for x in r.excluded_events}
+
+
+def _print_derived(tables: list[Any], excluded: dict[str, str]) -> None:
+    differ = [t for t in tables if not t.equal]
+    out.print(f"derived tables: {len(tables) - len(differ)} of {len(tables)} equal to their "
+              "rebuild from the verified events"
+              + ("" if not differ else " — [red]DIFFERENT[/]:"))
+    for t in differ:
+        out.print(f"  {t.table}: {t.detail}")
+    for event_id, why in excluded.items():
+        out.print(f"  [red]left out[/] {event_id}: {why}")
 
 
 audit.add_command(verify)

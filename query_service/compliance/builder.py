@@ -1,6 +1,7 @@
-"""Builds the compliance report of one model version from the store (a few queries, no
-progress needed): version lineage, data governance through lineage, log verification,
-erasure log and attribution samples. Only names, hashes and counts leave the store."""
+"""Builds the evidence report of one model version: the derived tables of the runs it draws
+on are rebuilt from the verified event bytes (compliance/evidence.py) and every section is
+read from that rebuild, each fact naming its event; the live tables are compared with the
+rebuild, and the log's chains verified. Only names, hashes and counts leave the store."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from headwater.query_service.compliance.config import (
     ComplianceConfig,
     missing,
 )
+from headwater.query_service.compliance.evidence import Rebuild, compare_derived, verified_rebuild
 from headwater.query_service.compliance.log_reader import verify_stored_log
 from headwater.query_service.compliance.model import (
     SCHEMA_VERSION,
@@ -28,12 +30,14 @@ from headwater.query_service.compliance.model import (
     AttributionSamples,
     ChainProblem,
     Column,
-    ComplianceReport,
     DataGovernance,
     Deployment,
+    DerivedTableCheck,
     Erasure,
     ErasureOutcome,
     ErasureTarget,
+    EventRef,
+    ExcludedEvent,
     ModelVersion,
     Pipeline,
     PipelineEdge,
@@ -41,7 +45,9 @@ from headwater.query_service.compliance.model import (
     PreparationStep,
     ProducerChain,
     RecordKeeping,
+    ReportBody,
     RowContribution,
+    SectionStatus,
     Source,
     SourceContribution,
     SourceRowRef,
@@ -95,10 +101,18 @@ def _json_or_text(text: str) -> Any:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+def event_refs(rebuild: Rebuild, table: str, key: str, where: str, params: dict[str, Any],
+               order: str = "") -> dict[str, EventRef]:
+    """key column value -> the verified event its row of `table` (in the rebuild) came from."""
+    sql = f"SELECT {key}, event_id FROM {table} FINAL WHERE {where}"
+    rows = rebuild.store.query(sql + (f" ORDER BY {order}" if order else ""), params)
+    return {str(k): EventRef(event_id=e, hash=rebuild.ref(e)[1]) for k, e in rows}
+
+
 # -- model version lineage ------------------------------------------------------------------
 
-def version_chain(rows: list[ModelVersionRecord], version: str, model_id: str
-                  ) -> list[ModelVersion]:
+def version_chain(rows: list[ModelVersionRecord], version: str, model_id: str,
+                  refs: dict[str, EventRef]) -> list[ModelVersion]:
     """The versions from the root to `version` (pure; rows from model_versions). An empty
     `version` is the latest recorded one; a parent never recorded ends the chain."""
     if not rows:
@@ -121,7 +135,8 @@ def version_chain(rows: list[ModelVersionRecord], version: str, model_id: str
             parameter_hash=r.parameter_hash, parameter_count=int(r.parameter_count),
             framework=r.framework,
             config=config_value if isinstance(config_value, dict) else {"raw": config_value},
-            checkpoint_uri=r.checkpoint_uri, run_id=r.run_id, recorded_at=iso(r.recorded_at)))
+            checkpoint_uri=r.checkpoint_uri, run_id=r.run_id, recorded_at=iso(r.recorded_at),
+            evidence=refs[r.version]))
         current = r.parent_version
     return chain[::-1]
 
@@ -167,13 +182,14 @@ def topological_ops(ops: dict[str, LineageOp]) -> list[LineageOp]:
     return order
 
 
-def _step(o: LineageOp) -> PreparationStep:
+def _step(o: LineageOp, refs: dict[str, EventRef]) -> PreparationStep:
     return PreparationStep(
         op_id=o.op_id, op_name=o.op_name, params=_json_or_text(o.params_json),
         input_node_ids=list(o.input_node_ids), output_node_id=o.output_node_id,
         output_rows=o.output_rows, understood=o.understood, granularity=o.granularity,
         code_version=o.code_version,
-        recorded_at=iso(_EPOCH + timedelta(microseconds=o.recorded_us)))
+        recorded_at=iso(_EPOCH + timedelta(microseconds=o.recorded_us)),
+        evidence=refs[o.op_id])
 
 
 def _descendants(start: set[str], ordered: list[LineageOp]) -> set[str]:
@@ -185,7 +201,8 @@ def _descendants(start: set[str], ordered: list[LineageOp]) -> set[str]:
     return reached
 
 
-def data_governance(store: Store, model_id: str, versions: list[str]) -> DataGovernance:
+def data_governance(rebuild: Rebuild, model_id: str, versions: list[str]) -> DataGovernance:
+    store = rebuild.store
     notes: list[str] = []
     used = store.query(
         "SELECT node_id, min(recorded_at), max(recorded_at) FROM gradients "
@@ -212,10 +229,14 @@ def data_governance(store: Store, model_id: str, versions: list[str]) -> DataGov
     for sid in sorted(set(source_nodes) - described):
         notes.append(f"source node {sid} was never registered (no SourceRegistered event)")
     used_at = {r[0]: (r[1], r[2]) for r in used}
+    op_refs = event_refs(rebuild, "lineage_ops", "op_id", "op_id IN {ids:Array(String)}",
+                         {"ids": [o.op_id for o in ordered]})
+    source_refs = event_refs(rebuild, "sources", "source_id", "source_id IN {ids:Array(String)}",
+                             {"ids": sorted(source_nodes)})
     sources = []
     for src in source_rows:
         reached = _descendants(source_nodes[src.source_id], ordered)
-        steps = [_step(o) for o in ordered if o.output_node_id in reached]
+        steps = [_step(o, op_refs) for o in ordered if o.output_node_id in reached]
         fed = sorted(n for n in training if n in reached)
         times = [used_at[n] for n in fed]
         columns = [Column(name=str(c.get("name", "")), dtype=str(c.get("dtype", "")),
@@ -230,7 +251,7 @@ def data_governance(store: Store, model_id: str, versions: list[str]) -> DataGov
             time_range=TimeRange(registered_at=iso(src.registered_at),
                                  first_used_at=iso(min(t[0] for t in times)) if times else None,
                                  last_used_at=iso(max(t[1] for t in times)) if times else None),
-            training_nodes=len(fed), preparation=steps))
+            training_nodes=len(fed), preparation=steps, evidence=source_refs[src.source_id]))
     training_set = set(training)
     pipeline = Pipeline(
         nodes=[PipelineNode(node_id=n.node_id, kind="source" if n.kind == "source" else "op",
@@ -246,8 +267,10 @@ def data_governance(store: Store, model_id: str, versions: list[str]) -> DataGov
 
 # -- record keeping -------------------------------------------------------------------------
 
-def record_keeping(store: Store, runs: list[str], recompute_hashes: bool) -> RecordKeeping:
-    """verify_stored_log for each run the report draws on."""
+def record_keeping(store: Store, rebuild: Rebuild, recompute_hashes: bool) -> RecordKeeping:
+    """verify_stored_log for each run the report draws on, and its derived tables against
+    their rebuild from the verified events."""
+    runs = rebuild.runs
     producers: list[ProducerChain] = []
     problems: list[ChainProblem] = []
     notes: list[ChainProblem] = []
@@ -268,9 +291,18 @@ def record_keeping(store: Store, runs: list[str], recompute_hashes: bool) -> Rec
                                   detail=p.detail) for p in log.problems]
         notes += [ChainProblem(producer_id=p.producer_id, kind=p.kind, seq=p.seq,
                                detail=p.detail) for p in getattr(log, "notes", [])]
-    return RecordKeeping(runs=runs, hashes_recomputed=recompute_hashes, ok=not problems,
+    derived = [DerivedTableCheck(table=t.table, equal=t.equal, rows_stored=t.incremental.rows,
+                                 rows_from_events=t.replayed.rows, detail=t.detail)
+               for t in compare_derived(store, rebuild)]
+    excluded = [ExcludedEvent(event_id=e, reason=why) for e, why in
+                sorted(rebuild.excluded.items())]
+    excluded += [ExcludedEvent(event_id="", reason=f"verified bytes no processor accepts: {r}")
+                 for r in rebuild.rejected]
+    ok = not problems and not excluded and all(t.equal for t in derived)
+    return RecordKeeping(runs=runs, hashes_recomputed=recompute_hashes, ok=ok,
                          events=events, producers=producers, problems=problems, notes=notes,
-                         retention_days=retention)
+                         retention_days=retention, derived_tables=derived,
+                         excluded_events=excluded)
 
 
 # -- erasure log ----------------------------------------------------------------------------
@@ -295,17 +327,25 @@ def _source_row_counts(text: str) -> dict[str, int]:
     return dict(counts)
 
 
-def erasure_log(store: Store, model_id: str) -> list[Erasure]:
+def erasure_log(rebuild: Rebuild, model_id: str) -> list[Erasure]:
+    store = rebuild.store
+    order = "applied_at, event_id"
     outcome_rows = select(store, UnlearningAppliedRecord, "unlearning_applied",
-                          "model_id = {m:String}", {"m": model_id}, order="applied_at")
+                          "model_id = {m:String}", {"m": model_id}, order=order)
+    outcome_refs = [EventRef(event_id=e, hash=rebuild.ref(e)[1]) for (e,) in store.query(
+        f"SELECT event_id FROM unlearning_applied FINAL WHERE model_id = {{m:String}} "
+        f"ORDER BY {order}", {"m": model_id})]
+    request_refs = event_refs(rebuild, "forget_requests", "request_id", "model_id = {m:String}",
+                              {"m": model_id})
     outcomes: dict[str, list[ErasureOutcome]] = defaultdict(list)
-    for a in outcome_rows:
+    for a, ref in zip(outcome_rows, outcome_refs, strict=True):
         outcomes[a.request_id].append(ErasureOutcome(
             status=a.status, error=a.error, method=a.method,
             previous_version=a.previous_version, new_version=a.new_version,
             rows_forgotten=int(a.rows_forgotten),
             duration_seconds=finite(a.duration_seconds) or 0.0,
-            applied_at=iso(a.applied_at), verification=_verification(a.verification)))
+            applied_at=iso(a.applied_at), verification=_verification(a.verification),
+            evidence=ref))
     out = []
     for f in select(store, ForgetRequestRecord, "forget_requests", "model_id = {m:String}",
                     {"m": model_id}, order="requested_at, request_id"):
@@ -322,7 +362,7 @@ def erasure_log(store: Store, model_id: str) -> list[Erasure]:
                                  training_keys=int(f.target_keys)),
             affected_rows=int(f.affected_rows),
             affected_via={k: int(v) for k, v in dict(f.affected_via).items()},
-            state=state, outcomes=done))
+            state=state, outcomes=done, evidence=request_refs[f.request_id]))
     return out
 
 
@@ -486,30 +526,103 @@ def training_timeline(store: Store, engine: AttributionEngine, model_id: str,
 
 # -- the report -----------------------------------------------------------------------------
 
+def _model_runs(store: Store, model_id: str) -> set[str]:
+    """The runs the live tables name for the model: where to look for its events."""
+    found: set[str] = set()
+    for table in ("model_versions", "gradients", "forget_requests"):
+        found |= {r[0] for r in store.query(
+            f"SELECT DISTINCT run_id FROM {table} WHERE model_id = {{m:String}}",
+            {"m": model_id})}
+    return found - {""}
+
+
+def _fact_runs(rebuild: Rebuild, chain: list[ModelVersion], governance: DataGovernance,
+               erasures: list[Erasure]) -> set[str]:
+    """The runs the report's facts come from (as rebuilt from verified events)."""
+    nodes = [n.node_id for n in governance.pipeline.nodes]
+    node_runs = {r[0] for r in rebuild.store.query(
+        "SELECT DISTINCT run_id FROM lineage_nodes FINAL WHERE node_id IN {ids:Array(String)}",
+        {"ids": nodes})} if nodes else set()
+    return ({v.run_id for v in chain} | node_runs | {e.run_id for e in erasures}) - {""}
+
+
+def _sections(record: RecordKeeping, samples: AttributionSamples,
+              timeline: TrainingTimeline) -> list[SectionStatus]:
+    """Per section, how far it is proven (see SectionStatus)."""
+    failed = [f"{len(record.problems)} chain problem(s)"] if record.problems else []
+    differ = sum(not t.equal for t in record.derived_tables)
+    failed += [f"{differ} derived table(s) differ from the verified events"] if differ else []
+    failed += [f"{len(record.excluded_events)} stored event(s) failed verification and were "
+               "left out"] if record.excluded_events else []
+    status = "failed" if failed else "verified"
+    why = "; ".join(failed) if failed else (
+        "re-derived from event bytes that hash to their chain hashes and match their first "
+        "receipts" + ("" if record.hashes_recomputed else "; chain verified on the stored "
+                      "columns (hashes not recomputed for the log section)"))
+    computed = "failed" if failed else "computed"
+    return [
+        SectionStatus(section="system", status="declared",
+                      detail="system name and purpose from the operator's compliance config"),
+        SectionStatus(section="deployment", status="declared",
+                      detail="provider/deployer facts from the operator's compliance config"),
+        SectionStatus(section="model_lineage", status=status, detail=why),
+        SectionStatus(section="data_governance", status=status, detail=why),
+        SectionStatus(section="record_keeping", status=status, detail=why),
+        SectionStatus(section="erasure_log", status=status, detail=why),
+        SectionStatus(section="attribution_samples", status=computed if
+                      samples.status == "computed" else status,
+                      detail="influence computed from the verified gradient rows" if
+                      samples.status == "computed" else samples.reason or why),
+        SectionStatus(section="training_timeline", status=computed if
+                      timeline.status == "computed" else status,
+                      detail="counts and TracIn computed from the verified gradient rows" if
+                      timeline.status == "computed" else timeline.reason or why),
+    ]
+
+
 def build_report(store: Store, model_id: str, version: str = "",
-                 config: ComplianceConfig | None = None, *,
-                 engine: AttributionEngine | None = None, max_samples: int = 5,
+                 config: ComplianceConfig | None = None, *, max_samples: int = 5,
                  top_sources: int = 5, recompute_hashes: bool = False,
-                 now: datetime | None = None) -> ComplianceReport:
-    """The report of `model_id` at `version` (default: the latest recorded), unsigned."""
+                 now: datetime | None = None) -> ReportBody:
+    """The report of `model_id` at `version` (default: the latest recorded), unsealed.
+
+    The runs the live tables name for the model are rebuilt from their verified events;
+    when the rebuilt facts name further runs, those are added and the rebuild repeated."""
     if not model_id:
         raise ReportError("model id is empty")
-    config = config or ComplianceConfig()
-    chain = version_chain(select(store, ModelVersionRecord, "model_versions",
-                                 "model_id = {m:String}", {"m": model_id}), version, model_id)
+    runs = _model_runs(store, model_id)
+    if not runs:
+        raise ReportError(f"model {model_id!r} has no recorded versions")
+    for _ in range(3):
+        with verified_rebuild(store, sorted(runs)) as rebuild:
+            body = _build(store, rebuild, model_id, version, config or ComplianceConfig(),
+                          max_samples, top_sources, recompute_hashes, now)
+            more = _fact_runs(rebuild, body.model_lineage, body.data_governance,
+                              body.erasure_log) - runs
+        if not more:
+            return body
+        runs |= more
+    raise ReportError(f"the runs behind model {model_id!r} keep growing: {sorted(runs)}")
+
+
+def _build(store: Store, rebuild: Rebuild, model_id: str, version: str,
+           config: ComplianceConfig, max_samples: int, top_sources: int,
+           recompute_hashes: bool, now: datetime | None) -> ReportBody:
+    facts = rebuild.store
+    refs = event_refs(rebuild, "model_versions", "version", "model_id = {m:String}",
+                      {"m": model_id})
+    chain = version_chain(select(facts, ModelVersionRecord, "model_versions",
+                                 "model_id = {m:String}", {"m": model_id}), version, model_id,
+                          refs)
     version = chain[-1].version
-    governance = data_governance(store, model_id, [v.version for v in chain])
-    erasures = erasure_log(store, model_id)
-    node_runs = {r[0] for r in store.query(
-        "SELECT DISTINCT run_id FROM lineage_nodes FINAL WHERE node_id IN {ids:Array(String)}",
-        {"ids": [n.node_id for n in governance.pipeline.nodes]})} if \
-        governance.pipeline.nodes else set()
-    runs = sorted(({v.run_id for v in chain} | node_runs | {e.run_id for e in erasures})
-                  - {""})
+    governance = data_governance(rebuild, model_id, [v.version for v in chain])
+    erasures = erasure_log(rebuild, model_id)
     deployment_missing = missing(config, DEPLOYMENT_FIELDS)
-    engine = engine or AttributionEngine(store)
-    samples = attribution_samples(store, engine, model_id, version, max_samples, top_sources)
-    return ComplianceReport(
+    engine = AttributionEngine(facts)
+    samples = attribution_samples(facts, engine, model_id, version, max_samples, top_sources)
+    timeline = training_timeline(facts, engine, model_id, chain, samples)
+    record = record_keeping(store, rebuild, recompute_hashes)
+    return ReportBody(
         schema_version=SCHEMA_VERSION,
         generated_at=iso(now or datetime.now(timezone.utc)),
         generator=f"headwater {__version__}",
@@ -523,7 +636,8 @@ def build_report(store: Store, model_id: str, version: str = "",
                                  for f in DEPLOYMENT_FIELDS}, missing=deployment_missing),
         model_lineage=chain,
         data_governance=governance,
-        record_keeping=record_keeping(store, runs, recompute_hashes),
+        record_keeping=record,
         erasure_log=erasures,
         attribution_samples=samples,
-        training_timeline=training_timeline(store, engine, model_id, chain, samples))
+        training_timeline=timeline,
+        sections=_sections(record, samples, timeline))

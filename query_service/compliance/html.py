@@ -11,9 +11,9 @@ from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
 from headwater.query_service.compliance.model import (
-    ComplianceReport,
     Erasure,
     Pipeline,
+    ReportBody,
     RowContribution,
     TrainingTimeline,
 )
@@ -118,7 +118,7 @@ def layout(pipeline: Pipeline, source_names: dict[str, str]
     return drawn, edges, left_out
 
 
-def lineage_svg(report: ComplianceReport) -> str:
+def lineage_svg(report: ReportBody) -> str:
     """The pipeline from sources (blue) through ops (grey) to training nodes (green)."""
     names = {s.source_id: short_uri(s.uri) for s in report.data_governance.sources}
     boxes, edges, left_out = layout(report.data_governance.pipeline, names)
@@ -331,10 +331,10 @@ code{font-size:12px;word-break:break-all}.legend{font-size:12px}.key{margin-righ
 """
 
 
-def render_html(report: ComplianceReport) -> str:
-    """The whole report as one HTML document."""
+def render_html(report: ReportBody) -> str:
+    """The whole report as one HTML document (sealed or not)."""
     s, d, dg = report.system, report.deployment, report.data_governance
-    title = f"{s.system_name or s.model_id} — compliance report"
+    title = f"{s.system_name or s.model_id} — evidence report"
     out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
            '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
            'style-src \'unsafe-inline\'; img-src data:">',
@@ -343,6 +343,10 @@ def render_html(report: ComplianceReport) -> str:
            f'<p class="note">Model <code>{e(s.model_id)}</code> version '
            f'<code>{e(s.model_version)}</code> · generated {e(report.generated_at)} by '
            f'{e(report.generator)} · schema {e(report.schema_version)}</p>']
+    out.append("<h2>What this report proves, section by section</h2>")
+    out.append(_table(["section", "status", "basis"], [
+        [e(x.section), f'<span class="{"bad" if x.status == "failed" else "ok"}">'
+         f'{e(x.status)}</span>', e(x.detail)] for x in report.sections]))
 
     out.append("<h2>Pipeline lineage: sources → preparation → training</h2>")
     out.append(f'<div class="graph">{lineage_svg(report)}</div>')
@@ -395,6 +399,17 @@ def render_html(report: ComplianceReport) -> str:
         out.append(_table(["producer", "kind", "seq", "detail"],
                           [[e(p.producer_id), e(p.kind), e(p.seq), e(p.detail)]
                            for p in rk.problems[:50]]))
+    differ = [t for t in rk.derived_tables if not t.equal]
+    out.append(f"<p>Derived tables against their rebuild from the verified events: "
+               f"{len(rk.derived_tables) - len(differ)} of {len(rk.derived_tables)} equal.</p>")
+    if differ:
+        out.append(_table(["table", "rows stored", "rows from events", "detail"],
+                          [[e(t.table), e(t.rows_stored), e(t.rows_from_events), e(t.detail)]
+                           for t in differ]))
+    if rk.excluded_events:
+        out.append(_table(["event left out", "why"],
+                          [[f"<code>{e(x.event_id)}</code>", e(x.reason)]
+                           for x in rk.excluded_events[:50]]))
 
     out.append("<h2>Erasure log</h2>")
     if not report.erasure_log:
@@ -457,7 +472,7 @@ def render_html(report: ComplianceReport) -> str:
             out.append(f'<p class="note">{e(note)}</p>')
 
     out.append("<h2>Integrity</h2>")
-    integrity = report.integrity
+    integrity = getattr(report, "integrity", None)
     if integrity is None:
         out.append('<p class="missing">Not sealed: no content hash.</p>')
     else:

@@ -1,4 +1,8 @@
-"""The EU AI Act compliance report as pydantic models; its JSON Schema is published.
+"""The EU AI Act evidence report as pydantic models; its JSON Schema is published.
+
+Every fact drawn from the store names the event it was re-derived from (`evidence`: event
+id and hash); `sections` says, per section, whether it was verified against the hash-chained
+log, declared by the operator, or failed verification (and why).
 
 `python -m headwater.query_service.compliance.model > docs/schema/compliance-report.schema.json`
 regenerates the committed schema (a test fails when the file is stale).
@@ -11,12 +15,32 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
 SCHEMA_ID = "https://headwater.dev/schema/compliance-report.schema.json"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class EventRef(_Strict):
+    """The stored event a fact was re-derived from, when the report was built: its bytes
+    hashed to `hash`, and it is the event first accepted under its id."""
+
+    event_id: str
+    hash: str = Field(description="hex SHA-256 of the event (the chain hash)")
+
+
+class SectionStatus(_Strict):
+    """How far one section of the report is proven."""
+
+    section: str
+    status: Literal["verified", "failed", "declared", "computed"] = Field(
+        description="verified: re-derived from verified event bytes, derived tables equal "
+                    "to them; failed: verification found problems (see detail); declared: "
+                    "stated by the operator's config, not checkable here; computed: "
+                    "calculated from verified facts")
+    detail: str
 
 
 class Contact(_Strict):
@@ -63,6 +87,7 @@ class ModelVersion(_Strict):
     checkpoint_uri: str
     run_id: str
     recorded_at: str
+    evidence: EventRef
 
 
 class Column(_Strict):
@@ -86,6 +111,7 @@ class PreparationStep(_Strict):
     granularity: str
     code_version: str
     recorded_at: str
+    evidence: EventRef
 
 
 class TimeRange(_Strict):
@@ -113,6 +139,7 @@ class Source(_Strict):
     time_range: TimeRange
     training_nodes: int = Field(description="training nodes built from this source")
     preparation: list[PreparationStep]
+    evidence: EventRef
 
 
 class PipelineNode(_Strict):
@@ -164,6 +191,19 @@ class ChainProblem(_Strict):
     detail: str
 
 
+class DerivedTableCheck(_Strict):
+    table: str
+    equal: bool
+    rows_stored: int
+    rows_from_events: int
+    detail: str
+
+
+class ExcludedEvent(_Strict):
+    event_id: str
+    reason: str
+
+
 class RecordKeeping(_Strict):
     """Art. 12: the hash-chained event log of the runs involved, as verified now."""
 
@@ -175,6 +215,11 @@ class RecordKeeping(_Strict):
     problems: list[ChainProblem]
     notes: list[ChainProblem] = Field(description="findings that do not fail the log")
     retention_days: int | None = Field(description="the event log's TTL; null: none")
+    derived_tables: list[DerivedTableCheck] = Field(
+        description="each derived table of each run against its rebuild from the verified "
+                    "events (replay through the same processors)")
+    excluded_events: list[ExcludedEvent] = Field(
+        description="stored events whose bytes failed verification: no fact comes from them")
 
 
 class Verification(_Strict):
@@ -204,6 +249,7 @@ class ErasureOutcome(_Strict):
     duration_seconds: float
     applied_at: str
     verification: Verification
+    evidence: EventRef
 
 
 class ErasureTarget(_Strict):
@@ -227,6 +273,7 @@ class Erasure(_Strict):
     affected_via: dict[str, int]
     state: Literal["applied", "failed", "pending"]
     outcomes: list[ErasureOutcome]
+    evidence: EventRef
 
 
 class SourceContribution(_Strict):
@@ -318,10 +365,10 @@ class Integrity(_Strict):
     unsigned_reason: str | None
 
 
-class ComplianceReport(_Strict):
-    """An EU AI Act evidence report for one model version."""
+class ReportBody(_Strict):
+    """An EU AI Act evidence report for one model version, before it is sealed."""
 
-    schema_version: Literal["1.0"]
+    schema_version: Literal["2.0"]
     generated_at: str
     generator: str
     system: SystemIdentification
@@ -334,7 +381,15 @@ class ComplianceReport(_Strict):
     training_timeline: TrainingTimeline | None = Field(
         default=None, description="source contributions per model version (absent in "
                                   "reports made before it existed)")
-    integrity: Integrity | None = None
+    sections: list[SectionStatus] = Field(
+        description="per section: verified, failed, declared or computed, and why")
+
+
+class ComplianceReport(ReportBody):
+    """An EU AI Act evidence report for one model version, sealed: `integrity` holds its
+    content hash and (when keyed) its signature."""
+
+    integrity: Integrity
 
 
 def json_schema() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from headwater.query_service.compliance.config import (
     parse_config,
     signing_key_path,
 )
+from headwater.query_service.compliance.evidence import check_derived, runs_of
 from headwater.query_service.compliance.log_reader import verify_stored_log
 from headwater.query_service.compliance.signing import load_private_key, report_text, seal
 from headwater.query_service.lineage.graph import BadRowKey
@@ -26,13 +27,18 @@ def _iso(ts) -> str:
 
 class ComplianceService(query_pb2_grpc.ComplianceServicer):
     def __init__(self, store: Store, engine: AttributionEngine) -> None:
+        """`engine` (the Attribution service's) is not used for reports: a report scores
+        over the derived tables rebuilt from verified events, with an engine of its own."""
         self._store = store
-        self._engine = engine  # the Attribution service's: same settings, one cached matrix
 
     def VerifyLog(self, request: query_pb2.VerifyLogRequest, context: grpc.ServicerContext):
         report = verify_stored_log(self._store, request.run_id, request.recompute_hashes)
+        tables, excluded, rejected = check_derived(self._store,
+                                                   runs_of(self._store, request.run_id))
+        excluded.update({f"(rejected {i})": r for i, r in enumerate(rejected)})
         return query_pb2.VerifyLogResponse(
-            ok=report.ok, events=report.events,
+            ok=report.ok and not excluded and all(t.equal for t in tables),
+            events=report.events,
             producers=[
                 query_pb2.ProducerChain(
                     producer_id=p.producer_id, run_id=p.run_id, events=p.events,
@@ -50,6 +56,11 @@ class ComplianceService(query_pb2_grpc.ComplianceServicer):
             last_emitted_at=_iso(report.last_emitted_at),
             hashes_recomputed=report.hashes_recomputed,
             retention_days=report.retention_days or 0,
+            derived_tables=[query_pb2.DerivedTableCheck(
+                table=t.table, equal=t.equal, rows_stored=t.incremental.rows,
+                rows_from_events=t.replayed.rows, detail=t.detail) for t in tables],
+            excluded_events=[query_pb2.ExcludedEvent(event_id=e, reason=r)
+                             for e, r in excluded.items()],
         )
 
     def Report(self, request: query_pb2.ReportRequest, context: grpc.ServicerContext):
@@ -69,7 +80,6 @@ class ComplianceService(query_pb2_grpc.ComplianceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"server configuration: {exc}")
         try:
             report = build_report(self._store, request.model_id, request.model_version, config,
-                                  engine=self._engine,
                                   max_samples=request.max_samples or 5,
                                   recompute_hashes=request.recompute_hashes)
         except ReportError as exc:

@@ -207,6 +207,12 @@ def test_audit_verify_embedded_and_through_serve(tmp_path: Path) -> None:
     assert [(p["kind"], p["seq"], p["producer_id"]) for p in found["problems"]] == [
         ("gap", 4, producer)]
     assert found["first_emitted_at"] < found["last_emitted_at"] and len(found["producers"]) == 2
+    # issue 23: derived tables against their rebuild from the verified events
+    differ = {t["table"] for t in found["derived_tables"] if not t["equal"]}
+    assert differ and all(t.endswith("(run tampered-run)") for t in differ)
+    assert "sources (run tampered-run)" in differ  # the rewritten registration is left out
+    assert list(found["excluded_events"].values()) == [
+        "stored bytes do not hash to the recorded hash"]
     text = _verify(data, "--recompute-hashes")
     assert text.returncode == 1 and "hash_mismatch" in text.stdout and "gap" in text.stdout
     server = Serve(data)
@@ -219,6 +225,7 @@ def test_audit_verify_embedded_and_through_serve(tmp_path: Path) -> None:
                                                                     ("hash_mismatch", 1)}
         assert got["hashes_recomputed"] and got["retention_days"] == 190
         assert got["first_emitted_at"] == found["first_emitted_at"]
+        assert {t["table"] for t in got["derived_tables"] if not t["equal"]} == differ
         assert _verify(data, "--run", "clean-run", serve=server).returncode == 0
     finally:
         server.stop()
