@@ -138,12 +138,11 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
                     continue
                 parent = op.input_node_ids[seg.input]
                 if seg.WhichOneof("kind") == "all_rows":
-                    if parent not in whole:
-                        whole[parent] = trace(parent, np.arange(op.input_rows[seg.input]),
-                                              op_of, max_depth)
-                    whole_hits.setdefault((op.op_id, op.op_name, parent,
-                                           op.input_rows[seg.input], seg.all_rows.reason),
-                                          []).append(orig[hit])
+                    agg_key = _aggregator(op, seg, op_of)
+                    agg_node, agg_rows = agg_key[2], agg_key[3]
+                    if agg_node not in whole:
+                        whole[agg_node] = trace(agg_node, np.arange(agg_rows), op_of, max_depth)
+                    whole_hits.setdefault(agg_key, []).append(orig[hit])
                     continue
                 nxt.setdefault(parent, []).append(
                     (orig[hit], segment_inputs(seg, node_rows[hit], op.input_rows[seg.input])))
@@ -189,6 +188,35 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
         t.op_ids = list(lists[w])
         t.op_names = list(name_lists[w])
     return traces
+
+
+def _aggregator(op: OpView, seg: events_pb2.RowSegment, op_of: Callable[[str], OpView | None]
+                ) -> tuple[str, str, str, int, str]:
+    """(op id, op name, node, its rows, reason) naming what "all rows of the input" of an
+    all-rows segment stands for. All rows of a node made from all rows of its input (a
+    mean: one op, one all-rows segment covering its output), or row for row from it (a
+    copy), are all rows of that input: followed down, so that a row minus a broadcast mean
+    reads "all N rows of x via numpy.mean", not "all 8 rows of the mean via subtract"."""
+    found = (op.op_id, op.op_name, op.input_node_ids[seg.input], op.input_rows[seg.input],
+             seg.all_rows.reason)
+    seen: set[str] = set()
+    while True:
+        node, n = found[2], found[3]
+        up = op_of(node)
+        if up is None or len(up.segments) != 1 or node in seen:
+            return found
+        seen.add(node)
+        s = up.segments[0]
+        kind = s.WhichOneof("kind")
+        parent, n_parent = up.input_node_ids[s.input], up.input_rows[s.input]
+        if s.out_start != 0 or s.length != n or n == 0:
+            return found  # some rows of the node come from elsewhere
+        if kind == "all_rows":
+            found = (up.op_id, up.op_name, parent, n_parent, s.all_rows.reason)
+        elif kind == "range" and s.range.start == 0 and s.range.step == 1 and n == n_parent:
+            found = (found[0], found[1], parent, n_parent, found[4])
+        else:
+            return found
 
 
 def _group_into(traces: list[Trace], reached: dict[str, list[tuple[np.ndarray, np.ndarray]]],

@@ -53,12 +53,23 @@ def check_batches(target: str, batches: list, expected: list[tuple[str, str, int
     with grpc.insecure_channel(target) as channel:
         lineage = query_pb2_grpc.LineageStub(channel)
         for b, batch in enumerate(batches[:3]):
-            traced = lineage.TraceRows(query_pb2.TraceRowsRequest(rows=row_keys(batch))).traces
+            reply = lineage.TraceRows(query_pb2.TraceRowsRequest(rows=row_keys(batch)))
+            traced = reply.traces
             assert len(traced) == len(batch)
             for t in traced:
                 source_id, uri, row = expected[b * 8 + t.row]
+                # its own file row, and its whole file through the mean and the std
+                assert [(s.source_id, s.uri, s.row) for s in t.sources] == [(source_id, uri, row)]
+                whole = [(a.op_name, [(c.source_id, c.rows) for c in a.sources])
+                         for a in (reply.aggregates[k] for k in t.aggregate_refs)]
+                n_file = ROWS[uri.rsplit("/", 1)[1]]
+                assert sorted(whole) == [("numpy.mean", [(source_id, n_file)]),
+                                         ("numpy.std", [(source_id, n_file)])]
+            expanded = lineage.TraceRows(query_pb2.TraceRowsRequest(
+                rows=row_keys(batch), expand_aggregates=True)).traces
+            for t in expanded:
+                source_id, uri, row = expected[b * 8 + t.row]
                 refs = {(s.source_id, s.uri, s.row) for s in t.sources}
-                assert (source_id, uri, row) in refs
                 # normalising by its file's mean and std makes a row depend on its whole file
                 assert refs == {(source_id, uri, r) for r in range(ROWS[uri.rsplit("/", 1)[1]])}
             names = [o.op_name for o in lineage.Ops(
