@@ -16,23 +16,41 @@ from headwater.errors import HeadwaterError
 _AGGREGATE_BY = {"row": "BY_ROW", "source": "BY_SOURCE", "file": "BY_SOURCE_FILE", "op": "BY_OP"}
 
 
+_METHODS = {"default": "ATTRIBUTION_METHOD_UNSPECIFIED", "influence": "INFLUENCE",
+            "tracin": "TRACIN"}
+SIGN = ("positive = including the row raised the explained output (the margin of the "
+        "prediction's label, or the regression output); negative = it lowered it")
+
+
 @click.command()
 @click.argument("prediction_id")
-@click.option("--method", type=click.Choice(["influence", "tracin", "knn-shapley"]),
-              default="influence", show_default=True)
+@click.option("--method", type=click.Choice([*_METHODS, "knn-shapley"]), default="default",
+              show_default=True, help="default: the method the service measured best for "
+                                      "this kind of model (docs/attribution.md)")
+@click.option("--damping", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="influence λ; 0: the L2 recorded with the model version, else the "
+                   "spectrum rule")
+@click.option("--versions", type=click.IntRange(min=0), default=0, show_default=True,
+              help="influence: ensemble over the prediction's latest N model versions; 0: all")
 @click.option("--by", "by", type=click.Choice(list(_AGGREGATE_BY)), default="row",
               show_default=True, help="Rows, or sums by source, source file or op")
-@click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True)
+@click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="Rows in each list (most helpful, most harmful)")
+@click.option("--all", "output", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write every training row's (or group's) score to this "
+                                 "Parquet file instead (streamed, no cap)")
 @click.option("--neighbours", type=click.IntRange(1), default=5, show_default=True,
               help="K of KNN-Shapley")
 @run_option(help="The run that recorded PREDICTION_ID (needed when the id was recorded in "
                  "several runs); only that run's training rows are scored")
 @listen_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per result line")
-def attribute(prediction_id: str, method: str, by: str, top_k: int, neighbours: int,
-              run_id: str, listen: str | None, as_json: bool) -> None:
+def attribute(prediction_id: str, method: str, damping: float, versions: int, by: str,
+              top_k: int, output: Path | None, neighbours: int, run_id: str,
+              listen: str | None, as_json: bool) -> None:
     """The training rows (with their source-file rows and ops) that most influenced
-    PREDICTION_ID; positive = the row raised the explained output.
+    PREDICTION_ID: the most helpful and the most harmful apart. Positive = including the
+    row raised the explained output; negative = it lowered it.
 
     Only the training rows of the prediction's own run count, at the model versions on
     its version lineage: another run that reuses the model id or the source files never
@@ -42,18 +60,37 @@ def attribute(prediction_id: str, method: str, by: str, top_k: int, neighbours: 
     stub = query_pb2_grpc.AttributionStub(channel(listen))
     aggregation = getattr(query_pb2, _AGGREGATE_BY[by])
     if method == "knn-shapley":
+        if output is not None:
+            raise click.UsageError("--all works with influence and tracin")
         response = call(stub.Value, query_pb2.ValueRequest(
             prediction_id=prediction_id, k_neighbours=neighbours, aggregation=aggregation,
             top_k=top_k, run_id=run_id))
-        title = "KNN-Shapley value"
-    else:
-        response = call(stub.Attribute, query_pb2.AttributeRequest(
-            prediction_id=prediction_id, top_k=top_k, aggregation=aggregation, run_id=run_id,
-            method=query_pb2.TRACIN if method == "tracin" else query_pb2.INFLUENCE))
-        title = f"{method} score"
+        _print(response.rows, response.groups, "KNN-Shapley value", by, as_json)
+        return
+    request = query_pb2.AttributeRequest(
+        prediction_id=prediction_id, top_k=top_k, aggregation=aggregation, run_id=run_id,
+        method=getattr(query_pb2, _METHODS[method]), damping=damping, versions=versions)
+    if output is not None:
+        _export(stub, request, output, by, as_json)
+        return
+    response = call(stub.Attribute, request)
+    title = f"{response.method} score"
+    if not as_json:
+        out.print(f"{response.method} at version(s) {response.model_version}"
+                  + (f", damping {response.damping:.4g} ({response.damping_source})"
+                     if response.damping else "") + f"; {SIGN}")
+    if by != "row":
+        _print([], response.groups, title, by, as_json)
+        return
+    for name, rows in (("most helpful", response.helpful), ("most harmful", response.harmful)):
+        _print(rows, [], f"{title} ({name})", by, as_json, list_name=name)
+
+
+def _print(rows: Any, groups: Any, title: str, by: str, as_json: bool,
+           list_name: str = "") -> None:
     if by != "row":
         table = Table(by, "label", title, "rows")
-        for g in response.groups:
+        for g in groups:
             if as_json:
                 click.echo(json.dumps({"key": g.key, "label": g.label, "score": g.score,
                                        "rows": g.rows}))
@@ -62,11 +99,12 @@ def attribute(prediction_id: str, method: str, by: str, top_k: int, neighbours: 
             out.print(table)
         return
     table = Table("#", title, "training row", "source rows", "ops")
-    for i, r in enumerate(response.rows, 1):
+    for i, r in enumerate(rows, 1):
         sources = [{"source_id": s.source_id, "uri": s.uri, "row": s.row} for s in r.sources]
         if as_json:
             click.echo(json.dumps({"node_id": r.node_id, "row": r.row, "score": r.score,
-                                   "sources": sources, "ops": [o.op_name for o in r.ops]}))
+                                   "sources": sources, "ops": [o.op_name for o in r.ops]}
+                                  | ({"list": list_name} if list_name else {})))
             continue
         shown = "; ".join(f"{Path(s['uri']).name or s['source_id']}:{s['row']}"
                           for s in sources[:3]) + (" …" if len(sources) > 3 else "")
@@ -74,6 +112,40 @@ def attribute(prediction_id: str, method: str, by: str, top_k: int, neighbours: 
                       " -> ".join(o.op_name for o in r.ops) or "-")
     if not as_json:
         out.print(table)
+
+
+def _export(stub: Any, request: Any, path: Path, by: str, as_json: bool) -> None:
+    """Every score from Attribution.AttributeAll into one Parquet file: by row, one row per
+    training example (its node, row, score and first source row, sources as a list); else
+    one row per group."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, list] = {}
+    method = ""
+    for chunk in call(stub.AttributeAll, request):
+        method = chunk.method
+        if by != "row":
+            for g in chunk.groups:
+                for name, value in (("key", g.key), ("label", g.label), ("score", g.score),
+                                    ("rows", g.rows)):
+                    columns.setdefault(name, []).append(value)
+            continue
+        for r in chunk.rows:
+            for name, value in (
+                    ("node_id", r.node_id), ("row", r.row), ("score", r.score),
+                    ("source_id", r.sources[0].source_id if r.sources else ""),
+                    ("source_uri", r.sources[0].uri if r.sources else ""),
+                    ("source_row", r.sources[0].row if r.sources else -1),
+                    ("sources", [f"{s.source_id}:{s.row}" for s in r.sources]),
+                    ("ops", [o.op_name for o in r.ops])):
+                columns.setdefault(name, []).append(value)
+    table = pa.table(columns)
+    pq.write_table(table, path)
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "rows": table.num_rows, "method": method}))
+    else:
+        out.print(f"{table.num_rows} {method} scores written to {path}; {SIGN}")
 
 def _parse_rows(spec: str, what: str) -> tuple[str, list[int]]:
     """'ID:1,2,5-9' -> ('ID', [1, 2, 5, 6, 7, 8, 9]); a clear error naming the bad part."""

@@ -42,6 +42,7 @@ from headwater.query_service.attribution.scoring import (
     Result,
     SourceRow,
     TestGradient,
+    default_method,
     embedding_of,
     influence_of_block,
     latest_per_example,
@@ -384,8 +385,9 @@ class AttributionEngine:
         over the training rows of the prediction's run (`run_id`, else the prediction's
         or the model's only run). `versions` > 0: influence over the prediction's latest
         that many versions only."""
-        if method not in METHODS:
-            raise AttributionError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        if method not in (*METHODS, "default"):
+            raise AttributionError(f"method must be one of {', '.join(METHODS)} or default; "
+                                   f"got {method!r}")
         if prediction_id:
             model_id, run_id, tests = self.prediction(prediction_id, run_id)
         elif test is not None and model_id:
@@ -393,6 +395,8 @@ class AttributionEngine:
         else:
             raise AttributionError("give a prediction id, or a model id and a test gradient")
         model = self.model(model_id, run_id)
+        if method == "default":
+            method = default_method(model)
         if method == "influence":
             scores, version, lam, source = self.influence(
                 model, tests[-versions:] if versions else tests, damping)

@@ -185,6 +185,11 @@ def damping_for(c: np.ndarray, *dampings: float) -> float:
     return Damping(next((d for d in dampings if d), 0.0)).of(c)[0]
 
 
+def default_method(model: Model) -> str:
+    """The method a request without one gets (docs/attribution.md, "Default method")."""
+    return "influence"
+
+
 def version_block(model: Model, version: str, projection_id: str | None = None) -> Block:
     """The block scoring uses at `version`: FEATURISATION rows when recorded, else
     TRAINING_STEP rows (NotFound when neither)."""
