@@ -22,6 +22,7 @@ from headwater.producers.unlearning.linear import (
 from headwater.producers.unlearning.newton import (
     linear_forget,
 )
+from headwater.producers.unlearning.recipe import Recipe
 from headwater.producers.unlearning.rows import (
     Rows,
     pair,
@@ -85,7 +86,7 @@ def _verify(before: Any, after: Any, forget: Rows, test: Rows | None, held_out: 
             if held_out is not None else nan
         return float(fl.mean()), acc, mia
 
-    loss_b, acc_b, _ = figures(before)
+    loss_b, acc_b, mia_b = figures(before)
     loss_a, acc_a, mia_a = figures(after)
     theta_b, theta_a = adapter.params(before), adapter.params(after)
     if theta_a.shape != theta_b.shape:
@@ -93,7 +94,7 @@ def _verify(before: Any, after: Any, forget: Rows, test: Rows | None, held_out: 
                          f"{theta_b.size}")
     v = events_pb2.Verification(
         forget_loss_before=loss_b, forget_loss_after=loss_a, test_accuracy_before=acc_b,
-        test_accuracy_after=acc_a, membership_auc=mia_a,
+        test_accuracy_after=acc_a, membership_auc=mia_a, membership_auc_before=mia_b,
         parameter_distance=float(np.linalg.norm(theta_a - theta_b)))
     extra: dict[str, float] = {}
     if retrain is not None:
@@ -136,15 +137,22 @@ def unlearn(model: Any, forget: Rows, retain: Rows, *, test: Rows | None = None,
             retrain: bool | Callable[[], Any] = False, inplace: bool = False,
             newton_steps: int | str = "auto", tol: float = 0.05,
             trained_on: RowDigest | None = None, task: str | None = None,
-            **torch_options: Any) -> UnlearnResult:
+            recipe: Recipe | None = None, **torch_options: Any) -> UnlearnResult:
     """Remove the influence of `forget` = (x, y) from `model`, trained on forget ∪ `retain`,
     and verify it. LinearModel: Newton removal (`newton_steps` an int, or "auto": further
     steps until ||∇J_R|| <= tol·||Σ_F ∇ℓ||); it is immutable, a new one is returned. torch
     nn.Module: `unlearn_torch` (options passed through); a copy unless `inplace`.
     `retrain`: True (LinearModel: refit from scratch on retain) or a callable returning the
     retrained model or parameters. `trained_on`: the digest of the training rows, checked
-    and returned minus the forget rows (a LinearModel from `fit` carries its own)."""
+    and returned minus the forget rows (a LinearModel from `fit` carries its own).
+    `recipe`: the trainer's objective (recipe.py); the target is its optimum without the
+    rows, and retrain=True refits with it. Exact replay works on dataset rows and a
+    checkpoint hook: `Unlearner(..., checkpoints=)` or `replay_forget`."""
     chosen = parse_method(method)
+    if chosen == events_pb2.REPLAY:
+        raise ValueError("method REPLAY restores a checkpoint and replays logged steps: use "
+                         "Unlearner(..., checkpoints=) or replay.replay_forget, which know the "
+                         "dataset rows and the step log")
     new: Any
     if isinstance(model, LinearModel):
         if torch_options:
@@ -159,7 +167,7 @@ def unlearn(model: Any, forget: Rows, retain: Rows, *, test: Rows | None = None,
             model = replace(model, trained_on=trained_on)
         steps, step_tol = (1, tol) if newton_steps == "auto" else (int(newton_steps), None)
         started = time.perf_counter()
-        new, report = linear_forget(model, forget, retain, steps, step_tol, 10)
+        new, report = linear_forget(model, forget, retain, steps, step_tol, 10, recipe)
         seconds = time.perf_counter() - started
         detail: dict[str, Any] = {"newton_steps": report.steps,
                                   "residual_ratio": report.residual_ratio,
@@ -168,7 +176,7 @@ def unlearn(model: Any, forget: Rows, retain: Rows, *, test: Rows | None = None,
         used, digest, kind = events_pb2.NEWTON, new.trained_on, model.task
         if retrain is True:
             def refit() -> LinearModel:
-                return LinearModel.fit(*retain, l2=model.l2, task=model.task)
+                return LinearModel.fit(*retain, l2=new.l2, task=model.task)
             retrain_fn: Callable[[], Any] | None = refit
         else:
             retrain_fn = retrain or None
@@ -184,7 +192,7 @@ def unlearn(model: Any, forget: Rows, retain: Rows, *, test: Rows | None = None,
         new, used, detail = unlearn_torch(
             model, forget, retain, method=chosen, task=kind, newton_steps=newton_steps,
             tol=tol, held_out=held_out if held_out is not None else test, inplace=False,
-            **torch_options)
+            recipe=recipe, **torch_options)
         seconds = time.perf_counter() - started
         retrain_fn = retrain or None
     verification, extra = _verify(model, new, forget, test, held_out, retrain_fn, kind)

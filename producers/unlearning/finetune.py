@@ -20,6 +20,7 @@ from headwater.producers.unlearning.newton import (
     NewtonReport,
     newton_removal,
 )
+from headwater.producers.unlearning.recipe import Recipe
 from headwater.producers.unlearning.rows import (
     CHUNK,
     Rows,
@@ -93,7 +94,8 @@ def _features(model: torch.nn.Module, layer: torch.nn.Linear, x: torch.Tensor,
 def _last_layer_newton(model: torch.nn.Module, forget: tuple[torch.Tensor, torch.Tensor],
                        retain: tuple[torch.Tensor, torch.Tensor], *, task: str,
                        last_layer: str | None, l2: float, steps: int, tol: float | None,
-                       max_steps: int) -> NewtonReport:
+                       max_steps: int, keep_offset: bool, lam_retained: float,
+                       offset_scale: float) -> NewtonReport:
     """Newton removal on the last nn.Linear (in place), the features held fixed."""
     import torch
 
@@ -118,7 +120,8 @@ def _last_layer_newton(model: torch.nn.Module, forget: tuple[torch.Tensor, torch
     if glm.kind == "softmax" and ((labels < 0) | (labels >= classes)).any():
         raise ValueError(f"class labels must lie in [0, {classes})")
     new, report = newton_removal(glm, theta.ravel(), af, yf, ar, yr, l2, steps, tol,
-                                  max_steps, keep_offset=True)
+                                  max_steps, keep_offset=keep_offset,
+                                  lam_retained=lam_retained, offset_scale=offset_scale)
     new = new.reshape(classes, -1)
     with torch.no_grad():
         layer.weight.copy_(torch.as_tensor(new[:, :-1]))
@@ -126,12 +129,32 @@ def _last_layer_newton(model: torch.nn.Module, forget: tuple[torch.Tensor, torch
     return report
 
 
+def forget_loss_estimate(model: torch.nn.Module, forget: tuple[torch.Tensor, torch.Tensor],
+                         held_out: Rows, task: str) -> float:
+    """An estimate of the retrained model's mean loss on the forget rows, from rows it
+    never saw: the original model's held-out losses, per class, weighted by the forget
+    set's class mix (a class-skewed forget set is not held to the average class's loss;
+    a class without held-out rows counts at the overall mean). Regression: the mean."""
+    import torch
+
+    losses = TorchAdapter(task).losses(model, held_out)
+    if task == "regression":
+        return float(losses.mean())
+    held_y = torch.as_tensor(held_out[1]).reshape(-1).long().cpu().numpy()
+    forget_y = forget[1].reshape(-1).long().cpu().numpy()
+    classes, counts = np.unique(forget_y, return_counts=True)
+    per_class = [float(losses[held_y == c].mean()) if (held_y == c).any()
+                 else float(losses.mean()) for c in classes]
+    return float(np.dot(per_class, counts) / counts.sum())
+
+
 @dataclass(frozen=True)
 class FineTuneBound:
     """The bound on the corrective fine-tune (docs/unlearning.md):
-    - stop as soon as the mean forget loss reaches `target_loss` (the held-out loss level of
-      the original model: what a row it never saw gets), and only rows still below it are
-      pushed up — ascent never drives a row past what a non-member gets;
+    - stop as soon as the mean forget loss reaches `target_loss` (the retrained model's
+      forget loss as estimated from held-out rows, `forget_loss_estimate`: what rows it never
+      saw get), and only rows still below it are pushed up — ascent never drives a row past
+      what a non-member gets;
     - each step moves the parameters by at most `max_step_norm` (the gradient is clipped
       before the plain SGD step), so after `steps` steps ||θ − θ₀|| ≤ steps·max_step_norm;
     - `max_distance`, when set, stops (and projects back) at ||θ − θ₀|| = max_distance."""
@@ -202,7 +225,8 @@ def _fine_tune(model: torch.nn.Module, params: list[torch.nn.Parameter],
 
 def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
                   method: int | str = "auto", task: str = "classification",
-                  last_layer: str | None = None, l2: float = 1.0,
+                  last_layer: str | None = None, l2: float | None = None,
+                  recipe: Recipe | None = None,
                   newton_steps: int | str = "auto", tol: float = 0.05, max_newton_steps: int = 10,
                   earlier_layers: bool | None = None, held_out: Rows | None = None,
                   target_loss: float | None = None, fine_tune_steps: int = 300,
@@ -213,13 +237,17 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
     """Unlearn rows from a torch model; returns (model, method used, details).
 
     The last nn.Linear gets exact Newton removal (softmax cross-entropy, binary logit or
-    squared error on the penultimate activations; `l2` = λ on the summed loss, i.e. n × the
-    weight decay of a mean-reduced loss). `earlier_layers`: then also the bounded fine-tune
-    of every other trainable parameter — by default yes for method auto when the model
-    trains parameters outside its last layer, no for NEWTON; reported as FINE_TUNE.
-    FINE_TUNE: the bounded fine-tune of all trainable parameters, no Newton. The fine-tune's
-    target is `target_loss`, else the original model's mean loss on `held_out` (one is
-    required); see FineTuneBound. A new model unless `inplace`."""
+    squared error on the penultimate activations) towards the optimum of the trainer's own
+    `recipe` without the rows (mean or summed loss, weight decay / L2: the retained λ is the
+    recipe's for the retained rows); without a recipe, `l2` is a fixed λ on the summed loss
+    (default 1). When the last layer is the whole trainable model (convex) the steps go to
+    that optimum; in a network they keep the training gradient the layer had (newton.py).
+    `earlier_layers`: then also the bounded fine-tune of every other trainable parameter —
+    by default yes for method auto when the model trains parameters outside its last layer,
+    no for NEWTON. FINE_TUNE: the bounded fine-tune of all trainable parameters, no Newton.
+    The fine-tune's target is `target_loss`, else `forget_loss_estimate` from `held_out`
+    (one is required); see FineTuneBound. The method returned is what ran: NEWTON when the
+    fine-tune took no step. A new model unless `inplace`."""
     import torch
 
     if not isinstance(model, torch.nn.Module):
@@ -252,11 +280,19 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
                     "the corrective fine-tune (method FINE_TUNE, or auto on a model that trains "
                     "more than its last layer) needs held_out rows or target_loss to bound the "
                     "ascent; method='newton' corrects the last layer alone")
-            target_loss = float(TorchAdapter(task).losses(model, held_out).mean())
+            target_loss = forget_loss_estimate(model, f, held_out, task)
         bound = FineTuneBound(float(target_loss), fine_tune_steps, max_step_norm, max_distance)
+    if recipe is not None and l2 is not None:
+        raise ValueError("pass the trainer's recipe or a fixed l2, not both")
+    n_d, n_r = len(f[0]) + len(r[0]), len(r[0])
+    lam = recipe.lam(n_d) if recipe is not None else 1.0 if l2 is None else float(l2)
+    lam_r = recipe.lam(n_r) if recipe is not None else lam
+    scale = n_r / n_d if recipe is not None and recipe.reduction == "mean" else 1.0
     if chosen != events_pb2.FINE_TUNE:
-        report = _last_layer_newton(out, f, r, task=task, last_layer=name, l2=l2, steps=steps,
-                                    tol=step_tol, max_steps=max_newton_steps)
+        report = _last_layer_newton(out, f, r, task=task, last_layer=name, l2=lam, steps=steps,
+                                    tol=step_tol, max_steps=max_newton_steps,
+                                    keep_offset=bool(tuned), lam_retained=lam_r,
+                                    offset_scale=scale)
         detail.update(last_layer=name, newton_steps=report.steps,
                       residual_ratio=report.residual_ratio,
                       last_layer_distance_bound=report.distance_bound,
@@ -265,4 +301,5 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
         detail.update(_fine_tune(out, tuned, f, r, task=task, bound=bound, lr=lr,
                                  batch_size=batch_size, retain_weight=retain_weight,
                                  seed=seed))
-    return out, events_pb2.FINE_TUNE if fine_tune else events_pb2.NEWTON, detail
+    ran_fine_tune = chosen == events_pb2.FINE_TUNE or detail.get("fine_tune_steps", 0) > 0
+    return out, events_pb2.FINE_TUNE if ran_fine_tune else events_pb2.NEWTON, detail

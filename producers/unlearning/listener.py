@@ -27,6 +27,7 @@ applied yet.
 
 from __future__ import annotations
 
+import copy
 import os
 import secrets
 import time
@@ -39,6 +40,7 @@ import numpy as np
 
 from headwater.producers.capture.linear import LinearCapture
 from headwater.producers.capture.recorder import Recorder
+from headwater.producers.checkpoints import Checkpoints
 from headwater.producers.publisher import Publisher
 from headwater.producers.tracking.tracker import Tracker
 from headwater.producers.transports.channel import (
@@ -47,41 +49,85 @@ from headwater.producers.transports.channel import (
     security_from_env,
 )
 from headwater.producers.transports.grpc import GrpcTransport
-from headwater.producers.unlearning.api import unlearn
+from headwater.producers.unlearning.api import unlearn, verify
+from headwater.producers.unlearning.choice import choose_method
 from headwater.producers.unlearning.linear import LinearModel
+from headwater.producers.unlearning.recipe import Recipe
+from headwater.producers.unlearning.replay import LoadRows, Step, plan_replay, replay_forget
 from headwater.producers.unlearning.rows import Rows
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What applying a request did to the model."""
+    """What applying a request did to the model: the verification, the method that ran and
+    why, its cost (replay: the estimate before, the steps replayed; approximate: the Newton
+    and fine-tune steps), and the model when it is a new object (a LinearModel)."""
 
     verification: events_pb2.Verification
-    method: int = events_pb2.UNLEARNING_METHOD_UNSPECIFIED  # NEWTON / FINE_TUNE
-    model: Any = None  # the unlearned model when it is a new object (a LinearModel)
+    method: int = events_pb2.UNLEARNING_METHOD_UNSPECIFIED  # NEWTON / FINE_TUNE / REPLAY
+    model: Any = None
+    reason: str = ""
+    estimated_replay_steps: int = 0
+    estimated_replay_seconds: float = 0.0
+    steps_replayed: int = 0
+    checkpoint_uri: str = ""
+    newton_steps: int = 0
+    fine_tune_steps: int = 0
+
+    def record(self, event: events_pb2.UnlearningApplied) -> None:
+        """Copy the method, reason, cost and verification into `event`."""
+        event.method = self.method
+        event.verification.CopyFrom(self.verification)
+        event.method_reason = self.reason
+        event.estimated_replay_steps = self.estimated_replay_steps
+        event.estimated_replay_seconds = self.estimated_replay_seconds
+        event.steps_replayed = self.steps_replayed
+        event.checkpoint_uri = self.checkpoint_uri
+        event.newton_steps = self.newton_steps
+        event.fine_tune_steps = self.fine_tune_steps
 
 
 Apply = Callable[[np.ndarray, events_pb2.ForgetRequested], Outcome]
 
 
 class Unlearner:
-    """The standard `apply`: `unlearn` the requested rows, read from the trainer's own training
+    """The standard `apply`: unlearn the requested rows, read from the trainer's own training
     data (x, y) (dataset row i is (x[i], y[i])), with every row forgotten so far kept out of
     the retained set. The model is changed in place (torch) or replaced (`.model`, a
     LinearModel is immutable). A request asking `verify_with_retrain` retrains from scratch:
-    LinearModel refits itself; a torch model needs `retrain(x_kept, y_kept)`."""
+    LinearModel refits itself; a torch model needs `retrain(x_kept, y_kept)`.
+
+    With `checkpoints` (the trainer's `headwater.producers.checkpoints.Checkpoints` hook, on
+    this model) a request can be applied exactly by replay: method REPLAY, or auto when the
+    replay's estimated seconds are within `replay_budget` (else the approximate method, with
+    the reason recorded). `load_rows(keys)` gives the replay the (x, y) of dataset rows
+    (default: x[keys], y[keys]); `step(model, optimizer, x, y)` the trainer's step (default:
+    `replay.train_step` with the hook's recipe). The approximate methods target the hook's
+    recipe (or `recipe=`): the trainer's own objective without the rows."""
 
     def __init__(self, model: Any, x: Any, y: Any, *, test: Rows | None = None,
                  held_out: Rows | None = None,
-                 retrain: Callable[[Any, Any], Any] | None = None, **options: Any) -> None:
+                 retrain: Callable[[Any, Any], Any] | None = None,
+                 checkpoints: Checkpoints | None = None, replay_budget: float = 60.0,
+                 load_rows: LoadRows | None = None, step: Step | None = None,
+                 recipe: Recipe | None = None, **options: Any) -> None:
         self.model = model
         self.x, self.y = _rows_of(x), _rows_of(y)
         if len(self.x) != len(self.y):
             raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
+        if checkpoints is not None and checkpoints.model is not model:
+            raise ValueError("the checkpoint hook holds another model than this Unlearner's; "
+                             "a replay restores into the hook's model")
+        if not (isinstance(replay_budget, (int, float)) and replay_budget >= 0):
+            raise ValueError(f"replay_budget must be seconds >= 0; got {replay_budget!r}")
         self.test, self.held_out, self.retrain, self.options = test, held_out, retrain, options
+        self.checkpoints, self.replay_budget, self.step = checkpoints, float(replay_budget), step
+        self.load_rows = load_rows or (lambda keys: (self.x[keys], self.y[keys]))
+        self.recipe = recipe if recipe is not None else \
+            checkpoints.recipe if checkpoints is not None else None
         self.gone = np.zeros(0, dtype=np.int64)
-        self.results: list[Any] = []  # UnlearnResult per applied request
+        self.results: list[Any] = []  # UnlearnResult or ReplayReport per applied request
 
     def __call__(self, rows: np.ndarray, request: events_pb2.ForgetRequested) -> Outcome:
         rows = np.asarray(rows, dtype=np.int64)
@@ -99,13 +145,44 @@ class Unlearner:
             else:
                 raise ValueError("the request asks verify_with_retrain but this Unlearner was "
                                  "given no retrain(x, y) for its torch model")
-        result = unlearn(self.model, (self.x[rows], self.y[rows]),
-                         (self.x[keep], self.y[keep]), test=self.test, held_out=self.held_out,
-                         method=request.method, retrain=retrain, inplace=True, **self.options)
-        self.model = result.model
+        plan = plan_replay(self.checkpoints, rows) if self.checkpoints is not None else None
+        choice = choose_method(
+            request.method, replay_possible=plan is not None and plan.possible,
+            why_not=plan.reason if plan is not None else "",
+            estimated_steps=plan.steps if plan is not None else 0,
+            estimated_seconds=plan.estimated_seconds if plan is not None else 0.0,
+            budget_seconds=self.replay_budget if self.checkpoints is not None else None)
+        estimate: dict[str, Any] = {
+            "estimated_replay_steps": plan.steps if plan else 0,
+            "estimated_replay_seconds": plan.estimated_seconds if plan else 0.0}
+        if choice.method == events_pb2.REPLAY:
+            outcome = self._replay(rows, keep, retrain, choice.reason, estimate)
+        else:
+            result = unlearn(self.model, (self.x[rows], self.y[rows]),
+                             (self.x[keep], self.y[keep]), test=self.test,
+                             held_out=self.held_out, method=choice.method, retrain=retrain,
+                             inplace=True, recipe=self.recipe, **self.options)
+            self.model = result.model
+            self.results.append(result)
+            outcome = Outcome(result.verification, result.method, result.model, choice.reason,
+                              newton_steps=int(result.detail.get("newton_steps", 0)),
+                              fine_tune_steps=int(result.detail.get("fine_tune_steps", 0)),
+                              **estimate)
         self.gone = np.union1d(self.gone, rows)
-        self.results.append(result)
-        return Outcome(result.verification, result.method, result.model)
+        return outcome
+
+    def _replay(self, rows: np.ndarray, keep: np.ndarray, retrain: Any, reason: str,
+                estimate: dict[str, Any]) -> Outcome:
+        assert self.checkpoints is not None
+        before = copy.deepcopy(self.model)
+        report = replay_forget(self.checkpoints, np.union1d(rows, self.gone), self.load_rows,
+                               rows=rows, step=self.step)
+        self.results.append(report)
+        v = verify(before, self.model, (self.x[rows], self.y[rows]), self.test,
+                   self.held_out, retrain=retrain or None,
+                   task=self.checkpoints.task)
+        return Outcome(v, events_pb2.REPLAY, None, reason, steps_replayed=report.steps_replayed,
+                       checkpoint_uri=report.checkpoint_uri, **estimate)
 
 
 def _rows_of(a: Any) -> Any:
@@ -251,8 +328,7 @@ class UnlearningListener:
                 self._publish(event)
                 raise
             event.status = event.APPLIED
-            event.method = outcome.method
-            event.verification.CopyFrom(outcome.verification)
+            outcome.record(event)
             self.forgotten = np.union1d(self.forgotten, new)
             if isinstance(outcome.model, LinearModel) and isinstance(self.capture,
                                                                       LinearCapture):

@@ -15,6 +15,7 @@ from headwater.producers.unlearning.linear import (
     newton_step,
     solve_spd,
 )
+from headwater.producers.unlearning.recipe import Recipe
 from headwater.producers.unlearning.rows import (
     Rows,
     nonempty,
@@ -26,7 +27,7 @@ from headwater.producers.unlearning.rows import (
 @dataclass(frozen=True)
 class NewtonReport:
     """What a Newton removal did: steps taken; the gradient left, ||∇J_R(θ) − r₀||, relative
-    to the removed rows' gradient ||Σ_F ∇ℓ_i||; the certified bound ||θ − θ*|| ≤ that
+    to the one at θ₀ (||Σ_F ∇ℓ_i|| when λ is unchanged); the certified bound ||θ − θ*|| ≤ that
     gradient / λ on the distance to the exact target θ* (the objective is λ-strongly
     convex); and ||r₀||, the training gradient left in the model before removal (0 when it
     was trained to convergence, as LinearModel.fit does)."""
@@ -39,7 +40,8 @@ class NewtonReport:
 
 def newton_removal(glm: Glm, theta: np.ndarray, af: np.ndarray, yf: np.ndarray,
                     ar: np.ndarray, yr: np.ndarray, lam: float, steps: int,
-                    tol: float | None, max_steps: int, keep_offset: bool = False
+                    tol: float | None, max_steps: int, keep_offset: bool = False,
+                    lam_retained: float | None = None, offset_scale: float = 1.0
                     ) -> tuple[np.ndarray, NewtonReport]:
     """θ ← θ + H_R⁻¹ Σ_{i∈F} ∇ℓ_i(θ), then Newton steps on the retained objective.
 
@@ -55,23 +57,32 @@ def newton_removal(glm: Glm, theta: np.ndarray, af: np.ndarray, yf: np.ndarray,
     further steps solve ∇J_R(θ) = r₀, i.e. minimise J_R − r₀ᵀθ: they remove the forget rows
     and nothing else, where plain steps on J_R would also finish the interrupted training.
     The first step is the same in both cases: its gradient at θ₀ is −Σ_F ∇ℓ_i either way.
+
+    The trainer's own recipe (recipe.py): a mean-loss trainer with weight decay wd has
+    λ = n·wd on n rows, so the retained objective has `lam_retained` = n_R·wd, not `lam`;
+    the step then also removes the forget rows' share of the penalty, and a kept offset is
+    rescaled by `offset_scale` (n_R/n: the same residual per row in the trainer's units).
     """
     if steps < 1 or max_steps < steps:
         raise ValueError(f"need 1 <= steps <= max_steps; got steps={steps}, "
                          f"max_steps={max_steps}")
+    lam_r = lam if lam_retained is None else lam_retained
     g_forget = glm.gradient(theta, af, yf)
-    offset = glm.gradient(theta, ar, yr) + g_forget + lam * theta  # r₀ = ∇J_D(θ₀)
-    target = offset if keep_offset else np.zeros_like(theta)
-    theta = theta + solve_spd(glm.hessian(theta, ar) + lam * np.eye(len(theta)), g_forget)
+    g_retain = glm.gradient(theta, ar, yr)
+    offset = g_retain + g_forget + lam * theta  # r₀ = ∇J_D(θ₀)
+    target = offset * offset_scale if keep_offset else np.zeros_like(theta)
+    # ∇(J_R − targetᵀθ) at θ₀; = −Σ_F ∇ℓ_i when λ is unchanged and the offset is kept
+    start = g_retain + lam_r * theta - target
+    theta = theta - solve_spd(glm.hessian(theta, ar) + lam_r * np.eye(len(theta)), start)
     taken = 1
-    residual = np.linalg.norm(glm.gradient(theta, ar, yr) + lam * theta - target)
-    scale = max(float(np.linalg.norm(g_forget)), 1e-300)
+    residual = np.linalg.norm(glm.gradient(theta, ar, yr) + lam_r * theta - target)
+    scale = max(float(np.linalg.norm(start)), 1e-300)
     while taken < max_steps and (taken < steps or (tol is not None
                                                    and residual > tol * scale)):
-        theta = newton_step(glm, theta, ar, yr, lam, target)
+        theta = newton_step(glm, theta, ar, yr, lam_r, target)
         taken += 1
-        residual = np.linalg.norm(glm.gradient(theta, ar, yr) + lam * theta - target)
-    return theta, NewtonReport(taken, float(residual / scale), float(residual / lam),
+        residual = np.linalg.norm(glm.gradient(theta, ar, yr) + lam_r * theta - target)
+    return theta, NewtonReport(taken, float(residual / scale), float(residual / lam_r),
                                float(np.linalg.norm(offset)))
 
 
@@ -88,7 +99,11 @@ def newton_forget(model: LinearModel, forget_x: Any, forget_y: Any, retain_x: An
 
 
 def linear_forget(model: LinearModel, forget: Rows, retain: Rows, steps: int,
-                   tol: float | None, max_steps: int) -> tuple[LinearModel, NewtonReport]:
+                   tol: float | None, max_steps: int, recipe: Recipe | None = None
+                   ) -> tuple[LinearModel, NewtonReport]:
+    """Newton removal on a LinearModel. With the trainer's `recipe`, the model's l2 must be
+    the recipe's λ on the training rows, and the result has the retained rows' λ (a
+    mean-loss trainer's penalty shrinks with the data)."""
     if not isinstance(model, LinearModel):
         raise TypeError(f"newton_forget needs a LinearModel; got {type_name(model)}")
     xf, yf = model._rows(*pair(forget, "forget"), "forget")
@@ -96,6 +111,15 @@ def linear_forget(model: LinearModel, forget: Rows, retain: Rows, steps: int,
     nonempty(xf, xr)
     digest = None if model.trained_on is None else \
         model.trained_on.check_partition((xf, yf), (xr, yr))
+    lam_r = model.l2
+    if recipe is not None:
+        expected = recipe.lam(len(xf) + len(xr))
+        if not np.isclose(expected, model.l2, rtol=1e-9, atol=0.0):
+            raise ValueError(f"the model's l2 {model.l2:g} is not the recipe's λ for "
+                             f"{len(xf) + len(xr)} training rows ({expected:g}); pass the "
+                             "recipe the model was trained with")
+        lam_r = recipe.lam(len(xr))
     theta, report = newton_removal(model._glm(), model.params, augment(xf), yf,
-                                    augment(xr), yr, model.l2, steps, tol, max_steps)
-    return replace(model.with_params(theta), trained_on=digest), report
+                                    augment(xr), yr, model.l2, steps, tol, max_steps,
+                                    lam_retained=lam_r)
+    return replace(model.with_params(theta), l2=lam_r, trained_on=digest), report

@@ -30,7 +30,12 @@ FORGET_SCHEMA = pa.schema([
 _VERIFICATION = ("forget_loss_before", "forget_loss_after", "test_accuracy_before",
                  "test_accuracy_after", "membership_auc", "parameter_distance", "retrained",
                  "retrain_forget_loss", "gap_closed", "distance_to_retrained",
-                 "retrain_membership_auc", "retrain_test_accuracy")
+                 "retrain_membership_auc", "retrain_test_accuracy", "membership_auc_before")
+# which method ran, why, and its cost (migration 0020)
+_METHOD_COST = (("method_reason", pa.string()), ("estimated_replay_steps", pa.uint64()),
+                ("estimated_replay_seconds", pa.float64()), ("steps_replayed", pa.uint64()),
+                ("checkpoint_uri", pa.string()), ("newton_steps", pa.uint32()),
+                ("fine_tune_steps", pa.uint32()))
 
 APPLIED_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("run_id", pa.string()), ("model_id", pa.string()),
@@ -38,7 +43,7 @@ APPLIED_SCHEMA = pa.schema([
     ("previous_version", pa.string()), ("new_version", pa.string()),
     ("rows_forgotten", pa.uint64()), ("duration_seconds", pa.float64()),
     *[(name, pa.bool_() if name == "retrained" else pa.float64()) for name in _VERIFICATION],
-    ("event_id", pa.string()), ("applied_at", TS),
+    *_METHOD_COST, ("event_id", pa.string()), ("applied_at", TS),
 ])
 
 FORGOTTEN_SCHEMA = pa.schema([
@@ -96,6 +101,8 @@ def unlearning_applied_rows(batch: list[Accepted]) -> pa.Table:
     }
     for name in _VERIFICATION:
         columns[name] = [getattr(p.verification, name) for p in ps]
+    for name, _ in _METHOD_COST:
+        columns[name] = [getattr(p, name) for p in ps]
     return arrow_table(APPLIED_SCHEMA, columns)
 
 

@@ -29,6 +29,8 @@ PURE = [
     "headwater.producers.tracking",
     "headwater.producers.tracking.registry",
     "headwater.producers.unlearning.api",
+    "headwater.producers.unlearning.choice",
+    "headwater.producers.unlearning.recipe",
     "headwater.producers.transports.chunking",
     "headwater.query_service.sql.policy",
     "headwater.query_service.attribution.scoring",
