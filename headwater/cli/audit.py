@@ -20,7 +20,7 @@ from headwater.cli.common import (
     out,
 )
 from headwater.cli.store_access import HINT, answering_serve, serving_address
-from headwater.errors import DataDirLocked, HeadwaterError, NoStore
+from headwater.errors import ConfigError, DataDirLocked, HeadwaterError, NoStore
 from headwater.query_service.compliance.config import (
     ComplianceConfig,
     ReportSettings,
@@ -150,13 +150,16 @@ def report(model_id: str, model_version: str, out_file: Path, html_file: Path | 
 @click.argument("report_file", metavar="REPORT.json", type=click.Path(
     path_type=Path, dir_okay=False, exists=True))
 @click.option("--public-key", type=_File, default=None,
-              help="Ed25519 public key (PEM) the report must be signed with")
+              help="Trusted Ed25519 public key (PEM) the report must be signed with "
+                   "[HEADWATER_REPORT_PUBLIC_KEY]; required for a signed report")
 @click.option("--allow-unsigned", is_flag=True, help="Accept a report with no signature")
 def check(report_file: Path, public_key: Path | None, allow_unsigned: bool) -> None:
-    """Verify a report: schema, content hash, signature. Exits 1 naming what failed."""
+    """Verify a report: schema, content hash, and its signature by a trusted key (without
+    one the check fails: an embedded key proves nothing). Exits 1 naming what failed."""
     from headwater.query_service.compliance.signing import check as check_report
     from headwater.query_service.compliance.signing import load_public_key
 
+    public_key = public_key or ReportSettings().report_public_key
     key = load_public_key(public_key) if public_key else None
     result = check_report(report_file.read_bytes(), key, allow_unsigned)
     for note in result.notes:
@@ -175,24 +178,35 @@ def check(report_file: Path, public_key: Path | None, allow_unsigned: bool) -> N
 @click.option("--run", "run_id", default="", help="Only the producers of this run")
 @click.option("--recompute-hashes", is_flag=True,
               help="Also re-hash every stored event and compare its columns with its bytes")
+@click.option("--witness", type=_File, default=None,
+              help="Checkpoint file to check the chain heads against [HEADWATER_WITNESS]")
+@click.option("--witness-public-key", type=_File, default=None,
+              help="Ed25519 public key (PEM) the checkpoints must be signed with "
+                   "[HEADWATER_WITNESS_PUBLIC_KEY]")
 @data_dir_option
 @dsn_option
 @listen_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object")
-def verify(run_id: str, recompute_hashes: bool, data_dir: Path | None, dsn: str | None,
-                 listen: str | None, as_json: bool) -> None:
+def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
+           witness_public_key: Path | None, data_dir: Path | None, dsn: str | None,
+           listen: str | None, as_json: bool) -> None:
     """Art. 12 record-keeping: every producer's seq continuity and hash chain, the time
-    span the log covers, and every derived table against its rebuild from the verified
-    events; exit status 1 when a problem is found or a table differs."""
+    span the log covers, every derived table against its rebuild from the verified events,
+    and (with a witness) every checkpointed chain head; exit status 1 when a problem is
+    found, a table differs or a checkpointed head is gone."""
     from headwater.query_service.client.remote import RemoteStore
     from headwater.query_service.compliance.evidence import check_derived, runs_of
     from headwater.query_service.compliance.log_reader import verify_stored_log
     from headwater.stream_processors.log_integrity import report_as_dict
 
     settings = load_settings(data_dir=data_dir, dsn=dsn, listen=listen)
+    env = ReportSettings()
+    witness = witness or env.witness
+    trusted = _witness_trust(witness, witness_public_key or env.witness_public_key)
     reader = open_reader(settings, listen)
     tables: list[Any] = []
     excluded: dict[str, str] = {}
+    witnessed: list[str] = []
     try:
         if isinstance(reader, RemoteStore):
             report = reader.verify_log(run_id, recompute_hashes)
@@ -201,6 +215,8 @@ def verify(run_id: str, recompute_hashes: bool, data_dir: Path | None, dsn: str 
             report = verify_stored_log(reader, run_id, recompute_hashes)
             tables, excluded, rejected = check_derived(reader, runs_of(reader, run_id))
             excluded.update({f"(rejected {i})": r for i, r in enumerate(rejected)})
+        if witness is not None and trusted is not None:
+            witnessed = _check_witness(reader, witness, trusted, run_id)
     finally:
         reader.close()
     data = report_as_dict(report)
@@ -209,7 +225,9 @@ def verify(run_id: str, recompute_hashes: bool, data_dir: Path | None, dsn: str 
         {"table": t.table, "equal": t.equal, "rows_stored": t.incremental.rows,
          "rows_from_events": t.replayed.rows, "detail": t.detail} for t in tables]
     data["excluded_events"] = excluded
-    data["ok"] = report.ok and derived_ok
+    data["witness"] = None if witness is None else {"file": str(witness),
+                                                     "failures": witnessed}
+    data["ok"] = report.ok and derived_ok and not witnessed
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -230,8 +248,83 @@ def verify(run_id: str, recompute_hashes: bool, data_dir: Path | None, dsn: str 
         for p in report.notes:
             out.print(f"  note: {p.kind:<9} {p.producer_id} seq {p.seq}: {p.detail}")
         _print_derived(tables, excluded)
+        if witness is None:
+            out.print("witness: none given (--witness): a deleted tail of a chain cannot be "
+                      "told from a shorter chain")
+        else:
+            out.print(f"witness {witness}: " + ("[green]every checkpointed head is stored[/]"
+                                                if not witnessed else "[red]FAILED[/]"))
+            for failure in witnessed:
+                out.print(f"  {failure}")
     if not data["ok"]:
         sys.exit(1)
+
+
+def _witness_trust(witness: Path | None, public: Path | None) -> Any:
+    """The witness key to trust: required with a witness (a checkpoint anyone could have
+    signed anchors nothing)."""
+    from headwater.query_service.compliance.signing import load_public_key
+
+    if witness is None:
+        return None
+    if public is None:
+        raise ConfigError("--witness needs the witness's public key (--witness-public-key "
+                          "or HEADWATER_WITNESS_PUBLIC_KEY) to trust its checkpoints")
+    return load_public_key(public)
+
+
+def _check_witness(reader: Any, witness: Path, trusted: Any, run_id: str) -> list[str]:
+    from headwater.query_service.compliance.witness import FileWitness, check_witness
+
+    found = [c for c in FileWitness(witness).read() if not run_id or c.run_id == run_id]
+    if not found:
+        return [f"witness {witness} holds no checkpoint" + (f" of run {run_id}" if run_id
+                                                            else "")]
+    producers = sorted({c.producer_id for c in found})
+    stored = {(p, int(s)): h.lower() for p, s, h in reader.query(
+        "SELECT producer_id, seq, hex(hash) FROM events FINAL "
+        "WHERE producer_id IN {p:Array(String)}", {"p": producers})}
+    return check_witness(found, stored, trusted)
+
+
+@click.command()
+@click.option("--witness", type=_File, default=None,
+              help="The append-only checkpoint file [HEADWATER_WITNESS]")
+@click.option("--key", "key_file", type=_File, default=None,
+              help="Ed25519 private key (PEM) that signs checkpoints [HEADWATER_WITNESS_KEY]")
+@data_dir_option
+@dsn_option
+@listen_option
+def checkpoint(witness: Path | None, key_file: Path | None, data_dir: Path | None,
+               dsn: str | None, listen: str | None) -> None:
+    """Append a signed checkpoint of every producer's chain head to the witness (run it
+    periodically, e.g. from cron); refused while the log has problems."""
+    from datetime import datetime, timezone
+
+    from headwater.query_service.client.remote import RemoteStore
+    from headwater.query_service.compliance.log_reader import verify_stored_log
+    from headwater.query_service.compliance.signing import load_private_key
+    from headwater.query_service.compliance.witness import FileWitness, checkpoints
+
+    env = ReportSettings()
+    witness, key_file = witness or env.witness, key_file or env.witness_key
+    if witness is None or key_file is None:
+        raise ConfigError("audit checkpoint needs --witness (HEADWATER_WITNESS) and --key "
+                          "(HEADWATER_WITNESS_KEY)")
+    key = load_private_key(key_file)
+    reader = open_reader(load_settings(data_dir=data_dir, dsn=dsn, listen=listen), listen)
+    try:
+        log = (reader.verify_log() if isinstance(reader, RemoteStore)
+               else verify_stored_log(reader))
+    finally:
+        reader.close()
+    if not log.ok:
+        raise HeadwaterError(f"the log has {len(log.problems)} problem(s) (see `headwater "
+                             "audit verify`): a checkpoint would anchor a broken chain")
+    now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    made = checkpoints(log, key, now)
+    FileWitness(witness).append(made)
+    click.echo(f"headwater: {len(made)} chain head(s) checkpointed to {witness}", err=True)
 
 
 def _remote_derived(settings: Settings, target: str, run_id: str
@@ -268,3 +361,4 @@ def _print_derived(tables: list[Any], excluded: dict[str, str]) -> None:
 audit.add_command(verify)
 audit.add_command(report)
 audit.add_command(check)
+audit.add_command(checkpoint)

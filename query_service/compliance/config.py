@@ -49,12 +49,17 @@ def missing(config: ComplianceConfig, fields: tuple[str, ...]) -> list[str]:
 
 
 class ReportSettings(BaseSettings):
-    """HEADWATER_COMPLIANCE_CONFIG and HEADWATER_SIGNING_KEY."""
+    """HEADWATER_COMPLIANCE_CONFIG, HEADWATER_SIGNING_KEY, the trusted report key and the
+    witness (file, signing key, trusted public key)."""
 
     model_config = SettingsConfigDict(env_prefix="HEADWATER_", extra="ignore")
 
     compliance_config: Path | None = None
     signing_key: Path | None = None
+    report_public_key: Path | None = None  # `audit check` trusts reports signed by it
+    witness: Path | None = None  # the append-only checkpoint file
+    witness_key: Path | None = None  # Ed25519 private key that signs checkpoints
+    witness_public_key: Path | None = None  # `audit verify` trusts checkpoints signed by it
 
 
 def parse_config(text: str, name: str) -> ComplianceConfig:

@@ -119,8 +119,9 @@ def _schema_errors(report: Any) -> list[str]:
 
 def check(text: str | bytes, public_key: Ed25519PublicKey | None = None,
           allow_unsigned: bool = False) -> CheckResult:
-    """Validate against the schema, recompute the hash, verify the signature (with
-    `public_key` when given: then the embedded key must be that key)."""
+    """Validate against the schema, recompute the hash, verify the signature with the
+    trusted `public_key`. Without one a signed report fails: the key embedded in a report
+    proves nothing about who signed it (anyone can change a report and re-sign it)."""
     result = CheckResult()
     try:
         report = json.loads(text)
@@ -162,7 +163,12 @@ def check(text: str | bytes, public_key: Ed25519PublicKey | None = None,
     if signature.get("key_id") != result.key_id:
         result.failures.append(f"signature: key_id {signature.get('key_id')} does not match "
                                f"the embedded public key ({result.key_id})")
-    if public_key is not None and key_id(public_key) != result.key_id:
+    if public_key is None:
+        result.failures.append(
+            f"signature: no trusted public key given (--public-key or "
+            f"HEADWATER_REPORT_PUBLIC_KEY); the report is signed by key {result.key_id}, "
+            "which proves nothing about who signed it")
+    elif key_id(public_key) != result.key_id:
         result.failures.append(f"signature: signed by key {result.key_id}, not by the given "
                                f"public key {key_id(public_key)}")
     try:
@@ -171,9 +177,6 @@ def check(text: str | bytes, public_key: Ed25519PublicKey | None = None,
         result.failures.append("signature: does not verify over the report's content "
                                "(the report was changed after signing, or the signature is "
                                "not of this report)")
-    if public_key is None:
-        result.notes.append(f"signature checked with the key embedded in the report "
-                            f"({result.key_id}); pass --public-key to check who signed it")
     return result
 
 

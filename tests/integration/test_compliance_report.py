@@ -234,7 +234,7 @@ def test_signature_verifies_and_tampering_fails(erased, tmp_path):
     # one byte changed inside a value: the hash and the signature both fail
     i = text.index("hospital_b withdrew consent")
     tampered = text[:i] + "H" + text[i + 1:]
-    result = check(tampered)
+    result = check(tampered, key.public_key())
     assert not result.ok
     assert any(f.startswith("content hash") for f in result.failures)
     assert any("does not verify" in f for f in result.failures)
@@ -242,20 +242,23 @@ def test_signature_verifies_and_tampering_fails(erased, tmp_path):
     # re-hashed by the tamperer, still not signed by the key
     forged = json.loads(tampered)
     forged["integrity"]["content_sha256"] = seal(forged, None)["integrity"]["content_sha256"]
-    result = check(json.dumps(forged))
+    result = check(json.dumps(forged), key.public_key())
     assert result.failures == ["signature: does not verify over the report's content (the "
                                "report was changed after signing, or the signature is not "
                                "of this report)"]
 
-    # re-signed by another key: valid alone, refused against the publisher's key
+    # re-signed by another key (issue 23): refused against the publisher's key, and refused
+    # without a trusted key, saying so (the embedded key proves nothing)
     other = seal(forged, Ed25519PrivateKey.generate())
-    assert check(json.dumps(other)).ok
     result = check(json.dumps(other), key.public_key())
     assert any("not by the given public key" in f for f in result.failures)
+    alone = check(json.dumps(other))
+    assert not alone.ok and any("no trusted public key given" in f for f in alone.failures)
+    assert not check(text).ok  # even the genuine report needs the trusted key
 
     # not schema-valid: named
     broken = dict(sealed, schema_version="9")
-    result = check(json.dumps(seal(broken, key)))
+    result = check(json.dumps(seal(broken, key)), key.public_key())
     assert any(f.startswith("schema: schema_version") for f in result.failures)
 
 
@@ -280,6 +283,11 @@ def test_cli_report_check_and_html(erased, tmp_path):
 
     ok = run_headwater("audit", "check", str(out), "--public-key", str(public))
     assert ok.returncode == 0, ok.stderr
+    untrusted = run_headwater("audit", "check", str(out))
+    assert untrusted.returncode == 1 and "no trusted public key given" in untrusted.stderr
+    trusted_env = run_headwater("audit", "check", str(out),
+                                env={"HEADWATER_REPORT_PUBLIC_KEY": str(public)})
+    assert trusted_env.returncode == 0, trusted_env.stderr
     assert "OK" in ok.stdout and report["integrity"]["signature"]["key_id"] in ok.stdout
 
     text = out.read_bytes()
@@ -381,9 +389,7 @@ def test_personal_values_never_leave_the_store(store, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_html_report_in_headless_chromium(erased, tmp_path):
-    browser = chromium()
-    if browser is None:
-        pytest.skip("Chromium is not installed and could not be installed")
+    browser = chromium()  # fails naming what is missing (support.tools)
     body = json.loads(_rpc_report(erased["serve"], model_id="clf",
                                   config_json=json.dumps(CONFIG)).json)
     page = tmp_path / "report.html"

@@ -1,0 +1,119 @@
+"""Anchoring the log outside the store: signed head-hash checkpoints kept by a witness.
+
+A checkpoint says "producer P's chain had reached seq N with hash H at time T", signed with
+an Ed25519 key. Written to a witness the operator cannot rewrite, it lets `audit verify`
+find a deleted or rewritten tail: the stored event at seq N must still exist with hash H.
+
+Implemented witness: `FileWitness`, a local append-only JSON-lines file (one checkpoint a
+line, written with O_APPEND). It anchors only as far as the file is out of the operator's
+reach (another party's host, an append-only or write-once mount); on the operator's own
+disk it shows the mechanism, not independence. Not implemented (absent, see
+docs/compliance.md): object-store witnesses with object lock, a second party's endpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from headwater.errors import ConfigError
+from headwater.query_service.compliance.signing import key_id
+from headwater.stream_processors.log_integrity import LogReport
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One producer's chain head as seen at `written_at`, signed by `key_id`."""
+
+    producer_id: str
+    run_id: str
+    seq: int
+    head_hash: str  # hex
+    written_at: str  # ISO 8601 UTC
+    key_id: str = ""
+    signature: str = ""  # base64 Ed25519 over signed_bytes()
+
+    def signed_bytes(self) -> bytes:
+        body = {k: v for k, v in asdict(self).items() if k != "signature"}
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+class Witness(Protocol):
+    """Where checkpoints are kept: appended, never rewritten."""
+
+    def append(self, checkpoints: list[Checkpoint]) -> None: ...
+
+    def read(self) -> list[Checkpoint]: ...
+
+
+class FileWitness:
+    """A local append-only JSON-lines file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def append(self, checkpoints: list[Checkpoint]) -> None:
+        text = "".join(json.dumps(asdict(c), sort_keys=True) + "\n" for c in checkpoints)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[Checkpoint]:
+        if not self.path.is_file():
+            raise ConfigError(f"witness file {self.path} does not exist")
+        out = []
+        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(Checkpoint(**json.loads(line)))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"witness file {self.path} line {n}: not a checkpoint "
+                                  f"({exc})") from None
+        return out
+
+
+def checkpoints(log: LogReport, key: Ed25519PrivateKey, now: str) -> list[Checkpoint]:
+    """One signed checkpoint per producer chain of a verified log."""
+    kid = key_id(key.public_key())
+    out = []
+    for p in log.producers:
+        c = Checkpoint(p.producer_id, p.run_id, p.last_seq, p.head_hash.hex(), now, kid)
+        out.append(Checkpoint(**{**asdict(c), "signature": base64.b64encode(
+            key.sign(c.signed_bytes())).decode()}))
+    return out
+
+
+def check_witness(found: list[Checkpoint], stored: dict[tuple[str, int], str],
+                  trusted: Ed25519PublicKey) -> list[str]:
+    """Failures (pure): checkpoints not signed by `trusted`, and checkpointed heads the
+    store no longer holds. `stored`: (producer id, seq) -> hex hash of the stored event."""
+    failures = []
+    kid = key_id(trusted)
+    for c in found:
+        where = f"checkpoint of {c.producer_id} seq {c.seq} ({c.written_at})"
+        try:
+            if c.key_id != kid:
+                raise InvalidSignature
+            trusted.verify(base64.b64decode(c.signature, validate=True), c.signed_bytes())
+        except (InvalidSignature, ValueError):
+            failures.append(f"{where}: not signed by the trusted witness key {kid}")
+            continue
+        have = stored.get((c.producer_id, c.seq))
+        if have is None:
+            failures.append(f"{where}: the store no longer holds seq {c.seq}: the chain's "
+                            "tail was deleted after the checkpoint")
+        elif have != c.head_hash:
+            failures.append(f"{where}: stored hash {have[:16]}… differs from the "
+                            f"checkpointed {c.head_hash[:16]}…: the tail was rewritten")
+    return failures
