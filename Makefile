@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CONSTRAINTS := ci/constraints.txt
 
-.PHONY: demo test proto lint bench clean
+.PHONY: demo test proto lint bench clean tools mutate
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,23 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 demo: $(VENV)/.installed
 	$(VENV)/bin/headwater demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed tools
 	$(PY) -m pytest -q
+
+# Programs the page and manifest tests need (tests/support/tools.py): Chromium from Debian
+# when root; kubectl has no registry package that renders deploy/k8s, its tests say so.
+tools:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "make tools: could not install chromium (the page tests will fail and say so)"
+	@command -v kubectl >/dev/null || echo "make tools: kubectl is missing (the kubectl kustomize \
+	comparisons will fail and say so; docs/testing.md)"
+
+# Mutation testing of the core pure modules (docs/testing.md); not part of `make test`.
+# MUTATE_ARGS: e.g. --ref HEAD (committed files) or --only rowmap validate.
+mutate: $(VENV)/.installed
+	$(PY) tests/mutation/mutate.py $(MUTATE_ARGS)
 
 proto: $(VENV)/.installed
 	$(PY) proto/generate.py

@@ -41,6 +41,7 @@ from support.k8s_manifests import (
     secret_keys,
     split_image,
 )
+from support.tools import kubectl
 
 from conftest import REPO
 
@@ -563,17 +564,16 @@ def test_the_migrate_job_is_named_after_the_image_tag(overlay: str) -> None:
 
 def test_a_new_image_tag_is_a_new_migrate_job(tmp_path: Path) -> None:
     """Re-applying with a new tag creates a new Job (no delete needed); checked with the
-    renderer and, where installed, with kubectl kustomize."""
+    renderer and with kubectl kustomize."""
     shutil.copytree(K8S, tmp_path / "k8s", ignore=shutil.ignore_patterns("operators"))
     prod = tmp_path / "k8s" / "overlays" / "prod" / "kustomization.yaml"
     prod.write_text(prod.read_text().replace("newTag: 0.1.0", "newTag: 0.2.0"))
     names = {_migrate_job(tuple(render(prod.parent)))["metadata"]["name"]}
-    if shutil.which("kubectl"):
-        out = subprocess.run(["kubectl", "kustomize", str(prod.parent)], capture_output=True,
-                             text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        names.add(_migrate_job(tuple(d for d in yaml.safe_load_all(out.stdout) if d))[
-            "metadata"]["name"])
+    out = subprocess.run([kubectl(), "kustomize", str(prod.parent)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    names.add(_migrate_job(tuple(d for d in yaml.safe_load_all(out.stdout) if d))[
+        "metadata"]["name"])
     assert names == {"headwater-migrate-0.2.0"}
     assert _migrate_job(rendered("overlays/prod"))["metadata"]["name"] == \
         "headwater-migrate-0.1.0"

@@ -2,7 +2,7 @@
 
 The kustomize base and its overlays are rendered by a small renderer here (resources,
 strategic-merge patches, images, namespace — the features the manifests use); where
-`kubectl` is installed its own `kubectl kustomize` output must equal ours. Core kinds are
+`kubectl kustomize` output must equal ours (a missing kubectl fails, support.tools). Core kinds are
 validated strictly with kubernetes-validate; the operators' custom resources against the
 field lists of their CRDs (Strimzi v1beta2, Altinity clickhouse.altinity.com/v1,
 cert-manager.io/v1); every name, port, env var and command is cross-checked with the CLI and
@@ -17,7 +17,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from support.k8s_manifests import (
     rendered,
     secret_keys,
 )
+from support.tools import kubectl
 
 from conftest import HEADWATER, REPO, free_port, run_headwater, stop, wait_for_port
 from headwater.errors import ConfigError
@@ -55,10 +55,9 @@ from headwater.query_service.settings import Settings
 # -- rendering and schema -------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_renderer_agrees_with_kubectl_kustomize(overlay: str) -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S / overlay)], capture_output=True,
+    out = subprocess.run([kubectl(), "kustomize", str(K8S / overlay)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731

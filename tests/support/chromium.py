@@ -1,11 +1,8 @@
-"""Headless Chromium for page tests: find (or apt-get install) it, screenshot a page, read
-the PNG's pixels and look for a colour. Shared by the report and demo tests."""
+"""Headless Chromium for page tests: find it (`make tools` installs it), screenshot a page,
+read the PNG's pixels and look for a colour. Shared by the report and demo tests."""
 
 from __future__ import annotations
 
-import functools
-import os
-import shutil
 import struct
 import subprocess
 import zlib
@@ -13,21 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-@functools.cache  # one install attempt per test session, however many page tests ask
-def chromium() -> str | None:
-    for name in ("chromium", "chromium-browser"):
-        if shutil.which(name):
-            return shutil.which(name)
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        try:
-            subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
-                           "apt-get install -y -qq chromium", shell=True, timeout=300,
-                           capture_output=True)
-        except subprocess.TimeoutExpired:
-            return None
-        return shutil.which("chromium")
-    return None
+from support.tools import chromium  # noqa: F401  (the page tests' way to get the browser)
 
 
 def flags(browser: str, work: Path) -> list[str]:
