@@ -28,6 +28,9 @@ line (no traceback), and the gRPC services map the families to status codes.
     └── Busy                         a bounded resource is full      -> RESOURCE_EXHAUSTED
         └── SqlBusy                  every SQL slot is taken
 
+    LineageLost (UserWarning)        tracked rows left tracking where NumPy gave no hook
+                                     to follow them (e.g. `rng.permutation(x)`)
+
 Pure modules import from here too: it imports nothing.
 """
 
@@ -140,3 +143,8 @@ class Busy(HeadwaterError):
 
 class SqlBusy(Busy):
     """Every SQL slot is taken."""
+
+
+class LineageLost(UserWarning):
+    """Tracked rows were copied into an untracked result by code the tracker cannot follow
+    (`rng.permutation(x)`): the result has no lineage; a warning, since nothing is wrong yet."""

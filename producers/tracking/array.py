@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from headwater.errors import LineageLost
 from headwater.producers.tracking import registry
 from headwater.producers.tracking.maps import (
     NotUnderstood,
@@ -30,6 +33,7 @@ from headwater.producers.tracking.segments import (
     identity,
     n_rows,
 )
+from headwater.producers.tracking.writes import setitem_segments
 
 if TYPE_CHECKING:
     from headwater.producers.tracking.tracker import Tracker
@@ -51,6 +55,9 @@ class TrackedArray(np.ndarray):
     _hw_tracker: Tracker | None = None
     _hw_roots: tuple[str, ...] = ()  # recorded nodes this array came from, when _hw_node
     _hw_why: str = ""                # is None (an unrecorded derivation) and why
+    _hw_alias: Any = None            # weakref to the tracked array whose memory this is
+    _hw_scratch: Tracker | None = None  # np.empty_like of a tracked array: tracked once
+                                         # tracked rows are written into it
 
     def __array_finalize__(self, obj: Any) -> None:
         # Only views/copies NumPy makes from a tracked array outside the wrappers get here
@@ -182,7 +189,14 @@ class TrackedArray(np.ndarray):
         tracker = found[0]._hw_tracker if found else None
         handler = _RULES.get(func)
         if tracker is None or tracker._off or handler is UNTRACKED:
-            return func(*pargs, **pkwargs)
+            if func is np.may_share_memory and tracker is not None and not tracker._off:
+                _permutation_check(args)
+            result = func(*pargs, **pkwargs)
+            if func is np.empty_like and tracker is not None and not tracker._off and \
+                    type(result) is np.ndarray:  # a bounce buffer NumPy's shuffles fill
+                result = result.view(TrackedArray)
+                result._hw_scratch = tracker
+            return result
         call = Call(tracker, func, args, kwargs, pargs, pkwargs, found)
         result = func(*pargs, **pkwargs)
         if func is np.copyto:
@@ -210,7 +224,10 @@ class TrackedArray(np.ndarray):
                    for o, (segs, ok, params) in zip(outs, spec, strict=True)]
         if isinstance(result, tuple):  # named tuples too (np.linalg results)
             return type(result)(*wrapped) if hasattr(result, "_fields") else tuple(wrapped)
-        return wrapped if isinstance(result, list) else wrapped[0]
+        if isinstance(result, list):
+            return wrapped
+        mark_alias(wrapped[0], call.tracked)
+        return wrapped[0]
 
     # -- indexing ------------------------------------------------------------------------
 
@@ -231,33 +248,48 @@ class TrackedArray(np.ndarray):
         except NotUnderstood:
             segments = [all_rows(0, n_out, "op not understood: ndarray.__getitem__ with this key")]
             params, understood = '{"key": "not understood"}', False
-        return tracker._record(result, "ndarray.__getitem__", params, nodes, segments,
-                               understood)
+        out = tracker._record(result, "ndarray.__getitem__", params, nodes, segments,
+                              understood)
+        mark_alias(out, (self,))
+        return out
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        tracker = self._hw_tracker
+        tracker = self._hw_tracker or self._hw_scratch
         selectors: list[TrackedArray] = []
         pkey = _strip(key, selectors)
         plain_value = value.view(np.ndarray) if isinstance(value, TrackedArray) else value
         self.view(np.ndarray)[pkey] = plain_value
         if tracker is None or tracker._off:
             return
-        sources = [self]
-        if isinstance(value, TrackedArray) and value._hw_tracker is not None:
+        tracked_value = isinstance(value, TrackedArray) and value._hw_tracker is not None
+        if self._hw_tracker is None:  # a scratch buffer (np.empty_like of a tracked array)
+            if not tracked_value:
+                return  # constants in, still untracked
+            self._hw_tracker, self._hw_scratch = tracker, None
+        sources = [self] if self._hw_node or self._hw_roots else []
+        if tracked_value:
             sources.append(value)
         if tracker._batch:
             tracker._derive(np.ndarray.view(self, np.ndarray), sources + selectors,
                             "ndarray.__setitem__", (self,))
+            _write_through(self)
             return
-        nodes, _ = input_nodes(sources + selectors)
+        nodes, index = input_nodes(sources + selectors)
+        own = index.get(id(self)) if sources and sources[0] is self else None
+        val = index.get(id(value)) if tracked_value else None
         n = n_rows(self.shape)
-        segments = [identity(0, n)] if n else []
-        understood = len(sources) == 1
-        if not understood and n:  # which rows the value went to: all of them, conservatively
-            segments.append(all_rows(1, n, "op not understood: ndarray.__setitem__ of tracked "
-                                       "values (all rows)"))
-        tracker._emit_result(self.view(np.ndarray), "ndarray.__setitem__", "{}", nodes,
+        try:
+            segments = setitem_segments(pkey, self.shape, own, val, np.shape(value))
+            understood, params = True, '{"key": "rows"}'
+        except NotUnderstood:  # which rows the value went to: all of them, conservatively
+            segments = [identity(own, n)] if own is not None and n else []
+            if val is not None and n:
+                segments.append(all_rows(val, n, "op not understood: ndarray.__setitem__ of "
+                                                  "tracked values with this key (all rows)"))
+            understood, params = val is None, '{"key": "not understood"}'
+        tracker._emit_result(self.view(np.ndarray), "ndarray.__setitem__", params, nodes,
                              segments, understood, (self,))
+        _write_through(self)
 
     # -- ndarray methods routed through the recorded NumPy functions ----------------------
 
@@ -317,6 +349,44 @@ class TrackedArray(np.ndarray):
         n = n_rows(self.shape)
         return tracker._record(result, "ndarray.astype", json.dumps({"dtype": str(dtype)}),
                                [node_required(self)], [identity(0, n)] if n else [], True)
+
+
+def _permutation_check(args: Any) -> None:
+    """`rng.permutation(x)` copies a 1-D tracked x into a plain array (np.asarray), asks
+    np.may_share_memory(copy, x) and shuffles the copy: the one call the tracker sees.
+    Warn: the permuted rows leave tracking (2-D x passes no hook at all; documented)."""
+    if len(args) >= 2 and type(args[0]) is np.ndarray and isinstance(args[1], TrackedArray) \
+            and args[0].shape == args[1].shape and args[1].ndim == 1:
+        warnings.warn(LineageLost(
+            "a tracked array was copied out of tracking (rng.permutation(x)?): the result "
+            "has no lineage; use x[rng.permutation(len(x))] or tracker.shuffle(x, seed)"),
+            stacklevel=3)
+
+
+def _write_through(arr: TrackedArray) -> None:
+    """A write into an alias (a view with the same memory, shape and strides, e.g.
+    `np.swapaxes(x, 0, 0)`, `x[:]`, as NumPy's shuffles make) re-binds the array it
+    aliases to the same node: x's rows moved too."""
+    seen = 0
+    ref = arr._hw_alias
+    while ref is not None and seen < 64:
+        base = ref()
+        if base is None or base._hw_tracker is not arr._hw_tracker:
+            return
+        base._hw_node, base._hw_roots, base._hw_why = arr._hw_node, arr._hw_roots, arr._hw_why
+        ref, seen = base._hw_alias, seen + 1
+
+
+def mark_alias(out: Any, inputs: Sequence[Any]) -> None:
+    """Remember that `out` aliases one of `inputs` (same memory, shape and strides)."""
+    if not isinstance(out, TrackedArray) or out.base is None:
+        return
+    ptr = out.__array_interface__["data"][0]
+    for a in inputs:
+        if (isinstance(a, TrackedArray) and a.shape == out.shape and a.strides == out.strides
+                and a.__array_interface__["data"][0] == ptr and a.dtype == out.dtype):
+            out._hw_alias = weakref.ref(a)
+            return
 
 
 def _routed(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -462,12 +462,14 @@ def test_in_place_ops_rebind_the_array(rec: Recorder) -> None:
     assert y.node_id != before and rec.last().op_name == "numpy.add"
     assert rec.resolve(y) == [{("src-x", r)} for r in range(3)]
     other = rec.source(np.zeros((3, 3)), "src-o")
-    y[1] = other[2]
-    assert rec.last().op_name == "ndarray.__setitem__" and not rec.last().understood
-    assert rec.resolve(y)[0] >= {("src-x", 0), ("src-o", 2)}
+    y[1] = other[2]  # a whole row replaced: exactly the value's row (issue 22)
+    assert rec.last().op_name == "ndarray.__setitem__" and rec.last().understood
+    assert rec.resolve(y) == [{("src-x", 0)}, {("src-o", 2)}, {("src-x", 2)}]
+    y[2, :1] = other[0, :1]  # part of a row: its old values and the value's row
+    assert rec.resolve(y)[2] == {("src-x", 2), ("src-o", 0)}
     z = x[:3].copy()
-    z[0] = 7.0  # an untracked value: rows keep their lineage
-    assert rec.last().understood and rec.resolve(z)[2] == {("src-x", 2)}
+    z[0] = 7.0  # an untracked value: a constant row; the others keep their lineage
+    assert rec.last().understood and rec.resolve(z) == [set(), {("src-x", 1)}, {("src-x", 2)}]
 
 
 def test_views_not_intercepted_are_recorded_when_used(rec: Recorder) -> None:
