@@ -92,26 +92,34 @@ def _as_rows(layer: Layer, a: torch.Tensor, delta: torch.Tensor
 
 @dataclass
 class Taps:
-    """Hooks on the captured layers for one pass: inputs a and output gradients δ."""
+    """Forward hooks on the captured layers from `start` to `stop` (a model holds no hook of
+    ours between passes, so it deep-copies and pickles as before): they keep each layer's
+    input a and either its output (a margin pass takes their gradients) or, through a
+    tensor hook, its output gradient δ (the training backward)."""
 
     layers: list[Layer]
     inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     outputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     grads: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     handles: list[Any] = field(default_factory=list)
-    keep_outputs: bool = False  # margin pass: keep outputs to take their gradients
+    keep_outputs: bool = False
 
-    def __enter__(self) -> Taps:
+    def start(self, keep_outputs: bool) -> None:
+        self.clear()
+        self.keep_outputs = keep_outputs
         for layer in self.layers:
-            self.inputs[layer.name], self.grads[layer.name] = [], []
-            self.outputs[layer.name] = []
             self.handles.append(layer.module.register_forward_hook(self._forward(layer.name)))
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+
+    def clear(self) -> None:
+        """Drop the tensors kept (after φ is computed)."""
+        for layer in self.layers:
+            self.inputs[layer.name], self.grads[layer.name] = [], []
+            self.outputs[layer.name] = []
 
     def _forward(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -119,24 +127,20 @@ class Taps:
             if self.keep_outputs:
                 self.outputs[name].append(out)
             elif out.requires_grad:
-                self.grads[name].append(out)  # placeholder, replaced by its gradient
-                slot = len(self.grads[name]) - 1
+                grads = self.grads[name]
+                grads.append(out)  # placeholder, replaced by its gradient
+                slot = len(grads) - 1
 
                 def grab(g: torch.Tensor) -> None:
-                    self.grads[name][slot] = g.detach()
+                    grads[slot] = g.detach()
 
                 out.register_hook(grab)
         return hook
 
-    def clear(self) -> None:
-        for name in self.inputs:
-            self.inputs[name].clear()
-            self.outputs[name].clear()
-            self.grads[name].clear()
-
 
 class Projector:
-    """The factor matrices of a projection as tensors, and φ from (a, δ) pairs."""
+    """The factor matrices of a projection as tensors (transposed: P_rowsᵀ, P_colsᵀ with the
+    bias column's row last), and φ from (a, δ) pairs."""
 
     def __init__(self, layers: list[Layer], spec: KroneckerProjection | None) -> None:
         self.layers, self.spec = layers, spec
@@ -154,49 +158,44 @@ class Projector:
             dtype, device = weight.dtype, weight.device
             self.matrices.append(tuple(  # type: ignore[arg-type]
                 None if side.kind == "identity"
-                else torch.as_tensor(side.columns(), dtype=dtype, device=device)
+                else torch.as_tensor(side.columns().T.copy(), dtype=dtype, device=device)
                 for side in (side_rows, side_cols)))
 
-    def phi(self, taps: Taps, scale: torch.Tensor | None = None,
-            rows: torch.Tensor | None = None) -> torch.Tensor:
+    def phi(self, taps: Taps) -> torch.Tensor:
         """φ [n, k] from the taps' (a, δ) pairs (several per layer when a layer ran several
-        times: their gradients add); δ is divided by `scale` [n] per row; `rows` picks the
-        samples (the taps then hold those rows only)."""
+        times: their gradients add)."""
         blocks = []
         with torch.no_grad():
             for layer, (p_rows, p_cols) in zip(self.layers, self.matrices, strict=True):
                 ins, grads = taps.inputs[layer.name], taps.grads[layer.name]
-                if len(grads) != len(ins) or any(not isinstance(g, torch.Tensor) or
-                                                 g.requires_grad for g in grads):
+                if not ins:
+                    raise RuntimeError(f"layer {layer.name!r} did not run in the forward pass")
+                if len(grads) != len(ins) or any(g.requires_grad for g in grads):
                     raise RuntimeError(f"layer {layer.name!r}: its output gradient never "
                                        "arrived; call loss.backward() inside capture.step()")
                 total = None
                 for a, delta in zip(ins, grads, strict=True):
-                    part = self._layer(layer, a, delta, p_rows, p_cols, scale)
+                    part = self._layer(layer, a, delta, p_rows, p_cols)
                     total = part if total is None else total + part
-                if total is None:
-                    raise RuntimeError(f"layer {layer.name!r} did not run in the forward pass")
                 blocks.append(total)
         return torch.cat(blocks, dim=1)
 
     @staticmethod
     def _layer(layer: Layer, a: torch.Tensor, delta: torch.Tensor, p_rows: torch.Tensor | None,
-               p_cols: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
+               p_cols: torch.Tensor | None) -> torch.Tensor:
         a, d = _as_rows(layer, a, delta)
         n = d.shape[0]
-        if scale is not None:
-            d = d / scale.to(d.dtype)[:, None, None]
-        width = layer.cols - layer.bias
         if p_rows is None and p_cols is None:  # identity: [vec(Σ δ aᵀ), Σ δ]
             w = (d.transpose(1, 2) @ a).reshape(n, -1)
             return torch.cat([w, d.sum(1)], dim=1) if layer.bias else w
-        pd = d if p_rows is None else d @ p_rows.T
+        pd = d if p_rows is None else d @ p_rows
         if p_cols is None:
             pa = torch.cat([a, a.new_ones(a.shape[:2] + (1,))], dim=2) if layer.bias else a
+        elif layer.bias:  # [a, 1] @ P_colsᵀ without the concatenation
+            pa = torch.addmm(p_cols[-1], a.reshape(-1, a.shape[-1]), p_cols[:-1]).reshape(
+                n, a.shape[1], -1)
         else:
-            pa = a @ p_cols[:, :width].T
-            if layer.bias:
-                pa = pa + p_cols[:, width]
+            pa = a @ p_cols
         if pd.shape[1] == 1:
             return (pd[:, 0, :, None] * pa[:, 0, None, :]).reshape(n, -1)
         return (pd.transpose(1, 2) @ pa).reshape(n, -1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 TOLERANCE = 1e-3  # relative mismatch between the backward's gradient and c (p - e_y)
@@ -29,83 +30,121 @@ class LossMismatch(ValueError):
 
 @dataclass
 class OutputGradient:
-    """Filled by the backward: the loss's per-row scale c; the model's output."""
+    """What the step's forward and backward leave at the model's output: the output, the
+    corrected loss gradient there, and the messages of anything refused."""
 
     task: str
     labels: torch.Tensor
     output: torch.Tensor | None = None
-    scale: float | None = None
+    grad: torch.Tensor | None = None
     calls: int = 0
     errors: list[str] = field(default_factory=list)
 
 
-def _classes(z: torch.Tensor) -> bool:
-    return z.dim() == 2 and z.shape[1] > 1
+def _classes(z: Any) -> bool:
+    return z.ndim == 2 and z.shape[1] > 1
 
 
-def rescale_gradient(g: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, task: str
-                     ) -> tuple[torch.Tensor, float | None]:
-    """(the corrected loss gradient at the outputs, c) — c None when no row can measure it
-    (every row certain); raises LossMismatch when g is not c·(the expected shape)."""
-    z64, g64 = z.detach().double(), g.double()
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy()
+
+
+def margins(z: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
+    """f per row in float64: the label's margin log p_y - log(1 - p_y), or the output."""
+    if task == "regression" or not _classes(z):
+        f = z.reshape(len(z))
+        return f if task == "regression" else np.where(labels.reshape(-1) > 0, f, -f)
+    y = labels.reshape(-1).astype(np.int64)
+    rows = np.arange(len(y))
+    others = z.copy()
+    others[rows, y] = -np.inf
+    top = others.max(1)
+    return z[rows, y] - top - np.log(np.exp(others - top[:, None]).sum(1))
+
+
+def _binary_scale(z: np.ndarray, g: np.ndarray, labels: np.ndarray) -> float | None:
+    """c of a binary logit's loss gradient c (σ(z) - y), from the rows float32 keeps."""
+    s = np.where(labels.reshape(-1) > 0, 1.0, -1.0)
+    q = 1.0 / (1.0 + np.exp(s * z.reshape(-1)))
+    expect, gv = -s * q, g.reshape(-1)
+    sure = q > ACCURATE_Q
+    if not sure.any():
+        return None
+    c = float(gv[sure] @ expect[sure] / (expect[sure] @ expect[sure]))
+    if np.abs(gv[sure] - c * expect[sure]).max() > TOLERANCE * np.abs(c * expect[sure]).max():
+        raise LossMismatch("the loss gradient at the outputs is not c (σ(z) - y) for one c: "
+                           "capture.step() rescales binary cross-entropy with logits (mean "
+                           "or sum) only")
+    return c
+
+
+def correct(g: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    """The loss gradient at the outputs with the entries float32 cancels rebuilt: the label
+    entry as -Σ of the others (softmax), c (σ(z) - y) from exact σ (binary logit)."""
     if task == "regression":
-        r = z64.reshape(-1) - labels.double().reshape(-1)
-        gv = g64.reshape(-1)
-        denom = float((r * r).sum())
+        return g
+    if _classes(z):
+        y = labels.reshape(-1, 1).long().to(g.device)
+        own = torch.zeros_like(g, dtype=torch.bool).scatter_(1, y, True)
+        label = -g.masked_fill(own, 0.0).sum(1, keepdim=True)
+        return g.scatter(1, y, label)
+    zn, ln = _numpy(z), labels.detach().cpu().double().numpy()
+    c = _binary_scale(zn, _numpy(g), ln)
+    if c is None:
+        return g
+    s = np.where(ln.reshape(-1) > 0, 1.0, -1.0)
+    exact = -c * s / (1.0 + np.exp(s * zn.reshape(-1)))
+    return torch.as_tensor(exact.reshape(g.shape), dtype=g.dtype, device=g.device)
+
+
+def loss_scale(state: OutputGradient) -> tuple[float | None, np.ndarray]:
+    """(c, f) of a finished step: the loss's per-row scale measured from the gradient at
+    the outputs (None when no row can tell: every row certain, or every residual 0), and
+    the float64 margins. Raises LossMismatch unless the gradient is c x that of the
+    expected loss for one c."""
+    assert state.output is not None and state.grad is not None
+    z, g = _numpy(state.output), _numpy(state.grad)
+    labels = state.labels.detach().cpu().double().numpy()
+    f = margins(z, labels, state.task)
+    if state.task == "regression":
+        r, gv = z.reshape(-1) - labels.reshape(-1), g.reshape(-1)
+        denom = float(r @ r)
         if denom == 0.0:
-            return g, None
-        c = float((gv * r).sum()) / denom
-        if float((gv - c * r).abs().max()) > TOLERANCE * float(gv.abs().max()):
+            return None, f
+        c = float(gv @ r) / denom
+        if np.abs(gv - c * r).max() > TOLERANCE * np.abs(gv).max():
             raise LossMismatch("the loss gradient at the outputs is not c (f - y) for one c: "
                                "capture.step() rescales squared error (F.mse_loss, mean or "
                                "sum) only")
-        return g, c
-    if not _classes(z):  # binary logit
-        zv, gv = z64.reshape(-1), g64.reshape(-1)
-        s = torch.where(labels.reshape(-1) > 0, 1.0, -1.0).double()
-        q = torch.sigmoid(-s * zv)
-        expect = -s * q  # σ(z) - y
-        sure = q > ACCURATE_Q
-        if not bool(sure.any()):
-            return g, None
-        c = float((gv[sure] * expect[sure]).sum() / (expect[sure] ** 2).sum())
-        if float((gv[sure] - c * expect[sure]).abs().max()) > \
-                TOLERANCE * float((c * expect[sure]).abs().max()):
-            raise LossMismatch("the loss gradient at the outputs is not c (σ(z) - y) for one "
-                               "c: capture.step() rescales binary cross-entropy with logits "
-                               "(mean or sum) only")
-        return (c * expect).to(g.dtype).reshape(g.shape), c
-    y = labels.reshape(-1).long()
-    rows = torch.arange(len(y), device=z.device)
-    p = torch.softmax(z64, dim=1)
-    own = torch.zeros_like(p, dtype=torch.bool)
-    own[rows, y] = True
-    others = z64.masked_fill(own, float("-inf"))
-    q = torch.exp(torch.logsumexp(others, 1) - torch.logsumexp(z64, 1))  # Σ_{j≠y} p_j
-    off = g64.masked_fill(own, 0.0).sum(1)  # = c q per row, accurate to float32
-    if float(q.sum()) == 0.0:
-        return g, None
+        return c, f
+    if not _classes(z):
+        return _binary_scale(z, g, labels), f
+    y = labels.reshape(-1).astype(np.int64)
+    rows = np.arange(len(y))
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    q = 1.0 / (1.0 + np.exp(f))  # Σ_{j≠y} p_j, exact where p_y rounds to 1
+    off = g.copy()
+    off[rows, y] = 0.0
+    if q.sum() == 0.0:
+        return None, f
     c = float(off.sum() / q.sum())
-    expect = c * p.masked_fill(own, 0.0)
-    worst = float((g64.masked_fill(own, 0.0) - expect).abs().max())
+    expect = c * p
+    expect[rows, y] = 0.0
+    worst = np.abs(off - expect).max()
     sure = q > ACCURATE_Q
-    if bool(sure.any()):
-        label_err = (g64[rows, y] + c * q)[sure].abs() / (abs(c) * q[sure])
-        label_bad = float(label_err.max()) > TOLERANCE
-    else:
-        label_bad = False
-    if label_bad or worst > TOLERANCE * float(expect.abs().max()):
-        raise LossMismatch("the loss gradient at the outputs is not c (softmax(z) - onehot(y))"
-                           " for one c: capture.step() rescales softmax cross-entropy of the "
-                           "model's outputs (mean or sum, no label smoothing or class weights)"
-                           " only")
-    fixed = g.clone()
-    fixed[rows, y] = (-g64.masked_fill(own, 0.0).sum(1)).to(g.dtype)
-    return fixed, c
+    label_err = (np.abs(g[rows, y] + c * q)[sure] / (abs(c) * q[sure])).max() \
+        if sure.any() else 0.0
+    if label_err > TOLERANCE or worst > TOLERANCE * np.abs(expect).max():
+        raise LossMismatch("the loss gradient at the outputs is not c (softmax(z) - "
+                           "onehot(y)) for one c: capture.step() rescales softmax "
+                           "cross-entropy of the model's outputs (mean or sum, no label "
+                           "smoothing or class weights) only")
+    return c, f
 
 
 class _Rescale(torch.autograd.Function):
-    """Identity forward; backward measures c and rebuilds the cancelled entries."""
+    """Identity forward; backward rebuilds the cancelled entries and keeps the result."""
 
     @staticmethod
     def forward(ctx: Any, out: torch.Tensor, state: OutputGradient) -> torch.Tensor:
@@ -118,15 +157,15 @@ class _Rescale(torch.autograd.Function):
         state: OutputGradient = ctx.state
         (out,) = ctx.saved_tensors
         try:
-            fixed, state.scale = rescale_gradient(g, out, state.labels, state.task)
+            state.grad = correct(g, out, state.labels, state.task)
         except LossMismatch as exc:
             state.errors.append(str(exc))
             return g, None
-        return fixed, None
+        return state.grad, None
 
 
-def wrap_output(model: torch.nn.Module, state: OutputGradient) -> Any:
-    """Forward hook on the model: its output passes through _Rescale (returns the handle)."""
+def wrap_output(state: OutputGradient) -> Any:
+    """The forward hook for the model: its output passes through _Rescale."""
 
     def hook(module: torch.nn.Module, args: tuple, out: Any) -> Any:
         if not isinstance(out, torch.Tensor):
@@ -137,4 +176,4 @@ def wrap_output(model: torch.nn.Module, state: OutputGradient) -> Any:
         state.output = out
         return _Rescale.apply(out, state) if out.requires_grad else out
 
-    return model.register_forward_hook(hook)
+    return hook

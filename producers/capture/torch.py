@@ -26,7 +26,12 @@ from headwater.producers.capture.recorder import (
     margin_weights,
     regression_weights,
 )
-from headwater.producers.capture.rescale import LossMismatch, OutputGradient, wrap_output
+from headwater.producers.capture.rescale import (
+    LossMismatch,
+    OutputGradient,
+    loss_scale,
+    wrap_output,
+)
 from headwater.v1 import events_pb2
 
 MODES = ("auto", "factored", "dense")
@@ -119,6 +124,7 @@ class TorchCapture(Recorder):
         self._projector = Projector(self.layers, spec) if self.layers is not None else None
         self._per_sample = vmap(grad(self._margin_of_one), in_dims=(None, None, 0, 0))
         self._scale: float | None = None  # the loss's per-row scale c, last measured
+        self._taps = Taps(self.layers or [])
 
     @property
     def mode(self) -> str:
@@ -173,17 +179,24 @@ class TorchCapture(Recorder):
         """φ of the margins through the hooks: one forward, one backward to the captured
         layers' outputs (parameter gradients are not computed, .grad is untouched)."""
         assert self.layers is not None and self._projector is not None
-        taps = Taps(self.layers, keep_outputs=True)
-        with taps, torch.enable_grad():
-            f = self._margin(self.model(x), y)
-            outs = [o for layer in self.layers for o in taps.outputs[layer.name]]
-            grads = torch.autograd.grad(f.sum(), outs, allow_unused=True)
+        taps = self._taps
+        taps.start(keep_outputs=True)
+        try:
+            with torch.enable_grad():
+                f = self._margin(self.model(x), y)
+                outs = [o for layer in self.layers for o in taps.outputs[layer.name]]
+                grads = torch.autograd.grad(f.sum(), outs, allow_unused=True)
+        finally:
+            taps.stop()
         it = iter(grads)
         for layer in self.layers:
             for o in taps.outputs[layer.name]:
                 g = next(it)
                 taps.grads[layer.name].append(torch.zeros_like(o) if g is None else g)
-        return self._projector.phi(taps)
+        try:
+            return self._projector.phi(taps)
+        finally:
+            taps.clear()
 
     def features(self, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, Weights,
                                                                   torch.Tensor]:
@@ -227,23 +240,23 @@ class TorchCapture(Recorder):
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
         dense = self._dense_phi(x, y) if self.layers is None else None
         state = OutputGradient(self.task, y)
-        handle = wrap_output(self.model, state)
-        taps = Taps(self.layers) if self.layers is not None else None
+        root = self.model.register_forward_hook(wrap_output(state))
+        if dense is None:
+            self._taps.start(keep_outputs=False)
         try:
-            if taps is not None:
-                taps.__enter__()
             yield
         finally:
-            handle.remove()
-            if taps is not None:
-                taps.__exit__(None, None, None)
-        phi, weights, c = self._finish(x, y, state, taps, dense)
+            root.remove()
+            self._taps.stop()
+        try:
+            phi, weights, c = self._finish(x, y, state, dense)
+        finally:
+            self._taps.clear()
         self.publish_gradients(phi, weights, keys, learning_rate=learning_rate * c, step=step,
                                targets=y.detach().cpu().numpy())
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor, state: OutputGradient,
-                taps: Taps | None, dense: torch.Tensor | None
-                ) -> tuple[torch.Tensor, Weights, float]:
+                dense: torch.Tensor | None) -> tuple[torch.Tensor, Weights, float]:
         """(φ, weights, c) of a step from what its forward and backward left behind."""
         if state.errors:
             raise LossMismatch(state.errors[0] + "; or capture with capture.capture(x, y, "
@@ -251,12 +264,16 @@ class TorchCapture(Recorder):
         if state.calls != 1 or state.output is None:
             raise ValueError(f"the model ran {state.calls} times inside capture.step(); run "
                              "it once, on the batch given to step()")
-        z = state.output.detach()
-        if z.shape[0] != x.shape[0]:
-            raise ValueError(f"the model's output has {z.shape[0]} rows, the batch {len(x)}")
-        f = self._margin(z.double(), y)
-        weights = self._weights(f, y)
-        c = state.scale if state.scale is not None else (self._scale or 1.0 / len(x))
+        if state.output.shape[0] != x.shape[0]:
+            raise ValueError(f"the model's output has {state.output.shape[0]} rows, the "
+                             f"batch {len(x)}")
+        if state.grad is None:
+            raise RuntimeError("no backward reached the model's output inside "
+                               "capture.step(); call loss.backward() inside the with block")
+        measured, f = loss_scale(state)
+        weights = (margin_weights(f) if self.task == "classification"
+                   else regression_weights(f, y.detach().double().reshape(-1).cpu().numpy()))
+        c = measured if measured is not None else (self._scale or 1.0 / len(x))
         if not c > 0:
             raise LossMismatch(f"the loss's per-row scale is {c}, not positive: capture.step()"
                                " expects a loss that is minimised (cross-entropy, squared "
@@ -264,12 +281,16 @@ class TorchCapture(Recorder):
         self._scale = c
         if dense is not None:
             return dense, weights, c
-        assert taps is not None and self._projector is not None
-        r = torch.as_tensor(-c * weights.q, dtype=z.dtype, device=z.device)
-        lost = (r.abs() < TINY).nonzero().flatten()
-        phi = self._projector.phi(taps, scale=torch.where(r.abs() < TINY, 1.0, r))
-        if len(lost):  # loss gradient 0 (certain rows, exact fits): a margin pass for them
-            phi[lost] = self._factored_phi(x[lost], y[lost])
+        assert self._projector is not None
+        r = -c * weights.q  # δ_loss = r δ_f, row by row
+        lost = np.abs(r) < TINY
+        r[lost] = 1.0
+        phi = self._projector.phi(self._taps)
+        self._taps.clear()  # before a margin pass reuses the taps
+        phi /= torch.as_tensor(r, dtype=phi.dtype, device=phi.device)[:, None]
+        if lost.any():  # loss gradient 0 (certain rows, exact fits): a margin pass for them
+            rows = torch.as_tensor(lost.nonzero()[0], device=x.device)
+            phi[rows.to(phi.device)] = self._factored_phi(x[rows], y[rows])
         return phi, weights, c
 
     def featurise(self, batches: Any) -> int:
