@@ -7,8 +7,10 @@ import queue
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import cast
 
 from google.protobuf.message import Message
+from opentelemetry import context as otel_context
 
 from headwater.errors import PublishError
 from headwater.producers import telemetry
@@ -23,6 +25,7 @@ class Publisher:
     def __init__(self, transport: Transport, run_id: str, producer_id: str | None = None):
         self.transport = transport
         self.envelopes = EnvelopeBuilder(run_id, producer_id)
+        telemetry.configure_from_env()  # OTEL_EXPORTER_OTLP_ENDPOINT set: export, unasked
         self._tracer = telemetry.tracer()
         self._counter = telemetry.meter().create_counter(
             "headwater.publish.events", description="events handed to a transport"
@@ -98,7 +101,8 @@ class BackgroundPublisher:
         """Queue build() to be built and published by the worker (blocks while full)."""
         if self._closed:
             raise PublishError("BackgroundPublisher is closed")
-        self._queue.put(build)
+        # the caller's trace context (a training step's span) goes with it to the worker
+        self._queue.put((build, otel_context.get_current()))
 
     def __call__(self, payload: Message) -> None:
         """Queue an already built payload (the plain publish-callable form)."""
@@ -110,7 +114,12 @@ class BackgroundPublisher:
             try:
                 if item is _STOP:
                     return
-                self.publisher.publish(item())  # type: ignore[operator]
+                build, context = cast(tuple[Build, otel_context.Context], item)
+                token = otel_context.attach(context)
+                try:
+                    self.publisher.publish(build())
+                finally:
+                    otel_context.detach(token)
             except Exception as exc:  # noqa: BLE001 - kept and raised at flush
                 with self._lock:
                     self._failed += 1

@@ -45,7 +45,12 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(2000, gt=0)
     batch_within: float = Field(0.5, gt=0)
-    otlp_endpoint: str | None = None
+    otlp_endpoint: str | None = Field(None, description="OTLP/gRPC collector; the standard "
+                                      "OTEL_* variables work too (docs/operations.md)")
+    metrics_port: int | None = Field(None, ge=0, lt=65536, description="serve Prometheus "
+                                     "text on http://METRICS_HOST:PORT/metrics (0: any free "
+                                     "port); unset: no endpoint")
+    metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
     log_level: str = Field("warning", description="debug, info, warning, error or critical")
     log_format: str = Field("text", description="text, or json: one JSON object per line")
     attribution_damping: float = Field(

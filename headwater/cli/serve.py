@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -28,9 +29,22 @@ def _bound(listen: str, port: int) -> str:
 
 
 def configure_telemetry(settings: Settings, service: str) -> None:
+    """OTLP export (HEADWATER_OTLP_ENDPOINT or the OTEL_* variables) and the Prometheus
+    endpoint (HEADWATER_METRICS_PORT), as the settings ask."""
     from headwater.producers import telemetry
 
-    telemetry.configure(settings.otlp_endpoint, service)
+    address = (None if settings.metrics_port is None
+               else (settings.metrics_host, settings.metrics_port))
+    telemetry.configure(settings.otlp_endpoint, service, metrics_address=address)
+    port = telemetry.metrics_port()
+    if port is not None:
+        status(f"{service}: metrics on http://{settings.metrics_host}:{port}/metrics")
+
+
+def observe_store(store: Any) -> None:
+    from headwater.stream_processors.gauges import observe_store as observe
+
+    observe(store)
 
 
 @click.command()
@@ -49,6 +63,7 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
     check_exposure(settings.listen, security)  # before opening the store
     configure_telemetry(settings, "headwater-serve")
     store = open_store(settings)
+    observe_store(store)
     sink = EventSink(store, "grpc", settings.event_limits)
     server, port = build_server(store, settings.listen, sink=sink,
                                 damping=settings.attribution_damping,
@@ -80,6 +95,7 @@ def query_service(dsn: str | None, listen: str | None) -> None:
     check_exposure(settings.listen, security)  # before opening the store
     configure_telemetry(settings, "headwater-query")
     store = open_store(settings)
+    observe_store(store)
     log = None
     if settings.kafka_bootstrap:
         from headwater.producers.transports.kafka import KafkaTransport
@@ -129,6 +145,8 @@ def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
                               settings.kafka_partitions, settings.kafka_config)
     configure_telemetry(settings, "headwater-process")
     store = open_store(settings)
+    observe_store(store)
+    _observe_lag(settings)
     progress = _ThroughputLog("headwater process")
     runner = KafkaRunner(EventSink(store, "kafka", settings.event_limits), settings.kafka_bootstrap,
                          settings.kafka_topic, settings.kafka_group,
@@ -142,6 +160,17 @@ def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
     finally:
         store.close()
     status(f"headwater process: stopped after storing {runner.stored} events")
+
+
+def _observe_lag(settings: Settings) -> None:
+    """The consumer group's lag as a gauge, asked of the broker as `headwater status` does."""
+    from headwater.cli.status import consumer_lag
+    from headwater.stream_processors.gauges import observe_lag
+
+    assert settings.kafka_bootstrap is not None
+    bootstrap = settings.kafka_bootstrap
+    observe_lag(lambda: consumer_lag(bootstrap, settings.kafka_topic, settings.kafka_group,
+                                     settings.kafka_config, timeout=2.0))
 
 
 class _ThroughputLog:

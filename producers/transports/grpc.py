@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from headwater.errors import PublishError
+from headwater.producers import telemetry
 from headwater.producers.transports.base import Ack, raise_for_rejects
 from headwater.producers.transports.channel import (
     open_channel,
@@ -66,6 +67,8 @@ class GrpcTransport:
         self._retry_for = retry_for
         self._max_in_flight = max_in_flight
         self._in_flight: deque[tuple[query_pb2.EventBatch, list[str], Any]] = deque()
+        self._spans: deque[telemetry.BatchSpan] = deque()  # one per batch in flight
+        self._traces = telemetry.BatchTraces()  # the spans the buffered events came from
         self._buffer: list[bytes] = []
         self._ids: list[str] = []
         self._bytes = 0
@@ -82,6 +85,7 @@ class GrpcTransport:
             if self._buffer and self._bytes + len(value) > self._max_batch_bytes:
                 self._dispatch()
             self._buffer.append(value)
+            self._traces.add_current()
             self._ids.append(event_id)
             self._bytes += len(value)
             if len(self._buffer) >= self._batch_size:
@@ -106,7 +110,10 @@ class GrpcTransport:
         batch = query_pb2.EventBatch(events=self._buffer)
         ids = self._ids
         self._buffer, self._ids, self._bytes = [], [], 0
-        future = self._stub.PublishBatch.future(batch, timeout=self._timeout)
+        span = self._traces.start("headwater.v1.Ingest", "PublishBatch", len(ids))
+        self._spans.append(span)
+        future = self._stub.PublishBatch.future(batch, timeout=self._timeout,
+                                                metadata=span.metadata)
         self._in_flight.append((batch, ids, future))
         while len(self._in_flight) > self._max_in_flight:
             self._settle_oldest()
@@ -114,8 +121,21 @@ class GrpcTransport:
     def _settle_oldest(self) -> None:
         """Wait for the oldest batch; retry it while the server is unavailable."""
         batch, ids, future = self._in_flight.popleft()
+        span = self._spans.popleft()
+        try:
+            self._settle(batch, ids, future, span)
+        except BaseException as exc:
+            span.failed(exc)
+            if len(self._spans) < len(self._in_flight):  # the batch is kept for the next flush
+                self._spans.appendleft(span)
+            raise
+        span.end()
+
+    def _settle(self, batch: query_pb2.EventBatch, ids: list[str], future: Any,
+                span: telemetry.BatchSpan) -> None:
         if future is None:  # a batch that failed before: send it again
-            future = self._stub.PublishBatch.future(batch, timeout=self._timeout)
+            future = self._stub.PublishBatch.future(batch, timeout=self._timeout,
+                                                    metadata=span.metadata)
         deadline = time.monotonic() + self._retry_for
         delay = 0.1
         while True:
@@ -133,7 +153,8 @@ class GrpcTransport:
                     ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-                future = self._stub.PublishBatch.future(batch, timeout=self._timeout)
+                future = self._stub.PublishBatch.future(batch, timeout=self._timeout,
+                                                        metadata=span.metadata)
         if len(response.acks) != len(ids):
             raise PublishError(
                 f"server acknowledged {len(response.acks)} of {len(ids)} events", list(ids)

@@ -1,4 +1,4 @@
-"""The server's own interceptors: one span and latency sample per RPC (Telemetry), and request
+"""The server's own interceptors: one span and duration sample per call (Telemetry), and request
 parsing inside the handler so undecodable bytes get INVALID_ARGUMENT (Decoding). Auth and
 stream limits have modules of their own (auth.py, limits.py)."""
 
@@ -8,36 +8,107 @@ import time
 from typing import Any
 
 import grpc
+from opentelemetry import propagate, trace
 
 from headwater.producers import telemetry
 from headwater.query_service.server.handlers import handler_kind, handler_like
+from headwater.query_service.server.limits import HEALTH_PREFIX
 
 
 class Telemetry(grpc.ServerInterceptor):
-    """One span and one latency sample per RPC (no-ops unless telemetry is configured)."""
+    """One SERVER span and one duration sample per call, unary or streaming (no-ops unless
+    telemetry is configured). The span continues the caller's trace (W3C `traceparent` in
+    the call's metadata) and carries the rpc.* semantic-convention attributes; a streaming
+    call's span lasts until its last message. Health checks get neither (probe noise)."""
 
     def __init__(self) -> None:
         self._tracer = telemetry.tracer()
-        self._latency = telemetry.meter().create_histogram(
-            "headwater.rpc.duration", unit="s", description="gRPC handler time"
-        )
+        self._duration = telemetry.meter().create_histogram(
+            telemetry.DURATION_METRIC, unit="s", description="gRPC server call duration")
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None or details.method.startswith(HEALTH_PREFIX):
             return handler
-        method = details.method
-        inner = handler.unary_unary
-
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            start = time.perf_counter()
-            with self._tracer.start_as_current_span(f"headwater.rpc {method}"):
+        kind = handler_kind(handler)
+        inner = getattr(handler, kind)
+        call = _Call(self, details)
+        if kind.endswith("_unary"):  # one response
+            def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
+                span = call.start(context)
                 try:
-                    return inner(request, context)
+                    with trace.use_span(span, end_on_exit=False):
+                        return inner(request, context)
+                except BaseException as exc:
+                    call.failed(span, exc)
+                    raise
                 finally:
-                    self._latency.record(time.perf_counter() - start, {"method": method})
+                    call.finish(span, context)
+        else:  # a stream of responses: the span covers producing every one
+            def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
+                span = call.start(context)
+                try:
+                    with trace.use_span(span, end_on_exit=False):
+                        responses = iter(inner(request, context))
+                    while True:
+                        with trace.use_span(span, end_on_exit=False):
+                            item = next(responses, _END)
+                        if item is _END:
+                            return
+                        yield item
+                except BaseException as exc:
+                    call.failed(span, exc)
+                    raise
+                finally:
+                    call.finish(span, context)
+        return handler_like(handler, behaviour, handler.request_deserializer)
 
-        return handler_like(handler, wrapped, handler.request_deserializer)
+
+_END = object()
+
+
+class _Call:
+    """What one method's spans share: name, attributes, the caller's trace context."""
+
+    def __init__(self, owner: Telemetry, details: Any) -> None:
+        self._tracer, self._duration = owner._tracer, owner._duration
+        full = details.method.lstrip("/")
+        service, _, method = full.rpartition("/")
+        self.name = full  # semantic conventions: {rpc.service}/{rpc.method}
+        self.attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+        self.parent = propagate.extract(
+            {key: value for key, value in (details.invocation_metadata or ())
+             if isinstance(value, str)})
+        self._started = 0.0
+        self._error = False
+
+    def start(self, context: grpc.ServicerContext) -> Any:
+        self._started = time.perf_counter()
+        attributes: dict[str, Any] = dict(self.attributes)
+        peer = context.peer() or ""  # ipv4:127.0.0.1:50000, ipv6:[::1]:50000
+        if peer.startswith(("ipv4:", "ipv6:")):
+            host, _, port = peer.split(":", 1)[1].rpartition(":")
+            attributes["network.peer.address"] = host.strip("[]")
+            if port.isdigit():
+                attributes["network.peer.port"] = int(port)
+        return self._tracer.start_span(self.name, context=self.parent,
+                                       kind=trace.SpanKind.SERVER, attributes=attributes)
+
+    def failed(self, span: Any, exc: BaseException) -> None:
+        if not isinstance(exc, GeneratorExit):
+            span.record_exception(exc)
+            self._error = True
+
+    def finish(self, span: Any, context: grpc.ServicerContext) -> None:
+        code = context.code() or (  # type: ignore[attr-defined]
+            grpc.StatusCode.UNKNOWN if self._error else grpc.StatusCode.OK)
+        status = code if isinstance(code, int) else code.value[0]
+        span.set_attribute("rpc.grpc.status_code", status)
+        if status != 0:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(code)))
+        span.end()
+        self._duration.record(time.perf_counter() - self._started,
+                              {**self.attributes, "rpc.grpc.status_code": status})
 
 
 class Decoding(grpc.ServerInterceptor):

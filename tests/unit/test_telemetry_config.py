@@ -1,0 +1,64 @@
+"""Which OTLP exports the standard OTEL_* variables (and HEADWATER_OTLP_ENDPOINT) ask for."""
+
+from __future__ import annotations
+
+import pytest
+
+from headwater.errors import ConfigError
+from headwater.producers.telemetry import Export, Plan, plan, with_scheme
+
+
+def test_nothing_set_means_nothing_exported() -> None:
+    assert plan({}) == Plan(None, None)
+
+
+def test_the_standard_endpoint_for_both_signals() -> None:
+    got = plan({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
+    assert got == Plan(Export("http://collector:4317", "grpc"),
+                       Export("http://collector:4317", "grpc"))
+
+
+def test_a_loopback_endpoint_without_scheme_is_plaintext() -> None:
+    for endpoint in ("localhost:4317", "127.0.0.1:4317", "[::1]:4317"):
+        assert plan({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}).traces == \
+            Export(f"http://{endpoint}", "grpc")
+
+
+def test_a_remote_endpoint_without_scheme_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"OTEL_EXPORTER_OTLP_ENDPOINT='collector:4317' has "
+                       r"no scheme: write http://collector:4317 \(plaintext\) or https://"):
+        plan({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"})
+    with pytest.raises(ConfigError, match="HEADWATER_OTLP_ENDPOINT='otel:4317' has no scheme"):
+        plan({}, "otel:4317")
+    # the standard way to say plaintext without a scheme is honoured
+    assert with_scheme("collector:4317", "X", insecure=True) == "http://collector:4317"
+    assert plan({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317",
+                 "OTEL_EXPORTER_OTLP_INSECURE": "true"}).traces == \
+        Export("http://collector:4317", "grpc")
+    with pytest.raises(ConfigError, match="scheme must be http:// or https://"):
+        plan({"OTEL_EXPORTER_OTLP_ENDPOINT": "grpc://collector:4317"})
+
+
+def test_http_protobuf_appends_the_signal_paths_to_the_base_endpoint() -> None:
+    got = plan({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://otel.example:4318/",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    assert got == Plan(Export("https://otel.example:4318/v1/traces", "http/protobuf"),
+                       Export("https://otel.example:4318/v1/metrics", "http/protobuf"))
+    with pytest.raises(ConfigError, match="'http/json' is not supported"):
+        plan({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:1", "OTEL_EXPORTER_OTLP_PROTOCOL":
+              "http/json"})
+
+
+def test_per_signal_variables_and_exporters() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317",
+           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4317",
+           "OTEL_METRICS_EXPORTER": "none"}
+    assert plan(env) == Plan(Export("http://traces:4317", "grpc"), None)
+    assert plan({**env, "OTEL_SDK_DISABLED": "true"}) == Plan(None, None)
+    with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER='zipkin'"):
+        plan({**env, "OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+def test_headwater_endpoint_wins_over_the_generic_one() -> None:
+    got = plan({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://generic:4317"}, "http://mine:4317")
+    assert got.traces == Export("http://mine:4317", "grpc")
