@@ -46,6 +46,7 @@ from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
 
 VERSIONS = (1, 5, 10)
+CAPTURE_MODE = "auto"  # TorchCapture mode of the MLP tasks (--capture; issue 16)
 
 # -- LDS ------------------------------------------------------------------------------------
 
@@ -372,7 +373,7 @@ def traced_training(publisher: Publisher, tracker: Tracker, train: Any, y_train:
     xq = torch.as_tensor(x_test, dtype=torch.float32)
     model = make_mlp(x_all.shape[1], recipe.hidden, int(y_all.max()) + 1, recipe.seed)
     init = copy.deepcopy(model)
-    capture = TorchCapture(publisher.publish, model, model_id, k=k)
+    capture = TorchCapture(publisher.publish, model, model_id, k=k, mode=CAPTURE_MODE)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr)
     n = len(y_all)
     steps = recipe.epochs * math.ceil(n / recipe.batch)
@@ -648,6 +649,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lam", type=float, default=1.0, help="L2 penalty (and damping)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k", type=int, default=512, help="projection dimension (MLP tasks)")
+    ap.add_argument("--capture", choices=("auto", "factored", "dense"), default="auto",
+                    help="gradient capture of the MLP tasks: factored (Kronecker P from "
+                    "hooks; what auto picks for these MLPs) or dense (vmap, dense P)")
     ap.add_argument("--epochs", type=int, default=20, help="digits MLP epochs")
     ap.add_argument("--init", choices=("same", "random"), default="same",
                     help="digits retraining: the traced run's initial weights, or fresh ones")
@@ -656,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fast", action="store_true", help="CI sizes: 30 subsets, 20 test points")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    global CAPTURE_MODE
+    CAPTURE_MODE = args.capture
     tasks = set(args.tasks.split(","))
     if unknown := tasks - {"breast_cancer", "digits", "stream"}:
         ap.error(f"unknown task(s) {sorted(unknown)}; use breast_cancer, digits, stream")
@@ -663,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         args.subsets, args.tests = 30, 20
     digits = Recipe(epochs=args.epochs, seed=args.seed)
     online = replace(digits, epochs=1, batch=16, lr=0.1, shuffle=False)
-    figures: dict[str, Any] = {}
+    figures: dict[str, Any] = {"capture_mode": args.capture}
     with tempfile.TemporaryDirectory(prefix="hw-lds-") as work:
         root = Path(work)
         figures["breast_cancer_logreg"] = breast_cancer_lds(
