@@ -39,10 +39,9 @@ FORKSERVER = HERE / "forkserver.py"
 
 # module under test -> the tests that exercise it (fast: unit level, no servers).
 TARGETS: dict[str, tuple[str, list[str]]] = {
-    "scoring": ("query_service/attribution/scoring.py",
-                []),
+    "scoring": ("query_service/attribution/scoring.py", ["tests/unit/test_mutants_scoring.py"]),
     "rowmap": ("producers/rowmap.py",
-               ["tests/unit/test_rowmap.py"]),
+               ["tests/unit/test_mutants_rowmap.py", "tests/unit/test_rowmap.py"]),
     "maps": ("producers/tracking/maps.py",
              ["tests/unit/test_tracking.py"]),
     "segments": ("producers/tracking/segments.py",
