@@ -76,7 +76,11 @@ training data).
 
 from __future__ import annotations
 
-from headwater.producers.tracking import numpy_ops, numpy_shapes  # noqa: F401 - NumPy rules
+from headwater.producers.tracking import (  # noqa: F401 - NumPy rules
+    numpy_moves,
+    numpy_ops,
+    numpy_shapes,
+)
 from headwater.producers.tracking.array import TrackedArray
 from headwater.producers.tracking.segments import (
     BROADCAST,

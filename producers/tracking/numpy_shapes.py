@@ -19,6 +19,7 @@ from headwater.producers.tracking.maps import (
     reshape_segments,
     stacked_segments,
 )
+from headwater.producers.tracking.moves import flat_roll_segments, id_segments, row_ids
 from headwater.producers.tracking.numpy_ops import one_input
 from headwater.producers.tracking.registry import rule
 from headwater.producers.tracking.segments import (
@@ -58,10 +59,16 @@ def _reshape(call: Call, outs: list[Any]) -> Spec:
     x = call.parg(0, "a")
     order = call.arg(2, "order", "C") if call.func is np.reshape else call.arg(1, "order", "C")
     in_shape, out_shape = np.shape(x), np.shape(outs[0])
+    params = json.dumps({"shape": list(out_shape)})
     if order not in ("C", "A", "K") or (order != "C" and not x.flags.c_contiguous):
-        raise NotUnderstood
+        # F order (or A/K of a non-C array): elements taken column by column
+        i = call.input_of(call.arg(0, "a"))
+        if i is None or not outs[0].size:
+            return [], True, params
+        ids = call.func(row_ids(i, in_shape), *call.pargs[1:], **call.pkwargs)
+        return id_segments(np.asarray(ids), [i], [n_rows(in_shape)]), True, params
     return one_input(call, outs[0], lambda i, n: reshape_segments(i, in_shape, out_shape),
-                      json.dumps({"shape": list(out_shape)}))
+                      params)
 
 
 
@@ -119,8 +126,10 @@ def _roll(call: Call, outs: list[Any]) -> Spec:
     nd = np.ndim(call.parg(0, "a"))
     if nd == 0:
         return one_input(call, outs[0], lambda i, n: [identity(i, n)])
-    if axis is None and nd > 1:
-        raise NotUnderstood
+    if axis is None and nd > 1:  # the flattened elements move
+        flat = int(np.sum(shift))
+        return one_input(call, outs[0], lambda i, n: flat_roll_segments(
+            i, np.shape(call.parg(0, "a")), flat), json.dumps({"shift": flat, "axis": None}))
     axes = (0,) if axis is None else (axis if isinstance(axis, (tuple, list)) else (axis,))
     shifts = np.broadcast_to(np.asarray(shift), (len(axes),))
     total = sum(int(s) for a, s in zip(axes, shifts, strict=True) if int(a) % nd == 0)

@@ -21,8 +21,9 @@ getter (`x.T`, `x.data`). The frameworks are imported only when their rules are
 registered: this module imports neither NumPy nor torch.
 
 Adding an op: one registration in the module holding rules of its kind (NumPy:
-numpy_ops.py, numpy_shapes.py; torch: torch/ops.py, torch/shape_ops.py, torch/nn_ops.py),
-and an example in tests/support/op_examples.py (the row-map contract runs over every registered op).
+numpy_ops.py, numpy_shapes.py, numpy_moves.py; torch: torch/ops.py, torch/shape_ops.py,
+torch/nn_ops.py), and an example in tests/support/op_examples.py (the row-map contract
+runs over every registered op).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ Rule = Callable[..., Any]
 
 # framework -> space -> (module, attribute inside it or "", public name prefix)
 _SPACES: dict[str, dict[str, tuple[str, str, str]]] = {
-    "numpy": {"numpy": ("numpy", "", "numpy")},
+    "numpy": {"numpy": ("numpy", "", "numpy"),
+              "stride_tricks": ("numpy.lib.stride_tricks", "", "numpy.lib.stride_tricks")},
     "torch": {"torch": ("torch", "", "torch"),
               "Tensor": ("torch", "Tensor", "torch.Tensor"),
               "F": ("torch.nn.functional", "", "torch.nn.functional"),
@@ -46,7 +48,8 @@ _DEFAULT_SPACES = {"numpy": "numpy", "torch": "torch Tensor"}
 # framework -> the modules whose import registers its rules
 RULE_MODULES: dict[str, tuple[str, ...]] = {
     "numpy": ("headwater.producers.tracking.numpy_ops",
-              "headwater.producers.tracking.numpy_shapes"),
+              "headwater.producers.tracking.numpy_shapes",
+              "headwater.producers.tracking.numpy_moves"),
     "torch": ("headwater.producers.tracking.torch",),
 }
 

@@ -19,6 +19,7 @@ from headwater.producers.tracking.maps import (
     reshape_segments,
     stacked_segments,
 )
+from headwater.producers.tracking.moves import flat_roll_segments, tile_segments, window_segments
 from headwater.producers.tracking.registry import rule
 from headwater.producers.tracking.segments import (
     ROWS_MOVED,
@@ -262,8 +263,10 @@ def _roll(call: Call, outs: list[Any]) -> Spec:
     if nd == 0:
         return one_input(call, outs, lambda i, n: [identity(i, n)])
     if dims is None or dims == ():
-        if nd > 1:
-            raise NotUnderstood  # rolled flattened: rows straddle
+        if nd > 1:  # the flattened elements move: rows straddle two neighbours
+            flat = int(np.sum(np.asarray(shifts)))
+            return one_input(call, outs, lambda i, n: flat_roll_segments(
+                i, shape_of(x), flat), json.dumps({"shift": flat, "dim": None}))
         dims = (0,)
     dims = dims if isinstance(dims, (tuple, list)) else (dims,)
     shifts = shifts if isinstance(shifts, (tuple, list)) else (shifts,) * len(dims)
@@ -301,16 +304,38 @@ def _tile(call: Call, outs: list[Any]) -> Spec:
     x = call.x()
     tile = call.name.endswith("tile")
     sizes = _varargs(call, "dims" if tile else "repeats")
+    # one map with np.tile (moves.tile_segments): reps padded to the rank, extra leading
+    # reps make each output row hold every row
+    return one_input(call, outs, lambda i, n: tile_segments(i, shape_of(x), sizes, n),
+                     json.dumps({"repeats": sizes}))
+
+
+@rule("torch", "narrow narrow_copy", spaces="torch Tensor")
+def _narrow(call: Call, outs: list[Any]) -> Spec:
+    """x.narrow(dim, start, length): a slice of rows when dim is 0."""
+    x = call.x()
+    dim, start = int(call.arg(1, "dim")), call.arg(2, "start")
+    if isinstance(start, Tensor):
+        start = int(start.item())
     nd = x.ndim
-    if tile and len(sizes) < nd:
-        sizes = [1] * (nd - len(sizes)) + sizes
-    if nd == 0:
-        return one_input(call, outs, lambda i, n: [broadcast(i, 0, n)])
-    if len(sizes) > nd:  # new leading dims: every output row holds every row
-        return one_input(call, outs, lambda i, n: [all_rows(i, n, "tiled")])
-    rows = np.tile(np.arange(x.shape[0], dtype=np.int64), sizes[0])
-    return one_input(call, outs, lambda i, n: rows_segments(i, rows),
-                json.dumps({"repeats": sizes}))
+    if nd and dim % nd == 0:
+        first = int(start) % x.shape[0] if x.shape[0] else 0
+        return one_input(call, outs, lambda i, n: [range_segment(i, first, 1, n)],
+                         json.dumps({"dim": 0, "start": first}))
+    return one_input(call, outs, lambda i, n: [identity(i, n)], json_axis(dim))
+
+
+@rule("torch", "unfold", spaces="Tensor")
+def _unfold(call: Call, outs: list[Any]) -> Spec:
+    """x.unfold(dim, size, step): windows along rows when dim is 0 (window w holds rows
+    w*step .. w*step + size - 1, like sliding_window_view), else rows stay."""
+    x = call.x()
+    dim, size, step = (int(call.arg(k, n)) for k, n in ((1, "dimension"), (2, "size"),
+                                                          (3, "step")))
+    params = json.dumps({"dim": dim, "size": size, "step": step})
+    if x.ndim and dim % x.ndim == 0:
+        return one_input(call, outs, lambda i, n: window_segments(i, n, size, step), params)
+    return one_input(call, outs, lambda i, n: [identity(i, n)], params)
 
 
 @rule("torch", "diff", spaces="torch Tensor")
