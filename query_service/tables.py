@@ -166,16 +166,23 @@ class ForgetRequestRecord:
 VERIFICATION = ("forget_loss_before", "forget_loss_after", "test_accuracy_before",
                 "test_accuracy_after", "membership_auc", "parameter_distance", "retrained",
                 "retrain_forget_loss", "gap_closed", "distance_to_retrained",
-                "retrain_membership_auc", "retrain_test_accuracy")
+                "retrain_membership_auc", "retrain_test_accuracy", "membership_auc_before")
 
 
 @dataclass(frozen=True)
 class UnlearningAppliedRecord:
-    """One row of unlearning_applied; `verification` holds the VERIFICATION columns by name."""
+    """One row of unlearning_applied; `verification` holds the VERIFICATION columns by name;
+    the method's reason and cost (migration 0020) follow the method."""
     request_id: str
     status: str
     error: str
     method: str
+    method_reason: str
+    estimated_replay_steps: int
+    estimated_replay_seconds: float
+    steps_replayed: int
+    newton_steps: int
+    fine_tune_steps: int
     previous_version: str
     new_version: str
     rows_forgotten: int
@@ -185,6 +192,5 @@ class UnlearningAppliedRecord:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> UnlearningAppliedRecord:
-        (request_id, status, error, method, previous, new, rows, seconds, at) = row[:9]
-        return cls(request_id, status, error, method, previous, new, rows, seconds, at,
-                   dict(zip(VERIFICATION, row[9:], strict=True)))
+        head = len(fields(cls)) - 1
+        return cls(*row[:head], dict(zip(VERIFICATION, row[head:], strict=True)))  # type: ignore[arg-type, call-arg]

@@ -340,7 +340,11 @@ def erasure_log(rebuild: Rebuild, model_id: str) -> list[Erasure]:
     outcomes: dict[str, list[ErasureOutcome]] = defaultdict(list)
     for a, ref in zip(outcome_rows, outcome_refs, strict=True):
         outcomes[a.request_id].append(ErasureOutcome(
-            status=a.status, error=a.error, method=a.method,
+            status=a.status, error=a.error, method=a.method, method_reason=a.method_reason,
+            estimated_replay_steps=int(a.estimated_replay_steps),
+            estimated_replay_seconds=finite(a.estimated_replay_seconds) or 0.0,
+            steps_replayed=int(a.steps_replayed), newton_steps=int(a.newton_steps),
+            fine_tune_steps=int(a.fine_tune_steps),
             previous_version=a.previous_version, new_version=a.new_version,
             rows_forgotten=int(a.rows_forgotten),
             duration_seconds=finite(a.duration_seconds) or 0.0,

@@ -269,7 +269,8 @@ def erasure_svg(er: Erasure) -> str:
                 v.retrain_forget_loss),
                ("test accuracy", v.test_accuracy_before, v.test_accuracy_after,
                 v.retrain_test_accuracy),
-               ("membership AUC", None, v.membership_auc, v.retrain_membership_auc)]
+               ("membership AUC", v.membership_auc_before, v.membership_auc,
+                v.retrain_membership_auc)]
     top = max([x for f in figures for x in f[1:] if x is not None] + [1e-9])
     bar, group, height, base = 26, 130, 150, 130
     parts = [f'<svg class="erasure" xmlns="http://www.w3.org/2000/svg" width="{group * 3 + 40}"'
@@ -423,15 +424,18 @@ def render_html(report: ReportBody) -> str:
             e(er.state), e(f"{er.affected_rows:,}"),
             e(outcome.rows_forgotten if outcome else "—"),
             e(f"{outcome.previous_version} → {outcome.new_version}" if outcome else "—"),
+            e(f"{outcome.method}: {outcome.method_reason}" if outcome else "—"),
             _num(v.forget_loss_before if v else None) + " → " +
             _num(v.forget_loss_after if v else None),
             _num(v.test_accuracy_before if v else None) + " → " +
             _num(v.test_accuracy_after if v else None),
+            _num(v.membership_auc_before if v else None) + " → " +
             _num(v.membership_auc if v else None), _num(v.gap_closed if v else None)])
     if rows:
         out.append(_table(["request", "requested", "reason", "state", "rows reached",
-                           "rows forgotten", "versions", "forget-set loss before → after",
-                           "test accuracy before → after", "membership AUC", "gap closed"],
+                           "rows forgotten", "versions", "method (why)",
+                           "forget-set loss before → after", "test accuracy before → after",
+                           "membership AUC before → after", "gap closed"],
                           rows))
     for er in report.erasure_log:
         chart = erasure_svg(er)

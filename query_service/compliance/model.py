@@ -237,12 +237,22 @@ class Verification(_Strict):
     distance_to_retrained: float | None
     retrain_membership_auc: float | None
     retrain_test_accuracy: float | None
+    membership_auc_before: float | None = Field(
+        description="the same membership attack on the model before unlearning")
 
 
 class ErasureOutcome(_Strict):
     status: str
     error: str
     method: str
+    method_reason: str = Field(description="why this method ran (auto: replay within the "
+                               "budget, else approximate)")
+    estimated_replay_steps: int = Field(description="a replay's logged steps, estimated "
+                                        "before the choice (0: no checkpoint hook)")
+    estimated_replay_seconds: float
+    steps_replayed: int
+    newton_steps: int
+    fine_tune_steps: int
     previous_version: str
     new_version: str
     rows_forgotten: int
