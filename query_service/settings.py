@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     log_level: str = Field("warning", description="debug, info, warning, error or critical")
     log_format: str = Field("text", description="text, or json: one JSON object per line")
     attribution_damping: float = Field(
-        0.0, ge=0, description="influence damping λ; 0: 1e-3 x the mean curvature diagonal")
+        0.0, ge=0, description="influence damping λ; 0: the recorded L2, else the spectrum rule")
     attribution_decay: float = Field(
         1.0, gt=0, le=1, description="influence ensemble weight per version of age "
         "(continual learning: < 1 favours recent versions)")
