@@ -1,16 +1,19 @@
 """The shell around the pure processors: decode a batch, write every table, return acks.
 
 Used by both runners (in-process and Kafka). Writes go dead letters -> derived tables ->
-events; an ack (or a Kafka offset commit) happens only after all writes succeeded, and
-every table is keyed so that writing a redelivered batch again changes nothing.
+events -> receipts -> curvature sketch; an ack (or a Kafka offset commit) happens only
+after all writes succeeded, and every table is keyed so that writing a redelivered batch
+again changes nothing (the sketch: see EventSink._sketch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
 import pyarrow as pa
+from threadpoolctl import ThreadpoolController
 
 from headwater.producers import telemetry
 from headwater.producers.transports.base import Ack, Record
@@ -65,10 +68,11 @@ class EventSink:
             rows = self._rows(screened.new, now)
             rows.rejected += rejected + too_many_months + screened.conflicts + chunk_rejects
             self.store.insert("dead_letters", dead_letter_rows(rows.rejected, self.transport, now))
-            self._write_derived(rows, now)
+            self._write_tables(rows)
             self.store.insert("events", pa.concat_tables(rows.tables["events"]))
-            # last: a receipt exists only for an event whose every row is stored
             self.store.insert("event_receipts", receipt_rows(rows.accepted, self.transport, now))
+            # last: see _sketch for why the sketch follows the receipts
+            self._sketch(rows.accepted, self._repeats_to_count(screened.repeats, rows), now)
             self._stored.add(len(rows.accepted))
             self._dead.add(len(rows.rejected))
             return _acks(rows.accepted + screened.repeats, rows.rejected, pending_acks)
@@ -90,33 +94,55 @@ class EventSink:
         now = datetime.now(timezone.utc)
         accepted, rejected = decode_batch(records, limits=self.limits)
         rows = self._rows(accepted, now)
-        self._write_derived(rows, now)
+        self._write_tables(rows)
+        self._sketch([], self._uncounted(rows.accepted), now)
         return rejected + rows.rejected
 
-    def _write_derived(self, rows: _Rows, now: datetime) -> None:
+    def _write_tables(self, rows: _Rows) -> None:
         for table in DERIVED:
             self.store.insert(table, pa.concat_tables(rows.tables[table]))
-        self._sketch(rows.accepted, now)
 
-    def _sketch(self, accepted: list[Accepted], now: datetime) -> None:
-        """Add the batch's gradient rows to the online curvature sketch, skipping events a
-        stored part already counted (a redelivered batch must not count twice). The part
-        lists its events and is inserted in one write, so it is counted whole or not at all.
+    def _repeats_to_count(self, repeats: list[Accepted], rows: _Rows) -> list[Accepted]:
+        """Repeats whose gradients the sketch has not counted yet: only a redelivery after a
+        failure between the receipts and the sketch insert leaves one (see _sketch). An
+        event new earlier in this batch is counted with the batch, not looked up."""
+        new = {a.event.event_id for a in rows.accepted}
+        return self._uncounted([a for a in repeats if a.event.event_id not in new])
 
-        Only parts created since the batch's oldest event was emitted (less SKETCH_SKEW for
+    def _uncounted(self, accepted: list[Accepted]) -> list[Accepted]:
+        """The GradientBatch events of `accepted` that no stored curvature part counts.
+
+        Only parts created since the oldest event was emitted (less SKETCH_SKEW for
         producers' clocks) can have counted it, so the lookup reads those alone (a minmax
         index on created_at): its cost follows the recent stream, not the table's size."""
-        found = [a.event for a in accepted if a.event.WhichOneof("payload") == "gradient_batch"]
+        found = [a for a in accepted if a.event.WhichOneof("payload") == "gradient_batch"]
         if not found:
-            return
-        oldest = min(e.emitted_at.seconds for e in found)
+            return []
+        oldest = min(a.event.emitted_at.seconds for a in found)
         since = datetime.fromtimestamp(oldest, timezone.utc) - SKETCH_SKEW
         counted = {row[0] for row in self.store.query(
             "SELECT DISTINCT e FROM curvature_parts ARRAY JOIN event_ids AS e "
             "WHERE created_at >= {since:DateTime64(6, 'UTC')} AND e IN {ids:Array(String)}",
-            {"ids": [e.event_id for e in found], "since": since})}
-        self.store.insert("curvature_parts", curvature_parts(
-            accepted, counted, int(now.timestamp() * 1_000_000)))
+            {"ids": [a.event.event_id for a in found], "since": since})}
+        return [a for a in found if a.event.event_id not in counted]
+
+    def _sketch(self, new: list[Accepted], uncounted: list[Accepted], now: datetime) -> None:
+        """Add gradient rows to the online curvature sketch, each event exactly once: the
+        part lists its events and is inserted in one write, so it counts them whole or not
+        at all.
+
+        Written after the receipts, so an event without a receipt (`new`) cannot have been
+        counted and needs no lookup: the steady stream sends no id list for the sketch. A
+        failure between the receipts and this insert leaves receipted events uncounted;
+        their redelivery (no ack or offset commit was given) arrives as repeats, which are
+        looked up (`uncounted`, from _repeats_to_count) and counted then."""
+        batch = new + uncounted
+        if any(a.event.WhichOneof("payload") == "gradient_batch" for a in batch):
+            # One BLAS thread: beside the store's and the server's threads, OpenBLAS's
+            # spinning second thread costs more CPU than it saves (benchmarks/ingest.py).
+            with _blas().limit(limits=1, user_api="blas"):
+                part = curvature_parts(batch, set(), int(now.timestamp() * 1_000_000))
+            self.store.insert("curvature_parts", part)
 
     def _rows(self, accepted: list[Accepted], now: datetime) -> _Rows:
         """Run the pure processors. An event whose processing raises (a processor bug the
@@ -183,6 +209,11 @@ class EventSink:
             else:
                 acks.append(Ack(-1, eid, True, "waiting for the remaining chunks"))
         return whole, acks, rejects
+
+
+@lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def _acks(accepted: list[Accepted], rejected: list[Rejected], extra: list[Ack]) -> list[Ack]:

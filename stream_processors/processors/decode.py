@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from headwater.producers.transports.base import Record
+from headwater.stream_processors.processors.gradient_screen import flag_gradient_batches
 from headwater.stream_processors.processors.validate import (
     DEFAULT_LIMITS,
     InvalidEvent,
     Limits,
-    validate_event,
+    validate_envelope,
+    validate_payload,
 )
 from headwater.v1 import events_pb2
 
@@ -31,9 +33,11 @@ class Rejected:
     event: events_pb2.Event | None = None
 
 
-def decode_record(index: int, record: Record, limits: Limits = DEFAULT_LIMITS
-                  ) -> Accepted | Rejected:
-    """Parse and validate one encoded Event; never raises."""
+def _parse(index: int, record: Record, limits: Limits) -> Accepted | Rejected:
+    """Parse one encoded Event and check its envelope; never raises."""
+    if not record.value:
+        return Rejected(index, record, "empty message: no bytes to decode (a headwater.v1.Event "
+                        "is never empty)")
     if len(record.value) > limits.event_bytes:
         return Rejected(index, record, f"event is {len(record.value)} bytes; the limit is "
                         f"{limits.event_bytes} (HEADWATER_MAX_EVENT_BYTES)")
@@ -43,18 +47,43 @@ def decode_record(index: int, record: Record, limits: Limits = DEFAULT_LIMITS
     except (DecodeError, RuntimeError, ValueError) as exc:
         return Rejected(index, record, f"undecodable: not a headwater.v1.Event ({exc})")
     try:
-        validate_event(event, limits)
+        validate_envelope(event)
     except InvalidEvent as exc:
         return Rejected(index, record, f"invalid event: {exc}", event)
     return Accepted(index, record, event)
 
 
+def _checked(a: Accepted, limits: Limits) -> Accepted | Rejected:
+    """The per-event payload checks of an event whose envelope passed."""
+    try:
+        validate_payload(a.event, a.event.WhichOneof("payload"), limits)  # type: ignore[arg-type]
+    except InvalidEvent as exc:
+        return Rejected(a.index, a.record, f"invalid event: {exc}", a.event)
+    return a
+
+
+def decode_record(index: int, record: Record, limits: Limits = DEFAULT_LIMITS
+                  ) -> Accepted | Rejected:
+    """Parse and validate one encoded Event; never raises."""
+    parsed = _parse(index, record, limits)
+    return _checked(parsed, limits) if isinstance(parsed, Accepted) else parsed
+
+
 def decode_batch(records: list[Record], start: int = 0, limits: Limits = DEFAULT_LIMITS
                  ) -> tuple[list[Accepted], list[Rejected]]:
-    """Decode every record; indices count from `start`."""
+    """Decode every record; indices count from `start`. The same verdicts as decode_record
+    one by one, but GradientBatch payloads are checked per batch (gradient_screen): only
+    those the screen flags get the per-event checks, which name the field."""
+    parsed = [_parse(i, record, limits) for i, record in enumerate(records, start)]
+    grads = [i for i, r in enumerate(parsed) if isinstance(r, Accepted)
+             and r.event.WhichOneof("payload") == "gradient_batch"]
+    flagged = flag_gradient_batches(
+        [parsed[i].event.gradient_batch for i in grads], limits)  # type: ignore[union-attr]
+    screened = {i for i, flag in zip(grads, flagged, strict=True) if not flag}
     accepted: list[Accepted] = []
     rejected: list[Rejected] = []
-    for i, record in enumerate(records, start):
-        result = decode_record(i, record, limits)
+    for i, result in enumerate(parsed):
+        if isinstance(result, Accepted) and i not in screened:
+            result = _checked(result, limits)
         (accepted if isinstance(result, Accepted) else rejected).append(result)  # type: ignore[arg-type]
     return accepted, rejected

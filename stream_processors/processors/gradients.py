@@ -14,7 +14,11 @@ import numpy as np
 import pyarrow as pa
 
 from headwater.stream_processors.processors.decode import Accepted
-from headwater.stream_processors.processors.gradient_columns import ITEM_SIZE, gradient_columns
+from headwater.stream_processors.processors.gradient_columns import (
+    ITEM_SIZE,
+    floats,
+    gradient_columns,
+)
 from headwater.stream_processors.processors.rows import TS, micros, ts_column
 from headwater.v1 import events_pb2
 
@@ -201,8 +205,8 @@ def _part(ps: list[events_pb2.GradientBatch], dim: int) -> tuple[str, bytes, int
     the n x k rows, float64 little-endian) while they are smaller than the k x k matrix, so
     a part never costs more than the events it sums; else 'dense', one matrix product per
     block of rows."""
-    w = np.concatenate([np.asarray(p.curvature_weight, np.float64) if p.curvature_weight
-                        else np.ones(len(p.row_keys.rows)) for p in ps])
+    counts = [len(p.row_keys.rows) for p in ps]
+    w = floats([p.curvature_weight for p in ps], counts, 1.0, np.float64)
     n = len(w)
     if n * (dim + 1) < dim * dim:
         phi = np.concatenate(list(_blocks(ps, dim)))

@@ -59,8 +59,9 @@ def _check_id(name: str, value: str) -> None:
 def _check_finite(name: str, values: Iterable[float]) -> None:
     values = list(values)
     # One C-level sum covers the common case; only a non-finite sum (a NaN/inf inside, or
-    # an overflow of huge finite values) needs the element-wise look.
-    if not math.isfinite(math.fsum(values)) and not all(math.isfinite(v) for v in values):
+    # an overflow of huge finite values) needs the element-wise look. (Plain sum: fsum
+    # raises OverflowError on huge finite values instead of returning infinity.)
+    if not math.isfinite(sum(values)) and not all(math.isfinite(v) for v in values):
         raise InvalidEvent(f"{name} contains NaN or infinity")
 
 
@@ -169,7 +170,7 @@ def _gradient_batch(p: events_pb2.GradientBatch, limits: Limits) -> None:
         if len(values) not in (0, n):
             raise InvalidEvent(f"gradient_batch.{name} has {len(values)} values for {n} rows")
     # A single sum over every per-row value is finite unless one of them is not.
-    if not math.isfinite(p.learning_rate + sum(math.fsum(c) for c in columns)):
+    if not math.isfinite(p.learning_rate + sum(sum(c) for c in columns)):
         for name, values in zip(_PER_ROW, columns, strict=True):
             _check_finite(f"gradient_batch.{name}", values)
         _check_finite("gradient_batch.learning_rate", [p.learning_rate])
@@ -225,6 +226,18 @@ _PAYLOAD_CHECKS: dict[str, Callable[[Message, Limits], None]] = {
 
 def validate_event(event: events_pb2.Event, limits: Limits = DEFAULT_LIMITS) -> None:
     """Raise InvalidEvent naming the first field that breaks the v1 contract or a size limit."""
+    validate_payload(event, validate_envelope(event), limits)
+
+
+def validate_payload(event: events_pb2.Event, kind: str, limits: Limits = DEFAULT_LIMITS
+                     ) -> None:
+    """The checks of the event's payload (`kind`, its oneof field name) alone."""
+    _PAYLOAD_CHECKS[kind](getattr(event, kind), limits)
+
+
+def validate_envelope(event: events_pb2.Event) -> str:
+    """Raise InvalidEvent naming the first envelope field that is wrong (the hash included);
+    return the payload's oneof field name."""
     # Plain `if` tests: this runs for every event, and messages are built only on failure.
     if event.schema_version != SCHEMA_VERSION:
         raise InvalidEvent(f"schema_version {event.schema_version} is not supported (this "
@@ -249,4 +262,4 @@ def validate_event(event: events_pb2.Event, limits: Limits = DEFAULT_LIMITS) -> 
     if not hash_matches(event):
         raise InvalidEvent("hash does not match the event's content (corrupted or altered in "
                       "transit)")
-    _PAYLOAD_CHECKS[kind](getattr(event, kind), limits)
+    return kind
