@@ -5,14 +5,15 @@
     python benchmarks/attribution_speed.py --fast --json    # seconds: small MLP, 5k rows, k=64
 
 Capture overhead: a torch MLP trained by plain SGD (forward, cross-entropy, backward, step;
-batch 64) against the same step preceded by `TorchCapture.capture` (k = 512, float16), which
-publishes (a) to a no-op publish: the cost of capture itself (per-sample gradients,
-projection, event encoding), and (b) through the real embedded path Publisher ->
-LocalTransport -> EventSink -> chDB, flushed at the end of every timed run of S steps (one
-insert of S events, as a trainer flushing every S steps sees it; S <= 200 is sized so that
-a run lasts about --run-seconds). Same model, same batch, one torch thread by default; the
-variants are interleaved run by run and the figures are medians of per-step times, with a
-breakdown of the capture (projection, encoding, sink insert). Target: <= 1.2x the plain step.
+batch 64) against the same step captured (k = 512, float16) four ways: dense (the exact
+vmap path with a dense P, `capture()` before the step), factored (`with capture.step(...)`:
+hooks on the step's own backward, Kronecker P; no-op publish, so the event is still encoded
+on the trainer's thread), factored with a BackgroundPublisher over a no-op transport, and
+factored through the real embedded path BackgroundPublisher -> Publisher -> LocalTransport
+-> EventSink -> chDB, flushed at the end of every timed run of S steps (S <= 200, sized per
+variant so that a run lasts about --run-seconds). Same model, same batch, one torch thread
+by default; the variants are interleaved run by run and the figures are medians of per-step
+times. Targets (issue 16): <= 1.2x the plain step on 784-512-512-10, <= 1.5x on 64-128-10.
 
 Query latency: N random float16 gradient rows (k = 512) of one model version, keyed by the
 row keys of mini-batches cut from a tracked N-row source (so the engine's lineage grouping
@@ -48,8 +49,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from headwater.producers.capture import Recorder, margin_weights
+from headwater.producers.capture.kronecker import factors_of
 from headwater.producers.capture.torch import TorchCapture
-from headwater.producers.publisher import Publisher
+from headwater.producers.publisher import BackgroundPublisher, Publisher
 from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.transports.local import LocalTransport
 from headwater.query_service.attribution.engine import AttributionEngine, Model
@@ -162,9 +164,17 @@ def mlp(sizes: tuple[int, ...], seed: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(*layers)
 
 
+CAPTURE_TARGETS = {"64-128-10": 1.5, "784-512-512-10": 1.2}  # issue 16, by model
+
+
 def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: int,
                      repeats: int, run_s: float, store: Store, seed: int = 0) -> dict:
-    """Median per-step ms of plain SGD vs SGD + capture (no-op publish; real sink)."""
+    """Median per-step ms of plain SGD against SGD captured four ways, interleaved:
+    dense (vmap + dense P, a pass of its own before the step, no-op publish), factored
+    (hooks on the step's own backward, no-op publish: the event is still encoded on the
+    trainer's thread), factored_bg (BackgroundPublisher -> Publisher -> no-op transport:
+    encoding and hashing on the worker) and factored_sink (BackgroundPublisher ->
+    LocalTransport -> EventSink -> chDB, flushed at the end of every run)."""
     model = mlp(sizes, seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(seed)
@@ -172,12 +182,16 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
     y = torch.randint(0, sizes[-1], (batch,), generator=gen)
     keys = events_pb2.RowKeys(node_ids=["speed-batch"], rows=range(batch))
     name = "-".join(map(str, sizes))
-    noop = TorchCapture(lambda event: None, model, f"{name}-{parameters}-noop",
-                        parameters=parameters, k=k, dtype="float16")
-    publisher = Publisher(LocalTransport(EventSink(store, "local")), run_id=f"speed-{name}")
-    sink = TorchCapture(publisher.publish, model, f"{name}-{parameters}-sink",
-                        parameters=parameters, k=k, dtype="float16")
-    for capture in (noop, sink):
+    common = {"parameters": parameters, "k": k, "dtype": "float16"}
+    dense = TorchCapture(lambda event: None, model, f"{name}-dense", mode="dense", **common)
+    factored = TorchCapture(lambda event: None, model, f"{name}-factored", mode="factored",
+                            **common)
+    nowhere = BackgroundPublisher(Publisher(NoTransport(), run_id=f"speed-bg-{name}"))
+    background = TorchCapture(nowhere, model, f"{name}-bg", mode="factored", **common)
+    sink_bg = BackgroundPublisher(Publisher(LocalTransport(EventSink(store, "local")),
+                                            run_id=f"speed-{name}"))
+    sink = TorchCapture(sink_bg, model, f"{name}-sink", mode="factored", **common)
+    for capture in (dense, factored, background, sink):
         capture.record_version(step=0)
 
     def train_step() -> None:
@@ -185,64 +199,93 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
 
-    def with_capture(capture: TorchCapture) -> None:
-        capture.capture(x, y, keys, learning_rate=0.05)  # before the step, as documented
+    def dense_step() -> None:
+        dense.capture(x, y, keys, learning_rate=0.05)  # its own pass, before the step
         train_step()
 
-    with_capture(noop)  # warm-up; then a capture step's median time sizes the runs
-    one = statistics.median(interleaved({"capture": lambda: with_capture(noop)}, 3)["capture"])
-    steps = max(1, min(200, math.ceil(run_s / one)))
+    def hooked(capture: TorchCapture) -> Callable[[], None]:
+        def go() -> None:
+            opt.zero_grad()
+            with capture.step(x, y, keys, learning_rate=0.05):
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return go
 
+    steps_of = {"plain": train_step, "dense": dense_step, "factored": hooked(factored),
+                "factored_bg": hooked(background), "factored_sink": hooked(sink)}
     flushes: list[float] = []
 
-    def run(fn: Callable[[], None], flush: bool = False) -> Callable[[], None]:
+    def run(variant: str) -> Callable[[], None]:
+        fn = steps_of[variant]
+        fn()  # warm-up; one step's time sizes the variant's runs to about run_s
+        start = time.perf_counter()
+        fn()
+        steps = max(1, min(200, math.ceil(run_s / (time.perf_counter() - start))))
+        counts[variant] = steps
+        publisher = {"factored_bg": nowhere, "factored_sink": sink_bg}.get(variant)
+
         def go() -> None:
             for _ in range(steps):
                 fn()
-            if flush:  # the run's `steps` events are stored before the clock stops
+            if publisher is not None:  # the run's events are out before the clock stops
                 start = time.perf_counter()
                 publisher.flush()
-                flushes.append(time.perf_counter() - start)
+                if variant == "factored_sink":
+                    flushes.append(time.perf_counter() - start)
         return go
 
-    variants = {"plain": run(train_step), "capture_noop": run(lambda: with_capture(noop)),
-                "capture_sink": run(lambda: with_capture(sink), flush=True)}
+    counts: dict[str, int] = {}
+    variants = {v: run(v) for v in steps_of}
     for go in variants.values():
         go()  # warm-up: first calls, first sink insert
     flushes.clear()
     times = interleaved(variants, repeats)
-    plain = median_ms(times["plain"], steps)
-    out = {"model": name, "parameters": parameters, "captured_params": noop.projection.input_dim,
-           "projection": noop.projection.kind, "k": noop.projection.output_dim, "batch": batch,
-           "steps_per_run": steps, "runs": repeats, "plain_ms": plain}
-    for variant in ("capture_noop", "capture_sink"):
-        ms = median_ms(times[variant], steps)
-        short = variant.removeprefix("capture_")
+    plain = median_ms(times["plain"], counts["plain"])
+    target = CAPTURE_TARGETS.get(name, CAPTURE_TARGET)
+    out = {"model": name, "parameters": parameters,
+           "captured_params": factored.projection.input_dim,
+           "projection": factored.projection.kind, "dense_projection": dense.projection.kind,
+           "k": factored.projection.output_dim, "dense_k": dense.projection.output_dim,
+           "factors": factors_of(factored.projection.factors)
+           if factored.projection.kind == "kronecker" else [],
+           "batch": batch, "steps_per_run": counts, "runs": repeats, "plain_ms": plain,
+           "target": target}
+    for variant in ("dense", "factored", "factored_bg", "factored_sink"):
+        ms = median_ms(times[variant], counts[variant])
         out[f"{variant}_ms"] = ms
-        out[f"ratio_{short}"] = round(ms / plain, 3)
-        out[f"meets_target_{short}"] = ms / plain <= CAPTURE_TARGET
-    out["breakdown_ms"] = capture_breakdown(noop, x, y, keys, repeats)
-    out["breakdown_ms"]["sink_flush"] = median_ms(flushes)  # stores `steps` events
-    publisher.close()
+        out[f"ratio_{variant}"] = round(ms / plain, 3)
+        out[f"meets_target_{variant}"] = ms / plain <= target
+    out["breakdown_ms"] = capture_breakdown(factored, x, y, keys, repeats)
+    out["breakdown_ms"]["sink_flush"] = median_ms(flushes)
+    for publisher in (nowhere, sink_bg):
+        publisher.close()
+        publisher.publisher.close()
     return out
+
+
+class NoTransport:
+    """A transport that drops what it is sent (the cost of everything before the wire)."""
+
+    def send(self, key: str, event_id: str, value: bytes) -> None: ...
+
+    def flush(self, timeout: float | None = None) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def capture_breakdown(capture: TorchCapture, x: torch.Tensor, y: torch.Tensor,
                       keys: events_pb2.RowKeys, repeats: int) -> dict[str, float]:
-    """Median ms of the parts of one capture: features (forward + per-sample gradients +
-    projection), the projection alone, and encoding the GradientBatch event."""
+    """Median ms of parts of a factored capture: a margin pass of its own (forward +
+    backward to the layer outputs + projection: what featurise and predictions cost per
+    batch) and encoding one GradientBatch event."""
     phi, weights, _ = capture.features(x, y)
-    grads = torch.randn(len(x), capture.projection.input_dim)
     parts = {
-        "features": lambda: capture.features(x, y),
-        "projection": lambda: capture.projection.project(grads),
+        "margin_pass": lambda: capture.features(x, y),
         "encode_event": lambda: capture.publish_gradients(phi, weights, keys,
                                                           learning_rate=0.05, step=0),
     }
     times = interleaved(parts, max(3, repeats))
-    out = {name: median_ms(t) for name, t in times.items()}
-    out["per_sample_gradients"] = round(out["features"] - out["projection"], 3)  # by difference
-    return out
+    return {name: median_ms(t) for name, t in times.items()}
 
 
 # -- query latency -------------------------------------------------------------------------
@@ -454,19 +497,24 @@ def report(figures: dict) -> None:
           f"{m['load_average_start']} at start, {m['load_average_end']} at end")
     for c in figures.get("capture", []):
         b = c["breakdown_ms"]
-        print(f"capture {c['model']} MLP, parameters={c['parameters']} ({c['captured_params']:,}"
-              f" params, {c['projection']} k={c['k']}), batch {c['batch']}: plain step "
-              f"{c['plain_ms']:.2f} ms; +capture (no-op publish) {c['capture_noop_ms']:.2f} ms ="
-              f" {c['ratio_noop']}x; +capture -> sink -> chDB {c['capture_sink_ms']:.2f} ms = "
-              f"{c['ratio_sink']}x  (target <= {CAPTURE_TARGET}x: "
-              f"{'met' if c['meets_target_noop'] else 'NOT met'} / "
-              f"{'met' if c['meets_target_sink'] else 'NOT met'})")
-        print(f"    capture parts: features {b['features']:.2f} ms (projection "
-              f"{b['projection']:.2f} ms, per-sample gradients ~{b['per_sample_gradients']:.2f}"
-              " ms), encode event "
-              f"{b['encode_event']:.2f} ms, sink flush {b['sink_flush']:.1f} ms per "
-              f"flush of {c['steps_per_run']} events; median of {c['runs']} runs x "
-              f"{c['steps_per_run']} steps")
+        verdict = {v: "met" if c[f"meets_target_{v}"] else "NOT met"
+                   for v in ("dense", "factored", "factored_bg", "factored_sink")}
+        print(f"capture {c['model']} MLP, parameters={c['parameters']} "
+              f"({c['captured_params']:,} params), batch {c['batch']}: plain step "
+              f"{c['plain_ms']:.2f} ms (target <= {c['target']}x)")
+        print(f"    dense ({c['dense_projection']} k={c['dense_k']}, vmap, no-op publish): "
+              f"{c['dense_ms']:.2f} ms = {c['ratio_dense']}x ({verdict['dense']})")
+        print(f"    factored ({c['projection']} k={c['k']}, hooks, no-op publish): "
+              f"{c['factored_ms']:.2f} ms = {c['ratio_factored']}x ({verdict['factored']}); "
+              f"+ background publisher: {c['factored_bg_ms']:.2f} ms = "
+              f"{c['ratio_factored_bg']}x ({verdict['factored_bg']}); -> sink -> chDB: "
+              f"{c['factored_sink_ms']:.2f} ms = {c['ratio_factored_sink']}x "
+              f"({verdict['factored_sink']})")
+        if c["factors"]:
+            print("    factors: " + "; ".join(c["factors"]))
+        print(f"    parts: margin pass (featurise/prediction) {b['margin_pass']:.2f} ms, "
+              f"encode event {b['encode_event']:.2f} ms, sink flush {b['sink_flush']:.1f} ms;"
+              f" median of {c['runs']} runs, steps per run {c['steps_per_run']}")
     for q in figures.get("query", []):
         print(f"query over {q['rows']:,} stored rows (k={q['k']}, {q['dtype']}): ingest "
               f"{q['ingest_rows_per_s']:,} rows/s ({q['ingest_s']} s), cold load "

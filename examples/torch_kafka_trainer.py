@@ -1,5 +1,7 @@
 """A torch online trainer publishing to Kafka: tracked tensors, per-sample gradients
-(TorchCapture), a model version per epoch and predictions, all through KafkaTransport.
+(TorchCapture, factored from the step's own backward), a model version per epoch and
+predictions, all through a BackgroundPublisher over KafkaTransport (encoding, hashing and
+sending off the training thread).
 `headwater process` consumes the topic into ClickHouse.
 
     headwater process --kafka-bootstrap localhost:9092 --dsn chdb://./store &
@@ -16,6 +18,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from headwater.producers import Publisher
 from headwater.producers.capture.torch import TorchCapture
+from headwater.producers.publisher import BackgroundPublisher
 from headwater.producers.tracking import Tracker
 from headwater.producers.tracking.sources import track_tensor as register_tensor
 from headwater.producers.tracking.torch import row_keys, track_tensor, tracked_loader
@@ -41,23 +44,24 @@ def main(argv: list[str] | None = None) -> dict:
     labels = (features[:, :2].sum(1) > 0).long()
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with Publisher(KafkaTransport(args.bootstrap, args.topic), run_id=args.run_id) as pub:
-        tracker = Tracker(pub.publish)
+    with Publisher(KafkaTransport(args.bootstrap, args.topic), run_id=args.run_id) as pub, \
+            BackgroundPublisher(pub) as background:
+        tracker = Tracker(background)
         # two registered sources, then tracked tensors on their rows
         x = track_tensor(tracker, register_tensor(tracker, features,
                                                   uri="memory://example/features"))
         y = track_tensor(tracker, register_tensor(tracker, labels,
                                                   uri="memory://example/labels"))
-        capture = TorchCapture(pub.publish, model, "torch-example", k=128)
+        capture = TorchCapture(background, model, "torch-example", k=128)
         capture.record_version(0)
         step = 0
         for epoch in range(args.epochs):
             for xb, yb in tracked_loader(tracker, torch.utils.data.TensorDataset(x, y),
                                          batch_size=32, shuffle=True, seed=epoch):
                 plain_x, plain_y = xb.as_subclass(torch.Tensor), yb.as_subclass(torch.Tensor)
-                capture.capture(plain_x, plain_y, row_keys(xb), learning_rate=0.1, step=step)
                 opt.zero_grad()
-                F.cross_entropy(model(plain_x), plain_y).backward()
+                with capture.step(plain_x, plain_y, row_keys(xb), learning_rate=0.1, step=step):
+                    F.cross_entropy(model(plain_x), plain_y).backward()
                 opt.step()
                 step += 1
             capture.record_version(step, config={"epoch": epoch})
