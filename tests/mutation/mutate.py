@@ -50,11 +50,12 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "lineage_resolve": ("stream_processors/lineage_resolve.py",
                         ["tests/unit/test_tracking.py"]),
     "log_integrity": ("stream_processors/log_integrity.py",
-                      ["tests/unit/test_log_integrity.py"]),
+                      ["tests/unit/test_mutants_log_integrity.py",
+                       "tests/unit/test_log_integrity.py"]),
     "validate": ("stream_processors/processors/validate.py",
                  ["tests/unit/test_validate.py"]),
     "newton": ("producers/unlearning/newton.py",
-               ["tests/unit/test_unlearning.py"]),
+               ["tests/unit/test_mutants_newton.py", "tests/unit/test_unlearning.py"]),
 }
 
 # cosmic-ray's operators, less its every-operator-to-every-other-operator permutations:
