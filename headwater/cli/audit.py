@@ -207,6 +207,7 @@ def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
     tables: list[Any] = []
     excluded: dict[str, str] = {}
     witnessed: list[str] = []
+    signed: dict[str, Any] = {}
     try:
         if isinstance(reader, RemoteStore):
             report = reader.verify_log(run_id, recompute_hashes)
@@ -215,8 +216,10 @@ def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
             report = verify_stored_log(reader, run_id, recompute_hashes)
             tables, excluded, rejected = check_derived(reader, runs_of(reader, run_id))
             excluded.update({f"(rejected {i})": r for i, r in enumerate(rejected)})
+        signed = _producer_signatures(reader, [p.producer_id for p in report.producers])
         if witness is not None and trusted is not None:
-            witnessed = _check_witness(reader, witness, trusted, run_id)
+            witnessed = _check_witness(reader, witness, {**signed["trusted"], **trusted},
+                                       run_id)
     finally:
         reader.close()
     data = report_as_dict(report)
@@ -227,7 +230,9 @@ def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
     data["excluded_events"] = excluded
     data["witness"] = None if witness is None else {"file": str(witness),
                                                      "failures": witnessed}
-    data["ok"] = report.ok and derived_ok and not witnessed
+    data["producer_signatures"] = signed["producers"]
+    data["producer_signature_failures"] = signed["failures"]
+    data["ok"] = report.ok and derived_ok and not witnessed and not signed["failures"]
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -248,6 +253,13 @@ def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
         for p in report.notes:
             out.print(f"  note: {p.kind:<9} {p.producer_id} seq {p.seq}: {p.detail}")
         _print_derived(tables, excluded)
+        for pid, state in signed["producers"].items():
+            out.print(f"producer {pid}: " + (
+                f"key {state['key_id']}, heads signed up to seq {state['attested_seq']} of "
+                f"{state['last_seq']}" if state["key_id"] else
+                "[yellow]no registered key[/]: its producer_id is an unsigned name"))
+        for failure in signed["failures"]:
+            out.print(f"  [red]FAILED[/] {failure}")
         if witness is None:
             out.print("witness: none given (--witness): a deleted tail of a chain cannot be "
                       "told from a shorter chain")
@@ -260,31 +272,61 @@ def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
         sys.exit(1)
 
 
-def _witness_trust(witness: Path | None, public: Path | None) -> Any:
-    """The witness key to trust: required with a witness (a checkpoint anyone could have
-    signed anchors nothing)."""
-    from headwater.query_service.compliance.signing import load_public_key
+def _witness_trust(witness: Path | None, public: Path | None) -> dict[str, Any] | None:
+    """The witness key to trust (by key id): required with a witness (a checkpoint anyone
+    could have signed anchors nothing)."""
+    from headwater.query_service.compliance.signing import key_id, load_public_key
+    from headwater.query_service.compliance.witness import Trusted
 
     if witness is None:
         return None
     if public is None:
         raise ConfigError("--witness needs the witness's public key (--witness-public-key "
                           "or HEADWATER_WITNESS_PUBLIC_KEY) to trust its checkpoints")
-    return load_public_key(public)
+    key = load_public_key(public)
+    return {key_id(key): Trusted(key)}
 
 
-def _check_witness(reader: Any, witness: Path, trusted: Any, run_id: str) -> list[str]:
+def _stored_heads(reader: Any, producers: list[str]) -> dict[tuple[str, int], str]:
+    """(producer, seq) -> hex hash of every stored event of these producers (one query per
+    producer: the SQL service takes scalar parameters only)."""
+    return {(p, int(s)): h.lower() for producer in sorted(set(producers))
+            for p, s, h in reader.query("SELECT producer_id, seq, hex(hash) FROM events FINAL "
+                                        "WHERE producer_id = {p:String}", {"p": producer})}
+
+
+def _check_witness(reader: Any, witness: Path, trusted: dict[str, Any], run_id: str
+                   ) -> list[str]:
     from headwater.query_service.compliance.witness import FileWitness, check_witness
 
     found = [c for c in FileWitness(witness).read() if not run_id or c.run_id == run_id]
     if not found:
         return [f"witness {witness} holds no checkpoint" + (f" of run {run_id}" if run_id
                                                             else "")]
-    producers = sorted({c.producer_id for c in found})
-    stored = {(p, int(s)): h.lower() for p, s, h in reader.query(
-        "SELECT producer_id, seq, hex(hash) FROM events FINAL "
-        "WHERE producer_id IN {p:Array(String)}", {"p": producers})}
+    stored = _stored_heads(reader, [c.producer_id for c in found])
     return check_witness(found, stored, trusted)
+
+
+def _producer_signatures(reader: Any, producers: list[str]) -> dict[str, Any]:
+    """Per producer of the log: its registered key and the highest seq it signed; failures:
+    kept signed heads that do not verify or that the store no longer holds."""
+    from headwater.query_service.compliance.producer_keys import (
+        attestations,
+        registered_keys,
+        trusted_keys,
+    )
+    from headwater.query_service.compliance.witness import check_witness
+
+    keys = registered_keys(reader)
+    heads = [h for h in attestations(reader) if h.producer_id in set(producers)]
+    failures = check_witness(heads, _stored_heads(reader, producers), trusted_keys(keys)) \
+        if heads else []
+    last = {p: int(n) for p, n in reader.query(
+        "SELECT producer_id, max(seq) FROM events GROUP BY producer_id")}
+    states = {p: {"key_id": keys[p].key_id if p in keys else None,
+                  "attested_seq": max((h.seq for h in heads if h.producer_id == p), default=0),
+                  "last_seq": last.get(p, 0)} for p in sorted(set(producers))}
+    return {"producers": states, "failures": failures, "trusted": trusted_keys(keys)}
 
 
 @click.command()

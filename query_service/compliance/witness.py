@@ -1,8 +1,10 @@
 """Anchoring the log outside the store: signed head-hash checkpoints kept by a witness.
 
 A checkpoint says "producer P's chain had reached seq N with hash H at time T", signed with
-an Ed25519 key. Written to a witness the operator cannot rewrite, it lets `audit verify`
-find a deleted or rewritten tail: the stored event at seq N must still exist with hash H.
+an Ed25519 key: the witness key (`audit checkpoint`), or P's own registered key (a head the
+producer attested through Compliance.AttestHead). Written to a witness the operator cannot
+rewrite, it lets `audit verify` find a deleted or rewritten tail: the stored event at seq N
+must still exist with hash H.
 
 Implemented witness: `FileWitness`, a local append-only JSON-lines file (one checkpoint a
 line, written with O_APPEND). It anchors only as far as the file is out of the operator's
@@ -16,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -83,31 +85,52 @@ class FileWitness:
         return out
 
 
+def signed(producer_id: str, run_id: str, seq: int, head_hash: str, now: str,
+           key: Ed25519PrivateKey) -> Checkpoint:
+    """A checkpoint of one chain head signed with `key`."""
+    c = Checkpoint(producer_id, run_id, seq, head_hash, now, key_id(key.public_key()))
+    return replace(c, signature=base64.b64encode(key.sign(c.signed_bytes())).decode())
+
+
 def checkpoints(log: LogReport, key: Ed25519PrivateKey, now: str) -> list[Checkpoint]:
     """One signed checkpoint per producer chain of a verified log."""
-    kid = key_id(key.public_key())
-    out = []
-    for p in log.producers:
-        c = Checkpoint(p.producer_id, p.run_id, p.last_seq, p.head_hash.hex(), now, kid)
-        out.append(Checkpoint(**{**asdict(c), "signature": base64.b64encode(
-            key.sign(c.signed_bytes())).decode()}))
-    return out
+    return [signed(p.producer_id, p.run_id, p.last_seq, p.head_hash.hex(), now, key)
+            for p in log.producers]
+
+
+@dataclass(frozen=True)
+class Trusted:
+    """A key checkpoints may be signed with; `producer_id` set: only for that producer."""
+
+    key: Ed25519PublicKey
+    producer_id: str | None = None
+
+
+def signature_problem(c: Checkpoint, trusted: dict[str, Trusted]) -> str | None:
+    """Why `c` is not validly signed by a trusted key (None: it is)."""
+    trust = trusted.get(c.key_id)
+    if trust is None:
+        return f"signed by key {c.key_id or '(none)'}, which is not trusted"
+    if trust.producer_id is not None and trust.producer_id != c.producer_id:
+        return f"signed by the key of producer {trust.producer_id}, not of {c.producer_id}"
+    try:
+        trust.key.verify(base64.b64decode(c.signature, validate=True), c.signed_bytes())
+    except (InvalidSignature, ValueError):
+        return f"the signature by key {c.key_id} does not verify (edited after signing?)"
+    return None
 
 
 def check_witness(found: list[Checkpoint], stored: dict[tuple[str, int], str],
-                  trusted: Ed25519PublicKey) -> list[str]:
-    """Failures (pure): checkpoints not signed by `trusted`, and checkpointed heads the
-    store no longer holds. `stored`: (producer id, seq) -> hex hash of the stored event."""
+                  trusted: dict[str, Trusted]) -> list[str]:
+    """Failures (pure): checkpoints not signed by a trusted key (by key id), and
+    checkpointed heads the store no longer holds. `stored`: (producer id, seq) -> hex hash
+    of the stored event."""
     failures = []
-    kid = key_id(trusted)
     for c in found:
         where = f"checkpoint of {c.producer_id} seq {c.seq} ({c.written_at})"
-        try:
-            if c.key_id != kid:
-                raise InvalidSignature
-            trusted.verify(base64.b64decode(c.signature, validate=True), c.signed_bytes())
-        except (InvalidSignature, ValueError):
-            failures.append(f"{where}: not signed by the trusted witness key {kid}")
+        why = signature_problem(c, trusted)
+        if why:
+            failures.append(f"{where}: {why}")
             continue
         have = stored.get((c.producer_id, c.seq))
         if have is None:

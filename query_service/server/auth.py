@@ -49,11 +49,15 @@ _READER = frozenset({f"{_V1}Lineage/*", f"{_V1}Attribution/*", f"{_V1}Unlearning
                      f"{_V1}Unlearning/Pending"})
 ROLE_METHODS: dict[Role, frozenset[str]] = {
     # a trainer publishes its events and reads the forget requests addressed to its run
-    Role.PRODUCER: frozenset({f"{_V1}Ingest/*", f"{_V1}Unlearning/Pending"}),
+    # (and signs its chain heads with its registered key)
+    Role.PRODUCER: frozenset({f"{_V1}Ingest/*", f"{_V1}Unlearning/Pending",
+                              f"{_V1}Compliance/AttestHead"}),
     # the listener reads its run's requests and publishes their outcomes, nothing else
-    Role.UNLEARNER: frozenset({f"{_V1}Ingest/*", f"{_V1}Unlearning/Pending"}),
+    Role.UNLEARNER: frozenset({f"{_V1}Ingest/*", f"{_V1}Unlearning/Pending",
+                               f"{_V1}Compliance/AttestHead"}),
     Role.READER: _READER,
-    Role.AUDITOR: _READER | {f"{_V1}Compliance/*", f"{_V1}Query/Sql"},
+    Role.AUDITOR: _READER | {f"{_V1}Compliance/VerifyLog", f"{_V1}Compliance/Report",
+                             f"{_V1}Query/Sql"},
     Role.ADMIN: frozenset({"*"}),
 }
 # Which event payloads (Event.payload oneof) each role may publish through Ingest, checked

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import grpc
 
-from headwater.errors import ConfigError
+from headwater.errors import ConfigError, RequestError
 from headwater.query_service.attribution.engine import AttributionEngine
 from headwater.query_service.compliance.builder import ReportError, build_report
 from headwater.query_service.compliance.config import (
+    ReportSettings,
     load_config,
     parse_config,
     signing_key_path,
 )
 from headwater.query_service.compliance.evidence import check_derived, runs_of
 from headwater.query_service.compliance.log_reader import verify_stored_log
+from headwater.query_service.compliance.producer_keys import (
+    AttestationRefused,
+    KeyConflict,
+    attest,
+    register,
+)
 from headwater.query_service.compliance.signing import load_private_key, report_text, seal
+from headwater.query_service.compliance.witness import Checkpoint, FileWitness
 from headwater.query_service.lineage.graph import BadRowKey
+from headwater.query_service.server.principal import describe
 from headwater.query_service.services.attribution import lineage_conflict
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
@@ -90,3 +99,30 @@ class ComplianceService(query_pb2_grpc.ComplianceServicer):
         return query_pb2.ReportResponse(json=report_text(sealed),
                                         sha256=sealed["integrity"]["content_sha256"],
                                         signed=key is not None)
+
+    def RegisterProducerKey(self, request: query_pb2.RegisterProducerKeyRequest,
+                            context: grpc.ServicerContext):
+        """Register a producer's Ed25519 key (role admin); one key per producer."""
+        try:
+            kid, created = register(self._store, request.producer_id, request.public_key_pem,
+                                    describe(context))
+        except KeyConflict as exc:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except RequestError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return query_pb2.RegisterProducerKeyResponse(key_id=kid, created=created)
+
+    def AttestHead(self, request: query_pb2.AttestHeadRequest, context: grpc.ServicerContext):
+        """Keep a producer's signed chain head and append it to the witness (if set)."""
+        head = Checkpoint(request.producer_id, request.run_id, request.seq, request.head_hash,
+                          request.written_at, request.key_id, request.signature)
+        try:
+            attest(self._store, head, describe(context))
+        except AttestationRefused as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except RequestError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        witness = ReportSettings().witness
+        if witness is not None:
+            FileWitness(witness).append([head])
+        return query_pb2.AttestHeadResponse(witnessed=witness is not None)

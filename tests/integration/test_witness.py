@@ -18,8 +18,18 @@ from support.audit_pipeline import fill
 from conftest import REPO, run_headwater
 from headwater.errors import ConfigError
 from headwater.query_service.compliance.log_reader import verify_stored_log
-from headwater.query_service.compliance.witness import FileWitness, check_witness, checkpoints
+from headwater.query_service.compliance.signing import key_id
+from headwater.query_service.compliance.witness import (
+    FileWitness,
+    Trusted,
+    check_witness,
+    checkpoints,
+)
 from headwater.stream_processors.store import Store
+
+
+def _trust(key: Ed25519PrivateKey) -> dict[str, Trusted]:
+    return {key_id(key.public_key()): Trusted(key.public_key())}
 
 
 def _stored(store: Store) -> dict[tuple[str, int], str]:
@@ -35,12 +45,12 @@ def test_tail_deletion_verifies_alone_but_fails_against_the_witness(store, tmp_p
     witness.append(checkpoints(log, key, "2026-01-01T00:00:00Z"))
     (head,) = witness.read()
     assert head.seq == log.producers[0].last_seq and check_witness(
-        witness.read(), _stored(store), key.public_key()) == []
+        witness.read(), _stored(store), _trust(key)) == []
 
     store.command("DELETE FROM events WHERE producer_id = {p:String} AND seq >= {s:UInt64}",
                   {"p": ids["producer"], "s": head.seq - 1})
     assert verify_stored_log(store).ok  # a shorter chain is a valid chain
-    (failure,) = check_witness(witness.read(), _stored(store), key.public_key())
+    (failure,) = check_witness(witness.read(), _stored(store), _trust(key))
     assert f"no longer holds seq {head.seq}" in failure and "tail was deleted" in failure
 
 
@@ -50,12 +60,12 @@ def test_rewritten_head_and_foreign_checkpoints_fail(store, tmp_path) -> None:
     (good,) = checkpoints(verify_stored_log(store), key, "2026-01-01T00:00:00Z")
     stored = _stored(store)
     rewritten = {**stored, (good.producer_id, good.seq): "00" * 32}
-    assert "the tail was rewritten" in check_witness([good], rewritten, key.public_key())[0]
+    assert "the tail was rewritten" in check_witness([good], rewritten, _trust(key))[0]
     (foreign,) = checkpoints(verify_stored_log(store), other, "2026-01-01T00:00:00Z")
-    assert "not signed by the trusted witness key" in check_witness(
-        [foreign], stored, key.public_key())[0]
+    assert "which is not trusted" in check_witness(
+        [foreign], stored, _trust(key))[0]
     forged = replace(good, seq=good.seq - 1)  # edited after signing
-    assert "not signed" in check_witness([forged], stored, key.public_key())[0]
+    assert "does not verify" in check_witness([forged], stored, _trust(key))[0]
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
     with pytest.raises(ConfigError, match="line 1"):

@@ -583,6 +583,46 @@ class ExcludedEvent(_message.Message):
     reason: str
     def __init__(self, event_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class RegisterProducerKeyRequest(_message.Message):
+    __slots__ = ("producer_id", "public_key_pem")
+    PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    producer_id: str
+    public_key_pem: str
+    def __init__(self, producer_id: _Optional[str] = ..., public_key_pem: _Optional[str] = ...) -> None: ...
+
+class RegisterProducerKeyResponse(_message.Message):
+    __slots__ = ("key_id", "created")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    created: bool
+    def __init__(self, key_id: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class AttestHeadRequest(_message.Message):
+    __slots__ = ("producer_id", "run_id", "seq", "head_hash", "written_at", "key_id", "signature")
+    PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_AT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    producer_id: str
+    run_id: str
+    seq: int
+    head_hash: str
+    written_at: str
+    key_id: str
+    signature: str
+    def __init__(self, producer_id: _Optional[str] = ..., run_id: _Optional[str] = ..., seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., written_at: _Optional[str] = ..., key_id: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class AttestHeadResponse(_message.Message):
+    __slots__ = ("witnessed",)
+    WITNESSED_FIELD_NUMBER: _ClassVar[int]
+    witnessed: bool
+    def __init__(self, witnessed: _Optional[bool] = ...) -> None: ...
+
 class ReportRequest(_message.Message):
     __slots__ = ("model_id", "model_version", "config_json", "recompute_hashes", "max_samples")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]

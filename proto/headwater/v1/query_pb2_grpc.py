@@ -891,6 +891,16 @@ class ComplianceStub:
                 request_serializer=headwater_dot_v1_dot_query__pb2.ReportRequest.SerializeToString,
                 response_deserializer=headwater_dot_v1_dot_query__pb2.ReportResponse.FromString,
                 _registered_method=True)
+        self.RegisterProducerKey = channel.unary_unary(
+                '/headwater.v1.Compliance/RegisterProducerKey',
+                request_serializer=headwater_dot_v1_dot_query__pb2.RegisterProducerKeyRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_query__pb2.RegisterProducerKeyResponse.FromString,
+                _registered_method=True)
+        self.AttestHead = channel.unary_unary(
+                '/headwater.v1.Compliance/AttestHead',
+                request_serializer=headwater_dot_v1_dot_query__pb2.AttestHeadRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_query__pb2.AttestHeadResponse.FromString,
+                _registered_method=True)
 
 
 class ComplianceServicer:
@@ -911,6 +921,22 @@ class ComplianceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterProducerKey(self, request, context):
+        """a producer's Ed25519 key (role admin); a different second key for one producer is
+        ALREADY_EXISTS
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttestHead(self, request, context):
+        """a producer's chain head signed with its registered key (roles producer, unlearner):
+        checked against the key and the stored event, kept, and appended to the witness
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComplianceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -923,6 +949,16 @@ def add_ComplianceServicer_to_server(servicer, server):
                     servicer.Report,
                     request_deserializer=headwater_dot_v1_dot_query__pb2.ReportRequest.FromString,
                     response_serializer=headwater_dot_v1_dot_query__pb2.ReportResponse.SerializeToString,
+            ),
+            'RegisterProducerKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterProducerKey,
+                    request_deserializer=headwater_dot_v1_dot_query__pb2.RegisterProducerKeyRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_query__pb2.RegisterProducerKeyResponse.SerializeToString,
+            ),
+            'AttestHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttestHead,
+                    request_deserializer=headwater_dot_v1_dot_query__pb2.AttestHeadRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_query__pb2.AttestHeadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -982,6 +1018,60 @@ class Compliance:
             '/headwater.v1.Compliance/Report',
             headwater_dot_v1_dot_query__pb2.ReportRequest.SerializeToString,
             headwater_dot_v1_dot_query__pb2.ReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterProducerKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headwater.v1.Compliance/RegisterProducerKey',
+            headwater_dot_v1_dot_query__pb2.RegisterProducerKeyRequest.SerializeToString,
+            headwater_dot_v1_dot_query__pb2.RegisterProducerKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttestHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headwater.v1.Compliance/AttestHead',
+            headwater_dot_v1_dot_query__pb2.AttestHeadRequest.SerializeToString,
+            headwater_dot_v1_dot_query__pb2.AttestHeadResponse.FromString,
             options,
             channel_credentials,
             insecure,
