@@ -1,22 +1,29 @@
-"""LDS of Headwater's attribution against retraining (ground truth, never our estimates).
+"""LDS of Headwater's attribution against retraining (ground truth, never our estimates),
+measured as a user meets it: every trainer publishes to `headwater serve` (a child process)
+over gRPC with the SDK, and every score comes back through Attribution.AttributeAll.
 
     python benchmarks/attribution_lds.py              # full: 100 subsets per task
     python benchmarks/attribution_lds.py --fast --json
 
-Three tasks; every trainer publishes through the real event path (Publisher ->
-LocalTransport -> EventSink -> chDB) and the AttributionEngine scores every training row:
+Tasks (the same checkpoints and subsets for every method of a task):
 
-1. breast-cancer logistic regression (L2, trained to convergence by Newton's method):
-   FEATURISATION gradients at the trained version, influence; traceprop 0.7.0 side by side
-   (its dot and TRAK estimators over the same per-sample loss gradients).
+1. breast-cancer logistic regression (L2, trained to convergence by Newton's method),
+   FEATURISATION gradients at the trained version; published twice: with its L2 recorded
+   (ModelVersionRecorded.l2_penalty) and without (the spectrum rule). Side by side: exact
+   influence (closed form), gradient dot (q_i ∇f_i·∇f'), traceprop when installed.
 2. digits MLP (64-32-10, SGD, fixed epochs and seeds): TRAINING_STEP gradients every step, a
    model version every epoch, featurisation and predictions at the last 1/5/10 versions;
-   tracin and influence for 1, 5, 10 versions; TRAK (`pip install traker`) side by side on
-   the same checkpoints when it is installed.
-3. a continual stream (digits with label and feature drift, one pass of online SGD):
-   capture every step, a version every few steps, tracin and influence at the final model.
+   the default method, tracin, gradient dot (influence with λ → ∞) and TRAK (traker) on
+   the same checkpoints.
+3. drifting streams (synthetic, 3 classes, a decision boundary that turns by 60° along the
+   stream, a block of noisy labels in the middle; one pass of online SGD) for two learners,
+   multiclass logistic regression (LinearCapture) and an MLP (TorchCapture): capture every
+   step, a version every 10 steps; default, tracin and influence at the final model.
 
-Ground truth: retrain the same recipe on random 50% subsets (the stream keeps its order);
+`--sweep` also queries influence at multiples of the default λ (the request's `damping`),
+the measurement behind the spectrum rule (docs/attribution.md, "Damping").
+
+Ground truth: retrain the same recipe on random 50% subsets (streams keep their order);
 for each test point the LDS is the Spearman correlation, over subsets, between Σ_{i∈S}
 score_i and the retrained output (the margin of the true label); reported as the mean over
 test points. Random scores give an LDS of about 0.
@@ -27,11 +34,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +51,6 @@ import numpy as np
 from headwater.producers.capture import LinearCapture
 from headwater.producers.publisher import Publisher
 from headwater.producers.tracking import Tracker, row_keys
-from headwater.producers.transports.local import LocalTransport
-from headwater.query_service.attribution.engine import AttributionEngine, Model
-from headwater.stream_processors.sink import EventSink
-from headwater.stream_processors.store import Store
 
 VERSIONS = (1, 5, 10)
 CAPTURE_MODE = "auto"  # TorchCapture mode of the MLP tasks (--capture; issue 16)
@@ -88,24 +95,103 @@ def _split_rows(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.nda
     return perm[n_test:], perm[:n_test]
 
 
-def _event_path(work: Path, run_id: str) -> tuple[Store, Publisher]:
-    store = Store(f"chdb://{work / 'clickhouse'}", lock=False)
-    store.migrate()
-    return store, Publisher(LocalTransport(EventSink(store, "local")), run_id=run_id)
+class Service:
+    """`headwater serve` in a child process on a free loopback port, stopped by its pid:
+    trainers publish to it over gRPC, scores come from Attribution.AttributeAll."""
+
+    def __init__(self, work: Path) -> None:
+        import grpc
+
+        from headwater.v1 import query_pb2_grpc
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.target = f"127.0.0.1:{port}"
+        self.log = open(work / "serve.log", "w")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "headwater.cli", "serve", "--data-dir", str(work / "data"),
+             "--listen", self.target], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"headwater serve exited ({self.proc.returncode}); see "
+                                   f"{work / 'serve.log'}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("headwater serve did not listen within 120 s")
+            time.sleep(0.2)
+        channel = grpc.insecure_channel(self.target, options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        self.stub = query_pb2_grpc.AttributionStub(channel)
+
+    def publisher(self, run_id: str) -> Publisher:
+        from headwater.producers.transports.grpc import GrpcTransport
+
+        return Publisher(GrpcTransport(self.target), run_id=run_id)
+
+    def scores(self, ids: Sequence[str], root_to_train: np.ndarray, **request: Any
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+        """([tests, train] scores of every training row, {method, damping, ms per query})
+        from AttributeAll per prediction id; each result row is placed at the training
+        index of its (single) source row."""
+        from headwater.v1 import query_pb2
+
+        out = np.zeros((len(ids), int(root_to_train.max()) + 1))
+        info: dict[str, Any] = {}
+        list(self.stub.AttributeAll(query_pb2.AttributeRequest(prediction_id=ids[0],
+                                                               **request), timeout=600))
+        t0 = time.perf_counter()  # warm: the first call loaded the model's matrix
+        for j, pid in enumerate(ids):
+            for chunk in self.stub.AttributeAll(query_pb2.AttributeRequest(
+                    prediction_id=pid, **request), timeout=600):
+                info.setdefault("method", chunk.method)
+                info.setdefault("damping", []).append(chunk.damping)
+                for r in chunk.rows:
+                    if len(r.sources) != 1:
+                        raise ValueError("a result row does not trace to one source row")
+                    out[j, root_to_train[r.sources[0].row]] = r.score
+        info["query_ms"] = (time.perf_counter() - t0) / len(ids) * 1000
+        info["damping"] = float(np.mean(info["damping"]))
+        return out, info
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
 
 
-def scores_by_train_row(results: Sequence[Any], model: Model, root_to_train: np.ndarray
-                        ) -> np.ndarray:
-    """[tests, train] scores from engine results, each example placed at the training row of
-    its (single) source row; root_to_train maps a source row to its training index."""
-    rows = np.array([root_to_train[e.sources[0].row] if len(e.sources) == 1 else -1
-                     for e in model.examples])
-    if (rows < 0).any():
-        raise ValueError("an example does not trace to exactly one training row")
-    out = np.zeros((len(results), int(root_to_train.max()) + 1))
-    for j, r in enumerate(results):
-        out[j, rows] = r.scores
-    return out
+def measure(figures: dict, name: str, service: Service, ids: Sequence[str],
+            root_to_train: np.ndarray, truth: np.ndarray, masks: np.ndarray,
+            **request: Any) -> np.ndarray:
+    """LDS of one method through the RPC into figures[name] (with its λ and ms/query)."""
+    scores, info = service.scores(ids, root_to_train, **request)
+    figures[name] = {"lds": lds(scores, truth, masks), **info}
+    return scores
+
+
+def sweep(figures: dict, prefix: str, service: Service, ids: Sequence[str],
+          root_to_train: np.ndarray, truth: np.ndarray, masks: np.ndarray,
+          **request: Any) -> None:
+    """Influence at multiples of the default λ of the first prediction (request damping)."""
+    from headwater.v1 import query_pb2
+
+    base = service.stub.Attribute(query_pb2.AttributeRequest(
+        prediction_id=ids[0], method=query_pb2.INFLUENCE, **request), timeout=600).damping
+    for factor in SWEEP:
+        measure(figures, f"{prefix} λ×{factor:g}", service, ids, root_to_train, truth,
+                masks, method=query_pb2.INFLUENCE, damping=base * factor, **request)
+
+
+SWEEP = (0.01, 0.1, 1.0, 10.0, 100.0)
+DOT = 1e12  # influence with this damping is q_i ∇f_i·∇f' / λ: the gradient dot product
 
 
 # -- 1. breast-cancer logistic regression ---------------------------------------------------
@@ -160,43 +246,41 @@ def traceprop_logreg_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
     return out
 
 
-def breast_cancer_lds(subsets: int, lam: float, tests: int, seed: int, work: Path) -> dict:
+def breast_cancer_lds(service: Service, subsets: int, lam: float, tests: int, seed: int,
+                      do_sweep: bool) -> dict:
     from sklearn.datasets import load_breast_cancer
+
+    from headwater.v1 import query_pb2
 
     data = load_breast_cancer()
     x_raw, y_all = data.data, data.target.astype(float)
-    store, publisher = _event_path(work, "lds-breast-cancer")
-    tracker = Tracker(publisher.publish)
-    x = tracker.array(x_raw)
-    x = (x - x.mean(0)) / x.std(0)  # tracked standardisation
-    train, test = tracker.split(x, test_size=0.2, seed=seed)
-    tr_rows, te_rows = _split_rows(len(x_raw), 0.2, seed)
-    y_train, y_test = y_all[tr_rows], y_all[te_rows]
-    xtr, xte = np.asarray(train), np.asarray(test)
-
+    out: dict[str, Any] = {}
+    theta = np.zeros(0)
     t0 = time.perf_counter()
-    theta = fit_logreg(xtr, y_train, lam)
-    capture = LinearCapture(publisher.publish, "logreg", xtr.shape[1])
-    capture.set_parameters(theta[:-1], theta[-1])
-    capture.record_version(step=1, config={"lambda": lam})
-    capture.capture(xtr, y_train, row_keys(train), learning_rate=0.0, featurisation=True)
-    chosen = np.random.default_rng(seed).choice(len(xte), size=min(tests, len(xte)),
-                                                replace=False)
-    for j in chosen:
-        capture.record_prediction(xte[j], label=int(y_test[j]), prediction_id=f"test-{j}")
-    publisher.flush()
-    capture_s = time.perf_counter() - t0
-
-    engine = AttributionEngine(store, damping=lam)
-    t0 = time.perf_counter()
-    results = [engine.attribute(f"test-{j}", method="influence") for j in chosen]
-    query_s = (time.perf_counter() - t0) / len(chosen)
-    # Each example is one training row here; order examples by their training row.
-    model = results[0].model
-    example_row = np.array([e.row for e in model.examples])
-    scores = np.zeros((len(chosen), len(xtr)))
-    for j, r in enumerate(results):
-        scores[j, example_row] = r.scores
+    for model_id, l2 in (("logreg", lam), ("logreg-plain", 0.0)):
+        with service.publisher(f"lds-{model_id}") as publisher:
+            tracker = Tracker(publisher.publish)
+            x = tracker.array(x_raw)
+            x = (x - x.mean(0)) / x.std(0)  # tracked standardisation
+            train, test = tracker.split(x, test_size=0.2, seed=seed)
+            tr_rows, te_rows = _split_rows(len(x_raw), 0.2, seed)
+            y_train, y_test = y_all[tr_rows], y_all[te_rows]
+            xtr, xte = np.asarray(train), np.asarray(test)
+            theta = fit_logreg(xtr, y_train, lam)
+            capture = LinearCapture(publisher.publish, model_id, xtr.shape[1])
+            capture.set_parameters(theta[:-1], theta[-1])
+            capture.record_version(step=1, config={"lambda": lam}, l2_penalty=l2)
+            capture.capture(xtr, y_train, row_keys(train), learning_rate=0.0,
+                            featurisation=True)
+            chosen = np.random.default_rng(seed).choice(len(xte), size=min(tests, len(xte)),
+                                                        replace=False)
+            for j in chosen:
+                capture.record_prediction(xte[j], label=int(y_test[j]),
+                                          prediction_id=f"{model_id}-{j}")
+            publisher.flush()
+    out["capture_s"] = time.perf_counter() - t0
+    root_to_train = np.full(len(x_raw), -1)
+    root_to_train[tr_rows] = np.arange(len(tr_rows))
 
     masks = half_masks(subsets, len(xtr), seed + 1)
     truth = np.zeros((subsets, len(chosen)))
@@ -205,19 +289,37 @@ def breast_cancer_lds(subsets: int, lam: float, tests: int, seed: int, work: Pat
     for s in range(subsets):
         th = fit_logreg(xtr[masks[s]], y_train[masks[s]], lam)
         truth[s] = sign * (xte[chosen] @ th[:-1] + th[-1])
-    retrain_s = time.perf_counter() - t0
-    store.close()
-    out = {"lds_influence": lds(scores, truth, masks), "subsets": subsets,
-           "test_points": len(chosen), "train_rows": len(xtr), "lambda": lam,
-           "capture_s": capture_s, "query_ms": query_s * 1000, "retrain_s": retrain_s}
+    out["retrain_s"] = time.perf_counter() - t0
+    out.update({"subsets": subsets, "test_points": len(chosen), "train_rows": len(xtr),
+                "lambda": lam})
+    methods: dict[str, Any] = {}
+    ids = [f"logreg-{j}" for j in chosen]
+    plain = [f"logreg-plain-{j}" for j in chosen]
+    measure(methods, "default (L2 recorded)", service, ids, root_to_train, truth, masks)
+    measure(methods, "default (no L2 recorded: spectrum rule)", service, plain,
+            root_to_train, truth, masks)
+    measure(methods, "gradient dot (influence, λ→∞)", service, ids, root_to_train, truth,
+            masks, method=query_pb2.INFLUENCE, damping=DOT)
+    if do_sweep:
+        sweep(methods, "influence, no L2:", service, plain, root_to_train, truth, masks)
+    # exact influence, closed form at the trained θ: q_i ∇f_iᵀ (Σ w ∇f∇fᵀ + λI)⁻¹ ∇f'
+    xb = np.hstack([xtr, np.ones((len(xtr), 1))])
+    s_tr = 2 * y_train - 1
+    p = 1.0 / (1.0 + np.exp(-(s_tr * (xb @ theta))))
+    grads = xb * s_tr[:, None]
+    h = (xb * (p * (1 - p))[:, None]).T @ xb + lam * np.eye(xb.shape[1])
+    test_grads = np.hstack([xte[chosen], np.ones((len(chosen), 1))]) * sign[:, None]
+    exact = (test_grads @ np.linalg.solve(h, grads.T)) * (1 - p)
+    methods["exact influence (closed form, local)"] = {"lds": lds(exact, truth, masks)}
     peer = traceprop_logreg_scores(xtr, y_train, xte[chosen], y_test[chosen], theta)
     for estimator in ("dot", "trak"):
         got = peer.get(estimator, peer.get("error"))
         if isinstance(got, np.ndarray):
-            out[f"lds_traceprop_{estimator}"] = lds(got, truth, masks)
-            out[f"traceprop_{estimator}_query_ms"] = peer[f"{estimator}_query_ms"]
+            methods[f"traceprop {estimator}"] = {
+                "lds": lds(got, truth, masks), "query_ms": peer[f"{estimator}_query_ms"]}
         else:
-            out[f"traceprop_{estimator}_error"] = str(got)
+            methods[f"traceprop {estimator}"] = {"error": str(got)}
+    out["methods"] = methods
     return out
 
 
@@ -333,23 +435,6 @@ def retrain_margins(init: list[Any], x: np.ndarray, y: np.ndarray, masks: np.nda
     return out
 
 
-@dataclass
-class TracedRun:
-    """What a traced training run leaves behind for the scoring side."""
-
-    store: Store
-    model: Any
-    init: Any  # the model at step 0
-    checkpoints: list[dict]  # state dicts of the last max(VERSIONS) versions
-    versions: list[str]
-    root_to_train: np.ndarray
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    capture_s: float
-
-
 def traced_training(publisher: Publisher, tracker: Tracker, train: Any, y_train: np.ndarray,
                     x_test: np.ndarray, y_test: np.ndarray, recipe: Recipe, *, model_id: str,
                     k: int, version_every: int, featurise_last: int,
@@ -412,17 +497,6 @@ def traced_training(publisher: Publisher, tracker: Tracker, train: Any, y_train:
     return model, init, checkpoints, versions
 
 
-def engine_scores(store: Store, ids: Sequence[str], method: str, root_to_train: np.ndarray,
-                  damping: float = 0.0) -> tuple[np.ndarray, float]:
-    """([tests, train] scores, ms per query) of the engine for prediction ids."""
-    engine = AttributionEngine(store, damping=damping)
-    engine.attribute(ids[0], method=method)  # load the model's feature matrix once
-    t0 = time.perf_counter()
-    results = [engine.attribute(p, method=method) for p in ids]
-    ms = (time.perf_counter() - t0) / len(ids) * 1000
-    return scores_by_train_row(results, results[0].model, root_to_train), ms
-
-
 # -- 2. digits MLP --------------------------------------------------------------------------
 
 
@@ -461,39 +535,39 @@ def trak_scores(model: Any, checkpoints: list[dict], x: np.ndarray, y: np.ndarra
         return f"traker did not run: {type(exc).__name__}: {exc}"
 
 
-def digits_lds(subsets: int, tests: int, recipe: Recipe, k: int, init_mode: str,
-               work: Path, damping: float = 0.0, trak: bool = True) -> dict:
+def digits_lds(service: Service, subsets: int, tests: int, recipe: Recipe, k: int,
+               init_mode: str, work: Path, trak: bool, do_sweep: bool) -> dict:
     import torch
     from sklearn.datasets import load_digits
 
+    from headwater.v1 import query_pb2
+
     data = load_digits()
-    store, publisher = _event_path(work, "lds-digits")
-    tracker = Tracker(publisher.publish)
-    x = tracker.array(data.data) / 16.0  # tracked scaling to [0, 1]
-    train, _ = tracker.split(x, test_size=0.2, seed=recipe.seed)
-    tr_rows, te_rows = _split_rows(len(x), 0.2, recipe.seed)
     y_all = data.target.astype(np.int64)
-    xtr, ytr = np.asarray(train, dtype=np.float32), y_all[tr_rows]
+    tr_rows, te_rows = _split_rows(len(data.data), 0.2, recipe.seed)
     chosen = np.random.default_rng(recipe.seed).choice(len(te_rows), tests, replace=False)
     xte = (data.data[te_rows[chosen]] / 16.0).astype(np.float32)
     yte = y_all[te_rows[chosen]]
-    root_to_train = np.full(len(x), -1)
+    root_to_train = np.full(len(data.data), -1)
     root_to_train[tr_rows] = np.arange(len(tr_rows))
 
     def predict(index: int, total: int) -> list[str]:
         return [f"d{v}" for v in VERSIONS if index >= total - v]
 
     t0 = time.perf_counter()
-    model, init, checkpoints, versions = traced_training(
-        publisher, tracker, train, ytr, xte, yte, recipe, model_id="digits-mlp", k=k,
-        version_every=math.ceil(len(xtr) / recipe.batch), featurise_last=max(VERSIONS),
-        predict=predict)
-    capture_s = time.perf_counter() - t0
-
+    with service.publisher("lds-digits") as publisher:
+        tracker = Tracker(publisher.publish)
+        x = tracker.array(data.data) / 16.0  # tracked scaling to [0, 1]
+        train, _ = tracker.split(x, test_size=0.2, seed=recipe.seed)
+        xtr, ytr = np.asarray(train, dtype=np.float32), y_all[tr_rows]
+        model, init, checkpoints, versions = traced_training(
+            publisher, tracker, train, ytr, xte, yte, recipe, model_id="digits-mlp", k=k,
+            version_every=math.ceil(len(xtr) / recipe.batch), featurise_last=max(VERSIONS),
+            predict=predict)
     out: dict[str, Any] = {"subsets": subsets, "test_points": tests, "train_rows": len(xtr),
                            "versions_recorded": len(versions), "k": k,
                            "recipe": recipe.__dict__, "init": init_mode,
-                           "capture_s": capture_s}
+                           "capture_s": time.perf_counter() - t0}
     with torch.no_grad():
         out["test_accuracy"] = float((model(torch.as_tensor(
             data.data[te_rows] / 16.0, dtype=torch.float32)).argmax(1).numpy()
@@ -505,138 +579,208 @@ def digits_lds(subsets: int, tests: int, recipe: Recipe, k: int, init_mode: str,
     truth = retrain_margins(stack_parameters(starts), xtr, ytr, masks, xte, yte, recipe)
     out["retrain_s"] = time.perf_counter() - t0
 
+    methods: dict[str, Any] = {}
     for v in VERSIONS:
         ids = [f"d{v}-{j}" for j in range(tests)]
-        for method in ("influence", "tracin"):
-            scores, ms = engine_scores(store, ids, method, root_to_train, damping)
-            out[f"lds_{method}_{v}"] = lds(scores, truth, masks)
-            out[f"{method}_{v}_query_ms"] = ms
-    store.close()
+        measure(methods, f"default, {v} versions", service, ids, root_to_train, truth, masks)
+        measure(methods, f"tracin, {v} versions", service, ids, root_to_train, truth, masks,
+                method=query_pb2.TRACIN)
+        measure(methods, f"gradient dot (influence, λ→∞), {v} versions", service, ids,
+                root_to_train, truth, masks, method=query_pb2.INFLUENCE, damping=DOT)
+        if do_sweep:
+            sweep(methods, f"influence, {v} versions:", service, ids, root_to_train, truth,
+                  masks)
     if trak:
         t0 = time.perf_counter()
         got = trak_scores(model, checkpoints, xtr, ytr, xte, yte, k, work)
         if isinstance(got, str):
-            out["trak_error"] = got
+            methods["trak"] = {"error": got}
         else:
-            out["trak_s"] = time.perf_counter() - t0
             for v, scores in got.items():
-                out[f"lds_trak_{v}"] = lds(scores, truth, masks)
+                methods[f"trak (traker, CPU), {v} versions"] = {
+                    "lds": lds(scores, truth, masks), "s": time.perf_counter() - t0}
+    out["methods"] = methods
     return out
 
 
-# -- 3. continual stream --------------------------------------------------------------------
+# -- 3. drifting streams --------------------------------------------------------------------
 
 
-def drift_order(y: np.ndarray, seed: int, mix: float = 3.0) -> np.ndarray:
-    """Stream order with gradual label drift: rows sorted by (label / 9 + mix · uniform
-    noise), so low digits grow rarer and high digits commoner along the stream while every
-    class keeps appearing (a sharper drift leaves a one-pass learner predicting one class)."""
-    key = y / 9.0 + mix * np.random.default_rng(seed).random(len(y))
-    return np.argsort(key, kind="stable")
+def drift_labels(x: np.ndarray, tau: np.ndarray, classes: int = 3,
+                 turn: float = math.pi / 3) -> np.ndarray:
+    """The label of x at stream time τ ∈ [0, 1]: the nearest of `classes` directions in the
+    plane of the first two features, all turned by turn·τ (a rotating boundary), plus a
+    little of the third feature."""
+    base = 2 * math.pi * np.arange(classes) / classes
+    angle = base[None, :] + turn * tau[:, None]
+    z = 3 * (x[:, :1] * np.cos(angle) + x[:, 1:2] * np.sin(angle)) + 0.3 * x[:, 2:3]
+    return z.argmax(1)
 
 
-def feature_drift(tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, offset) per row at stream time τ ∈ [0, 1]: x' = x·(1 - ½τ) + ¼τ, a gradual
-    loss of contrast and rise of brightness (sensor drift)."""
-    return (1.0 - 0.5 * tau)[:, None], (0.25 * tau)[:, None]
+def drifting_stream(n: int, seed: int, dims: int = 8, noisy: tuple[float, float] = (0.4, 0.5),
+                    flip: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
+    """(x [n, dims], y [n]) in stream order: Gaussian inputs, drift_labels, and in the
+    noisy block (that share of the stream) a `flip` fraction of labels drawn at random."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dims))
+    tau = np.linspace(0.0, 1.0, n)
+    y = drift_labels(x, tau)
+    block = (tau >= noisy[0]) & (tau < noisy[1]) & (rng.random(n) < flip)
+    y[block] = rng.integers(0, 3, int(block.sum()))
+    return x, y
 
 
-def stream_lds(subsets: int, tests: int, recipe: Recipe, k: int, version_every: int,
-               work: Path, damping: float = 0.0) -> dict:
-    import torch
-    from sklearn.datasets import load_digits
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
-    data = load_digits()
-    store, publisher = _event_path(work, "lds-stream")
-    tracker = Tracker(publisher.publish)
-    # standardised pixels (constants from the data, so the tracked op stays row-wise): one
-    # pass of SGD on raw [0, 1] pixels barely leaves chance level
-    centre, spread = data.data.mean(0), data.data.std(0) + 1.0
-    x = (tracker.array(data.data) - centre) / spread
-    y_all = data.target.astype(np.int64)
-    rest, te_rows = _split_rows(len(x), 0.2, recipe.seed)
-    order = rest[drift_order(y_all[rest], recipe.seed)]
-    tau = np.linspace(0.0, 1.0, len(order))
-    scale, offset = feature_drift(tau)
-    stream = x[order] * scale + offset  # tracked gather + row-wise drift
-    ys = y_all[order]
-    chosen = np.random.default_rng(recipe.seed).choice(len(te_rows), tests, replace=False)
-    s1, o1 = feature_drift(np.ones(tests))  # test points come from the final regime
-    xte = ((data.data[te_rows[chosen]] - centre) / spread * s1 + o1).astype(np.float32)
-    yte = y_all[te_rows[chosen]]
-    root_to_train = np.full(len(x), -1)
-    root_to_train[order] = np.arange(len(order))
 
-    def predict(index: int, total: int) -> list[str]:
-        return ["all"] + (["final"] if index == total - 1 else [])
+def linear_margins(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """True-label margins z_y − logsumexp_{c≠y} z_c of linear models w [S, C, D+1]."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    z = np.einsum("nd,scd->snc", xb, w)
+    own = np.take_along_axis(z, np.broadcast_to(y[None, :, None], (len(w), len(y), 1)),
+                             2)[..., 0]
+    others = z.copy()
+    np.put_along_axis(others, np.broadcast_to(y[None, :, None], (len(w), len(y), 1)),
+                      -np.inf, 2)
+    top = others.max(-1)
+    return own - (top + np.log(np.exp(others - top[..., None]).sum(-1)))
 
+
+def sgd_linear(x: np.ndarray, y: np.ndarray, rows: np.ndarray, lr: float, batch: int,
+               classes: int = 3, on_step: Callable[[int, np.ndarray, np.ndarray], None]
+               | None = None) -> np.ndarray:
+    """One pass of mini-batch SGD on the mean cross-entropy of S linear models at once,
+    each over its own rows [S, m] in stream order, from zero weights; on_step(step, rows of
+    model 0's batch, weights before the step) lets the traced run capture. -> w [S, C, D+1]."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    onehot = np.eye(classes)[y]
+    w = np.zeros((len(rows), classes, xb.shape[1]))
+    for step, start in enumerate(range(0, rows.shape[1], batch)):
+        idx = rows[:, start:start + batch]
+        if on_step is not None:
+            on_step(step, idx[0], w[0])
+        p = softmax(np.einsum("sbd,scd->sbc", xb[idx], w))
+        w -= lr * np.einsum("sbc,sbd->scd", p - onehot[idx], xb[idx]) / idx.shape[1]
+    return w
+
+
+def stream_lds(service: Service, learner: str, subsets: int, tests: int, seed: int, k: int,
+               do_sweep: bool, n: int = 2000, lr: float = 0.5, batch: int = 16,
+               version_every: int = 10) -> dict:
+    """One drifting stream, one learner ("linear": LinearCapture, multiclass; "mlp":
+    TorchCapture), one pass; predictions at every version ("all") and at the final one."""
+    from headwater.v1 import query_pb2
+
+    x_raw, y = drifting_stream(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    x_test = rng.normal(size=(max(tests, 2000), x_raw.shape[1]))
+    y_test = drift_labels(x_test, np.ones(len(x_test)))  # the final regime
+    xte, yte = x_test[:tests], y_test[:tests]
+    model_id = f"stream-{learner}"
     t0 = time.perf_counter()
-    model, init, _, versions = traced_training(
-        publisher, tracker, stream, ys, xte, yte, recipe, model_id="stream-mlp", k=k,
-        version_every=version_every, featurise_last=1, predict=predict)
-    out: dict[str, Any] = {"subsets": subsets, "test_points": tests,
-                           "stream_rows": len(order), "versions_recorded": len(versions),
-                           "k": k, "recipe": recipe.__dict__,
+    with service.publisher(f"lds-{model_id}") as publisher:
+        tracker = Tracker(publisher.publish)
+        stream = tracker.array(x_raw) * 1.0  # the stream as tracked rows
+        if learner == "linear":
+            capture = LinearCapture(publisher.publish, model_id, x_raw.shape[1], classes=3,
+                                    k=k)
+            steps = math.ceil(n / batch)
+
+            def version(step: int) -> None:
+                capture.record_version(step)
+                for j in range(tests):
+                    capture.record_prediction(xte[j], label=int(yte[j]),
+                                              prediction_id=f"{model_id}-all-{j}")
+
+            def on_step(step: int, rows: np.ndarray, w: np.ndarray) -> None:
+                capture.set_parameters(w[:, :-1], w[:, -1])
+                if step % version_every == 0:
+                    version(step)
+                part = stream[int(rows[0]):int(rows[-1]) + 1]
+                capture.capture(x_raw[rows], y[rows], row_keys(part),
+                                learning_rate=lr / len(rows), step=step)
+
+            final = sgd_linear(x_raw, y, np.arange(n)[None, :], lr, batch, on_step=on_step)[0]
+            capture.set_parameters(final[:, :-1], final[:, -1])
+            version(steps)
+            capture.capture(x_raw, y, row_keys(stream), learning_rate=0.0, featurisation=True)
+            for j in range(tests):
+                capture.record_prediction(xte[j], label=int(yte[j]),
+                                          prediction_id=f"{model_id}-final-{j}")
+            publisher.flush()
+            accuracy = float((linear_margins(final[None], x_test, y_test)[0] > 0).mean())
+        else:
+            recipe = Recipe(hidden=32, epochs=1, batch=batch, lr=lr, seed=seed, shuffle=False)
+
+            def predict(index: int, total: int) -> list[str]:
+                return [f"{model_id}-all"] + ([f"{model_id}-final"] if index == total - 1
+                                             else [])
+
+            xs, ys = x_raw.astype(np.float32), y
+            model, init, _, _ = traced_training(
+                publisher, tracker, stream, ys, xte.astype(np.float32), yte, recipe,
+                model_id=model_id, k=k, version_every=version_every, featurise_last=1,
+                predict=predict)
+            import torch
+
+            with torch.no_grad():
+                accuracy = float((model(torch.as_tensor(x_test, dtype=torch.float32))
+                                  .argmax(1).numpy() == y_test).mean())
+    out: dict[str, Any] = {"learner": learner, "stream_rows": n, "subsets": subsets,
+                           "test_points": tests, "test_accuracy": accuracy,
                            "capture_s": time.perf_counter() - t0}
-    with torch.no_grad():
-        s_all, o_all = feature_drift(np.ones(len(te_rows)))
-        xall = torch.as_tensor((data.data[te_rows] - centre) / spread * s_all + o_all,
-                               dtype=torch.float32)
-        out["test_accuracy"] = float((model(xall).argmax(1).numpy() == y_all[te_rows]).mean())
-    masks = half_masks(subsets, len(order), recipe.seed + 11)
+    masks = half_masks(subsets, n, seed + 11)
+    rows = np.stack([np.flatnonzero(m) for m in masks])  # stream order kept
     t0 = time.perf_counter()
-    truth = retrain_margins(stack_parameters([init]), np.asarray(stream, dtype=np.float32),
-                            ys, masks, xte, yte, recipe)
+    if learner == "linear":
+        truth = linear_margins(sgd_linear(x_raw, y, rows, lr, batch), xte, yte)
+    else:
+        truth = retrain_margins(stack_parameters([init]), xs, ys, masks,
+                                xte.astype(np.float32), yte, recipe)
     out["retrain_s"] = time.perf_counter() - t0
-    for label, pid, method in (("tracin_all", "all", "tracin"),
-                               ("tracin_final", "final", "tracin"),
-                               ("influence_final", "final", "influence")):
-        scores, ms = engine_scores(store, [f"{pid}-{j}" for j in range(tests)], method,
-                                   root_to_train, damping)
-        out[f"lds_{label}"] = lds(scores, truth, masks)
-        out[f"{label}_query_ms"] = ms
-    store.close()
+    root_to_train = np.arange(n)
+    final = [f"{model_id}-final-{j}" for j in range(tests)]
+    every = [f"{model_id}-all-{j}" for j in range(tests)]
+    methods: dict[str, Any] = {}
+    measure(methods, "default (final)", service, final, root_to_train, truth, masks)
+    measure(methods, "tracin (final test gradient)", service, final, root_to_train, truth,
+            masks, method=query_pb2.TRACIN)
+    measure(methods, "tracin (test gradient at each version)", service, every,
+            root_to_train, truth, masks, method=query_pb2.TRACIN)
+    measure(methods, "influence (final, featurised)", service, final, root_to_train, truth,
+            masks, method=query_pb2.INFLUENCE)
+    measure(methods, "gradient dot (influence, λ→∞, final)", service, final, root_to_train,
+            truth, masks, method=query_pb2.INFLUENCE, damping=DOT)
+    if do_sweep:
+        sweep(methods, "influence (final):", service, final, root_to_train, truth, masks)
+    out["methods"] = methods
     return out
 
 
 # -- output ---------------------------------------------------------------------------------
 
+TASKS = {"breast_cancer": "breast-cancer logreg", "digits": "digits MLP",
+         "stream_linear": "drifting stream, logistic regression",
+         "stream_mlp": "drifting stream, MLP"}
+
 
 def table(figures: dict) -> list[str]:
-    """The figures as aligned text rows: task, method, versions, LDS, notes."""
-    rows: list[tuple[str, str, str, str, str]] = []
-    bc = figures["breast_cancer_logreg"]
-    rows.append(("breast-cancer logreg", "influence (headwater)", "1",
-                 f"{bc['lds_influence']:.3f}", f"{bc['query_ms']:.1f} ms/query"))
-    for est in ("trak", "dot"):
-        if f"lds_traceprop_{est}" in bc:
-            rows.append(("breast-cancer logreg", f"traceprop {est}", "1",
-                         f"{bc[f'lds_traceprop_{est}']:.3f}",
-                         f"{bc[f'traceprop_{est}_query_ms']:.1f} ms/query"))
-        else:
-            rows.append(("breast-cancer logreg", f"traceprop {est}", "-", "n/a",
-                         bc[f"traceprop_{est}_error"]))
-    if "digits_mlp" in figures:
-        d = figures["digits_mlp"]
-        for method in ("influence", "tracin", "trak"):
-            for v in VERSIONS:
-                key = f"lds_{method}_{v}"
-                if key in d:
-                    note = f"{d[f'{method}_{v}_query_ms']:.1f} ms/query" \
-                        if f"{method}_{v}_query_ms" in d else "traker, CPU"
-                    rows.append(("digits MLP", method, str(v), f"{d[key]:.3f}", note))
-        if "trak_error" in d:
-            rows.append(("digits MLP", "trak", "-", "n/a", d["trak_error"]))
-    if "continual_stream" in figures:
-        c = figures["continual_stream"]
-        for label, name, versions in (
-                ("tracin_all", "tracin (test grad at each version)",
-                 str(c["versions_recorded"])),
-                ("tracin_final", "tracin (final test grad)", "1"),
-                ("influence_final", "influence (final, featurised)", "1")):
-            rows.append(("continual stream", name, versions, f"{c[f'lds_{label}']:.3f}",
-                         f"{c[f'{label}_query_ms']:.1f} ms/query"))
-    head = ("task", "method", "versions", "LDS", "notes")
+    """The figures as aligned text rows: task, method, LDS, λ, notes."""
+    rows: list[tuple[str, ...]] = []
+    for key, name in TASKS.items():
+        if key not in figures:
+            continue
+        for method, f in figures[key]["methods"].items():
+            if "error" in f:
+                rows.append((name, method, "n/a", "", f["error"]))
+                continue
+            lam = f"{f['damping']:.4g}" if f.get("damping") else ""
+            note = (f"{f['method']}, {f['query_ms']:.0f} ms/query" if "query_ms" in f
+                    else "computed locally")
+            rows.append((name, method, f"{f['lds']:.3f}", lam, note))
+    head = ("task", "method", "LDS", "λ", "notes")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     return ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
             for r in [head, *rows]]
@@ -646,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--subsets", type=int, default=100)
     ap.add_argument("--tests", type=int, default=50, help="test points (predictions)")
-    ap.add_argument("--lam", type=float, default=1.0, help="L2 penalty (and damping)")
+    ap.add_argument("--lam", type=float, default=1.0, help="breast-cancer L2 penalty")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k", type=int, default=512, help="projection dimension (MLP tasks)")
     ap.add_argument("--capture", choices=("auto", "factored", "dense"), default="auto",
@@ -655,48 +799,54 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=20, help="digits MLP epochs")
     ap.add_argument("--init", choices=("same", "random"), default="same",
                     help="digits retraining: the traced run's initial weights, or fresh ones")
-    ap.add_argument("--tasks", default="breast_cancer,digits,stream")
+    ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--no-trak", action="store_true", help="skip the TRAK peer")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also influence at 0.01-100 x the default damping")
     ap.add_argument("--fast", action="store_true", help="CI sizes: 30 subsets, 20 test points")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     global CAPTURE_MODE
     CAPTURE_MODE = args.capture
     tasks = set(args.tasks.split(","))
-    if unknown := tasks - {"breast_cancer", "digits", "stream"}:
-        ap.error(f"unknown task(s) {sorted(unknown)}; use breast_cancer, digits, stream")
+    if unknown := tasks - set(TASKS):
+        ap.error(f"unknown task(s) {sorted(unknown)}; use {', '.join(TASKS)}")
     if args.fast:
         args.subsets, args.tests = 30, 20
-    digits = Recipe(epochs=args.epochs, seed=args.seed)
-    online = replace(digits, epochs=1, batch=16, lr=0.1, shuffle=False)
     figures: dict[str, Any] = {"capture_mode": args.capture}
     with tempfile.TemporaryDirectory(prefix="hw-lds-") as work:
         root = Path(work)
-        figures["breast_cancer_logreg"] = breast_cancer_lds(
-            args.subsets, args.lam, args.tests, args.seed, root / "bc")
-        if "digits" in tasks:
-            figures["digits_mlp"] = digits_lds(args.subsets, args.tests, digits, args.k,
-                                               args.init, root / "digits",
-                                               trak=not args.no_trak)
-        if "stream" in tasks:
-            figures["continual_stream"] = stream_lds(args.subsets, args.tests, online,
-                                                     args.k, 10, root / "stream")
+        service = Service(root)
+        try:
+            if "breast_cancer" in tasks:
+                figures["breast_cancer"] = breast_cancer_lds(
+                    service, args.subsets, args.lam, args.tests, args.seed, args.sweep)
+            if "digits" in tasks:
+                figures["digits"] = digits_lds(
+                    service, args.subsets, args.tests, Recipe(epochs=args.epochs,
+                                                              seed=args.seed),
+                    args.k, args.init, root, not args.no_trak, args.sweep)
+            for learner in ("linear", "mlp"):
+                if f"stream_{learner}" in tasks:
+                    figures[f"stream_{learner}"] = stream_lds(
+                        service, learner, args.subsets, args.tests, args.seed, args.k,
+                        args.sweep)
+        finally:
+            service.close()
     if args.json:
         print(json.dumps(figures))
         return 0
-    bc = figures["breast_cancer_logreg"]
-    print(f"LDS vs retraining on {args.subsets} random 50% subsets, {args.tests} test points "
-          f"(target >= 0.89 for breast-cancer influence; random scores give ~0)")
+    print(f"LDS vs retraining on {args.subsets} random 50% subsets, {args.tests} test points, "
+          "every Headwater score through headwater serve's AttributeAll RPC "
+          "(random scores give ~0)")
     print("\n".join(table(figures)))
-    print(f"breast-cancer: {bc['train_rows']} rows, λ={bc['lambda']}, capture "
-          f"{bc['capture_s']:.2f} s, retraining {bc['retrain_s']:.2f} s")
-    for key in ("digits_mlp", "continual_stream"):
+    for key, name in TASKS.items():
         if key in figures:
             f = figures[key]
-            print(f"{key}: {f.get('train_rows', f.get('stream_rows'))} rows, "
-                  f"{f['versions_recorded']} versions, k={f['k']}, test accuracy "
-                  f"{f['test_accuracy']:.3f}, capture+publish {f['capture_s']:.1f} s, "
-                  f"retraining {f['retrain_s']:.1f} s")
+            extra = (f" test accuracy {f['test_accuracy']:.3f}," if "test_accuracy" in f
+                     else "")
+            print(f"{name}: {f.get('train_rows', f.get('stream_rows'))} rows,{extra} capture "
+                  f"+ publish {f['capture_s']:.1f} s, retraining {f['retrain_s']:.1f} s")
     return 0
 
 
