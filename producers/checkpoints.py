@@ -67,6 +67,7 @@ class Checkpoints:
         self.steps: dict[int, LoggedStep] = {}
         self.checkpoints: dict[int, Checkpoint] = {}
         self._started: float | None = None
+        self.replay_step_seconds = 0.0  # measured by the last replay (restore and I/O included)
         self._load_journal()
 
     # -- the trainer's side --------------------------------------------------------------
@@ -143,9 +144,11 @@ class Checkpoints:
         return self.checkpoints[max(usable)] if usable else None
 
     def seconds_per_step(self) -> float:
-        """Median seconds a logged step took (0 before any step was timed)."""
+        """Seconds a replayed step is expected to take: the median of the logged training
+        steps, or what the last replay measured per step when that was more (0 before any
+        step was timed)."""
         times = [s.seconds for s in self.steps.values() if s.seconds > 0]
-        return float(np.median(times)) if times else 0.0
+        return max(float(np.median(times)) if times else 0.0, self.replay_step_seconds)
 
     # -- the journal on disk ---------------------------------------------------------------
 

@@ -129,40 +129,60 @@ def _last_layer_newton(model: torch.nn.Module, forget: tuple[torch.Tensor, torch
     return report
 
 
+NEIGHBOURS = 10  # held-out rows per forget row in the per-row estimate
+
+
 def forget_loss_estimate(model: torch.nn.Module, forget: tuple[torch.Tensor, torch.Tensor],
-                         held_out: Rows, task: str) -> float:
-    """An estimate of the retrained model's mean loss on the forget rows, from rows it
-    never saw: the original model's held-out losses, per class, weighted by the forget
-    set's class mix (a class-skewed forget set is not held to the average class's loss;
-    a class without held-out rows counts at the overall mean). Regression: the mean."""
+                         held_out: Rows, task: str) -> np.ndarray:
+    """Per forget row, an estimate of the loss the retrained model gives it: the original
+    model's mean loss on the NEIGHBOURS held-out rows (rows it never saw) of the same class
+    nearest to it in the last layer's input features — what a row like it gets as a
+    non-member. Per row, because mean losses are dominated by a few hard rows: a forget
+    set of easy rows is held to easy rows' losses, not the held-out average."""
     import torch
 
     losses = TorchAdapter(task).losses(model, held_out)
-    if task == "regression":
-        return float(losses.mean())
-    held_y = torch.as_tensor(held_out[1]).reshape(-1).long().cpu().numpy()
-    forget_y = forget[1].reshape(-1).long().cpu().numpy()
-    classes, counts = np.unique(forget_y, return_counts=True)
-    per_class = [float(losses[held_y == c].mean()) if (held_y == c).any()
-                 else float(losses.mean()) for c in classes]
-    return float(np.dot(per_class, counts) / counts.sum())
+    hx = torch.as_tensor(held_out[0]).to(forget[0])
+    try:
+        name, layer = _last_linear(model, None)
+        fz = _features(model, layer, forget[0], name)
+        hz = _features(model, layer, hx, name)
+    except (TypeError, ValueError):  # no final nn.Linear: the inputs themselves
+        fz = forget[0].reshape(len(forget[0]), -1).double().cpu().numpy()
+        hz = hx.reshape(len(hx), -1).double().cpu().numpy()
+    fy = forget[1].reshape(-1).cpu().numpy()
+    hy = torch.as_tensor(held_out[1]).reshape(-1).cpu().numpy()
+    out = np.empty(len(fz))
+    for lo in range(0, len(fz), 256):  # bounded memory: 256 forget rows at a time
+        d = ((fz[lo:lo + 256, None, :] - hz[None, :, :]) ** 2).sum(-1)
+        if task != "regression":
+            same = fy[lo:lo + 256, None] == hy[None, :]
+            d = np.where(same.any(1, keepdims=True) & ~same, np.inf, d)
+        k = min(NEIGHBOURS, d.shape[1])
+        near = np.argpartition(d, k - 1, axis=1)[:, :k]
+        out[lo:lo + 256] = losses[near].mean(1)
+    return out
 
 
 @dataclass(frozen=True)
 class FineTuneBound:
     """The bound on the corrective fine-tune (docs/unlearning.md):
-    - stop as soon as the mean forget loss reaches `target_loss` (the retrained model's
-      forget loss as estimated from held-out rows, `forget_loss_estimate`: what rows it never
-      saw get), and only rows still below it are pushed up — ascent never drives a row past
-      what a non-member gets;
+    - stop as soon as the mean forget loss reaches `target_loss`, the mean of
+      `row_targets` (per row, the retrained model's loss as estimated from held-out rows
+      like it, `forget_loss_estimate`), and only rows still below their own target are
+      pushed up — ascent never drives a row past what a non-member like it gets;
     - each step moves the parameters by at most `max_step_norm` (the gradient is clipped
       before the plain SGD step), so after `steps` steps ||θ − θ₀|| ≤ steps·max_step_norm;
     - `max_distance`, when set, stops (and projects back) at ||θ − θ₀|| = max_distance."""
 
-    target_loss: float
+    row_targets: np.ndarray
     steps: int = 100
     max_step_norm: float = 0.05
     max_distance: float | None = None
+
+    @property
+    def target_loss(self) -> float:
+        return float(np.mean(self.row_targets))
 
 
 def _fine_tune(model: torch.nn.Module, params: list[torch.nn.Parameter],
@@ -177,6 +197,7 @@ def _fine_tune(model: torch.nn.Module, params: list[torch.nn.Parameter],
         raise ValueError("no parameters to fine-tune")
     gen = torch.Generator().manual_seed(seed)
     start = [p.detach().clone() for p in params]
+    targets = torch.as_tensor(bound.row_targets)
     was = model.training
     model.eval()
     reason, step, forget_loss = "max steps", 0, float("nan")
@@ -194,9 +215,10 @@ def _fine_tune(model: torch.nn.Module, params: list[torch.nn.Parameter],
             fb = torch.randperm(len(forget[0]), generator=gen)[:batch_size].to(forget[0].device)
             rb = torch.randperm(len(retain[0]), generator=gen)[:batch_size].to(retain[0].device)
             lf = torch_losses(model(forget[0][fb]), forget[1][fb], task)
-            # only rows below the target pull the parameters; divided by the batch size, so
-            # the ascent fades as rows reach the held-out level
-            ascent = -(lf * (lf.detach() < bound.target_loss)).sum() / len(fb)
+            # only rows below their own target pull the parameters; divided by the batch
+            # size, so the ascent fades as rows reach their non-member level
+            below = lf.detach() < targets[fb.cpu()].to(lf)
+            ascent = -(lf * below).sum() / len(fb)
             descent = torch_losses(model(retain[0][rb]), retain[1][rb], task).mean()
             grads = torch.autograd.grad(ascent + retain_weight * descent, params,
                                         allow_unused=True)
@@ -245,9 +267,9 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
     `earlier_layers`: then also the bounded fine-tune of every other trainable parameter —
     by default yes for method auto when the model trains parameters outside its last layer,
     no for NEWTON. FINE_TUNE: the bounded fine-tune of all trainable parameters, no Newton.
-    The fine-tune's target is `target_loss`, else `forget_loss_estimate` from `held_out`
-    (one is required); see FineTuneBound. The method returned is what ran: NEWTON when the
-    fine-tune took no step. A new model unless `inplace`."""
+    The fine-tune's target is `target_loss` (every row), else `forget_loss_estimate` from
+    `held_out` (one is required); see FineTuneBound. The method returned is what ran:
+    NEWTON when the fine-tune took no step. A new model unless `inplace`."""
     import torch
 
     if not isinstance(model, torch.nn.Module):
@@ -280,8 +302,10 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
                     "the corrective fine-tune (method FINE_TUNE, or auto on a model that trains "
                     "more than its last layer) needs held_out rows or target_loss to bound the "
                     "ascent; method='newton' corrects the last layer alone")
-            target_loss = forget_loss_estimate(model, f, held_out, task)
-        bound = FineTuneBound(float(target_loss), fine_tune_steps, max_step_norm, max_distance)
+            row_targets = forget_loss_estimate(model, f, held_out, task)
+        else:
+            row_targets = np.full(len(f[0]), float(target_loss))
+        bound = FineTuneBound(row_targets, fine_tune_steps, max_step_norm, max_distance)
     if recipe is not None and l2 is not None:
         raise ValueError("pass the trainer's recipe or a fixed l2, not both")
     n_d, n_r = len(f[0]) + len(r[0]), len(r[0])

@@ -134,5 +134,7 @@ def replay_forget(hook: Checkpoints, forgotten: np.ndarray, load_rows: LoadRows,
         replayed += 1
     for group, lr in zip(hook.optimizer.param_groups, current, strict=True):
         group["lr"] = lr  # the trainer's schedule goes on from where it was
+    seconds = time.perf_counter() - started
+    hook.replay_step_seconds = seconds / max(replayed + skipped, 1)  # the next estimate's rate
     return ReplayReport(plan.checkpoint.uri, start, replayed, skipped, dropped, rewritten,
-                        time.perf_counter() - started)
+                        seconds)
