@@ -48,7 +48,8 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
                  ["tests/unit/test_rowmap.py",
                   "tests/unit/test_tracking.py"]),
     "lineage_resolve": ("stream_processors/lineage_resolve.py",
-                        ["tests/unit/test_tracking.py"]),
+                        ["tests/unit/test_mutants_lineage_resolve.py",
+                         "tests/unit/test_tracking.py"]),
     "log_integrity": ("stream_processors/log_integrity.py",
                       ["tests/unit/test_mutants_log_integrity.py",
                        "tests/unit/test_log_integrity.py"]),
@@ -160,9 +161,10 @@ def equivalents() -> list[dict]:
     return toml.loads((HERE / "equivalent.toml").read_text()).get("mutant", [])
 
 
-def line_of(tree: Path, module: str, row: int) -> str:
-    lines = (tree / module).read_text().splitlines()
-    return lines[row - 1].strip() if 0 < row <= len(lines) else ""
+def original_line(diff: str) -> str:
+    """The mutated line as it was (the first removed line of the mutant's diff)."""
+    return next((line[1:].strip() for line in diff.splitlines()
+                 if line.startswith("-") and not line.startswith("---")), "")
 
 
 def run_target(name: str, tree: Path, env: dict[str, str], out: Path) -> Result:
@@ -198,25 +200,31 @@ def run_target(name: str, tree: Path, env: dict[str, str], out: Path) -> Result:
                  ["cosmic-ray", "exec", config, session]):
         subprocess.run([str(BIN / str(step[0])), *map(str, step[1:])], cwd=tree, env=env,
                        check=True)
-    result = Result(name, module, seconds=time.monotonic() - start)
+    return outcome(name, session, time.monotonic() - start)
+
+
+def outcome(name: str, session: Path, seconds: float) -> Result:
+    """Killed, survived and listed-equivalent mutants of one finished session."""
+    module = TARGETS[name][0]
+    result = Result(name, module, seconds=seconds)
     known = [e for e in equivalents() if e["module"] == module]
-    dump = subprocess.run([str(BIN / "cosmic-ray"), "dump", str(session)], cwd=tree, env=env,
-                          check=True, capture_output=True, text=True).stdout
+    dump = subprocess.run([str(BIN / "cosmic-ray"), "dump", str(session)], check=True,
+                          capture_output=True, text=True).stdout
     for line in dump.splitlines():
-        item, outcome = json.loads(line)
-        if not outcome or outcome["worker_outcome"] == "skipped":
+        item, done = json.loads(line)
+        if not done or done["worker_outcome"] == "skipped":
             continue
-        if outcome["worker_outcome"] != "normal":
+        if done["worker_outcome"] != "normal":
             result.errors += 1
             continue
-        if outcome["test_outcome"] == "killed":
+        if done["test_outcome"] == "killed":
             result.killed += 1
             continue
         mutation = item["mutations"][0]
-        row = mutation["start_pos"][0]
-        text = line_of(tree, module, row)
-        survivor = dict(operator=mutation["operator_name"], line=row, text=text,
-                        diff=outcome.get("diff", ""))
+        diff = done.get("diff", "")
+        text = original_line(diff)
+        survivor = dict(operator=mutation["operator_name"], line=mutation["start_pos"][0],
+                        text=text, diff=diff)
         reason = next((e["reason"] for e in known if e["operator"] == survivor["operator"]
                        and e["text"] == text), None)
         if reason:
@@ -228,11 +236,15 @@ def run_target(name: str, tree: Path, env: dict[str, str], out: Path) -> Result:
 
 def report(results: list[Result], label: str, out: Path) -> str:
     lines = [f"Mutation score ({label})", "",
-             "| module | killed | survived | equivalent (excluded) | score | minutes |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| module | mutants | killed | survived | listed in equivalent.toml | score "
+             "| counting the listed as survivors | minutes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r.module} | {r.killed} | {len(r.survived)} | {len(r.equivalent)} "
-                     f"| {100 * r.score:.1f}% | {r.seconds / 60:.1f} |")
+        every = r.scored + len(r.equivalent)
+        raw = r.killed / every if every else 0.0
+        lines.append(f"| {r.module} | {every} | {r.killed} | {len(r.survived)} "
+                     f"| {len(r.equivalent)} | {100 * r.score:.1f}% | {100 * raw:.1f}% "
+                     f"| {r.seconds / 60:.1f} |")
     for r in results:
         for s in r.survived:
             lines += ["", f"SURVIVED {r.module}:{s['line']} {s['operator']}: {s['text']}",
@@ -249,9 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref")
     parser.add_argument("--only", nargs="+", choices=sorted(TARGETS))
     parser.add_argument("--out", type=Path, default=REPO / ".mutation")
+    parser.add_argument("--report", metavar="LABEL",
+                        help="only rebuild summary.md from the finished sessions in --out")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        done = [outcome(n, args.out / f"{n}.sqlite", 0.0) for n in args.only or list(TARGETS)
+                if (args.out / f"{n}.sqlite").exists()]
+        print(report(done, args.report, args.out))
+        return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="headwater-mutate-") as scratch:
         tree = Path(scratch) / "tree"
