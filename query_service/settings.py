@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="extra librdkafka/aiokafka settings (SASL, TLS) as a JSON object",
     )
+    kafka_compression: Literal["zstd", "lz4", "snappy", "gzip", "none"] = Field(
+        "zstd", description="codec of the service's own Kafka producer (serve's control "
+        "events); trainers pass KafkaTransport(compression=...)")
     batch_size: int = Field(2000, gt=0)
     batch_within: float = Field(0.5, gt=0)
     otlp_endpoint: str | None = Field(None, description="OTLP/gRPC collector; the standard "

@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from headwater.errors import HeadwaterError, StoreError
-from headwater.producers.transports.base import Record
+from headwater.producers.transports.base import Ack, Record
 from headwater.stream_processors.sink import EventSink
 
 log = logging.getLogger("headwater.process")
@@ -112,7 +112,8 @@ class KafkaRunner:
         self.within = within
         self.on_batch = on_batch
         self.stop_event = threading.Event()
-        self.stored = 0
+        self.stored = 0  # events stored (accepted), not counting dead letters
+        self.dead_lettered = 0
         self.assigned: set[int] = set()
         self._inserts = 0
         self._consumer = Consumer({
@@ -141,14 +142,18 @@ class KafkaRunner:
                 records = self._records(messages)
                 if not records:
                     continue
-                if not self._write(records):
+                acks = self._write(records)
+                if acks is None:
                     return  # stopping with an unstored batch: leave it uncommitted
                 self._inserts += 1
                 _crash_after_insert_hook(self._inserts)
                 self._commit(records)
-                self.stored += len(records)
+                # events stored (or already stored, redelivered); dead letters apart
+                stored = sum(1 for a in acks if a.accepted and a.index >= 0)
+                self.stored += stored
+                self.dead_lettered += sum(1 for a in acks if not a.accepted)
                 if self.on_batch is not None:
-                    self.on_batch(len(records))
+                    self.on_batch(stored)
         finally:
             self._consumer.close()
 
@@ -167,20 +172,21 @@ class KafkaRunner:
                 value=m.value() or b"", topic=m.topic() or "", partition=m.partition() or 0,
                 offset=m.offset() or 0,
                 headers=tuple((k, _as_bytes(v)) for k, v in _headers(m)),
+                key=_as_bytes(m.key()),
             ))
         return records
 
-    def _write(self, records: list[Record]) -> bool:
+    def _write(self, records: list[Record]) -> list[Ack] | None:
+        """The sink's acks once the batch is stored; None when stopping before that."""
         delay = 0.2
         while True:
             try:
-                self.sink.ingest(records)
-                return True
+                return self.sink.ingest(records)
             except StoreError as exc:
                 if self.stop_event.is_set():
                     log.error("stopping with %d unstored events; not committing them "
                               "(they will be redelivered)", len(records))
-                    return False
+                    return None
                 log.warning("store write failed (%s); retrying in %.1fs", exc, delay)
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, 10.0)
@@ -213,4 +219,5 @@ def run_until_signalled(runner: KafkaRunner) -> None:
         signal.signal(sig, lambda *_: runner.stop())
     started = time.monotonic()
     runner.run()
-    log.info("stored %d events in %.0fs", runner.stored, time.monotonic() - started)
+    log.info("stored %d events (%d records dead-lettered) in %.0fs", runner.stored,
+             runner.dead_lettered, time.monotonic() - started)

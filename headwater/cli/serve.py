@@ -103,7 +103,8 @@ def query_service(dsn: str | None, listen: str | None) -> None:
 
         log = LogPublishers(lambda: KafkaTransport(settings.kafka_bootstrap,
                                                    settings.kafka_topic,
-                                                   config=settings.kafka_config))
+                                                   config=settings.kafka_config,
+                                                   compression=settings.kafka_compression))
     server, port = build_server(store, settings.listen, damping=settings.attribution_damping,
                                 decay=settings.attribution_decay, log=log, security=security,
                                 max_workers=settings.rpc_workers,
@@ -159,7 +160,8 @@ def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
         run_until_signalled(runner)
     finally:
         store.close()
-    status(f"headwater process: stopped after storing {runner.stored} events")
+    status(f"headwater process: stopped after storing {runner.stored} events "
+           f"({runner.dead_lettered} records dead-lettered)")
 
 
 def _observe_lag(settings: Settings) -> None:

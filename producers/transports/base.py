@@ -18,6 +18,7 @@ class Record:
     offset: int = -1
     headers: tuple[tuple[str, bytes], ...] = ()
     principal: str = ""  # who sent it, as authenticated (token name, certificate subject)
+    key: bytes = b""  # the Kafka message key (the run id), kept with a dead letter
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from headwater.producers.transports.chunking import CHUNK_HEADER, split_into_chu
 
 Headers = list[tuple[str, str | bytes | None]]
 DEFAULT_TOPIC = "headwater.events"
+# librdkafka's compression.type values (HEADWATER_KAFKA_COMPRESSION, docs/configuration.md)
+COMPRESSION = ("zstd", "lz4", "snappy", "gzip", "none")
 
 # Errors worth sending again through a fresh producer; anything else is final.
 _RETRIABLE = {
@@ -50,6 +52,7 @@ class KafkaTransport:
         topic: str = DEFAULT_TOPIC,
         *,
         config: Mapping[str, Any] | None = None,
+        compression: str = "zstd",
         max_message_bytes: int = 900_000,
         max_pending: int = 100_000,
         send_timeout: float = 30.0,
@@ -57,13 +60,17 @@ class KafkaTransport:
         max_attempts: int = 5,
     ) -> None:
         self.topic = topic
+        if compression not in COMPRESSION:
+            raise ValueError(f"compression {compression!r} is not one of "
+                             f"{', '.join(COMPRESSION)}")
         self._config: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,
             "acks": "all",
             "enable.idempotence": True,
-            # zstd: the cheapest codec per byte saved here (gradients compress ~0.8x); the
-            # processor's librdkafka reads it natively.
-            "compression.type": "zstd",
+            # zstd by default: the cheapest codec per byte saved here (gradients compress
+            # ~0.8x) and librdkafka reads it natively; consumers without a zstd codec
+            # (some kafkajs or older Java setups) need lz4, snappy, gzip or none.
+            "compression.type": compression,
             "linger.ms": 5,
             "batch.size": 1_000_000,
             "message.max.bytes": max(max_message_bytes + 65_536, 1_000_000),

@@ -48,7 +48,8 @@ DEAD_LETTERS_SCHEMA = pa.schema([
     ("error", pa.string()), ("transport", pa.string()), ("topic", pa.string()),
     ("partition", pa.int32()), ("offset", pa.int64()), ("event_id", pa.string()),
     ("producer_id", pa.string()), ("run_id", pa.string()), ("seq", pa.uint64()),
-    ("principal", pa.string()),
+    ("principal", pa.string()), ("key", pa.binary()),
+    ("headers", pa.list_(pa.struct([("name", pa.string()), ("value", pa.binary())]))),
 ])
 
 
@@ -153,7 +154,8 @@ def dead_letter_rows(batch: list[Rejected], transport: str, now: datetime) -> pa
             "offset": r.record.offset, "event_id": e.event_id[:256] if e else "",
             "producer_id": e.producer_id[:256] if e else "",
             "run_id": e.run_id[:256] if e else "", "seq": e.seq if e else 0,
-            "principal": r.record.principal,
+            "principal": r.record.principal, "key": r.record.key,
+            "headers": [{"name": n, "value": v} for n, v in r.record.headers],
         })
     return pa.Table.from_pylist(rows, schema=DEAD_LETTERS_SCHEMA)
 

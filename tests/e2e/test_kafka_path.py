@@ -244,6 +244,27 @@ def test_sources_published_through_kafka_are_stored_and_served(
         stop(qs)
 
 
+def test_every_producer_compression_is_read_and_a_bad_one_is_named(
+    broker: Broker, tmp_path: Path, processors: list[Processor]
+) -> None:
+    """KafkaTransport(compression=...) for consumers without zstd: process reads each."""
+    topic, tag, data = _setup(broker, "codecs", tmp_path)
+    published = []
+    for codec in ("zstd", "lz4", "snappy", "gzip", "none"):
+        with Publisher(KafkaTransport(broker.bootstrap, topic, compression=codec),
+                       run_id=f"run-{tag}-{codec}") as pub:
+            published += [pub.publish(_source(f"{tag}-{codec}", i)).event_id for i in range(3)]
+    with pytest.raises(ValueError, match="compression 'brotli' is not one of zstd, lz4"):
+        KafkaTransport(broker.bootstrap, topic, compression="brotli")
+    proc = _process(processors, broker.bootstrap, topic, data)
+    proc.wait_committed(len(published))
+    proc.stop()
+    assert _events_by_id(data) == dict.fromkeys(published, 1)
+    bad = run_headwater("process", "--dsn", f"chdb://{tmp_path / 'unused'}",
+                        env={"HEADWATER_KAFKA_COMPRESSION": "brotli"}, timeout=60)
+    assert bad.returncode != 0 and "kafka_compression" in (bad.stdout + bad.stderr).lower()
+
+
 def test_redelivered_events_are_stored_once(
     broker: Broker, tmp_path: Path, processors: list[Processor]
 ) -> None:
@@ -294,10 +315,12 @@ def test_malformed_messages_go_to_dead_letters_and_the_events_around_them_are_st
     far.emitted_at.seconds = 2**62
     far.hash = event_hash(far)
 
-    def produce_raw(value: bytes | None) -> int:
+    def produce_raw(value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+                    ) -> int:
         offsets: list[int] = []
         raw = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
         raw.produce(topic, key=f"run-{tag}".encode(), value=value, partition=0,
+                    headers=headers,
                     on_delivery=lambda err, msg: offsets.append(-1 if err else msg.offset()))
         assert raw.flush(30) == 0 and offsets and offsets[0] >= 0
         return offsets[0]
@@ -305,7 +328,8 @@ def test_malformed_messages_go_to_dead_letters_and_the_events_around_them_are_st
     pub = Publisher(KafkaTransport(broker.bootstrap, topic), run_id=f"run-{tag}")
     before = pub.publish(_source(tag, 0))
     pub.flush(timeout=30)
-    garbage_offset = produce_raw(garbage)
+    garbage_headers = [("origin", b"legacy-app"), ("trace", b"\x00\x01"), ("origin", b"2")]
+    garbage_offset = produce_raw(garbage, garbage_headers)
     invalid_offset = produce_raw(invalid.SerializeToString(deterministic=True))
     far_offset = produce_raw(far.SerializeToString(deterministic=True))
     tombstone_offset = produce_raw(None)  # 4. a message with no value at all
@@ -331,6 +355,21 @@ def test_malformed_messages_go_to_dead_letters_and_the_events_around_them_are_st
     assert dead[2]["error"] and bytes.fromhex(dead[2]["raw"]) == far.SerializeToString(
         deterministic=True)
     assert dead[3]["error"] and dead[3]["raw"] == ""
+    # issue 19 item 7: the whole Kafka message is kept (key, headers in order, repeats
+    # included); an empty message is called empty; the processed count leaves them out
+    assert "empty message" in dead[3]["error"]
+    kept = sql(data, "SELECT offset, key, arrayMap(h -> h.1, headers) AS names, "
+                     "arrayMap(h -> hex(h.2), headers) AS vals FROM dead_letters FINAL "
+                     "ORDER BY offset")
+    assert {k["key"] for k in kept} == {f"run-{tag}"}
+    assert kept[0]["names"] == [n for n, _ in garbage_headers]
+    assert [bytes.fromhex(v) for v in kept[0]["vals"]] == [v for _, v in garbage_headers]
+    assert all(k["names"] == [] for k in kept[1:])
+    line = "stopped after storing 2 events (4 records dead-lettered)"
+    deadline = time.monotonic() + 10  # the drain thread reads the last lines after exit
+    while line not in proc.output and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert line in proc.output, proc.output
 
 
 def test_broker_restart_while_publishing_loses_no_acknowledged_event(
