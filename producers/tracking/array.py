@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headwater.errors import LineageLost
-from headwater.producers.tracking import registry
+from headwater.producers.tracking import pending, registry
 from headwater.producers.tracking.maps import (
     NotUnderstood,
     covers_rows,
@@ -27,6 +27,7 @@ from headwater.producers.tracking.maps import (
     product_segments,
     reduction_segments,
 )
+from headwater.producers.tracking.pending import Pending
 from headwater.producers.tracking.segments import (
     Segments,
     all_rows,
@@ -56,6 +57,7 @@ class TrackedArray(np.ndarray):
     _hw_roots: tuple[str, ...] = ()  # recorded nodes this array came from, when _hw_node
     _hw_why: str = ""                # is None (an unrecorded derivation) and why
     _hw_alias: Any = None            # weakref to the tracked array whose memory this is
+    _hw_pending: Pending | None = None  # rows on another axis: element ids (pending.py)
     _hw_scratch: Tracker | None = None  # np.empty_like of a tracked array: tracked once
                                          # tracked rows are written into it
 
@@ -65,7 +67,8 @@ class TrackedArray(np.ndarray):
         if isinstance(obj, TrackedArray) and obj._hw_tracker is not None:
             self._hw_tracker = obj._hw_tracker
             self._hw_node = None
-            self._hw_roots = (obj._hw_node,) if obj._hw_node is not None else obj._hw_roots
+            parent = obj._hw_node if obj._hw_pending is None else maybe_node(obj)
+            self._hw_roots = (parent,) if parent is not None else obj._hw_roots
             self._hw_why = obj._hw_why or "ndarray method or view not intercepted"
 
     # -- identity ------------------------------------------------------------------------
@@ -114,6 +117,11 @@ class TrackedArray(np.ndarray):
             if tracker._batch:
                 return tracker._derive(result, [a for _, a in tracked], "", ())
             shape = result.shape if type(result) is np.ndarray else ()
+            if any(a._hw_pending is not None for _, a in tracked):
+                out = _pending_elementwise(tracker, result, shape, [a for _, a in tracked],
+                                           _UFUNC_NAMES.get(ufunc) or f"numpy.{ufunc.__name__}")
+                if out is not None:
+                    return out
             nodes: list[str] = []
             segments: Segments = []
             for _, a in tracked:
@@ -194,8 +202,9 @@ class TrackedArray(np.ndarray):
             result = func(*pargs, **pkwargs)
             if func is np.empty_like and tracker is not None and not tracker._off and \
                     type(result) is np.ndarray:  # a bounce buffer NumPy's shuffles fill
-                result = result.view(TrackedArray)
-                result._hw_scratch = tracker
+                scratch = result.view(TrackedArray)
+                scratch._hw_scratch = tracker
+                return scratch
             return result
         call = Call(tracker, func, args, kwargs, pargs, pkwargs, found)
         result = func(*pargs, **pkwargs)
@@ -204,6 +213,10 @@ class TrackedArray(np.ndarray):
             return result
         if tracker._batch:
             return tracker._derive(result, call.tracked, call.op_name, ())
+        if func in _MOVES and type(result) is np.ndarray:
+            out = _pending_move(call, result)
+            if out is not None:
+                return out
         outs = _array_outputs(result)
         if not outs:
             return result  # not an array (a bool, a shape): leaves tracking
@@ -240,6 +253,10 @@ class TrackedArray(np.ndarray):
         result = self.view(np.ndarray)[pkey]
         if tracker._batch:
             return tracker._derive(result, [self, *selectors], "ndarray.__getitem__", ())
+        if self._hw_pending is not None and not selectors and isinstance(result, np.ndarray):
+            moved = pending.apply(self._hw_pending, lambda ids: ids[pkey], result.shape,
+                                  "ndarray.__getitem__")
+            return _pending_result(tracker, result, moved)
         nodes, index = input_nodes([self, *selectors])
         n_out = n_rows(np.shape(result))
         try:
@@ -351,6 +368,73 @@ class TrackedArray(np.ndarray):
                                [node_required(self)], [identity(0, n)] if n else [], True)
 
 
+def _pending_result(tracker: Tracker, result: np.ndarray, p: Pending) -> TrackedArray:
+    out = result.view(TrackedArray)
+    out._hw_tracker = tracker
+    out._hw_pending = p
+    return out
+
+
+def _settle(arr: TrackedArray) -> str:
+    """Record a pending stretch as one op (pending.py) and give the array its node."""
+    p = arr._hw_pending
+    tracker = arr._hw_tracker
+    assert p is not None and tracker is not None
+    name, params, segments, understood = pending.settle_segments(p, arr.shape)
+    node = tracker.new_node_id()
+    arr._hw_pending = None
+    tracker._op(name, params, p.nodes, node, arr.shape, segments, understood)
+    arr._hw_node = node
+    return node
+
+
+def _pending_elementwise(tracker: Tracker, result: Any, shape: tuple[int, ...],
+                         operands: list[TrackedArray], op: str) -> TrackedArray | None:
+    if not isinstance(result, np.ndarray):
+        result = np.asarray(result)
+    seen: dict[int, TrackedArray] = {id(a): a for a in operands}
+    merged = pending.merge([pending.ids_of(a, node_required) for a in seen.values()],
+                           shape, op)
+    return None if merged is None else _pending_result(tracker, result, merged)
+
+
+def _rows_axis_after(func: Any, ndim: int, args: Any, kwargs: Any) -> int:
+    """Where input axis 0 ends up after an axis permutation (probed on a 0-byte view)."""
+    probe = np.lib.stride_tricks.as_strided(np.zeros(1), shape=tuple(range(2, ndim + 2)),
+                                            strides=(0,) * ndim)
+    return list(np.shape(func(probe, *args, **kwargs))).index(2)
+
+
+def _pending_move(call: Call, result: np.ndarray) -> TrackedArray | None:
+    """A move on a pending array stays pending; a permutation moving rows off axis 0
+    starts pending. None: record as usual."""
+    if len(call.tracked) != 1 or not call.args or call.args[0] is not call.tracked[0]:
+        return None
+    x = call.tracked[0]
+    rest, kwargs = call.pargs[1:], call.pkwargs
+    if x._hw_pending is None:
+        if call.func not in _PERMUTES or x.ndim < 2 or result.ndim < 2:
+            return None
+        try:
+            if _rows_axis_after(call.func, x.ndim, rest, kwargs) == 0:
+                return None
+        except (ValueError, TypeError):
+            return None
+    try:
+        moved = pending.apply(pending.ids_of(x, node_required),
+                              lambda ids: call.func(ids, *rest, **kwargs), result.shape,
+                              call.op_name)
+    except (NotUnderstood, ValueError, TypeError):
+        return None
+    return _pending_result(call.tracker, result, moved)
+
+
+_PERMUTES = {np.transpose, np.swapaxes, np.moveaxis, np.rollaxis,
+             *[getattr(np, n) for n in ("permute_dims", "matrix_transpose") if hasattr(np, n)]}
+_MOVES = _PERMUTES | {np.reshape, np.ravel, np.squeeze, np.expand_dims, np.copy,
+                      np.ascontiguousarray, np.asfortranarray}
+
+
 def _permutation_check(args: Any) -> None:
     """`rng.permutation(x)` copies a 1-D tracked x into a plain array (np.asarray), asks
     np.may_share_memory(copy, x) and shuffles the copy: the one call the tracker sees.
@@ -420,6 +504,17 @@ def _fast_reduction(func: Any, x: TrackedArray, args: tuple[Any, ...],
         return _MISSING
     result = func(x.view(np.ndarray), *args, **kwargs)
     axis = args[0] if args else kwargs.get("axis")
+    if x._hw_pending is not None and axis is not None and isinstance(result, np.ndarray):
+        axes = axis if isinstance(axis, tuple) else (axis,)
+        keep, name = bool(kwargs.get("keepdims")), _FAST_REDUCTIONS[func]
+        reduced = pending.reduce_axes(x._hw_pending, axes, keep, name)
+        if reduced is not None and reduced.ids.shape[:-1] == result.shape:
+            return _pending_result(tracker, result, reduced)
+        # wide (a mean over the original rows): recorded now, x stays pending
+        whole = pending.reduce_axes(x._hw_pending, axes, keep, name, limit=2**62)
+        if whole is not None and whole.ids.shape[:-1] == result.shape:
+            op, params, segments, ok = pending.settle_segments(whole, result.shape)
+            return tracker._record(result, op, params, whole.nodes, segments, ok)
     node = x._hw_node or node_required(x)
     segments, understood = reduction_segments(0, x.view(np.ndarray), axis,
                                                n_rows(np.shape(result)))
@@ -443,6 +538,8 @@ def maybe_node(arr: TrackedArray) -> str | None:
     node = arr._hw_node
     if node is not None:
         return node
+    if arr._hw_pending is not None and arr._hw_tracker is not None:
+        return _settle(arr)
     if arr._hw_roots and arr._hw_tracker is not None:
         return arr._hw_tracker._collapse(arr)
     return None

@@ -1,4 +1,5 @@
-"""Tracked pandas DataFrames: column selection, row filters, merges and `to_array` as ops.
+"""Tracked pandas DataFrames: column selection, row filters, merges and `to_array` as ops
+(sort_values, drop_duplicates, sample, reset_index, groupby(...).agg and concat: frame_rows.py).
 
     frame = track_dataframe(tracker, df, uri="memory://patients")   # see sources.py
     visits = track_dataframe(tracker, other, uri="memory://visits")
@@ -234,6 +235,36 @@ class TrackedFrame:
                          {"columns": names, "dtype": target.name}, [self._node], values.shape,
                          identity_rows(len(self)), identity_columns(names), names)
         return self._tracker.array(values, node_id=node)
+
+    # -- row order, duplicates, samples, groups (frame_rows.py) --------------------------
+
+    def sort_values(self, by: Any, **kwargs: Any) -> TrackedFrame:
+        """`df.sort_values(by, ...)`, recorded as one gather."""
+        from headwater.producers.tracking import frame_rows
+        return frame_rows.sort_values(self, by, **kwargs)
+
+    def drop_duplicates(self, subset: Any = None, keep: Any = "first",
+                        ignore_index: bool = False) -> TrackedFrame:
+        """`df.drop_duplicates(...)`, recorded as one gather of the kept rows."""
+        from headwater.producers.tracking import frame_rows
+        return frame_rows.drop_duplicates(self, subset, keep, ignore_index)
+
+    def sample(self, n: int | None = None, frac: float | None = None, replace: bool = False,
+               weights: Any = None, random_state: Any = None,
+               ignore_index: bool = False) -> TrackedFrame:
+        """`df.sample(...)`, recorded as one gather of the drawn rows."""
+        from headwater.producers.tracking import frame_rows
+        return frame_rows.sample(self, n, frac, replace, weights, random_state, ignore_index)
+
+    def reset_index(self, drop: bool = False) -> TrackedFrame:
+        """`df.reset_index(drop=...)`: same rows (identity)."""
+        from headwater.producers.tracking import frame_rows
+        return frame_rows.reset_index(self, drop)
+
+    def groupby(self, by: Any, sort: bool = True, dropna: bool = True) -> Any:
+        """`df.groupby(by)`; its `.agg(...)` records one aggregate row per group."""
+        from headwater.producers.tracking import frame_rows
+        return frame_rows.TrackedGroupBy(self, by, sort, dropna)
 
     # -- merge -------------------------------------------------------------------------
 

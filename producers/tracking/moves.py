@@ -89,8 +89,7 @@ def id_segments(ids: np.ndarray, inputs: Sequence[int], input_rows: Sequence[int
         k = int(count.max())
         if k > MAX_FANIN_SEGMENTS:
             if (count[has] == n_in).all():  # each such row holds every row: exact
-                segments += _runs(i, hi, has,
-                                  lambda a, b, i=i: all_rows(i, b - a, ROWS_MOVED, a))
+                segments += _runs(i, hi, has, _all_rows_of(i))
                 continue
             raise NotUnderstood
         table = np.repeat(hi[:, None], k, axis=1)  # padded with a row already listed
@@ -100,6 +99,12 @@ def id_segments(ids: np.ndarray, inputs: Sequence[int], input_rows: Sequence[int
         for j in range(k):
             segments += _runs(i, table[:, j], has)
     return segments
+
+
+def _all_rows_of(i: int) -> Callable[[int, int], Any]:
+    def make(a: int, b: int) -> Any:
+        return all_rows(i, b - a, ROWS_MOVED, a)
+    return make
 
 
 def _runs(i: int, col: np.ndarray, has: np.ndarray,

@@ -52,8 +52,8 @@ class Recorder:
 
     def resolve(self, arr: Any, rows: Iterable[int] | None = None) -> list[set[Key]]:
         """For each row of arr, the (source node, source row) set it resolves to."""
+        node = arr.node_id  # first: a pending array records its op now
         op_of = self.op_of()
-        node = arr.node_id
         out = []
         for r in range(n_rows(arr)) if rows is None else rows:
             found = trace(node, np.array([r]), op_of).rows
