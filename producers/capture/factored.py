@@ -73,6 +73,11 @@ def find_layers(model: nn.Module, names: list[str]) -> tuple[list[Layer], list[s
     return layers, refused
 
 
+def plain(t: torch.Tensor) -> torch.Tensor:
+    """t as a plain tensor (a TrackedTensor's maths here must not be recorded as ops)."""
+    return t if type(t) is torch.Tensor else t.as_subclass(torch.Tensor)
+
+
 def _unfold(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """Conv2d input [n, C, H, W] -> patches [n, positions, C * kh * kw]."""
     padding: Any = 0 if module.padding == "valid" else module.padding
@@ -123,7 +128,7 @@ class Taps:
 
     def _forward(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            self.inputs[name].append(args[0].detach())
+            self.inputs[name].append(plain(args[0]).detach())
             if self.keep_outputs:
                 self.outputs[name].append(out)
             elif out.requires_grad:

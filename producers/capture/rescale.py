@@ -173,7 +173,7 @@ def wrap_output(state: OutputGradient) -> Any:
                                 "outputs")
             return out
         state.calls += 1
-        state.output = out
+        state.output = out if type(out) is torch.Tensor else out.as_subclass(torch.Tensor)
         return _Rescale.apply(out, state) if out.requires_grad else out
 
     return hook

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from headwater.producers.capture.factored import Layer, Projector, Taps, find_layers
+from headwater.producers.capture.factored import Layer, Projector, Taps, find_layers, plain
 from headwater.producers.capture.kronecker import KroneckerProjection, plan_factors
 from headwater.producers.capture.recorder import (
     Publish,
@@ -201,8 +201,8 @@ class TorchCapture(Recorder):
     def features(self, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, Weights,
                                                                   torch.Tensor]:
         """(φ [n, k], weights, f [n]) at the model's current parameters."""
-        x = torch.as_tensor(x)
-        y = torch.as_tensor(y)
+        x = plain(torch.as_tensor(x))
+        y = plain(torch.as_tensor(y))
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
         with torch.no_grad():
@@ -235,7 +235,7 @@ class TorchCapture(Recorder):
         hooks on this backward, rescaled from loss to margin gradients; dense: from a vmap
         pass at entry. The recorded per-sample learning rate is lr x c, the loss's measured
         per-row scale (1/B for a mean)."""
-        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        x, y = plain(torch.as_tensor(x)), plain(torch.as_tensor(y))
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
         dense = self._dense_phi(x, y) if self.layers is None else None

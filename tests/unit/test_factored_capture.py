@@ -267,3 +267,27 @@ def test_plan_factors_budget() -> None:
         plan_factors(layers, 512, {"9": (1, 1)})
     with pytest.raises(ValueError, match="each needs at least 1"):
         plan_factors(layers, 2)
+
+
+def test_tracked_tensors_pass_through_without_recorded_capture_maths() -> None:
+    """TrackedTensors inside step(): φ as for plain tensors; the capture's own maths is
+    not recorded as ops (only the identity view its output hook adds)."""
+    from headwater.producers.tracking import Tracker
+    from headwater.producers.tracking.torch import row_keys, track_tensor
+
+    events: list = []
+    tracker = Tracker(events.append)
+    model = mlp((5, 7, 3))
+    sent: list = []
+    capture = TorchCapture(sent.append, model, "m", k=16)
+    x, y = torch.randn(N, 5), torch.randint(0, 3, (N,))
+    xt, yt = track_tensor(tracker, x), track_tensor(tracker, y)
+    before = len(events)
+    with capture.step(xt, yt, row_keys(xt), learning_rate=0.1):
+        F.cross_entropy(model(xt), yt).backward()
+    ops = [e.op_name for e in events[before:]]
+    assert ops == ["torch.nn.functional.linear", "torch.tanh",
+                   "torch.nn.functional.linear", "torch.Tensor.view_as",
+                   "torch.nn.functional.cross_entropy"], ops
+    phi = np.frombuffer(sent[-1].gradients, np.float32).reshape(N, -1)
+    close(phi, capture.projection.project(exact(capture, x, y)))
