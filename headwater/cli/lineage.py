@@ -144,17 +144,25 @@ def lineage_describe(node_id: str, run_id: str, listen: str | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "json"]), default="jsonl",
               help="jsonl: one RunEvent per line (what OpenLineage's file transport writes); "
                    "json: one JSON array")
+@click.option("--emit", is_flag=True,
+              help="Send the events through openlineage-python's transport instead of "
+                   "printing them: OPENLINEAGE_URL (HTTP, e.g. Marquez) or openlineage.yml")
 @data_dir_option
 @dsn_option
 @listen_option
-def lineage_openlineage(run_id: str, out_file: Path | None, fmt: str, data_dir: Path | None,
-                        dsn: str | None, listen: str | None) -> None:
+def lineage_openlineage(run_id: str, out_file: Path | None, fmt: str, emit: bool,
+                        data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
     """A run's datasets and jobs as OpenLineage RunEvents (one per op, then the run).
 
     Reads like `headwater sql`: the store itself, or a running serve's SQL when serve
     holds the embedded data directory."""
     from headwater.query_service.lineage.openlineage import export_run
 
+    client = None
+    if emit:
+        from headwater.query_service.lineage import openlineage_delivery
+
+        client = openlineage_delivery.configured_client()  # before reading: fail early
     reader = open_reader(load_settings(data_dir=data_dir, dsn=dsn, listen=listen), listen)
     try:
         events = export_run(reader, run_id)
@@ -162,6 +170,11 @@ def lineage_openlineage(run_id: str, out_file: Path | None, fmt: str, data_dir: 
         raise HeadwaterError(f"run {run_id!r}: {exc}") from None
     finally:
         reader.close()
+    if client is not None:
+        sent = openlineage_delivery.emit(events, client)
+        console.print(f"headwater: {sent} OpenLineage event(s) of run {run_id} sent through "
+                      f"the {client.transport.kind} transport")
+        return
     if fmt == "json":
         text = json.dumps(events, indent=1) + "\n"
     else:
