@@ -130,3 +130,66 @@ def _value(families: dict, name: str, labels: dict[str, str], suffix: str = "") 
     samples = [s for s in families[name].samples
                if s.name in (name + suffix, name + "_total") or (not suffix and s.name == name)]
     return sum(s.value for s in samples if labels.items() <= s.labels.items())
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(300)
+def test_process_and_query_service_serve_metrics(tmp_path: Path, broker) -> None:
+    """`process`: events, dead letters and the group's lag; then `query-service` on the same
+    store: call latency and store size. Both parsed by prometheus_client."""
+    from confluent_kafka import Producer
+
+    from headwater.producers import KafkaTransport, Publisher
+    from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
+
+    topic, group = f"metrics-{tmp_path.name[-10:]}", f"metrics-group-{tmp_path.name[-10:]}"
+    broker.create_topic(topic, partitions=2)
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    metrics_port = free_port()
+    proc = headwater("process", "--dsn", dsn, "--kafka-bootstrap", broker.bootstrap,
+                     "--topic", topic, "--group", group,
+                     env={"HEADWATER_METRICS_PORT": str(metrics_port)})
+    try:
+        wait_for_port(metrics_port, timeout=90, proc=proc)
+        with Publisher(KafkaTransport(broker.bootstrap, topic), run_id="metrics-run") as pub:
+            for i in range(5):
+                pub.publish(events_pb2.SourceRegistered(
+                    source_id=f"m{i}", uri=f"file:///m{i}", content_sha256="0" * 64))
+        garbage = Producer({"bootstrap.servers": broker.bootstrap})
+        garbage.produce(topic, key=b"metrics-run", value=b"\x00\xffnot an event")
+        garbage.flush(10)
+
+        families = _scrape(metrics_port, until=lambda f: (
+            _value(f, "headwater_process_events", {}) >= 5
+            and _value(f, "headwater_process_dead_letters", {}) >= 1
+            and "headwater_process_lag" in f
+            and _value(f, "headwater_process_lag", {}) == 0), timeout=60)
+        assert _value(families, "headwater_process_events", {}) >= 5
+        assert _value(families, "headwater_process_dead_letters", {}) >= 1
+        lag = families["headwater_process_lag"]
+        assert {s.labels["partition"] for s in lag.samples} == {f"{topic}/0", f"{topic}/1"}
+        assert _value(families, "headwater_process_lag", {}) == 0
+        assert _value(families, "headwater_store_rows", {"table": "events"}) >= 5
+    finally:
+        stop(proc)
+
+    port, metrics_port = free_port(), free_port()
+    proc = headwater("query-service", "--dsn", dsn, "--listen", f"127.0.0.1:{port}",
+                     env={"HEADWATER_METRICS_PORT": str(metrics_port)})
+    try:
+        wait_for_port(port, timeout=90, proc=proc)
+        import grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            query_pb2_grpc.LineageStub(channel).GetSource(
+                query_pb2.GetSourceRequest(source_id="m1"), timeout=30)
+        families = _scrape(metrics_port, until=lambda f: _value(
+            f, "rpc_server_call_duration_seconds", {"rpc_method": "GetSource"}, "_count") >= 1)
+        assert _value(families, "rpc_server_call_duration_seconds",
+                      {"rpc_method": "GetSource", "rpc_grpc_status_code": "0"}, "_count") == 1
+        buckets = [s for s in families["rpc_server_call_duration_seconds"].samples
+                   if s.name.endswith("_bucket") and s.labels["rpc_method"] == "GetSource"]
+        assert {s.labels["le"] for s in buckets} >= {"0.001", "0.1", "1.0", "+Inf"}
+        assert _value(families, "headwater_store_size_bytes", {"table": "events"}) > 0
+    finally:
+        stop(proc)
