@@ -14,6 +14,7 @@ from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.transports.local import LocalTransport
 from headwater.query_service.attribution.engine import AttributionEngine
 from headwater.stream_processors.sink import EventSink
+from headwater.v1 import events_pb2
 
 LAM = 2.0
 
@@ -116,3 +117,28 @@ def test_margin_curvature_alone_is_not_exact(wine):
     result = AttributionEngine(store).attribute("w0")
     got = result.scores[np.argsort([e.row for e in result.model.examples])]
     assert np.abs(got - exact).max() > 0.05 * np.abs(exact).max()
+
+
+def test_versions_keeps_the_latest_n_of_the_ensemble(store):
+    """versions=1 scores with the prediction's latest version alone: the same as a
+    prediction recorded at that version only; versions=0 averages both."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(60, 3))
+    y = rng.integers(0, 3, 60)
+    publisher = Publisher(LocalTransport(EventSink(store, "local")), run_id="ens")
+    capture = LinearCapture(publisher.publish, "ens", 3, classes=3)
+    keys = events_pb2.RowKeys(node_ids=["n"], rows=list(range(60)))
+    for v in range(2):
+        capture.set_parameters(rng.normal(size=(3, 3)), rng.normal(size=3))
+        capture.record_version(step=v, l2_penalty=1.0)
+        capture.capture(x, y, keys, learning_rate=0.0, featurisation=True)
+        capture.record_prediction(x[0], label=0, prediction_id="both")
+    capture.record_prediction(x[0], label=0, prediction_id="last")
+    publisher.flush()
+    engine = AttributionEngine(store)
+    latest = engine.attribute("both", versions=1)
+    assert latest.model_version == "v2"
+    np.testing.assert_allclose(latest.scores, engine.attribute("last").scores)
+    both = engine.attribute("both")
+    assert both.model_version == "v1,v2"
+    assert not np.allclose(both.scores, latest.scores)
