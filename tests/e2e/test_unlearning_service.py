@@ -191,3 +191,65 @@ def test_forget_cli(serve, run):
                           (("--source", "src-nope"), "unknown source id")]:
         bad = forget(*args)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+
+
+def test_forget_by_replay_through_the_listener(serve, run, tmp_path):
+    """A torch trainer with the checkpoint hook: the request is applied exactly by replay
+    (auto, within budget), and the method, its reason and cost are on the log."""
+    import torch
+
+    from headwater.producers.checkpoints import Checkpoints
+    from headwater.producers.unlearning.recipe import Recipe
+    from headwater.producers.unlearning.replay import train_step
+
+    torch.set_num_threads(1)
+    xt = torch.tensor(run["xs"], dtype=torch.float32)
+    yt = torch.tensor(run["y"]).long()
+    recipe = Recipe(weight_decay=1e-3)
+    rng = np.random.default_rng(0)
+    n_a = run["n_a"]  # hospital_a rows only for 20 steps, then every row
+    schedule = [rng.choice(n_a, 16, replace=False) for _ in range(20)] + \
+        [rng.choice(len(xt), 16, replace=False) for _ in range(20)]
+
+    def train(gone, directory=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(5, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        hook = Checkpoints(directory, model, opt, every=10, recipe=recipe) \
+            if directory else None
+        for step, rows in enumerate(schedule):
+            rows = rows[~np.isin(rows, gone)]
+            if hook:
+                hook.before_step(step)
+            train_step(model, opt, xt[rows], yt[rows], recipe=recipe)
+            if hook:
+                hook.after_step(step, rows)
+        return model, hook
+
+    model, hook = train(np.zeros(0, np.int64), tmp_path / "ckpt")
+    unlearning = query_pb2_grpc.UnlearningStub(grpc.insecure_channel(serve.target))
+    response = unlearning.Forget(query_pb2.ForgetRequest(
+        run_id="forget-run", model_id="clf", reason="hospital_b withdrew consent",
+        target=events_pb2.ForgetTarget(source_ids=[run["source_b"]])), timeout=60)
+    unlearner = Unlearner(model, xt, yt, checkpoints=hook, replay_budget=600.0,
+                          held_out=(xt[:40], yt[:40]))
+    listener = UnlearningListener(run["publisher"], serve.target, model_id="clf",
+                                  dataset=run["x"], apply=unlearner)
+    (applied,) = listener.poll(force=True)
+    assert applied.status == applied.APPLIED and applied.method == events_pb2.REPLAY
+    assert applied.method_reason.startswith("replay: ") and "within the budget" in \
+        applied.method_reason
+    assert applied.steps_replayed == 20 and applied.estimated_replay_steps == 20
+    assert applied.checkpoint_uri.endswith("step-20.pt")
+    retrained, _ = train(np.arange(n_a, n_a + run["n_b"]))
+    for p, q in zip(model.parameters(), retrained.parameters(), strict=True):
+        assert torch.equal(p, q)  # exact: the run that never saw hospital_b
+    done = serve.cli("sql", "SELECT method, method_reason, steps_replayed, "
+                     "estimated_replay_steps, checkpoint_uri FROM unlearning_applied FINAL "
+                     "WHERE request_id = {r:String}", "--param",
+                     f"r={response.request_id}", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    (row,) = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert row["method"] == "REPLAY" and row["steps_replayed"] == 20
+    assert row["method_reason"] == applied.method_reason
+    listener.close()

@@ -261,3 +261,32 @@ def test_newton_targets_a_mean_loss_weight_decay_trainer() -> None:
     assert fixed.verification.distance_to_retrained > 0.05 * original
     with pytest.raises(ValueError, match="not the recipe's λ for 400 training rows"):
         unlearn(model, forget, retain, recipe=Recipe("sum", 0.05))
+
+
+def test_kfac_newton_stops_at_the_target_and_names_unsupported_models(data: dict) -> None:
+    from headwater.producers.unlearning.kfac import kfac_newton
+
+    model, opt = _fresh()
+    for rows in data["schedule"][:60]:
+        train_step(model, opt, data["x"][rows], data["y"][rows], recipe=RECIPE)
+    gone = np.zeros(N, dtype=bool)
+    gone[:30] = True
+    forget = (data["x"][:30], data["y"][:30])
+    retain = (data["x"][30:], data["y"][30:])
+    kw = {"task": "classification", "lam": RECIPE.lam(N), "lam_retained": RECIPE.lam(N - 30),
+          "offset_scale": (N - 30) / N}
+    before = float(torch.nn.functional.cross_entropy(model(forget[0]), forget[1]))
+    full, d_full = kfac_newton(model, forget, retain, target_loss=None, **kw)
+    assert d_full["kfac_alpha"] == 1.0 and d_full["kfac_step_norm"] > 0
+    assert d_full["kfac_forget_loss"] > before  # the step removes the rows' pull
+    target = before + 0.25 * (d_full["kfac_forget_loss"] - before)
+    capped, d_cap = kfac_newton(model, forget, retain, target_loss=target, **kw)
+    assert d_cap["kfac_shortened"] and 0 < d_cap["kfac_alpha"] < 1
+    assert d_cap["kfac_forget_loss"] <= target + 1e-9
+    assert d_cap["kfac_forget_loss"] == pytest.approx(target, abs=1e-3)
+    assert float(torch.nn.functional.cross_entropy(model(forget[0]), forget[1])) == before
+    conv = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.Flatten(),
+                               torch.nn.Linear(12, 3))
+    with pytest.raises(TypeError, match="also trains 0.weight, 0.bias"):
+        kfac_newton(conv, (torch.randn(4, 1, 8), torch.zeros(4)),
+                    (torch.randn(4, 1, 8), torch.zeros(4)), target_loss=None, **kw)
