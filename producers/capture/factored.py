@@ -126,6 +126,12 @@ class Taps:
             self.inputs[layer.name], self.grads[layer.name] = [], []
             self.outputs[layer.name] = []
 
+    def take(self) -> tuple[dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:
+        """(inputs, grads) kept so far, handed over; the taps start afresh."""
+        taken = dict(self.inputs), dict(self.grads)
+        self.clear()
+        return taken
+
     def _forward(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
             self.inputs[name].append(plain(args[0]).detach())
@@ -166,22 +172,22 @@ class Projector:
                 else torch.as_tensor(side.columns().T.copy(), dtype=dtype, device=device)
                 for side in (side_rows, side_cols)))
 
-    def phi(self, taps: Taps) -> torch.Tensor:
-        """φ [n, k] from the taps' (a, δ) pairs (several per layer when a layer ran several
-        times: their gradients add)."""
-        blocks = []
+    def phi(self, inputs: dict[str, list[torch.Tensor]],
+            grads_of: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+        """φ [n, k] from the (a, δ) pairs Taps.take() hands over (several per layer when a
+        layer ran several times: their gradients add)."""
+        blocks: list[torch.Tensor] = []
         with torch.no_grad():
             for layer, (p_rows, p_cols) in zip(self.layers, self.matrices, strict=True):
-                ins, grads = taps.inputs[layer.name], taps.grads[layer.name]
+                ins, grads = inputs[layer.name], grads_of[layer.name]
                 if not ins:
                     raise RuntimeError(f"layer {layer.name!r} did not run in the forward pass")
                 if len(grads) != len(ins) or any(g.requires_grad for g in grads):
                     raise RuntimeError(f"layer {layer.name!r}: its output gradient never "
                                        "arrived; call loss.backward() inside capture.step()")
-                total = None
-                for a, delta in zip(ins, grads, strict=True):
-                    part = self._layer(layer, a, delta, p_rows, p_cols)
-                    total = part if total is None else total + part
+                total = self._layer(layer, ins[0], grads[0], p_rows, p_cols)
+                for a, delta in zip(ins[1:], grads[1:], strict=True):
+                    total = total + self._layer(layer, a, delta, p_rows, p_cols)
                 blocks.append(total)
         return torch.cat(blocks, dim=1)
 

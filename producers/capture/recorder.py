@@ -184,26 +184,28 @@ class Recorder:
         """One GradientBatch of projected per-sample gradients φ [n, k] (a NumPy array or a
         torch tensor, read when the event is built; it must not change after this call).
         Returns the payload, or None when a BackgroundPublisher builds it later."""
+        keys = _keys(keys, phi.shape[0])
+        version = self._require_version()
         self.last_step = max(self.last_step, step)
-        n = phi.shape[0]
-        keys = _keys(keys, n)
+        return self._emit(lambda: self.gradient_batch(  # type: ignore[return-value]
+            phi, weights, keys, learning_rate=learning_rate, step=step, targets=targets,
+            featurisation=featurisation, version=version))
+
+    def gradient_batch(self, phi: Any, weights: Weights, keys: events_pb2.RowKeys, *,
+                       learning_rate: float, step: int, version: str, targets: Any = None,
+                       featurisation: bool = False) -> events_pb2.GradientBatch:
+        """The GradientBatch payload itself (pure: no version recorded, nothing sent)."""
         kind = (events_pb2.GradientBatch.FEATURISATION if featurisation
                 else events_pb2.GradientBatch.TRAINING_STEP)
-        version = self._require_version()
         proto_dtype, np_dtype = _DTYPES[self.dtype]
-
-        def build() -> events_pb2.GradientBatch:
-            return events_pb2.GradientBatch(
-                model_id=self.model_id, model_version=version, step=step,
-                learning_rate=learning_rate, row_keys=keys, dim=phi.shape[1],
-                dtype=proto_dtype, gradients=_bytes(phi, np_dtype),
-                loss=weights.loss.tolist(), loss_weight=weights.q.tolist(),
-                curvature_weight=weights.w.tolist(), projection=self._proto_projection,
-                kind=kind, output_function=self.output_function,
-                targets=[] if targets is None
-                else np.asarray(targets, np.float64).ravel().tolist())
-
-        return self._emit(build)  # type: ignore[return-value]
+        return events_pb2.GradientBatch(
+            model_id=self.model_id, model_version=version, step=step,
+            learning_rate=learning_rate, row_keys=_keys(keys, phi.shape[0]), dim=phi.shape[1],
+            dtype=proto_dtype, gradients=_bytes(phi, np_dtype),
+            loss=weights.loss.tolist(), loss_weight=weights.q.tolist(),
+            curvature_weight=weights.w.tolist(), projection=self._proto_projection, kind=kind,
+            output_function=self.output_function,
+            targets=[] if targets is None else np.asarray(targets, np.float64).ravel().tolist())
 
     def publish_curvature(self, phi: np.ndarray, w: np.ndarray, keys: events_pb2.RowKeys,
                           per_row: int, *, step: int = 0, max_rows: int = 65_536) -> None:

@@ -23,6 +23,7 @@ from headwater.producers.capture.recorder import (
     Publish,
     Recorder,
     Weights,
+    _keys,
     margin_weights,
     regression_weights,
 )
@@ -30,6 +31,7 @@ from headwater.producers.capture.rescale import (
     LossMismatch,
     OutputGradient,
     loss_scale,
+    margins,
     wrap_output,
 )
 from headwater.v1 import events_pb2
@@ -81,6 +83,7 @@ class TorchCapture(Recorder):
     """
 
     framework = "torch"
+    last_step: int
 
     def __init__(self, publish: Publish, model: torch.nn.Module, model_id: str, *,
                  parameters: str | Sequence[str] = "all", mode: str = "auto",
@@ -155,11 +158,6 @@ class TorchCapture(Recorder):
         out = functional_call(self.model, {**frozen, **trained}, (x.unsqueeze(0),))
         return self._margin(out, y.unsqueeze(0))[0]
 
-    def _weights(self, f: torch.Tensor, y: torch.Tensor) -> Weights:
-        fn = f.detach().double().cpu().numpy()
-        if self.task == "classification":
-            return margin_weights(fn)
-        return regression_weights(fn, y.detach().double().reshape(-1).cpu().numpy())
 
     def _dense_phi(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """φ through vmap(grad): every per-sample gradient formed, then projected by P."""
@@ -193,10 +191,7 @@ class TorchCapture(Recorder):
             for o in taps.outputs[layer.name]:
                 g = next(it)
                 taps.grads[layer.name].append(torch.zeros_like(o) if g is None else g)
-        try:
-            return self._projector.phi(taps)
-        finally:
-            taps.clear()
+        return self._projector.phi(*taps.take())
 
     def features(self, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, Weights,
                                                                   torch.Tensor]:
@@ -209,7 +204,7 @@ class TorchCapture(Recorder):
             f = self._margin(self.model(x), y)
         phi = self._dense_phi(x, y) if self.layers is None else self._factored_phi(x, y)
         return (np.asarray(phi.detach().cpu().numpy(), dtype=np.float32),
-                self._weights(f, y), f)
+                self._weights_of(f.detach().double().cpu().numpy(), y), f)
 
     def capture(self, x: torch.Tensor, y: torch.Tensor, keys: events_pb2.RowKeys, *,
                 learning_rate: float, step: int = 0, reduction: str = "mean",
@@ -234,10 +229,13 @@ class TorchCapture(Recorder):
         mean or sum); call `optimizer.step()` after the block. Factored: φ comes from the
         hooks on this backward, rescaled from loss to margin gradients; dense: from a vmap
         pass at entry. The recorded per-sample learning rate is lr x c, the loss's measured
-        per-row scale (1/B for a mean)."""
+        per-row scale (1/B for a mean). With a BackgroundPublisher, the projection and the
+        event are computed on its worker after the first step (a refused loss is then raised
+        at flush); the trainer's thread keeps only the hooks and the margins."""
         x, y = plain(torch.as_tensor(x)), plain(torch.as_tensor(y))
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+        keys = _keys(keys, x.shape[0])
         dense = self._dense_phi(x, y) if self.layers is None else None
         state = OutputGradient(self.task, y)
         root = self.model.register_forward_hook(wrap_output(state))
@@ -249,15 +247,34 @@ class TorchCapture(Recorder):
             root.remove()
             self._taps.stop()
         try:
-            phi, weights, c = self._finish(x, y, state, dense)
+            self._check(x, state)
+            taken = self._taps.take()
         finally:
             self._taps.clear()
-        self.publish_gradients(phi, weights, keys, learning_rate=learning_rate * c, step=step,
-                               targets=y.detach().cpu().numpy())
+        f = margins(state.output.detach().cpu().double().numpy(),  # type: ignore[union-attr]
+                    y.detach().cpu().double().numpy(), self.task)
+        weights = self._weights_of(f, y)
+        version = self._require_version()
+        self.last_step = max(self.last_step, step)
+        targets = y.detach().cpu().numpy()
 
-    def _finish(self, x: torch.Tensor, y: torch.Tensor, state: OutputGradient,
-                dense: torch.Tensor | None) -> tuple[torch.Tensor, Weights, float]:
-        """(φ, weights, c) of a step from what its forward and backward left behind."""
+        def build() -> events_pb2.GradientBatch:
+            phi, c = self._phi_of_step(x, y, state, weights, taken, dense)
+            return self.gradient_batch(phi, weights, keys, learning_rate=learning_rate * c,
+                                       step=step, version=version, targets=targets)
+
+        # On the worker only when the model is not needed (a margin pass for certain rows
+        # reads the parameters, which the optimiser is about to change) and after a first
+        # step here, which refuses a wrong loss where the trainer sees it.
+        lost = bool((np.abs(weights.q) < TINY).any())
+        if dense is not None or lost or self._scale is None:
+            payload = build()
+            self._emit(lambda: payload)
+        else:
+            self._emit(build)
+
+    def _check(self, x: torch.Tensor, state: OutputGradient) -> None:
+        """Refuse a step whose forward/backward the capture cannot read."""
         if state.errors:
             raise LossMismatch(state.errors[0] + "; or capture with capture.capture(x, y, "
                                "keys, ...) before the step, which runs a pass of its own")
@@ -270,9 +287,17 @@ class TorchCapture(Recorder):
         if state.grad is None:
             raise RuntimeError("no backward reached the model's output inside "
                                "capture.step(); call loss.backward() inside the with block")
-        measured, f = loss_scale(state)
-        weights = (margin_weights(f) if self.task == "classification"
-                   else regression_weights(f, y.detach().double().reshape(-1).cpu().numpy()))
+
+    def _weights_of(self, f: np.ndarray, y: torch.Tensor) -> Weights:
+        if self.task == "classification":
+            return margin_weights(f)
+        return regression_weights(f, y.detach().double().reshape(-1).cpu().numpy())
+
+    def _phi_of_step(self, x: torch.Tensor, y: torch.Tensor, state: OutputGradient,
+                     weights: Weights, taken: tuple[dict, dict], dense: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, float]:
+        """(φ, c) of a step from what its forward and backward left behind."""
+        measured, _ = loss_scale(state)
         c = measured if measured is not None else (self._scale or 1.0 / len(x))
         if not c > 0:
             raise LossMismatch(f"the loss's per-row scale is {c}, not positive: capture.step()"
@@ -280,18 +305,17 @@ class TorchCapture(Recorder):
                                "error)")
         self._scale = c
         if dense is not None:
-            return dense, weights, c
+            return dense, c
         assert self._projector is not None
         r = -c * weights.q  # δ_loss = r δ_f, row by row
         lost = np.abs(r) < TINY
         r[lost] = 1.0
-        phi = self._projector.phi(self._taps)
-        self._taps.clear()  # before a margin pass reuses the taps
+        phi = self._projector.phi(*taken)
         phi /= torch.as_tensor(r, dtype=phi.dtype, device=phi.device)[:, None]
         if lost.any():  # loss gradient 0 (certain rows, exact fits): a margin pass for them
             rows = torch.as_tensor(lost.nonzero()[0], device=x.device)
             phi[rows.to(phi.device)] = self._factored_phi(x[rows], y[rows])
-        return phi, weights, c
+        return phi, c
 
     def featurise(self, batches: Any) -> int:
         """Re-compute the gradients of training rows at the current version (FEATURISATION

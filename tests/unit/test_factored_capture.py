@@ -291,3 +291,50 @@ def test_tracked_tensors_pass_through_without_recorded_capture_maths() -> None:
                    "torch.nn.functional.cross_entropy"], ops
     phi = np.frombuffer(sent[-1].gradients, np.float32).reshape(N, -1)
     close(phi, capture.projection.project(exact(capture, x, y)))
+
+
+def test_background_worker_builds_the_same_events_and_raises_at_flush() -> None:
+    """With a BackgroundPublisher the projection runs on the worker after the first step:
+    the same φ as on the trainer's thread; a loss refused on the worker surfaces at flush."""
+    from headwater.errors import PublishError
+    from headwater.producers.publisher import BackgroundPublisher, Publisher
+
+    class Keep:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def send(self, key: str, event_id: str, value: bytes) -> None:
+            self.sent.append(value)
+
+        def flush(self, timeout: float | None = None) -> None: ...
+
+        def close(self) -> None: ...
+
+    model, twin = mlp((6, 9, 4)), mlp((6, 9, 4))
+    transport, sent = Keep(), []
+    bg = BackgroundPublisher(Publisher(transport, run_id="r"))
+    worker = TorchCapture(bg, model, "m", k=24)
+    inline = TorchCapture(sent.append, twin, "m", k=24)
+    gen = torch.Generator().manual_seed(3)
+    for s in range(4):
+        x, y = torch.randn(N, 6, generator=gen), torch.randint(0, 4, (N,), generator=gen)
+        for capture in (worker, inline):
+            with capture.step(x, y, keys(), learning_rate=0.1, step=s):
+                F.cross_entropy(capture.model(x), y).backward()
+            for p in capture.model.parameters():  # the optimiser, right after the block
+                p.data.add_(p.grad, alpha=-0.5)
+                p.grad = None
+    bg.flush()
+    events = [events_pb2.Event.FromString(v) for v in transport.sent]
+    batches = [e.gradient_batch for e in events if e.HasField("gradient_batch")]
+    assert len(batches) == 4
+    for mine, theirs in zip(batches, [e for e in sent if hasattr(e, "gradients")], strict=True):
+        assert mine.learning_rate == theirs.learning_rate and mine.step == theirs.step
+        np.testing.assert_array_equal(np.frombuffer(mine.gradients, np.float32),
+                                      np.frombuffer(theirs.gradients, np.float32))
+    x, y = torch.randn(N, 6), torch.randint(0, 4, (N,))
+    with worker.step(x, y, keys(), learning_rate=0.1):  # accepted here, refused on the worker
+        F.cross_entropy(model(x), y, label_smoothing=0.2).backward()
+    with pytest.raises(PublishError, match="LossMismatch: .*label smoothing"):
+        bg.flush()
+    bg.close()
