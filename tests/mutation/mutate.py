@@ -17,8 +17,10 @@ survivor is printed with its diff. docs/testing.md explains the numbers.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,6 +111,7 @@ class Result:
     survived: list[dict] = field(default_factory=list)
     equivalent: list[tuple[dict, str]] = field(default_factory=list)
     errors: int = 0
+    annotations: int = 0  # skipped, not run: inside deferred annotations
     seconds: float = 0.0
 
     @property
@@ -156,6 +159,53 @@ def environment(tree: Path) -> dict[str, str]:
     return env
 
 
+def annotations(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(start, end) (line, character column) of every annotation in a module that defers
+    them (`from __future__ import annotations`): text there is never evaluated."""
+    tree = ast.parse(source)
+    if not any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+               and any(a.name == "annotations" for a in n.names) for n in tree.body):
+        return []
+    lines = source.splitlines()
+
+    def char(line: int, byte: int) -> int:
+        return len(lines[line - 1].encode()[:byte].decode(errors="ignore"))
+
+    found = []
+    for node in ast.walk(tree):
+        notes = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            notes = [a.annotation for a in (*args.posonlyargs, *args.args, *args.kwonlyargs,
+                                            args.vararg, args.kwarg) if a and a.annotation]
+            notes.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            notes = [node.annotation]
+        for n in filter(None, notes):
+            assert n.end_lineno is not None and n.end_col_offset is not None
+            found.append(((n.lineno, char(n.lineno, n.col_offset)),
+                          (n.end_lineno, char(n.end_lineno, n.end_col_offset))))
+    return found
+
+
+def skip_annotations(session: Path, module: Path) -> None:
+    """Mark mutants inside deferred annotations as skipped (equivalent by construction)."""
+    from cosmic_ray.work_db import use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    spans = annotations(module.read_text())
+    with use_db(str(session)) as db:
+        for item in list(db.pending_work_items):
+            m = item.mutations[0]
+            at = (m.start_pos[0], m.start_pos[1])
+            if any(a <= at < b for a, b in spans):
+                db.set_result(item.job_id, WorkResult(output=ANNOTATION,
+                                                      worker_outcome=WorkerOutcome.SKIPPED))
+
+
+ANNOTATION = "inside an annotation (never evaluated)"
+
+
 def equivalents() -> list[dict]:
     return toml.loads((HERE / "equivalent.toml").read_text()).get("mutant", [])
 
@@ -197,6 +247,8 @@ def run_target(name: str, tree: Path, env: dict[str, str], out: Path) -> Result:
     for step in (["cosmic-ray", "init", config, session],
                  ["cr-filter-operators", session, config],
                  ["cosmic-ray", "exec", config, session]):
+        if step[0] == "cosmic-ray" and step[1] == "exec":
+            skip_annotations(session, tree / module)
         subprocess.run([str(BIN / str(step[0])), *map(str, step[1:])], cwd=tree, env=env,
                        check=True)
     return outcome(name, session, time.monotonic() - start)
@@ -211,6 +263,8 @@ def outcome(name: str, session: Path, seconds: float) -> Result:
                           capture_output=True, text=True).stdout
     for line in dump.splitlines():
         item, done = json.loads(line)
+        if done and done.get("output") == ANNOTATION:
+            result.annotations += 1
         if not done or done["worker_outcome"] == "skipped":
             continue
         if done["worker_outcome"] != "normal":
@@ -225,7 +279,8 @@ def outcome(name: str, session: Path, seconds: float) -> Result:
         survivor = dict(operator=mutation["operator_name"], line=mutation["start_pos"][0],
                         text=text, diff=diff)
         reason = next((e["reason"] for e in known if e["operator"] == survivor["operator"]
-                       and e["text"] == text), None)
+                       and (e.get("text") == text
+                            or ("pattern" in e and re.search(e["pattern"], text)))), None)
         if reason:
             result.equivalent.append((survivor, reason))
         else:
@@ -236,14 +291,14 @@ def outcome(name: str, session: Path, seconds: float) -> Result:
 def report(results: list[Result], label: str, out: Path) -> str:
     lines = [f"Mutation score ({label})", "",
              "| module | mutants | killed | survived | listed in equivalent.toml | score "
-             "| counting the listed as survivors | minutes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| counting the listed as survivors | in annotations (not run) | minutes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         every = r.scored + len(r.equivalent)
         raw = r.killed / every if every else 0.0
         lines.append(f"| {r.module} | {every} | {r.killed} | {len(r.survived)} "
                      f"| {len(r.equivalent)} | {100 * r.score:.1f}% | {100 * raw:.1f}% "
-                     f"| {r.seconds / 60:.1f} |")
+                     f"| {r.annotations} | {r.seconds / 60:.1f} |")
     for r in results:
         for s in r.survived:
             lines += ["", f"SURVIVED {r.module}:{s['line']} {s['operator']}: {s['text']}",

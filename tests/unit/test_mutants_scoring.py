@@ -82,6 +82,14 @@ def test_damping_order_request_then_recorded_l2_then_the_spectrum() -> None:
     assert sc.Damping(factor=2.0).of(np.zeros((2, 2)))[0] == pytest.approx(2e-12)
 
 
+def test_the_default_damping_is_positive_and_fixed() -> None:
+    """λ > 0 keeps C + λI positive definite for a PSD curvature; a Damping is a value."""
+    c = _spd()
+    assert sc.Damping().of(c)[0] > 0
+    with pytest.raises(AttributeError):
+        sc.Damping().value = 1.0  # type: ignore[misc]
+
+
 def test_damping_for_takes_the_first_non_zero_value() -> None:
     c = np.diag([2.0, 4.0])
     assert sc.damping_for(c, 0.0, 0.7, 0.9) == 0.7
@@ -144,12 +152,13 @@ def test_tracin_sums_lr_q_phi_dot_test_over_training_steps_with_each_versions_te
     b1 = _block("TRAINING_STEP", version="v1", example=[0, 1, 0], step=[0, 1, 2])
     b2 = _block("TRAINING_STEP", version="v2", example=[1, 2, 2], step=[3, 4, 5])
     b3 = _block("TRAINING_STEP", version="v3", example=[3, 0], step=[6, 7])
-    skipped = [_block("FEATURISATION", version="v1"),
-               _block("TRAINING_STEP", version="v2", projection="other")]
-    model = _model(b1, b2, b3, *skipped)
+    feat = _block("FEATURISATION", version="v1")
+    other = _block("TRAINING_STEP", version="v2", projection="other")
+    model = _model(feat, b1, other, b2, b3)  # skipped blocks before and between the others
+    t0 = sc.TestGradient("v0", "p", RNG.normal(size=K).astype(np.float32), "")
     t1 = sc.TestGradient("v1", "p", RNG.normal(size=K).astype(np.float32), "")
     t2 = sc.TestGradient("v2", "p", RNG.normal(size=K).astype(np.float32), "")
-    scores, version = sc.tracin_scores(model, [t1, t2], block_rows=2)
+    scores, version = sc.tracin_scores(model, [t0, t1, t2], block_rows=2)
     assert version == "v2"
     want = np.zeros(4)
     for block, test in ((b1, t1), (b2, t2), (b3, t2)):  # v3 has no test: the latest (v2)
