@@ -95,7 +95,8 @@ def _append(call: Call, outs: list[Any]) -> Spec:
     return probed(call, outs, ((0, "arr"), (1, "values")))
 
 
-@rule("numpy", "pad")
+@rule("numpy", "pad", note="computed modes (mean, median, linear_ramp, a function): not "
+      "understood")
 def _pad(call: Call, outs: list[Any]) -> Spec | None:
     mode = call.arg(2, "mode", "constant")
     if not isinstance(mode, str) or mode not in _COPYING_PADS:

@@ -45,7 +45,10 @@ nansum nanprod nanmean nanstd nanvar nanmin nanmax nanargmin nanargmax nanmedian
 count_nonzero"""
 
 
-@rule("numpy", _REDUCTIONS)
+_OVER_ROWS = "over rows (axis 0 or None); other axes: exact"
+
+
+@rule("numpy", _REDUCTIONS, precision="aggregate", note=_OVER_ROWS)
 def _reduction(call: Call, outs: list[Any]) -> Spec:
     axis = call.arg(1, "axis")
     x = call.parg(0, "a")
@@ -57,7 +60,7 @@ def _reduction(call: Call, outs: list[Any]) -> Spec:
     return segments, ok, json_axis(axis)
 
 
-@rule("numpy", "average")
+@rule("numpy", "average", precision="aggregate", note=_OVER_ROWS)
 def _average(call: Call, outs: list[Any]) -> Spec:
     segments, ok, params = _reduction(call, outs)
     w = call.arg(3, "weights")
@@ -73,7 +76,8 @@ def _average(call: Call, outs: list[Any]) -> Spec:
     return segments, ok, params
 
 
-@rule("numpy", "percentile quantile nanpercentile nanquantile")
+@rule("numpy", "percentile quantile nanpercentile nanquantile", precision="aggregate",
+      note="over rows, or several q")
 def _quantile(call: Call, outs: list[Any]) -> Spec:
     axis = call.arg(2, "axis")
     i = call.input_of(call.arg(0, "a"))
@@ -86,7 +90,8 @@ def _quantile(call: Call, outs: list[Any]) -> Spec:
     return segments, ok, json_axis(axis)
 
 
-@rule("numpy", "cumsum cumprod nancumsum nancumprod")
+@rule("numpy", "cumsum cumprod nancumsum nancumprod", precision="not understood",
+      note="along rows (a prefix of rows); other axes: exact")
 def _cumulative(call: Call, outs: list[Any]) -> Spec:
     axis = call.arg(1, "axis")
     if covers_rows(axis, np.ndim(call.parg(0, "a"))):
@@ -94,7 +99,7 @@ def _cumulative(call: Call, outs: list[Any]) -> Spec:
     return one_input(call, outs[0], lambda i, n: [identity(i, n)], json_axis(axis))
 
 
-@rule("numpy", "sort argsort")
+@rule("numpy", "sort argsort", precision="aggregate", note="along rows")
 def _sort(call: Call, outs: list[Any]) -> Spec:
     axis = call.arg(1, "axis", -1)
     if covers_rows(axis, np.ndim(call.parg(0, "a"))):
@@ -146,7 +151,8 @@ def _elementwise_function(call: Call, outs: list[Any]) -> Spec | None:
     return segments, True, "{}"
 
 
-@rule("numpy", "dot matmul inner vdot")
+@rule("numpy", "dot matmul inner vdot", precision="aggregate",
+      note="all rows of the operand whose rows are summed over")
 def _dot(call: Call, outs: list[Any]) -> Spec:
     a, b = call.arg(0, "a"), call.arg(1, "b")
     return product_segments(call.func.__name__, call.input_of(a), np.shape(call.parg(0, "a")),

@@ -42,7 +42,8 @@ def _axis_after(func: Any, ndim: int, *args: Any, **kwargs: Any) -> int:
     return list(np.shape(func(probe, *args, **kwargs))).index(2)
 
 
-@rule("numpy", "transpose swapaxes moveaxis rollaxis permute_dims matrix_transpose")
+@rule("numpy", "transpose swapaxes moveaxis rollaxis permute_dims matrix_transpose",
+      note="rows moved off axis 0 stay element-level until used: round trips are identity")
 def _permute_axes(call: Call, outs: list[Any]) -> Spec:
     x = call.parg(0, "a")
     if np.ndim(x) == 0:
@@ -54,7 +55,8 @@ def _permute_axes(call: Call, outs: list[Any]) -> Spec:
     return one_input(call, outs[0], lambda i, n: [identity(i, n)])
 
 
-@rule("numpy", "reshape ravel")
+@rule("numpy", "reshape ravel", note="an output row joining more than 64 input rows: not "
+      "understood")
 def _reshape(call: Call, outs: list[Any]) -> Spec:
     x = call.parg(0, "a")
     order = call.arg(2, "order", "C") if call.func is np.reshape else call.arg(1, "order", "C")

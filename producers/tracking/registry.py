@@ -56,6 +56,16 @@ RULE_MODULES: dict[str, tuple[str, ...]] = {
 # framework -> function -> rule, and function -> public op name ("torch.Tensor.add")
 RULES: dict[str, dict[Any, Rule]] = {framework: {} for framework in _SPACES}
 NAMES: dict[str, dict[Any, str]] = {framework: {} for framework in _SPACES}
+# framework -> function -> (precision class, note): what docs/sources.md lists
+PRECISION: dict[str, dict[Any, tuple[str, str]]] = {framework: {} for framework in _SPACES}
+CLASSES = {
+    "exact": "each output row maps to exactly the input rows it holds",
+    "aggregate": "some output rows are made from all rows of an input (named in the note); "
+                 "recorded as one all-rows reference, which a trace summarises",
+    "not understood": "in the case the note names, recorded as depending on all rows "
+                      "(understood=False); every function outside the registry is this",
+    "not recorded": "the result does not depend on the values (shapes, metadata): untracked",
+}
 
 
 def space(framework: str, name: str) -> Any:
@@ -66,10 +76,15 @@ def space(framework: str, name: str) -> Any:
 
 
 def rule(framework: str, names: str, *, spaces: str | None = None, in_place: bool = False,
-         properties: bool = False) -> Callable[[Rule], Rule]:
+         properties: bool = False, precision: str = "exact",
+         note: str = "") -> Callable[[Rule], Rule]:
     """Register the decorated rule for every `space.name` that exists (names and spaces:
-    whitespace-separated)."""
+    whitespace-separated). `precision` (a key of CLASSES) and `note` describe its row map
+    in docs/sources.md."""
+    if precision not in CLASSES:
+        raise ValueError(f"precision must be one of {sorted(CLASSES)}; got {precision!r}")
     table, public = RULES[framework], NAMES[framework]
+    classes = PRECISION[framework]
 
     def register(fn: Rule) -> Rule:
         for space_name in (spaces or _DEFAULT_SPACES[framework]).split():
@@ -85,6 +100,7 @@ def rule(framework: str, names: str, *, spaces: str | None = None, in_place: boo
                     if f not in table:
                         table[f] = fn
                         public.setdefault(f, f"{prefix}.{n}")
+                        classes[f] = (precision, note)
         return fn
     return register
 
@@ -94,3 +110,22 @@ def load(framework: str) -> dict[Any, Rule]:
     for module in RULE_MODULES[framework]:
         importlib.import_module(module)
     return RULES[framework]
+
+
+def ops_markdown(not_recorded: Callable[[str, Rule], bool]) -> str:
+    """The table of docs/sources.md "Ops and their precision": every registered function of
+    both frameworks with its class and note (rules for which `not_recorded(framework,
+    rule)` holds are "not recorded"). tests/unit/test_ops_doc.py checks the doc against it."""
+    lines = ["| op | precision | note |", "|---|---|---|"]
+    rows: dict[str, tuple[str, str]] = {}
+    for framework in ("numpy", "torch"):
+        for f, fn in load(framework).items():
+            name = NAMES[framework][f]
+            cls, note = PRECISION[framework][f]
+            if not_recorded(framework, fn):
+                cls, note = "not recorded", ""
+            rows.setdefault(name, (cls, note))
+    for name in sorted(rows):
+        cls, note = rows[name]
+        lines.append(f"| `{name}` | {cls} | {note} |")
+    return "\n".join(lines) + "\n"

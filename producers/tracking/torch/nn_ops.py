@@ -37,7 +37,8 @@ from headwater.producers.tracking.torch.tensor import (
 
 
 @rule("torch", """matmul mm bmm mv dot vdot inner outer ger addmm addmv
-          baddbmm addr cdist __matmul__ __rmatmul__""", spaces="torch Tensor")
+          baddbmm addr cdist __matmul__ __rmatmul__""", spaces="torch Tensor",
+      precision="aggregate", note="all rows of the operand whose rows are summed over")
 def _product(call: Call, outs: list[Any]) -> Spec:
     """Matrix products: rows of the left operand, each against all rows of the right."""
     name = call.name.rsplit(".", 1)[-1]
@@ -65,7 +66,7 @@ def _product(call: Call, outs: list[Any]) -> Spec:
     return merge(segments), True, "{}"
 
 
-@rule("torch", "linear", spaces="F")
+@rule("torch", "linear", spaces="F", precision="aggregate", note="all rows of the weight")
 def _linear(call: Call, outs: list[Any]) -> Spec:
     """F.linear(x, W, b) = x @ W.T + b."""
     x, w, b = call.x(), call.arg(1, "weight"), call.arg(2, "bias")
@@ -106,7 +107,8 @@ def _batched(unbatched_ndim: int | None = None) -> Callable[[Call, list[Any]], S
     return rule
 
 
-@rule("torch", "batch_norm", spaces="F")
+@rule("torch", "batch_norm", spaces="F", precision="aggregate",
+      note="batch statistics (training, or no running stats): all rows")
 def _batch_norm(call: Call, outs: list[Any]) -> Spec:
     """Training mode (or no running stats) normalises with batch statistics: all rows."""
     segments, ok, params = _batched()(call, outs)
@@ -154,7 +156,8 @@ def _pad(call: Call, outs: list[Any]) -> Spec:
     return one_input(call, outs, segments, json.dumps({"pad": pad}))
 
 
-@rule("torch", "scaled_dot_product_attention", spaces="F")
+@rule("torch", "scaled_dot_product_attention", spaces="F", precision="aggregate",
+      note="2-D inputs: all rows of key and value")
 def _attention(call: Call, outs: list[Any]) -> Spec:
     """scaled_dot_product_attention: batched (>= 3-D) inputs keep their batch rows; 2-D
     inputs' rows are positions, each attending to all of k and v."""
@@ -174,14 +177,15 @@ def _attention(call: Call, outs: list[Any]) -> Spec:
 
 
 for _k in (1, 2, 3):
-    rule("torch", f"conv{_k}d conv_transpose{_k}d", spaces="F")(_batched(_k + 1))
+    rule("torch", f"conv{_k}d conv_transpose{_k}d", spaces="F", precision="aggregate",
+         note="unbatched input, and all rows of the weight")(_batched(_k + 1))
 rule("torch", """avg_pool1d avg_pool2d avg_pool3d max_pool1d max_pool2d max_pool3d
      max_pool1d_with_indices max_pool2d_with_indices max_pool3d_with_indices
      adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d
      adaptive_max_pool2d adaptive_max_pool3d lp_pool1d lp_pool2d layer_norm group_norm
      instance_norm rms_norm local_response_norm one_hot interpolate upsample
      upsample_nearest upsample_bilinear pixel_shuffle pixel_unshuffle unfold""",
-     spaces="F")(_batched())
+     spaces="F", precision="aggregate", note="unbatched input: all rows")(_batched())
 
 
 # -- not recorded: data-independent results, metadata and autograd plumbing ------------

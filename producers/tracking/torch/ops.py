@@ -50,6 +50,7 @@ from headwater.producers.tracking.torch.tensor import (
     shape_of,
     special,
 )
+from headwater.producers.tracking.writes import setitem_segments
 
 ELEMENTWISE = """
 add sub subtract mul multiply div divide true_divide floor_divide remainder fmod pow
@@ -162,20 +163,32 @@ def _along_at(pos: int, default: Any, over_rows: str) -> Callable[[Call, list[An
 
 rule("torch", """sum mean nansum nanmean prod std var std_mean var_mean amax amin aminmax
      argmax argmin all any logsumexp median nanmedian count_nonzero""",
-     spaces="torch Tensor")(_reduce_at())
-rule("torch", "max min", spaces="torch Tensor")(_reduce_at(pairwise=True))
-rule("torch", "norm quantile nanquantile", spaces="torch Tensor")(_reduce_at(2))
-rule("torch", "kthvalue", spaces="torch Tensor")(_reduce_at(2, -1))
-rule("torch", "mode", spaces="torch Tensor")(_reduce_at(1, -1))
+     spaces="torch Tensor", precision="aggregate",
+     note="over rows (dim 0 or None); other dims: exact")(_reduce_at())
+rule("torch", "max min", spaces="torch Tensor", precision="aggregate",
+     note="over rows (dim 0 or None); other dims: exact")(_reduce_at(pairwise=True))
+rule("torch", "norm quantile nanquantile", spaces="torch Tensor", precision="aggregate",
+     note="over rows (dim 0 or None); other dims: exact")(_reduce_at(2))
+rule("torch", "kthvalue", spaces="torch Tensor", precision="aggregate",
+     note="over rows (dim 0 or None); other dims: exact")(_reduce_at(2, -1))
+rule("torch", "mode", spaces="torch Tensor", precision="aggregate",
+     note="over rows (dim 0 or None); other dims: exact")(_reduce_at(1, -1))
 _SOFTMAX = _along_at(1, None, "softmax along rows")
-rule("torch", "softmax log_softmax softmin", spaces="F")(_SOFTMAX)
-rule("torch", "softmax log_softmax", spaces="torch Tensor")(_SOFTMAX)
-rule("torch", "normalize", spaces="F")(_along_at(2, 1, "normalised along rows"))
-rule("torch", "sort argsort", spaces="torch Tensor")(_along_at(1, -1, "sorted along rows"))
-rule("torch", "msort", spaces="torch Tensor")(_along_at(1, 0, "sorted along rows"))
-rule("torch", "topk", spaces="torch Tensor")(_along_at(2, -1, "top-k along rows"))
+rule("torch", "softmax log_softmax softmin", spaces="F", precision="aggregate",
+     note="along rows (dim 0); other dims: exact")(_SOFTMAX)
+rule("torch", "softmax log_softmax", spaces="torch Tensor", precision="aggregate",
+     note="along rows (dim 0); other dims: exact")(_SOFTMAX)
+rule("torch", "normalize", spaces="F", precision="aggregate",
+     note="along rows (dim 0); other dims: exact")(_along_at(2, 1, "normalised along rows"))
+rule("torch", "sort argsort", spaces="torch Tensor", precision="aggregate",
+     note="along rows (dim 0); other dims: exact")(_along_at(1, -1, "sorted along rows"))
+rule("torch", "msort", spaces="torch Tensor", precision="aggregate",
+     note="along rows (dim 0); other dims: exact")(_along_at(1, 0, "sorted along rows"))
+rule("torch", "topk", spaces="torch Tensor", precision="aggregate",
+     note="along rows (dim 0); other dims: exact")(_along_at(2, -1, "top-k along rows"))
 rule("torch", "cumsum cumprod cummax cummin logcumsumexp", spaces="torch Tensor",
-     in_place=True)(_along_at(1, None, ""))
+     in_place=True, precision="not understood",
+     note="along rows (a prefix of rows); other dims: exact")(_along_at(1, None, ""))
 
 
 @rule("torch", "glu", spaces="F")
@@ -194,7 +207,8 @@ def _glu(call: Call, outs: list[Any]) -> Spec:
 @rule("torch", """mse_loss l1_loss smooth_l1_loss huber_loss cross_entropy nll_loss
           binary_cross_entropy binary_cross_entropy_with_logits kl_div soft_margin_loss
           poisson_nll_loss gaussian_nll_loss margin_ranking_loss hinge_embedding_loss
-          cosine_embedding_loss multilabel_soft_margin_loss""", spaces="F")
+          cosine_embedding_loss multilabel_soft_margin_loss""", spaces="F",
+      precision="aggregate", note="reduction mean or sum: all rows")
 def _loss(call: Call, outs: list[Any]) -> Spec:
     """Losses: reduction "none" keeps the batch rows; "mean"/"sum" use all rows."""
     if call.kwargs.get("size_average") is not None or call.kwargs.get("reduce") is not None:
@@ -253,8 +267,9 @@ def _getitem(call: Call, outs: list[Any]) -> Spec:
 
 @special("__setitem__")
 def _setitem(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """x[key] = value: x keeps its rows' lineage; a tracked value is recorded as going to
-    all rows (like NumPy's); x is re-bound to a new node."""
+    """x[key] = value: written rows take the value's rows, exactly as NumPy's (writes.py);
+    keys it cannot map keep x's rows and record a tracked value as going to all rows; x
+    is re-bound to a new node."""
     x, key, value = args
     func(x, key, value)
     if not isinstance(x, TrackedTensor) or x._hw_tracker is None or x._hw_tracker._off:
@@ -265,19 +280,25 @@ def _setitem(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         x._hw_roots, x._hw_node, x._hw_why = roots(tracked), None, DERIVED
         return
     call = Call(func, (x, key), {}, [t for t in tracked if t is not value])
-    _np_key(key, call)
+    pkey = _np_key(key, call)
     n = n_rows(shape_of(x))
-    segments = [identity(0, n)] if n else []
-    understood = True
+    own = call.input_of(x)
+    j = None
     if isinstance(value, TrackedTensor) and value._hw_tracker is not None:
         node = node_of(value)
         if node not in call.nodes:
             call.nodes.append(node)
         j = call.nodes.index(node)
-        understood = False
-        if n:
+    try:
+        segments = setitem_segments(pkey, shape_of(x), own, j,
+                                    shape_of(value) if j is not None else ())
+        understood = True
+    except NotUnderstood:
+        segments = [identity(0, n)] if n else []
+        understood = j is None
+        if j is not None and n:
             segments.append(all_rows(j, n, "op not understood: torch.Tensor.__setitem__ of "
-                                       "tracked values (all rows)"))
+                                           "tracked values with this key (all rows)"))
     node = tracker.new_node_id()
     tracker._op(call.name, "{}", call.nodes, node, x.shape, segments, understood)
     x._hw_node, x._hw_roots = node, ()

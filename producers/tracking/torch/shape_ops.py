@@ -214,7 +214,9 @@ def _varargs(call: Call, name: str) -> list[int]:
 
 
 @rule("torch", """permute transpose swapaxes swapdims t movedim
-          moveaxis adjoint""", spaces="torch Tensor")
+          moveaxis adjoint""", spaces="torch Tensor", precision="aggregate",
+      note="rows moved off dim 0: each row holds every row (round trips are not folded "
+           "back as in NumPy)")
 def _permute(call: Call, outs: list[Any]) -> Spec:
     """Axis permutations: rows stay when output dim 0 is input dim 0, else all rows."""
     x = call.x()
@@ -241,7 +243,8 @@ def _permute(call: Call, outs: list[Any]) -> Spec:
     return one_input(call, outs, lambda i, n: [all_rows(i, n, ROWS_MOVED)])
 
 
-rule("torch", "T mT mH", spaces="Tensor", properties=True)(_permute)
+rule("torch", "T mT mH", spaces="Tensor", properties=True, precision="aggregate",
+     note="rows moved off dim 0: each row holds every row")(_permute)
 
 
 @rule("torch", "flip flipud fliplr", spaces="torch Tensor")
