@@ -28,12 +28,19 @@ axis 0 or None (all rows) or other axes (identity); matmul/dot/inner (rows of th
 operand, all rows of the right); `__getitem__` with slices (any step), ints, integer
 arrays, boolean masks, Ellipsis/None and tuples whose later entries index columns;
 concatenate/vstack/hstack/column_stack/stack; split/array_split/vsplit/hsplit; take;
-reshape/ravel/flatten (C order); transpose/.T/swapaxes/moveaxis; flip; roll; repeat;
-squeeze; expand_dims; atleast_1d/2d/3d; broadcast_to; sort/argsort; diff; where; clip;
-round; copy; `astype`. Anything else is recorded honestly: `understood=False` and every
-output row depending on all rows of every tracked input, reason "op not understood:
-<name>" — the output stays tracked. Over-approximations (cumulative sums over rows, a
-reshape joining more than MAX_FANIN_SEGMENTS rows into one) are recorded the same way.
+reshape/ravel/flatten (C and F order); transpose/.T/swapaxes/moveaxis; flip; roll (flat
+too); repeat; tile; delete; insert; append; pad (copying modes); compress;
+take_along_axis; resize; triu/tril; sliding_window_view; squeeze; expand_dims;
+atleast_1d/2d/3d; broadcast_to; sort/argsort; diff; where; clip; round; copy; `astype`
+(maps of value moves come from running the call on row ids: moves.py). Rows moved off
+axis 0 (`x.T`) stay pending — element-level, no event — through moves, elementwise ufuncs,
+indexing and small reductions, and are recorded as one op (named by the ops it folds)
+when a node is needed, so `x.T.T` and `(x.T - c).T` map rows to themselves (pending.py).
+docs/sources.md lists every op with its precision class. Anything else is recorded
+honestly: `understood=False` and every output row depending on all rows of every tracked
+input, reason "op not understood: <name>" — the output stays tracked. Over-approximations
+(cumulative sums over rows, a reshape joining more than MAX_FANIN_SEGMENTS rows into one)
+are recorded the same way.
 
 Granularity: "every_op" records every op as above. "batch" records only dataset-level
 ops of the tracker — `split`, `shuffle`, `batches` — as BATCH_LEVEL events; NumPy ops are
@@ -48,14 +55,19 @@ TrackedArray (so `x - x.sum()` keeps its lineage); `float()`, `int()`, `bool()` 
 indexing with it work, hashing does not. Results that are not arrays (`np.allclose`,
 `np.shape`) and data-independent ones (`np.zeros_like`) are returned untracked.
 
-In place: ufuncs with `out=` (`x += 1`), `x[i] = v`, `x.sort()`, `x.partition()` and
-`np.copyto(x, ...)` record an op and re-bind `x` to its new node (other views sharing x's
-memory keep their old node).
+In place: ufuncs with `out=` (`x += 1`), `x[key] = v`, `x.sort()`, `x.partition()` and
+`np.copyto(x, ...)` record an op and re-bind `x` to its new node. `x[key] = v` is exact
+(writes.py: written rows take the value's rows); a write into an alias of x (same memory,
+shape and strides: `np.swapaxes(x, 0, 0)`, `x[:]`) re-binds x too (other views keep their
+old node), and `np.empty_like(x)` is a scratch buffer that becomes tracked when tracked
+rows are written into it. So NumPy's in-place shuffles — `Generator.shuffle(x)`,
+`np.random.shuffle(x)`, `RandomState.shuffle(x)`, which swap rows through such a buffer —
+and `x[:] = x[perm]` are tracked exactly (a few events per swapped row:
+`tracker.shuffle(x, seed)` or `x[perm]` record one).
 
-Not seen by the wrappers (documented limits): NumPy code that copies or reorders data
-without the array protocols — `rng.permutation(x)` and `rng.choice(x)` return plain
-arrays, and `rng.shuffle(x)` reorders x's rows in place unseen, so x's row map is then
-wrong. Use `tracker.shuffle(x, seed)` or `x[rng.permutation(len(x))]` instead.
+Not seen by the wrappers (documented limits): NumPy code that copies data without the
+array protocols — `rng.permutation(x)` and `rng.choice(x)` return plain (untracked)
+arrays; for a 1-D x `rng.permutation` warns `headwater.errors.LineageLost`.
 `np.asarray(x)` / `x.view(np.ndarray)` leave tracking on purpose; pickling gives a plain
 array (node ids are process-local). Arrays that NumPy makes from a tracked array outside
 the protocols (`x.view()`, `copy.deepcopy(x)`) are recorded lazily, when a recorded op
@@ -67,11 +79,13 @@ built with NumPy; no per-row Python loops), so the fixed cost is a few microseco
 op; gathers are the only row maps whose size grows with the rows (zstd-compressed deltas).
 
 Layout: segments.py (row-map segments, hand-encoded), maps.py (row maps by kind of op,
-shared with torch), array.py (TrackedArray and the NumPy protocols), tracker.py (Tracker,
-row_keys), registry.py (the op registry: one rule per function, NumPy and torch),
-numpy_ops.py and numpy_shapes.py (the NumPy rules), torch/ (tracked torch tensors; the
-only place torch is imported), frames.py (pandas DataFrames), sources.py (registered
-training data).
+shared with torch), moves.py (maps of value moves: tile, windows, flat roll, the row-id
+probe), writes.py (`x[key] = v`), pending.py (rows on another axis), array.py
+(TrackedArray and the NumPy protocols), tracker.py (Tracker, row_keys), registry.py (the
+op registry: one rule per function, NumPy and torch, with its precision class),
+numpy_ops.py, numpy_shapes.py and numpy_moves.py (the NumPy rules), torch/ (tracked torch
+tensors; the only place torch is imported), frames.py and frame_rows.py (pandas
+DataFrames), sources.py (registered training data).
 """
 
 from __future__ import annotations

@@ -465,10 +465,10 @@ def mark_alias(out: Any, inputs: Sequence[Any]) -> None:
     """Remember that `out` aliases one of `inputs` (same memory, shape and strides)."""
     if not isinstance(out, TrackedArray) or out.base is None:
         return
-    ptr = out.__array_interface__["data"][0]
-    for a in inputs:
+    for a in inputs:  # cheap checks first: this runs on every recorded view
         if (isinstance(a, TrackedArray) and a.shape == out.shape and a.strides == out.strides
-                and a.__array_interface__["data"][0] == ptr and a.dtype == out.dtype):
+                and a.dtype == out.dtype
+                and a.__array_interface__["data"][0] == out.__array_interface__["data"][0]):
             out._hw_alias = weakref.ref(a)
             return
 
