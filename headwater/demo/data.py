@@ -17,6 +17,17 @@ DATA_NOTE = ("derived from scikit-learn's bundled copy of the public Wisconsin d
              "hospitals. Not patient records of any hospital")
 LICENCE = "CC BY 4.0 (UCI Machine Learning Repository)"
 HOSPITALS = ("hospital_a.csv", "hospital_b.csv")
+# In the demo's story the rows are patients' measurements and diagnoses (health data, GDPR
+# Art. 9): every column is declared personal, so the report lists them (names only).
+PERSONAL_COLUMNS = tuple(n.replace(" ", "_") for n in (
+    "mean radius", "mean texture", "mean perimeter", "mean area", "mean smoothness",
+    "mean compactness", "mean concavity", "mean concave points", "mean symmetry",
+    "mean fractal dimension", "radius error", "texture error", "perimeter error",
+    "area error", "smoothness error", "compactness error", "concavity error",
+    "concave points error", "symmetry error", "fractal dimension error", "worst radius",
+    "worst texture", "worst perimeter", "worst area", "worst smoothness",
+    "worst compactness", "worst concavity", "worst concave points", "worst symmetry",
+    "worst fractal dimension")) + ("label",)
 
 
 def breast_cancer() -> tuple[list[str], np.ndarray]:

@@ -71,8 +71,8 @@ def _bar(what: str, total: float | None = None) -> Iterator[Callable[..., None]]
 class ServeProcess:
     """`headwater serve` in a child process on a free port; stopped by its pid."""
 
-    def __init__(self, data_dir: Path, log: Path) -> None:
-        self.data_dir, self.log = data_dir, log
+    def __init__(self, data_dir: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir, self.log, self.env = data_dir, log, env or {}
         self.target = f"127.0.0.1:{_free_port()}"
         self.proc: subprocess.Popen | None = None
 
@@ -81,7 +81,7 @@ class ServeProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "headwater.cli", "serve", "--data-dir",
                  str(self.data_dir), "--listen", self.target], stdout=log,
-                stderr=subprocess.STDOUT)
+                stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         try:
             self._wait()
         except BaseException:
@@ -172,6 +172,83 @@ def _signing_key(folder: Path) -> tuple[Any, Path]:
     return key, public
 
 
+ROLES = {"producer": "demo-trainer", "unlearner": "demo-trainer-listener",
+         "auditor": "demo-auditor", "admin": "demo-dpo"}
+
+
+def write_tokens(folder: Path) -> tuple[Path, dict[str, str]]:
+    """Fresh bearer tokens, one per role (the data-protection officer is the admin who asks
+    for the erasure), and serve's token file of their digests (mode 0600)."""
+    import secrets
+
+    from headwater.query_service.server.auth import hash_token
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = {role: secrets.token_urlsafe(24) for role in ROLES}
+    path = folder / "tokens"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("".join(f"sha256:{hash_token(t)} {role} {ROLES[role]}\n"
+                            for role, t in tokens.items()))
+    return path, tokens
+
+
+class _Heads:
+    """Wraps a publisher's publish: keeps the newest event it built, so the trainer can sign
+    the chain head it computed itself (not one read back from the store)."""
+
+    def __init__(self, publish: Callable[[Any], events_pb2.Event]) -> None:
+        import threading
+
+        self._publish = publish
+        self.last: events_pb2.Event | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, payload: Any) -> events_pb2.Event:
+        event = self._publish(payload)
+        with self._lock:
+            if self.last is None or event.seq > self.last.seq:
+                self.last = event
+        return event
+
+
+def anchor(admin: grpc.Channel, auditor: grpc.Channel, target: str, heads: _Heads,
+           producer_id: str, witness_dir: Path) -> dict:
+    """The trainer's key registered (admin) and its chain head signed and witnessed; then an
+    operator checkpoint of every chain head, signed with the witness key."""
+    from datetime import datetime, timezone
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from headwater.query_service.client.remote import RemoteStore
+    from headwater.query_service.compliance.signing import public_pem
+    from headwater.query_service.compliance.witness import FileWitness, checkpoints, signed
+
+    now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    trainer_key, witness_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    stub = query_pb2_grpc.ComplianceStub(admin)
+    registered = stub.RegisterProducerKey(query_pb2.RegisterProducerKeyRequest(
+        producer_id=producer_id, public_key_pem=public_pem(trainer_key.public_key())),
+        timeout=30)
+    last = heads.last
+    if last is None:
+        raise HeadwaterError("the trainer published no event to sign")
+    head = signed(producer_id, RUN_ID, last.seq, last.hash.hex(), now, trainer_key)
+    stub.AttestHead(query_pb2.AttestHeadRequest(
+        producer_id=head.producer_id, run_id=head.run_id, seq=head.seq,
+        head_hash=head.head_hash, written_at=head.written_at, key_id=head.key_id,
+        signature=head.signature), timeout=30)
+    log = RemoteStore(target, channel=auditor).verify_log()
+    FileWitness(witness_dir / "checkpoints.jsonl").append(checkpoints(log, witness_key, now))
+    public = witness_dir / "witness.pub.pem"
+    public.write_bytes(witness_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return {"witness": str(witness_dir / "checkpoints.jsonl"), "witness_public_key": str(public),
+            "trainer_key_id": registered.key_id, "trainer_signed_seq": head.seq,
+            "producer_id": producer_id}
+
+
 def write_report(channel: grpc.Channel, output: Path) -> dict:
     """Compliance.Report from serve, signed here, written as JSON and HTML."""
     from headwater.query_service.compliance.html import render_html
@@ -191,7 +268,11 @@ def write_report(channel: grpc.Channel, output: Path) -> dict:
     return {"json": str(json_path), "html": str(html_path), "public_key": str(public),
             "content_sha256": report.integrity.content_sha256,
             "key_id": report.integrity.signature.key_id,
-            "model_version": report.system.model_version}
+            "model_version": report.system.model_version,
+            "sections": {x.section: x.status for x in report.sections},
+            "leakage": report.data_governance.leakage.status,
+            "erasure_state": [e.state for e in report.erasure_log],
+            "requested_by": [e.requested_by for e in report.erasure_log]}
 
 
 def _forget(channel: grpc.Channel, source_id: str) -> query_pb2.ForgetResponse:
@@ -218,13 +299,20 @@ def run_demo(output: Path, fast: bool = False) -> dict:
     f: dict[str, Any] = {"data_dir": str(data_dir), "files": [str(p) for p in paths],
                          "seed": recipe.seed, "test_size": recipe.test_size,
                          "model_id": MODEL_ID, "run_id": RUN_ID}
-    serve = ServeProcess(data_dir, output / "serve.log")
+    witness_dir = output / "witness"
+    if witness_dir.exists():
+        shutil.rmtree(witness_dir)
+    witness_dir.mkdir(parents=True)
+    tokens_file, tokens = write_tokens(output / ".demo-auth")
+    serve = ServeProcess(data_dir, output / "serve.log", {
+        "HEADWATER_AUTH_TOKENS_FILE": str(tokens_file),
+        "HEADWATER_WITNESS": str(witness_dir / "checkpoints.jsonl")})
     with _bar("starting headwater serve (embedded chDB)"):
         serve.__enter__()
     try:
         console.print(f"[green]✓[/] headwater serve at {serve.target} (pid "
                       f"{serve.proc.pid if serve.proc else '?'}), store {data_dir}")
-        f.update(_session(serve.target, paths, recipe, output))
+        f.update(_session(serve.target, paths, recipe, output, tokens))
     finally:
         serve.stop()
     f.update(_local_checks(data_dir, f))
@@ -235,16 +323,24 @@ def run_demo(output: Path, fast: bool = False) -> dict:
     return f
 
 
-def _session(target: str, paths: tuple[Path, ...], recipe: Any, output: Path) -> dict:
-    """Everything that talks to serve: publish, train, attribute, forget, report."""
-    from headwater.demo.train import Trainer, prepare
+def _session(target: str, paths: tuple[Path, ...], recipe: Any, output: Path,
+             tokens: dict[str, str]) -> dict:
+    """Everything that talks to serve: publish, train, attribute, forget, report. Every
+    client holds a token of its role; the erasure is asked for by the admin demo-dpo."""
+    from headwater.demo.train import Trainer, code_version, prepare
+    from headwater.producers.transports.channel import with_token
 
-    channel = grpc.insecure_channel(target)
+    channel = with_token(grpc.insecure_channel(target), tokens["auditor"])
+    admin = with_token(grpc.insecure_channel(target), tokens["admin"])
     f: dict[str, Any] = {}
-    publisher = Publisher(GrpcTransport(target, batch_size=200), run_id=RUN_ID)
+    publisher = Publisher(GrpcTransport(target, batch_size=200, token=tokens["producer"]),
+                          run_id=RUN_ID)
+    heads = _Heads(publisher.publish)
+    setattr(publisher, "publish", heads)  # noqa: B010 - every user below publishes through it
     try:
         with _bar("registering files, tracked preprocessing"):
-            data = prepare(Tracker(publisher.publish), paths, recipe)
+            data = prepare(Tracker(publisher.publish, code_version=code_version()), paths,
+                           recipe)
             publisher.flush()
         sources = query_pb2_grpc.LineageStub(channel).Sources(
             query_pb2.SourcesRequest(run_id=RUN_ID), timeout=30).sources
@@ -256,7 +352,7 @@ def _session(target: str, paths: tuple[Path, ...], recipe: Any, output: Path) ->
         source_b = next(s.source_id for s in sources if s.uri.endswith("hospital_b.csv"))
         f["train_node"], f["test_node"] = data.x_train.node_id, data.x_test.node_id
         f["rows_per_file"] = data.rows_per_file
-        trainer = Trainer(publisher, target, data, recipe)
+        trainer = Trainer(publisher, target, data, recipe, listener_token=tokens["unlearner"])
         steps = -(-len(trainer.x) // recipe.batch)
         with _bar("training, capturing per-sample gradients", steps * recipe.epochs_before) \
                 as advance:
@@ -281,7 +377,7 @@ def _session(target: str, paths: tuple[Path, ...], recipe: Any, output: Path) ->
 
         def ask_once() -> None:  # the data-protection officer asks, mid-epoch
             if not sent and trainer.step >= 2:
-                sent.append(_forget(channel, source_b))
+                sent.append(_forget(admin, source_b))
 
         with _bar("training on; the listener applies the request", steps * recipe.epochs_after) \
                 as advance:
@@ -309,7 +405,10 @@ def _session(target: str, paths: tuple[Path, ...], recipe: Any, output: Path) ->
         f["prediction_after"] = after_ids[0]
     finally:
         publisher.close()
-    with _bar("verifying the event log, writing the compliance report"):
+    with _bar("signing the trainer's chain head, checkpointing to the witness"):
+        f["anchoring"] = anchor(admin, channel, target, heads, publisher.producer_id,
+                                output / "witness")
+    with _bar("verifying the event log and derived tables, writing the evidence report"):
         f["events_by_type"] = dict(_sql(channel, "SELECT payload_type, count() FROM events "
                                                  "FINAL GROUP BY payload_type ORDER BY 1"))
         verify = query_pb2_grpc.ComplianceStub(channel).VerifyLog(
@@ -317,7 +416,7 @@ def _session(target: str, paths: tuple[Path, ...], recipe: Any, output: Path) ->
         f["log_ok"], f["events_verified"] = verify.ok, verify.events
         f["dead_letters"] = _sql(channel, "SELECT count() FROM dead_letters FINAL")[0][0]
         f["report"] = write_report(channel, output)
-    console.print(f"[green]✓[/] compliance report: {f['report']['json']} and "
+    console.print(f"[green]✓[/] evidence report: {f['report']['json']} and "
                   f"{f['report']['html']} (signed, key {f['report']['key_id']})")
     return f
 
@@ -377,8 +476,11 @@ def try_next(data_dir: Path, output: Path, f: dict) -> list[dict]:
                   "sources FINAL ORDER BY uri"]},
         {"what": "the erasure, as an auditor sees it (audit view)",
          "argv": [hw, "sql", "--data-dir", d, "SELECT * FROM audit_erasures"]},
-        {"what": "verify the tamper-evident event log",
-         "argv": [hw, "audit", "verify", "--data-dir", d, "--recompute-hashes"]},
+        {"what": "verify the event log, the derived tables and the signed chain heads against "
+                 "the witness",
+         "argv": [hw, "audit", "verify", "--data-dir", d, "--recompute-hashes", "--witness",
+                  f["anchoring"]["witness"], "--witness-public-key",
+                  f["anchoring"]["witness_public_key"]]},
         {"what": "check the report's hash and signature",
          "argv": [hw, "audit", "check", f["report"]["json"], "--public-key",
                   f["report"]["public_key"]]},
@@ -411,10 +513,18 @@ def _summary(f: dict) -> None:
     table.add_row("hospital_b forgotten", f"{u['rows_forgotten']} rows, {u['method']}, "
                   f"forget-set loss {u['forget_loss_before']:.3f} → {u['forget_loss_after']:.3f}"
                   f", gap closed {u['gap_closed']:.2f}")
-    table.add_row("log hash chains re-verified", f"{f['events_verified']} events, "
+    table.add_row("log hash chains and derived tables re-verified",
+                  f"{f['events_verified']} events, "
                   + ("[green]intact[/]" if f["log_ok"] else "[red]BROKEN[/]"))
+    a = f["anchoring"]
+    table.add_row("trainer's chain head signed (its own key) and witnessed",
+                  f"seq {a['trainer_signed_seq']}, key {a['trainer_key_id']}")
+    r = f["report"]
+    table.add_row("erasure (state decided by verification targets)",
+                  f"{', '.join(r['erasure_state'])}; asked by {', '.join(r['requested_by'])}")
+    table.add_row("leakage check (from lineage)", r["leakage"])
     table.add_row("dead letters", str(f["dead_letters"]))
-    table.add_row("compliance report", f"{f['report']['json']}\n{f['report']['html']}")
+    table.add_row("evidence report", f"{f['report']['json']}\n{f['report']['html']}")
     table.add_row("wall time", f"{f['seconds']} s")
     console.print(table)
     console.print(f"[bold]Data note[/]: the files in {Path(f['files'][0]).parent} are "

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from headwater.demo.data import DATA_NOTE, LICENCE
+from headwater.demo.data import DATA_NOTE, LICENCE, PERSONAL_COLUMNS
 from headwater.producers.capture.torch import TorchCapture
 from headwater.producers.tracking import Tracker
 from headwater.producers.tracking.sources import load_csv
@@ -58,18 +58,37 @@ class Prepared:
     rows_per_file: list[int]
 
 
-def prepare(tracker: Tracker, paths: tuple[Path, ...], recipe: Recipe) -> Prepared:
-    """Register the files and run the tracked preprocessing: concatenate, take features and
-    label, standardise with the pooled mean/std, split train/test (seeded)."""
-    tables = [load_csv(tracker, p, origin=DATA_NOTE, licence=LICENCE) for p in paths]
+def prepare(tracker: Tracker, paths: tuple[Path, ...], recipe: Recipe,
+            leaky: bool = False) -> Prepared:
+    """Register the files and run the tracked preprocessing: concatenate, split train/test
+    (seeded), standardise both with the mean/std fitted on the training rows only.
+
+    `leaky=True` fits the mean/std on all rows before the split (test statistics reach
+    training): the report's leakage check must fail on it (tests only)."""
+    tables = [load_csv(tracker, p, origin=DATA_NOTE, licence=LICENCE,
+                       personal=PERSONAL_COLUMNS) for p in paths]
     both = np.concatenate(tables)
-    x, y = both[:, :-1], np.asarray(both[:, -1])
-    x = (x - x.mean(axis=0)) / x.std(axis=0)
-    train, test = tracker.split(x, test_size=recipe.test_size, seed=recipe.seed)
-    perm = np.random.default_rng(recipe.seed).permutation(len(y))
-    n_test = len(test)
-    return Prepared([tracker.node_of(t) for t in tables], train, y[perm[n_test:]], test,
-                    y[perm[:n_test]], [len(t) for t in tables])
+    if leaky:
+        x = both[:, :-1]
+        both = np.concatenate([(x - x.mean(axis=0)) / x.std(axis=0), both[:, -1:]], axis=1)
+    train, test = tracker.split(both, test_size=recipe.test_size, seed=recipe.seed)
+    x_train, x_test = train[:, :-1], test[:, :-1]
+    if not leaky:
+        mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    return Prepared([tracker.node_of(t) for t in tables], x_train,
+                    np.asarray(train[:, -1]), x_test, np.asarray(test[:, -1]),
+                    [len(t) for t in tables])
+
+
+def code_version() -> str:
+    """What ran the preprocessing: the package version and the hash of this file."""
+    import hashlib
+
+    from headwater import __version__
+
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return f"headwater {__version__}; headwater/demo/train.py sha256:{digest}"
 
 
 def make_model(features: int, hidden: int, seed: int) -> torch.nn.Module:
@@ -103,7 +122,8 @@ class Trainer:
     parameters, projected to k), a model version per epoch, and applying forget requests
     between steps through the unlearning listener."""
 
-    def __init__(self, publisher: Any, target: str, data: Prepared, recipe: Recipe) -> None:
+    def __init__(self, publisher: Any, target: str, data: Prepared, recipe: Recipe,
+                 listener_token: str | None = None) -> None:
         self.recipe, self.data = recipe, data
         self.x = torch.as_tensor(np.asarray(data.x_train), dtype=torch.float32)
         self.y = torch.as_tensor(data.y_train, dtype=torch.float32)
@@ -123,7 +143,8 @@ class Trainer:
             l2=len(self.x) * recipe.weight_decay)
         self.listener = UnlearningListener(publisher, target, model_id=MODEL_ID,
                                            dataset=data.x_train, apply=self.unlearner,
-                                           capture=self.capture, min_interval=0.2)
+                                           capture=self.capture, min_interval=0.2,
+                                           token=listener_token)
         self.capture.record_version(0, config=self.config())
 
     def config(self) -> dict[str, Any]:

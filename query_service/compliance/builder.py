@@ -22,7 +22,10 @@ from headwater.query_service.compliance.config import (
     ComplianceConfig,
     missing,
 )
+from headwater.query_service.compliance.erasure import state as erasure_state
+from headwater.query_service.compliance.erasure import targets as erasure_targets
 from headwater.query_service.compliance.evidence import Rebuild, compare_derived, verified_rebuild
+from headwater.query_service.compliance.governance import leakage_check, split_statistics
 from headwater.query_service.compliance.log_reader import verify_stored_log
 from headwater.query_service.compliance.model import (
     SCHEMA_VERSION,
@@ -33,11 +36,13 @@ from headwater.query_service.compliance.model import (
     DataGovernance,
     Deployment,
     DerivedTableCheck,
+    Disposition,
     Erasure,
     ErasureOutcome,
     ErasureTarget,
     EventRef,
     ExcludedEvent,
+    LeakageCheck,
     ModelVersion,
     Pipeline,
     PipelineEdge,
@@ -52,6 +57,7 @@ from headwater.query_service.compliance.model import (
     SourceContribution,
     SourceRowRef,
     SourceShare,
+    SplitStatistics,
     SystemIdentification,
     TimeRange,
     TrainingTimeline,
@@ -261,8 +267,49 @@ def data_governance(rebuild: Rebuild, model_id: str, versions: list[str]) -> Dat
         edges=[PipelineEdge(op_id=o.op_id, op_name=o.op_name, input_node_id=i,
                             output_node_id=o.output_node_id)
                for o in ordered for i in o.input_node_ids])
+    training_keys, test_keys = _split_keys(store, model_id, versions)
+    graph = LineageGraph(store)
+    source_of = {n.node_id: n.source_id or n.node_id for n in nodes.values()
+                 if n.kind == "source"}
+    try:
+        splits = split_statistics(graph, {"training": training_keys,
+                                          "test/prediction": test_keys}, source_of)
+        leakage = leakage_check(graph, training_keys, test_keys)
+    except (KeyError, ValueError) as exc:  # lineage that cannot be traced: say so
+        splits = SplitStatistics(splits=[], absent=[f"lineage could not be traced: {exc}"])
+        leakage = LeakageCheck(status="skipped", detail=f"lineage could not be traced: {exc}",
+                               training_rows=0, test_rows=0, findings=[])
     return DataGovernance(training_nodes=training, sources=sources, pipeline=pipeline,
-                          notes=notes)
+                          notes=notes, split_statistics=splits, leakage=leakage,
+                          declarations_missing=_declarations_missing(sources, ordered))
+
+
+def _split_keys(store: Store, model_id: str, versions: list[str]
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(training rows by node, test/prediction input rows by node) of the model."""
+    training = {node: np.asarray(sorted(rows), dtype=np.int64) for node, rows in store.query(
+        "SELECT node_id, groupUniqArray(row) FROM gradients WHERE model_id = {m:String} "
+        "AND model_version IN {v:Array(String)} GROUP BY node_id",
+        {"m": model_id, "v": versions})}
+    test: dict[str, set[int]] = defaultdict(set)
+    for nodes_, rows in store.query("SELECT input_node_ids, input_rows FROM predictions FINAL "
+                                    "WHERE model_id = {m:String}", {"m": model_id}):
+        for node, row in zip(nodes_, rows, strict=True):
+            test[node].add(int(row))
+    return training, {n: np.asarray(sorted(r), dtype=np.int64) for n, r in test.items()}
+
+
+def _declarations_missing(sources: list[Source], ops: list[LineageOp]) -> list[str]:
+    """Required declarations not made. Personal data: the SDK records a per-column flag
+    that is false both when declared non-personal and when never declared, so a source
+    with no personal column is listed as undeclared. Code version: per op."""
+    out = [f"source {s.uri or s.source_id}: no column declared personal; whether it holds "
+           "personal data is not declared" for s in sources if not s.personal_columns]
+    unversioned = [o for o in ops if not o.code_version]
+    if unversioned:
+        out.append(f"{len(unversioned)} of {len(ops)} preparation op(s) recorded no "
+                   f"code_version, e.g. {unversioned[0].op_name} ({unversioned[0].op_id})")
+    return out
 
 
 # -- record keeping -------------------------------------------------------------------------
@@ -327,7 +374,72 @@ def _source_row_counts(text: str) -> dict[str, int]:
     return dict(counts)
 
 
-def erasure_log(rebuild: Rebuild, model_id: str) -> list[Erasure]:
+def _dispositions(store: Store, f: ForgetRequestRecord, done: list[ErasureOutcome],
+                  chain: list[ModelVersion]) -> list[Disposition]:
+    """What became of the rows reached, their gradients and events, and older versions."""
+    via = {k: int(v) for k, v in dict(f.affected_via).items()}
+    forgotten = sum(o.rows_forgotten for o in done if o.status in ("APPLIED",
+                                                                   "ALREADY_APPLIED"))
+    direct = via.get("row", 0) + via.get("join", 0)
+    aggregate = via.get("aggregation", 0)
+    tomb = ("(node_id, row) IN (SELECT node_id, row FROM forgotten_rows FINAL "
+            "WHERE request_id = {r:String})")
+    grads, events = store.query(
+        f"SELECT count(), uniqExact(event_id) FROM gradients FINAL WHERE {tomb}",
+        {"r": f.request_id})[0]
+    trained = {r[0] for r in store.query(
+        f"SELECT DISTINCT model_version FROM gradients FINAL WHERE kind = 'TRAINING_STEP' "
+        f"AND {tomb}", {"r": f.request_id})}
+    old = [v for v in chain if v.version in trained]
+    out = [Disposition(
+        item="training_rows", count=direct,
+        status="removed" if forgotten >= direct else f"retained ({direct - forgotten} not "
+                                                     "removed by the trainer)",
+        detail=f"{forgotten} training row(s) removed by the trainer and excluded from all "
+               "later training and attribution")]
+    if aggregate:
+        out.append(Disposition(
+            item="aggregate_dependencies", count=aggregate,
+            status="retained: not recomputed",
+            detail="rows that depend on the forgotten rows only through an aggregate op "
+                   "(e.g. a normalisation's mean and std fitted with them); the aggregate "
+                   "was not recomputed without them, so the model's inputs still carry "
+                   "statistics of the forgotten rows. Recomputing it needs the trainer to "
+                   "refit the op and retrain; nothing recorded says it did"))
+    out.append(Disposition(
+        item="gradient_rows", count=int(grads), status="tombstoned",
+        detail="projected per-sample gradients of the forgotten rows stay stored; a "
+               "tombstone (forgotten_rows) excludes them from attribution"))
+    out.append(Disposition(
+        item="raw_events", count=int(events), status="retained: append-only log",
+        detail="the events carrying those gradients (and the source's registration) stay in "
+               "the hash-chained log; crypto-shredding of payloads is not implemented"))
+    out.append(Disposition(
+        item="model_versions", count=len(old), status="superseded" if done else "in use",
+        detail="versions trained with the forgotten rows; they stay in the lineage",
+        versions=[f"{v.version}: checkpoint {v.checkpoint_uri or 'none recorded'}"
+                  for v in old]))
+    return out
+
+
+def _version_note(done: list[ErasureOutcome], chain: list[ModelVersion]) -> tuple[str | None,
+                                                                                  str]:
+    applied = [o for o in done if o.status in ("APPLIED", "ALREADY_APPLIED")]
+    if not applied:
+        return None, "no verification figures recorded"
+    at = applied[-1].new_version
+    names = [v.version for v in chain]
+    reported = names[-1]
+    if at == reported:
+        return at, "measured at the reported version"
+    if at in names:
+        later = len(names) - 1 - names.index(at)
+        return at, (f"measured at {at}; the report covers {reported}, {later} version(s) "
+                    "later, trained without the forgotten rows but not re-verified")
+    return at, f"measured at {at}, which is not on the reported version's lineage"
+
+
+def erasure_log(rebuild: Rebuild, model_id: str, chain: list[ModelVersion]) -> list[Erasure]:
     store = rebuild.store
     order = "applied_at, event_id"
     outcome_rows = select(store, UnlearningAppliedRecord, "unlearning_applied",
@@ -354,19 +466,24 @@ def erasure_log(rebuild: Rebuild, model_id: str) -> list[Erasure]:
     for f in select(store, ForgetRequestRecord, "forget_requests", "model_id = {m:String}",
                     {"m": model_id}, order="requested_at, request_id"):
         done = outcomes.get(f.request_id, [])
-        statuses = {o.status for o in done}
-        state = ("applied" if statuses & {"APPLIED", "ALREADY_APPLIED"} else
-                 "failed" if statuses else "pending")
+        applied = [o for o in done if o.status in ("APPLIED", "ALREADY_APPLIED")]
+        checks = erasure_targets(applied[-1].verification) if applied else []
+        dispositions = _dispositions(store, f, done, chain)
+        state, why = erasure_state([o.status for o in done], checks, dispositions)
+        at, note = _version_note(done, chain)
         out.append(Erasure(
             request_id=f.request_id, run_id=f.run_id, requested_at=iso(f.requested_at),
-            reason=f.reason, requested_by=f.requested_by, method=f.method,
+            reason=f.reason, requested_by=f.requested_by,
+            requester_authenticated=f.requested_by.startswith("token="), method=f.method,
             verify_with_retrain=bool(f.verify_with_retrain),
             target=ErasureTarget(source_ids=list(f.source_ids),
                                  source_rows=_source_row_counts(f.source_rows_json),
                                  training_keys=int(f.target_keys)),
             affected_rows=int(f.affected_rows),
             affected_via={k: int(v) for k, v in dict(f.affected_via).items()},
-            state=state, outcomes=done, evidence=request_refs[f.request_id]))
+            state=state, state_reason=why, targets=checks, dispositions=dispositions,
+            verified_at_version=at, version_note=note, outcomes=done,
+            evidence=request_refs[f.request_id]))
     return out
 
 
@@ -474,9 +591,13 @@ def tracin_by_version_source(engine: AttributionEngine, model_id: str,
 
 
 def training_timeline(store: Store, engine: AttributionEngine, model_id: str,
-                      chain: list[ModelVersion], samples: AttributionSamples) -> TrainingTimeline:
+                      chain: list[ModelVersion], samples: AttributionSamples,
+                      erasures: list[Erasure]) -> TrainingTimeline:
     """Per version of the chain: training-step rows by source and their TracIn toward the
-    attribution samples."""
+    attribution samples; a source forgotten by an erasure shows no TracIn but the request
+    it is excluded since (excluded is not zero influence)."""
+    excluded = {sid: e.request_id for e in erasures if e.state != "pending"
+                for sid in e.target.source_ids}
     versions = [v.version for v in chain]
     counts = store.query(
         "SELECT model_version, node_id, row, count() FROM gradients FINAL "
@@ -509,8 +630,9 @@ def training_timeline(store: Store, engine: AttributionEngine, model_id: str,
         try:
             tracin = tracin_by_version_source(engine, model_id, sample_ids)
             notes.append("TracIn is the mean over the attribution samples; rows forgotten "
-                         "by an erasure are no longer scored (their steps count as 0), while "
-                         "example counts show what was trained on")
+                         "by an erasure are no longer scored: a forgotten source shows the "
+                         "request it is excluded since instead of a TracIn, while example "
+                         "counts show what was trained on")
         except AttributionError as exc:
             notes.append(f"TracIn not computed: {exc}")
     out = []
@@ -522,7 +644,8 @@ def training_timeline(store: Store, engine: AttributionEngine, model_id: str,
             version=v.version, step=v.step, examples=total,
             sources=[SourceShare(source_id=sid, uri=uri, examples=n, share=n / total,
                                  tracin=finite(tracin.get((v.version, sid), 0.0))
-                                 if tracin else None)
+                                 if tracin and sid not in excluded else None,
+                                 excluded_since=excluded.get(sid))
                      for (sid, uri), n in sorted(per[v.version].items(),
                                                  key=lambda kv: kv[0][1])]))
     return TrainingTimeline(status="computed", reason=None, versions=out, notes=notes)
@@ -620,11 +743,11 @@ def _build(store: Store, rebuild: Rebuild, model_id: str, version: str,
                           refs)
     version = chain[-1].version
     governance = data_governance(rebuild, model_id, [v.version for v in chain])
-    erasures = erasure_log(rebuild, model_id)
+    erasures = erasure_log(rebuild, model_id, chain)
     deployment_missing = missing(config, DEPLOYMENT_FIELDS)
     engine = AttributionEngine(facts)
     samples = attribution_samples(facts, engine, model_id, version, max_samples, top_sources)
-    timeline = training_timeline(facts, engine, model_id, chain, samples)
+    timeline = training_timeline(facts, engine, model_id, chain, samples, erasures)
     record = record_keeping(store, rebuild, recompute_hashes)
     return ReportBody(
         schema_version=SCHEMA_VERSION,

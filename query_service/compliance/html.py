@@ -217,6 +217,8 @@ def timeline_svg(timeline: TrainingTimeline, labels: dict[str, str],
     most = max(v.examples for v in versions) or 1
     sources = list(dict.fromkeys(s.source_id for v in versions for s in v.sources))
     has_tracin = any(s.tracin is not None for v in versions for s in v.sources)
+    excluded = {s.source_id: s.excluded_since for v in versions for s in v.sources
+                if s.excluded_since}
     height = top_h + 40 + (line_h + 30 if has_tracin else 0)
     parts = [f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" '
              f'height="{height}" role="img" aria-label="source contributions over training">',
@@ -246,6 +248,8 @@ def timeline_svg(timeline: TrainingTimeline, labels: dict[str, str],
                      f'<line x1="{left}" x2="{width - 10}" y1="{ypos(0):.1f}" '
                      f'y2="{ypos(0):.1f}" stroke="#c0c8d2"/>')
         for sid in sources:
+            if sid in excluded:  # not scored: no line, never a line at zero
+                continue
             points = []
             for i, v in enumerate(versions):
                 t = next((s.tracin for s in v.sources if s.source_id == sid), 0.0) or 0.0
@@ -255,7 +259,9 @@ def timeline_svg(timeline: TrainingTimeline, labels: dict[str, str],
                          f'{e(labels.get(sid, sid))}</title></polyline>')
     parts.append("</svg>")
     legend = "".join(f'<span class="key"><i style="background:{colours.get(sid, "#999")}">'
-                     f'</i>{e(labels.get(sid, sid))}</span>' for sid in sources)
+                     f'</i>{e(labels.get(sid, sid))}'
+                     + (f" (TracIn not computed: excluded since request {e(excluded[sid])})"
+                        if sid in excluded else "") + "</span>" for sid in sources)
     return "".join(parts) + f'<p class="legend">{legend}</p>'
 
 
@@ -374,6 +380,7 @@ def render_html(report: ReportBody) -> str:
                        for v in report.model_lineage]))
 
     out.append("<h2>Data governance (Art. 10(2))</h2>")
+    names_of = {src.source_id: short_uri(src.uri) for src in dg.sources}
     out.append(_table(
         ["source", "origin", "licence", "SHA-256", "rows", "registered / used",
          "personal columns", "preparation"],
@@ -388,6 +395,25 @@ def render_html(report: ReportBody) -> str:
          for src in dg.sources]))
     for note in dg.notes:
         out.append(f'<p class="note">{e(note)}</p>')
+    leak = dg.leakage
+    out.append(f'<h3>Leakage check (from lineage): <span class="'
+               f'{"bad" if leak.status == "failed" else "ok"}">{e(leak.status)}</span></h3>'
+               f"<p>{e(leak.detail)} ({leak.training_rows:,} training rows, "
+               f"{leak.test_rows:,} test/prediction rows).</p>")
+    if leak.findings:
+        out.append(_table(["op", "aggregated node", "training rows", "shared source rows"],
+                          [[e(f.op_name), f"<code>{e(f.aggregated_node_id)}</code>",
+                            e(f.training_rows), e(f.shared_source_rows)]
+                           for f in leak.findings]))
+    out.append(_table(["split", "rows", "source rows (row-wise) by source"], [
+        [e(x.split), e(f"{x.rows:,}"), e(", ".join(f"{names_of.get(k, k)}: {n:,} "
+                                                    f"({x.share.get(k, 0):.0%})"
+                                                    for k, n in x.source_rows.items()))]
+        for x in dg.split_statistics.splits]))
+    for line in dg.split_statistics.absent:
+        out.append(f'<p class="missing">Not reported: {e(line)}</p>')
+    for line in dg.declarations_missing:
+        out.append(f'<p class="missing">Declaration missing: {e(line)}</p>')
 
     rk = report.record_keeping
     verdict = ('<span class="ok">intact</span>' if rk.ok else
@@ -437,6 +463,22 @@ def render_html(report: ReportBody) -> str:
                            "forget-set loss before → after", "test accuracy before → after",
                            "membership AUC before → after", "gap closed"],
                           rows))
+    for er in report.erasure_log:
+        who = (e(er.requested_by) if er.requester_authenticated else
+               '<span class="bad">not authenticated (no token auth on the server)</span>')
+        out.append(f"<h3>Request <code>{e(er.request_id)}</code>: {e(er.state)}</h3>"
+                   f"<p>Requested by {who}. {e(er.state_reason)}. Verification: "
+                   f"{e(er.version_note)}.</p>")
+        if er.targets:
+            out.append(_table(["target", "rule", "value", "met"], [
+                [e(t.target), e(t.rule), _num(t.value),
+                 "not measured" if t.met is None else
+                 ('<span class="ok">yes</span>' if t.met else '<span class="bad">no</span>')]
+                for t in er.targets]))
+        out.append(_table(["what", "count", "status", "detail"], [
+            [e(d.item.replace("_", " ")), e(d.count), e(d.status),
+             e(d.detail + (": " + "; ".join(d.versions) if d.versions else ""))]
+            for d in er.dispositions]))
     for er in report.erasure_log:
         chart = erasure_svg(er)
         if chart:

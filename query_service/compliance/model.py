@@ -164,13 +164,55 @@ class Pipeline(_Strict):
     edges: list[PipelineEdge]
 
 
+class LeakageFinding(_Strict):
+    op_id: str
+    op_name: str
+    aggregated_node_id: str
+    training_rows: int = Field(description="training rows that depend on it")
+    shared_source_rows: int = Field(description="source rows of the aggregate's input that "
+                                                "also directly feed test/prediction rows")
+    detail: str
+
+
+class LeakageCheck(_Strict):
+    """Computed from lineage: does any training row depend, through an aggregate op, on
+    source rows that also feed test or prediction rows?"""
+
+    status: Literal["passed", "failed", "skipped"]
+    detail: str
+    training_rows: int
+    test_rows: int
+    findings: list[LeakageFinding]
+
+
+class SplitShare(_Strict):
+    split: str
+    rows: int
+    source_rows: dict[str, int] = Field(description="source id -> source rows it draws on "
+                                                    "row-wise")
+    share: dict[str, float]
+
+
+class SplitStatistics(_Strict):
+    """Per split, where its rows come from (computed from lineage)."""
+
+    splits: list[SplitShare]
+    absent: list[str] = Field(description="statistics that cannot be computed here, and why")
+
+
 class DataGovernance(_Strict):
-    """Art. 10(2): the sources, their origin and every preparation op."""
+    """Art. 10(2): the sources, their origin and every preparation op; per-split sources and
+    a leakage check computed from lineage; declarations that are missing."""
 
     training_nodes: list[str]
     sources: list[Source]
     pipeline: Pipeline
     notes: list[str]
+    split_statistics: SplitStatistics
+    leakage: LeakageCheck
+    declarations_missing: list[str] = Field(
+        description="required declarations not made: personal-data columns per source, "
+                    "code_version per op")
 
 
 class ProducerChain(_Strict):
@@ -270,18 +312,51 @@ class ErasureTarget(_Strict):
     training_keys: int
 
 
+class TargetCheck(_Strict):
+    """One verification target of an erasure and whether the recorded figures meet it."""
+
+    target: str
+    rule: str
+    value: float | None
+    met: bool | None = Field(description="null: not measured")
+
+
+class Disposition(_Strict):
+    """What became of one kind of thing the erasure touched."""
+
+    item: Literal["training_rows", "aggregate_dependencies", "gradient_rows", "raw_events",
+                  "model_versions"]
+    count: int
+    status: str = Field(description="removed, retained (with the reason), tombstoned, "
+                                    "superseded")
+    detail: str
+    versions: list[str] = Field(default_factory=list,
+                                description="model_versions: the versions trained with the "
+                                            "rows, with their checkpoint status")
+
+
 class Erasure(_Strict):
     request_id: str
     run_id: str
     requested_at: str
     reason: str
-    requested_by: str
+    requested_by: str = Field(description="the authenticated identity that asked (token "
+                                          "name and role, certificate subject)")
+    requester_authenticated: bool = Field(
+        description="false: the server had no token auth, nobody is named")
     method: str
     verify_with_retrain: bool
     target: ErasureTarget
     affected_rows: int
     affected_via: dict[str, int]
-    state: Literal["applied", "failed", "pending"]
+    state: Literal["applied", "partially_applied", "failed", "pending"] = Field(
+        description="decided by the verification targets and the dispositions")
+    state_reason: str
+    targets: list[TargetCheck]
+    dispositions: list[Disposition]
+    verified_at_version: str | None = Field(
+        description="the version the verification figures were measured at")
+    version_note: str = Field(description="how that version relates to the reported one")
     outcomes: list[ErasureOutcome]
     evidence: EventRef
 
@@ -338,7 +413,12 @@ class SourceShare(_Strict):
     share: float = Field(description="examples / all training-step rows of the version")
     tracin: float | None = Field(description="TracIn of these steps toward the attribution "
                                              "samples (mean over samples; positive raised "
-                                             "the explained output); null: not computed")
+                                             "the explained output); null: not computed, "
+                                             "or excluded (see excluded_since)")
+    excluded_since: str | None = Field(
+        default=None, description="the erasure request after which this source's rows are "
+                                  "excluded from scoring: its TracIn is not zero influence, "
+                                  "it is not computed")
 
 
 class VersionContribution(_Strict):

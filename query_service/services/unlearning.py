@@ -62,6 +62,12 @@ def _errors(context: grpc.ServicerContext) -> Iterator[None]:
         context.abort(grpc.StatusCode.UNAVAILABLE, f"could not record on the event log: {exc}")
 
 
+def requester(context: grpc.ServicerContext) -> str:
+    """Who asked for an erasure: the authenticated identity (token name and role, client
+    certificate subject), never the socket address; `unauthenticated` without token auth."""
+    return " ".join(f for f in describe(context).split(" ") if not f.startswith("peer="))
+
+
 def _check_event(run_id: str, event: events_pb2.ForgetRequested) -> None:
     """Refuse a request whose event the log would reject (unknown method number, over-long
     run id, ...) before it is published: a rejected event would leave a gap in the
@@ -108,7 +114,7 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
                       for via, pairs in found.items() if pairs]
             event = events_pb2.ForgetRequested(
                 request_id=rid, target=t, affected=groups, reason=request.reason,
-                requested_by=describe(context), method=request.method,
+                requested_by=requester(context), method=request.method,
                 verify_with_retrain=request.verify_with_retrain, model_id=request.model_id)
             _check_event(request.run_id, event)
             assert self._log is not None  # checked above (abort raises)

@@ -159,7 +159,19 @@ def test_report_over_rpc_shows_the_erasure(erased):
     assert all(len(v["parameter_hash"]) >= 16 for v in lineage)
 
     (erasure,) = report["erasure_log"]
-    assert erasure["request_id"] == erased["request_id"] and erasure["state"] == "applied"
+    assert erasure["request_id"] == erased["request_id"]
+    # issue 23: 150 rows reached only through the mean/std were not recomputed: partial,
+    # said so, with every disposition listed
+    assert erasure["state"] == "partially_applied", erasure["state_reason"]
+    assert "150 aggregate dependencies retained" in erasure["state_reason"]
+    assert erasure["requested_by"] == "unauthenticated" and not erasure["requester_authenticated"]
+    items = {d["item"]: d for d in erasure["dispositions"]}
+    assert items["training_rows"]["status"] == "removed" and items["training_rows"]["count"] == 110
+    assert items["aggregate_dependencies"]["count"] == 150
+    assert items["gradient_rows"]["status"] == "tombstoned" and items["gradient_rows"]["count"]
+    assert erasure["verified_at_version"] == "v2"
+    assert erasure["version_note"] == "measured at the reported version"
+    assert [t["target"] for t in erasure["targets"]][0] == "forget-set loss rose"
     assert erasure["reason"] == "hospital_b withdrew consent"
     assert erasure["target"]["source_ids"] == [erased["source_b"]]
     assert erasure["affected_via"] == {"row": 110, "aggregation": 150}
