@@ -52,7 +52,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
 class ReplayPlan:
     """What a replay of `rows` would cost, before it runs: the first logged step that used
     them, the checkpoint it would restore, the logged steps from there on, and the seconds
-    that many steps took in training (median step time × steps). `reason` says why no
+    that many steps took in training (mean step time × steps). `reason` says why no
     replay is possible when `checkpoint` is None."""
 
     first_use: int | None
