@@ -10,7 +10,7 @@ A trainer's Publisher calls `configure_from_env` itself, so setting the variable
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -95,6 +95,36 @@ class BatchSpan:
         if not self._ended:
             self._ended = True
             self.span.end()
+
+
+def trace_headers() -> list[tuple[str, bytes]]:
+    """The current span as message headers (W3C traceparent), for transports without call
+    metadata (Kafka); none when no span is recording."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return []
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [(name, value.encode()) for name, value in carrier.items()]
+
+
+def links_from_headers(headers: Iterable[Sequence[tuple[str, bytes]]],
+                       limit: int = 128) -> list[trace.Link]:
+    """Links to the spans named by the `traceparent` headers of a batch's messages (each
+    span once, at most `limit`): a stored batch points at the steps that sent its events."""
+    from opentelemetry import propagate
+
+    seen: dict[bytes, trace.Link] = {}
+    for message in headers:
+        for name, value in message:
+            if name != "traceparent" or value in seen or len(seen) >= limit:
+                continue
+            context = trace.get_current_span(propagate.extract(
+                {"traceparent": value.decode(errors="replace")})).get_span_context()
+            if context.is_valid:
+                seen[value] = trace.Link(context)
+    return list(seen.values())
 
 
 # --- what the environment asks for (pure) ----------------------------------------------------

@@ -58,7 +58,10 @@ class EventSink:
 
     def ingest(self, records: list[Record]) -> list[Ack]:
         """Store a batch; one Ack per record, in order. Raises StoreError if a write fails."""
-        with self._tracer.start_as_current_span("headwater.process.batch") as span:
+        # linked to the spans that sent the records (Kafka traceparent headers)
+        links = telemetry.links_from_headers(r.headers for r in records if r.headers)
+        with self._tracer.start_as_current_span("headwater.process.batch",
+                                                links=links) as span:
             span.set_attribute("headwater.records", len(records))
             now = datetime.now(timezone.utc)
             records, pending_acks, chunk_rejects = self._reassemble(records, now)

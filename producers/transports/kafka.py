@@ -102,12 +102,14 @@ class KafkaTransport:
     def send(self, key: str, event_id: str, value: bytes) -> None:
         """Queue one event; blocks (backpressure) while too many are unacknowledged."""
         self._raise_errors()
+        traced = telemetry.trace_headers()  # the sender's span (a training step), if any
         if len(value) > self._max_message_bytes:
             chunks = split_into_chunks(event_id, value, self._max_message_bytes)
             for chunk in chunks:
-                self._produce(key.encode(), chunk, [(CHUNK_HEADER, b"1")], event_id, 0)
+                self._produce(key.encode(), chunk, [(CHUNK_HEADER, b"1"), *traced], event_id,
+                              0)
         else:
-            self._produce(key.encode(), value, [], event_id, 0)
+            self._produce(key.encode(), value, traced, event_id, 0)
 
     def flush(self, timeout: float | None = None) -> None:
         """Return when every event sent so far is acknowledged; raise what failed."""

@@ -134,9 +134,11 @@ def _value(families: dict, name: str, labels: dict[str, str], suffix: str = "") 
 
 @pytest.mark.kafka
 @pytest.mark.timeout(300)
-def test_process_and_query_service_serve_metrics(tmp_path: Path, broker) -> None:
-    """`process`: events, dead letters and the group's lag; then `query-service` on the same
-    store: call latency and store size. Both parsed by prometheus_client."""
+def test_process_and_query_service_serve_metrics(tmp_path: Path, broker,
+                                                 receiver: Receiver) -> None:
+    """`process`: events, dead letters and the group's lag, and its batch span linked to the
+    span named by a message's traceparent header; then `query-service` on the same store:
+    call latency and store size. Metrics parsed by prometheus_client."""
     from confluent_kafka import Producer
 
     from headwater.producers import KafkaTransport, Publisher
@@ -148,7 +150,8 @@ def test_process_and_query_service_serve_metrics(tmp_path: Path, broker) -> None
     metrics_port = free_port()
     proc = headwater("process", "--dsn", dsn, "--kafka-bootstrap", broker.bootstrap,
                      "--topic", topic, "--group", group,
-                     env={"HEADWATER_METRICS_PORT": str(metrics_port)})
+                     env={"HEADWATER_METRICS_PORT": str(metrics_port),
+                          **_otel_env(receiver, "process-under-test")})
     try:
         wait_for_port(metrics_port, timeout=90, proc=proc)
         with Publisher(KafkaTransport(broker.bootstrap, topic), run_id="metrics-run") as pub:
@@ -156,7 +159,9 @@ def test_process_and_query_service_serve_metrics(tmp_path: Path, broker) -> None
                 pub.publish(events_pb2.SourceRegistered(
                     source_id=f"m{i}", uri=f"file:///m{i}", content_sha256="0" * 64))
         garbage = Producer({"bootstrap.servers": broker.bootstrap})
-        garbage.produce(topic, key=b"metrics-run", value=b"\x00\xffnot an event")
+        sender = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        garbage.produce(topic, key=b"metrics-run", value=b"\x00\xffnot an event",
+                        headers=[("traceparent", sender.encode())])
         garbage.flush(10)
 
         families = _scrape(metrics_port, until=lambda f: (
@@ -170,6 +175,11 @@ def test_process_and_query_service_serve_metrics(tmp_path: Path, broker) -> None
         assert {s.labels["partition"] for s in lag.samples} == {f"{topic}/0", f"{topic}/1"}
         assert _value(families, "headwater_process_lag", {}) == 0
         assert _value(families, "headwater_store_rows", {"table": "events"}) >= 5
+        spans = receiver.wait_for(lambda found: any("00f067aa0ba902b7" in s.links
+                                                    for s in found))
+        linked = [s for s in spans if "00f067aa0ba902b7" in s.links]
+        assert linked and linked[0].name == "headwater.process.batch"
+        assert linked[0].service == "process-under-test"
     finally:
         stop(proc)
 
@@ -193,3 +203,39 @@ def test_process_and_query_service_serve_metrics(tmp_path: Path, broker) -> None
         assert _value(families, "headwater_store_size_bytes", {"table": "events"}) > 0
     finally:
         stop(proc)
+
+
+@pytest.mark.kafka
+def test_kafka_messages_carry_the_senders_trace(broker) -> None:
+    """KafkaTransport puts the current span (a training step) in each message's headers."""
+    from confluent_kafka import Consumer
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from headwater.producers import KafkaTransport, Publisher
+    from headwater.v1 import events_pb2
+
+    topic = f"traced-{time.time_ns()}"
+    broker.create_topic(topic)
+    step_tracer = TracerProvider().get_tracer("trainer")  # not installed globally
+    with Publisher(KafkaTransport(broker.bootstrap, topic), run_id="traced") as pub:
+        with step_tracer.start_as_current_span("train.step") as step:
+            pub.publish(events_pb2.SourceRegistered(source_id="t", uri="file:///t",
+                                                    content_sha256="0" * 64))
+        pub.publish(events_pb2.SourceRegistered(source_id="u", uri="file:///u",
+                                                content_sha256="0" * 64))  # no span
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": topic,
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    try:
+        got: list = []
+        for _ in range(30):
+            got += [m for m in consumer.consume(10, timeout=1.0) if m.error() is None]
+            if len(got) >= 2:
+                break
+    finally:
+        consumer.close()
+    first, second = sorted(got, key=lambda m: m.offset())
+    context = step.get_span_context()
+    assert dict(first.headers() or [])["traceparent"] == \
+        f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}".encode()
+    assert "traceparent" not in dict(second.headers() or [])
