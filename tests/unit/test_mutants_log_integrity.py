@@ -243,3 +243,30 @@ def test_an_intact_chain_from_any_seq_in_the_window_has_no_link_finding(seq: int
     e = _events(3)
     assert [k for k, *_ in _found([_row(x) for x in e[seq - 1:]])[0]] == \
         ([] if seq == 1 else ["truncated"])
+
+
+def test_rows_are_values_and_an_empty_summary_counts_nothing() -> None:
+    row = _row(_events(1)[0])
+    with pytest.raises(AttributeError):
+        row.seq = 2  # type: ignore[misc]
+    assert hash(row) == hash(_row(_events(1)[0], event_id=row.event_id, hash=row.hash,
+                                  prev_hash=row.prev_hash, emitted_at=row.emitted_at))
+    empty = li.ProducerSummary("p", "r")
+    assert (empty.events, empty.first_seq, empty.last_seq, empty.head_hash) == (0, 0, 0, b"")
+    assert empty.first_emitted_at is None and empty.last_emitted_at is None
+
+
+def test_a_link_to_the_other_duplicate_of_the_previous_seq_is_only_the_duplicate() -> None:
+    e = _events(3)
+    forged = _row(e[1], event_id="0-forged", hash=b"\2" * 32)  # also links to seq 1
+    problems, _ = _found([_row(e[0]), forged, _row(e[1]), _row(e[2])])
+    assert [(k, s) for k, s, _ in problems] == [("duplicate", 2)]
+
+
+def test_findings_and_an_empty_report_are_values() -> None:
+    problem = li.Problem("p", "gap", 2, "seq 2..2 missing")
+    with pytest.raises(AttributeError):
+        problem.kind = "break"  # type: ignore[misc]
+    empty = li.LogReport()
+    assert empty.ok and empty.events == 0 and not empty.hashes_recomputed
+    assert empty.retention_days is None and empty.producers == [] and empty.notes == []
