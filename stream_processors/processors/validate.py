@@ -20,6 +20,7 @@ from headwater.producers.envelope import SCHEMA_VERSION, hash_matches
 from headwater.v1 import events_pb2
 
 MAX_ID_LEN = 256
+MAX_TEXT_LEN = 4096  # a free-text field that is not an id (a method's reason, a URI)
 MAX_EMITTED_AT = 10_413_791_999  # 2299-12-31T23:59:59Z, the end of ClickHouse DateTime64
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -211,6 +212,11 @@ def _unlearning_applied(p: events_pb2.UnlearningApplied, limits: Limits) -> None
     _require(p.status != 0, "unlearning_applied.status is unspecified")
     _check_enum("unlearning_applied.status", events_pb2.UnlearningApplied.Status, p.status)
     _check_enum("unlearning_applied.method", events_pb2.UnlearningMethod, p.method)
+    for name in ("method_reason", "checkpoint_uri"):  # free text: bounded like an error
+        _require(len(getattr(p, name)) <= MAX_TEXT_LEN,
+                 f"unlearning_applied.{name} is longer than {MAX_TEXT_LEN} characters")
+    _require(math.isfinite(p.estimated_replay_seconds) and p.estimated_replay_seconds >= 0,
+             "unlearning_applied.estimated_replay_seconds must be a finite number >= 0")
 
 
 _PAYLOAD_CHECKS: dict[str, Callable[[Message, Limits], None]] = {

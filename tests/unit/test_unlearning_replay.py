@@ -290,3 +290,32 @@ def test_kfac_newton_stops_at_the_target_and_names_unsupported_models(data: dict
     with pytest.raises(TypeError, match="also trains 0.weight, 0.bias"):
         kfac_newton(conv, (torch.randn(4, 1, 8), torch.zeros(4)),
                     (torch.randn(4, 1, 8), torch.zeros(4)), target_loss=None, **kw)
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("method_reason", "x" * 5000, "unlearning_applied.method_reason is longer than 4096"),
+    ("checkpoint_uri", "file://" + "a" * 5000, "unlearning_applied.checkpoint_uri is longer"),
+    ("estimated_replay_seconds", float("nan"), "estimated_replay_seconds must be a finite"),
+    ("estimated_replay_seconds", -1.0, "estimated_replay_seconds must be a finite"),
+    ("method", 7, "unlearning_applied.method is 7, not a known UnlearningMethod"),
+])
+def test_hostile_unlearning_applied_fields_are_refused(field: str, value: object,
+                                                       reason: str) -> None:
+    from headwater.producers.envelope import EnvelopeBuilder
+    from headwater.producers.transports.base import Record
+    from headwater.stream_processors.processors.decode import Accepted, Rejected, decode_record
+
+    def record(**fields: object) -> Record:
+        good: dict[str, object] = {
+            "method": events_pb2.REPLAY, "method_reason": "replay: 3 logged steps",
+            "steps_replayed": 3, "estimated_replay_steps": 3, "estimated_replay_seconds": 0.5,
+            "checkpoint_uri": "file:///ckpt/step-0.pt"}
+        applied = events_pb2.UnlearningApplied(
+            request_id="fr-1", model_id="m", status=events_pb2.UnlearningApplied.APPLIED,
+            **{**good, **fields})
+        event = EnvelopeBuilder("r").wrap(applied)
+        return Record(event.SerializeToString(deterministic=True))
+
+    assert isinstance(decode_record(0, record()), Accepted)
+    rejected = decode_record(0, record(**{field: value}))
+    assert isinstance(rejected, Rejected) and reason in rejected.error
