@@ -219,3 +219,24 @@ def test_groups_sum_scores_per_source_file_and_op_largest_magnitude_first() -> N
     assert r.groups("source_file", graph)[0] == ("file1.csv", "file1.csv", -3.5, 2)
     assert r.groups("op", graph) == [("op1", "name-op1", -4.0, 1), ("op2", "name-op2", 2.0, 1),
                                      ("op0", "name-op0", 1.5, 2)]
+
+
+def test_the_default_method_is_tracin_only_for_a_one_pass_learner() -> None:
+    def model(uses: list[int], lr: float = 0.1, n: int = 4) -> sc.Model:
+        block = _block("TRAINING_STEP", example=uses, step=list(range(len(uses))))
+        block.lr[:] = lr
+        return _model(block, n=n)
+
+    assert sc.default_method(model([0, 1, 2, 3])) == "tracin"  # each example once
+    assert sc.default_method(model([0, 1, 2, 3, 0, 1])) == "tracin"  # 1.5 uses: the edge
+    assert sc.default_method(model([0, 1, 2, 3, 0, 1, 2])) == "influence"  # 1.75
+    assert sc.default_method(model([0, 1, 2, 3], lr=0.0)) == "influence"  # no steps taken
+    assert sc.default_method(_model(_block("FEATURISATION"), n=4)) == "influence"
+    empty = sc.Model("clf", rows=0, blocks=[], examples=[], versions=[])
+    assert sc.default_method(empty) == "influence"
+
+
+def test_a_test_gradient_is_a_value() -> None:
+    t = sc.TestGradient("v1", "p", np.zeros(K), "")
+    with pytest.raises(AttributeError):
+        t.version = "v2"  # type: ignore[misc]
