@@ -36,8 +36,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(900)]  # > the waits' ceili
 
 PARTITIONS = 6
 MEMBERS = 3
-_AT_INFO = ("import logging, sys; logging.basicConfig(level=logging.INFO, format='%(name)s: "
-            "%(message)s'); from headwater.cli import main; main(sys.argv[1:])")
+_AT_INFO = ("import sys; from headwater.cli import main; "
+            "main(['--log-level', 'info', *sys.argv[1:]])")
 _ASSIGNED = re.compile(r"headwater\.process: (assigned|revoked) partitions \[([\d, ]*)\]")
 
 
