@@ -86,7 +86,7 @@ NUMPY_EXACT: dict[str, Callable[[Any], Any]] = {
 
 
 def _set(x: Any, key: Any, value: Any) -> Any:
-    x = x.copy()
+    x = x.copy() if isinstance(x, np.ndarray) else x
     x[key] = value
     return x
 
@@ -133,11 +133,26 @@ PAIRS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "narrow / slice": (lambda x: x[2:5], lambda x: x.narrow(0, 2, 3)),
     "unfold / windows": (lambda x: swv(x, 3, axis=0)[::2], lambda x: x.unfold(0, 3, 2)),
     "flip": (lambda x: np.flip(x, 0), lambda x: x.flip(0)),
+    "x.T.T": (lambda x: x.T.T, lambda x: x.T.T),
+    "(x.T - c).T": (lambda x: (x.T - 0.5).T, lambda x: (x.T - 0.5).T),
+    "transpose round trip": (lambda x: np.swapaxes(np.swapaxes(x, 0, 1) * 2.0, 0, 1),
+                             lambda x: (x.permute(1, 0) * 2.0).permute(1, 0)),
+    "window via .T": (lambda x: x.T[:, 1:4].T, lambda x: x.T[:, 1:4].T),
+    "pool 3 rows via .T": (lambda x: x.T.reshape(3, 2, 3).mean(-1).T,
+                           lambda x: x.T.reshape(3, 2, 3).mean(-1).T),
+    "centre columns via .T": (lambda x: (x.T - x.T.mean(1, keepdims=True)).T,
+                              lambda x: (x.T - x.T.mean(1, keepdim=True)).T),
+    "row setitem": (lambda x: _set(x, 2, x[4] * 2.0), lambda x: _set(x.clone(), 2, x[4] * 2.0)),
+    "rows setitem": (lambda x: _set(x, slice(0, 2), x[3:5]),
+                     lambda x: _set(x.clone(), slice(0, 2), x[3:5])),
+    "permutation assigned": (lambda x: _set(x, slice(None), x[[3, 0, 5, 1, 4, 2]]),
+                             lambda x: _set(x.clone(), slice(None), x[[3, 0, 5, 1, 4, 2]])),
 }
 
 
 @pytest.mark.parametrize("name", list(PAIRS))
 def test_numpy_and_torch_give_the_same_map(name: str) -> None:
+    """The same op, the same map, and the true one (torch transposes fold like NumPy's)."""
     torch = pytest.importorskip("torch")
     from headwater.producers.tracking.torch import track_tensor
 

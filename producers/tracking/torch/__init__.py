@@ -33,7 +33,8 @@ int tensors/lists, bool masks, None/Ellipsis; `index_select`, `gather`, `take`,
 `vstack`/`hstack`/`column_stack`/`dstack`; `split`/`chunk`/`tensor_split`/`unbind`/
 `vsplit`/`hsplit`; `reshape`/`view`/`flatten`/`unflatten`/`squeeze`/`unsqueeze` (C-order,
 like NumPy's); `expand`/`broadcast_to`; `permute`/`transpose`/`t`/`T`/`mT`/`movedim`
-(dim 0 stays: identity; moved: all rows); `flip`, `roll`, `repeat`, `tile`,
+(dim 0 stays: identity; moved: pending, as NumPy's, so round trips are identity); `flip`,
+`roll`, `repeat`, `tile`, `narrow`, `unfold(0, ...)`,
 `repeat_interleave`, `diff`; `matmul`/`mm`/`bmm`/`mv`/`dot`/`outer`/`addmm`/`cdist`/
 `F.linear` (rows of the left operand, all rows of the right); batched nn ops (`conv*`,
 pools, `layer_norm`/`group_norm`, `embedding`, `one_hot`, `pad`, `interpolate`,

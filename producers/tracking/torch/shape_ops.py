@@ -32,6 +32,9 @@ from headwater.producers.tracking.segments import (
     rows_segments,
 )
 from headwater.producers.tracking.torch.tensor import (
+    MOVES,
+    REDUCTIONS,
+    STARTS,
     Call,
     Spec,
     Tensor,
@@ -214,9 +217,8 @@ def _varargs(call: Call, name: str) -> list[int]:
 
 
 @rule("torch", """permute transpose swapaxes swapdims t movedim
-          moveaxis adjoint""", spaces="torch Tensor", precision="aggregate",
-      note="rows moved off dim 0: each row holds every row (round trips are not folded "
-           "back as in NumPy)")
+          moveaxis adjoint""", spaces="torch Tensor",
+      note="rows moved off dim 0 stay element-level until used: round trips are identity")
 def _permute(call: Call, outs: list[Any]) -> Spec:
     """Axis permutations: rows stay when output dim 0 is input dim 0, else all rows."""
     x = call.x()
@@ -243,8 +245,29 @@ def _permute(call: Call, outs: list[Any]) -> Spec:
     return one_input(call, outs, lambda i, n: [all_rows(i, n, ROWS_MOVED)])
 
 
-rule("torch", "T mT mH", spaces="Tensor", properties=True, precision="aggregate",
-     note="rows moved off dim 0: each row holds every row")(_permute)
+rule("torch", "T mT mH", spaces="Tensor", properties=True,
+     note="rows moved off dim 0 stay element-level until used: round trips are identity"
+     )(_permute)
+
+
+def _funcs(names: str, spaces: tuple[Any, ...], properties: bool = False) -> set[Any]:
+    found = set()
+    for ns in spaces:
+        for n in names.split():
+            f = getattr(ns, n, None)
+            if f is not None:
+                found.add(f.__get__ if properties else f)
+    return found
+
+
+# pending stretches (tracking/pending.py): these start one when rows leave dim 0 ...
+STARTS.update(_funcs("permute transpose swapaxes swapdims t movedim moveaxis adjoint",
+                     (torch, Tensor)), _funcs("T mT mH", (Tensor,), properties=True))
+REDUCTIONS.update(_funcs("sum mean std var prod amax amin nansum nanmean logsumexp",
+                         (torch, Tensor)))
+# ... and these keep it (applied to the element ids)
+MOVES.update(STARTS, _funcs("reshape view flatten unflatten ravel squeeze unsqueeze flip "
+                            "contiguous clone __getitem__ narrow", (torch, Tensor)))
 
 
 @rule("torch", "flip flipud fliplr", spaces="torch Tensor")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from headwater.producers.tracking import pending
 from headwater.producers.tracking.maps import NotUnderstood, not_understood, operand_segment
 from headwater.producers.tracking.registry import NAMES as _ALL_NAMES
 from headwater.producers.tracking.registry import RULES as _ALL_RULES
@@ -43,6 +44,7 @@ class TrackedTensor(torch.Tensor):
     _hw_tracker: Tracker | None = None
     _hw_roots: tuple[str, ...] = ()  # recorded nodes this tensor came from when _hw_node
     _hw_why: str = ""                # is None (batch granularity), and why
+    _hw_pending: Any = None          # rows on another dim: element ids (tracking/pending.py)
 
     @property
     def node_id(self) -> str:
@@ -80,6 +82,15 @@ def _dispatch(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         rtype = type(result)
         if rtype is Tensor:
             fresh = sys.getrefcount(result) == 2  # held by `result` alone: re-classable
+            if func in MOVES:
+                moved = _pending_move(func, args, kwargs, result, fresh)
+                if moved is not None:
+                    return moved
+            elif func in REDUCTIONS and args and type(args[0]) is TrackedTensor \
+                    and args[0]._hw_pending is not None:
+                reduced = _pending_reduce(func, args, kwargs, result, fresh)
+                if reduced is not None:
+                    return reduced
             if rule is elementwise and (not kwargs or _plain_kwargs(kwargs)):
                 return _record_elementwise(func, args, result, fresh)
             outs: list[Any] = [_Fresh(result) if fresh else result]
@@ -132,6 +143,10 @@ def _record_elementwise(func: Any, args: tuple[Any, ...], result: Tensor, fresh:
             if tracker._batch:
                 return derive(tracker, result, [b for b in args if type(b) is TrackedTensor
                                                  and b._hw_tracker is not None], fresh)
+        if a._hw_pending is not None:
+            out = _pending_elementwise(func, tracker, args, result, fresh)
+            if out is not None:
+                return out
         node = a._hw_node or node_of(a)
         if node not in nodes:
             seg = operand_segment(len(nodes), a.shape, shape)
@@ -267,9 +282,109 @@ def node_of(t: Any) -> str:
     if not isinstance(t, TrackedTensor) or t._hw_tracker is None:
         raise TypeError(f"expected a TrackedTensor with a tracker; got {type(t).__name__}")
     if t._hw_node is None:
+        if t._hw_pending is not None:
+            return _settle(t)
         with NoSubclass():
             t._hw_tracker._collapse(cast(Any, t))  # one all-rows headwater.unrecorded_ops
     return cast(str, t._hw_node)
+
+
+# ---------------------------------------------------------------------------------------
+# Rows on another dim (tracking/pending.py, as for NumPy): x.T.T maps rows to themselves
+
+# ops that may start a pending stretch (rows moved off dim 0), and ops that keep one
+STARTS: set[Any] = set()
+MOVES: set[Any] = set()
+REDUCTIONS: set[Any] = set()  # reductions over given dims of a pending tensor
+
+
+def _settle(t: TrackedTensor) -> str:
+    p = t._hw_pending
+    tracker = cast(Tracker, t._hw_tracker)
+    name, params, segments, understood = pending.settle_segments(p, tuple(t.shape))
+    node = tracker.new_node_id()
+    t._hw_pending = None
+    tracker._op(name, params, p.nodes, node, tuple(t.shape), segments, understood)
+    t._hw_node = node
+    return node
+
+
+def _ids_run(func: Any, rest: tuple[Any, ...], kwargs: dict[str, Any]
+             ) -> Callable[[np.ndarray], np.ndarray]:
+    def run(ids: np.ndarray) -> np.ndarray:
+        out = func(torch.from_numpy(np.ascontiguousarray(ids)), *rest, **kwargs)
+        return out.numpy()
+    return run
+
+
+def _pending_move(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Tensor,
+                  fresh: bool) -> TrackedTensor | None:
+    """A move of a pending tensor stays pending; a permutation moving rows off dim 0
+    starts pending. None: record as usual."""
+    if not args or type(args[0]) is not TrackedTensor:
+        return None
+    x = args[0]
+    tracker = x._hw_tracker
+    if tracker is None or tracker._off or tracker._batch or len(find_tracked(args, kwargs)) > 1:
+        return None
+    if x._hw_pending is None:
+        if func not in STARTS or x.ndim < 2 or result.ndim < 2:
+            return None
+        probe = torch.empty(tuple(range(2, x.ndim + 2)), device="meta")  # dim d: d + 2
+        try:
+            if int(func(probe, *args[1:], **kwargs).shape[0]) == 2:
+                return None  # rows stay on dim 0
+        except (RuntimeError, TypeError, ValueError, NotImplementedError):
+            return None
+    try:
+        moved = pending.apply(pending.ids_of(cast(Any, x), node_of),
+                              _ids_run(func, args[1:], kwargs), tuple(result.shape),
+                              op_name(func))
+    except (NotUnderstood, RuntimeError, TypeError, ValueError):
+        return None
+    out = _as_tracked(result, fresh)
+    out._hw_tracker, out._hw_node, out._hw_pending = tracker, None, moved
+    return out
+
+
+def _pending_reduce(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Tensor,
+                    fresh: bool) -> TrackedTensor | None:
+    """x.mean(dim) of a pending x: pending while few ids meet per element, else recorded
+    at once from the ids (a mean over the original rows: an aggregate) with x left
+    pending."""
+    x = args[0]
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    if dim is None or len(args) > 2 or set(kwargs) - {"dim", "keepdim"} \
+            or len(find_tracked(args, kwargs)) > 1:
+        return None
+    dims = tuple(int(d) for d in (dim if isinstance(dim, (tuple, list)) else (dim,)))
+    keep, name = bool(kwargs.get("keepdim", False)), op_name(func)
+    tracker = cast(Tracker, x._hw_tracker)
+    shape = tuple(result.shape)
+    reduced = pending.reduce_axes(x._hw_pending, dims, keep, name)
+    if reduced is not None and reduced.ids.shape[:-1] == shape:
+        out = _as_tracked(result, fresh)
+        out._hw_tracker, out._hw_node, out._hw_pending = tracker, None, reduced
+        return out
+    whole = pending.reduce_axes(x._hw_pending, dims, keep, name, limit=2**62)
+    if whole is None or whole.ids.shape[:-1] != shape:
+        return None
+    op, params, segments, ok = pending.settle_segments(whole, shape)
+    return record(tracker, _Fresh(result) if fresh else result, op, params, whole.nodes,
+                  segments, ok)
+
+
+def _pending_elementwise(func: Any, tracker: Tracker, args: tuple[Any, ...], result: Tensor,
+                         fresh: bool) -> TrackedTensor | None:
+    operands = {id(a): a for a in args
+                if type(a) is TrackedTensor and a._hw_tracker is not None}
+    merged = pending.merge([pending.ids_of(cast(Any, a), node_of) for a in operands.values()],
+                           tuple(result.shape), NAMES.get(func) or op_name(func))
+    if merged is None:
+        return None
+    out = _as_tracked(result, fresh)
+    out._hw_tracker, out._hw_node, out._hw_pending = tracker, None, merged
+    return out
 
 
 # ---------------------------------------------------------------------------------------
