@@ -478,7 +478,8 @@ def test_op_names(rec: Recorder) -> None:
                     (lambda: x[0], "torch.Tensor.__getitem__"),
                     (lambda: 1 - x, "torch.Tensor.__rsub__"),
                     (lambda: F.relu(x), "torch.nn.functional.relu"),
-                    (lambda: x.T.node_id, "torch.Tensor.T"),  # pending: recorded when used (lambda: torch.cat([x, x]), "torch.cat"),
+                    (lambda: x.T.node_id, "torch.Tensor.T"),  # pending: recorded when used
+                    (lambda: torch.cat([x, x]), "torch.cat"),
                     (lambda: F.linear(x, torch.ones(2, 3, dtype=D)), "torch.nn.functional.linear"),
                     (lambda: torch.linalg.qr(x).Q, "torch.linalg.qr"),
                     (lambda: torch.special.erfcx(x), "torch.special.erfcx"),
