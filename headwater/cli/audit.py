@@ -197,6 +197,7 @@ def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
     from headwater.query_service.client.remote import RemoteStore
     from headwater.query_service.compliance.evidence import check_derived, runs_of
     from headwater.query_service.compliance.log_reader import verify_stored_log
+    from headwater.query_service.compliance.producer_keys import signature_states
     from headwater.stream_processors.log_integrity import report_as_dict
 
     settings = load_settings(data_dir=data_dir, dsn=dsn, listen=listen)
@@ -216,7 +217,7 @@ def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
             report = verify_stored_log(reader, run_id, recompute_hashes)
             tables, excluded, rejected = check_derived(reader, runs_of(reader, run_id))
             excluded.update({f"(rejected {i})": r for i, r in enumerate(rejected)})
-        signed = _producer_signatures(reader, [p.producer_id for p in report.producers])
+        signed = signature_states(reader, [p.producer_id for p in report.producers])
         if witness is not None and trusted is not None:
             witnessed = _check_witness(reader, witness, {**signed["trusted"], **trusted},
                                        run_id)
@@ -287,14 +288,6 @@ def _witness_trust(witness: Path | None, public: Path | None) -> dict[str, Any] 
     return {key_id(key): Trusted(key)}
 
 
-def _stored_heads(reader: Any, producers: list[str]) -> dict[tuple[str, int], str]:
-    """(producer, seq) -> hex hash of every stored event of these producers (one query per
-    producer: the SQL service takes scalar parameters only)."""
-    return {(p, int(s)): h.lower() for producer in sorted(set(producers))
-            for p, s, h in reader.query("SELECT producer_id, seq, hex(hash) FROM events FINAL "
-                                        "WHERE producer_id = {p:String}", {"p": producer})}
-
-
 def _check_witness(reader: Any, witness: Path, trusted: dict[str, Any], run_id: str
                    ) -> list[str]:
     from headwater.query_service.compliance.witness import FileWitness, check_witness
@@ -303,30 +296,9 @@ def _check_witness(reader: Any, witness: Path, trusted: dict[str, Any], run_id: 
     if not found:
         return [f"witness {witness} holds no checkpoint" + (f" of run {run_id}" if run_id
                                                             else "")]
-    stored = _stored_heads(reader, [c.producer_id for c in found])
-    return check_witness(found, stored, trusted)
+    from headwater.query_service.compliance.producer_keys import stored_heads
 
-
-def _producer_signatures(reader: Any, producers: list[str]) -> dict[str, Any]:
-    """Per producer of the log: its registered key and the highest seq it signed; failures:
-    kept signed heads that do not verify or that the store no longer holds."""
-    from headwater.query_service.compliance.producer_keys import (
-        attestations,
-        registered_keys,
-        trusted_keys,
-    )
-    from headwater.query_service.compliance.witness import check_witness
-
-    keys = registered_keys(reader)
-    heads = [h for h in attestations(reader) if h.producer_id in set(producers)]
-    failures = check_witness(heads, _stored_heads(reader, producers), trusted_keys(keys)) \
-        if heads else []
-    last = {p: int(n) for p, n in reader.query(
-        "SELECT producer_id, max(seq) FROM events GROUP BY producer_id")}
-    states = {p: {"key_id": keys[p].key_id if p in keys else None,
-                  "attested_seq": max((h.seq for h in heads if h.producer_id == p), default=0),
-                  "last_seq": last.get(p, 0)} for p in sorted(set(producers))}
-    return {"producers": states, "failures": failures, "trusted": trusted_keys(keys)}
+    return check_witness(found, stored_heads(reader, [c.producer_id for c in found]), trusted)
 
 
 @click.command()

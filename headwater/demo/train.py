@@ -81,6 +81,17 @@ def prepare(tracker: Tracker, paths: tuple[Path, ...], recipe: Recipe,
                     [len(t) for t in tables])
 
 
+def environment() -> dict[str, str]:
+    """The trainer's software and platform, recorded with every model version."""
+    import platform
+
+    from headwater import __version__
+
+    return {"headwater": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__,
+            "platform": platform.platform(terse=True)}
+
+
 def code_version() -> str:
     """What ran the preprocessing: the package version and the hash of this file."""
     import hashlib
@@ -148,10 +159,13 @@ class Trainer:
         self.capture.record_version(0, config=self.config())
 
     def config(self) -> dict[str, Any]:
+        """What a version records: the recipe, the held-out accuracy measured now (Annex IV
+        metrics) and the software it ran on."""
         r = self.recipe
         return {"model": f"MLP {self.x.shape[1]}-{r.hidden}-1", "optimizer": "SGD",
                 "lr": r.lr, "weight_decay": r.weight_decay, "batch": r.batch, "k": r.k,
-                "epoch": self.epoch}
+                "epoch": self.epoch, "metrics": {"test_accuracy": self.test_accuracy()},
+                "environment": environment()}
 
     def keys(self, rows: np.ndarray) -> events_pb2.RowKeys:
         return events_pb2.RowKeys(node_ids=[self.node], rows=rows.tolist())

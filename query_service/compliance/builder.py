@@ -64,6 +64,7 @@ from headwater.query_service.compliance.model import (
     Verification,
     VersionContribution,
 )
+from headwater.query_service.compliance.producer_keys import signature_states
 from headwater.query_service.lineage.graph import LineageGraph
 from headwater.query_service.tables import (
     VERIFICATION,
@@ -112,10 +113,27 @@ def event_refs(rebuild: Rebuild, table: str, key: str, where: str, params: dict[
     """key column value -> the verified event its row of `table` (in the rebuild) came from."""
     sql = f"SELECT {key}, event_id FROM {table} FINAL WHERE {where}"
     rows = rebuild.store.query(sql + (f" ORDER BY {order}" if order else ""), params)
-    return {str(k): EventRef(event_id=e, hash=rebuild.ref(e)[1]) for k, e in rows}
+    return {str(k): _ref(rebuild, e) for k, e in rows}
+
+
+def _ref(rebuild: Rebuild, event_id: str) -> EventRef:
+    _, digest, producer = rebuild.ref(event_id)
+    return EventRef(event_id=event_id, hash=digest, recorded_by=producer)
 
 
 # -- model version lineage ------------------------------------------------------------------
+
+def _numbers(value: Any) -> dict[str, float]:
+    """A recorded {name: number} mapping (anything else: none recorded)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): float(v) for k, v in value.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def _texts(value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
 
 def version_chain(rows: list[ModelVersionRecord], version: str, model_id: str,
                   refs: dict[str, EventRef]) -> list[ModelVersion]:
@@ -136,8 +154,10 @@ def version_chain(rows: list[ModelVersionRecord], version: str, model_id: str,
         seen.add(current)
         r = by_version[current]
         config_value = _json_or_text(r.config_json)
+        config = config_value if isinstance(config_value, dict) else {}
         chain.append(ModelVersion(
             version=r.version, parent_version=r.parent_version, step=int(r.step),
+            metrics=_numbers(config.get("metrics")), environment=_texts(config.get("environment")),
             parameter_hash=r.parameter_hash, parameter_count=int(r.parameter_count),
             framework=r.framework,
             config=config_value if isinstance(config_value, dict) else {"raw": config_value},
@@ -332,12 +352,19 @@ def record_keeping(store: Store, rebuild: Rebuild, recompute_hashes: bool) -> Re
                                     last_seq=p.last_seq,
                                     first_emitted_at=iso(p.first_emitted_at) or None,
                                     last_emitted_at=iso(p.last_emitted_at) or None,
-                                    head_hash=bytes(getattr(p, "head_hash", b"")).hex())
+                                    head_hash=bytes(getattr(p, "head_hash", b"")).hex(),
+                                    key_id=None, signed_seq=0)
                       for p in log.producers]
         problems += [ChainProblem(producer_id=p.producer_id, kind=p.kind, seq=p.seq,
                                   detail=p.detail) for p in log.problems]
         notes += [ChainProblem(producer_id=p.producer_id, kind=p.kind, seq=p.seq,
                                detail=p.detail) for p in getattr(log, "notes", [])]
+    signed = signature_states(store, [p.producer_id for p in producers])
+    producers = [p.model_copy(update={
+        "key_id": signed["producers"][p.producer_id]["key_id"],
+        "signed_seq": signed["producers"][p.producer_id]["attested_seq"]}) for p in producers]
+    problems += [ChainProblem(producer_id=pid, kind="signed_head", seq=seq, detail=f)
+                 for pid, seq, f in signed["failed"]]
     derived = [DerivedTableCheck(table=t.table, equal=t.equal, rows_stored=t.incremental.rows,
                                  rows_from_events=t.replayed.rows, detail=t.detail)
                for t in compare_derived(store, rebuild)]
@@ -444,7 +471,7 @@ def erasure_log(rebuild: Rebuild, model_id: str, chain: list[ModelVersion]) -> l
     order = "applied_at, event_id"
     outcome_rows = select(store, UnlearningAppliedRecord, "unlearning_applied",
                           "model_id = {m:String}", {"m": model_id}, order=order)
-    outcome_refs = [EventRef(event_id=e, hash=rebuild.ref(e)[1]) for (e,) in store.query(
+    outcome_refs = [_ref(rebuild, e) for (e,) in store.query(
         f"SELECT event_id FROM unlearning_applied FINAL WHERE model_id = {{m:String}} "
         f"ORDER BY {order}", {"m": model_id})]
     request_refs = event_refs(rebuild, "forget_requests", "request_id", "model_id = {m:String}",

@@ -34,12 +34,13 @@ class Rebuild:
     store: Store
     runs: list[str]
     hashes: dict[str, str] = field(default_factory=dict)  # event id -> hex hash (verified)
+    producers: dict[str, str] = field(default_factory=dict)  # event id -> its producer
     excluded: dict[str, str] = field(default_factory=dict)  # event id -> why not replayed
     rejected: list[str] = field(default_factory=list)  # verified bytes no processor accepts
 
-    def ref(self, event_id: str) -> tuple[str, str]:
-        """(event id, hex hash) of a verified event ('' hash: not among the verified)."""
-        return event_id, self.hashes.get(event_id, "")
+    def ref(self, event_id: str) -> tuple[str, str, str]:
+        """(event id, hex hash, producer id) of a verified event ('': not among them)."""
+        return event_id, self.hashes.get(event_id, ""), self.producers.get(event_id, "")
 
 
 def _receipts(store: Store, run_id: str) -> dict[str, bytes]:
@@ -51,21 +52,21 @@ def _receipts(store: Store, run_id: str) -> dict[str, bytes]:
     return {e: bytes.fromhex(h) for e, h in rows}
 
 
-def _screen(record: Record, receipts: dict[str, bytes]) -> tuple[str, str, str]:
-    """(event id, hex hash, '' or why the stored event is not evidence)."""
+def _screen(record: Record, receipts: dict[str, bytes]) -> tuple[events_pb2.Event, str]:
+    """(the decoded event, '' or why the stored event is not evidence)."""
     event = events_pb2.Event()
     try:
         event.ParseFromString(record.value)
     except DecodeError:
-        return "", "", "stored bytes do not decode as an Event"
+        return event, "stored bytes do not decode as an Event"
     if not hash_matches(event):
-        return event.event_id, event.hash.hex(), "stored bytes do not hash to the recorded hash"
+        return event, "stored bytes do not hash to the recorded hash"
     first = receipts.get(event.event_id)
     if first is None:
-        return event.event_id, event.hash.hex(), "no receipt: written around the sink"
+        return event, "no receipt: written around the sink"
     if first != event.hash:
-        return event.event_id, event.hash.hex(), "not the event first accepted under its id"
-    return event.event_id, event.hash.hex(), ""
+        return event, "not the event first accepted under its id"
+    return event, ""
 
 
 def _replay_verified(source: Store, target: Store, run_id: str, rebuild: Rebuild) -> None:
@@ -74,11 +75,12 @@ def _replay_verified(source: Store, target: Store, run_id: str, rebuild: Rebuild
     for records in rp.raw_batches(source, run_id):
         kept = []
         for record in records:
-            event_id, digest, why = _screen(record, receipts)
+            event, why = _screen(record, receipts)
             if why:
-                rebuild.excluded[event_id or f"(undecodable in run {run_id})"] = why
+                rebuild.excluded[event.event_id or f"(undecodable in run {run_id})"] = why
             else:
-                rebuild.hashes[event_id] = digest
+                rebuild.hashes[event.event_id] = event.hash.hex()
+                rebuild.producers[event.event_id] = event.producer_id
                 kept.append(record)
         if kept:
             rebuild.rejected += [r.error for r in sink.derive(kept)]

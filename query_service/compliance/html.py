@@ -371,12 +371,13 @@ def render_html(report: ReportBody) -> str:
     out.append("<h2>Model version lineage</h2><p class=\"chain\">" + " → ".join(
         f'<span title="{e(v.parameter_hash)}"><b>{e(v.version)}</b> step {v.step} · '
         f'{e(v.parameter_hash[:12])}</span>' for v in report.model_lineage) + "</p>")
-    out.append(_table(["version", "parent", "step", "parameter hash", "framework", "config",
-                       "run", "recorded"],
+    out.append(_table(["version", "parent", "step", "parameter hash", "framework",
+                       "metrics (recorded)", "config", "run", "recorded by", "recorded"],
                       [[e(v.version), e(v.parent_version), e(v.step),
                         f"<code>{e(v.parameter_hash)}</code>", e(v.framework),
+                        e(", ".join(f"{k} {x:.4f}" for k, x in v.metrics.items()) or "none"),
                         f"<code>{e(json.dumps(v.config, sort_keys=True))}</code>",
-                        e(v.run_id), e(v.recorded_at)]
+                        e(v.run_id), e(v.evidence.recorded_by), e(v.recorded_at)]
                        for v in report.model_lineage]))
 
     out.append("<h2>Data governance (Art. 10(2))</h2>")
@@ -426,6 +427,12 @@ def render_html(report: ReportBody) -> str:
         out.append(_table(["producer", "kind", "seq", "detail"],
                           [[e(p.producer_id), e(p.kind), e(p.seq), e(p.detail)]
                            for p in rk.problems[:50]]))
+    out.append(_table(["producer", "events", "seq", "head hash", "signing key", "signed up to"],
+                      [[e(p.producer_id), e(p.events), e(f"{p.first_seq}..{p.last_seq}"),
+                        f"<code>{e(p.head_hash[:16])}</code>",
+                        e(p.key_id) if p.key_id else '<span class="missing">none: an '
+                        'unsigned name</span>', e(p.signed_seq or "—")]
+                       for p in rk.producers]))
     differ = [t for t in rk.derived_tables if not t.equal]
     out.append(f"<p>Derived tables against their rebuild from the verified events: "
                f"{len(rk.derived_tables) - len(differ)} of {len(rk.derived_tables)} equal.</p>")

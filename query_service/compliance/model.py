@@ -29,6 +29,8 @@ class EventRef(_Strict):
 
     event_id: str
     hash: str = Field(description="hex SHA-256 of the event (the chain hash)")
+    recorded_by: str = Field(description="the producer whose chain holds the event (see "
+                                         "record_keeping for whether its key signed it)")
 
 
 class SectionStatus(_Strict):
@@ -87,6 +89,12 @@ class ModelVersion(_Strict):
     checkpoint_uri: str
     run_id: str
     recorded_at: str
+    metrics: dict[str, float] = Field(
+        description="test/validation metrics the trainer recorded with this version "
+                    "(config `metrics`); empty: none recorded")
+    environment: dict[str, str] = Field(
+        description="software and environment versions the trainer recorded with this "
+                    "version (config `environment`); empty: none recorded")
     evidence: EventRef
 
 
@@ -224,6 +232,10 @@ class ProducerChain(_Strict):
     first_emitted_at: str | None
     last_emitted_at: str | None
     head_hash: str = Field(description="hex hash of the highest seq: anchors the chain")
+    key_id: str | None = Field(description="the producer's registered Ed25519 key; null: "
+                                           "none, its producer_id is an unsigned name")
+    signed_seq: int = Field(description="highest seq whose head the producer signed with its "
+                                        "key (0: none)")
 
 
 class ChainProblem(_Strict):

@@ -16,7 +16,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from headwater.errors import ConfigError, RequestError
 from headwater.query_service.compliance.signing import _public_from_pem, key_id
-from headwater.query_service.compliance.witness import Checkpoint, Trusted, signature_problem
+from headwater.query_service.compliance.witness import (
+    Checkpoint,
+    Trusted,
+    check_witness,
+    signature_problem,
+)
 from headwater.query_service.tables import Reader
 from headwater.stream_processors.store import Store
 
@@ -111,3 +116,31 @@ def attestations(reader: Reader) -> list[Checkpoint]:
     return [Checkpoint(p, r, int(s), h, w, k, sig) for p, r, s, h, w, k, sig in reader.query(
         "SELECT producer_id, run_id, seq, head_hash, written_at, key_id, signature "
         "FROM head_attestations ORDER BY producer_id, seq")]
+
+
+def stored_heads(reader: Reader, producers: list[str]) -> dict[tuple[str, int], str]:
+    """(producer, seq) -> hex hash of every stored event of these producers (one query per
+    producer: the SQL service takes scalar parameters only)."""
+    return {(p, int(s)): h.lower() for producer in sorted(set(producers))
+            for p, s, h in reader.query("SELECT producer_id, seq, hex(hash) FROM events FINAL "
+                                        "WHERE producer_id = {p:String}", {"p": producer})}
+
+
+def signature_states(reader: Reader, producers: list[str]) -> dict:
+    """Per producer of the log: its registered key id and the highest seq it signed; the
+    failures (kept signed heads that no longer verify or are no longer stored); and every
+    registered key as trusted for its own producer (for a witness check). `failed` holds
+    the failures as (producer id, seq, message)."""
+    keys = registered_keys(reader)
+    wanted = set(producers)
+    heads = [h for h in attestations(reader) if h.producer_id in wanted]
+    stored = stored_heads(reader, producers) if heads else {}
+    failed = [(h.producer_id, h.seq, f) for h in heads
+              for f in check_witness([h], stored, trusted_keys(keys))]
+    last = {p: int(n) for p, n in reader.query(
+        "SELECT producer_id, max(seq) FROM events GROUP BY producer_id")}
+    states = {p: {"key_id": keys[p].key_id if p in keys else None,
+                  "attested_seq": max((h.seq for h in heads if h.producer_id == p), default=0),
+                  "last_seq": last.get(p, 0)} for p in sorted(wanted)}
+    return {"producers": states, "failures": [f for _, _, f in failed], "failed": failed,
+            "trusted": trusted_keys(keys)}

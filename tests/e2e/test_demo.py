@@ -89,6 +89,11 @@ def test_demo_outputs_are_real(demo):
     assert report["data_governance"]["declarations_missing"] == []
     assert {s["status"] for s in report["sections"]} <= {"verified", "declared", "computed"}
     assert report["record_keeping"]["ok"]
+    # Annex IV: metrics and environment as the trainer recorded them, by a named producer
+    versions = report["model_lineage"]
+    assert sum(1 for v in versions if "test_accuracy" in v["metrics"]) >= len(versions) - 1
+    assert all(v["environment"].get("torch") for v in versions if v["metrics"])
+    assert all(v["evidence"]["recorded_by"] for v in versions)
     anchoring = demo["anchoring"]
     assert anchoring["trainer_signed_seq"] > 100 and len(anchoring["trainer_key_id"]) == 16
     assert erasure["outcomes"][-1]["verification"]["forget_loss_after"] == pytest.approx(

@@ -104,3 +104,27 @@ def test_rewritten_event_bytes_are_left_out_of_the_facts(filled) -> None:
     assert "clinic Z" not in origins and "clinic A" not in origins
     assert report["record_keeping"]["excluded_events"][0]["event_id"] in excluded
     assert _status(report)["data_governance"] == "failed"
+
+
+def test_a_deleted_signed_head_fails_the_report(filled) -> None:
+    """Issue 23, item 2 in the report: each producer's key and signed seq; a signed head
+    deleted from the store (a shorter chain that verifies alone) fails record keeping."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from headwater.query_service.compliance.producer_keys import attest, register
+    from headwater.query_service.compliance.signing import public_pem
+    from headwater.query_service.compliance.witness import signed
+
+    store, ids = filled
+    key = Ed25519PrivateKey.generate()
+    kid, _ = register(store, ids["producer"], public_pem(key.public_key()), "token=a role=admin")
+    last, head = store.query("SELECT max(seq), lower(hex(argMax(hash, seq))) FROM events "
+                             "FINAL WHERE producer_id = {p:String}", {"p": ids["producer"]})[0]
+    attest(store, signed(ids["producer"], ids["run"], int(last), head, "t", key), "token=p")
+    chain = _report(store)["record_keeping"]["producers"][0]
+    assert (chain["key_id"], chain["signed_seq"]) == (kid, int(last))
+    store.command("DELETE FROM events WHERE producer_id = {p:String} AND seq = {s:UInt64}",
+                  {"p": ids["producer"], "s": int(last)})
+    rk = _report(store)["record_keeping"]
+    assert [p["kind"] for p in rk["problems"]] == ["signed_head"], rk["problems"]
+    assert "tail was deleted" in rk["problems"][0]["detail"] and not rk["ok"]
