@@ -43,7 +43,13 @@ class ProducerKey:
     key: Ed25519PublicKey
 
 
+MAX_PEM = 4096
+
+
 def parse_key(pem: str) -> Ed25519PublicKey:
+    if len(pem) > MAX_PEM:
+        raise RequestError(f"public_key_pem is {len(pem)} characters; an Ed25519 PEM is "
+                           f"about 113 (at most {MAX_PEM} accepted)")
     try:
         return _public_from_pem(pem.encode(), "public_key_pem")
     except ConfigError as exc:
@@ -84,10 +90,15 @@ def register(store: Store, producer_id: str, pem: str, registered_by: str) -> tu
     return kid, True
 
 
-def attest(store: Store, head: Checkpoint, received_by: str) -> None:
-    """Keep a producer-signed head after checking it against the key and the store."""
+def attest(store: Store, head: Checkpoint, received_by: str) -> bool:
+    """Keep a producer-signed head after checking it against the key and the store; False
+    when this very signed head was kept already."""
     if not head.producer_id or len(head.producer_id) > MAX_ID or not head.seq:
-        raise RequestError("producer_id and seq must be set")
+        raise RequestError(f"producer_id (1..{MAX_ID} characters) and seq must be set")
+    if len(head.head_hash) != 64 or len(head.signature) > 200 or len(head.written_at) > 64 \
+            or len(head.run_id) > MAX_ID:
+        raise RequestError("head_hash must be 64 hex digits; signature, written_at and "
+                           "run_id must be short")
     key = registered_keys(store).get(head.producer_id)
     if key is None:
         raise AttestationRefused(f"producer {head.producer_id} has no registered key "
@@ -103,12 +114,17 @@ def attest(store: Store, head: Checkpoint, received_by: str) -> None:
         raise AttestationRefused(f"the stored event of {head.producer_id} at seq {head.seq} "
                                  f"has hash {rows[0][0][:16]}…, not the attested "
                                  f"{head.head_hash[:16]}…")
+    if store.query("SELECT 1 FROM head_attestations WHERE producer_id = {p:String} AND "
+                   "seq = {s:UInt64} AND signature = {sig:String} LIMIT 1",
+                   {"p": head.producer_id, "s": head.seq, "sig": head.signature}):
+        return False  # the same signed head again (a replay): kept once
     store.command(
         "INSERT INTO head_attestations (producer_id, run_id, seq, head_hash, written_at, key_id,"
         " signature, received_by) VALUES ({p:String}, {r:String}, {s:UInt64}, {h:String}, "
         "{w:String}, {k:String}, {sig:String}, {by:String})",
         {"p": head.producer_id, "r": head.run_id, "s": head.seq, "h": head.head_hash.lower(),
          "w": head.written_at, "k": head.key_id, "sig": head.signature, "by": received_by})
+    return True
 
 
 def attestations(reader: Reader) -> list[Checkpoint]:

@@ -117,12 +117,12 @@ class ComplianceService(query_pb2_grpc.ComplianceServicer):
         head = Checkpoint(request.producer_id, request.run_id, request.seq, request.head_hash,
                           request.written_at, request.key_id, request.signature)
         try:
-            attest(self._store, head, describe(context))
+            new = attest(self._store, head, describe(context))
         except AttestationRefused as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except RequestError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         witness = ReportSettings().witness
-        if witness is not None:
+        if witness is not None and new:
             FileWitness(witness).append([head])
         return query_pb2.AttestHeadResponse(witnessed=witness is not None)
