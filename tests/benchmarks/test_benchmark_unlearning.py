@@ -49,6 +49,9 @@ def test_unlearning_benchmark_fast() -> None:
             continue
         assert {"NegGrad+ (baseline)", "SCRUB (baseline)",
                 "full-network K-FAC Newton"} <= set(result["methods"])
+        hooked = result["methods"]["auto with checkpoint hook"]  # replay within the budget
+        assert hooked["method"] == "REPLAY" and hooked["distance_ratio"] <= 1e-6
+        assert hooked["detail"]["method_reason"].startswith("replay: ")
         for name, row in result["methods"].items():
             loss_before, loss_after, loss_retrain = row["forget_loss"]
             assert loss_retrain > loss_before, (case, name)
