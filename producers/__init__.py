@@ -21,6 +21,7 @@ _EXPORTS = {
     "event_hash": "headwater.producers.envelope",
     "PublishError": "headwater.errors",
     "Publisher": "headwater.producers.publisher",
+    "BackgroundPublisher": "headwater.producers.publisher",
     "GrpcTransport": "headwater.producers.transports.grpc",
     "KafkaTransport": "headwater.producers.transports.kafka",
     "LocalTransport": "headwater.producers.transports.local",
@@ -32,6 +33,7 @@ _EXPORTS = {
     "UnlearningListener": "headwater.producers.unlearning.listener",
 }
 __all__ = [
+    "BackgroundPublisher",
     "EnvelopeBuilder",
     "GrpcTransport",
     "KafkaTransport",
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
     from headwater.errors import PublishError
     from headwater.producers import rowmap
     from headwater.producers.envelope import EnvelopeBuilder, event_hash
-    from headwater.producers.publisher import Publisher
+    from headwater.producers.publisher import BackgroundPublisher, Publisher
     from headwater.producers.transports.grpc import GrpcTransport
     from headwater.producers.transports.kafka import KafkaTransport
     from headwater.producers.transports.local import LocalTransport

@@ -1,7 +1,9 @@
 """Per-sample gradient capture in the trainer, for attribution: recorder.py (the events,
 loss weights, the Recorder base), linear.py (NumPy linear models, closed form), torch.py
-(torch models via torch.func; the only module here that imports torch), projection.py (the
-seeded random projection P, pure).
+(torch models: factored from the step's own backward, or dense via torch.func),
+factored.py (the layer hooks, φ per layer) and rescale.py (loss -> margin gradients) —
+the modules here that import torch —, projection.py (the seeded random projection P, pure)
+and kronecker.py (the per-layer factored projection and its k budget, pure).
 
 Names are imported on first use (PEP 562): importing the pure projection does not load
 torch.
@@ -24,9 +26,14 @@ _EXPORTS = {
     "TorchCapture": "headwater.producers.capture.torch",
     "select_parameters": "headwater.producers.capture.torch",
     "Projection": "headwater.producers.capture.projection",
+    "KroneckerProjection": "headwater.producers.capture.kronecker",
+    "plan_factors": "headwater.producers.capture.kronecker",
+    "FactoredFallback": "headwater.producers.capture.torch",
     "make_projection": "headwater.producers.capture.projection",
 }
 __all__ = [
+    "FactoredFallback",
+    "KroneckerProjection",
     "LinearCapture",
     "Projection",
     "Publish",
@@ -36,11 +43,13 @@ __all__ = [
     "Weights",
     "make_projection",
     "margin_weights",
+    "plan_factors",
     "regression_weights",
     "select_parameters",
 ]
 
 if TYPE_CHECKING:
+    from headwater.producers.capture.kronecker import KroneckerProjection, plan_factors
     from headwater.producers.capture.linear import LinearCapture
     from headwater.producers.capture.projection import Projection, make_projection
     from headwater.producers.capture.recorder import (
@@ -51,7 +60,11 @@ if TYPE_CHECKING:
         margin_weights,
         regression_weights,
     )
-    from headwater.producers.capture.torch import TorchCapture, select_parameters
+    from headwater.producers.capture.torch import (
+        FactoredFallback,
+        TorchCapture,
+        select_parameters,
+    )
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)
