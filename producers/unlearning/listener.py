@@ -146,6 +146,18 @@ class Unlearner:
                 raise ValueError("the request asks verify_with_retrain but this Unlearner was "
                                  "given no retrain(x, y) for its torch model")
         plan = plan_replay(self.checkpoints, rows) if self.checkpoints is not None else None
+        if plan is not None and plan.first_use is None and self._logged_from_the_start() \
+                and request.method in (events_pb2.UNLEARNING_METHOD_UNSPECIFIED,
+                                       events_pb2.REPLAY):
+            # the journal covers every step and none used these rows: the model never saw
+            # them, so nothing is changed (a correction would remove what was never there)
+            assert self.checkpoints is not None
+            self.gone = np.union1d(self.gone, rows)
+            v = verify(self.model, self.model, (self.x[rows], self.y[rows]), self.test,
+                       self.held_out, task=self.checkpoints.task)
+            return Outcome(v, events_pb2.UNLEARNING_METHOD_UNSPECIFIED, None,
+                           "nothing to remove: no logged step used these rows (they stay "
+                           "out of later training)")
         choice = choose_method(
             request.method, replay_possible=plan is not None and plan.possible,
             why_not=plan.reason if plan is not None else "",
@@ -170,6 +182,11 @@ class Unlearner:
                               **estimate)
         self.gone = np.union1d(self.gone, rows)
         return outcome
+
+    def _logged_from_the_start(self) -> bool:
+        """The hook's journal holds every step since step 0 (not attached mid-run)."""
+        steps = self.checkpoints.steps if self.checkpoints is not None else {}
+        return bool(steps) and min(steps) == 0
 
     def _replay(self, rows: np.ndarray, keep: np.ndarray, retrain: Any, reason: str,
                 estimate: dict[str, Any]) -> Outcome:

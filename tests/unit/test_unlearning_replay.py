@@ -319,3 +319,18 @@ def test_hostile_unlearning_applied_fields_are_refused(field: str, value: object
     assert isinstance(decode_record(0, record()), Accepted)
     rejected = decode_record(0, record(**{field: value}))
     assert isinstance(rejected, Rejected) and reason in rejected.error
+
+
+def test_rows_no_logged_step_used_are_not_unlearned(data: dict, tmp_path: Path) -> None:
+    model, hook = _train(data, np.zeros(0, np.int64), tmp_path)
+    assert hook is not None
+    never = np.setdiff1d(np.arange(N), np.concatenate(data["schedule"]))
+    assert len(never) > 0
+    snapshot = _flat(model).clone()
+    unlearner = Unlearner(model, data["x"], data["y"], checkpoints=hook,
+                          held_out=(data["x"][:40], data["y"][:40]))
+    outcome = unlearner(never[:2], _request())
+    assert outcome.method == events_pb2.UNLEARNING_METHOD_UNSPECIFIED
+    assert outcome.reason.startswith("nothing to remove: no logged step used these rows")
+    assert torch.equal(_flat(model), snapshot) and outcome.verification.parameter_distance == 0
+    assert set(never[:2]) <= set(unlearner.gone.tolist())
