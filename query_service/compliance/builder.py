@@ -16,6 +16,7 @@ import numpy as np
 from headwater import __version__
 from headwater.errors import ReportError
 from headwater.query_service.attribution.engine import AttributionEngine, AttributionError
+from headwater.query_service.compliance.checkpoints import check_checkpoint
 from headwater.query_service.compliance.config import (
     DEPLOYMENT_FIELDS,
     SYSTEM_FIELDS,
@@ -155,8 +156,10 @@ def version_chain(rows: list[ModelVersionRecord], version: str, model_id: str,
         r = by_version[current]
         config_value = _json_or_text(r.config_json)
         config = config_value if isinstance(config_value, dict) else {}
+        status, detail = check_checkpoint(r.checkpoint_uri, r.parameter_hash)
         chain.append(ModelVersion(
             version=r.version, parent_version=r.parent_version, step=int(r.step),
+            checkpoint_status=status, checkpoint_detail=detail,
             metrics=_numbers(config.get("metrics")), environment=_texts(config.get("environment")),
             parameter_hash=r.parameter_hash, parameter_count=int(r.parameter_count),
             framework=r.framework,
@@ -700,9 +703,23 @@ def _fact_runs(rebuild: Rebuild, chain: list[ModelVersion], governance: DataGove
     return ({v.run_id for v in chain} | node_runs | {e.run_id for e in erasures}) - {""}
 
 
+def _lineage_status(status: str, why: str, chain: list[ModelVersion]) -> SectionStatus:
+    wrong = [v.version for v in chain if v.checkpoint_status == "mismatch"]
+    if wrong:
+        return SectionStatus(section="model_lineage", status="failed",
+                             detail=f"checkpoint of {', '.join(wrong)} does not match its "
+                                    "recorded parameter hash" + ("" if status == "verified"
+                                                                else f"; {why}"))
+    checked = sum(v.checkpoint_status == "verified" for v in chain)
+    return SectionStatus(section="model_lineage", status=status,
+                         detail=why + f"; {checked} of {len(chain)} checkpoint artefact(s) "
+                                      "verified against their parameter hashes")
+
+
 def _sections(record: RecordKeeping, samples: AttributionSamples,
-              timeline: TrainingTimeline) -> list[SectionStatus]:
-    """Per section, how far it is proven (see SectionStatus)."""
+              timeline: TrainingTimeline, chain: list[ModelVersion]) -> list[SectionStatus]:
+    """Per section, how far it is proven (see SectionStatus); a checkpoint artefact that
+    does not match its version's parameter hash fails the model lineage."""
     failed = [f"{len(record.problems)} chain problem(s)"] if record.problems else []
     differ = sum(not t.equal for t in record.derived_tables)
     failed += [f"{differ} derived table(s) differ from the verified events"] if differ else []
@@ -719,7 +736,7 @@ def _sections(record: RecordKeeping, samples: AttributionSamples,
                       detail="system name and purpose from the operator's compliance config"),
         SectionStatus(section="deployment", status="declared",
                       detail="provider/deployer facts from the operator's compliance config"),
-        SectionStatus(section="model_lineage", status=status, detail=why),
+        _lineage_status(status, why, chain),
         SectionStatus(section="data_governance", status=status, detail=why),
         SectionStatus(section="record_keeping", status=status, detail=why),
         SectionStatus(section="erasure_log", status=status, detail=why),
@@ -794,4 +811,4 @@ def _build(store: Store, rebuild: Rebuild, model_id: str, version: str,
         erasure_log=erasures,
         attribution_samples=samples,
         training_timeline=timeline,
-        sections=_sections(record, samples, timeline))
+        sections=_sections(record, samples, timeline, chain))

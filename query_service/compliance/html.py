@@ -372,11 +372,13 @@ def render_html(report: ReportBody) -> str:
         f'<span title="{e(v.parameter_hash)}"><b>{e(v.version)}</b> step {v.step} · '
         f'{e(v.parameter_hash[:12])}</span>' for v in report.model_lineage) + "</p>")
     out.append(_table(["version", "parent", "step", "parameter hash", "framework",
-                       "metrics (recorded)", "config", "run", "recorded by", "recorded"],
+                       "metrics (recorded)", "config", "checkpoint", "run", "recorded by",
+                       "recorded"],
                       [[e(v.version), e(v.parent_version), e(v.step),
                         f"<code>{e(v.parameter_hash)}</code>", e(v.framework),
                         e(", ".join(f"{k} {x:.4f}" for k, x in v.metrics.items()) or "none"),
                         f"<code>{e(json.dumps(v.config, sort_keys=True))}</code>",
+                        e(f"{v.checkpoint_status}: {v.checkpoint_detail}"),
                         e(v.run_id), e(v.evidence.recorded_by), e(v.recorded_at)]
                        for v in report.model_lineage]))
 

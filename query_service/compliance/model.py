@@ -87,6 +87,11 @@ class ModelVersion(_Strict):
     framework: str
     config: dict[str, Any] = Field(description="config_json as recorded")
     checkpoint_uri: str
+    checkpoint_status: Literal["verified", "mismatch", "unreachable", "none recorded",
+                               "not checked"] = Field(
+        description="the artefact at checkpoint_uri hashed and compared with parameter_hash "
+                    "when reachable from where the report was built")
+    checkpoint_detail: str
     run_id: str
     recorded_at: str
     metrics: dict[str, float] = Field(
