@@ -13,7 +13,7 @@ from rich.console import Console
 from headwater.errors import ConfigError, HeadwaterError
 from headwater.query_service.settings import Settings
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one line however wide: log files never wrap
 out = Console()
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -85,10 +85,13 @@ def test_bad_choices_are_named(level: str, fmt: str, words: str) -> None:
 def test_status_lines_are_never_wrapped() -> None:
     """A status line wider than the terminal stays one line (COLUMNS=40, stderr a file)."""
     script = ("from headwater import logs; logs.configure(); "
-              "logs.status('headwater process: ' + 'y' * 200)")
+              "logs.status('headwater process: ' + 'y' * 200); "
+              "from headwater.cli.common import console; "
+              "console.print('headwater: 3 event(s) written to ' + 'z' * 200)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, env={"COLUMNS": "40", "PATH": ""})
-    assert done.stderr.splitlines() == ["headwater process: " + "y" * 200]
+    assert done.stderr.splitlines() == ["headwater process: " + "y" * 200,
+                                        "headwater: 3 event(s) written to " + "z" * 200]
 
 
 def test_the_command_line_takes_level_and_format_from_flags_and_variables() -> None:
