@@ -20,6 +20,7 @@ from headwater.query_service.attribution.scoring import (
     unsign,
 )
 from headwater.query_service.lineage.graph import LineageGraph
+from headwater.query_service.tables import select_ops
 from headwater.stream_processors.processors.gradients import DTYPES, NP_DTYPE
 from headwater.stream_processors.store import Store
 from headwater.v1 import query_pb2, query_pb2_grpc
@@ -64,58 +65,61 @@ def _row(example: Example, score: float, ops: list[query_pb2.OpInfo]
                  for s in example.sources], ops=ops)
 
 
-def response(result: Result, aggregation: str, top_k: int, graph: LineageGraph
+def response(result: Result, aggregation: str, top_k: int, store: Store
              ) -> query_pb2.AttributeResponse:
-    """The top lists: by |score| (`rows`), and most helpful / most harmful apart."""
+    """The top lists: by |score| (`rows`), and most helpful / most harmful apart; the ops
+    of the listed rows read in one query."""
     out = query_pb2.AttributeResponse(method=result.method, model_version=result.model_version,
                                       damping=result.damping,
                                       damping_source=result.damping_source)
     if aggregation == "row":
-        for field, ranked in ((out.rows, result.top(top_k)),
-                              (out.helpful, result.ranked(top_k, +1)),
-                              (out.harmful, result.ranked(top_k, -1))):
-            field.extend(_row(example, score, [_op_info(graph, o) for o in example.op_ids])
+        lists = ((out.rows, result.top(top_k)), (out.helpful, result.ranked(top_k, +1)),
+                 (out.harmful, result.ranked(top_k, -1)))
+        ops = _op_infos(store, {o for _, ranked in lists for e, _ in ranked for o in e.op_ids})
+        for field, ranked in lists:
+            field.extend(_row(example, score, [ops[o] for o in example.op_ids])
                          for example, score in ranked)
     else:
-        for key, label, score, rows in result.groups(aggregation, graph)[:top_k]:
+        for key, label, score, rows in result.groups(aggregation,
+                                                     LineageGraph(store))[:top_k]:
             out.groups.append(query_pb2.AttributedGroup(key=key, label=label, score=score,
                                                         rows=rows))
     return out
 
 
-def chunks(result: Result, aggregation: str, graph: LineageGraph
+def chunks(result: Result, aggregation: str, store: Store
            ) -> Iterator[query_pb2.AttributeChunk]:
     """Every example's (or group's) score, CHUNK_ROWS per message; rows carry their source
-    rows and their ops' ids and names."""
+    rows and their ops' ids and names (read in one query)."""
     head = {"method": result.method, "model_version": result.model_version,
             "damping": result.damping}
     if aggregation != "row":
-        groups = result.groups(aggregation, graph)
+        groups = result.groups(aggregation, LineageGraph(store))
         for start in range(0, max(len(groups), 1), CHUNK_ROWS):
             yield query_pb2.AttributeChunk(**head, total=len(groups), groups=[
                 query_pb2.AttributedGroup(key=key, label=label, score=score, rows=rows)
                 for key, label, score, rows in groups[start:start + CHUNK_ROWS]])
         return
-    names: dict[str, str] = {}
-
-    def op(op_id: str) -> query_pb2.OpInfo:
-        if op_id not in names:
-            names[op_id] = graph.op(op_id).op_name
-        return query_pb2.OpInfo(op_id=op_id, op_name=names[op_id])
-
     examples, scores = result.model.examples, result.scores
+    ids = sorted({o for e in examples for o in e.op_ids})
+    names = {o.op_id: o.op_name for o in select_ops(
+        store, "op_id IN {ids:Array(String)}", {"ids": ids})} if ids else {}
     for start in range(0, max(len(examples), 1), CHUNK_ROWS):
         yield query_pb2.AttributeChunk(**head, total=len(examples), rows=[
-            _row(e, float(s), [op(o) for o in e.op_ids])
+            _row(e, float(s), [query_pb2.OpInfo(op_id=o, op_name=names.get(o, ""))
+                               for o in e.op_ids])
             for e, s in zip(examples[start:start + CHUNK_ROWS],
                             scores[start:start + CHUNK_ROWS], strict=True)])
 
 
-def _op_info(graph: LineageGraph, op_id: str) -> query_pb2.OpInfo:
-    o = graph.op(op_id)
-    return query_pb2.OpInfo(op_id=o.op_id, op_name=o.op_name, params_json=o.params_json,
-                            input_node_ids=o.input_node_ids, output_node_id=o.output_node_id,
-                            understood=o.understood)
+def _op_infos(store: Store, ids: set[str]) -> dict[str, query_pb2.OpInfo]:
+    """OpInfo of each op id (one query; an op never recorded has its id only)."""
+    found = {o.op_id: query_pb2.OpInfo(
+        op_id=o.op_id, op_name=o.op_name, params_json=o.params_json,
+        input_node_ids=o.input_node_ids, output_node_id=o.output_node_id,
+        understood=o.understood) for o in select_ops(
+            store, "op_id IN {ids:Array(String)}", {"ids": sorted(ids)})} if ids else {}
+    return {i: found.get(i) or query_pb2.OpInfo(op_id=i) for i in ids}
 
 
 @contextmanager
@@ -173,7 +177,7 @@ class AttributionService(query_pb2_grpc.AttributionServicer):
     def _attribute(self, request: query_pb2.AttributeRequest) -> query_pb2.AttributeResponse:
         top_k = _top_k(request.top_k)
         result, aggregation = self._result(request)
-        return response(result, aggregation, top_k, LineageGraph(self._store))
+        return response(result, aggregation, top_k, self._store)
 
     def Attribute(self, request: query_pb2.AttributeRequest, context: grpc.ServicerContext):
         with _errors(context):
@@ -184,7 +188,7 @@ class AttributionService(query_pb2_grpc.AttributionServicer):
         """Every training example's score (or every group's), streamed; top_k is ignored."""
         with _errors(context):
             result, aggregation = self._result(request)
-            yield from chunks(result, aggregation, LineageGraph(self._store))
+            yield from chunks(result, aggregation, self._store)
 
     def AttributeBatch(self, request: query_pb2.AttributeBatchRequest,
                        context: grpc.ServicerContext):
@@ -199,7 +203,7 @@ class AttributionService(query_pb2_grpc.AttributionServicer):
                 raise AttributionError("model_id is empty")
             result = self.engine.self_influence(request.model_id, request.model_version,
                                                 run_id=request.run_id)
-            out = response(result, "row", _top_k(request.top_k), LineageGraph(self._store))
+            out = response(result, "row", _top_k(request.top_k), self._store)
             return query_pb2.SelfInfluenceResponse(rows=out.rows)
 
     def Value(self, request: query_pb2.ValueRequest, context: grpc.ServicerContext):
@@ -229,5 +233,5 @@ class AttributionService(query_pb2_grpc.AttributionServicer):
         scores += np.bincount(examples, values, len(scores))
         result = Result("knn_shapley", test.version, scores, model)
         aggregation = _AGGREGATION.get(request.aggregation, "row")
-        out = response(result, aggregation, _top_k(request.top_k), LineageGraph(self._store))
+        out = response(result, aggregation, _top_k(request.top_k), self._store)
         return query_pb2.ValueResponse(rows=out.rows, groups=out.groups)
