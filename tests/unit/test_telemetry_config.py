@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from headwater.errors import ConfigError
@@ -62,3 +65,30 @@ def test_per_signal_variables_and_exporters() -> None:
 def test_headwater_endpoint_wins_over_the_generic_one() -> None:
     got = plan({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://generic:4317"}, "http://mine:4317")
     assert got.traces == Export("http://mine:4317", "grpc")
+
+
+def test_a_publisher_keeps_the_applications_own_tracer_provider() -> None:
+    """With OTEL_* set, a Publisher configures telemetry itself, unless the application
+    installed a provider of its own: then that one gets the spans."""
+    script = r'''
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+mine, spans = TracerProvider(), InMemorySpanExporter()
+mine.add_span_processor(SimpleSpanProcessor(spans))
+trace.set_tracer_provider(mine)
+from headwater.producers import Publisher, telemetry
+class Nowhere:
+    def send(self, key, event_id, value): pass
+    def flush(self, timeout=None): pass
+    def close(self): pass
+Publisher(Nowhere(), run_id="r").flush()
+assert trace.get_tracer_provider() is mine and not telemetry.configure_from_env()
+print(sorted(s.name for s in spans.get_finished_spans()))
+'''
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                                           "PATH": ""})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['headwater.publish.flush']"
