@@ -32,7 +32,7 @@ class Telemetry(grpc.ServerInterceptor):
             return handler
         kind = handler_kind(handler)
         inner = getattr(handler, kind)
-        call = _Call(self, details)
+        call = _Call(self._tracer, self._duration, details)
         if kind.endswith("_unary"):  # one response
             def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
                 span = call.start(context)
@@ -70,8 +70,8 @@ _END = object()
 class _Call:
     """What one method's spans share: name, attributes, the caller's trace context."""
 
-    def __init__(self, owner: Telemetry, details: Any) -> None:
-        self._tracer, self._duration = owner._tracer, owner._duration
+    def __init__(self, tracer: Any, duration: Any, details: Any) -> None:
+        self._tracer, self._duration = tracer, duration
         full = details.method.lstrip("/")
         service, _, method = full.rpartition("/")
         self.name = full  # semantic conventions: {rpc.service}/{rpc.method}
