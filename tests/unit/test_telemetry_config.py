@@ -92,3 +92,36 @@ print(sorted(s.name for s in spans.get_finished_spans()))
                                            "PATH": ""})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['headwater.publish.flush']"
+
+
+def test_background_publisher_sends_under_the_submitters_span() -> None:
+    """The worker thread publishes each payload inside the span that was current when it
+    was submitted (a training step), so the transport sees that span."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from headwater.producers import Publisher
+    from headwater.producers.publisher import BackgroundPublisher
+    from headwater.v1 import events_pb2
+
+    seen: list[int] = []
+
+    class Recording:
+        def send(self, key: str, event_id: str, value: bytes) -> None:
+            seen.append(trace.get_current_span().get_span_context().span_id)
+
+        def flush(self, timeout: float | None = None) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    steps = TracerProvider().get_tracer("trainer")  # not installed globally
+    source = events_pb2.SourceRegistered(source_id="s", uri="file:///s")
+    with BackgroundPublisher(Publisher(Recording(), run_id="r")) as background:
+        with steps.start_as_current_span("step 1") as one:
+            background(source)
+        with steps.start_as_current_span("step 2") as two:
+            background(source)
+        background(source)  # outside any span
+    assert seen == [one.get_span_context().span_id, two.get_span_context().span_id, 0]
