@@ -117,15 +117,18 @@ class TrackedArray(np.ndarray):
             if tracker._batch:
                 return tracker._derive(result, [a for _, a in tracked], "", ())
             shape = result.shape if type(result) is np.ndarray else ()
-            if any(a._hw_pending is not None for _, a in tracked):
-                out = _pending_elementwise(tracker, result, shape, [a for _, a in tracked],
-                                           _UFUNC_NAMES.get(ufunc) or f"numpy.{ufunc.__name__}")
-                if out is not None:
-                    return out
             nodes: list[str] = []
             segments: Segments = []
             for _, a in tracked:
-                node = a._hw_node or node_required(a)
+                node = a._hw_node
+                if node is None:
+                    if a._hw_pending is not None:  # rows on another axis (pending.py)
+                        out = _pending_elementwise(
+                            tracker, result, shape, [b for _, b in tracked],
+                            _UFUNC_NAMES.get(ufunc) or f"numpy.{ufunc.__name__}")
+                        if out is not None:
+                            return out
+                    node = node_required(a)
                 if node not in nodes:
                     seg = operand_segment(len(nodes), a.shape, shape)
                     nodes.append(node)
