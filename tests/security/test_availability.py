@@ -87,8 +87,12 @@ def test_idle_streams_cannot_starve_health_or_lineage(busy: SecureServe) -> None
     try:
         time.sleep(1.0)  # every stream reached the server
         probe = _channel(busy, None)
-        slowest = max(_health_ms(probe) for _ in range(20))
-        assert slowest < 100, f"health took {slowest:.0f} ms with {4 * WORKERS} streams open"
+        slowest = max(_health_ms(probe) for _ in range(5))
+        # answered while every stream still held its slot (a starved health check would
+        # have waited until the idle timeout ended them): a causal check, not a stopwatch
+        still_open = sum(not call.done() for call in publishes)
+        assert still_open >= CAP, (
+            f"health answered ({slowest:.0f} ms) only after the idle streams were ended")
         lineage = query_pb2_grpc.LineageStub(_channel(busy, Role.READER))
         sources = lineage.Sources(query_pb2.SourcesRequest(), timeout=5)
         assert [s.source_id for s in sources.sources] == ["clinic-1"]
@@ -114,11 +118,11 @@ def test_idle_streams_cannot_starve_health_or_lineage(busy: SecureServe) -> None
         # idle client streams are ended after the idle timeout, not held forever
         for call in publishes:
             if call not in refused:
-                code, details = _code(call, IDLE + 5)
+                code, details = _code(call, IDLE + 60)
                 assert code == grpc.StatusCode.DEADLINE_EXCEEDED, details
                 assert "no message for 3 s" in details
                 assert "HEADWATER_STREAM_IDLE_SECONDS" in details
-        assert time.monotonic() - opened < IDLE + 5
+        assert time.monotonic() - opened < IDLE + 60  # a ceiling; the codes say who ended them
         # ... and the server streams after their maximum duration
         for call, state in zip(statuses, first, strict=True):
             if state == "requested":
@@ -126,7 +130,7 @@ def test_idle_streams_cannot_starve_health_or_lineage(busy: SecureServe) -> None
                     list(call)
                 assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 assert "HEADWATER_STREAM_MAX_SECONDS" in err.value.details()
-        assert MAX - 1 < time.monotonic() - opened < MAX + 5
+        assert MAX - 1 < time.monotonic() - opened < MAX + 60  # ended at the maximum
     finally:
         release.set()
 
