@@ -142,3 +142,30 @@ def test_versions_keeps_the_latest_n_of_the_ensemble(store):
     both = engine.attribute("both")
     assert both.model_version == "v1,v2"
     assert not np.allclose(both.scores, latest.scores)
+
+
+def test_curvature_rows_are_never_scored_and_count_once(wine):
+    """Hostile CURVATURE rows (keys of rows that were never trained on, a replayed event)
+    change no result row, and a replayed event changes no curvature."""
+    store = wine["store"]
+    engine = AttributionEngine(store)
+    before = engine.attribute("w0")
+    publisher = Publisher(LocalTransport(EventSink(store, "local")), run_id="mc")
+    forged = events_pb2.GradientBatch(
+        model_id="wine", model_version="v1", dim=42, dtype=events_pb2.FLOAT32,
+        row_keys=events_pb2.RowKeys(node_ids=["forged"], rows=list(range(5))),
+        gradients=np.zeros((5, 42), np.float32).tobytes(), curvature_weight=[0.0] * 5,
+        projection=events_pb2.Projection(projection_id=before.model.blocks[0].projection_id),
+        kind=events_pb2.GradientBatch.CURVATURE)
+    event = publisher.publish(forged)
+    publisher.flush()
+    after = AttributionEngine(store).attribute("w0")
+    assert len(after.model.examples) == len(before.model.examples)
+    assert all(e.node_id != "forged" for e in after.model.examples)
+    np.testing.assert_allclose(after.scores, before.scores)  # zero weights add nothing
+    parts = store.query("SELECT count() FROM curvature_parts WHERE kind = 'CURVATURE'")[0][0]
+    publisher.transport.send(event.run_id, event.event_id,  # the same event again
+                             event.SerializeToString(deterministic=True))
+    publisher.flush()
+    assert store.query("SELECT count() FROM curvature_parts WHERE kind = 'CURVATURE'"
+                       )[0][0] == parts
