@@ -87,9 +87,11 @@ class Checkpoints:
         return uri
 
     def after_step(self, step: int, rows: Any) -> None:
-        """Call after each step with the dataset rows it used (empty: nothing trained)."""
-        if step in self.steps:
-            raise ValueError(f"step {step} is logged already; steps are logged once each")
+        """Call after each step with the dataset rows it used (empty: nothing trained). A
+        step logged again (a trainer resumed from a checkpoint re-runs the steps after it)
+        replaces the earlier entry, on disk too (the journal's last line for a step wins)."""
+        if not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"step must be an int >= 0; got {step!r}")
         keys = np.asarray(rows, dtype=np.int64).ravel()
         lrs = tuple(float(g["lr"]) for g in self.optimizer.param_groups)
         took = 0.0 if self._started is None else time.perf_counter() - self._started

@@ -140,8 +140,11 @@ def test_no_replay_without_a_use_or_a_checkpoint(data: dict, tmp_path: Path) -> 
     assert not plan.possible and "no checkpoint precedes step 0" in plan.reason
     with pytest.raises(ValueError, match="cannot replay: no checkpoint precedes"):
         replay_forget(hook, data["schedule"][0][:1], lambda k: (data["x"][k], data["y"][k]))
-    with pytest.raises(ValueError, match="step 0 is logged already"):
-        hook.after_step(0, [1])
+    hook.after_step(0, [1])  # a resumed trainer re-runs a step: the later entry wins
+    assert hook.steps[0].rows.tolist() == [1]
+    assert Checkpoints(tmp_path, model, opt).steps[0].rows.tolist() == [1]
+    with pytest.raises(ValueError, match="step must be an int >= 0"):
+        hook.after_step(-1, [1])
     with pytest.raises(ValueError, match="every must be an int >= 1"):
         Checkpoints(tmp_path / "b", model, opt, every=0)
 
