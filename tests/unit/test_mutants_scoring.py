@@ -240,3 +240,19 @@ def test_a_test_gradient_is_a_value() -> None:
     t = sc.TestGradient("v1", "p", np.zeros(K), "")
     with pytest.raises(AttributeError):
         t.version = "v2"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_top_k_is_the_k_largest_magnitudes_for_any_k(seed: int) -> None:
+    scores = np.random.default_rng(seed).normal(size=40)
+    r = _result(scores.tolist())
+    order = np.argsort(-np.abs(scores), kind="stable")
+    for k in range(1, 12):
+        assert [e.row for e, _ in r.top(k)] == order[:k].tolist(), k
+        signed = np.flatnonzero(scores > 0)[np.argsort(-scores[scores > 0], kind="stable")]
+        assert [e.row for e, _ in r.ranked(k, +1)] == signed[:k].tolist(), k
+
+
+def test_a_result_has_no_damping_unless_influence_set_one() -> None:
+    r = _result([1.0])
+    assert r.damping == 0.0 and r.damping_source == ""

@@ -5,11 +5,14 @@ named. Written against the mutants of the module that the decoder tests let thro
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
+from conftest import REPO
 from headwater.errors import InvalidEvent
 from headwater.producers.envelope import EnvelopeBuilder, event_hash
 from headwater.stream_processors.processors import validate as va
@@ -268,3 +271,26 @@ def test_limits_at_their_edge_pass() -> None:
     four = _gradients(4, 8)
     assert _check(_wrap(four), rehash=False) is None
     assert va.DEFAULT_LIMITS == va.Limits()
+
+
+def test_the_timestamp_bound_is_the_last_second_of_2299() -> None:
+    assert datetime.fromtimestamp(va.MAX_EMITTED_AT, timezone.utc) == \
+        datetime(2299, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+
+
+def test_default_limits_are_the_documented_defaults_and_fixed() -> None:
+    docs = (REPO / "docs" / "configuration.md").read_text()
+    documented = {name: int(value) for name, value in
+                  re.findall(r"\| `HEADWATER_MAX_(\w+)` \| `(\d+)` \|", docs)}
+    limits = va.Limits()
+    assert {"EVENT_BYTES": limits.event_bytes, "GRADIENT_DIM": limits.gradient_dim,
+            "GRADIENT_ROWS": limits.gradient_rows, "OP_ROWS": limits.op_rows,
+            "MONTHS_PER_BATCH": limits.months_per_batch}.items() <= documented.items()
+    with pytest.raises(AttributeError):
+        limits.gradient_dim = 1  # type: ignore[misc]
+
+
+def test_prediction_dims_at_their_edges_pass() -> None:
+    for dim in (1, LIMITS.gradient_dim):
+        payload = _prediction(dim=dim, test_gradients=np.ones(dim, "<f4").tobytes())
+        assert _check(_wrap(payload), rehash=False) is None, dim
