@@ -251,13 +251,15 @@ def run_target(name: str, tree: Path, env: dict[str, str], out: Path) -> Result:
             skip_annotations(session, tree / module)
         subprocess.run([str(BIN / str(step[0])), *map(str, step[1:])], cwd=tree, env=env,
                        check=True)
-    return outcome(name, session, time.monotonic() - start)
+    return outcome(name, session, time.monotonic() - start, (tree / module).read_text())
 
 
-def outcome(name: str, session: Path, seconds: float) -> Result:
-    """Killed, survived and listed-equivalent mutants of one finished session."""
+def outcome(name: str, session: Path, seconds: float, source: str) -> Result:
+    """Killed, survived and listed-equivalent mutants of one finished session (`source`:
+    the module as mutated, for the annotations of sessions run before they were skipped)."""
     module = TARGETS[name][0]
     result = Result(name, module, seconds=seconds)
+    spans = annotations(source)
     known = [e for e in equivalents() if e["module"] == module]
     dump = subprocess.run([str(BIN / "cosmic-ray"), "dump", str(session)], check=True,
                           capture_output=True, text=True).stdout
@@ -274,6 +276,10 @@ def outcome(name: str, session: Path, seconds: float) -> Result:
             result.killed += 1
             continue
         mutation = item["mutations"][0]
+        at = tuple(mutation["start_pos"])
+        if any(a <= at < b for a, b in spans):
+            result.annotations += 1
+            continue
         diff = done.get("diff", "")
         text = original_line(diff)
         survivor = dict(operator=mutation["operator_name"], line=mutation["start_pos"][0],
@@ -315,14 +321,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref")
     parser.add_argument("--only", nargs="+", choices=sorted(TARGETS))
     parser.add_argument("--out", type=Path, default=REPO / ".mutation")
-    parser.add_argument("--report", metavar="LABEL",
-                        help="only rebuild summary.md from the finished sessions in --out")
+    parser.add_argument("--report", metavar="COMMIT",
+                        help="only rebuild summary.md from the finished sessions in --out, "
+                             "which mutated the files at COMMIT")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.report:
-        done = [outcome(n, args.out / f"{n}.sqlite", 0.0) for n in args.only or list(TARGETS)
-                if (args.out / f"{n}.sqlite").exists()]
+    if args.report:  # LABEL: the commit the sessions mutated
+        done = [outcome(n, args.out / f"{n}.sqlite", 0.0, subprocess.run(
+                    ["git", "show", f"{args.report}:{TARGETS[n][0]}"], cwd=REPO, check=True,
+                    capture_output=True, text=True).stdout)
+                for n in args.only or list(TARGETS) if (args.out / f"{n}.sqlite").exists()]
         print(report(done, args.report, args.out))
         return 0
     results = []
