@@ -253,3 +253,13 @@ def test_forget_by_replay_through_the_listener(serve, run, tmp_path):
     assert row["method"] == "REPLAY" and row["steps_replayed"] == 20
     assert row["method_reason"] == applied.method_reason
     listener.close()
+    # the audit report's erasure log says which method ran, why, and what it cost
+    out = tmp_path / "report.json"
+    done = serve.cli("audit", "report", "--model", "clf", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    (erasure,) = [e for e in json.loads(out.read_text())["erasure_log"]
+                  if e["request_id"] == response.request_id]
+    (outcome,) = erasure["outcomes"]
+    assert outcome["method"] == "REPLAY" and outcome["method_reason"] == applied.method_reason
+    assert outcome["steps_replayed"] == 20 and outcome["estimated_replay_steps"] == 20
+    assert outcome["verification"]["membership_auc_before"] is not None
