@@ -127,6 +127,7 @@ class Unlearner:
         self.recipe = recipe if recipe is not None else \
             checkpoints.recipe if checkpoints is not None else None
         self.gone = np.zeros(0, dtype=np.int64)
+        self.approximate = np.zeros(0, dtype=np.int64)  # removed only approximately so far
         self.results: list[Any] = []  # UnlearnResult or ReplayReport per applied request
 
     def __call__(self, rows: np.ndarray, request: events_pb2.ForgetRequested) -> Outcome:
@@ -146,6 +147,11 @@ class Unlearner:
                 raise ValueError("the request asks verify_with_retrain but this Unlearner was "
                                  "given no retrain(x, y) for its torch model")
         plan = plan_replay(self.checkpoints, rows) if self.checkpoints is not None else None
+        if plan is not None and len(self.approximate):
+            # a replay restores a checkpoint that may predate an earlier approximate
+            # removal: it starts early enough to remove those rows exactly too
+            plan = plan_replay(self.checkpoints, np.union1d(rows, self.approximate)) \
+                if plan.first_use is not None else plan
         if plan is not None and plan.first_use is None and self._logged_from_the_start() \
                 and request.method in (events_pb2.UNLEARNING_METHOD_UNSPECIFIED,
                                        events_pb2.REPLAY):
@@ -176,6 +182,8 @@ class Unlearner:
                              inplace=True, recipe=self.recipe, **self.options)
             self.model = result.model
             self.results.append(result)
+            if self.checkpoints is not None:
+                self.approximate = np.union1d(self.approximate, rows)
             outcome = Outcome(result.verification, result.method, result.model, choice.reason,
                               newton_steps=int(result.detail.get("newton_steps", 0)),
                               fine_tune_steps=int(result.detail.get("fine_tune_steps", 0)),
@@ -193,7 +201,8 @@ class Unlearner:
         assert self.checkpoints is not None
         before = copy.deepcopy(self.model)
         report = replay_forget(self.checkpoints, np.union1d(rows, self.gone), self.load_rows,
-                               rows=rows, step=self.step)
+                               rows=np.union1d(rows, self.approximate), step=self.step)
+        self.approximate = np.zeros(0, dtype=np.int64)  # the replay removed them exactly
         self.results.append(report)
         v = verify(before, self.model, (self.x[rows], self.y[rows]), self.test,
                    self.held_out, retrain=retrain or None,

@@ -337,3 +337,27 @@ def test_rows_no_logged_step_used_are_not_unlearned(data: dict, tmp_path: Path) 
     assert outcome.reason.startswith("nothing to remove: no logged step used these rows")
     assert torch.equal(_flat(model), snapshot) and outcome.verification.parameter_distance == 0
     assert set(never[:2]) <= set(unlearner.gone.tolist())
+
+
+def test_a_replay_after_an_approximate_removal_removes_both_exactly(data: dict,
+                                                                    tmp_path: Path) -> None:
+    """The first request goes approximate (over budget); the second replays from a
+    checkpoint that may predate the first one's correction, so the replay starts before
+    both rows' first use: the end is the run without either."""
+    model, hook = _train(data, np.zeros(0, np.int64), tmp_path)
+    assert hook is not None
+    late = _late_rows(data)
+    first, second = late[:1], late[1:]
+    if hook.first_use(first) < hook.first_use(second):  # the harder order: first used later
+        first, second = late[-1:], late[:-1]
+    unlearner = Unlearner(model, data["x"], data["y"], checkpoints=hook, replay_budget=0.0,
+                          held_out=(data["x"][:40], data["y"][:40]))
+    assert unlearner(first, _request()).method != events_pb2.REPLAY
+    unlearner.replay_budget = 1e6
+    outcome = unlearner(second, _request())
+    assert outcome.method == events_pb2.REPLAY
+    start = hook.latest_before(min(hook.first_use(first), hook.first_use(second)))
+    assert start is not None and outcome.estimated_replay_steps == STEPS - start.step
+    retrained, _ = _train(data, np.union1d(first, second))
+    assert torch.equal(_flat(model), _flat(retrained))
+    assert len(unlearner.approximate) == 0
