@@ -23,6 +23,7 @@ class UnlearningMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NEWTON: _ClassVar[UnlearningMethod]
     FINE_TUNE: _ClassVar[UnlearningMethod]
     REPLAY: _ClassVar[UnlearningMethod]
+    PARTIAL_REPLAY: _ClassVar[UnlearningMethod]
 FLOAT_DTYPE_UNSPECIFIED: FloatDType
 FLOAT16: FloatDType
 FLOAT32: FloatDType
@@ -31,6 +32,7 @@ UNLEARNING_METHOD_UNSPECIFIED: UnlearningMethod
 NEWTON: UnlearningMethod
 FINE_TUNE: UnlearningMethod
 REPLAY: UnlearningMethod
+PARTIAL_REPLAY: UnlearningMethod
 
 class Event(_message.Message):
     __slots__ = ("event_id", "schema_version", "producer_id", "run_id", "seq", "emitted_at", "prev_hash", "hash", "source_registered", "op_recorded", "model_version_recorded", "gradient_batch", "prediction_recorded", "forget_requested", "unlearning_applied")
