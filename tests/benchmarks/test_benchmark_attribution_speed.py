@@ -39,6 +39,8 @@ def test_capture_figures_present_and_positive(figures: dict) -> None:
         for variant in ("dense", "factored", "factored_bg", "factored_sink"):
             assert c[f"{variant}_ms"] > 0 and c[f"ratio_{variant}"] > 0, variant
             assert c[f"meets_target_{variant}"] == (c[f"ratio_{variant}"] <= 1.5)
+            for clock in ("thread_cpu", "process_cpu"):
+                assert c[f"ratio_{variant}_{clock}"] > 0 and c[f"plain_{clock}_ms"] > 0
         for key in ("margin_pass", "encode_event", "sink_flush"):
             assert c["breakdown_ms"][key] > 0, key
 
