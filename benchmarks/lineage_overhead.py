@@ -151,6 +151,7 @@ def overhead(sizes: list[int], repeats: int) -> dict:
         tracked = tracker.array(base)
         peer = traceprop.from_numpy(base.copy(), source_id="bench") if traceprop else None
         runs: dict[str, list[float]] = {"plain": [], "headwater": [], "traceprop": []}
+        recorded: list[int] = []  # OpRecorded events per tracked run: the work measured
         for _ in range(repeats):  # interleaved: the same noise hits every variant
             for name, x in (("plain", base), ("headwater", tracked), ("traceprop", peer)):
                 if x is None:
@@ -158,9 +159,10 @@ def overhead(sizes: list[int], repeats: int) -> dict:
                 start = time.perf_counter()
                 _chain(x)
                 runs[name].append(time.perf_counter() - start)
+            recorded.append(len(events))
             events.clear()
         plain = statistics.median(runs["plain"])
-        row = {"plain_us": round(plain * 1e6, 1)}
+        row = {"plain_us": round(plain * 1e6, 1), "ops_recorded_per_run": min(recorded)}
         for name in ("headwater", "traceprop"):
             if runs[name]:
                 t = statistics.median(runs[name])

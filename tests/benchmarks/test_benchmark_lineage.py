@@ -17,8 +17,10 @@ def test_lineage_benchmark_fast() -> None:
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
-    # tracking does more than the plain op it wraps: a ratio under 1 means nothing was tracked
-    assert figures["overhead"]["1000"]["headwater_ratio"] > 1
+    # the overhead is of real tracking: every op of the 10-op chain recorded, on every run
+    # (a ratio alone cannot tell: an implementation that tracks nothing measures ~1x)
+    assert figures["overhead"]["1000"]["ops_recorded_per_run"] >= 10
+    assert figures["overhead"]["1000"]["headwater_ratio"] > 0
     assert figures["resolution"]["keys"] == 500
     # rows that passed the broadcast mean depend on every row it averaged (thousands);
     # rows concatenated after it depend on one source row
