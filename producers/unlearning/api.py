@@ -149,7 +149,7 @@ def unlearn(model: Any, forget: Rows, retain: Rows, *, test: Rows | None = None,
     rows, and retrain=True refits with it. Exact replay works on dataset rows and a
     checkpoint hook: `Unlearner(..., checkpoints=)` or `replay_forget`."""
     chosen = parse_method(method)
-    if chosen == events_pb2.REPLAY:
+    if chosen in (events_pb2.REPLAY, events_pb2.PARTIAL_REPLAY):
         raise ValueError("method REPLAY restores a checkpoint and replays logged steps: use "
                          "Unlearner(..., checkpoints=) or replay.replay_forget, which know the "
                          "dataset rows and the step log")

@@ -16,13 +16,14 @@ from headwater.producers.unlearning.rows import (
 from headwater.v1 import events_pb2
 
 _METHOD_NAMES = {"auto": events_pb2.UNLEARNING_METHOD_UNSPECIFIED, "newton": events_pb2.NEWTON,
-                 "fine_tune": events_pb2.FINE_TUNE, "replay": events_pb2.REPLAY}
+                 "fine_tune": events_pb2.FINE_TUNE, "replay": events_pb2.REPLAY,
+                 "partial_replay": events_pb2.PARTIAL_REPLAY}
 
 
 
 def parse_method(method: int | str) -> int:
-    """`events_pb2.UnlearningMethod` value (0 = auto, NEWTON, FINE_TUNE, REPLAY) or its
-    name."""
+    """`events_pb2.UnlearningMethod` value (0 = auto, NEWTON, FINE_TUNE, REPLAY,
+    PARTIAL_REPLAY) or its name."""
     if isinstance(method, str):
         key = method.lower()
         if key not in _METHOD_NAMES:
@@ -31,7 +32,7 @@ def parse_method(method: int | str) -> int:
         return _METHOD_NAMES[key]
     if method not in _METHOD_NAMES.values():
         raise ValueError(f"method must be UNLEARNING_METHOD_UNSPECIFIED (0), NEWTON (1), "
-                         f"FINE_TUNE (2) or REPLAY (3); got {method!r}")
+                         f"FINE_TUNE (2), REPLAY (3) or PARTIAL_REPLAY (4); got {method!r}")
     return int(method)
 
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from headwater.producers.capture.linear import LinearCapture
 from headwater.producers.capture.recorder import Recorder
-from headwater.producers.checkpoints import Checkpoints
+from headwater.producers.checkpoints import Checkpoint, Checkpoints
 from headwater.producers.publisher import Publisher
 from headwater.producers.tracking.tracker import Tracker
 from headwater.producers.transports.channel import (
@@ -53,7 +53,13 @@ from headwater.producers.unlearning.api import unlearn, verify
 from headwater.producers.unlearning.choice import choose_method
 from headwater.producers.unlearning.linear import LinearModel
 from headwater.producers.unlearning.recipe import Recipe
-from headwater.producers.unlearning.replay import LoadRows, Step, plan_replay, replay_forget
+from headwater.producers.unlearning.replay import (
+    LoadRows,
+    Step,
+    plan_partial,
+    plan_replay,
+    replay_forget,
+)
 from headwater.producers.unlearning.rows import Rows
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
@@ -164,17 +170,30 @@ class Unlearner:
             return Outcome(v, events_pb2.UNLEARNING_METHOD_UNSPECIFIED, None,
                            "nothing to remove: no logged step used these rows (they stay "
                            "out of later training)")
+        partial = None
+        if plan is not None and plan.first_use is not None and (
+                not plan.possible or plan.estimated_seconds > self.replay_budget
+                or request.method == events_pb2.PARTIAL_REPLAY):
+            assert self.checkpoints is not None
+            partial = plan_partial(self.checkpoints, np.union1d(rows, self.approximate),
+                                   self.replay_budget)
         choice = choose_method(
             request.method, replay_possible=plan is not None and plan.possible,
             why_not=plan.reason if plan is not None else "",
             estimated_steps=plan.steps if plan is not None else 0,
             estimated_seconds=plan.estimated_seconds if plan is not None else 0.0,
-            budget_seconds=self.replay_budget if self.checkpoints is not None else None)
+            budget_seconds=self.replay_budget if self.checkpoints is not None else None,
+            partial=(partial.checkpoint.step, partial.steps, partial.estimated_seconds)
+            if partial is not None and partial.checkpoint is not None else None)
         estimate: dict[str, Any] = {
             "estimated_replay_steps": plan.steps if plan else 0,
             "estimated_replay_seconds": plan.estimated_seconds if plan else 0.0}
         if choice.method == events_pb2.REPLAY:
             outcome = self._replay(rows, keep, retrain, choice.reason, estimate)
+        elif choice.method == events_pb2.PARTIAL_REPLAY:
+            assert partial is not None and partial.checkpoint is not None
+            outcome = self._replay(rows, keep, retrain, choice.reason, estimate,
+                                   start=partial.checkpoint)
         else:
             result = unlearn(self.model, (self.x[rows], self.y[rows]),
                              (self.x[keep], self.y[keep]), test=self.test,
@@ -197,17 +216,22 @@ class Unlearner:
         return bool(steps) and min(steps) == 0
 
     def _replay(self, rows: np.ndarray, keep: np.ndarray, retrain: Any, reason: str,
-                estimate: dict[str, Any]) -> Outcome:
+                estimate: dict[str, Any], start: Checkpoint | None = None) -> Outcome:
+        """Exact replay, or with `start` (a checkpoint after the rows' first use) the
+        partial one, whose rows stay in the earlier checkpoints (so a later replay starts
+        before their first use)."""
         assert self.checkpoints is not None
         before = copy.deepcopy(self.model)
+        targets = np.union1d(rows, self.approximate)
         report = replay_forget(self.checkpoints, np.union1d(rows, self.gone), self.load_rows,
-                               rows=np.union1d(rows, self.approximate), step=self.step)
-        self.approximate = np.zeros(0, dtype=np.int64)  # the replay removed them exactly
+                               rows=targets, step=self.step, start=start)
+        self.approximate = targets if start is not None else np.zeros(0, dtype=np.int64)
         self.results.append(report)
         v = verify(before, self.model, (self.x[rows], self.y[rows]), self.test,
                    self.held_out, retrain=retrain or None,
                    task=self.checkpoints.task)
-        return Outcome(v, events_pb2.REPLAY, None, reason, steps_replayed=report.steps_replayed,
+        method = events_pb2.REPLAY if start is None else events_pb2.PARTIAL_REPLAY
+        return Outcome(v, method, None, reason, steps_replayed=report.steps_replayed,
                        checkpoint_uri=report.checkpoint_uri, **estimate)
 
 

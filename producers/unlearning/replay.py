@@ -79,6 +79,24 @@ def plan_replay(hook: Checkpoints, rows: np.ndarray) -> ReplayPlan:
     return ReplayPlan(first, checkpoint, steps, steps * hook.seconds_per_step())
 
 
+def plan_partial(hook: Checkpoints, rows: np.ndarray, budget_seconds: float) -> ReplayPlan:
+    """When the exact replay is over budget: the earliest checkpoint *after* the rows' first
+    use whose remaining steps fit `budget_seconds`. Replaying from there is approximate —
+    the rows' influence up to that checkpoint is not removed, only decays over the replayed
+    steps — and is recorded as PARTIAL_REPLAY. `checkpoint` None (with the reason) when no
+    checkpoint after the first use fits."""
+    first = hook.first_use(np.asarray(rows, dtype=np.int64))
+    if first is None:
+        return ReplayPlan(None, None, 0, 0.0, "no logged step used these rows")
+    rate = hook.seconds_per_step()
+    for step in sorted(s for s in hook.checkpoints if s > first):
+        steps = sum(1 for s in hook.steps if s >= step)
+        if steps * rate <= budget_seconds:
+            return ReplayPlan(first, hook.checkpoints[step], steps, steps * rate)
+    return ReplayPlan(first, None, 0, 0.0, "no checkpoint after the rows' first use fits the "
+                      "budget")
+
+
 @dataclass(frozen=True)
 class ReplayReport:
     """What a replay did: the checkpoint restored, the steps run again, the steps skipped
@@ -94,28 +112,35 @@ class ReplayReport:
 
 
 def replay_forget(hook: Checkpoints, forgotten: np.ndarray, load_rows: LoadRows, *,
-                  rows: np.ndarray | None = None, step: Step | None = None) -> ReplayReport:
+                  rows: np.ndarray | None = None, step: Step | None = None,
+                  start: Checkpoint | None = None) -> ReplayReport:
     """Restore the checkpoint before the first use of `rows` (default: `forgotten`) into the
     hook's model and optimiser and replay every logged step since without any `forgotten`
     row (all rows forgotten so far), in place. `load_rows(keys)` returns the (x, y) of those
     dataset rows in that order; `step(model, optimizer, x, y)` defaults to `train_step` with
     the hook's recipe. Checkpoints the replay passes are written again from the replayed
     state (the old files held the forgotten rows' influence and are deleted). Raises
-    ValueError naming why when no replay is possible."""
+    ValueError naming why when no replay is possible. `start` (a `plan_partial`
+    checkpoint) replays from there instead: approximate when it follows the first use."""
     forgotten = np.asarray(forgotten, dtype=np.int64)
     target = forgotten if rows is None else np.asarray(rows, dtype=np.int64)
     plan = plan_replay(hook, target)
+    if start is not None:
+        if hook.checkpoints.get(start.step) != start:
+            raise ValueError(f"cannot replay: {start.uri} is not in the hook's index")
+        plan = ReplayPlan(plan.first_use, start, sum(1 for s in hook.steps if s >= start.step),
+                          0.0)
     if plan.checkpoint is None:
         raise ValueError(f"cannot replay: {plan.reason}")
     if step is None:
         step = partial(train_step, recipe=hook.recipe, task=hook.task)
     started = time.perf_counter()
-    start = plan.checkpoint.step
+    first = plan.checkpoint.step
     current = [float(g["lr"]) for g in hook.optimizer.param_groups]
     hook.restore(plan.checkpoint)
     replayed = skipped = dropped = rewritten = 0
-    for s in sorted(k for k in hook.steps if k >= start):
-        if s != start and s in hook.checkpoints:
+    for s in sorted(k for k in hook.steps if k >= first):
+        if s != first and s in hook.checkpoints:
             hook.save(s, tag=f"-replayed-{time.time_ns()}")
             rewritten += 1
         logged = hook.steps[s]
@@ -136,5 +161,5 @@ def replay_forget(hook: Checkpoints, forgotten: np.ndarray, load_rows: LoadRows,
         group["lr"] = lr  # the trainer's schedule goes on from where it was
     seconds = time.perf_counter() - started
     hook.replay_step_seconds = seconds / max(replayed + skipped, 1)  # the next estimate's rate
-    return ReplayReport(plan.checkpoint.uri, start, replayed, skipped, dropped, rewritten,
+    return ReplayReport(plan.checkpoint.uri, first, replayed, skipped, dropped, rewritten,
                         seconds)

@@ -361,3 +361,37 @@ def test_a_replay_after_an_approximate_removal_removes_both_exactly(data: dict,
     retrained, _ = _train(data, np.union1d(first, second))
     assert torch.equal(_flat(model), _flat(retrained))
     assert len(unlearner.approximate) == 0
+
+
+def test_over_budget_a_partial_replay_then_an_exact_one(data: dict, tmp_path: Path) -> None:
+    """Exact replay over budget: the earliest checkpoint after the rows' first use that fits
+    (PARTIAL_REPLAY, approximate: not the retrained model); a later exact
+    replay starts before those rows' first use and removes them exactly too."""
+    model, hook = _train(data, np.zeros(0, np.int64), tmp_path)
+    assert hook is not None
+    forget = _late_rows(data)
+    first = hook.first_use(forget)
+    hook.replay_step_seconds = 1.0  # a known rate: one second a step
+    exact = plan_replay(hook, forget)
+    assert exact.checkpoint is not None
+    budget = exact.steps - 1.0  # just over budget
+    unlearner = Unlearner(model, data["x"], data["y"], checkpoints=hook, replay_budget=budget,
+                          held_out=(data["x"][:40], data["y"][:40]))
+    before = _flat(model).clone()
+    retrained, _ = _train(data, forget)
+    outcome = unlearner(forget, _request())
+    start = min(s for s in hook.checkpoints if s > first)
+    assert outcome.method == events_pb2.PARTIAL_REPLAY
+    assert outcome.reason.startswith("partial replay (approximate): replay would take")
+    assert f"from the checkpoint at step {start}" in outcome.reason
+    assert outcome.steps_replayed <= STEPS - start
+    assert outcome.estimated_replay_steps == exact.steps
+    after = _flat(model)
+    assert not torch.equal(after, before)  # changed, by replaying from `start`
+    assert not torch.equal(after, _flat(retrained))  # approximate: quality is benchmarked
+    assert set(forget) <= set(unlearner.approximate.tolist())
+    unlearner.replay_budget = 1e6
+    other = np.setdiff1d(data["schedule"][80], forget)[:1]
+    assert unlearner(other, _request()).method == events_pb2.REPLAY
+    both, _ = _train(data, np.union1d(forget, other))
+    assert torch.equal(_flat(model), _flat(both))
