@@ -85,6 +85,29 @@ def hash_matches(event: events_pb2.Event, expected: bytes | None = None) -> bool
     return hashlib.sha256(legacy.SerializeToString(deterministic=True)).digest() == expected
 
 
+_PAYLOAD_BY_NUMBER = {f.number: f.name for f in events_pb2.Event.DESCRIPTOR.oneofs_by_name[
+    "payload"].fields}
+
+
+def peek(encoded: bytes) -> tuple[str, str | None]:
+    """(event_id, payload field name) of an encoded Event, read from its top-level fields
+    without decoding the payload; ("", None) for bytes that are not one."""
+    event_id, payload, pos = "", None, 0
+    try:
+        while pos < len(encoded):
+            key, start = _read_varint(encoded, pos)
+            pos = _skip(encoded, start, key)
+            number = key >> 3
+            if number == 1 and key & 7 == 2:
+                length, at = _read_varint(encoded, start)
+                event_id = encoded[at:at + length].decode()
+            elif number in _PAYLOAD_BY_NUMBER:
+                payload = _PAYLOAD_BY_NUMBER[number]
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return "", None
+    return (event_id, payload) if pos == len(encoded) else ("", None)
+
+
 # Field numbers the canonical encoder writes itself (the only map in events.proto).
 _LABELS = events_pb2.SourceRegistered.DESCRIPTOR.fields_by_name["labels"].number
 _SOURCE_REGISTERED = events_pb2.Event.DESCRIPTOR.fields_by_name["source_registered"].number

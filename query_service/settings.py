@@ -54,6 +54,9 @@ class Settings(BaseSettings):
                                      "text on http://METRICS_HOST:PORT/metrics (0: any free "
                                      "port); unset: no endpoint")
     metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
+    openlineage_live: bool = Field(False, description="serve / process send each op's "
+                                   "OpenLineage event as it is stored (OPENLINEAGE_URL or "
+                                   "openlineage.yml)")
     log_level: str = Field("warning", description="debug, info, warning, error or critical")
     log_format: str = Field("text", description="text, or json: one JSON object per line")
     attribution_damping: float = Field(

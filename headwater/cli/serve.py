@@ -56,7 +56,6 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
     from headwater.query_service.server.app import build_server
     from headwater.query_service.server.limits import StreamLimits
     from headwater.query_service.server.transport_security import check_exposure, server_security
-    from headwater.stream_processors.sink import EventSink
 
     settings = load_settings(data_dir=data_dir, dsn=dsn, listen=listen)
     security = server_security(settings)
@@ -64,7 +63,7 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
     configure_telemetry(settings, "headwater-serve")
     store = open_store(settings)
     observe_store(store)
-    sink = EventSink(store, "grpc", settings.event_limits)
+    sink, live = event_sink(settings, store, "grpc")
     server, port = build_server(store, settings.listen, sink=sink,
                                 damping=settings.attribution_damping,
                                 decay=settings.attribution_decay, security=security,
@@ -78,6 +77,8 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None) -> None:
     _freeze_startup_heap()
     _wait_for_signal()
     server.stop(grace=5).wait()
+    if live is not None:
+        live.close()
     store.close()
 
 
@@ -134,7 +135,6 @@ def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
         ensure_topic,
         run_until_signalled,
     )
-    from headwater.stream_processors.sink import EventSink
 
     settings = load_settings(dsn=dsn, kafka_bootstrap=kafka_bootstrap, kafka_topic=topic,
                          kafka_group=group, batch_size=batch_size)
@@ -149,7 +149,8 @@ def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
     observe_store(store)
     _observe_lag(settings)
     progress = _ThroughputLog("headwater process")
-    runner = KafkaRunner(EventSink(store, "kafka", settings.event_limits), settings.kafka_bootstrap,
+    sink, live = event_sink(settings, store, "kafka")
+    runner = KafkaRunner(sink, settings.kafka_bootstrap,
                          settings.kafka_topic, settings.kafka_group,
                          batch_size=settings.batch_size, within=settings.batch_within,
                          kafka_config=settings.kafka_config, on_batch=progress.add)
@@ -159,9 +160,25 @@ def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
     try:
         run_until_signalled(runner)
     finally:
+        if live is not None:
+            live.close()
         store.close()
     status(f"headwater process: stopped after storing {runner.stored} events "
            f"({runner.dead_lettered} records dead-lettered)")
+
+
+def event_sink(settings: Settings, store: Any, transport: str) -> tuple[Any, Any]:
+    """The sink storing events, and its live OpenLineage delivery (None unless
+    HEADWATER_OPENLINEAGE_LIVE; then a transport must be configured, checked at start)."""
+    from headwater.stream_processors.sink import EventSink
+
+    if not settings.openlineage_live:
+        return EventSink(store, transport, settings.event_limits), None
+    from headwater.query_service.lineage.openlineage_delivery import configured_client
+    from headwater.query_service.lineage.openlineage_live import LiveLineage, LiveLineageSink
+
+    live = LiveLineage(store, configured_client())
+    return LiveLineageSink(store, transport, live, settings.event_limits), live
 
 
 def _observe_lag(settings: Settings) -> None:

@@ -302,18 +302,20 @@ def run_events(lineage: RunLineage) -> list[dict[str, Any]]:
 
 # -- reading a run from the store -----------------------------------------------------------
 
-# The run's nodes and every node its ops read (inputs may come from other runs), each
-# with its source row when it is a source.
-_NODES_SQL = """
+# Lineage nodes, each with its source row when it is a source: the run's nodes and every
+# node its ops read (inputs may come from other runs; _NODES_SQL), or nodes by id.
+_NODES_OF = """
 SELECT n.node_id, n.kind, n.run_id, n.rows, n.columns, s.source_id, s.uri,
        s.content_sha256, s.row_count, s.schema_json, s.format, s.size_bytes, s.origin,
        s.licence
-FROM (SELECT * FROM lineage_nodes FINAL WHERE run_id = {run:String} OR node_id IN
-      (SELECT arrayJoin(input_node_ids) FROM lineage_ops FINAL WHERE run_id = {run:String})
-     ) AS n
+FROM (SELECT * FROM lineage_nodes FINAL WHERE @nodes@) AS n
 ANY LEFT JOIN (SELECT * FROM sources FINAL) AS s ON n.source_id = s.source_id
 ORDER BY n.node_id
 """
+_NODES_SQL = _NODES_OF.replace("@nodes@", """run_id = {run:String} OR node_id IN
+      (SELECT arrayJoin(input_node_ids) FROM lineage_ops FINAL WHERE run_id = {run:String})""")
+# the nodes an op reads or makes, by id (live delivery: load_ops)
+_NODES_BY_ID_SQL = _NODES_OF.replace("@nodes@", "node_id IN {nodes:Array(String)}")
 
 
 def _schema(source_id: str, text: str) -> tuple[Column, ...]:
@@ -346,6 +348,30 @@ def load_run(reader: Reader, run_id: str) -> RunLineage:
     if not ops and not any(n.run_id == run_id for n in nodes.values()):
         raise UnknownRun(f"no lineage recorded for run {run_id!r} (no sources, no ops)")
     return RunLineage(run_id, ops, nodes)
+
+
+def load_ops(reader: Reader, event_ids: Sequence[str]) -> list[RunLineage]:
+    """The ops recorded by these events, one RunLineage per run holding them and every node
+    they read or made (enough for op_event: what the export says of each op)."""
+    ids = list(event_ids)
+    runs = [r for (r,) in reader.query(
+        "SELECT DISTINCT run_id FROM lineage_ops FINAL WHERE event_id IN {ids:Array(String)} "
+        "ORDER BY run_id", {"ids": ids})]
+    found = []
+    for run in runs:
+        ops = tuple(select_ops(reader, "run_id = {run:String} AND event_id IN {ids:Array(String)}",
+                               {"run": run, "ids": ids}, order="recorded_at, event_id, op_id"))
+        touched = sorted({n for op in ops for n in (*op.input_node_ids, op.output_node_id)})
+        nodes = {n.node_id: n for n in map(_node, reader.query(_NODES_BY_ID_SQL,
+                                                               {"nodes": touched}))}
+        found.append(RunLineage(run, ops, nodes))
+    return found
+
+
+def op_events(lineage: RunLineage) -> list[dict[str, Any]]:
+    """The RunEvents of `lineage`'s ops alone (no run event), in topological order."""
+    datasets = _Datasets(lineage)
+    return [op_event(lineage, op, datasets) for op in topological(lineage.ops)]
 
 
 def export_run(reader: Reader, run_id: str) -> list[dict[str, Any]]:
