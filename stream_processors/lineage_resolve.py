@@ -119,6 +119,7 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
     whole_hits: dict[tuple[str, str, str, int, str], list[np.ndarray]] = {}
     ops_hit: dict[str, list[np.ndarray]] = {}  # op id -> origins passing through it
     names: dict[str, str] = {}  # op id -> op name
+    stepped: dict[tuple[str, str, str, int, str], set[tuple[str, str]]] = {}  # _aggregator
     frontier: dict[str, tuple[np.ndarray, np.ndarray]] = {node_id: (origin, rows)}
     for _ in range(max_depth):
         if not frontier:
@@ -138,7 +139,8 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
                     continue
                 parent = op.input_node_ids[seg.input]
                 if seg.WhichOneof("kind") == "all_rows":
-                    agg_key = _aggregator(op, seg, op_of)
+                    agg_key, via = _aggregator(op, seg, op_of)
+                    stepped.setdefault(agg_key, set()).update(via)
                     agg_node, agg_rows = agg_key[2], agg_key[3]
                     if agg_node not in whole:
                         whole[agg_node] = trace(agg_node, np.arange(agg_rows), op_of, max_depth)
@@ -162,7 +164,8 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
         hit = np.unique(np.concatenate(origins))
         for o in hit.tolist():
             traces[o].aggregates.append(agg)
-        for up, up_name in zip(whole_trace.op_ids, whole_trace.op_names, strict=True):
+        for up, up_name in [*zip(whole_trace.op_ids, whole_trace.op_names, strict=True),
+                            *stepped[(op_id, op_name, parent, n_parent, reason)]]:
             ops_hit.setdefault(up, []).append(hit)
             names[up] = up_name
         if expand:
@@ -191,32 +194,35 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
 
 
 def _aggregator(op: OpView, seg: events_pb2.RowSegment, op_of: Callable[[str], OpView | None]
-                ) -> tuple[str, str, str, int, str]:
+                ) -> tuple[tuple[str, str, str, int, str], list[tuple[str, str]]]:
     """(op id, op name, node, its rows, reason) naming what "all rows of the input" of an
-    all-rows segment stands for. All rows of a node made from all rows of its input (a
-    mean: one op, one all-rows segment covering its output), or row for row from it (a
-    copy), are all rows of that input: followed down, so that a row minus a broadcast mean
-    reads "all N rows of x via numpy.mean", not "all 8 rows of the mean via subtract"."""
+    all-rows segment stands for, and the (op id, name) of the ops followed down to it.
+    All rows of a node made from all rows of its input (a mean: one op, one all-rows
+    segment covering its output), or row for row from it (a copy), are all rows of that
+    input: followed down, so that a row minus a broadcast mean reads "all N rows of x via
+    numpy.mean", not "all 8 rows of the mean via subtract"."""
     found = (op.op_id, op.op_name, op.input_node_ids[seg.input], op.input_rows[seg.input],
              seg.all_rows.reason)
     seen: set[str] = set()
+    passed: list[tuple[str, str]] = []
     while True:
         node, n = found[2], found[3]
         up = op_of(node)
         if up is None or len(up.segments) != 1 or node in seen:
-            return found
+            return found, passed
         seen.add(node)
         s = up.segments[0]
         kind = s.WhichOneof("kind")
         parent, n_parent = up.input_node_ids[s.input], up.input_rows[s.input]
         if s.out_start != 0 or s.length != n or n == 0:
-            return found  # some rows of the node come from elsewhere
+            return found, passed  # some rows of the node come from elsewhere
         if kind == "all_rows":
             found = (up.op_id, up.op_name, parent, n_parent, s.all_rows.reason)
         elif kind == "range" and s.range.start == 0 and s.range.step == 1 and n == n_parent:
             found = (found[0], found[1], parent, n_parent, found[4])
         else:
-            return found
+            return found, passed
+        passed.append((up.op_id, up.op_name))
 
 
 def _group_into(traces: list[Trace], reached: dict[str, list[tuple[np.ndarray, np.ndarray]]],

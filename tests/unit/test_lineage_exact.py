@@ -120,6 +120,19 @@ def test_standardising_through_transposes_keeps_direct_rows_and_two_aggregates()
     assert {k: v.tolist() for k, v in t.direct.items()} == {"src": [7]}
     assert sorted((a.op_name, a.node_id, a.node_rows) for a in t.aggregates) == [
         ("numpy.transpose+numpy.mean", "src", 500), ("numpy.transpose+numpy.std", "src", 500)]
+    assert {"numpy.transpose+numpy.mean", "numpy.transpose+numpy.std"} <= set(t.op_names)
+
+
+def test_a_broadcast_mean_is_named_by_the_mean_and_its_op_stays_in_the_chain() -> None:
+    rec = Recorder()
+    x = rec.source(np.random.default_rng(1).normal(size=(50, 3)), "src")
+    z = (x - x.mean(0)) / x.std(0)
+    (t,) = trace_each(z.node_id, np.array([4]), rec.op_of(), expand=False)
+    assert {k: v.tolist() for k, v in t.direct.items()} == {"src": [4]}
+    assert sorted((a.op_name, a.node_id, a.node_rows, a.reason) for a in t.aggregates) == [
+        ("numpy.mean", "src", 50, "reduction over rows"),
+        ("numpy.std", "src", 50, "reduction over rows")]
+    assert sorted(t.op_names) == ["numpy.divide", "numpy.mean", "numpy.std", "numpy.subtract"]
 
 
 # -- NumPy and torch: one map per op ------------------------------------------------------
