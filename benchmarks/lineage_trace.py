@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -104,13 +105,16 @@ def main() -> None:
             "reply_bytes": e_reply.ByteSize(),
             "rows_per_key": len(e_reply.traces[0].sources)},
         "target_s": 1.0,
+        "load_average_1min": round(os.getloadavg()[0], 1),
+        "cpus": os.cpu_count(),
     }
     if args.json:
         json.dump(figures, sys.stdout)
         print()
         return
     s, e = figures["summarised"], figures["expanded"]
-    print(f"{n} standardised rows of a {args.rows}-row source traced through gRPC")
+    print(f"{n} standardised rows of a {args.rows}-row source traced through gRPC "
+          f"(load average {figures['load_average_1min']} on {figures['cpus']} CPUs)")
     print(f"  summarised (default): median {s['median_s']:.3f} s (cold {s['cold_s']:.3f} s), "
           f"reply {s['reply_bytes'] / 1e6:.2f} MB, {s['direct_rows_per_key']} direct row(s) "
           f"per key + {'; '.join(s['aggregates'])}   [target <= 1 s]")
