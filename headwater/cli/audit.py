@@ -1,5 +1,5 @@
 """`headwater audit verify|report|check`: the record-keeping log's integrity, and building,
-signing, rendering and verifying the compliance report (`headwater report` is `audit report`)."""
+signing, rendering and verifying the evidence report (`headwater report` is `audit report`)."""
 
 from __future__ import annotations
 
@@ -95,9 +95,10 @@ def report(model_id: str, model_version: str, out_file: Path, html_file: Path | 
            config_file: Path | None, signing_key: Path | None, samples: int,
            recompute_hashes: bool, data_dir: Path | None, dsn: str | None,
            listen: str | None) -> None:
-    """The EU AI Act compliance report of a model version: JSON (sealed, signed when a key
-    is configured) and, with --html, a page for people. Reads the store directly, or a
-    running serve's Compliance.Report when serve holds the data directory."""
+    """The EU AI Act evidence report of a model version, each section saying how far it is
+    proven: JSON (sealed, signed when a key is configured) and, with --html, a page for
+    people. Reads the store directly, or a running serve's Compliance.Report when serve
+    holds the data directory."""
     from headwater.query_service.compliance.model import ComplianceReport
     from headwater.query_service.compliance.signing import (
         load_private_key,
@@ -351,7 +352,7 @@ def _remote_derived(settings: Settings, target: str, run_id: str
     channel = open_channel(settings, target)
     try:
         r = query_pb2_grpc.ComplianceStub(channel).VerifyLog(
-            query_pb2.VerifyLogRequest(run_id=run_id), timeout=300)
+            query_pb2.VerifyLogRequest(run_id=run_id, check_derived=True), timeout=300)
     finally:
         channel.close()
     tables = [TableComparison(table=t.table, equal=t.equal, detail=t.detail,

@@ -4,7 +4,7 @@ Starts `headwater serve` (chDB store) as a child process, registers two CSV file
 scikit-learn's breast-cancer data, runs the tracked preprocessing, trains a torch MLP online
 with per-sample gradient capture, records predictions, then shows attribution (rows, files,
 op chains; by source), forgets one source while the model keeps training (with the
-verification figures), writes the signed compliance report (JSON + HTML) and prints commands
+verification figures), writes the signed evidence report (JSON + HTML) and prints commands
 to try next. Serve is stopped by pid at the end; the data directory stays.
 """
 
@@ -412,7 +412,7 @@ def _session(target: str, paths: tuple[Path, ...], recipe: Any, output: Path,
         f["events_by_type"] = dict(_sql(channel, "SELECT payload_type, count() FROM events "
                                                  "FINAL GROUP BY payload_type ORDER BY 1"))
         verify = query_pb2_grpc.ComplianceStub(channel).VerifyLog(
-            query_pb2.VerifyLogRequest(recompute_hashes=True), timeout=120)
+            query_pb2.VerifyLogRequest(recompute_hashes=True, check_derived=True), timeout=300)
         f["log_ok"], f["events_verified"] = verify.ok, verify.events
         f["dead_letters"] = _sql(channel, "SELECT count() FROM dead_letters FINAL")[0][0]
         f["report"] = write_report(channel, output)

@@ -1,1 +1,2 @@
-"""The compliance report: model, builder, HTML, signing, provider config and log verification."""
+"""The evidence report (EU AI Act): model, builder, HTML, signing, provider config, log and
+derived-table verification, witness and producer keys."""

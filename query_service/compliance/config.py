@@ -1,4 +1,4 @@
-"""Provider/deployer facts for the compliance report, from a TOML or JSON file.
+"""Provider/deployer facts for the evidence report, from a TOML or JSON file.
 
 The file is named by `--config` or HEADWATER_COMPLIANCE_CONFIG; the signing key (a PEM
 file) by `--signing-key`, HEADWATER_SIGNING_KEY or the file's `signing_key`. Fields left

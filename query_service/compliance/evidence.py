@@ -3,7 +3,7 @@ database, from only those stored events whose bytes hash to their recorded hash 
 the hash first accepted under their id; and the comparison of the live derived tables with
 that rebuild (a rewritten `sources.licence` or `forget_requests.requested_by` differs).
 
-The compliance report is built from the scratch database, so no reported fact comes from a
+The evidence report is built from the scratch database, so no reported fact comes from a
 derived table that nothing checked; `audit verify` fails when the comparison differs.
 """
 

@@ -1,4 +1,4 @@
-"""The compliance report for people: one self-contained HTML file (inline CSS and SVG, no
+"""The evidence report for people: one self-contained HTML file (inline CSS and SVG, no
 scripts, fonts or network; a Content-Security-Policy forbids any). Every string is escaped."""
 
 from __future__ import annotations
@@ -350,13 +350,13 @@ def render_html(report: ReportBody) -> str:
            f'<p class="note">Model <code>{e(s.model_id)}</code> version '
            f'<code>{e(s.model_version)}</code> · generated {e(report.generated_at)} by '
            f'{e(report.generator)} · schema {e(report.schema_version)}</p>']
+
+    out.append("<h2>Pipeline lineage: sources → preparation → training</h2>")
+    out.append(f'<div class="graph">{lineage_svg(report)}</div>')
     out.append("<h2>What this report proves, section by section</h2>")
     out.append(_table(["section", "status", "basis"], [
         [e(x.section), f'<span class="{"bad" if x.status == "failed" else "ok"}">'
          f'{e(x.status)}</span>', e(x.detail)] for x in report.sections]))
-
-    out.append("<h2>Pipeline lineage: sources → preparation → training</h2>")
-    out.append(f'<div class="graph">{lineage_svg(report)}</div>')
     out.append("<h2>System and deployment (Art. 13, 26)</h2>")
     out.append(_table(["field", "value"], [
         ["system name", _value(s.system_name)], ["intended purpose", _value(s.intended_purpose)],

@@ -1,4 +1,4 @@
-"""Integrity of a compliance report: canonical-JSON content hash and Ed25519 signature.
+"""Integrity of an evidence report: canonical-JSON content hash and Ed25519 signature.
 
 The hash and the signature cover the canonical JSON (sorted keys, no whitespace, UTF-8)
 of the report without its `integrity` block, so any change to any field breaks both.

@@ -139,7 +139,7 @@ def test_printed_commands_work(demo):
 def test_demo_report_page_in_headless_chromium(demo, tmp_path):
     browser = chromium()  # fails naming what is missing (support.tools)
     page = Path(demo["report"]["html"])
-    pixels, console = screenshot(browser, page, tmp_path, size=(1200, 3600))
+    pixels, console = screenshot(browser, page, tmp_path, size=(1200, 6400))
     assert console == [], console
     assert pixels.std() > 10
     for colour in (SOURCE_FILL, TRAINING_FILL, BEFORE_FILL, AFTER_FILL, RETRAINED_FILL):

@@ -496,12 +496,14 @@ class UnlearningStatus(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., state: _Optional[str] = ..., applied: _Optional[_Union[_events_pb2.UnlearningApplied, _Mapping]] = ...) -> None: ...
 
 class VerifyLogRequest(_message.Message):
-    __slots__ = ("run_id", "recompute_hashes")
+    __slots__ = ("run_id", "recompute_hashes", "check_derived")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     RECOMPUTE_HASHES_FIELD_NUMBER: _ClassVar[int]
+    CHECK_DERIVED_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     recompute_hashes: bool
-    def __init__(self, run_id: _Optional[str] = ..., recompute_hashes: _Optional[bool] = ...) -> None: ...
+    check_derived: bool
+    def __init__(self, run_id: _Optional[str] = ..., recompute_hashes: _Optional[bool] = ..., check_derived: _Optional[bool] = ...) -> None: ...
 
 class ChainProblem(_message.Message):
     __slots__ = ("producer_id", "kind", "seq", "detail")
