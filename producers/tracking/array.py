@@ -415,7 +415,8 @@ def _pending_move(call: Call, result: np.ndarray) -> TrackedArray | None:
         return None
     x = call.tracked[0]
     rest, kwargs = call.pargs[1:], call.pkwargs
-    if x._hw_pending is None:
+    starts = x._hw_pending is None
+    if starts:
         if call.func not in _PERMUTES or x.ndim < 2 or result.ndim < 2:
             return None
         try:
@@ -429,6 +430,7 @@ def _pending_move(call: Call, result: np.ndarray) -> TrackedArray | None:
                               call.op_name)
     except (NotUnderstood, ValueError, TypeError):
         return None
+    moved.moved_only = starts
     return _pending_result(call.tracker, result, moved)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from headwater.producers.tracking.maps import NotUnderstood, not_understood
 from headwater.producers.tracking.moves import ROW_BITS, id_segments, row_ids
-from headwater.producers.tracking.segments import n_rows
+from headwater.producers.tracking.segments import ROWS_MOVED, all_rows, n_rows
 
 if TYPE_CHECKING:
     from headwater.producers.tracking.array import TrackedArray
@@ -42,6 +42,9 @@ class Pending:
     rows: list[int]
     ids: np.ndarray  # shape = array shape + (k,)
     ops: list[str]
+    # made by one axis permutation of a recorded array, nothing since: each row holds
+    # every row (recorded without looking at the ids: x.T @ x stays cheap)
+    moved_only: bool = False
 
 
 def ids_of(arr: TrackedArray, node_of: Callable[[TrackedArray], str]) -> Pending:
@@ -114,6 +117,9 @@ def reduce_axes(p: Pending, axes: tuple[int, ...], keepdims: bool, op: str,
 def settle_segments(p: Pending, shape: tuple[int, ...]) -> tuple[str, str, Any, bool]:
     """(op name, params, segments, understood) of the op recording a pending stretch."""
     n_out = n_rows(shape)
+    if p.moved_only and len(p.nodes) == 1:
+        return p.ops[0], json.dumps({"folded": p.ops}), [all_rows(0, n_out, ROWS_MOVED)] \
+            if n_out else [], True
     names = p.ops if len(p.ops) <= MAX_FOLDED else [*p.ops[:MAX_FOLDED - 1], "...",
                                                      p.ops[-1]]
     name = "+".join(names)

@@ -112,6 +112,17 @@ def test_transposes_fold_into_one_op_named_by_its_parts() -> None:
     assert [s.WhichOneof("kind") for s in op.row_map.segments] == ["range"]  # identity
 
 
+def test_a_bare_transpose_used_at_once_is_one_all_rows_op_without_id_work() -> None:
+    rec = Recorder()
+    x = rec.source(np.random.default_rng(2).normal(size=(4000, 30)), "src")
+    gram = x.T @ x  # rows of x.T each hold every row of x: recorded without sorting ids
+    names = [e.op_name for e in rec.events]
+    assert names == ["numpy.transpose", "numpy.matmul"]
+    (seg,) = rec.events[0].row_map.segments
+    assert seg.WhichOneof("kind") == "all_rows" and seg.length == 30
+    assert rec.resolve(gram)[0] == {("src", r) for r in range(4000)}
+
+
 def test_standardising_through_transposes_keeps_direct_rows_and_two_aggregates() -> None:
     rec = Recorder()
     x = rec.source(np.random.default_rng(0).normal(size=(500, 4)), "src")

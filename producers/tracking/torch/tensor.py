@@ -327,7 +327,8 @@ def _pending_move(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], resu
     tracker = x._hw_tracker
     if tracker is None or tracker._off or tracker._batch or len(find_tracked(args, kwargs)) > 1:
         return None
-    if x._hw_pending is None:
+    starts = x._hw_pending is None
+    if starts:
         if func not in STARTS or x.ndim < 2 or result.ndim < 2:
             return None
         probe = torch.empty(tuple(range(2, x.ndim + 2)), device="meta")  # dim d: d + 2
@@ -342,6 +343,7 @@ def _pending_move(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], resu
                               op_name(func))
     except (NotUnderstood, RuntimeError, TypeError, ValueError):
         return None
+    moved.moved_only = starts
     out = _as_tracked(result, fresh)
     out._hw_tracker, out._hw_node, out._hw_pending = tracker, None, moved
     return out
