@@ -8,6 +8,7 @@ again changes nothing (the sketch: see EventSink._sketch).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -86,8 +87,8 @@ class EventSink:
             return {}
         rows = self.store.query(
             "SELECT event_id, hex(argMin(hash, received_at)) FROM event_receipts "
-            "WHERE event_id IN {ids:Array(String)} GROUP BY event_id",
-            {"ids": sorted({a.event.event_id for a in accepted})})
+            f"WHERE event_id IN {_IDS} GROUP BY event_id",
+            {"ids": _id_list(a.event.event_id for a in accepted)})
         return {eid: bytes.fromhex(h) for eid, h in rows}
 
     def derive(self, records: list[Record]) -> list[Rejected]:
@@ -125,8 +126,8 @@ class EventSink:
         since = datetime.fromtimestamp(oldest, timezone.utc) - SKETCH_SKEW
         counted = {row[0] for row in self.store.query(
             "SELECT DISTINCT e FROM curvature_parts ARRAY JOIN event_ids AS e "
-            "WHERE created_at >= {since:DateTime64(6, 'UTC')} AND e IN {ids:Array(String)}",
-            {"ids": [a.event.event_id for a in found], "since": since})}
+            f"WHERE created_at >= {{since:DateTime64(6, 'UTC')}} AND e IN {_IDS}",
+            {"ids": _id_list(a.event.event_id for a in found), "since": since})}
         return [a for a in found if a.event.event_id not in counted]
 
     def _sketch(self, new: list[Accepted], uncounted: list[Accepted], now: datetime) -> None:
@@ -212,6 +213,16 @@ class EventSink:
             else:
                 acks.append(Ack(-1, eid, True, "waiting for the remaining chunks"))
         return whole, acks, rejects
+
+
+# A batch's event ids go to ClickHouse as one comma-joined string split there: binding an
+# Array(String) of 2,000 ids costs ~2.5 µs more per id in the client. Accepted event ids
+# are canonical UUIDs (validate_envelope), so they hold no comma.
+_IDS = "splitByChar(',', {ids:String})"
+
+
+def _id_list(ids: Iterable[str]) -> str:
+    return ",".join(sorted(set(ids)))
 
 
 @lru_cache(maxsize=1)
