@@ -39,6 +39,8 @@ PURE = [
     "headwater.query_service.sql.policy",
     "headwater.query_service.attribution.scoring",
     "headwater.query_service.attribution.knn_shapley",
+    "headwater.query_service.compliance.erasure",
+    "headwater.query_service.compliance.witness",
 ]
 
 
