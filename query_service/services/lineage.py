@@ -59,6 +59,12 @@ class LineageService(query_pb2_grpc.LineageServicer):
             _in_run(graph, request.rows.node_ids, request.run_id, context)
             keys, next_token = _page(request, context)
             traced = graph.trace_rows(keys, expand=request.expand_aggregates)
+            listed = sum(len(rows) for _, _, t in traced for rows in t.rows.values())
+            if listed > MAX_SOURCE_REFS:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                    f"the reply would list {listed} source rows (at most {MAX_SOURCE_REFS}): "
+                    "ask for fewer keys per reply (page_size), or leave expand_aggregates off "
+                    "to get each aggregate as one reference"))
             return _trace_response(graph, traced, next_token)
 
     def Ancestors(self, request: query_pb2.NodeRequest, context: grpc.ServicerContext):
@@ -81,13 +87,16 @@ class LineageService(query_pb2_grpc.LineageServicer):
             return _node_info(graph.node(request.node_id))
 
 
+MAX_SOURCE_REFS = 2_000_000  # source rows one TraceRows reply may list (~100 MB)
+
+
 def _page(request: query_pb2.TraceRowsRequest,
           context: grpc.ServicerContext) -> tuple[events_pb2.RowKeys, str]:
     """The keys of this page and the token of the next ("" after the last key)."""
     keys = request.rows
     n = len(keys.rows)
     token = request.page_token
-    if token and not (token.isdigit() and 0 < int(token) <= n):
+    if token and not (token.isascii() and token.isdigit() and 0 < int(token) <= n):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_token {token[:40]!r} is not a "
                       "next_page_token of this request's keys")
     start = int(token or 0)
