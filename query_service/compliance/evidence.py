@@ -9,6 +9,7 @@ derived table that nothing checked; `audit verify` fails when the comparison dif
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,11 @@ from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
 
 SCRATCH_PREFIX = "evidence_"
+# A scratch database left by a process that died mid-report is dropped by the next rebuild
+# once it is this old (its name carries its creation time).
+SCRATCH_MAX_AGE = 24 * 3600
+# Payloads no reported fact cites by event: their ids and hashes are not kept (memory).
+BULK_PAYLOADS = frozenset({"gradient_batch", "prediction_recorded"})
 
 
 @dataclass
@@ -79,8 +85,9 @@ def _replay_verified(source: Store, target: Store, run_id: str, rebuild: Rebuild
             if why:
                 rebuild.excluded[event.event_id or f"(undecodable in run {run_id})"] = why
             else:
-                rebuild.hashes[event.event_id] = event.hash.hex()
-                rebuild.producers[event.event_id] = event.producer_id
+                if event.WhichOneof("payload") not in BULK_PAYLOADS:
+                    rebuild.hashes[event.event_id] = event.hash.hex()
+                    rebuild.producers[event.event_id] = event.producer_id
                 kept.append(record)
         if kept:
             rebuild.rejected += [r.error for r in sink.derive(kept)]
@@ -90,9 +97,11 @@ def _replay_verified(source: Store, target: Store, run_id: str, rebuild: Rebuild
 def verified_rebuild(store: Store, runs: list[str]) -> Iterator[Rebuild]:
     """The derived tables of `runs` rebuilt from their verified events in a scratch
     database of the same store (dropped on exit)."""
-    name = f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}"
+    now = int(time.time())
+    name = f"{SCRATCH_PREFIX}{now}_{uuid.uuid4().hex[:12]}"
     if store.database.startswith(SCRATCH_PREFIX):
         raise ValueError(f"{store.database} is itself a scratch database")
+    _drop_stale(store, now)
     scratch = Store(store.dsn.raw, name, lock=False)
     try:
         scratch.migrate()
@@ -115,6 +124,15 @@ def _digest(store: Store, table: str, columns: list[str], run_id: str) -> rp.Tab
         f"SELECT count(), sum(cityHash64({hashed})) FROM {table} FINAL WHERE {where}",
         {"run": run_id})[0]
     return rp.TableDigest(rows=int(count), checksum=f"{int(total):016x}")
+
+
+def _drop_stale(store: Store, now: int) -> None:
+    """Drop scratch databases older than SCRATCH_MAX_AGE (left by a crash)."""
+    for (name,) in store.query("SELECT name FROM system.databases WHERE startsWith(name, "
+                               "{p:String})", {"p": SCRATCH_PREFIX}):
+        made = name[len(SCRATCH_PREFIX):].split("_", 1)[0]
+        if made.isdigit() and now - int(made) > SCRATCH_MAX_AGE:
+            store.command(f"DROP DATABASE IF EXISTS {name}")
 
 
 def compare_derived(store: Store, rebuild: Rebuild) -> list[rp.TableComparison]:
