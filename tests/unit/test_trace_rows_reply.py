@@ -3,6 +3,8 @@ bound, on a real in-process store (the servicer called directly; no server)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 import numpy as np
 import pytest
@@ -28,7 +30,8 @@ class Context:
 
 
 @pytest.fixture(scope="module")
-def standardised(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, query_pb2.TraceRowsRequest]:
+def standardised(tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[tuple[Store, query_pb2.TraceRowsRequest]]:
     store = Store(f"chdb://{tmp_path_factory.mktemp('trace') / 'data'}")
     store.migrate()
     with Publisher(LocalTransport(EventSink(store, "t")), run_id="trace-reply") as pub:
