@@ -20,7 +20,7 @@ trainer's own recipe is the ground truth every row is compared with):
   full-network K-FAC Newton (stopped at the estimated retrained forget loss, and its full
   step), NegGrad+ and SCRUB-style fine-tunes, side by side; and auto with the checkpoint
   hook (replay within a 60 s budget: every row is used from step 0, so a full retraining;
-  and with a budget of a third of that replay: a partial replay from a later checkpoint).
+  and with a budget of 34% of that replay: a partial replay from a later checkpoint).
   Targets (issue 20): gap closed in [0.8, 1.2], test accuracy within 1 pp and MIA AUC
   within 0.05 of the retrained model's.
 - a continual-learning stream: online SGD with replay over digits arriving with class drift;
@@ -351,7 +351,7 @@ def mlp_cases(seed: int, hidden: int, epochs: int, wd: float, repeats: int) -> d
             rows[label] = figures(check(model_after=new), original, unlearn_s, retrain_s,
                                   "FINE_TUNE", targets=MLP_TARGETS)
         for label, fraction in (("auto with checkpoint hook", None),
-                                ("auto with hook, budget 1/3 of the replay", 1 / 3)):
+                                ("auto with hook, budget 34% of the replay", 0.34)):
             progress(f"digits MLP, {case}: {label}")
             rows[label] = _auto_with_hook(d, mask, retrained, original, retrain_s, fraction,
                                           hidden=hidden, epochs=epochs, wd=wd, seed=seed)
