@@ -12,7 +12,8 @@ A checkpoint at step s holds the model and optimiser state *before* step s (torc
 both state dicts and the torch RNG state), written atomically to `<dir>/step-<s>.pt`; its
 `file://` URI is recorded with the model version (`ModelVersionRecorded.checkpoint_uri`,
 with the recipe in the config). The step journal (`steps.jsonl`) and the checkpoint index
-(`checkpoints.jsonl`) live next to them, so a restarted trainer can still replay.
+(`checkpoints.jsonl`) live next to them, so a restarted trainer can still replay; so a
+directory belongs to one training run (a new run needs a new directory).
 """
 
 from __future__ import annotations
