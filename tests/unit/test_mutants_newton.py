@@ -123,3 +123,27 @@ def test_with_a_mean_loss_recipe_the_result_has_the_retained_rows_lambda() -> No
 def test_only_a_linear_model_is_taken() -> None:
     with pytest.raises(TypeError, match="newton_forget needs a LinearModel; got"):
         linear_forget(object(), (X[F], Y[F]), (X[R], Y[R]), 1, None, 1)  # type: ignore[arg-type]
+
+
+def test_the_residual_is_relative_even_when_the_first_gradient_is_small() -> None:
+    theta0 = _optimum(X, Y, 2.0)
+    losses = LinearModel.fit(X, Y, l2=2.0).losses(X, Y)
+    easy = int(np.argmin(losses))  # its gradient is tiny: ||Σ_F ∇ℓ|| < 1
+    rest = np.delete(np.arange(80), easy)
+    a_f, a_r = augment(X[[easy]]), augment(X[rest])
+    first = np.linalg.norm(LOGISTIC.gradient(theta0, a_f, Y[[easy]]))
+    assert first < 1e-2
+    theta, report = newton_removal(LOGISTIC, theta0, a_f, Y[[easy]], a_r, Y[rest], 2.0, 1,
+                                   None, 1)
+    left = np.linalg.norm(LOGISTIC.gradient(theta, a_r, Y[rest]) + 2.0 * theta)
+    assert report.residual_ratio == pytest.approx(left / first, rel=1e-3)
+
+
+def test_the_recipe_check_allows_rounding_and_nothing_more() -> None:
+    recipe = Recipe(reduction="mean", weight_decay=0.025)
+    close = LinearModel.fit(X, Y, l2=recipe.lam(80) * (1 + 1e-12))
+    new, _ = linear_forget(close, (X[F], Y[F]), (X[R], Y[R]), 1, None, 1, recipe)
+    assert new.l2 == pytest.approx(recipe.lam(68))
+    off = LinearModel.fit(X, Y, l2=recipe.lam(80) * (1 + 1e-6))
+    with pytest.raises(ValueError, match="is not the recipe's λ"):
+        linear_forget(off, (X[F], Y[F]), (X[R], Y[R]), 1, None, 1, recipe)

@@ -256,3 +256,10 @@ def test_top_k_is_the_k_largest_magnitudes_for_any_k(seed: int) -> None:
 def test_a_result_has_no_damping_unless_influence_set_one() -> None:
     r = _result([1.0])
     assert r.damping == 0.0 and r.damping_source == ""
+
+
+def test_one_example_used_twice_is_not_one_pass() -> None:
+    block = _block("TRAINING_STEP", example=[0, 0], step=[0, 1])
+    assert sc.default_method(_model(block, n=1)) == "influence"
+    once = _block("TRAINING_STEP", example=[0], step=[0])
+    assert sc.default_method(_model(once, n=1)) == "tracin"

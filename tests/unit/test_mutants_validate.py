@@ -294,3 +294,17 @@ def test_prediction_dims_at_their_edges_pass() -> None:
     for dim in (1, LIMITS.gradient_dim):
         payload = _prediction(dim=dim, test_gradients=np.ones(dim, "<f4").tobytes())
         assert _check(_wrap(payload), rehash=False) is None, dim
+
+
+@pytest.mark.parametrize("name", ["method_reason", "checkpoint_uri"])
+def test_applied_free_text_is_bounded(name: str) -> None:
+    assert _check(_wrap(_applied(**{name: "x" * va.MAX_TEXT_LEN})), rehash=False) is None
+    assert _check(_wrap(_applied(**{name: "x" * (va.MAX_TEXT_LEN + 1)})), rehash=False) == \
+        f"unlearning_applied.{name} is longer than {va.MAX_TEXT_LEN} characters"
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf")])
+def test_applied_replay_estimate_is_a_finite_non_negative_number(seconds: float) -> None:
+    assert _check(_wrap(_applied(estimated_replay_seconds=0.0)), rehash=False) is None
+    assert _check(_wrap(_applied(estimated_replay_seconds=seconds)), rehash=False) == \
+        "unlearning_applied.estimated_replay_seconds must be a finite number >= 0"
