@@ -185,7 +185,8 @@ def _lineage_status(status: str, why: str, chain: list[ModelVersion]) -> Section
 
 
 def _sections(record: RecordKeeping, samples: AttributionSamples,
-              timeline: TrainingTimeline, chain: list[ModelVersion]) -> list[SectionStatus]:
+              timeline: TrainingTimeline, chain: list[ModelVersion],
+              erasures: list[Erasure]) -> list[SectionStatus]:
     """Per section, how far it is proven (see SectionStatus); a checkpoint artefact that
     does not match its version's parameter hash fails the model lineage."""
     failed = [f"{len(record.problems)} chain problem(s)"] if record.problems else []
@@ -207,7 +208,9 @@ def _sections(record: RecordKeeping, samples: AttributionSamples,
         _lineage_status(status, why, chain),
         SectionStatus(section="data_governance", status=status, detail=why),
         SectionStatus(section="record_keeping", status=status, detail=why),
-        SectionStatus(section="erasure_log", status=status, detail=why),
+        SectionStatus(section="erasure_log", status=status, detail=why + "".join(
+            f"; request {e.request_id}: requester not authenticated (no token auth)"
+            for e in erasures if not e.requester_authenticated)),
         SectionStatus(section="attribution_samples", status=computed if
                       samples.status == "computed" else status,
                       detail="influence computed from the verified gradient rows" if
@@ -279,4 +282,4 @@ def _build(store: Store, rebuild: Rebuild, model_id: str, version: str,
         erasure_log=erasures,
         attribution_samples=samples,
         training_timeline=timeline,
-        sections=_sections(record, samples, timeline, chain))
+        sections=_sections(record, samples, timeline, chain, erasures))

@@ -42,6 +42,8 @@ def test_every_fact_names_the_verified_event_it_came_from(filled) -> None:
     assert rk["ok"] and not rk["excluded_events"], rk
     assert rk["derived_tables"] and all(t["equal"] for t in rk["derived_tables"])
     assert set(_status(report).values()) <= {"verified", "declared", "computed"}
+    erasure_section = next(x for x in report["sections"] if x["section"] == "erasure_log")
+    assert f"request {ids['request']}: requester not authenticated" in erasure_section["detail"]
     refs = [v["evidence"] for v in report["model_lineage"]]
     for src in report["data_governance"]["sources"]:
         refs.append(src["evidence"])
