@@ -95,6 +95,15 @@ def _split_rows(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.nda
     return perm[n_test:], perm[:n_test]
 
 
+def _die_with_parent() -> None:
+    """In the serve child (Linux): SIGTERM when this benchmark dies, even by SIGKILL, so a
+    killed run leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Service:
     """`headwater serve` in a child process on a free loopback port, stopped by its pid:
     trainers publish to it over gRPC, scores come from Attribution.AttributeAll."""
@@ -111,7 +120,8 @@ class Service:
         self.log = open(work / "serve.log", "w")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "headwater.cli", "serve", "--data-dir", str(work / "data"),
-             "--listen", self.target], stdout=self.log, stderr=subprocess.STDOUT)
+             "--listen", self.target], stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:

@@ -1,5 +1,5 @@
-"""Fast run of benchmarks/attribution_lds.py (CI sizes: 30 subsets, 20 test points, 6 digits
-epochs), every score through `headwater serve`'s AttributeAll: a broken method (random or
+"""Small run of benchmarks/attribution_lds.py (20 subsets, 10 test points, 4 digits epochs),
+every score through `headwater serve`'s AttributeAll: a broken method (random or
 sign-flipped scores, a wrong default) gives an LDS about 0 or below and fails here."""
 
 from __future__ import annotations
@@ -8,13 +8,16 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
+@pytest.mark.timeout(1500)  # a serve, four traced trainings and ~200 AttributeAll calls
 def test_lds_benchmark_fast() -> None:
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "attribution_lds.py"),
-                           "--fast", "--no-trak", "--epochs", "6", "--json"],
-                          capture_output=True, text=True, timeout=900)
+                           "--subsets", "20", "--tests", "10", "--no-trak", "--epochs", "4",
+                           "--json"], capture_output=True, text=True, timeout=1400)
     assert done.returncode == 0, done.stderr[-4000:]
     figures = json.loads(done.stdout)
 
@@ -30,8 +33,8 @@ def test_lds_benchmark_fast() -> None:
     m = digits["methods"]
     for v in (1, 5, 10):
         assert m[f"default, {v} versions"]["method"] == "influence"
-        assert m[f"default, {v} versions"]["lds"] >= 0.25, (v, m)
-        assert m[f"tracin, {v} versions"]["lds"] >= 0.2, (v, m)
+        assert m[f"default, {v} versions"]["lds"] >= 0.15, (v, m)
+        assert m[f"tracin, {v} versions"]["lds"] >= 0.15, (v, m)
 
     for learner in ("linear", "mlp"):
         stream = figures[f"stream_{learner}"]
