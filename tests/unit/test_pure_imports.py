@@ -15,6 +15,8 @@ PURE = [
     "headwater.stream_processors.processors.validate",
     "headwater.stream_processors.processors.rows",
     "headwater.stream_processors.processors.gradients",
+    "headwater.stream_processors.processors.gradient_columns",
+    "headwater.stream_processors.processors.gradient_screen",
     "headwater.stream_processors.processors.chunks",
     "headwater.stream_processors.processors.derived",
     "headwater.stream_processors.processors.first_write",
