@@ -40,6 +40,7 @@ from headwater.query_service.compliance.model import (
     SplitStatistics,
     TimeRange,
 )
+from headwater.query_service.compliance.source_stats import source_statistics
 from headwater.query_service.lineage.graph import LineageGraph
 from headwater.query_service.tables import (
     LineageNode,
@@ -69,13 +70,17 @@ def _direct(traces: Iterable[Trace]) -> dict[str, set[int]]:
 
 
 def split_statistics(graph: LineageGraph, splits: dict[str, dict[str, np.ndarray]],
-                     sources: dict[str, str]) -> SplitStatistics:
+                     sources: dict[str, str], described: list[Source]) -> SplitStatistics:
     """Per split ("training", "test/prediction"): the source rows it draws on directly, by
-    source. `sources`: source node -> source id."""
+    source; per described source, counts from its file (source_stats). `sources`: source
+    node -> source id."""
     out = []
+    rows_of: dict[str, dict[str, set[int]]] = defaultdict(dict)  # source id -> split -> rows
     for split, keys in splits.items():
         direct = _direct(_traces(graph, keys))
         total = sum(len(r) for r in direct.values())
+        for node, rows in direct.items():
+            rows_of[sources.get(node, node)][split] = rows
         out.append(SplitShare(split=split, rows=int(sum(len(r) for r in keys.values())),
                               source_rows={sources.get(n, n): len(r)
                                            for n, r in sorted(direct.items())},
@@ -83,9 +88,10 @@ def split_statistics(graph: LineageGraph, splits: dict[str, dict[str, np.ndarray
                                      for n, r in sorted(direct.items())} if total else {}))
     return SplitStatistics(
         splits=out,
-        absent=["class balance, missing values and value distributions per source and "
-                "split: the SDK records no column values or statistics, so none are "
-                "reported (never estimated)"])
+        sources=[source_statistics(s.source_id, s.uri, s.format, s.content_sha256,
+                                   rows_of.get(s.source_id, {})) for s in described],
+        absent=["distributions of columns with many distinct values (only counts leave the "
+                "store)", "bias examination (Art. 10(2)(f),(g)): not computed"])
 
 
 def leakage_check(graph: LineageGraph, training: dict[str, np.ndarray],
@@ -253,7 +259,7 @@ def data_governance(rebuild: Rebuild, model_id: str, versions: list[str]) -> Dat
                  if n.kind == "source"}
     try:
         splits = split_statistics(graph, {"training": training_keys,
-                                          "test/prediction": test_keys}, source_of)
+                                          "test/prediction": test_keys}, source_of, sources)
         leakage = leakage_check(graph, training_keys, test_keys)
     except (KeyError, ValueError) as exc:  # lineage that cannot be traced: say so
         splits = SplitStatistics(splits=[], absent=[f"lineage could not be traced: {exc}"])

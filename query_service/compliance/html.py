@@ -413,6 +413,21 @@ def render_html(report: ReportBody) -> str:
                                                     f"({x.share.get(k, 0):.0%})"
                                                     for k, n in x.source_rows.items()))]
         for x in dg.split_statistics.splits]))
+    rows = []
+    for st in dg.split_statistics.sources:
+        if st.status != "computed":
+            rows.append([e(names_of.get(st.source_id, st.source_id)), "—", "—",
+                         f'<span class="missing">not computed: {e(st.detail)}</span>'])
+            continue
+        for split, cols in st.by_split.items():
+            balance = "; ".join(f"{c.column}: " + ", ".join(f"{v} ×{n}" for v, n in
+                                                            (c.value_counts or {}).items())
+                                for c in cols if c.value_counts)
+            rows.append([e(names_of.get(st.source_id, st.source_id)), e(split),
+                         e(sum(c.missing for c in cols)), e(balance or "—")])
+    if rows:
+        out.append(_table(["source", "rows", "missing values", "value counts (few-valued "
+                           "columns: class balance)"], rows))
     for line in dg.split_statistics.absent:
         out.append(f'<p class="missing">Not reported: {e(line)}</p>')
     for line in dg.declarations_missing:

@@ -206,10 +206,30 @@ class SplitShare(_Strict):
     share: dict[str, float]
 
 
+class ColumnCounts(_Strict):
+    column: str
+    missing: int = Field(description="null or NaN values")
+    value_counts: dict[str, int] | None = Field(
+        description="rows per value, for a column with at most 10 distinct values (class "
+                    "balance); null for other columns (no values leave the store)")
+
+
+class SourceStatistics(_Strict):
+    """Counts computed from a source's file, when reachable and still matching its hash."""
+
+    source_id: str
+    status: Literal["computed", "not computed"]
+    detail: str
+    by_split: dict[str, list[ColumnCounts]] = Field(
+        description="'all rows', then each split: counts over the source rows it draws on")
+
+
 class SplitStatistics(_Strict):
-    """Per split, where its rows come from (computed from lineage)."""
+    """Per split, where its rows come from (computed from lineage), and per source and
+    split, missing values and class balance (computed from the files)."""
 
     splits: list[SplitShare]
+    sources: list[SourceStatistics] = Field(default_factory=list)
     absent: list[str] = Field(description="statistics that cannot be computed here, and why")
 
 

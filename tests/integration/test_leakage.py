@@ -55,6 +55,30 @@ def test_leakage_check_from_lineage(store, tmp_path, leaky) -> None:
     assert sum(splits["training"]["source_rows"].values()) == 455
     assert sum(splits["test/prediction"]["source_rows"].values()) == 3
     assert governance["declarations_missing"] == []  # personal columns and code versions
+    # per source and split: missing values and class balance, counted from the files
+    stats = {s["source_id"]: s for s in governance["split_statistics"]["sources"]}
+    assert {s["status"] for s in stats.values()} == {"computed"}
+    for sid, st in stats.items():
+        label = {split: next(c for c in cols if c["column"] == "label")
+                 for split, cols in st["by_split"].items()}
+        assert sum(label["training"]["value_counts"].values()) == \
+            splits["training"]["source_rows"][sid]
+        assert sum(label["all rows"]["value_counts"].values()) in (341, 228)
+        assert all(c["missing"] == 0 for c in st["by_split"]["all rows"])
+        assert next(c for c in st["by_split"]["all rows"] if c["column"] == "mean_radius")[
+            "value_counts"] is None  # many distinct values: no values leave the store
+
+
+def test_a_changed_source_file_is_not_counted(store, tmp_path) -> None:
+    _governance(store, tmp_path / "a", leaky=False)
+    path = tmp_path / "a" / "hospital_b.csv"
+    path.write_text(path.read_text().replace("\n1", "\n0", 1))  # one value changed
+    governance = build_report(store, "clf", max_samples=0).model_dump(
+        mode="json")["data_governance"]
+    by_uri = {s["source_id"]: s for s in governance["split_statistics"]["sources"]}
+    b = next(s for s in governance["sources"] if s["uri"].endswith("hospital_b.csv"))
+    assert by_uri[b["source_id"]]["status"] == "not computed"
+    assert "no longer hashes to the registered SHA-256" in by_uri[b["source_id"]]["detail"]
 
 
 def test_undeclared_personal_data_and_code_version_are_reported_missing(store, tmp_path):

@@ -1,0 +1,84 @@
+"""Per-source and per-split counts computed from the source files themselves (Art. 10(2)).
+
+When a source's file is reachable from where the report is built (a `file://` URI) and its
+bytes still hash to the SHA-256 registered in its SourceRegistered event, the file is read
+and, per split (all rows, and the rows each split draws on row-wise), every column's
+missing values are counted and, for columns with few distinct values (labels, categories),
+the rows per value (class balance). Only counts leave the store: no value of a column with
+many distinct values is reported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from headwater.producers.tracking.sources import file_sha256
+from headwater.query_service.compliance.model import ColumnCounts, SourceStatistics
+
+MAX_DISTINCT = 10  # a column with at most this many distinct values gets value counts
+MAX_BYTES = 512 * 2**20  # larger files are not read here (bounded work)
+
+
+def _read(path: Path, fmt: str) -> pa.Table:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
+    import pyarrow.csv as pacsv
+
+    return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True))
+
+
+def _counts(table: pa.Table) -> list[ColumnCounts]:
+    out = []
+    for name in table.column_names:
+        column = table[name]
+        missing = column.null_count
+        if pa.types.is_floating(column.type):
+            missing += int(pc.sum(pc.is_nan(column)).as_py() or 0)
+        distinct = pc.unique(column.drop_null())
+        values = None
+        if len(distinct) <= MAX_DISTINCT:
+            counted = pc.value_counts(column.drop_null())
+            values = {str(v["values"]): int(v["counts"]) for v in counted.to_pylist()}
+        out.append(ColumnCounts(column=name, missing=int(missing), value_counts=values))
+    return out
+
+
+def source_statistics(source_id: str, uri: str, fmt: str, sha256: str,
+                      splits: dict[str, set[int]]) -> SourceStatistics:
+    """Counts over all rows and over each split's rows (source row numbers) of one source."""
+    def absent(why: str) -> SourceStatistics:
+        return SourceStatistics(source_id=source_id, status="not computed", detail=why,
+                                by_split={})
+
+    parts = urlsplit(uri)
+    if parts.scheme != "file":
+        return absent(f"only file:// sources are read here, not {parts.scheme or uri}")
+    if fmt not in ("csv", "parquet"):
+        return absent(f"format {fmt!r} is not read here (csv, parquet)")
+    path = Path(unquote(parts.path))
+    if not path.is_file():
+        return absent(f"{path} is not reachable from where the report is built")
+    if path.stat().st_size > MAX_BYTES:
+        return absent(f"{path.name} is larger than {MAX_BYTES // 2**20} MiB")
+    if file_sha256(path) != sha256:
+        return absent(f"{path.name} no longer hashes to the registered SHA-256: it is not "
+                      "the file that was registered, so nothing is computed from it")
+    try:
+        table = _read(path, fmt)
+    except (pa.ArrowInvalid, OSError) as exc:
+        return absent(f"{path.name} could not be read: {exc}"[:300])
+    by_split = {"all rows": _counts(table)}
+    for split, rows in splits.items():
+        index = np.asarray(sorted(r for r in rows if r < table.num_rows), dtype=np.int64)
+        by_split[split] = _counts(table.take(pa.array(index)))
+    return SourceStatistics(source_id=source_id, status="computed",
+                            detail=f"{path.name} read after its SHA-256 matched the "
+                                   f"registered one; {table.num_rows:,} rows",
+                            by_split=by_split)
