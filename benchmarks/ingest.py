@@ -601,7 +601,7 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
                 future.result(timeout=30)
         with step(progress, "kafka: starting headwater process"):
             argv = [*HEADWATER, "process", "--dsn", dsn, "--kafka-bootstrap", bootstrap,
-                    "--topic", topic, "--group", group]
+                    "--topic", topic, "--group", group, "--partitions", str(args.partitions)]
             if args.process_batch_size:
                 argv += ["--batch-size", str(args.process_batch_size)]
             processor = Child("headwater process", argv, work / "process.log")

@@ -37,8 +37,11 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = None
     kafka_topic: str = "headwater.events"
     kafka_group: str = "headwater-processors"
-    kafka_partitions: int = Field(8, gt=0, description="partitions when `process` creates "
-                                  "the topic")
+    kafka_partitions: int = Field(8, gt=0, description="the events topic's partitions: "
+                                  "`headwater topics create` makes it so, `process` refuses "
+                                  "a topic with another count")
+    kafka_replication: int = Field(1, gt=0, description="replication factor `headwater "
+                                   "topics create` gives the events topic")
     kafka_config: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict,
         description="extra librdkafka/aiokafka settings (SASL, TLS) as a JSON object",

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from headwater.errors import HeadwaterError, StoreError
 from headwater.producers.transports.base import Ack, Record
@@ -57,22 +57,6 @@ def check_reachable(bootstrap: str, config: dict[str, Any], timeout: float = 10.
         if down or time.monotonic() >= deadline:
             why = errors[-1].str() if errors else f"no answer within {timeout:.0f}s"
             raise HeadwaterError(f"cannot reach Kafka at {bootstrap}: {why}")
-
-
-def ensure_topic(bootstrap: str, topic: str, partitions: int, config: dict[str, Any],
-                 timeout: float = 10.0) -> int:
-    """Create `topic` if it does not exist; return its partition count."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, **config})
-    meta = admin.list_topics(timeout=timeout)
-    if topic in meta.topics:
-        return len(meta.topics[topic].partitions)
-    future = admin.create_topics([NewTopic(topic, partitions, 1)])[topic]
-    try:
-        future.result(timeout=timeout)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise HeadwaterError(f"cannot create topic {topic!r}: {exc}") from None
-    return partitions
 
 
 CRASH_AFTER_INSERT = "HEADWATER_TEST_CRASH_AFTER_INSERT"

@@ -8,6 +8,7 @@ settings in common.py. Settings come from HEADWATER_* variables; flags override.
     audit.py        audit verify|report|check, and `report` (= audit report)
     attribution.py  attribute, forget
     replay.py       replay
+    topics.py       topics create|check                 (the Kafka events topic)
     migrate.py      migrate
     demo.py         demo                            (headwater.demo)
 """
@@ -29,6 +30,7 @@ from headwater.cli.replay import replay
 from headwater.cli.serve import process, query_service, serve
 from headwater.cli.sql import sql
 from headwater.cli.status import status
+from headwater.cli.topics import topics
 from headwater.errors import HeadwaterError
 
 
@@ -48,7 +50,7 @@ def cli(log_level: str | None, log_format: str | None) -> None:
 
 # in the order `headwater --help` lists them (alphabetical); `report` is `audit report`
 for command in (serve, query_service, process, sql, status, lineage, migrate, demo, attribute,
-                forget, audit, report, replay):
+                forget, audit, report, replay, topics):
     cli.add_command(command)
 
 

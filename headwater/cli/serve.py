@@ -125,25 +125,29 @@ def query_service(dsn: str | None, listen: str | None) -> None:
 @kafka_option
 @click.option("--topic", default=None, help="Events topic [HEADWATER_KAFKA_TOPIC]")
 @click.option("--group", default=None, help="Consumer group [HEADWATER_KAFKA_GROUP]")
+@click.option("--partitions", type=int, default=None, help="Partitions the topic must have "
+              "[HEADWATER_KAFKA_PARTITIONS; 8]")
 @click.option("--batch-size", type=int, default=None, help="Events per ClickHouse insert")
 def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
-            group: str | None, batch_size: int | None) -> None:
+            group: str | None, partitions: int | None, batch_size: int | None) -> None:
     """Distributed mode: consume events from Kafka into ClickHouse (a consumer group)."""
     from headwater.stream_processors.kafka_runner import (
         KafkaRunner,
         check_reachable,
-        ensure_topic,
         run_until_signalled,
     )
+    from headwater.stream_processors.kafka_topics import check_topic
 
     settings = load_settings(dsn=dsn, kafka_bootstrap=kafka_bootstrap, kafka_topic=topic,
-                         kafka_group=group, batch_size=batch_size)
+                         kafka_group=group, kafka_partitions=partitions,
+                         batch_size=batch_size)
     if not settings.kafka_bootstrap:
         raise HeadwaterError("no Kafka broker: pass --kafka-bootstrap or set "
                              "HEADWATER_KAFKA_BOOTSTRAP")
     check_reachable(settings.kafka_bootstrap, settings.kafka_config)
-    partitions = ensure_topic(settings.kafka_bootstrap, settings.kafka_topic,
-                              settings.kafka_partitions, settings.kafka_config)
+    # managed, never auto-created: a missing topic or another partition count stops here
+    shape = check_topic(settings.kafka_bootstrap, settings.kafka_topic,
+                        settings.kafka_partitions, settings.kafka_config)
     configure_telemetry(settings, "headwater-process")
     store = open_store(settings)
     observe_store(store)
@@ -154,7 +158,7 @@ def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
                          settings.kafka_topic, settings.kafka_group,
                          batch_size=settings.batch_size, within=settings.batch_within,
                          kafka_config=settings.kafka_config, on_batch=progress.add)
-    status(f"headwater process: {settings.kafka_topic} ({partitions} partitions) @ "
+    status(f"headwater process: {settings.kafka_topic} ({shape.partitions} partitions) @ "
                   f"{settings.kafka_bootstrap} -> {store.dsn.redacted} "
                   f"(group {settings.kafka_group}); Ctrl-C to stop")
     try:

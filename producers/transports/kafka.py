@@ -76,6 +76,9 @@ class KafkaTransport:
             "message.max.bytes": max(max_message_bytes + 65_536, 1_000_000),
             "queue.buffering.max.messages": max_pending,
             "delivery.timeout.ms": int(stall_timeout * 2 * 1000),
+            # the topic is managed (`headwater topics create`): a broker that lost it must
+            # not re-create it with its own default partition count, re-mapping runs
+            "allow.auto.create.topics": False,
             **(dict(config) if config else {}),
         }
         self._max_message_bytes = max_message_bytes

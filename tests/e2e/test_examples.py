@@ -62,7 +62,8 @@ def test_torch_kafka_trainer_reaches_the_store_through_process(broker: Broker, t
     assert "published 6 gradient batches, 3 model versions" in done.stdout
     data = tmp_path / "clickhouse"
     proc = headwater("process", "--dsn", f"chdb://{data}", "--kafka-bootstrap",
-                     broker.bootstrap, "--topic", topic, "--group", f"g-{topic}")
+                     broker.bootstrap, "--topic", topic, "--group", f"g-{topic}",
+                     "--partitions", "1")
     lines: list[str] = []
     out = proc.stdout
     threading.Thread(target=lambda: lines.extend(out), daemon=True).start()

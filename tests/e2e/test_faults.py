@@ -207,12 +207,12 @@ class _Processor:
     """`headwater process` as a child (small batches), its output drained by a thread."""
 
     def __init__(self, bootstrap: str, topic: str, group: str, dsn: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, partitions: int = 1) -> None:
         self.bootstrap, self.topic, self.group = bootstrap, topic, group
         self.lines: list[str] = []
         self.proc = headwater("process", "--dsn", dsn, "--kafka-bootstrap", bootstrap,
                               "--topic", topic, "--group", group, "--batch-size", "25",
-                              env=env)
+                              "--partitions", str(partitions), env=env)
         out = self.proc.stdout
         threading.Thread(target=lambda: self.lines.extend(out), daemon=True).start()
 
@@ -302,7 +302,6 @@ def test_broker_restarted_mid_stream_loses_nothing_acknowledged(
     published while the broker is down are reported failed (or delivered later), never
     silently dropped; republishing the failed ones after the restart gives exactly once."""
     topic = f"hw-bounce-{_uid()}"
-    # 4 partitions, as the restarted broker auto-creates the topic when the producer sends.
     own_broker.create_topic(topic, partitions=4)
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
     w = workload(_uid(), rows=160, batch=8)
@@ -319,7 +318,7 @@ def test_broker_restarted_mid_stream_loses_nothing_acknowledged(
     for e in events[:half]:
         send(e)
     transport.flush(timeout=30)
-    proc = _Processor(own_broker.bootstrap, topic, f"g-{_uid()}", dsn)
+    proc = _Processor(own_broker.bootstrap, topic, f"g-{_uid()}", dsn, partitions=4)
     try:
         proc.caught_up(half)
         own_broker.stop()
@@ -332,6 +331,9 @@ def test_broker_restarted_mid_stream_loses_nothing_acknowledged(
                 failed.add(e.event_id)
         time.sleep(1.0)
         own_broker.start()
+        # memory storage lost the topic; producers never auto-create it, the operator does
+        # (`headwater topics create`), with the same partition count
+        own_broker.create_topic(topic, partitions=4)
         try:
             transport.flush(timeout=30)
         except PublishError as exc:  # allowed, if it names what was not delivered

@@ -70,15 +70,17 @@ def _committed(bootstrap: str, topic: str, group: str) -> int:
 class Processor:
     """`headwater process` as a child process; its output is drained by a thread."""
 
-    def __init__(self, bootstrap: str, topic: str, group: str, data_dir: Path) -> None:
+    def __init__(self, bootstrap: str, topic: str, group: str, data_dir: Path,
+                 partitions: int = 1) -> None:
         self.bootstrap, self.topic, self.group, self.data_dir = bootstrap, topic, group, data_dir
+        self.partitions = partitions  # the topic's, as configured: process checks it
         self.lines: list[str] = []
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Processor:
         self.proc = headwater("process", "--dsn", f"chdb://{self.data_dir}",
                               "--kafka-bootstrap", self.bootstrap, "--topic", self.topic,
-                              "--group", self.group)
+                              "--group", self.group, "--partitions", str(self.partitions))
         out = self.proc.stdout
         threading.Thread(target=lambda: self.lines.extend(out), daemon=True).start()
         return self
@@ -131,8 +133,8 @@ def processors() -> Iterable[list[Processor]]:
 
 
 def _process(started: list[Processor], bootstrap: str, topic: str, data_dir: Path,
-             group: str | None = None) -> Processor:
-    p = Processor(bootstrap, topic, group or f"g-{_uid()}", data_dir).start()
+             group: str | None = None, partitions: int = 1) -> Processor:
+    p = Processor(bootstrap, topic, group or f"g-{_uid()}", data_dir, partitions).start()
     started.append(p)
     return p
 
@@ -376,7 +378,6 @@ def test_broker_restart_while_publishing_loses_no_acknowledged_event(
     own_broker: Broker, tmp_path: Path, processors: list[Processor]
 ) -> None:
     topic, tag = f"hw-restart-{_uid()}", _uid()
-    # 4 partitions, as the restarted broker auto-creates the topic when the producer sends.
     own_broker.create_topic(topic, partitions=4)
     data = tmp_path / "clickhouse"
     transport = KafkaTransport(own_broker.bootstrap, topic, stall_timeout=4.0,
@@ -387,7 +388,7 @@ def test_broker_restart_while_publishing_loses_no_acknowledged_event(
 
     # A is stored before the broker goes (its memory storage forgets everything on
     # restart); the processor keeps running through the restart.
-    proc = _process(processors, own_broker.bootstrap, topic, data)
+    proc = _process(processors, own_broker.bootstrap, topic, data, partitions=4)
     proc.wait_committed(100)
 
     own_broker.stop()
@@ -400,6 +401,9 @@ def test_broker_restart_while_publishing_loses_no_acknowledged_event(
         failed.update(exc.failed_event_ids)
     time.sleep(1.0)
     own_broker.start()
+    # memory storage lost the topic; producers never auto-create it, the operator does
+    # (`headwater topics create`), with the same partition count
+    own_broker.create_topic(topic, partitions=4)
     try:
         pub.flush(timeout=40)
     except PublishError as exc:  # allowed, if it names what was not delivered

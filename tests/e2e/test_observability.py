@@ -149,7 +149,7 @@ def test_process_and_query_service_serve_metrics(tmp_path: Path, broker,
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
     metrics_port = free_port()
     proc = headwater("process", "--dsn", dsn, "--kafka-bootstrap", broker.bootstrap,
-                     "--topic", topic, "--group", group,
+                     "--topic", topic, "--group", group, "--partitions", "2",
                      env={"HEADWATER_METRICS_PORT": str(metrics_port),
                           **_otel_env(receiver, "process-under-test")})
     try:

@@ -50,7 +50,7 @@ class Member:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _AT_INFO, "process", "--dsn", f"chdb://{data}",
              "--kafka-bootstrap", broker.bootstrap, "--topic", topic, "--group", group,
-             "--batch-size", "500"],
+             "--batch-size", "500", "--partitions", str(PARTITIONS)],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         out = self.proc.stdout
         threading.Thread(target=lambda: self.lines.extend(out), daemon=True).start()
