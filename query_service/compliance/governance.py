@@ -89,7 +89,8 @@ def split_statistics(graph: LineageGraph, splits: dict[str, dict[str, np.ndarray
     return SplitStatistics(
         splits=out,
         sources=[source_statistics(s.source_id, s.uri, s.format, s.content_sha256,
-                                   rows_of.get(s.source_id, {})) for s in described],
+                                   rows_of.get(s.source_id, {}), s.personal_columns)
+                 for s in described],
         absent=["distributions of columns with many distinct values (only counts leave the "
                 "store)", "bias examination (Art. 10(2)(f),(g)): not computed"])
 

@@ -211,7 +211,9 @@ class ColumnCounts(_Strict):
     missing: int = Field(description="null or NaN values")
     value_counts: dict[str, int] | None = Field(
         description="rows per value, for a column with at most 10 distinct values (class "
-                    "balance); null for other columns (no values leave the store)")
+                    "balance); a personal column's values are replaced by their rank "
+                    "('value 1': most frequent); null for other columns (no values leave "
+                    "the store)")
 
 
 class SourceStatistics(_Strict):

@@ -5,7 +5,8 @@ bytes still hash to the SHA-256 registered in its SourceRegistered event, the fi
 and, per split (all rows, and the rows each split draws on row-wise), every column's
 missing values are counted and, for columns with few distinct values (labels, categories),
 the rows per value (class balance). Only counts leave the store: no value of a column with
-many distinct values is reported.
+many distinct values is reported, and a personal column's values are replaced by their
+rank ("value 1" is the most frequent), so its balance shows but its values do not.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _read(path: Path, fmt: str) -> pa.Table:
     return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True))
 
 
-def _counts(table: pa.Table) -> list[ColumnCounts]:
+def _counts(table: pa.Table, personal: set[str]) -> list[ColumnCounts]:
     out = []
     for name in table.column_names:
         column = table[name]
@@ -44,14 +45,18 @@ def _counts(table: pa.Table) -> list[ColumnCounts]:
         distinct = pc.unique(column.drop_null())
         values = None
         if len(distinct) <= MAX_DISTINCT:
-            counted = pc.value_counts(column.drop_null())
-            values = {str(v["values"]): int(v["counts"]) for v in counted.to_pylist()}
+            counted = pc.value_counts(column.drop_null()).to_pylist()
+            if name in personal:
+                counts = sorted((int(v["counts"]) for v in counted), reverse=True)
+                values = {f"value {i}": n for i, n in enumerate(counts, 1)}
+            else:
+                values = {str(v["values"]): int(v["counts"]) for v in counted}
         out.append(ColumnCounts(column=name, missing=int(missing), value_counts=values))
     return out
 
 
 def source_statistics(source_id: str, uri: str, fmt: str, sha256: str,
-                      splits: dict[str, set[int]]) -> SourceStatistics:
+                      splits: dict[str, set[int]], personal: list[str]) -> SourceStatistics:
     """Counts over all rows and over each split's rows (source row numbers) of one source."""
     def absent(why: str) -> SourceStatistics:
         return SourceStatistics(source_id=source_id, status="not computed", detail=why,
@@ -74,10 +79,11 @@ def source_statistics(source_id: str, uri: str, fmt: str, sha256: str,
         table = _read(path, fmt)
     except (pa.ArrowInvalid, OSError) as exc:
         return absent(f"{path.name} could not be read: {exc}"[:300])
-    by_split = {"all rows": _counts(table)}
+    hidden = set(personal)
+    by_split = {"all rows": _counts(table, hidden)}
     for split, rows in splits.items():
         index = np.asarray(sorted(r for r in rows if r < table.num_rows), dtype=np.int64)
-        by_split[split] = _counts(table.take(pa.array(index)))
+        by_split[split] = _counts(table.take(pa.array(index)), hidden)
     return SourceStatistics(source_id=source_id, status="computed",
                             detail=f"{path.name} read after its SHA-256 matched the "
                                    f"registered one; {table.num_rows:,} rows",

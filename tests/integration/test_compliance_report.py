@@ -365,13 +365,13 @@ def test_personal_values_never_leave_the_store(store, tmp_path):
     x = rng.normal(size=(40, 3))
     y = (x[:, 0] > 0).astype(int)
     path = tmp_path / "patients.csv"
-    path.write_text("patient_name,national_id,a,b,c,label\n" + "".join(
-        f"{n},{i},{r[0]:.5f},{r[1]:.5f},{r[2]:.5f},{t}\n"
-        for n, i, r, t in zip(names, ids, x, y, strict=True)))
+    path.write_text("patient_name,national_id,ward,a,b,c,label\n" + "".join(
+        f"{n},{i},Zebulon-Ward-{i % 3},{r[0]:.5f},{r[1]:.5f},{r[2]:.5f},{t}\n"
+        for n, i, r, t in zip(names, ids, x, y, strict=True)))  # ward: few values
     publisher = Publisher(LocalTransport(EventSink(store, "local")), run_id="privacy")
     tracker = Tracker(publisher.publish)
     data = load_csv(tracker, path, columns=["national_id", "a", "b", "c"],
-                    personal=["patient_name", "national_id"], origin="ward export")
+                    personal=["patient_name", "national_id", "ward"], origin="ward export")
     features = data[:, 1:]
     capture = LinearCapture(publisher.publish, "ward", 3)
     model = LinearModel.fit(np.asarray(features), y.astype(float), l2=1.0)
@@ -384,7 +384,11 @@ def test_personal_values_never_leave_the_store(store, tmp_path):
 
     report = build_report(store, "ward", config=parse_config("{}", "c.json"))
     (source,) = report.data_governance.sources
-    assert source.personal_columns == ["patient_name", "national_id"]
+    assert source.personal_columns == ["patient_name", "national_id", "ward"]
+    (counted,) = report.data_governance.split_statistics.sources  # issue 23: counts only
+    ward = next(c for c in counted.by_split["all rows"] if c.column == "ward")
+    assert counted.status == "computed" and sorted(ward.value_counts or {}) == [
+        "value 1", "value 2", "value 3"]
     assert report.attribution_samples.samples[0].top_sources[0].source_id == source.source_id
     key = Ed25519PrivateKey.generate()
     text = report_text(seal(report.model_dump(mode="json"), key))

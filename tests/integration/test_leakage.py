@@ -64,6 +64,8 @@ def test_leakage_check_from_lineage(store, tmp_path, leaky) -> None:
         assert sum(label["training"]["value_counts"].values()) == \
             splits["training"]["source_rows"][sid]
         assert sum(label["all rows"]["value_counts"].values()) in (341, 228)
+        # the label is declared personal: its balance shows, its values do not
+        assert set(label["all rows"]["value_counts"]) == {"value 1", "value 2"}
         assert all(c["missing"] == 0 for c in st["by_split"]["all rows"])
         assert next(c for c in st["by_split"]["all rows"] if c["column"] == "mean_radius")[
             "value_counts"] is None  # many distinct values: no values leave the store
