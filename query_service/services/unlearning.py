@@ -83,6 +83,10 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
         self._store = store
         self._log = log
         self._lock = threading.Lock()  # one Forget at a time: ids are checked, then written
+        # Requests this service published that the store has not shown yet (Kafka: until
+        # `process` stored them): a repeat is answered from here instead of published
+        # again, and Status reports them "pending" rather than NOT_FOUND.
+        self._unstored: dict[str, query_pb2.ForgetResponse] = {}
 
     def Forget(self, request: query_pb2.ForgetRequest, context: grpc.ServicerContext):
         with _errors(context):
@@ -105,7 +109,10 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
                 "SELECT affected_rows FROM forget_requests FINAL WHERE request_id = {r:String}",
                 {"r": rid})
             if stored:  # the same request again: nothing new is recorded
+                self._unstored.pop(rid, None)
                 return query_pb2.ForgetResponse(request_id=rid, rows=stored[0][0])
+            if rid in self._unstored:  # published, not stored yet: not published twice
+                return self._unstored[rid]
             graph = LineageGraph(self._store)
             found = affected(graph, target_rows(self._store, t),
                              model_keys(self._store, request.model_id, request.run_id),
@@ -121,13 +128,20 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
             publisher = self._log(request.run_id)
             publisher.publish(event)
             publisher.flush()
-        return query_pb2.ForgetResponse(request_id=rid, affected=groups,
-                                        rows=sum(len(g.rows.rows) for g in groups))
+            response = query_pb2.ForgetResponse(request_id=rid, affected=groups,
+                                                rows=sum(len(g.rows.rows) for g in groups))
+            self._unstored[rid] = response
+        return response
 
     def _state(self, rid: str) -> query_pb2.UnlearningStatus | None:
+        """pending (published by this service, not stored yet) -> requested (stored) ->
+        applied or failed; None when the request is unknown."""
         if not self._store.query("SELECT 1 FROM forget_requests FINAL "
                                  "WHERE request_id = {r:String}", {"r": rid}):
+            if rid in self._unstored:
+                return query_pb2.UnlearningStatus(request_id=rid, state="pending")
             return None
+        self._unstored.pop(rid, None)
         rows = self._store.query(
             "SELECT hex(e.raw) FROM unlearning_applied AS u FINAL INNER JOIN events AS e FINAL "
             "ON u.event_id = e.event_id WHERE u.request_id = {r:String} "
