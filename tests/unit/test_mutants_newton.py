@@ -85,6 +85,7 @@ def test_a_kept_offset_leaves_the_unfinished_training_gradient_in_place() -> Non
                                   keep_offset=True, offset_scale=0.5)
     assert report.training_gradient == pytest.approx(np.linalg.norm(offset), rel=1e-9)
     assert _grad_retained(kept, 2.0, 0.5 * offset) < 1e-8
+    assert report.residual_ratio < 1e-6  # measured against the kept offset, not zero
     plain, _ = newton_removal(LOGISTIC, theta0, a_f, Y[F], a_r, Y[R], 2.0, 4, None, 4)
     assert _grad_retained(plain, 2.0) < 1e-8
     assert np.linalg.norm(kept - plain) > 1e-3
@@ -147,3 +148,12 @@ def test_the_recipe_check_allows_rounding_and_nothing_more() -> None:
     off = LinearModel.fit(X, Y, l2=recipe.lam(80) * (1 + 1e-6))
     with pytest.raises(ValueError, match="is not the recipe's λ"):
         linear_forget(off, (X[F], Y[F]), (X[R], Y[R]), 1, None, 1, recipe)
+
+
+def test_newton_forget_takes_one_step_unless_told() -> None:
+    model = LinearModel.fit(X, Y, l2=2.0)
+    one = newton_forget(model, X[F], Y[F], X[R], Y[R])
+    np.testing.assert_array_equal(one.params, newton_forget(model, X[F], Y[F], X[R], Y[R],
+                                                            steps=1).params)
+    two = newton_forget(model, X[F], Y[F], X[R], Y[R], steps=2)
+    assert np.abs(one.params - two.params).max() > 1e-9

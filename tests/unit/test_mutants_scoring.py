@@ -263,3 +263,11 @@ def test_one_example_used_twice_is_not_one_pass() -> None:
     assert sc.default_method(_model(block, n=1)) == "influence"
     once = _block("TRAINING_STEP", example=[0], step=[0])
     assert sc.default_method(_model(once, n=1)) == "tracin"
+
+
+def test_source_rows_are_values() -> None:
+    row = sc.SourceRow("s", "u", "n", 1)
+    assert row == sc.SourceRow("s", "u", "n", 1) and hash(row) == hash(sc.SourceRow("s", "u",
+                                                                                   "n", 1))
+    with pytest.raises(AttributeError):
+        row.row = 2  # type: ignore[misc]
