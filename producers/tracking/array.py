@@ -286,7 +286,8 @@ class TrackedArray(np.ndarray):
             if not tracked_value:
                 return  # constants in, still untracked
             self._hw_tracker, self._hw_scratch = tracker, None
-        sources = [self] if self._hw_node or self._hw_roots else []
+        sources = [self] if (self._hw_node or self._hw_roots
+                             or self._hw_pending is not None) else []
         if tracked_value:
             sources.append(value)
         if tracker._batch:
@@ -463,6 +464,7 @@ def _write_through(arr: TrackedArray) -> None:
         if base is None or base._hw_tracker is not arr._hw_tracker:
             return
         base._hw_node, base._hw_roots, base._hw_why = arr._hw_node, arr._hw_roots, arr._hw_why
+        base._hw_pending = None
         ref, seen = base._hw_alias, seen + 1
 
 

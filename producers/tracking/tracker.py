@@ -161,7 +161,7 @@ class Tracker:
             for o in out_tracked:
                 node = self.new_node_id()
                 self._op(op_name, params, inputs, node, o.shape, segments, understood)
-                o._hw_node, o._hw_roots = node, ()
+                o._hw_node, o._hw_roots, o._hw_pending = node, (), None
             return out_tracked[0] if len(out_tracked) == 1 and not isinstance(
                 result, tuple) else tuple(out_tracked)
         if isinstance(result, tuple):
@@ -185,6 +185,7 @@ class Tracker:
             for o in out_tracked:
                 if isinstance(o, TrackedArray):
                     o._hw_node, o._hw_roots, o._hw_why = None, tuple(roots), why
+                    o._hw_pending = None
             return out_tracked[0] if len(out_tracked) == 1 else tuple(out_tracked)
         if isinstance(result, (tuple, list)):
             parts = [self._wrap(r, None, tuple(roots), why) if is_array(r) else r

@@ -62,7 +62,9 @@ def setitem_segments(key: Any, shape: tuple[int, ...], own: int | None, val: int
             return []
         return [broadcast(val, 0, 1)] if not value_shape or value_shape[0] == 1 else [
             all_rows(val, 1, "value spread over a written row")]
-    entries = key if isinstance(key, tuple) else (key,)
+    entries: tuple[Any, ...] = key if isinstance(key, tuple) else (key,)
+    first: Any
+    rest: tuple[Any, ...]
     if not entries or entries[0] is Ellipsis and len(entries) == 1:
         first, rest = slice(None), ()
     elif entries[0] is Ellipsis or entries[0] is None:

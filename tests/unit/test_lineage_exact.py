@@ -365,3 +365,38 @@ def test_concat_stacks_rows_and_refuses_misaligned_columns(frame: Any) -> None:
     side = concat([f.reset_index(drop=True).select(["k"]),
                    f.reset_index(drop=True).select(["v"])], axis=1)
     assert _frame_rows(events, side.node_id, 6) == [[r] for r in range(6)]
+
+
+def test_a_pending_array_written_in_place_keeps_every_input() -> None:
+    """Writing into a pending array (out=, x[k] = v) records it first: the write's own
+    inputs are never lost behind stale element ids."""
+    rec = Recorder()
+    x = rec.source(_values(), "src")
+    other = rec.source(_values()[::-1].copy(), "oth")
+    y = x.T
+    np.add(other.T, 1.0, out=y)  # y's values now come from `other` only
+    _only_other(rec.resolve(y.T))
+    z = x.T
+    z[1] = other.T[2]  # row 1 of x.T (column 1 of x) now holds column 2 of other
+    back = z.T
+    assert all(("oth", r) in s and ("src", r) in s for r, s in enumerate(rec.resolve(back)))
+
+
+def test_a_pending_tensor_written_through_out_keeps_its_inputs() -> None:
+    torch = pytest.importorskip("torch")
+    from headwater.producers.tracking.torch import track_tensor
+
+    rec = Recorder()
+    x = track_tensor(rec.tracker, torch.as_tensor(_values()), "src")
+    other = track_tensor(rec.tracker, torch.as_tensor(_values()[::-1].copy()), "oth")
+    rec.sources.update(src=ROWS, oth=ROWS)
+    y = x.T
+    torch.add(other.T, 1.0, out=y)
+    _only_other(rec.resolve(y.T))
+
+
+def _only_other(traced: list[set[tuple[str, int]]]) -> None:
+    """Sound after an out= write into rows that had moved: each row holds its row of
+    `other` (recorded row-level there, so possibly more of it) and nothing of the old x."""
+    for r, found in enumerate(traced):
+        assert ("oth", r) in found and not any(src == "src" for src, _ in found)

@@ -83,6 +83,10 @@ def _pick(data: Any, pool: Pool, label: str,
     if not fits:
         return None
     t, sets = data.draw(st.sampled_from(fits), label=label)
+    if isinstance(t, TrackedTensor) and t.tracker is not None:
+        # rows on another dim stay pending (element-level) until used; the reference is
+        # row-level, so record them now (their element-level exactness: test_lineage_exact)
+        t.node_id  # noqa: B018
     return t, expand(sets, tuple(t.shape))
 
 

@@ -301,7 +301,7 @@ def _setitem(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                                            "tracked values with this key (all rows)"))
     node = tracker.new_node_id()
     tracker._op(call.name, "{}", call.nodes, node, x.shape, segments, understood)
-    x._hw_node, x._hw_roots = node, ()
+    x._hw_node, x._hw_roots, x._hw_pending = node, (), None
 
 
 @rule("torch", "index_select", spaces="torch Tensor")

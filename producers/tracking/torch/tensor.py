@@ -242,7 +242,7 @@ def _returned_input(func: Any, rule: Any, args: tuple[Any, ...], kwargs: dict[st
     ((segments, ok, params),) = call.specs(rule, [result])
     node = tracker.new_node_id()
     tracker._op(call.name, params, call.nodes, node, result.shape, segments, ok)
-    result._hw_node, result._hw_roots = node, ()
+    result._hw_node, result._hw_roots, result._hw_pending = node, (), None
     return result
 
 
