@@ -23,11 +23,17 @@ Requests come from the service's `Unlearning.Pending`, which reads the event log
 counts as done only once its `UnlearningApplied` is stored, so a restarted trainer re-reads
 every request, learns which rows are already forgotten, and applies only what was not
 applied yet.
+
+A request whose `apply` raises is published FAILED (the error says which attempt, and when
+the next one is due) and the exception re-raised to the caller of `poll`; later polls try it
+again after `retry_after` seconds, doubling each time, `max_attempts` times in all, then
+leave it (FAILED on the log, a warning logged) until the listener is made again.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import secrets
 import time
@@ -62,6 +68,8 @@ from headwater.producers.unlearning.replay import (
 )
 from headwater.producers.unlearning.rows import Rows
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
+
+log = logging.getLogger("headwater.unlearning")
 
 
 @dataclass(frozen=True)
@@ -277,7 +285,11 @@ class UnlearningListener:
     def __init__(self, publisher: Any, target: str, *, model_id: str, dataset: Any,
                  apply: Apply, capture: Recorder | None = None, min_interval: float = 1.0,
                  timeout: float = 60.0, tls_ca_file: str | None = None,
-                 token: str | None = None, outcomes: Any = None) -> None:
+                 token: str | None = None, outcomes: Any = None, max_attempts: int = 3,
+                 retry_after: float = 30.0) -> None:
+        if max_attempts < 1 or retry_after < 0:
+            raise ValueError(f"max_attempts must be >= 1 and retry_after >= 0; got "
+                             f"{max_attempts} and {retry_after}")
         token = _listener_token(token)
         self.publisher = publisher
         self._own_outcomes = outcomes is None
@@ -290,6 +302,8 @@ class UnlearningListener:
         self.capture = capture
         self.min_interval = min_interval
         self.timeout = timeout
+        self.max_attempts, self.retry_after = max_attempts, retry_after
+        self.failures: dict[str, tuple[int, float]] = {}  # request id -> (attempts, next at)
         self._channel = open_channel(target, security_from_env(tls_ca_file=tls_ca_file,
                                                                token=token))
         self._stub = query_pb2_grpc.UnlearningStub(self._channel)
@@ -351,8 +365,12 @@ class UnlearningListener:
         self._last_poll = now
         done = []
         for item in self._pending():
-            if item.request.request_id in self.applied_ids:
+            rid = item.request.request_id
+            if rid in self.applied_ids:
                 continue
+            attempts, due = self.failures.get(rid, (0, now))
+            if attempts >= self.max_attempts or now < due:
+                continue  # given up, or backing off: never a tight loop over a failure
             done.append(self._apply(item))
         return done
 
@@ -372,8 +390,16 @@ class UnlearningListener:
             try:
                 outcome = self.apply(new, request)
             except Exception as exc:  # noqa: BLE001 - reported on the log, then re-raised
+                attempts = self.failures.get(request.request_id, (0, 0.0))[0] + 1
+                wait = self.retry_after * 2 ** (attempts - 1)
+                self.failures[request.request_id] = (attempts, time.monotonic() + wait)
+                then = (f"next in {wait:g} s" if attempts < self.max_attempts
+                        else "not tried again")
+                log.warning("forget request %s failed (attempt %d of %d, %s): %s",
+                            request.request_id, attempts, self.max_attempts, then, exc)
                 event.status = event.FAILED
-                event.error = f"{type(exc).__name__}: {exc}"
+                event.error = (f"{type(exc).__name__}: {exc} (attempt {attempts} of "
+                               f"{self.max_attempts}; {then})")
                 event.duration_seconds = time.perf_counter() - started
                 self._publish(event)
                 raise
@@ -396,13 +422,13 @@ class UnlearningListener:
 
 
 def _node_of(dataset: Any) -> str:
+    """The lineage node of a tracked array, tensor or frame (each has `tracker` and
+    `node_id`; a deferred derivation is recorded now), or a node id given as a string."""
     if isinstance(dataset, str):
         return dataset
-    tracker = getattr(dataset, "tracker", None) or getattr(dataset, "_hw_tracker", None)
-    if isinstance(tracker, Tracker):
-        return tracker.node_of(dataset) if hasattr(dataset, "_hw_node") else dataset.node_id
-    node = getattr(dataset, "node_id", None)
-    if isinstance(node, str) and node:
-        return node
+    if isinstance(getattr(dataset, "tracker", None), Tracker):
+        node = dataset.node_id
+        if isinstance(node, str) and node:
+            return node
     raise TypeError("dataset must be a tracked array/tensor/frame or a lineage node id; got "
                     f"{type(dataset).__name__}")
