@@ -89,6 +89,14 @@ def test_tracin_without_training_steps_is_refused_naming_what_to_capture(publish
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "training-step" in err.value.details()
         assert "learning_rate" in err.value.details()
+    # a prediction that does not exist; the largest `versions` is just "all of them"
+    with pytest.raises(grpc.RpcError) as err:
+        list(published.AttributeAll(query_pb2.AttributeRequest(prediction_id="missing"),
+                                    timeout=60))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    widest = published.Attribute(query_pb2.AttributeRequest(
+        prediction_id="p0", versions=2**32 - 1, top_k=3), timeout=60)
+    assert widest.model_version == "v1" and len(widest.helpful) == 3
 
 
 @pytest.mark.parametrize("damping", [-1.0, float("nan"), float("inf")])
