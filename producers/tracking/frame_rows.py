@@ -161,9 +161,15 @@ def groupby_agg(frame: TrackedFrame, by: Any, func: Any = None, *, sort: bool = 
     sizes = np.array([len(m) for m in members], dtype=np.int64)
     names = [str(c) for c in out.columns]
     key_names = {str(k) for k in keys}
-    columns = [events_pb2.ColumnMapping(
-        output_column=c, input=0, input_columns=[c] if c in {str(x) for x in frame.columns}
-        else [], transformation="IDENTITY" if c in key_names else AGGREGATION) for c in names]
+    inputs = {str(x) for x in frame.columns}
+    source_of = {str(o): str(spec[0]) for o, spec in named.items()
+                 if isinstance(spec, tuple) and spec}  # total=("v", "sum")
+    columns = []
+    for c, raw in zip(names, out.columns, strict=True):
+        src = source_of.get(c, str(raw[0]) if isinstance(raw, tuple) else c)
+        columns.append(events_pb2.ColumnMapping(
+            output_column=c, input=0, input_columns=[src] if src in inputs else [],
+            transformation="IDENTITY" if c in key_names else AGGREGATION))
     params = {"by": [str(k) for k in keys], "groups": len(members)}
     if len(members) and sizes.max() > MAX_GROUP_ROWS:
         reason = f"op not understood: a group of more than {MAX_GROUP_ROWS} rows"

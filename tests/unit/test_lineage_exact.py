@@ -348,6 +348,10 @@ def test_groupby_agg_rows_depend_on_their_group(frame: Any) -> None:
     assert op.op_name == "pandas.DataFrameGroupBy.agg" and op.understood
     kinds = {c.output_column: c.transformation for c in op.columns}
     assert kinds == {"k": "IDENTITY", "v": "AGGREGATION", "row": "AGGREGATION"}
+    named = f.groupby("k").agg(total=("v", "sum"), first=("row", "min"))
+    assert _frame_rows(events, named.node_id, 3) == [[1, 4], [3], [0, 2, 5]]
+    assert {c.output_column: list(c.input_columns) for c in events[-1].columns} == {
+        "k": ["k"], "total": ["v"], "first": ["row"]}
 
 
 def test_concat_stacks_rows_and_refuses_misaligned_columns(frame: Any) -> None:
