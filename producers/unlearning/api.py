@@ -3,6 +3,7 @@ recorded with every request."""
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from headwater.producers.unlearning.newton import (
     linear_forget,
 )
 from headwater.producers.unlearning.recipe import Recipe
+from headwater.producers.unlearning.replay import LoadRows, replay_forget
 from headwater.producers.unlearning.rows import (
     Rows,
     pair,
@@ -39,7 +41,7 @@ from headwater.producers.unlearning.verification import (
 from headwater.v1 import events_pb2
 
 if TYPE_CHECKING:
-    pass
+    from headwater.producers.checkpoints import Checkpoints
 
 
 # -- verification and the one entry point ---------------------------------------------------
@@ -132,12 +134,40 @@ class UnlearnResult:
     trained_on: RowDigest | None = None
 
 
+def _replayed(model: Any, forget: Rows, test: Rows | None, held_out: Rows | None,
+              retrain: bool | Callable[[], Any], task: str | None,
+              checkpoints: Checkpoints | None, rows: Any,
+              load_rows: LoadRows | None) -> UnlearnResult:
+    """unlearn(method="replay"): replay_forget on the hook, verified like the others."""
+    if checkpoints is None or rows is None or load_rows is None:
+        raise ValueError("method 'replay' needs checkpoints= (the trainer's Checkpoints hook), "
+                         "rows= (the dataset rows to leave out) and load_rows= (keys -> x, y)")
+    if checkpoints.model is not model:
+        raise ValueError("the checkpoint hook holds another model: a replay restores into "
+                         "the hook's model")
+    if retrain is True:
+        raise ValueError("retrain=True refits LinearModels only; pass a callable")
+    before = copy.deepcopy(model)
+    started = time.perf_counter()
+    report = replay_forget(checkpoints, np.asarray(rows, dtype=np.int64), load_rows)
+    seconds = time.perf_counter() - started
+    verification, extra = _verify(before, model, forget, test, held_out, retrain or None,
+                                  task or checkpoints.task)
+    detail: dict[str, Any] = {"steps_replayed": report.steps_replayed,
+                              "steps_skipped": report.steps_skipped,
+                              "checkpoint_uri": report.checkpoint_uri,
+                              "checkpoints_rewritten": report.checkpoints_rewritten, **extra}
+    return UnlearnResult(model, verification, events_pb2.REPLAY, seconds, detail)
+
+
 def unlearn(model: Any, forget: Rows, retain: Rows, *, test: Rows | None = None,
             held_out: Rows | None = None, method: int | str = "auto",
             retrain: bool | Callable[[], Any] = False, inplace: bool = False,
             newton_steps: int | str = "auto", tol: float = 0.05,
             trained_on: RowDigest | None = None, task: str | None = None,
-            recipe: Recipe | None = None, **torch_options: Any) -> UnlearnResult:
+            recipe: Recipe | None = None, checkpoints: Checkpoints | None = None,
+            rows: Any = None, load_rows: LoadRows | None = None,
+            **torch_options: Any) -> UnlearnResult:
     """Remove the influence of `forget` = (x, y) from `model`, trained on forget ∪ `retain`,
     and verify it. LinearModel: Newton removal (`newton_steps` an int, or "auto": further
     steps until ||∇J_R|| <= tol·||Σ_F ∇ℓ||); it is immutable, a new one is returned. torch
@@ -146,13 +176,20 @@ def unlearn(model: Any, forget: Rows, retain: Rows, *, test: Rows | None = None,
     retrained model or parameters. `trained_on`: the digest of the training rows, checked
     and returned minus the forget rows (a LinearModel from `fit` carries its own).
     `recipe`: the trainer's objective (recipe.py); the target is its optimum without the
-    rows, and retrain=True refits with it. Exact replay works on dataset rows and a
-    checkpoint hook: `Unlearner(..., checkpoints=)` or `replay_forget`."""
+    rows, and retrain=True refits with it.
+    method "replay" (exact, in place on the hook's model): `checkpoints` (the trainer's
+    hook on `model`), `rows` (every dataset row to leave out: this request's and any
+    forgotten before) and `load_rows(keys)` -> (x, y); `forget`, `retain`, `test` and
+    `held_out` serve the verification. `Unlearner` chooses between replay and the rest."""
     chosen = parse_method(method)
-    if chosen in (events_pb2.REPLAY, events_pb2.PARTIAL_REPLAY):
-        raise ValueError("method REPLAY restores a checkpoint and replays logged steps: use "
-                         "Unlearner(..., checkpoints=) or replay.replay_forget, which know the "
-                         "dataset rows and the step log")
+    if chosen == events_pb2.PARTIAL_REPLAY:
+        raise ValueError("PARTIAL_REPLAY is chosen on a budget by Unlearner(..., "
+                         "checkpoints=, replay_budget=); unlearn runs method 'replay'")
+    if chosen == events_pb2.REPLAY:
+        return _replayed(model, forget, test, held_out, retrain, task, checkpoints, rows,
+                         load_rows)
+    if checkpoints is not None or rows is not None or load_rows is not None:
+        raise TypeError("checkpoints, rows and load_rows are for method 'replay'")
     new: Any
     if isinstance(model, LinearModel):
         if torch_options:

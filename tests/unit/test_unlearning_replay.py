@@ -211,9 +211,15 @@ def test_replay_refused_when_impossible(data: dict, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="holds another model"):
         Unlearner(other, data["x"], data["y"],
                   checkpoints=Checkpoints(tmp_path, model, opt))
-    with pytest.raises(ValueError, match="method REPLAY restores a checkpoint"):
+    with pytest.raises(ValueError, match="method 'replay' needs checkpoints="):
         unlearn(model, (data["x"][:2], data["y"][:2]), (data["x"][2:], data["y"][2:]),
                 method="replay")
+    with pytest.raises(ValueError, match="PARTIAL_REPLAY is chosen on a budget"):
+        unlearn(model, (data["x"][:2], data["y"][:2]), (data["x"][2:], data["y"][2:]),
+                method="partial_replay")
+    with pytest.raises(TypeError, match="are for method 'replay'"):
+        unlearn(model, (data["x"][:2], data["y"][:2]), (data["x"][2:], data["y"][2:]),
+                method="newton", rows=[0, 1])
 
 
 def test_choose_method() -> None:
@@ -397,3 +403,20 @@ def test_over_budget_a_partial_replay_then_an_exact_one(data: dict, tmp_path: Pa
     assert unlearner(other, _request()).method == events_pb2.REPLAY
     both, _ = _train(data, np.union1d(forget, other))
     assert torch.equal(_flat(model), _flat(both))
+
+
+def test_unlearn_by_replay_embedded(data: dict, tmp_path: Path) -> None:
+    model, hook = _train(data, np.zeros(0, np.int64), tmp_path)
+    assert hook is not None
+    forget = _late_rows(data)
+    keep = np.setdiff1d(np.arange(N), forget)
+    retrained, _ = _train(data, forget)
+    result = unlearn(model, (data["x"][forget], data["y"][forget]),
+                     (data["x"][keep], data["y"][keep]), method="replay", checkpoints=hook,
+                     rows=forget, load_rows=lambda k: (data["x"][k], data["y"][k]),
+                     held_out=(data["x"][:40], data["y"][:40]), retrain=lambda: retrained)
+    assert result.method == events_pb2.REPLAY and result.model is model
+    assert result.detail["steps_replayed"] > 0 and result.seconds > 0
+    v = result.verification
+    assert v.retrained and v.distance_to_retrained == 0.0 and v.gap_closed == 1.0
+    assert torch.equal(_flat(model), _flat(retrained))
