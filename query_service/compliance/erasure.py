@@ -2,17 +2,20 @@
 
 The trainer records figures when it applies a forget request (Verification); whether the
 erasure counts as applied is decided here, by targets on those figures, never by the
-trainer's own status alone:
+trainer's own status alone. The thresholds are the SDK's quality targets against
+retraining (`headwater.producers.unlearning.verification.RetrainTargets`), one definition:
 
-- forget-set loss rose: forget_loss_after > forget_loss_before (the model fits the
-  forgotten rows less than before);
-- matches retraining: with a retrain check, 0.5 <= gap_closed <= 1.5 (the forget-set loss
-  moved half to one and a half times as far as retraining without the rows moves it;
-  overshoot is an error too);
-- membership: |membership AUC - reference| <= 0.05, the reference being the retrained
-  model's AUC when measured, else 0.5 (the attack cannot tell forgotten rows from unseen);
-- utility kept: test accuracy after >= the reference - 0.05, the reference being the
-  retrained model's accuracy when measured, else the accuracy before.
+- forget-set loss rose: forget_loss_after > forget_loss_before;
+- matches retraining: gap_low <= gap_closed <= gap_high (needs a retrain check; overshoot
+  is an error too);
+- distance to retraining: distance_to_retrained <= distance_ratio x the original model's
+  distance to the retrained one — not measurable from the log (the original's distance is
+  not recorded), so reported as not measured;
+- membership: |membership AUC - reference| <= membership_auc, the reference being the
+  retrained model's AUC when measured, else 0.5 (the attack cannot tell forgotten rows
+  from unseen);
+- utility: test accuracy within accuracy_pp points of the retrained model's, or, without a
+  retrain check, no more than accuracy_pp points below the accuracy before.
 
 State: pending without an outcome; failed when the trainer reported failure or no measured
 target is met; applied when every measured target is met and nothing reached was retained;
@@ -22,15 +25,14 @@ an aggregate were retained).
 
 from __future__ import annotations
 
+from headwater.producers.unlearning.verification import RetrainTargets
 from headwater.query_service.compliance.model import Disposition, TargetCheck, Verification
 
-GAP_RANGE = (0.5, 1.5)
-AUC_TOLERANCE = 0.05
-ACCURACY_TOLERANCE = 0.05
+TARGETS = RetrainTargets()
 
 
-def targets(v: Verification) -> list[TargetCheck]:
-    """The four targets on one outcome's figures."""
+def targets(v: Verification, t: RetrainTargets = TARGETS) -> list[TargetCheck]:
+    """The targets on one outcome's figures (met None: not measured)."""
     out = []
     before, after = v.forget_loss_before, v.forget_loss_after
     out.append(TargetCheck(
@@ -39,25 +41,39 @@ def targets(v: Verification) -> list[TargetCheck]:
         met=None if before is None or after is None else after > before))
     gap = v.gap_closed if v.retrained else None
     out.append(TargetCheck(
-        target="matches retraining", rule=f"{GAP_RANGE[0]} <= gap_closed <= {GAP_RANGE[1]} "
+        target="matches retraining", rule=f"{t.gap_low} <= gap_closed <= {t.gap_high} "
                                           "(needs a retrain check)",
-        value=gap, met=None if gap is None else GAP_RANGE[0] <= gap <= GAP_RANGE[1]))
+        value=gap, met=None if gap is None else t.gap_low <= gap <= t.gap_high))
+    out.append(TargetCheck(
+        target="distance to retraining",
+        rule=f"distance_to_retrained <= {t.distance_ratio} x the original's distance (not "
+             "recorded, so not measurable here)",
+        value=v.distance_to_retrained if v.retrained else None, met=None))
     auc = v.membership_auc
     reference = v.retrain_membership_auc if v.retrained and v.retrain_membership_auc \
         is not None else 0.5
     out.append(TargetCheck(
-        target="membership attack at chance", rule=f"|membership_auc - {reference:.3f}| <= "
-                                                   f"{AUC_TOLERANCE}",
-        value=auc, met=None if auc is None else abs(auc - reference) <= AUC_TOLERANCE))
-    acc = v.test_accuracy_after
-    ref_acc = v.retrain_test_accuracy if v.retrained and v.retrain_test_accuracy is not None \
-        else v.test_accuracy_before
-    shown = "unmeasured" if ref_acc is None else f"{ref_acc:.3f}"
-    out.append(TargetCheck(
-        target="utility kept", rule=f"test_accuracy_after >= {shown} - {ACCURACY_TOLERANCE}",
-        value=acc, met=None if acc is None or ref_acc is None else
-        acc >= ref_acc - ACCURACY_TOLERANCE))
+        target="membership attack at the reference",
+        rule=f"|membership_auc - {reference:.3f}| <= {t.membership_auc}",
+        value=auc, met=None if auc is None else abs(auc - reference) <= t.membership_auc))
+    out.append(_utility(v, t))
     return out
+
+
+def _utility(v: Verification, t: RetrainTargets) -> TargetCheck:
+    acc, points = v.test_accuracy_after, t.accuracy_pp / 100
+    if v.retrained and v.retrain_test_accuracy is not None:
+        ref = v.retrain_test_accuracy
+        return TargetCheck(target="utility kept",
+                           rule=f"|test_accuracy_after - {ref:.4f}| <= {points} "
+                                "(the retrained model's)",
+                           value=acc, met=None if acc is None else abs(acc - ref) <= points)
+    ref = v.test_accuracy_before
+    shown = "unmeasured" if ref is None else f"{ref:.4f}"
+    return TargetCheck(target="utility kept",
+                       rule=f"test_accuracy_after >= {shown} - {points} (the accuracy before)",
+                       value=acc,
+                       met=None if acc is None or ref is None else acc >= ref - points)
 
 
 def state(statuses: list[str], checks: list[TargetCheck], dispositions: list[Disposition]
