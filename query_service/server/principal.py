@@ -1,6 +1,8 @@
 """Who made a call, as authenticated: the token's name and role, the client certificate's
-subject (mTLS), and the peer address. Every write the server records (forget requests'
-`requested_by`, each ingested event's `principal` column) carries this string.
+subject (mTLS), and the peer address. Every write the server records (each ingested
+event's `principal` column, a producer key's `registered_by`) carries this string; a forget
+request's `requested_by` carries it without the peer (the identity, not the address:
+services/unlearning.requester).
 
 Format, fields separated by one space, absent ones left out (see docs/security.md):
 
