@@ -143,7 +143,7 @@ class EventSink:
         batch = new + uncounted
         if any(a.event.WhichOneof("payload") == "gradient_batch" for a in batch):
             # One BLAS thread: beside the store's and the server's threads, OpenBLAS's
-            # spinning second thread costs more CPU than it saves (benchmarks/ingest.py).
+            # spinning second thread costs more CPU than it saves (docs/design-decisions.md).
             with _blas().limit(limits=1, user_api="blas"):
                 part = curvature_parts(batch, set(), int(now.timestamp() * 1_000_000))
             self.store.insert("curvature_parts", part)

@@ -1,8 +1,9 @@
 """GradientBatch checks per batch (pure): a fast pass that flags every event the per-event
-validator (validate.py) could refuse, with array comparisons and one finite-sum per dtype
-instead of per-event Python. Flagged events then go through the per-event checks, which
-give the verdict and the reason naming the field, so both paths refuse exactly the same
-events (tests/unit/test_gradient_screen.py checks that on random corruptions).
+validator (validate.py) could refuse, with array comparisons and an exponent-bit mask over
+the gradient bytes instead of per-event Python. Flagged events then go through the
+per-event checks, which give the verdict and the reason naming the field, so both paths
+refuse exactly the same events (tests/unit/test_gradient_screen.py checks that on random
+corruptions). A new check in validate._gradient_batch needs its flag here too.
 """
 
 from __future__ import annotations
