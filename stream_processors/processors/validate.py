@@ -150,6 +150,8 @@ _PER_ROW = ("loss", "loss_weight", "curvature_weight", "targets")
 
 
 def _gradient_batch(p: events_pb2.GradientBatch, limits: Limits) -> None:
+    # decode_batch runs these only for events gradient_screen.py flags: a new check here
+    # needs its flag there (tests/unit/test_gradient_screen.py compares the two paths).
     _check_id("gradient_batch.model_id", p.model_id)
     _check_id("gradient_batch.model_version", p.model_version)
     _check_enum("gradient_batch.kind", events_pb2.GradientBatch.Kind, p.kind)
