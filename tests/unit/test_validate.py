@@ -111,3 +111,10 @@ def test_corrupted_valid_events_are_rejected_or_still_valid(pos: int, junk: byte
     result = decode_record(0, Record(bytes(raw)))
     if isinstance(result, Accepted):  # only if the bytes still hash to the recorded hash
         assert event_hash(result.event) == result.event.hash
+
+
+def test_an_empty_message_is_called_empty() -> None:
+    """A Kafka message with no value (a tombstone, a producer bug) parses as an empty Event;
+    the reason must say it was empty, not that schema_version 0 is unsupported."""
+    reason = _reason(Record(b""))
+    assert reason.startswith("empty message"), reason
