@@ -214,6 +214,7 @@ class Recorder:
         service never scores them as training rows."""
         keys = _keys(keys, len(phi) // per_row)
         proto_dtype, np_dtype = _DTYPES[self.dtype]
+        version = self._require_version()
         index = list(keys.node_index) or [0] * len(keys.rows)
         rows = list(keys.rows)
         chunk = max(1, max_rows // per_row)
@@ -223,8 +224,8 @@ class Recorder:
                                       node_index=np.repeat(index[a:b], per_row).tolist(),
                                       rows=np.repeat(rows[a:b], per_row).tolist())
             block = phi[a * per_row:b * per_row]
-            self.publish(events_pb2.GradientBatch(
-                model_id=self.model_id, model_version=self._require_version(), step=step,
+            self._emit(lambda block=block, part=part, a=a, b=b: events_pb2.GradientBatch(
+                model_id=self.model_id, model_version=version, step=step,
                 learning_rate=0.0, row_keys=part, dim=phi.shape[1], dtype=proto_dtype,
                 gradients=np.ascontiguousarray(block, dtype=np_dtype).tobytes(),
                 curvature_weight=np.asarray(w[a * per_row:b * per_row], np.float64).tolist(),
