@@ -42,6 +42,9 @@ class Settings(BaseSettings):
                                   "a topic with another count")
     kafka_replication: int = Field(1, gt=0, description="replication factor `headwater "
                                    "topics create` gives the events topic")
+    serve_consume_kafka: bool = Field(False, description="`headwater serve` also consumes "
+                                      "the events topic as a member of the group, into its "
+                                      "own store (the one-machine distributed recipe)")
     kafka_config: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict,
         description="extra librdkafka/aiokafka settings (SASL, TLS) as a JSON object",

@@ -80,12 +80,18 @@ class _DirLock:
         except BlockingIOError:
             pid, address = _holder(os.pread(self._fd, 512, 0))
             os.close(self._fd)
-            serving = f", serving gRPC at {address}" if address else ""
-            raise DataDirLocked(
-                f"data directory {directory} is in use by another process (pid {pid}"
-                f"{serving}); chDB allows one process per directory: publish to that process "
-                "(headwater serve) or pick another --data-dir", pid=pid, address=address
-            ) from None
+            # only a serve records a gRPC address: the advice depends on who holds it
+            advice = (f"in use by headwater serve (pid {pid}, gRPC at {address}); chDB "
+                      "allows one process per directory: publish to and query that serve "
+                      f"(--listen {address}), or pick another --data-dir" if address else
+                      f"in use by another process (pid {pid}; no gRPC address recorded: "
+                      "headwater process, replay or migrate, or a serve still starting); "
+                      "chDB allows one process per directory: wait for it or stop it, give "
+                      "each process its own directory, or run `headwater serve "
+                      "--consume-kafka`, which consumes the topic and answers queries from "
+                      "one directory (or use a ClickHouse server, --dsn http://...)")
+            raise DataDirLocked(f"data directory {directory} is {advice}", pid=pid,
+                                address=address) from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, str(os.getpid()).encode(), 0)
 

@@ -20,6 +20,7 @@ from headwater.cli.common import (
     open_reader,
     out,
 )
+from headwater.errors import HeadwaterError
 from headwater.query_service.client.remote import RemoteStore
 from headwater.query_service.compliance.log_reader import verify_stored_log
 from headwater.stream_processors.log_integrity import LogReport
@@ -75,23 +76,37 @@ def consumer_lag(bootstrap: str, topic: str, group: str, config: dict[str, Any],
 @dsn_option
 @listen_option
 @kafka_option
+@click.option("--topic", default=None, help="Events topic [HEADWATER_KAFKA_TOPIC]")
+@click.option("--group", default=None, help="Consumer group whose lag is shown "
+              "[HEADWATER_KAFKA_GROUP]")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables")
 def status(data_dir: Path | None, dsn: str | None, listen: str | None,
-           kafka_bootstrap: str | None, as_json: bool) -> None:
+           kafka_bootstrap: str | None, topic: str | None, group: str | None,
+           as_json: bool) -> None:
     """Events by type, dead letters, log integrity and (with Kafka) consumer lag."""
     settings = load_settings(data_dir=data_dir, dsn=dsn, listen=listen,
-                         kafka_bootstrap=kafka_bootstrap)
-    reader = open_reader(settings, listen)
+                         kafka_bootstrap=kafka_bootstrap, kafka_topic=topic,
+                         kafka_group=group)
+    lag, lag_error = None, ""
+    if settings.kafka_bootstrap:  # asked of Kafka: known even when the store is not readable
+        try:
+            lag = consumer_lag(settings.kafka_bootstrap, settings.kafka_topic,
+                               settings.kafka_group, settings.kafka_config)
+        except Exception as exc:  # report, do not fail the whole status
+            lag_error = str(exc)
+    try:
+        reader = open_reader(settings, listen)
+    except HeadwaterError:
+        # e.g. the directory held by `headwater process`, which answers no queries: the
+        # group's lag is still worth showing before the error
+        if lag is not None:
+            out.print(f"consumer lag ({settings.kafka_group}): {sum(lag.values())} {lag}")
+        raise
     try:
         st = collect_status(reader)
     finally:
         reader.close()
-    if settings.kafka_bootstrap:
-        try:
-            st.lag = consumer_lag(settings.kafka_bootstrap, settings.kafka_topic,
-                                  settings.kafka_group, settings.kafka_config)
-        except Exception as exc:  # report, do not fail the whole status
-            st.lag_error = str(exc)
+    st.lag, st.lag_error = lag, lag_error
     problems = [vars(p) for p in st.log.problems]
     if as_json:
         click.echo(json.dumps({
