@@ -7,6 +7,12 @@ never hands a partition over with a stored-but-uncommitted batch, and a crash at
 point only causes redelivery. A failed write is retried with backoff; a stop requested
 meanwhile leaves the batch uncommitted, to be redelivered to whichever member takes the
 partition.
+
+Rebalancing is cooperative (`cooperative-sticky`, incremental): when a member joins, leaves
+or dies, only the partitions that move are revoked and assigned, so the others keep being
+consumed meanwhile (an eager protocol stops every partition of the group until the new
+assignment). The contract above is unchanged: revocation runs inside `consume`, after the
+previous batch was committed, and only touches the partitions it names.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ def check_reachable(bootstrap: str, config: dict[str, Any], timeout: float = 10.
             raise HeadwaterError(f"cannot reach Kafka at {bootstrap}: {why}")
 
 
+COOPERATIVE = "cooperative-sticky"  # incremental rebalancing (KIP-429)
 CRASH_AFTER_INSERT = "HEADWATER_TEST_CRASH_AFTER_INSERT"
 
 
@@ -110,8 +117,12 @@ class KafkaRunner:
             "heartbeat.interval.ms": int(min(1000, session_timeout * 200)),
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "partition.assignment.strategy": COOPERATIVE,
             **(kafka_config or {}),
         })
+        # HEADWATER_KAFKA_CONFIG may choose an eager strategy (range, roundrobin) instead
+        strategy = str((kafka_config or {}).get("partition.assignment.strategy", COOPERATIVE))
+        self.cooperative = strategy.strip() == COOPERATIVE
 
     def stop(self) -> None:
         """Finish the batch in hand (store + commit), then leave the group."""
@@ -119,7 +130,7 @@ class KafkaRunner:
 
     def run(self) -> None:
         self._consumer.subscribe([self.topic], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke)
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         try:
             while not self.stop_event.is_set():
                 messages = self._consumer.consume(self.batch_size, timeout=self.within)
@@ -186,13 +197,35 @@ class KafkaRunner:
             # Stored but not committed: the batch is redelivered, which the sink absorbs.
             log.warning("offset commit failed (%s); the batch will be redelivered", exc)
 
+    # The rebalance callbacks run inside consume(), between batches: the batch before was
+    # stored and committed, so nothing stored-but-uncommitted changes hands. Cooperative:
+    # `partitions` are just those added or taken away (the rest stay consumed throughout);
+    # eager: the whole assignment each time.
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
         self.assigned |= {p.partition for p in partitions}
         log.info("assigned partitions %s", sorted(p.partition for p in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
         self.assigned -= {p.partition for p in partitions}
         log.info("revoked partitions %s", sorted(p.partition for p in partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions taken away without a revoke (this member's session expired): they
+        may already be consumed elsewhere. A commit of the batch in hand fails (a stale
+        generation) and is logged; its new owner gets the batch again, which the sink
+        absorbs."""
+        log.warning("lost partitions %s (session expired)",
+                    sorted(p.partition for p in partitions))
+        self._on_revoke(consumer, partitions)
 
 
 def run_until_signalled(runner: KafkaRunner) -> None:
