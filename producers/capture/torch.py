@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, jacrev, vmap
 
 from headwater.producers.capture.factored import Layer, Projector, Taps, find_layers, plain
 from headwater.producers.capture.kronecker import KroneckerProjection, plan_factors
@@ -319,12 +319,50 @@ class TorchCapture(Recorder):
 
     def featurise(self, batches: Any) -> int:
         """Re-compute the gradients of training rows at the current version (FEATURISATION
-        events): `batches` yields (x, y, keys). Returns the number of rows."""
+        events): `batches` yields (x, y, keys). A classifier of more than two classes also
+        publishes the rows' full softmax Gauss-Newton factors (CURVATURE rows, see
+        `curvature_factors`). Returns the number of rows."""
         rows = 0
         for x, y, keys in batches:
             self.capture(x, y, keys, learning_rate=0.0, featurisation=True)
+            factors = self.curvature_factors(x)
+            if factors is not None:
+                self.publish_curvature(factors[0], factors[1], keys, factors[2],
+                                       step=self.last_step)
             rows += len(x)
         return rows
+
+    def curvature_factors(self, x: torch.Tensor, chunk: int = 64
+                          ) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(φ [n·C, k], w [n·C], C): Σ w φφᵀ is the full softmax Gauss-Newton of the rows,
+        Σ_i Jᵢᵀ(diag p − ppᵀ)Jᵢ = Σ_i Σ_c p_c ∇log p_c ∇log p_cᵀ (row i's C factors
+        together, projected by the capture's own P); None unless the model is a classifier
+        with more than two class logits (the margin's curvature is then exact)."""
+        x = plain(torch.as_tensor(x))
+        with torch.no_grad():
+            out = self.model(x)
+        if self.task != "classification" or out.dim() != 2 or out.shape[1] <= 2:
+            return None
+        classes = out.shape[1]
+        named = dict(self.model.named_parameters())
+        trained = {n: named[n].detach() for n in self.names}
+        frozen = {n: p.detach() for n, p in named.items() if n not in trained}
+        frozen.update(dict(self.model.named_buffers()))
+
+        def log_p(tr: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
+            z = functional_call(self.model, {**frozen, **tr}, (xi.unsqueeze(0),))
+            return torch.log_softmax(z[0], dim=-1)
+
+        jac = vmap(jacrev(log_p), in_dims=(None, 0))
+        phis = []
+        for a in range(0, len(x), chunk):
+            grads = jac(trained, x[a:a + chunk])  # name -> [m, C, *shape]
+            m = grads[self.names[0]].shape[0]
+            dense = torch.cat([grads[n].reshape(m * classes, -1) for n in self.names], 1)
+            phis.append(np.asarray(self.projection.project(dense.double().cpu().numpy()),
+                                   dtype=np.float32))
+        w = torch.softmax(out.double(), dim=-1).reshape(-1).cpu().numpy()
+        return np.concatenate(phis), w, classes
 
     def record_prediction(self, x: torch.Tensor, *, label: int | None = None,
                           prediction_id: str | None = None,
