@@ -207,7 +207,10 @@ def _sections(record: RecordKeeping, samples: AttributionSamples,
                       detail="provider/deployer facts from the operator's compliance config"),
         _lineage_status(status, why, chain),
         SectionStatus(section="data_governance", status=status, detail=why),
-        SectionStatus(section="record_keeping", status=status, detail=why),
+        SectionStatus(section="record_keeping", status=status, detail=why + (
+            f"; {sum(p.key_id is not None for p in record.producers)} of "
+            f"{len(record.producers)} producer(s) sign their chain heads with a registered "
+            "key (the others' producer_id is an unsigned name)")),
         SectionStatus(section="erasure_log", status=status, detail=why + "".join(
             f"; request {e.request_id}: requester not authenticated (no token auth)"
             for e in erasures if not e.requester_authenticated)),

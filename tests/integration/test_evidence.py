@@ -124,8 +124,11 @@ def test_a_deleted_signed_head_fails_the_report(filled) -> None:
     last, head = store.query("SELECT max(seq), lower(hex(argMax(hash, seq))) FROM events "
                              "FINAL WHERE producer_id = {p:String}", {"p": ids["producer"]})[0]
     attest(store, signed(ids["producer"], ids["run"], int(last), head, "t", key), "token=p")
-    chain = _report(store)["record_keeping"]["producers"][0]
+    report = _report(store)
+    chain = report["record_keeping"]["producers"][0]
     assert (chain["key_id"], chain["signed_seq"]) == (kid, int(last))
+    section = next(x for x in report["sections"] if x["section"] == "record_keeping")
+    assert "1 of 1 producer(s) sign their chain heads" in section["detail"]
     store.command("DELETE FROM events WHERE producer_id = {p:String} AND seq = {s:UInt64}",
                   {"p": ids["producer"], "s": int(last)})
     rk = _report(store)["record_keeping"]
