@@ -272,6 +272,8 @@ def test_names_and_ports_agree(overlay: str, monkeypatch: pytest.MonkeyPatch) ->
     assert json.loads(env["HEADWATER_KAFKA_CONFIG"])["sasl.mechanisms"] == "SCRAM-SHA-512"
     topic = one(docs, "KafkaTopic", "headwater-events")
     assert env["HEADWATER_KAFKA_TOPIC"] == topic["spec"]["topicName"]
+    # process refuses a topic whose partition count differs from its configuration
+    assert env["HEADWATER_KAFKA_PARTITIONS"] == str(topic["spec"]["partitions"])
     acls = one(docs, "KafkaUser", "headwater-processor")["spec"]["authorization"]["acls"]
     assert {a["resource"]["name"] for a in acls if a["resource"]["type"] == "group"} == {
         env["HEADWATER_KAFKA_GROUP"]}
