@@ -4,6 +4,7 @@ predictions, all through a BackgroundPublisher over KafkaTransport (encoding, ha
 sending off the training thread).
 `headwater process` consumes the topic into ClickHouse.
 
+    headwater topics create --kafka-bootstrap localhost:9092   # once: producers never create it
     headwater process --kafka-bootstrap localhost:9092 --dsn chdb://./store &
     python examples/torch_kafka_trainer.py --bootstrap localhost:9092
 """
