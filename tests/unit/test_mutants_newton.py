@@ -157,3 +157,27 @@ def test_newton_forget_takes_one_step_unless_told() -> None:
                                                             steps=1).params)
     two = newton_forget(model, X[F], Y[F], X[R], Y[R], steps=2)
     assert np.abs(one.params - two.params).max() > 1e-9
+
+
+def test_one_kept_offset_step_is_the_newton_step_on_the_shifted_objective() -> None:
+    theta0 = _optimum(X, Y, 2.0) + np.array([0.05, -0.02, 0.03, 0.01])
+    a_f, a_r = augment(X[F]), augment(X[R])
+    offset = (LOGISTIC.gradient(theta0, a_f, Y[F]) + LOGISTIC.gradient(theta0, a_r, Y[R])
+              + 2.0 * theta0)
+    one, _ = newton_removal(LOGISTIC, theta0, a_f, Y[F], a_r, Y[R], 2.0, 1, None, 1,
+                            keep_offset=True)  # offset_scale 1 by default
+    h = LOGISTIC.hessian(theta0, a_r) + 2.0 * np.eye(4)
+    want = theta0 - np.linalg.solve(h, LOGISTIC.gradient(theta0, a_r, Y[R]) + 2.0 * theta0
+                                    - offset)
+    np.testing.assert_allclose(one, want, rtol=1e-10, atol=1e-12)
+
+
+def test_tol_is_relative_to_the_first_gradient() -> None:
+    theta0 = _optimum(X, Y, 2.0)
+    first = np.linalg.norm(LOGISTIC.gradient(theta0, augment(X[F]), Y[F]))
+    assert first**2 > 1.1  # so tol x first and tol / first fall on either side below
+    _, (_, one) = _removal(1, tol=None, max_steps=10)
+    _, (_, met) = _removal(1, tol=1.1 * one.residual_ratio, max_steps=10)
+    assert met.steps == 1
+    _, (_, unmet) = _removal(1, tol=0.5 * one.residual_ratio, max_steps=10)
+    assert unmet.steps >= 2

@@ -101,3 +101,19 @@ def test_the_decoded_cache_evicts_least_recently_used_past_its_bound(monkeypatch
     cache.get(gathers[4])  # 320 bytes > 319: the oldest goes
     assert cache.get(gathers[1]) is not kept[1]
     assert cache.get(gathers[0]) is kept[0]
+
+
+def test_a_plan_ending_in_a_run_has_no_empty_tail_and_defaults_start_at_row_0() -> None:
+    rows = np.concatenate((IRREGULAR, np.arange(200, 200 + rowmap.MIN_RANGE)))
+    assert rowmap.plan(rows) == [(False, 0, 3, 0), (True, 3, rowmap.MIN_RANGE, 1)]
+    assert rowmap.plan(np.arange(0, 40, 2)) == [(True, 0, 20, 2)]
+    assert rowmap.identity(3, 7).out_start == 0
+    assert rowmap.all_rows(0, 2, "r").out_start == 0
+
+
+def test_the_decoded_cache_keeps_arrays_filling_its_bound_exactly(monkeypatch) -> None:
+    monkeypatch.setattr(rowmap, "DECODED_CACHE_BYTES", 256)  # 4 x 64 bytes: full, not over
+    cache = rowmap._DecodedGathers()
+    gathers = [_gather(8, seed) for seed in range(4)]
+    kept = [cache.get(g) for g in gathers]
+    assert all(cache.get(g) is k for g, k in zip(gathers, kept, strict=True))

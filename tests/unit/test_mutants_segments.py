@@ -97,3 +97,8 @@ def test_fanin_up_to_the_bound_is_row_maps_beyond_it_all_rows() -> None:
 
 def test_n_rows_of_a_scalar_is_one() -> None:
     assert sg.n_rows(()) == 1 and sg.n_rows((7, 2)) == 7 and sg.n_rows((0,)) == 0
+
+
+def test_segments_start_at_output_row_0_by_default() -> None:
+    (g,) = sg.decode_segments([sg.gather_segment(0, np.array([2, 0, 1]))])
+    assert g.out_start == 0
