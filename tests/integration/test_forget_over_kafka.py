@@ -8,16 +8,20 @@ follows requested -> applied."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from conftest import Broker
+from headwater.cli import cli
 from headwater.producers import KafkaTransport, Publisher
 from headwater.producers.capture import LinearCapture
 from headwater.producers.tracking import Tracker, row_keys
@@ -117,7 +121,7 @@ def test_forget_is_pending_then_stored_then_applied_through_kafka(
     request = query_pb2.ForgetRequest(
         run_id=run_id, model_id="clf", reason="consent withdrawn",
         target=events_pb2.ForgetTarget(row_keys=events_pb2.RowKeys(
-            node_ids=[x.node_id], rows=list(range(10)))))
+            node_ids=[x.node_id], node_index=[0] * 10, rows=list(range(10)))))
     first = stub.Forget(request, timeout=60)
     assert first.rows == 10
     stream = stub.Status(query_pb2.UnlearningStatusRequest(request_id=first.request_id),
@@ -127,10 +131,12 @@ def test_forget_is_pending_then_stored_then_applied_through_kafka(
     again = stub.Forget(request, timeout=60)  # before it is stored: not published again
     assert (again.request_id, again.rows) == (first.request_id, 10)
 
-    states: list[str] = []
-    follow = threading.Thread(target=lambda: states.extend(
-        s.state for s in stub.Status(query_pb2.UnlearningStatusRequest(
-            request_id=first.request_id), timeout=120)), daemon=True)
+    # `headwater forget --wait` for the same request (the same id), followed to the end
+    waited: list[Any] = []
+    follow = threading.Thread(target=lambda: waited.append(CliRunner().invoke(cli, [
+        "forget", "--run", run_id, "--model", "clf", "--rows", f"{x.node_id}:0-9",
+        "--reason", "consent withdrawn", "--wait", "--timeout", "120", "--json",
+        "--listen", query_side])), daemon=True)
     follow.start()
     processor = Processor(store, broker.bootstrap, topic, group)
     try:
@@ -147,6 +153,13 @@ def test_forget_is_pending_then_stored_then_applied_through_kafka(
         assert not follow.is_alive()
     finally:
         processor.stop()
-    assert states[0] == "pending" and states[-2:] == ["requested", "applied"], states
+    (done,) = waited
+    assert done.exit_code == 0, done.output
+    lines = [json.loads(line) for line in done.output.splitlines() if line.startswith("{")]
+    assert lines[0]["request_id"] == first.request_id
+    states = [line["state"] for line in lines[1:]]
+    # (it began "pending" unless the processor stored the request before the CLI asked)
+    assert states[-2:] == ["requested", "applied"] and set(states) <= {
+        "pending", "requested", "applied"}, states
     assert _count(store, "forget_requested", run_id) == 1  # the repeat published nothing
     assert _count(store, "unlearning_applied", run_id) == 1
