@@ -15,6 +15,9 @@ import numpy as np
 from headwater.producers.rowmap import segment_inputs
 from headwater.v1 import events_pb2
 
+MAX_DEPTH = 1_000_000  # ops on one path (a cycle guard: an in-place shuffle of n rows is
+# ~2.5 n row writes deep)
+
 
 @dataclass(frozen=True)
 class OpView:
@@ -72,7 +75,7 @@ def map_rows(op: OpView, out_rows: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def trace(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | None],
-          max_depth: int = 10_000) -> Trace:
+          max_depth: int = MAX_DEPTH) -> Trace:
     """Every source row that `rows` of `node_id` came from, and the ops in between."""
     result = Trace()
     frontier: dict[str, np.ndarray] = {node_id: np.unique(np.asarray(rows, dtype=np.int64))}
@@ -102,7 +105,7 @@ def trace(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | None],
 
 
 def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | None],
-               max_depth: int = 10_000, expand: bool = True) -> list[Trace]:
+               max_depth: int = MAX_DEPTH, expand: bool = True) -> list[Trace]:
     """Like `trace`, but one Trace per requested row, all rows resolved together.
 
     (origin, row) pairs are carried through one-to-one segments in bulk; a segment that

@@ -16,6 +16,7 @@ import numpy as np
 
 from headwater.producers.tracking.maps import NotUnderstood
 from headwater.producers.tracking.segments import (
+    MAX_FANIN_SEGMENTS,
     Segments,
     all_rows,
     broadcast,
@@ -109,17 +110,26 @@ def setitem_segments(key: Any, shape: tuple[int, ...], own: int | None, val: int
         raise NotUnderstood
     segments: Segments = []
     if own is not None:
-        if whole_rows:  # written rows lose their old values
-            keep = np.ones(n, dtype=bool)
-            keep[rows] = False
-            segments += _runs(own, np.flatnonzero(keep), lambda a, b: range_segment(
-                own, a, 1, b - a, a))
+        if whole_rows:  # written rows lose their old values; the gaps keep theirs
+            starts = np.r_[0, rows + 1]  # O(written rows): shuffles write one at a time
+            ends = np.r_[rows, n]
+            gaps = np.flatnonzero(starts < ends)
+            if len(gaps) > MAX_RUNS:
+                raise NotUnderstood
+            segments += [range_segment(own, a, 1, b - a, a) for a, b in zip(
+                starts[gaps].tolist(), ends[gaps].tolist(), strict=True)]
         elif n:
             segments.append(range_segment(own, 0, 1, n))
     if val is not None and rows.size:
         if value_all:
-            segments += _runs(val, rows, lambda a, b: all_rows(
-                val, b - a, "value spread over a written row", a))
+            k = value_shape[0]  # the value's rows all land in each written row
+            if k <= MAX_FANIN_SEGMENTS:  # row-wise (one segment per value row), so a
+                # moved row stays a direct source, not an aggregate, and resolves cheaply
+                for a, b in _run_bounds(rows):
+                    segments += [range_segment(val, c, 0, b - a, a) for c in range(k)]
+            else:
+                segments += _runs(val, rows, lambda a, b: all_rows(
+                    val, b - a, "value spread over a written row", a))
         else:
             assert value_rows is not None
             src = value_rows[at]
@@ -133,6 +143,16 @@ def setitem_segments(key: Any, shape: tuple[int, ...], own: int | None, val: int
                 else:
                     segments += rows_segments(val, src[a:b], int(rows[a]))
     return segments
+
+
+def _run_bounds(rows: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of consecutive sorted rows."""
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1] + 1])
+    if len(starts) > MAX_RUNS:
+        raise NotUnderstood
+    ends = np.r_[starts[1:], len(rows)]
+    return [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(
+        starts.tolist(), ends.tolist(), strict=True)]
 
 
 def _runs(i: int, rows: np.ndarray, make: Any) -> Segments:

@@ -203,6 +203,10 @@ def _check_rows(rec: Recorder, x: Any) -> None:
     held = np.asarray(x).reshape(len(x), -1)[:, 0].astype(int)
     assert rec.resolve(x) == [{("src", int(h))} for h in held]
     assert all(e.understood for e in rec.events)
+    # and in the summarised view a moved row is a direct source row, not an aggregate
+    traces = trace_each(x.node_id, np.arange(len(x)), rec.op_of(), expand=False)
+    assert [({k: v.tolist() for k, v in t.direct.items()}, t.aggregates) for t in traces] == [
+        ({"src": [int(h)]}, []) for h in held]
 
 
 @pytest.mark.parametrize("cols", [0, 3])
