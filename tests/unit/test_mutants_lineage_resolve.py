@@ -182,3 +182,15 @@ def test_oldest_first_puts_every_op_after_the_ops_of_its_inputs() -> None:
                    ("d", _op("D", {"c": 1, "b": 1}, _rng(0, 0, 1, 0))))
     assert oldest_first("d", op_of) == ["A", "B", "C", "D"]
     assert oldest_first("s", op_of) == []
+
+
+def test_an_aggregate_stops_at_a_strided_slice_and_at_an_op_of_two_inputs() -> None:
+    strided = _graph(("x", _op("every2", {"src": 6}, _rng(0, 0, 3, 0, 2))),
+                     ("m", _op("mean", {"x": 3}, rowmap.all_rows(0, 1, "r"))))
+    (t,) = trace_each("m", np.array([0]), strided)
+    assert [(a.node_id, a.node_rows) for a in t.aggregates] == [("x", 3)]
+    added = _graph(("x", _op("add", {"a": 3, "b": 3}, _rng(0, 0, 3, 0), _rng(1, 0, 3, 0))),
+                   ("m", _op("mean", {"x": 3}, rowmap.all_rows(0, 1, "r"))))
+    (t,) = trace_each("m", np.array([0]), added)
+    assert [(a.node_id, a.node_rows) for a in t.aggregates] == [("x", 3)]
+    assert _as_lists(t.rows) == {"a": [0, 1, 2], "b": [0, 1, 2]}

@@ -117,3 +117,7 @@ def test_the_decoded_cache_keeps_arrays_filling_its_bound_exactly(monkeypatch) -
     gathers = [_gather(8, seed) for seed in range(4)]
     kept = [cache.get(g) for g in gathers]
     assert all(cache.get(g) is k for g, k in zip(gathers, kept, strict=True))
+
+
+def test_two_rows_are_one_range_of_their_step() -> None:
+    assert rowmap.plan(np.array([3, 7])) == [(True, 0, 2, 4)]
