@@ -270,3 +270,10 @@ def test_findings_and_an_empty_report_are_values() -> None:
     empty = li.LogReport()
     assert empty.ok and empty.events == 0 and not empty.hashes_recomputed
     assert empty.retention_days is None and empty.producers == [] and empty.notes == []
+
+
+def test_an_event_renumbered_across_a_gap_is_also_reordered() -> None:
+    e = _events(2)
+    moved = _row(e[1], seq=3, emitted_at=T0 + timedelta(seconds=3))  # links to seq 1
+    problems, _ = _found([_row(e[0]), moved])
+    assert [(k, s) for k, s, _ in problems] == [("gap", 2), ("reordered", 3)]

@@ -164,12 +164,16 @@ def test_one_kept_offset_step_is_the_newton_step_on_the_shifted_objective() -> N
     a_f, a_r = augment(X[F]), augment(X[R])
     offset = (LOGISTIC.gradient(theta0, a_f, Y[F]) + LOGISTIC.gradient(theta0, a_r, Y[R])
               + 2.0 * theta0)
-    one, _ = newton_removal(LOGISTIC, theta0, a_f, Y[F], a_r, Y[R], 2.0, 1, None, 1,
-                            keep_offset=True)  # offset_scale 1 by default
+    one, report = newton_removal(LOGISTIC, theta0, a_f, Y[F], a_r, Y[R], 2.0, 1, None, 1,
+                                 keep_offset=True)  # offset_scale 1 by default
     h = LOGISTIC.hessian(theta0, a_r) + 2.0 * np.eye(4)
     want = theta0 - np.linalg.solve(h, LOGISTIC.gradient(theta0, a_r, Y[R]) + 2.0 * theta0
                                     - offset)
     np.testing.assert_allclose(one, want, rtol=1e-10, atol=1e-12)
+    start = LOGISTIC.gradient(theta0, a_r, Y[R]) + 2.0 * theta0 - offset
+    left = LOGISTIC.gradient(one, a_r, Y[R]) + 2.0 * one - offset
+    assert report.residual_ratio == pytest.approx(np.linalg.norm(left) / np.linalg.norm(start),
+                                                  rel=1e-6)
 
 
 def test_tol_is_relative_to_the_first_gradient() -> None:
