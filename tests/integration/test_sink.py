@@ -144,7 +144,8 @@ def _gradient_records(n: int, rows: int = 3, k: int = 4) -> list[Record]:
     return [Record(b.wrap(events_pb2.GradientBatch(
         model_id="m", model_version="v1", step=i, learning_rate=0.1, dim=k,
         dtype=events_pb2.FLOAT32,
-        row_keys=events_pb2.RowKeys(node_ids=["train"], rows=list(range(i * rows, i * rows + rows))),
+        row_keys=events_pb2.RowKeys(node_ids=["train"],
+                                    rows=list(range(i * rows, i * rows + rows))),
         gradients=rng.standard_normal((rows, k)).astype("<f4").tobytes(),
         curvature_weight=rng.random(rows).tolist(),
     )).SerializeToString(deterministic=True), "t", 0, i) for i in range(n)]
