@@ -52,6 +52,7 @@ KEYS = [
     (np.array([1, 5]), np.array([0, 2])), (Ellipsis, 2, 1, 0), (np.array(3),), (),
     (np.array([], dtype=np.int64),), ([2, 2, 7],), (slice(None), np.array([0, 1])),
     (0, np.array([1, 0])), (Ellipsis, np.array([0, 1])), (slice(None), None, np.array([0, 1])),
+    (-1,), (None, -1), (slice(None), np.array([0, 1]), np.array([1, 0])),
 ]
 
 
@@ -227,3 +228,10 @@ def test_stacked_blocks_are_placed_one_after_another() -> None:
                     sg.all_rows(1, 4, "stacked as one row", 5)]
     with pytest.raises(mp.NotUnderstood):
         mp.stacked_segments(call, [(a, 3, True)], 4)
+
+
+def test_reshape_row_maps_are_encoded_compactly() -> None:
+    """Joining q whole rows is q strided ranges; an empty array maps nothing."""
+    assert mp.reshape_segments(0, (6, 4), (3, 8)) == [sg.range_segment(0, 0, 2, 3),
+                                                      sg.range_segment(0, 1, 2, 3)]
+    assert mp.reshape_segments(0, (3, 0), (3, 0, 1)) == []
