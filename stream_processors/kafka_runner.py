@@ -1,20 +1,19 @@
 """The Kafka runner: one member of a consumer group feeding batches to the EventSink.
 
 At-least-once, made exactly-once in effect by the idempotent sink: a batch's offsets are
-committed only after ClickHouse stored the whole batch, and the commit happens on the
-consuming thread before the next poll — so a rebalance (which runs inside that poll)
-never hands a partition over with a stored-but-uncommitted batch, and a crash at any
-point only causes redelivery. A failed write is retried with backoff; a stop requested
-meanwhile leaves the batch uncommitted, to be redelivered to whichever member takes the
-partition.
+committed only after ClickHouse stored the whole batch. The commit is sent asynchronously
+(the loop does not wait on the group coordinator, which answers only after a rebalance:
+~5 s measured), and a revoke — which runs inside `consume` — first commits the revoked
+partitions' stored offsets synchronously, so a rebalance never hands a partition over with
+a stored-but-uncommitted batch; a crash at any point only causes redelivery. A failed
+write is retried with backoff; a stop requested meanwhile leaves the batch uncommitted, to
+be redelivered to whichever member takes the partition.
 
 Rebalancing is cooperative (`cooperative-sticky`, incremental): when a member joins, leaves
 or dies, only the partitions that move are revoked and assigned; the others stay with their
 members (an eager protocol takes every partition of the group away until the new
-assignment). Measured (benchmarks/rebalance.py, README): the consuming loop still pauses
-~5 s around a rebalance, ending in a failed synchronous commit. The contract above is
-unchanged: revocation runs inside `consume`, after the previous batch was committed, and
-only touches the partitions it names.
+assignment); with the asynchronous commit the survivors' loop does not pause for it
+(benchmarks/rebalance.py, README).
 """
 
 from __future__ import annotations
@@ -109,6 +108,7 @@ class KafkaRunner:
         self.dead_lettered = 0
         self.assigned: set[int] = set()
         self._inserts = 0
+        self._stored_next: dict[int, int] = {}  # partition -> next offset after those stored
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": group,
@@ -121,6 +121,7 @@ class KafkaRunner:
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
             "partition.assignment.strategy": COOPERATIVE,
             **(kafka_config or {}),
+            "on_commit": self._on_commit,
         })
         # HEADWATER_KAFKA_CONFIG may choose an eager strategy (range, roundrobin) instead
         strategy = str((kafka_config or {}).get("partition.assignment.strategy", COOPERATIVE))
@@ -152,6 +153,7 @@ class KafkaRunner:
                 if self.on_batch is not None:
                     self.on_batch(stored)
         finally:
+            self._commit_stored(set(self._stored_next))  # what was stored, before leaving
             self._consumer.close()
 
     def _records(self, messages: list[Message]) -> list[Record]:
@@ -189,20 +191,39 @@ class KafkaRunner:
                 delay = min(delay * 2, 10.0)
 
     def _commit(self, records: list[Record]) -> None:
+        """Send the stored batch's offsets (asynchronously: the answer comes to _on_commit
+        in a later consume)."""
         last: dict[int, int] = {}
         for r in records:
             last[r.partition] = max(last.get(r.partition, -1), r.offset)
+        for p, o in last.items():
+            self._stored_next[p] = max(self._stored_next.get(p, 0), o + 1)
         offsets = [TopicPartition(self.topic, p, o + 1) for p, o in sorted(last.items())]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            log.warning("offset commit failed (%s); the batch will be redelivered", exc)
+
+    def _commit_stored(self, partitions: set[int]) -> None:
+        """Commit, and wait for, the stored offsets of `partitions` (before they leave)."""
+        offsets = [TopicPartition(self.topic, p, self._stored_next[p])
+                   for p in sorted(partitions) if p in self._stored_next]
+        if not offsets:
+            return
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             # Stored but not committed: the batch is redelivered, which the sink absorbs.
             log.warning("offset commit failed (%s); the batch will be redelivered", exc)
 
-    # The rebalance callbacks run inside consume(), between batches: the batch before was
-    # stored and committed, so nothing stored-but-uncommitted changes hands. Cooperative:
-    # `partitions` are just those added or taken away (the rest stay consumed throughout);
-    # eager: the whole assignment each time.
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None:  # stored, not committed: redelivered (and absorbed) at worst
+            log.warning("offset commit failed (%s); the batch will be redelivered", err.str())
+
+    # The rebalance callbacks run inside consume(), between batches: every batch before was
+    # stored, and a revoke commits the revoked partitions' offsets first, so nothing
+    # stored-but-uncommitted changes hands. Cooperative: `partitions` are just those added
+    # or taken away (the rest stay assigned); eager: the whole assignment each time.
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self.cooperative:
@@ -213,6 +234,8 @@ class KafkaRunner:
         log.info("assigned partitions %s", sorted(p.partition for p in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit_stored({p.partition for p in partitions})
+        self._forget(partitions)
         if self.cooperative:
             consumer.incremental_unassign(partitions)
         else:
@@ -227,7 +250,12 @@ class KafkaRunner:
         absorbs."""
         log.warning("lost partitions %s (session expired)",
                     sorted(p.partition for p in partitions))
+        self._forget(partitions)  # not committed: no longer this member's to commit
         self._on_revoke(consumer, partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self._stored_next.pop(p.partition, None)
 
 
 def run_until_signalled(runner: KafkaRunner) -> None:
