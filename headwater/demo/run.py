@@ -138,14 +138,20 @@ def _groups_table(title: str, groups: list[dict]) -> Table:
     return table
 
 
-def attribute_rows(channel: grpc.Channel, prediction_id: str, top: int) -> list[dict]:
-    """Top training rows of a prediction (Attribution.Attribute), with files, rows, ops."""
+def attribute_rows(channel: grpc.Channel, prediction_id: str, top: int
+                   ) -> tuple[list[dict], list[dict]]:
+    """The most helpful and the most harmful training rows of a prediction
+    (Attribution.Attribute), with files, rows, ops: positive scores raised the explained
+    output, negative ones lowered it."""
     response = query_pb2_grpc.AttributionStub(channel).Attribute(query_pb2.AttributeRequest(
         prediction_id=prediction_id, top_k=top, aggregation=query_pb2.BY_ROW), timeout=120)
-    return [{"node_id": r.node_id, "row": r.row, "score": r.score,
-             "sources": [{"source_id": s.source_id, "uri": s.uri, "row": s.row}
-                         for s in r.sources],
-             "ops": [o.op_name for o in r.ops]} for r in response.rows]
+
+    def rows(found: Any) -> list[dict]:
+        return [{"node_id": r.node_id, "row": r.row, "score": r.score,
+                 "sources": [{"source_id": s.source_id, "uri": s.uri, "row": s.row}
+                             for s in r.sources],
+                 "ops": [o.op_name for o in r.ops]} for r in found]
+    return rows(response.helpful), rows(response.harmful)
 
 
 def attribute_sources(channel: grpc.Channel, prediction_id: str) -> list[dict]:
@@ -366,11 +372,16 @@ def _session(target: str, paths: tuple[Path, ...], recipe: Any, output: Path,
         f["accuracy_before_forget"] = trainer.test_accuracy()
         pid = before_ids[0]
         with _bar(f"attributing prediction {pid}"):
-            top = attribute_rows(channel, pid, 5)
+            helpful, harmful = attribute_rows(channel, pid, 5)
             by_source_before = attribute_sources(channel, pid)
-        console.print(_rows_table(f"Training rows behind prediction {pid} (influence)", top))
+        console.print(_rows_table(f"Most helpful training rows for prediction {pid} "
+                                  "(raised its output)", helpful))
+        console.print(_rows_table(f"Most harmful training rows for prediction {pid} "
+                                  "(lowered its output)", harmful))
+        top = helpful + harmful
         console.print(_groups_table(f"{pid} by source", by_source_before))
-        f.update(prediction_id=pid, top_rows=top, by_source_before=by_source_before)
+        f.update(prediction_id=pid, top_rows=top, helpful_rows=helpful, harmful_rows=harmful,
+                 by_source_before=by_source_before)
 
         console.print(f"[bold]Forgetting hospital_b[/] ({source_b}) while training goes on")
         sent: list[query_pb2.ForgetResponse] = []

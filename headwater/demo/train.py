@@ -156,7 +156,12 @@ class Trainer:
                                            dataset=data.x_train, apply=self.unlearner,
                                            capture=self.capture, min_interval=0.2,
                                            token=listener_token)
-        self.capture.record_version(0, config=self.config())
+        self.capture.record_version(0, config=self.config(), l2_penalty=self.l2_penalty())
+
+    def l2_penalty(self) -> float:
+        """λ of the objective Σ ℓ + (λ/2)|θ|² that SGD's weight decay on a mean loss over
+        the kept rows minimises (λ = n·wd): recorded so the service damps influence by it."""
+        return float(len(self.kept_rows()) * self.recipe.weight_decay)
 
     def config(self) -> dict[str, Any]:
         """What a version records: the recipe, the held-out accuracy measured now (Annex IV
@@ -188,7 +193,8 @@ class Trainer:
             self.listener.poll()
             yield self.step
         self.epoch += 1
-        self.capture.record_version(self.step, config=self.config())
+        self.capture.record_version(self.step, config=self.config(),
+                                    l2_penalty=self.l2_penalty())
 
     def kept_rows(self) -> np.ndarray:
         return self.listener.keep(np.arange(len(self.x)))
