@@ -81,9 +81,7 @@ def trace(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | None],
     frontier: dict[str, np.ndarray] = {node_id: np.unique(np.asarray(rows, dtype=np.int64))}
     ops: list[str] = []
     names: dict[str, str] = {}
-    for _ in range(max_depth):
-        if not frontier:
-            break
+    for _ in range(max_depth + 1):  # max_depth ops, then the level of source nodes
         next_frontier: dict[str, list[np.ndarray]] = {}
         for node, node_rows in frontier.items():
             op = op_of(node)
@@ -96,6 +94,8 @@ def trace(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | None],
             for parent, parent_rows in map_rows(op, node_rows).items():
                 next_frontier.setdefault(parent, []).append(parent_rows)
         frontier = {n: np.unique(np.concatenate(p)) for n, p in next_frontier.items()}
+        if not frontier:
+            break
     else:
         raise ValueError(f"lineage of {node_id} is deeper than {max_depth} ops (a cycle?)")
     reached = set(ops)
@@ -124,9 +124,7 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
     names: dict[str, str] = {}  # op id -> op name
     stepped: dict[tuple[str, str, str, int, str], set[tuple[str, str]]] = {}  # _aggregator
     frontier: dict[str, tuple[np.ndarray, np.ndarray]] = {node_id: (origin, rows)}
-    for _ in range(max_depth):
-        if not frontier:
-            break
+    for _ in range(max_depth + 1):  # max_depth ops, then the level of source nodes
         nxt: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         for node, (orig, node_rows) in frontier.items():
             op = op_of(node)
@@ -153,6 +151,8 @@ def trace_each(node_id: str, rows: np.ndarray, op_of: Callable[[str], OpView | N
                     (orig[hit], segment_inputs(seg, node_rows[hit], op.input_rows[seg.input])))
         frontier = {n: (np.concatenate([p[0] for p in parts]),
                         np.concatenate([p[1] for p in parts])) for n, parts in nxt.items()}
+        if not frontier:
+            break
     else:
         raise ValueError(f"lineage of {node_id} is deeper than {max_depth} ops (a cycle?)")
 

@@ -86,6 +86,10 @@ def test_the_depth_bound_counts_ops_and_a_cycle_is_named() -> None:
     assert _as_lists(trace("n4", np.array([1]), op_of, max_depth=10).rows) == {"n0": [1]}
     with pytest.raises(ValueError, match="lineage of n4 is deeper than 3 ops"):
         trace("n4", np.array([1]), op_of, max_depth=3)
+    # exactly max_depth ops is within the bound (it once refused a 4-op chain at 5)
+    assert _as_lists(trace("n4", np.array([1]), op_of, max_depth=4).rows) == {"n0": [1]}
+    assert _as_lists(trace_each("n4", np.array([1]), op_of, max_depth=4)[0].rows) == \
+        {"n0": [1]}
     assert _as_lists(trace_each("n4", np.array([1]), op_of, max_depth=10)[0].rows) == \
         {"n0": [1]}
     with pytest.raises(ValueError, match="lineage of n4 is deeper than 3 ops"):

@@ -108,7 +108,7 @@ def test_a_moved_event_is_reordered_naming_where_its_predecessor_is() -> None:
 
 def test_a_genesis_link_after_seq_1_is_reordered_when_seq_1_does_not_start() -> None:
     e = _events(3)
-    head = _row(e[0], prev_hash=b"\9" * 32)  # seq 1 no longer from genesis
+    head = _row(e[0], prev_hash=b"\x09" * 32)  # seq 1 no longer from genesis
     moved = _row(e[2], prev_hash=GENESIS_HASH)
     problems, _ = _found([head, _row(e[1]), moved])
     assert problems == [
