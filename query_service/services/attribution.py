@@ -20,6 +20,7 @@ from headwater.query_service.attribution.scoring import (
     unsign,
 )
 from headwater.query_service.lineage.graph import LineageGraph
+from headwater.query_service.services.lineage import op_info
 from headwater.query_service.tables import select_ops
 from headwater.stream_processors.processors.gradients import DTYPES, NP_DTYPE
 from headwater.stream_processors.store import Store
@@ -114,11 +115,8 @@ def chunks(result: Result, aggregation: str, store: Store
 
 def _op_infos(store: Store, ids: set[str]) -> dict[str, query_pb2.OpInfo]:
     """OpInfo of each op id (one query; an op never recorded has its id only)."""
-    found = {o.op_id: query_pb2.OpInfo(
-        op_id=o.op_id, op_name=o.op_name, params_json=o.params_json,
-        input_node_ids=o.input_node_ids, output_node_id=o.output_node_id,
-        understood=o.understood) for o in select_ops(
-            store, "op_id IN {ids:Array(String)}", {"ids": sorted(ids)})} if ids else {}
+    found = {o.op_id: op_info(o) for o in select_ops(
+        store, "op_id IN {ids:Array(String)}", {"ids": sorted(ids)})} if ids else {}
     return {i: found.get(i) or query_pb2.OpInfo(op_id=i) for i in ids}
 
 

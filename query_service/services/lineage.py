@@ -78,7 +78,7 @@ class LineageService(query_pb2_grpc.LineageServicer):
         graph = LineageGraph(self._store)
         with _lineage_errors(context):
             _in_run(graph, [request.node_id], request.run_id, context)
-            return query_pb2.OpsResponse(ops=[_op_info(o) for o in graph.ops(request.node_id)])
+            return query_pb2.OpsResponse(ops=[op_info(o) for o in graph.ops(request.node_id)])
 
     def DescribeNode(self, request: query_pb2.NodeRequest, context: grpc.ServicerContext):
         graph = LineageGraph(self._store)
@@ -169,7 +169,8 @@ def _node_info(n: Node) -> query_pb2.NodeInfo:
                               source_id=n.source_id, run_id=n.run_id)
 
 
-def _op_info(o: OpRow) -> query_pb2.OpInfo:
+def op_info(o: OpRow) -> query_pb2.OpInfo:
+    """An op's row as the wire's OpInfo (Lineage.Ops, and the ops of attributed rows)."""
     return query_pb2.OpInfo(op_id=o.op_id, op_name=o.op_name, params_json=o.params_json,
                             input_node_ids=list(o.input_node_ids),
                             output_node_id=o.output_node_id, understood=o.understood)
