@@ -70,7 +70,7 @@ def test_unreachable_server_is_one_clear_error() -> None:
 def test_locked_data_dir_is_refused(tmp_path: Path) -> None:
     lock = _DirLock(tmp_path)
     try:
-        with pytest.raises(DataDirLocked, match=r"in use by another process \(pid \d+\)"):
+        with pytest.raises(DataDirLocked, match=r"in use by another process \(pid \d+[;)]"):
             _DirLock(tmp_path)
         done = run_headwater("migrate", "--dsn", f"chdb://{tmp_path}")
         assert done.returncode == 2
