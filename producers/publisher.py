@@ -6,14 +6,16 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import cast
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 
 from headwater.errors import PublishError
-from headwater.producers import telemetry
+from headwater.producers import head_signing, telemetry
 from headwater.producers.envelope import EnvelopeBuilder
 from headwater.producers.transports.base import Transport
 from headwater.v1 import events_pb2
@@ -22,9 +24,18 @@ from headwater.v1 import events_pb2
 class Publisher:
     """Publishes events of one run through one transport; use as a context manager."""
 
-    def __init__(self, transport: Transport, run_id: str, producer_id: str | None = None):
+    def __init__(self, transport: Transport, run_id: str, producer_id: str | None = None,
+                 signing_key: Ed25519PrivateKey | str | Path | None = None, *,
+                 attest_target: str | None = None, attest_every_events: int = 1000,
+                 attest_every_seconds: float = 60.0):
+        """`signing_key` (or HEADWATER_PRODUCER_KEY_FILE): this producer's Ed25519 key; its
+        chain heads are then signed and attested (head_signing) at flush, close and every
+        `attest_every_events` events / `attest_every_seconds` s."""
         self.transport = transport
         self.envelopes = EnvelopeBuilder(run_id, producer_id)
+        self.heads = head_signing.signer_for(
+            transport, signing_key, attest_target=attest_target,
+            every_events=attest_every_events, every_seconds=attest_every_seconds)
         telemetry.configure_from_env()  # OTEL_EXPORTER_OTLP_ENDPOINT set: export, unasked
         self._tracer = telemetry.tracer()
         self._counter = telemetry.meter().create_counter(
@@ -46,16 +57,26 @@ class Publisher:
             event.run_id, event.event_id, event.SerializeToString(deterministic=True)
         )
         self._counter.add(1, {"payload": event.WhichOneof("payload") or ""})
+        if self.heads is not None and self.heads.observe(event):
+            self.transport.flush()  # the head must be stored before it is attested
+            self.heads.attest()
         return event
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until everything published so far is stored; raise PublishError if not."""
         with self._tracer.start_as_current_span("headwater.publish.flush"):
             self.transport.flush(timeout)
+            if self.heads is not None:
+                self.heads.attest()
 
     def close(self) -> None:
         with self._tracer.start_as_current_span("headwater.publish.close"):
-            self.transport.close()
+            try:
+                if self.heads is not None:
+                    self.transport.flush()
+                    self.heads.attest(final=True)
+            finally:
+                self.transport.close()
 
     def __enter__(self) -> Publisher:
         return self
@@ -69,7 +90,7 @@ class Publisher:
         self.close()
 
 
-Build = Callable[[], Message]
+Build = Callable[[], Message | list[Message]]
 _STOP = object()
 
 
@@ -81,7 +102,8 @@ class BackgroundPublisher:
     fails to build or send does not stop the worker; `flush` (and `close`) wait for
     everything submitted so far and raise PublishError naming the failures. Publish every
     event of the producer through it (a Tracker too: it is callable), so the hash chain
-    follows submission order.
+    follows submission order. A build may return a list of payloads (a capture's group
+    of steps, projected together): they are published in order, as one queue entry.
     """
 
     def __init__(self, publisher: Publisher, max_pending: int = 64) -> None:
@@ -93,6 +115,7 @@ class BackgroundPublisher:
         self._failed = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._before_flush: list[Callable[[], None]] = []
         self._worker = threading.Thread(target=self._run, name="headwater-publish",
                                         daemon=True)
         self._worker.start()
@@ -108,6 +131,15 @@ class BackgroundPublisher:
         """Queue an already built payload (the plain publish-callable form)."""
         self.submit(lambda: payload)
 
+    def before_flush(self, drain: Callable[[], None]) -> None:
+        """Call `drain` at the start of every flush and close (on the caller's thread): a
+        capture that holds steps back to project them as a group submits them there."""
+        self._before_flush.append(drain)
+
+    def _drain(self) -> None:
+        for drain in self._before_flush:
+            drain()
+
     def _run(self) -> None:
         while True:
             item = self._queue.get()
@@ -117,7 +149,9 @@ class BackgroundPublisher:
                 build, context = cast(tuple[Build, otel_context.Context], item)
                 token = otel_context.attach(context)
                 try:
-                    self.publisher.publish(build())
+                    built = build()
+                    for payload in built if isinstance(built, list) else [built]:
+                        self.publisher.publish(payload)
                 finally:
                     otel_context.detach(token)
             except Exception as exc:  # noqa: BLE001 - kept and raised at flush
@@ -140,6 +174,7 @@ class BackgroundPublisher:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every submitted payload is published and stored; raise PublishError
         for any that failed."""
+        self._drain()
         self._queue.join()
         self._raise_errors()
         self.publisher.flush(timeout)
@@ -149,6 +184,7 @@ class BackgroundPublisher:
         if self._closed:
             return
         try:
+            self._drain()
             self._queue.join()
             self._raise_errors()
         finally:

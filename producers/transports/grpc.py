@@ -91,6 +91,10 @@ class GrpcTransport:
             if len(self._buffer) >= self._batch_size:
                 self._dispatch()
 
+    def attest_head(self, request: query_pb2.AttestHeadRequest) -> None:
+        """Send a signed chain head (Compliance.AttestHead) over this channel and token."""
+        query_pb2_grpc.ComplianceStub(self._channel).AttestHead(request, timeout=self._timeout)
+
     def flush(self, timeout: float | None = None) -> None:
         with self._lock:
             self._dispatch()

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from headwater.errors import ConfigError
+from headwater.producers import head_signing
 from headwater.query_service.compliance.model import Integrity, Signature, json_schema
 
 CANONICALIZATION = "json-sorted-keys-compact-utf8"
@@ -72,8 +73,8 @@ def public_pem(key: Ed25519PublicKey) -> str:
 
 
 def key_id(key: Ed25519PublicKey) -> str:
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    """SHA-256 of the raw public key, 16 hex digits (producers name their keys the same)."""
+    return head_signing.key_id(key)
 
 
 def seal(report: dict[str, Any], key: Ed25519PrivateKey | None,

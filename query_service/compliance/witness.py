@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from headwater.errors import ConfigError
+from headwater.producers.head_signing import head_bytes
 from headwater.query_service.compliance.signing import key_id
 from headwater.stream_processors.log_integrity import LogReport
 
@@ -43,8 +44,9 @@ class Checkpoint:
     signature: str = ""  # base64 Ed25519 over signed_bytes()
 
     def signed_bytes(self) -> bytes:
-        body = {k: v for k, v in asdict(self).items() if k != "signature"}
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        """What the signature covers: the same bytes a producer's HeadSigner signs."""
+        return head_bytes(self.producer_id, self.run_id, self.seq, self.head_hash,
+                          self.written_at, self.key_id)
 
 
 class Witness(Protocol):
