@@ -104,6 +104,7 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None,
     configure_telemetry(settings, "headwater-serve")
     store = open_store(settings)
     observe_store(store)
+    witness = _witness(store)  # a misconfigured witness stops serve before it listens
     sink, live = event_sink(settings, store, "grpc")
     member = _GroupMember(settings, store) if shape is not None else None
     server, port = build_server(store, settings.listen, sink=sink,
@@ -115,6 +116,10 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None,
                                 log=member.log if member is not None else None)
     server.start()
     store.record_address(_bound(settings.listen, port))  # CLI reads find this serve
+    if witness is not None:
+        witness.start()
+        status(f"headwater serve: chain heads checkpointed to the witness every "
+               f"{witness.interval_s:g} s")
     status(f"headwater serve: gRPC on {settings.listen} (port {port}, "
                   f"{security.describe()}), store {store.dsn.redacted}; Ctrl-C to stop")
     if member is not None:
@@ -126,9 +131,18 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None,
     if member is not None:
         member.stop()  # the batch in hand stored and committed, the group left
     server.stop(grace=5).wait()
+    if witness is not None:
+        witness.stop()  # a last checkpoint of the heads as serve leaves them
     if live is not None:
         live.close()
     store.close()
+
+
+def _witness(store: Any) -> Any:
+    """serve's periodic witness checkpoints (HEADWATER_WITNESS, _KEY, _INTERVAL_S), or None."""
+    from headwater.query_service.compliance.periodic_witness import from_settings
+
+    return from_settings(store)
 
 
 class _GroupMember:

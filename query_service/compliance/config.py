@@ -60,6 +60,7 @@ class ReportSettings(BaseSettings):
     witness: Path | None = None  # the append-only checkpoint file
     witness_key: Path | None = None  # Ed25519 private key that signs checkpoints
     witness_public_key: Path | None = None  # `audit verify` trusts checkpoints signed by it
+    witness_interval_s: float | None = None  # serve checkpoints this often (None: 300; 0: off)
 
 
 def parse_config(text: str, name: str) -> ComplianceConfig:
