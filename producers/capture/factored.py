@@ -191,6 +191,29 @@ class Projector:
                 blocks.append(total)
         return torch.cat(blocks, dim=1)
 
+    def phi_group(self, taken: list[tuple[dict[str, list[torch.Tensor]],
+                                          dict[str, list[torch.Tensor]]]]
+                  ) -> list[torch.Tensor]:
+        """φ of several steps (each as Taps.take() handed it over) with one product per
+        layer and factor for the whole group: the rows of all steps are stacked, so a
+        small model pays the matmul dispatch once per group instead of once per step.
+        Steps where a layer ran other than once, or with differing shapes, go one by one."""
+        sizes = [grads[self.layers[0].name][0].shape[0] if grads[self.layers[0].name] else 0
+                 for _, grads in taken]
+        stackable = all(
+            len(ins[la.name]) == 1 and len(grads[la.name]) == 1
+            and not grads[la.name][0].requires_grad
+            and ins[la.name][0].shape[1:] == taken[0][0][la.name][0].shape[1:]
+            and grads[la.name][0].shape[0] == n
+            for (ins, grads), n in zip(taken, sizes, strict=True) for la in self.layers)
+        if len(taken) == 1 or not stackable:
+            return [self.phi(*t) for t in taken]
+        stacked_ins = {la.name: [torch.cat([ins[la.name][0] for ins, _ in taken])]
+                       for la in self.layers}
+        stacked_grads = {la.name: [torch.cat([grads[la.name][0] for _, grads in taken])]
+                         for la in self.layers}
+        return list(self.phi(stacked_ins, stacked_grads).split(sizes))
+
     @staticmethod
     def _layer(layer: Layer, a: torch.Tensor, delta: torch.Tensor, p_rows: torch.Tensor | None,
                p_cols: torch.Tensor | None) -> torch.Tensor:

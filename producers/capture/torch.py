@@ -11,6 +11,7 @@ import hashlib
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,24 @@ from headwater.v1 import events_pb2
 
 MODES = ("auto", "factored", "dense")
 TINY = 1e-30  # |c q| below this: the row's loss gradient carries no margin gradient
+CERTAIN = 1e-25  # a row's largest |loss gradient| at the output below this may be < TINY
+
+
+GROUP = 32  # steps held back on the trainer's thread, then projected together on the worker
+
+
+@dataclass
+class _Held:
+    """A finished step whose projection and event wait for the rest of its group."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    state: OutputGradient
+    taken: tuple[dict, dict]
+    keys: events_pb2.RowKeys
+    learning_rate: float
+    step: int
+    version: str
 
 
 class FactoredFallback(UserWarning):
@@ -80,6 +99,12 @@ class TorchCapture(Recorder):
     `factor_shapes` or plan_factors says; identity when d <= k), else dense with one
     FactoredFallback warning naming the layers. "factored" refuses instead of falling back;
     "dense" is the exact vmap path with a dense seeded P.
+
+    `group`: with a BackgroundPublisher, `step()` holds up to this many steps' layer inputs
+    and output gradients (references, no copies but the batch's own input), then hands them
+    to the worker as one job, which projects them with one product per layer factor and
+    builds one GradientBatch per step (the same events, in the same order); the publisher's
+    flush and any other event of this capture submit a partial group first.
     """
 
     framework = "torch"
@@ -88,7 +113,10 @@ class TorchCapture(Recorder):
     def __init__(self, publish: Publish, model: torch.nn.Module, model_id: str, *,
                  parameters: str | Sequence[str] = "all", mode: str = "auto",
                  factor_shapes: dict[str, tuple[int, int]] | None = None,
-                 **kwargs: Any) -> None:
+                 group: int = GROUP, **kwargs: Any) -> None:
+        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+            raise ValueError(f"group must be a positive integer (steps projected together); "
+                             f"got {group!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         self.model = model
@@ -128,6 +156,11 @@ class TorchCapture(Recorder):
         self._per_sample = vmap(grad(self._margin_of_one), in_dims=(None, None, 0, 0))
         self._scale: float | None = None  # the loss's per-row scale c, last measured
         self._taps = Taps(self.layers or [])
+        self.group = group
+        self._pending: list[_Held] = []
+        before_flush = getattr(publish, "before_flush", None)
+        if before_flush is not None:
+            before_flush(self._drain)
 
     @property
     def mode(self) -> str:
@@ -251,11 +284,25 @@ class TorchCapture(Recorder):
             taken = self._taps.take()
         finally:
             self._taps.clear()
+        version = self._require_version()
+        self.last_step = max(self.last_step, step)
+        # Held for the worker (a group): only after a first step here, which refuses a wrong
+        # loss where the trainer sees it, and when no row can need a margin pass (it reads
+        # the parameters, which the optimiser is about to change): a row whose loss
+        # gradient is below 1e-25 everywhere might, and goes the synchronous way below.
+        if (dense is None and self._scale is not None
+                and getattr(self.publish, "before_flush", None) is not None
+                and bool(state.grad.abs().reshape(len(x), -1).amax(1).min()  # type: ignore[union-attr]
+                         >= CERTAIN)):
+            state.output = state.output.detach()  # type: ignore[union-attr]
+            self._pending.append(_Held(x, y.clone(), state, self._own_input(taken, x), keys,
+                                       learning_rate, step, version))
+            if len(self._pending) >= self.group:
+                self._drain()
+            return
         f = margins(state.output.detach().cpu().double().numpy(),  # type: ignore[union-attr]
                     y.detach().cpu().double().numpy(), self.task)
         weights = self._weights_of(f, y)
-        version = self._require_version()
-        self.last_step = max(self.last_step, step)
         targets = y.detach().cpu().numpy()
 
         def build() -> events_pb2.GradientBatch:
@@ -263,15 +310,48 @@ class TorchCapture(Recorder):
             return self.gradient_batch(phi, weights, keys, learning_rate=learning_rate * c,
                                        step=step, version=version, targets=targets)
 
-        # On the worker only when the model is not needed (a margin pass for certain rows
-        # reads the parameters, which the optimiser is about to change) and after a first
-        # step here, which refuses a wrong loss where the trainer sees it.
         lost = bool((np.abs(weights.q) < TINY).any())
         if dense is not None or lost or self._scale is None:
             payload = build()
             self._emit(lambda: payload)
         else:
             self._emit(build)
+
+    @staticmethod
+    def _own_input(taken: tuple[dict, dict], x: torch.Tensor) -> tuple[dict, dict]:
+        """`taken` with the inputs that are the caller's batch tensor itself copied (a
+        trainer may refill that buffer before the group is projected)."""
+        ins, grads = taken
+        ptr = x.data_ptr()
+        return ({name: [a.clone() if a.data_ptr() == ptr else a for a in kept]
+                 for name, kept in ins.items()}, grads)
+
+    def _emit(self, build: Any) -> Any:
+        """Any event of this capture follows the steps held back before it."""
+        self._drain()
+        return super()._emit(build)
+
+    def _drain(self) -> None:
+        """Submit the held steps as one job for the publisher's worker."""
+        held, self._pending = self._pending, []
+        if held:
+            super()._emit(lambda: self._build_group(held))  # type: ignore[arg-type,return-value]
+
+    def _build_group(self, held: list[_Held]) -> list[events_pb2.GradientBatch]:
+        """The GradientBatch of every held step, projected together (on the worker)."""
+        assert self._projector is not None
+        phis = self._projector.phi_group([h.taken for h in held])
+        out = []
+        for h, phi in zip(held, phis, strict=True):
+            labels = h.y.detach().cpu()
+            f = margins(h.state.output.cpu().double().numpy(),  # type: ignore[union-attr]
+                        labels.double().numpy(), self.task)
+            weights = self._weights_of(f, h.y)
+            phi, c = self._rescaled(h.x, h.y, h.state, weights, phi)
+            out.append(self.gradient_batch(phi, weights, h.keys,
+                                           learning_rate=h.learning_rate * c, step=h.step,
+                                           version=h.version, targets=labels.numpy()))
+        return out
 
     def _check(self, x: torch.Tensor, state: OutputGradient) -> None:
         """Refuse a step whose forward/backward the capture cannot read."""
@@ -297,6 +377,13 @@ class TorchCapture(Recorder):
                      weights: Weights, taken: tuple[dict, dict], dense: torch.Tensor | None
                      ) -> tuple[torch.Tensor, float]:
         """(φ, c) of a step from what its forward and backward left behind."""
+        if dense is not None:
+            return dense, self._loss_scale(x, state)
+        assert self._projector is not None
+        return self._rescaled(x, y, state, weights, self._projector.phi(*taken))
+
+    def _loss_scale(self, x: torch.Tensor, state: OutputGradient) -> float:
+        """c, the loss's per-row scale, measured (or the last measured) and checked."""
         measured, _ = loss_scale(state)
         c = measured if measured is not None else (self._scale or 1.0 / len(x))
         if not c > 0:
@@ -304,13 +391,15 @@ class TorchCapture(Recorder):
                                " expects a loss that is minimised (cross-entropy, squared "
                                "error)")
         self._scale = c
-        if dense is not None:
-            return dense, c
-        assert self._projector is not None
+        return c
+
+    def _rescaled(self, x: torch.Tensor, y: torch.Tensor, state: OutputGradient,
+                  weights: Weights, phi: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(φ of the margins, c) from φ of the step's loss gradients."""
+        c = self._loss_scale(x, state)
         r = -c * weights.q  # δ_loss = r δ_f, row by row
         lost = np.abs(r) < TINY
         r[lost] = 1.0
-        phi = self._projector.phi(*taken)
         phi /= torch.as_tensor(r, dtype=phi.dtype, device=phi.device)[:, None]
         if lost.any():  # loss gradient 0 (certain rows, exact fits): a margin pass for them
             rows = torch.as_tensor(lost.nonzero()[0], device=x.device)

@@ -338,3 +338,58 @@ def test_background_worker_builds_the_same_events_and_raises_at_flush() -> None:
     with pytest.raises(PublishError, match="LossMismatch: .*label smoothing"):
         bg.flush()
     bg.close()
+
+
+def test_grouped_steps_give_the_same_events_in_order() -> None:
+    """Steps held back and projected as groups on the worker (group=3, 9 steps, a version
+    recorded mid-group, the trainer refilling one input buffer in place): the same
+    GradientBatch values as capture on the trainer's thread, and every event in step order."""
+    from headwater.producers.publisher import BackgroundPublisher, Publisher
+
+    class Keep:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def send(self, key: str, event_id: str, value: bytes) -> None:
+            self.sent.append(value)
+
+        def flush(self, timeout: float | None = None) -> None: ...
+
+        def close(self) -> None: ...
+
+    with pytest.raises(ValueError, match="group must be a positive integer"):
+        TorchCapture(lambda e: None, mlp((6, 9, 4)), "m", group=0)
+    model, twin = mlp((6, 9, 4)), mlp((6, 9, 4))
+    transport, sent = Keep(), []
+    bg = BackgroundPublisher(Publisher(transport, run_id="r"))
+    worker = TorchCapture(bg, model, "m", k=24, group=3)
+    inline = TorchCapture(sent.append, twin, "m", k=24)
+    gen = torch.Generator().manual_seed(5)
+    buffer = torch.empty(N, 6)
+    for s in range(9):
+        buffer.copy_(torch.randn(N, 6, generator=gen))
+        y = torch.randint(0, 4, (N,), generator=gen)
+        for capture in (worker, inline):
+            with capture.step(buffer, y, keys(), learning_rate=0.1, step=s):
+                F.cross_entropy(capture.model(buffer), y).backward()
+            for p in capture.model.parameters():
+                p.data.add_(p.grad, alpha=-0.5)
+                p.grad = None
+            if s == 4:
+                capture.record_version(step=s)
+    assert len(worker._pending) == 1  # step 8 waits for the flush
+    bg.flush()
+    events = [events_pb2.Event.FromString(v) for v in transport.sent]
+    order = [(e.WhichOneof("payload"), e.gradient_batch.step) for e in events]
+    assert order == [("model_version_recorded", 0)] + [("gradient_batch", s) for s in range(5)] \
+        + [("model_version_recorded", 0)] + [("gradient_batch", s) for s in (5, 6, 7, 8)]
+    theirs = [e for e in sent if isinstance(e, events_pb2.GradientBatch)]
+    mine = [e.gradient_batch for e in events if e.HasField("gradient_batch")]
+    assert len(mine) == len(theirs) == 9
+    for a, b in zip(mine, theirs, strict=True):
+        assert (a.model_version, a.learning_rate, list(a.loss_weight), list(a.targets)) == \
+            (b.model_version, b.learning_rate, list(b.loss_weight), list(b.targets))
+        np.testing.assert_allclose(np.frombuffer(a.gradients, np.float32),
+                                   np.frombuffer(b.gradients, np.float32), rtol=1e-5,
+                                   atol=1e-7)
+    bg.close()
