@@ -30,6 +30,9 @@ from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 PublisherFor = Callable[[str], Publisher]  # run id -> a publisher writing to the event log
 POLL_SECONDS = 0.25
+# Longest a publish (send + flush) may take before its "publishing" record counts as never
+# sent, so a repeat publishes it again (the store keeps one request per id either way).
+PUBLISH_SECONDS = 120
 DONE = ("APPLIED", "ALREADY_APPLIED", "FAILED")
 
 
@@ -83,10 +86,6 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
         self._store = store
         self._log = log
         self._lock = threading.Lock()  # one Forget at a time: ids are checked, then written
-        # Requests this service published that the store has not shown yet (Kafka: until
-        # `process` stored them): a repeat is answered from here instead of published
-        # again, and Status reports them "pending" rather than NOT_FOUND.
-        self._unstored: dict[str, query_pb2.ForgetResponse] = {}
 
     def Forget(self, request: query_pb2.ForgetRequest, context: grpc.ServicerContext):
         with _errors(context):
@@ -109,10 +108,10 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
                 "SELECT affected_rows FROM forget_requests FINAL WHERE request_id = {r:String}",
                 {"r": rid})
             if stored:  # the same request again: nothing new is recorded
-                self._unstored.pop(rid, None)
                 return query_pb2.ForgetResponse(request_id=rid, rows=stored[0][0])
-            if rid in self._unstored:  # published, not stored yet: not published twice
-                return self._unstored[rid]
+            earlier = published(self._store, rid)
+            if earlier is not None:  # published (by any replica), not stored yet: not twice
+                return earlier
             graph = LineageGraph(self._store)
             found = affected(graph, target_rows(self._store, t),
                              model_keys(self._store, request.model_id, request.run_id),
@@ -125,23 +124,28 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
                 verify_with_retrain=request.verify_with_retrain, model_id=request.model_id)
             _check_event(request.run_id, event)
             assert self._log is not None  # checked above (abort raises)
-            publisher = self._log(request.run_id)
-            publisher.publish(event)
-            publisher.flush()
             response = query_pb2.ForgetResponse(request_id=rid, affected=groups,
                                                 rows=sum(len(g.rows.rows) for g in groups))
-            self._unstored[rid] = response
+            # recorded before it is sent, so no replica ever sees it on the log unrecorded
+            record_published(self._store, request, response, "publishing")
+            publisher = self._log(request.run_id)
+            try:
+                publisher.publish(event)
+                publisher.flush()
+            except BaseException:
+                record_published(self._store, request, response, "failed")
+                raise
+            record_published(self._store, request, response, "published")
         return response
 
     def _state(self, rid: str) -> query_pb2.UnlearningStatus | None:
-        """pending (published by this service, not stored yet) -> requested (stored) ->
-        applied or failed; None when the request is unknown."""
+        """pending (published by a query service on this store, not stored yet) ->
+        requested (stored) -> applied or failed; None when the request is unknown."""
         if not self._store.query("SELECT 1 FROM forget_requests FINAL "
                                  "WHERE request_id = {r:String}", {"r": rid}):
-            if rid in self._unstored:
+            if published(self._store, rid) is not None:
                 return query_pb2.UnlearningStatus(request_id=rid, state="pending")
             return None
-        self._unstored.pop(rid, None)
         rows = self._store.query(
             "SELECT hex(e.raw) FROM unlearning_applied AS u FINAL INNER JOIN events AS e FINAL "
             "ON u.event_id = e.event_id WHERE u.request_id = {r:String} "
@@ -203,6 +207,32 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
                 item.rows.CopyFrom(keys_of(found["row"] + found["join"]))
             out.requests.append(item)
         return out
+
+
+def record_published(store: Store, request: query_pb2.ForgetRequest,
+                     response: query_pb2.ForgetResponse, state: str) -> None:
+    """One row of forget_published (migration 0024): the shared record that makes
+    "pending" and deduplication hold across replicas and restarts on one store."""
+    store.command(
+        "INSERT INTO forget_published (request_id, run_id, model_id, state, response, "
+        "updated_at) VALUES ({r:String}, {run:String}, {m:String}, {s:String}, {b:String}, "
+        "now64(6))", {"r": response.request_id, "run": request.run_id, "m": request.model_id,
+                      "s": state, "b": response.SerializeToString().hex()})
+
+
+def published(store: Store, rid: str) -> query_pb2.ForgetResponse | None:
+    """The response first given for request `rid` if a query service published it (or is
+    publishing it, for at most PUBLISH_SECONDS); None if it was never sent."""
+    rows = store.query(
+        "SELECT state, response, dateDiff('second', updated_at, now64(6)) "
+        "FROM forget_published FINAL WHERE request_id = {r:String} "
+        "ORDER BY updated_at DESC LIMIT 1", {"r": rid})
+    if not rows:
+        return None
+    state, response, age = rows[0]
+    if state == "published" or (state == "publishing" and age <= PUBLISH_SECONDS):
+        return query_pb2.ForgetResponse.FromString(bytes.fromhex(response))
+    return None  # failed to publish, or its publisher died before the broker acknowledged
 
 
 def _nodes(keys: events_pb2.RowKeys) -> list[str]:

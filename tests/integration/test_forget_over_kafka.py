@@ -78,13 +78,18 @@ def topic(broker: Broker) -> str:
     return name
 
 
-@pytest.fixture
-def query_side(store: Store, broker: Broker, topic: str) -> Iterator[str]:
-    """A query service over the store that records forget requests on the topic."""
+def _query_server(store: Store, broker: Broker, topic: str) -> tuple[Any, str]:
     log = LogPublishers(lambda: KafkaTransport(broker.bootstrap, topic))
     server, port = build_server(store, "127.0.0.1:0", log=log)
     server.start()
-    yield f"127.0.0.1:{port}"
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def query_side(store: Store, broker: Broker, topic: str) -> Iterator[str]:
+    """A query service over the store that records forget requests on the topic."""
+    server, address = _query_server(store, broker, topic)
+    yield address
     server.stop(grace=2).wait()
 
 
@@ -163,3 +168,66 @@ def test_forget_is_pending_then_stored_then_applied_through_kafka(
         "pending", "requested", "applied"}, states
     assert _count(store, "forget_requested", run_id) == 1  # the repeat published nothing
     assert _count(store, "unlearning_applied", run_id) == 1
+
+
+def test_pending_and_dedupe_hold_across_replicas_and_a_restart(
+    store: Store, broker: Broker, topic: str, query_side: str, tmp_path
+) -> None:
+    """Two query services on one store and one broker: a request published by one is
+    "pending" on the other (and on a restarted first one), and a repeat sent to either is
+    not published again, before any processor has stored it (forget_published)."""
+    run_id, group = f"run-{uuid.uuid4().hex[:6]}", f"g-{uuid.uuid4().hex[:6]}"
+    trainer = Publisher(KafkaTransport(broker.bootstrap, topic), run_id=run_id)
+    csv = tmp_path / "rows.csv"
+    csv.write_text("a,b,c\n" + "\n".join(",".join(f"{v:.6f}" for v in r) for r in
+                                         np.random.default_rng(1).normal(size=(30, 3))) + "\n")
+    x = load_csv(Tracker(trainer.publish), csv, columns=["a", "b", "c"])
+    capture = LinearCapture(trainer.publish, "clf", 3)
+    capture.set_parameters(np.zeros(3), 0.0)
+    capture.record_version(step=1)
+    capture.capture(np.asarray(x), np.ones(30), row_keys(x), learning_rate=0.0,
+                    featurisation=True)
+    trainer.flush(timeout=30)
+    processor = Processor(store, broker.bootstrap, topic, group)
+    _wait("the trainer's events stored", lambda: _count(store, "gradient_batch", run_id) == 1)
+    processor.stop()
+
+    request = query_pb2.ForgetRequest(
+        run_id=run_id, model_id="clf", reason="erasure",
+        target=events_pb2.ForgetTarget(row_keys=events_pb2.RowKeys(
+            node_ids=[x.node_id], node_index=[0] * 4, rows=[0, 1, 2, 3])))
+
+    def stub(address: str) -> Any:
+        return query_pb2_grpc.UnlearningStub(grpc.insecure_channel(address))
+
+    def state(address: str, rid: str) -> str:
+        stream = stub(address).Status(query_pb2.UnlearningStatusRequest(request_id=rid),
+                                      timeout=30)
+        try:
+            return next(stream).state
+        finally:
+            stream.cancel()
+
+    first = stub(query_side).Forget(request, timeout=60)
+    other, other_address = _query_server(store, broker, topic)
+    try:
+        assert state(other_address, first.request_id) == "pending"  # not NOT_FOUND
+        again = stub(other_address).Forget(request, timeout=60)  # not published again
+        assert (again.request_id, again.rows) == (first.request_id, 4)
+    finally:
+        other.stop(grace=2).wait()
+    restarted, restarted_address = _query_server(store, broker, topic)  # a fresh process
+    try:
+        assert state(restarted_address, first.request_id) == "pending"
+        assert stub(restarted_address).Forget(request, timeout=60).rows == 4
+        processor = Processor(store, broker.bootstrap, topic, group)
+        try:
+            _wait("the request stored",
+                  lambda: _count(store, "forget_requested", run_id) >= 1)
+            time.sleep(1.0)  # a duplicate, had one been sent, lands right behind it
+        finally:
+            processor.stop()
+        assert state(restarted_address, first.request_id) == "requested"
+    finally:
+        restarted.stop(grace=2).wait()
+    assert _count(store, "forget_requested", run_id) == 1  # three Forget calls, one event
