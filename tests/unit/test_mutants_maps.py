@@ -53,6 +53,10 @@ KEYS = [
     (np.array([], dtype=np.int64),), ([2, 2, 7],), (slice(None), np.array([0, 1])),
     (0, np.array([1, 0])), (Ellipsis, np.array([0, 1])), (slice(None), None, np.array([0, 1])),
     (-1,), (None, -1), (slice(None), np.array([0, 1]), np.array([1, 0])),
+    # a mask after an Ellipsis, or after None and an Ellipsis, counts its ndim as axes
+    (Ellipsis, np.arange(48).reshape(8, 3, 2) % 5 == 0),
+    (None, Ellipsis, 2, np.array([[True, False], [False, True], [True, True]])),
+    (np.zeros((3, 0), dtype=np.int64),),  # empty index rows: n_out rows, nothing to read
 ]
 
 
@@ -146,7 +150,8 @@ def test_a_product_of_an_array_with_itself_and_with_untracked_operands() -> None
 
 RESHAPES = [((6, 4), (6, 2, 2)), ((6, 4), (3, 8)), ((6, 4), (1, 24)), ((6, 4), (12, 2)),
             ((1, 6), (3, 2)), ((6, 4), (8, 3)), ((4, 6), (6, 4)), ((6, 4), (24,)),
-            ((5, 3), (3, 5)), ((3, 4, 2), (2, 12)), ((0, 4), (0, 2, 2)), ((24,), (4, 6))]
+            ((5, 3), (3, 5)), ((3, 4, 2), (2, 12)), ((0, 4), (0, 2, 2)), ((24,), (4, 6)),
+            ((2, 4), (4, 2))]
 
 
 @pytest.mark.parametrize(("src", "dst"), RESHAPES, ids=repr)
@@ -235,3 +240,9 @@ def test_reshape_row_maps_are_encoded_compactly() -> None:
     assert mp.reshape_segments(0, (6, 4), (3, 8)) == [sg.range_segment(0, 0, 2, 3),
                                                       sg.range_segment(0, 1, 2, 3)]
     assert mp.reshape_segments(0, (3, 0), (3, 0, 1)) == []
+
+
+def test_one_output_row_joining_more_rows_than_segments_is_one_all_rows_segment() -> None:
+    """Every row into one is a single all-rows segment however many rows, not q ranges."""
+    q = sg.MAX_FANIN_SEGMENTS + 1
+    assert mp.reshape_segments(0, (q, 1), (1, q)) == [sg.all_rows(0, 1, "all rows in one")]
