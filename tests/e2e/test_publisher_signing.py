@@ -47,6 +47,13 @@ def _publish(target: str, producer: str, n: int, key=None, every: int = 1000) ->
     return events
 
 
+class NoEndpoint:
+    """A transport without `attest_head` (as Kafka's): heads go to `attest_target`."""
+
+    def __init__(self, inner: GrpcTransport) -> None:
+        self.send, self.flush, self.close = inner.send, inner.flush, inner.close
+
+
 def _verify(*args: str) -> dict:
     done = run_headwater("audit", "verify", "--json", *args,
                          env={"HEADWATER_TOKEN": TOKENS[Role.AUDITOR]})
@@ -54,8 +61,9 @@ def _verify(*args: str) -> dict:
     return {"rc": done.returncode, **json.loads(done.stdout)}
 
 
-def test_publisher_signs_and_serve_checkpoints(tmp_path, tokens_file) -> None:
-    producer_key, second_key, other_key = (Ed25519PrivateKey.generate() for _ in range(3))
+def test_publisher_signs_and_serve_checkpoints(tmp_path, tokens_file, monkeypatch) -> None:
+    producer_key, second_key, other_key, fourth_key = (Ed25519PrivateKey.generate()
+                                                       for _ in range(4))
     witness_key = Ed25519PrivateKey.generate()
     witness, witness_pub = tmp_path / "witness.jsonl", tmp_path / "witness.pub.pem"
     witness_pub.write_text(public_pem(witness_key.public_key()))
@@ -66,7 +74,8 @@ def test_publisher_signs_and_serve_checkpoints(tmp_path, tokens_file) -> None:
     try:
         admin = query_pb2_grpc.ComplianceStub(open_channel(
             serve.target, ClientSecurity(token=TOKENS[Role.ADMIN])))
-        for producer, key in (("trainer-9", producer_key), ("trainer-10", second_key)):
+        for producer, key in (("trainer-9", producer_key), ("trainer-10", second_key),
+                              ("kafka-like", fourth_key)):
             admin.RegisterProducerKey(query_pb2.RegisterProducerKeyRequest(
                 producer_id=producer, public_key_pem=public_pem(key.public_key())), timeout=30)
         events = _publish(serve.target, "trainer-9", 10,
@@ -76,6 +85,13 @@ def test_publisher_signs_and_serve_checkpoints(tmp_path, tokens_file) -> None:
         with pytest.raises(PublishError, match="no registered key"):
             _publish(serve.target, "intruder", 2, other_key)
         _publish(serve.target, "plain-3", 6)  # unsigned: anchored by serve's checkpoints only
+        monkeypatch.setenv("HEADWATER_TOKEN", TOKENS[Role.PRODUCER])  # attest_target's
+        with Publisher(NoEndpoint(GrpcTransport(serve.target, token=TOKENS[Role.PRODUCER])),
+                       "signed-run", "kafka-like", fourth_key,
+                       attest_target=serve.target) as publisher:
+            publisher.publish(events_pb2.SourceRegistered(source_id="k", uri="file:///k",
+                                                          row_count=1, content_sha256="0" * 64))
+        assert publisher.heads is not None and publisher.heads.attested_seq == 1
 
         heads = [c for c in FileWitness(witness).read() if c.key_id == key_id(
             producer_key.public_key())]
@@ -95,6 +111,7 @@ def test_publisher_signs_and_serve_checkpoints(tmp_path, tokens_file) -> None:
         assert signed["trainer-9"]["key_id"] == key_id(producer_key.public_key())
         assert signed["plain-3"]["key_id"] is None
         assert signed["trainer-10"]["attested_seq"] == 0
+        assert signed["kafka-like"]["attested_seq"] == 1
         assert found["ok"] and found["rc"] == 0, found
     finally:
         stop(serve.proc)

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from headwater.errors import ConfigError, PublishError
-from headwater.producers import Publisher
+from headwater.producers import BackgroundPublisher, Publisher
 from headwater.producers.head_signing import HeadSigner, sign_head, signer_for
 from headwater.producers.transports.local import LocalTransport
 from headwater.query_service.compliance.witness import Checkpoint, Trusted, signature_problem
@@ -80,6 +80,19 @@ def test_heads_at_every_n_events_flush_and_close() -> None:
     publisher.publish(_source(8))
     publisher.close()
     assert [h.seq for h in transport.attested] == [3, 6, 7, 8]
+
+
+def test_background_publisher_attests_through_its_publisher() -> None:
+    transport = FakeTransport()
+    publisher = Publisher(transport, "run", "trainer", Ed25519PrivateKey.generate(),
+                          attest_every_events=100)
+    with BackgroundPublisher(publisher) as background:
+        for i in range(5):
+            background(_source(i))
+        background.flush()
+        assert [h.seq for h in transport.attested] == [5]
+        background(_source(5))
+    assert [h.seq for h in transport.attested] == [5, 6]  # close flushes the Publisher
 
 
 def test_heads_every_t_seconds() -> None:
