@@ -25,6 +25,8 @@ PRELOAD = ("numpy", "pytest", "_pytest.python", "_pytest.fixtures", "hypothesis"
            "hypothesis.strategies", "pyarrow", "google.protobuf", "grpc", "pydantic",
            "pydantic_settings", "cryptography", "clickhouse_connect", "jsonschema",
            "sklearn.linear_model", "torch", "_hypothesis_pytestplugin", "pytest_timeout")
+TIMED_OUT = 124
+TIMEOUT_MARK = "mutant killed: its tests ran past the timeout of"  # read by mutate.py
 
 
 def _child(argv: list[str], cwd: str, out: str) -> None:
@@ -61,7 +63,7 @@ def _one(conn: socket.socket) -> None:
         elif time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            status = 124
+            status = TIMED_OUT
         else:
             time.sleep(0.02)
     with open(out, errors="replace") as f:
@@ -96,6 +98,8 @@ def run(path: str, timeout: float, argv: list[str]) -> int:
                                  "timeout": timeout}).encode() + b"\n")
         answer = json.loads(conn.makefile("rb").readline())
     sys.stdout.write(answer["output"])
+    if answer["code"] == TIMED_OUT:  # pytest's own codes are 0-5
+        sys.stdout.write(f"\n{TIMEOUT_MARK} {timeout:.0f} s\n")
     return int(answer["code"])
 
 
