@@ -183,7 +183,8 @@ def _parse_rows(spec: str, what: str) -> tuple[str, list[int]]:
 @click.option("--verify-retrain", is_flag=True,
               help="Also retrain from scratch without the rows and report the gap closed")
 @click.option("--wait/--no-wait", default=False, show_default=True,
-              help="Follow the request's status until the trainer has applied it")
+              help="Follow the request's status until the trainer has applied it, through "
+                   "failed attempts the listener retries; an error (exit 2) if it fails for good")
 @click.option("--timeout", type=click.FloatRange(min=1), default=3600.0, show_default=True,
               help="Seconds to wait with --wait")
 @listen_option
@@ -238,21 +239,28 @@ def forget(run_id: str, model_id: str, sources: tuple[str, ...], source_rows: tu
         return
     import time
 
-    until, last = time.monotonic() + timeout, None
+    until, last = time.monotonic() + timeout, ("", "")
     while True:  # the server ends a stream after HEADWATER_STREAM_MAX_SECONDS: call again
         try:
             for status in stub.Status(query_pb2.UnlearningStatusRequest(
                     request_id=response.request_id), timeout=max(until - time.monotonic(), 1)):
-                if status.state == last:
+                if (status.state, status.applied.error) == last:
                     continue
-                last = status.state
+                last = (status.state, status.applied.error)
                 if as_json:
                     click.echo(json.dumps(MessageToDict(status,
                                                         preserving_proto_field_name=True)))
+                elif status.state == "retrying":  # a failed attempt; the listener retries
+                    out.print(f"{status.request_id}: retrying - the trainer's attempt failed: "
+                              f"{status.applied.error}")
                 else:
                     out.print(f"{status.request_id}: {status.state}")
                 if status.state == "applied" and not as_json:
                     _print_verification(status.applied)
+                if status.state == "failed":
+                    raise HeadwaterError(
+                        f"request {status.request_id} failed and the trainer's listener will "
+                        f"not try it again: {status.applied.error or 'no error given'}")
             return
         except grpc.RpcError as exc:
             if (exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() < until - 1

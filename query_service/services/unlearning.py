@@ -3,6 +3,7 @@ listener, report their progress. The model is changed by the listener, where it 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -154,21 +155,24 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
             return query_pb2.UnlearningStatus(request_id=rid, state="requested")
         event = events_pb2.Event.FromString(bytes.fromhex(rows[0][0]))
         applied = event.unlearning_applied
-        state = "failed" if applied.status == applied.FAILED else "applied"
+        state = "applied"
+        if applied.status == applied.FAILED:
+            state = "retrying" if retry_follows(applied.error) else "failed"
         return query_pb2.UnlearningStatus(request_id=rid, state=state, applied=applied)
 
     def Status(self, request: query_pb2.UnlearningStatusRequest,
                context: grpc.ServicerContext):
-        """Stream the request's state on every change until it is applied or failed."""
-        last = ""
+        """Stream the request's state on every change (each failed attempt of a retried
+        request too) until it is applied or failed for good."""
+        last: tuple[str, str] = ("", "")
         while context.is_active():
             status = self._state(request.request_id)
             if status is None:
                 context.abort(grpc.StatusCode.NOT_FOUND,
                               f"no forget request {request.request_id!r}")
             assert status is not None
-            if status.state != last:
-                last = status.state
+            if (status.state, status.applied.error) != last:
+                last = (status.state, status.applied.error)
                 yield status
             if status.state in ("applied", "failed"):
                 return
@@ -207,6 +211,17 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
                 item.rows.CopyFrom(keys_of(found["row"] + found["join"]))
             out.requests.append(item)
         return out
+
+
+_ATTEMPT = re.compile(r"\(attempt (\d+) of (\d+); next in [0-9.e+-]+ s\)$")
+
+
+def retry_follows(error: str) -> bool:
+    """Whether a FAILED outcome's error says the listener tries again: it ends "(attempt n
+    of N; next in X s)" while n < N (producers/unlearning/listener.py writes it); the last
+    attempt, or an outcome without that suffix, is final."""
+    m = _ATTEMPT.search(error)
+    return m is not None and int(m.group(1)) < int(m.group(2))
 
 
 def record_published(store: Store, request: query_pb2.ForgetRequest,
