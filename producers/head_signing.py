@@ -143,23 +143,27 @@ def signer_for(transport: object, signing_key: Ed25519PrivateKey | str | Path | 
                attest_target: str | None = None, every_events: int = 1000,
                every_seconds: float = 60.0) -> HeadSigner | None:
     """The head signer of a Publisher: None when no key is given (nor
-    HEADWATER_PRODUCER_KEY_FILE set). Sends through the transport's `attest_head` (the gRPC
-    transport), else a channel to `attest_target` / HEADWATER_ATTEST_TARGET (with
-    HEADWATER_TOKEN and TLS settings); neither: ConfigError."""
+    HEADWATER_PRODUCER_KEY_FILE set). Sends to `attest_target` when given, else through the
+    transport's `attest_head` (the gRPC transport), else to HEADWATER_ATTEST_TARGET (a
+    channel with HEADWATER_TOKEN and the TLS settings); none of these: ConfigError."""
     key_source = signing_key if signing_key is not None else os.environ.get(KEY_FILE_ENV)
     if not key_source:
         return None
     key = load_key(key_source)
-    target = attest_target or os.environ.get(TARGET_ENV)
-    attest: Attest
+    own = getattr(transport, "attest_head", None)
+    target = attest_target or (None if callable(own) else os.environ.get(TARGET_ENV))
     if target:
         from headwater.producers.transports.channel import open_channel, security_from_env
         from headwater.v1 import query_pb2_grpc
 
-        stub = query_pb2_grpc.ComplianceStub(open_channel(target, security_from_env()))
-        attest = lambda request: stub.AttestHead(request, timeout=30)  # noqa: E731
-    elif callable(getattr(transport, "attest_head", None)):
-        attest = transport.attest_head  # type: ignore[attr-defined]
+        security = security_from_env()
+
+        def attest(request: query_pb2.AttestHeadRequest) -> object:
+            # a channel per head (one every N events / T s): nothing left open at close
+            with open_channel(target, security) as channel:
+                return query_pb2_grpc.ComplianceStub(channel).AttestHead(request, timeout=30)
+    elif callable(own):
+        attest = own
     else:
         raise ConfigError(f"a producer signing key needs a query endpoint to attest heads "
                           f"to: {type(transport).__name__} has none; pass attest_target or "

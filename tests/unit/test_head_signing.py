@@ -146,6 +146,12 @@ def test_key_sources_and_transports_without_an_endpoint(tmp_path, monkeypatch) -
         signer_for(local, None)
     assert signer_for(FakeTransport(), None) is not None
     assert signer_for(local, None, attest_target="127.0.0.1:1") is not None
+    monkeypatch.setenv("HEADWATER_ATTEST_TARGET", "127.0.0.1:1")  # for transports without
+    own = FakeTransport()  # ... an endpoint of their own: a gRPC transport keeps its channel
+    signer = signer_for(own, None)
+    own.stored = 1
+    signer.observe(events_pb2.Event(producer_id="p", run_id="r", seq=1, hash=b"\1" * 32))
+    assert signer.attest(final=True) == 1 and len(own.attested) == 1
     with pytest.raises(ConfigError, match="does not exist"):
         signer_for(local, tmp_path / "missing.pem")
     (tmp_path / "bad.pem").write_text("not a key")
