@@ -224,13 +224,19 @@ class Recorder:
                                       node_index=np.repeat(index[a:b], per_row).tolist(),
                                       rows=np.repeat(rows[a:b], per_row).tolist())
             block = phi[a * per_row:b * per_row]
-            self._emit(lambda block=block, part=part, a=a, b=b: events_pb2.GradientBatch(
-                model_id=self.model_id, model_version=version, step=step,
-                learning_rate=0.0, row_keys=part, dim=phi.shape[1], dtype=proto_dtype,
-                gradients=np.ascontiguousarray(block, dtype=np_dtype).tobytes(),
-                curvature_weight=np.asarray(w[a * per_row:b * per_row], np.float64).tolist(),
-                projection=self._proto_projection, kind=events_pb2.GradientBatch.CURVATURE,
-                output_function=self.output_function))
+            weights = w[a * per_row:b * per_row]
+
+            def build(block: np.ndarray = block, part: events_pb2.RowKeys = part,
+                      weights: Any = weights) -> Message:
+                return events_pb2.GradientBatch(
+                    model_id=self.model_id, model_version=version, step=step,
+                    learning_rate=0.0, row_keys=part, dim=phi.shape[1], dtype=proto_dtype,
+                    gradients=np.ascontiguousarray(block, dtype=np_dtype).tobytes(),
+                    curvature_weight=np.asarray(weights, np.float64).tolist(),
+                    projection=self._proto_projection,
+                    kind=events_pb2.GradientBatch.CURVATURE,
+                    output_function=self.output_function)
+            self._emit(build)
 
     def publish_prediction(self, phi: np.ndarray, output: Iterable[float], label: Any, *,
                            prediction_id: str | None = None,
