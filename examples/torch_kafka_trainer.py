@@ -1,7 +1,8 @@
 """A torch online trainer publishing to Kafka: tracked tensors, per-sample gradients
-(TorchCapture, factored from the step's own backward), a model version per epoch and
-predictions, all through a BackgroundPublisher over KafkaTransport (encoding, hashing and
-sending off the training thread).
+(TorchCapture, factored from the step's own backward), a model version per epoch, the
+rows' gradients at the final version (featurisation, which the default influence method
+scores a prediction against) and a prediction, all through a BackgroundPublisher over
+KafkaTransport (encoding, hashing and sending off the training thread).
 `headwater process` consumes the topic into ClickHouse.
 
     headwater topics create --kafka-bootstrap localhost:9092   # once: producers never create it
@@ -66,6 +67,12 @@ def main(argv: list[str] | None = None) -> dict:
                 opt.step()
                 step += 1
             capture.record_version(step, config={"epoch": epoch})
+        # the training rows' gradients at the version that predicts (FEATURISATION rows):
+        # the default influence method scores a prediction against rows at its own version,
+        # and the step gradients above were all taken at earlier versions
+        capture.featurise((xb.as_subclass(torch.Tensor), yb.as_subclass(torch.Tensor),
+                           row_keys(xb)) for xb, yb in tracked_loader(
+            tracker, torch.utils.data.TensorDataset(x, y), batch_size=64, shuffle=False))
         capture.record_prediction(features[0], prediction_id="torch-example-p0")
     with torch.no_grad():
         accuracy = float((model(features).argmax(1) == labels).float().mean())

@@ -11,10 +11,14 @@ import time
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 
 from conftest import REPO, Broker, headwater, run_headwater, stop
 from headwater.cli.status import consumer_lag
+from headwater.query_service.server.app import build_server
+from headwater.stream_processors.store import Store
+from headwater.v1 import query_pb2, query_pb2_grpc
 
 EXAMPLES = REPO / "examples"
 
@@ -86,11 +90,26 @@ def test_torch_kafka_trainer_reaches_the_store_through_process(broker: Broker, t
     by_type = {r["payload_type"]: int(r["n"]) for r in _sql(
         data, "SELECT payload_type, count() AS n FROM events FINAL "
               "WHERE run_id = 'torch-kafka-example' GROUP BY payload_type")}
-    assert by_type.get("gradient_batch") == 6 and by_type.get("model_version_recorded") == 3
+    # 6 training steps and 2 featurisation batches (96 rows at the final version, 64 a batch)
+    assert by_type.get("gradient_batch") == 8 and by_type.get("model_version_recorded") == 3
     assert by_type.get("prediction_recorded") == 1 and by_type.get("source_registered") == 2
     rows = _sql(data, "SELECT count() AS n FROM gradients FINAL WHERE model_id = "
                       "'torch-example' AND kind = 'TRAINING_STEP'")
     assert int(rows[0]["n"]) == 2 * 96
+    # the default method explains the example's own prediction (it needs rows at the
+    # prediction's version: the example featurises at its final version)
+    with Store(f"chdb://{data}") as store:
+        server, port = build_server(store, "127.0.0.1:0")
+        server.start()
+        try:
+            stub = query_pb2_grpc.AttributionStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+            answer = stub.Attribute(query_pb2.AttributeRequest(
+                prediction_id="torch-example-p0", top_k=5), timeout=120)
+        finally:
+            server.stop(grace=2).wait()
+    assert answer.method.startswith("influence"), answer.method
+    assert answer.model_version == "v3", answer.model_version  # the version that predicted
+    assert len(answer.helpful) == 5 and all(r.score > 0 for r in answer.helpful)
 
 
 def test_auditor_sql_session(tmp_path):
