@@ -84,10 +84,9 @@ def correct(g: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, task: str) -
     if task == "regression":
         return g
     if _classes(z):
-        y = labels.reshape(-1, 1).long().to(g.device)
-        own = torch.zeros_like(g, dtype=torch.bool).scatter_(1, y, True)
-        label = -g.masked_fill(own, 0.0).sum(1, keepdim=True)
-        return g.scatter(1, y, label)
+        y = labels.reshape(-1, 1).to(g.device, torch.long)
+        others = g.scatter(1, y, 0.0)  # the label entry zeroed, then refilled
+        return others.scatter_(1, y, others.sum(1, keepdim=True).neg_())
     zn, ln = _numpy(z), labels.detach().cpu().double().numpy()
     c = _binary_scale(zn, _numpy(g), ln)
     if c is None:
