@@ -290,7 +290,8 @@ def outcome(name: str, session: Path, seconds: float, source: str) -> Result:
         text = original_line(diff)
         survivor = dict(operator=mutation["operator_name"], line=mutation["start_pos"][0],
                         text=text, diff=diff)
-        reason = next((e["reason"] for e in known if e["operator"] == survivor["operator"]
+        reason = next((e["reason"] for e in known if survivor["operator"] in (
+                           [e["operator"]] if isinstance(e["operator"], str) else e["operator"])
                        and (e.get("text") == text
                             or ("pattern" in e and re.search(e["pattern"], text)))), None)
         if reason:

@@ -5,6 +5,8 @@ Each check was written against a mutant of the module that got past the oracle t
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -198,3 +200,49 @@ def test_an_aggregate_stops_at_a_strided_slice_and_at_an_op_of_two_inputs() -> N
     (t,) = trace_each("m", np.array([0]), added)
     assert [(a.node_id, a.node_rows) for a in t.aggregates] == [("x", 3)]
     assert _as_lists(t.rows) == {"a": [0, 1, 2], "b": [0, 1, 2]}
+
+
+def test_an_aggregate_followed_through_a_copy_keeps_its_op_name_and_reason() -> None:
+    copy = _graph(("x", _op("take", {"src": 3}, _rng(0, 0, 3, 0))),
+                  ("m", _op("mean", {"x": 3}, rowmap.all_rows(0, 1, "reduction"),
+                            name="numpy.mean")))
+    (t,) = trace_each("m", np.array([0]), copy)
+    assert t.aggregates == [Aggregate("mean", "numpy.mean", "src", 3, "reduction",
+                                      (("src", 3),))]
+
+
+def test_an_aggregate_stops_at_a_node_its_one_segment_covers_only_in_part() -> None:
+    """x has 4 rows, its op's one all-rows segment makes rows 0-1 only: all rows of x are
+    not all rows of src (rows 2-3 came from elsewhere)."""
+    padded = _graph(("x", _op("pad", {"src": 3}, rowmap.all_rows(0, 2, "inner"))),
+                    ("m", _op("mean", {"x": 4}, rowmap.all_rows(0, 1, "r"))))
+    (t,) = trace_each("m", np.array([0]), padded)
+    assert [(a.op_id, a.node_id, a.node_rows) for a in t.aggregates] == [("mean", "x", 4)]
+
+
+def test_an_aggregate_stops_at_a_gather_as_long_as_its_input() -> None:
+    """x = src[[0, 0, 1, 1]] has as many rows as src but holds only 2 of them."""
+    dup = _graph(("x", _op("dup", {"src": 4}, *rowmap.from_indices(0, np.array([0, 0, 1, 1])))),
+                 ("m", _op("mean", {"x": 4}, rowmap.all_rows(0, 1, "r"))))
+    (t,) = trace_each("m", np.array([0]), dup)
+    assert t.aggregates == [Aggregate("mean", "name-mean", "x", 4, "r", (("src", 2),))]
+    assert _as_lists(t.rows) == {"src": [0, 1]}
+
+
+def test_trace_each_passes_over_a_segment_its_rows_miss_to_the_next() -> None:
+    op_of = _graph(
+        ("x1", _op("slice", {"src": 10}, _rng(0, 0, 5, 2))),
+        ("x2", _op("rev", {"src": 10}, _rng(0, 0, 5, 9, -1))),
+        ("y", _op("concat", {"x1": 5, "x2": 5}, _rng(0, 0, 5, 0), _rng(1, 5, 5, 0))))
+    (t,) = trace_each("y", np.array([7]), op_of)  # the first segment (rows 0-4) misses
+    assert _as_lists(t.rows) == {"src": [7]} and t.op_ids == ["rev", "concat"]
+
+
+def test_op_views_and_aggregates_are_immutable() -> None:
+    """One Aggregate is shared by every trace that reached it: a change would leak."""
+    agg = Aggregate("mean", "numpy.mean", "x", 3, "reduction", (("src", 3),))
+    view = _op("take", {"src": 3}, _rng(0, 0, 3, 0))
+    for obj, name in ((agg, "node_rows"), (view, "op_name")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, name, 1)
+    assert {agg, agg} == {agg}  # hashable: frozen
