@@ -109,6 +109,8 @@ def test_failed_send_then_held_request_then_a_second_replica(store: Store, inges
         first = stub.Forget(request, timeout=60)  # the repeat after a failure is sent
         assert (first.request_id, first.rows, held.sent) == (rid, 2, 1)
         assert _status(stub, rid) == _status(stub2, rid) == "pending"
+        # a well-formed id nobody published is not pending: only Forget writes the record
+        assert _status(stub2, "fr-" + "0" * 24) == "NOT_FOUND"
         assert stub2.Forget(request, timeout=60).rows == 2
         assert (held.sent, other.sent) == (1, 0)  # deduplicated across the two
     finally:
