@@ -8,7 +8,8 @@ Capture overhead: a torch MLP trained by plain SGD (forward, cross-entropy, back
 batch 64) against the same step captured (k = 512, float16) four ways: dense (the exact
 vmap path with a dense P, `capture()` before the step), factored (`with capture.step(...)`:
 hooks on the step's own backward, Kronecker P; no-op publish, so the event is still encoded
-on the trainer's thread), factored with a BackgroundPublisher over a no-op transport, and
+on the trainer's thread), factored with a BackgroundPublisher over a no-op transport (steps
+held in groups of 32, projected and encoded on the worker), and
 factored through the real embedded path BackgroundPublisher -> Publisher -> LocalTransport
 -> EventSink -> chDB, flushed at the end of every timed run of S steps (S <= 200, sized per
 variant so that a run lasts about --run-seconds). Same model, same batch, one torch thread
