@@ -90,7 +90,7 @@ class Publisher:
         self.close()
 
 
-Build = Callable[[], Message | list[Message]]
+Build = Callable[[], Message | list[Message | Exception]]
 _STOP = object()
 
 
@@ -103,7 +103,8 @@ class BackgroundPublisher:
     everything submitted so far and raise PublishError naming the failures. Publish every
     event of the producer through it (a Tracker too: it is callable), so the hash chain
     follows submission order. A build may return a list of payloads (a capture's group
-    of steps, projected together): they are published in order, as one queue entry.
+    of steps, projected together): they are published in order, as one queue entry; an
+    exception in that list is a failure of that entry alone, raised at flush.
     """
 
     def __init__(self, publisher: Publisher, max_pending: int = 64) -> None:
@@ -151,16 +152,22 @@ class BackgroundPublisher:
                 try:
                     built = build()
                     for payload in built if isinstance(built, list) else [built]:
-                        self.publisher.publish(payload)
+                        if isinstance(payload, Exception):  # one entry of a group failed
+                            self._failure(payload)
+                        else:
+                            self.publisher.publish(payload)
                 finally:
                     otel_context.detach(token)
             except Exception as exc:  # noqa: BLE001 - kept and raised at flush
-                with self._lock:
-                    self._failed += 1
-                    if len(self._errors) < 5:
-                        self._errors.append(f"{type(exc).__name__}: {exc}")
+                self._failure(exc)
             finally:
                 self._queue.task_done()
+
+    def _failure(self, exc: Exception) -> None:
+        with self._lock:
+            self._failed += 1
+            if len(self._errors) < 5:
+                self._errors.append(f"{type(exc).__name__}: {exc}")
 
     def _raise_errors(self) -> None:
         with self._lock:

@@ -337,21 +337,28 @@ class TorchCapture(Recorder):
         if held:
             super()._emit(lambda: self._build_group(held))  # type: ignore[arg-type,return-value]
 
-    def _build_group(self, held: list[_Held]) -> list[events_pb2.GradientBatch]:
-        """The GradientBatch of every held step, projected together (on the worker)."""
+    def _build_group(self, held: list[_Held]) -> list[events_pb2.GradientBatch | Exception]:
+        """The GradientBatch of every held step, projected together (on the worker); a step
+        that fails (a refused loss) is its exception, so the others are still published."""
         assert self._projector is not None
         phis = self._projector.phi_group([h.taken for h in held])
-        out = []
+        out: list[events_pb2.GradientBatch | Exception] = []
         for h, phi in zip(held, phis, strict=True):
-            labels = h.y.detach().cpu()
-            f = margins(h.state.output.cpu().double().numpy(),  # type: ignore[union-attr]
-                        labels.double().numpy(), self.task)
-            weights = self._weights_of(f, h.y)
-            phi, c = self._rescaled(h.x, h.y, h.state, weights, phi)
-            out.append(self.gradient_batch(phi, weights, h.keys,
-                                           learning_rate=h.learning_rate * c, step=h.step,
-                                           version=h.version, targets=labels.numpy()))
+            try:
+                out.append(self._held_batch(h, phi))
+            except Exception as exc:  # noqa: BLE001 - the worker raises it at flush
+                out.append(exc)
         return out
+
+    def _held_batch(self, h: _Held, phi: torch.Tensor) -> events_pb2.GradientBatch:
+        """One held step's GradientBatch from its φ of the loss gradients."""
+        labels = h.y.detach().cpu()
+        f = margins(h.state.output.cpu().double().numpy(),  # type: ignore[union-attr]
+                    labels.double().numpy(), self.task)
+        weights = self._weights_of(f, h.y)
+        phi, c = self._rescaled(h.x, h.y, h.state, weights, phi)
+        return self.gradient_batch(phi, weights, h.keys, learning_rate=h.learning_rate * c,
+                                   step=h.step, version=h.version, targets=labels.numpy())
 
     def _check(self, x: torch.Tensor, state: OutputGradient) -> None:
         """Refuse a step whose forward/backward the capture cannot read."""

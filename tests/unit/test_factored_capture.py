@@ -392,4 +392,17 @@ def test_grouped_steps_give_the_same_events_in_order() -> None:
         np.testing.assert_allclose(np.frombuffer(a.gradients, np.float32),
                                    np.frombuffer(b.gradients, np.float32), rtol=1e-5,
                                    atol=1e-7)
+    # a loss refused on the worker fails its own step only; the group's others are published
+    before = len(transport.sent)
+    for s, smoothing in enumerate([0.0, 0.2, 0.0]):
+        x, y = torch.randn(N, 6, generator=gen), torch.randint(0, 4, (N,), generator=gen)
+        with worker.step(x, y, keys(), learning_rate=0.1, step=20 + s):
+            F.cross_entropy(model(x), y, label_smoothing=smoothing).backward()
+    from headwater.errors import PublishError
+
+    with pytest.raises(PublishError, match="1 event.*LossMismatch: .*label smoothing"):
+        bg.flush()
+    steps = [events_pb2.Event.FromString(v).gradient_batch.step
+             for v in transport.sent[before:]]
+    assert steps == [20, 22]
     bg.close()
