@@ -94,3 +94,21 @@ def test_errors_surface_at_flush_and_the_worker_goes_on() -> None:
         bg.submit(lambda: version(3))
     with pytest.raises(ValueError, match="max_pending"):
         BackgroundPublisher(Publisher(transport, run_id="r"), max_pending=0)
+
+
+def test_groups_and_before_flush() -> None:
+    """A build may return a list (a capture's group): published in order, an exception in
+    it failing that entry alone; before_flush callbacks run at flush and close first."""
+    transport = Collect()
+    bg = BackgroundPublisher(Publisher(transport, run_id="r"))
+    held: list[int] = []
+    bg.before_flush(lambda: bg.submit(lambda: [version(i) for i in held]) if held else None)
+    bg.submit(lambda: [version(1), ValueError("step 2 refused"), version(3)])
+    held[:] = [4, 5]
+    with pytest.raises(PublishError, match=r"1 event\(s\) failed .*ValueError: step 2 refused"):
+        bg.flush()
+    names = [events_pb2.Event.FromString(v).model_version_recorded.version
+             for v in transport.sent]
+    assert names == ["v1", "v3", "v4", "v5"]
+    held.clear()
+    bg.close()
