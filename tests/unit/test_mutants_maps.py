@@ -57,6 +57,8 @@ KEYS = [
     (Ellipsis, np.arange(48).reshape(8, 3, 2) % 5 == 0),
     (None, Ellipsis, 2, np.array([[True, False], [False, True], [True, True]])),
     (np.zeros((3, 0), dtype=np.int64),),  # empty index rows: n_out rows, nothing to read
+    ([[], [], []],),  # the same as nested lists (NumPy reads them as float, empty: ints)
+    (None, 2, slice(None)),  # a new axis, then an int: that row, whatever follows
 ]
 
 
@@ -81,6 +83,7 @@ ARR = np.array([0, 1])
 @pytest.mark.parametrize("key", [(slice(None), ARR, slice(None), ARR),
                                  (Ellipsis, ARR, slice(None), ARR),
                                  (None, slice(None), ARR, slice(None), ARR),
+                                 (slice(None), ARR, slice(None), 0),  # an int is advanced too
                                  (None, np.array([1])), (np.array(True),), (True,),
                                  (np.array([0.5]),)], ids=repr)
 def test_advanced_indices_moved_in_front_of_the_rows_are_not_understood(key: tuple) -> None:
@@ -95,6 +98,9 @@ def test_getitem_of_a_scalar_and_of_nothing() -> None:
         '{"key": "slice", "start": 1, "stop": 3, "step": 1}'
     assert json.loads(mp.getitem_segments(np.arange(8) > 3, (8,), 4)[1]) == {"key": "mask"}
     assert json.loads(mp.getitem_segments(np.array([1]), (8,), 1)[1]) == {"key": "indices"}
+    assert json.loads(mp.getitem_segments((np.arange(8) > 3, 0), (8, 3), 4)[1]) == \
+        {"key": "mask"}  # named by the first entry
+    assert mp.getitem_segments((np.array(3),), (8,), 1)[1] == '{"key": "int"}'  # 0-d: an int
     wide = np.zeros((2, sg.MAX_FANIN_SEGMENTS + 1), dtype=np.int64)
     with pytest.raises(mp.NotUnderstood):
         mp.getitem_segments((wide,), (8,), 2)
@@ -120,7 +126,8 @@ def _perturbed(f, operands: list[np.ndarray]) -> list[dict[int, set[int]]]:
 
 PRODUCTS = [("matmul", (4, 3), (3, 5)), ("matmul", (3,), (3, 5)), ("matmul", (4, 3), (3,)),
             ("matmul", (2, 4, 3), (3, 5)), ("matmul", (2, 4, 3), (2, 3, 5)),
-            ("matmul", (3,), (3,)), ("dot", (4, 3), (3, 5)), ("dot", (3,), (2, 3, 5)),
+            ("matmul", (3,), (3,)), ("matmul", (4, 3), (2, 3, 5)), ("matmul", (2, 4, 3), (3,)),
+            ("dot", (4, 3), (3, 5)), ("dot", (3,), (2, 3, 5)),
             ("dot", (3,), (3, 5)), ("dot", (), (4, 2)), ("dot", (4, 2), ()),
             ("inner", (4, 3), (5, 3)), ("inner", (3,), (5, 3)), ("inner", (3,), (3,)),
             ("vdot", (2, 3), (3, 2))]
@@ -146,6 +153,9 @@ def test_a_product_of_an_array_with_itself_and_with_untracked_operands() -> None
         [sg.identity(0, 4)]
     assert mp.product_segments("dot", 0, (), 0, (), ()) == [sg.identity(0, 1)]
     assert mp.product_segments("matmul", 0, (0, 3), 1, (3, 5), (0, 5)) == []
+    # a scalar operand broadcasts its one row (not "all rows" of a matrix product)
+    assert mp.product_segments("dot", 0, (4, 2), 1, (), (4, 2)) == [sg.identity(0, 4),
+                                                                     sg.broadcast(1, 0, 4)]
 
 
 RESHAPES = [((6, 4), (6, 2, 2)), ((6, 4), (3, 8)), ((6, 4), (1, 24)), ((6, 4), (12, 2)),
@@ -189,6 +199,8 @@ def test_broadcast_operands_map_exactly(a: tuple, b: tuple) -> None:
     got = _resolved(segs, out_shape[0], {0: sg.n_rows(a), 1: sg.n_rows(b)})
     assert got == _perturbed(np.add, [fa, fb]), (a, b)
     assert mp.elementwise_segments({}, [(0, ta)], out_shape) == []
+    assert mp.elementwise_segments({id(tb): 1}, [(0, ta), (1, tb)], out_shape) == \
+        [mp.operand_segment(1, b, out_shape)]  # an untracked operand first is passed over
     assert mp.operand_segment(0, a, (0,) + out_shape[1:]) is None
     assert mp.operand_segment(0, (), ()) == sg.identity(0, 1)
 
