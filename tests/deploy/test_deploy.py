@@ -217,7 +217,7 @@ def test_commands_are_real_subcommands(overlay: str) -> None:
 
 def test_a_manifest_naming_a_missing_subcommand_fails_the_check() -> None:
     assert "No such command 'procss'" in (cli_problem(("procss",)) or "")
-    assert "No such option" in (cli_problem(("process", "--partitions", "3")) or "")
+    assert "No such option" in (cli_problem(("process", "--partitoins", "3")) or "")
     assert exec_problem(["python", "-m", "headwater.query_service.no_such_probe"])
     assert "invalid choice: 'grcp'" in (
         exec_problem(["python", "-m", "headwater.query_service.server.probe", "grcp"]) or "")

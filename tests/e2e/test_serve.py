@@ -166,5 +166,7 @@ def test_second_serve_on_the_same_dir_is_refused(serve: Serve) -> None:
     done = run_headwater("serve", "--data-dir", str(serve.data_dir), "--listen",
                          f"127.0.0.1:{free_port()}", timeout=60)
     assert done.returncode == 2
-    assert "in use by another process" in done.stderr and "Traceback" not in done.stderr
+    # serve records its gRPC address in the lock: the refusal names where to go instead
+    assert f"in use by headwater serve (pid {serve.proc.pid}" in done.stderr, done.stderr
+    assert f"--listen {serve.target}" in done.stderr and "Traceback" not in done.stderr
     assert _sql(serve, "SELECT 1 AS one") == [{"one": 1}]  # the first server keeps working
