@@ -214,9 +214,26 @@ def _part(ps: list[events_pb2.GradientBatch], dim: int) -> tuple[str, bytes, int
     matrix = np.zeros((dim, dim))
     at = 0
     for phi in _blocks(ps, dim):
-        matrix += (phi * w[at:at + len(phi), None]).T @ phi
+        matrix += weighted_gram(phi, w[at:at + len(phi)])
         at += len(phi)
     return "dense", matrix.astype("<f8").tobytes(), n
+
+
+def weighted_gram(phi: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Σ_i w_i φ_i φ_iᵀ over the rows of `phi`, as XᵀX − YᵀY with X = √w φ over the rows
+    of positive weight and Y = √−w φ over the negative ones: NumPy computes a matrix times
+    its own transpose with the symmetric kernel (BLAS syrk), half the multiply-adds of the
+    general product (φ w)ᵀφ, and the result is exactly symmetric. √w² differs from w by one
+    rounding (relative 1e-16), far inside the sketch's 1e-9 tolerance."""
+    if not (w < 0).any():
+        x = phi * np.sqrt(w)[:, None]
+        return x.T @ x
+    out = np.zeros((phi.shape[1], phi.shape[1]))
+    for sign, rows in ((1.0, w > 0), (-1.0, w < 0)):
+        if rows.any():
+            x = phi[rows] * np.sqrt(sign * w[rows])[:, None]
+            out += sign * (x.T @ x)
+    return out
 
 
 def curvature_parts(batch: list[Accepted], counted: set[str], now_us: int) -> pa.Table:
