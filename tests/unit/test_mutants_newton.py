@@ -4,6 +4,8 @@ the recipe's λ. Found by mutating the module (issue 25, `make mutate`)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -185,3 +187,12 @@ def test_tol_is_relative_to_the_first_gradient() -> None:
     assert met.steps == 1
     _, (_, unmet) = _removal(1, tol=0.5 * one.residual_ratio, max_steps=10)
     assert unmet.steps >= 2
+
+
+def test_the_report_is_a_frozen_value() -> None:
+    """A report is part of a removal's public result (NewtonReport is exported): a caller
+    must not be able to rewrite the certified bound after the fact."""
+    _, (_, report) = _removal(1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.distance_bound = 0.0  # type: ignore[misc]
+    assert {report, report} == {report}  # hashable: frozen
