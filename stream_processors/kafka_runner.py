@@ -34,6 +34,14 @@ from headwater.stream_processors.sink import EventSink
 
 log = logging.getLogger("headwater.process")
 
+# Bytes of events one batch may hold, about: the count asked of each `consume` is the
+# batch size, capped at what this many bytes hold at the previous batch's mean event size.
+# Each insert writes one part per table, a fixed cost of milliseconds whatever its size, so
+# a backlog of small events is stored in large batches, while a batch of ~66 KB trainer
+# events stays near this size in memory (docs/design-decisions.md).
+BATCH_BYTES = 32 * 1024 * 1024
+_FIRST_EVENT_BYTES = 64 * 1024  # assumed before any event was seen: large events first
+
 
 def _headers(message: Message) -> list[tuple[str, str | bytes | None]]:
     # confluent-kafka returns a list of (name, value) pairs (its stubs say otherwise)
@@ -92,7 +100,7 @@ class KafkaRunner:
         topic: str,
         group: str,
         *,
-        batch_size: int = 2000,
+        batch_size: int = 8000,
         within: float = 0.5,
         kafka_config: dict[str, Any] | None = None,
         session_timeout: float = 10.0,
@@ -108,6 +116,7 @@ class KafkaRunner:
         self.dead_lettered = 0
         self.assigned: set[int] = set()
         self._inserts = 0
+        self._event_bytes = float(_FIRST_EVENT_BYTES)  # mean size in the previous batch
         self._stored_next: dict[int, int] = {}  # partition -> next offset after those stored
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
@@ -136,7 +145,7 @@ class KafkaRunner:
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
         try:
             while not self.stop_event.is_set():
-                messages = self._consumer.consume(self.batch_size, timeout=self.within)
+                messages = self._consumer.consume(self._count(), timeout=self.within)
                 records = self._records(messages)
                 if not records:
                     continue
@@ -156,6 +165,11 @@ class KafkaRunner:
             self._commit_stored(set(self._stored_next))  # what was stored, before leaving
             self._consumer.close()
 
+    def _count(self) -> int:
+        """Messages to ask of the next `consume`: one call per batch (the rebalance
+        callbacks run between batches), bounded by BATCH_BYTES at the last mean size."""
+        return max(1, min(self.batch_size, int(BATCH_BYTES / self._event_bytes)))
+
     def _records(self, messages: list[Message]) -> list[Record]:
         records = []
         for m in messages:
@@ -173,6 +187,8 @@ class KafkaRunner:
                 headers=tuple((k, _as_bytes(v)) for k, v in _headers(m)),
                 key=_as_bytes(m.key()),
             ))
+        if records:
+            self._event_bytes = max(1.0, sum(len(r.value) for r in records) / len(records))
         return records
 
     def _write(self, records: list[Record]) -> list[Ack] | None:

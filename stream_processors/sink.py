@@ -1,14 +1,17 @@
 """The shell around the pure processors: decode a batch, write every table, return acks.
 
-Used by both runners (in-process and Kafka). Writes go dead letters -> derived tables ->
-events -> receipts -> curvature sketch; an ack (or a Kafka offset commit) happens only
-after all writes succeeded, and every table is keyed so that writing a redelivered batch
-again changes nothing (the sketch: see EventSink._sketch).
+Used by both runners (in-process and Kafka). Writes go dead letters, derived tables and
+events (in parallel: Store.insert_all) -> receipts -> curvature sketch; an ack (or a Kafka
+offset commit) happens only after all writes succeeded, and every table is keyed so that
+writing a redelivered batch again changes nothing (the sketch: see _sketch_part). The
+receipts follow the tables they vouch for: a receipt makes a redelivered event a repeat,
+which is acked without being written again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -56,6 +59,7 @@ class EventSink:
         self._stored = m.create_counter("headwater.process.events", description="events stored")
         self._dead = m.create_counter("headwater.process.dead_letters",
                                       description="records sent to dead_letters")
+        self._sketcher = ThreadPoolExecutor(1, thread_name_prefix="headwater-sketch")
 
     def ingest(self, records: list[Record]) -> list[Ack]:
         """Store a batch; one Ack per record, in order. Raises StoreError if a write fails."""
@@ -71,12 +75,23 @@ class EventSink:
             screened = screen(accepted, self._stored_hashes(accepted))
             rows = self._rows(screened.new, now)
             rows.rejected += rejected + too_many_months + screened.conflicts + chunk_rejects
-            self.store.insert("dead_letters", dead_letter_rows(rows.rejected, self.transport, now))
-            self._write_tables(rows)
-            self.store.insert("events", pa.concat_tables(rows.tables["events"]))
-            self.store.insert("event_receipts", receipt_rows(rows.accepted, self.transport, now))
-            # last: see _sketch for why the sketch follows the receipts
-            self._sketch(rows.accepted, self._repeats_to_count(screened.repeats, rows), now)
+            uncounted = self._repeats_to_count(screened.repeats, rows)
+            # The sketch's sum is worked out on the sketch thread while the store inserts
+            # (outside the GIL); it is inserted last, after the receipts (_sketch_part).
+            part = self._sketcher.submit(_sketch_part, rows.accepted + uncounted, now)
+            try:
+                # Nothing is acked before all of these succeed, and each table is keyed, so
+                # their order does not matter: the store writes them in parallel.
+                self.store.insert_all([
+                    ("dead_letters", dead_letter_rows(rows.rejected, self.transport, now)),
+                    *self._table_rows(rows),
+                    ("events", pa.concat_tables(rows.tables["events"]))])
+                self.store.insert("event_receipts",
+                                  receipt_rows(rows.accepted, self.transport, now))
+            finally:
+                sketch = part.result()  # never left running past a failed write
+            if sketch is not None:
+                self.store.insert("curvature_parts", sketch)
             self._stored.add(len(rows.accepted))
             self._dead.add(len(rows.rejected))
             return _acks(rows.accepted + screened.repeats, rows.rejected, pending_acks)
@@ -98,17 +113,19 @@ class EventSink:
         now = datetime.now(timezone.utc)
         accepted, rejected = decode_batch(records, limits=self.limits)
         rows = self._rows(accepted, now)
-        self._write_tables(rows)
-        self._sketch([], self._uncounted(rows.accepted), now)
+        self.store.insert_all(self._table_rows(rows))
+        sketch = _sketch_part(self._uncounted(rows.accepted), now)
+        if sketch is not None:
+            self.store.insert("curvature_parts", sketch)
         return rejected + rows.rejected
 
-    def _write_tables(self, rows: _Rows) -> None:
-        for table in DERIVED:
-            self.store.insert(table, pa.concat_tables(rows.tables[table]))
+    @staticmethod
+    def _table_rows(rows: _Rows) -> list[tuple[str, pa.Table]]:
+        return [(table, pa.concat_tables(rows.tables[table])) for table in DERIVED]
 
     def _repeats_to_count(self, repeats: list[Accepted], rows: _Rows) -> list[Accepted]:
         """Repeats whose gradients the sketch has not counted yet: only a redelivery after a
-        failure between the receipts and the sketch insert leaves one (see _sketch). An
+        failure between the receipts and the sketch insert leaves one (see _sketch_part). An
         event new earlier in this batch is counted with the batch, not looked up."""
         new = {a.event.event_id for a in rows.accepted}
         return self._uncounted([a for a in repeats if a.event.event_id not in new])
@@ -130,23 +147,6 @@ class EventSink:
             {"ids": _id_list(a.event.event_id for a in found), "since": since})}
         return [a for a in found if a.event.event_id not in counted]
 
-    def _sketch(self, new: list[Accepted], uncounted: list[Accepted], now: datetime) -> None:
-        """Add gradient rows to the online curvature sketch, each event exactly once: the
-        part lists its events and is inserted in one write, so it counts them whole or not
-        at all.
-
-        Written after the receipts, so an event without a receipt (`new`) cannot have been
-        counted and needs no lookup: the steady stream sends no id list for the sketch. A
-        failure between the receipts and this insert leaves receipted events uncounted;
-        their redelivery (no ack or offset commit was given) arrives as repeats, which are
-        looked up (`uncounted`, from _repeats_to_count) and counted then."""
-        batch = new + uncounted
-        if any(a.event.WhichOneof("payload") == "gradient_batch" for a in batch):
-            # One BLAS thread: beside the store's and the server's threads, OpenBLAS's
-            # spinning second thread costs more CPU than it saves (docs/design-decisions.md).
-            with _blas().limit(limits=1, user_api="blas"):
-                part = curvature_parts(batch, set(), int(now.timestamp() * 1_000_000))
-            self.store.insert("curvature_parts", part)
 
     def _rows(self, accepted: list[Accepted], now: datetime) -> _Rows:
         """Run the pure processors. An event whose processing raises (a processor bug the
@@ -228,6 +228,24 @@ def _id_list(ids: Iterable[str]) -> str:
 @lru_cache(maxsize=1)
 def _blas() -> ThreadpoolController:
     return ThreadpoolController()
+
+
+def _sketch_part(batch: list[Accepted], now: datetime) -> pa.Table | None:
+    """The curvature sketch's part for `batch` (None without gradients): each event counted
+    exactly once, since the part lists its events and is inserted in one write, so it
+    counts them whole or not at all.
+
+    Inserted after the receipts, so an event without a receipt (new in a batch) cannot
+    have been counted and needs no lookup: the steady stream sends no id list for the
+    sketch. A failure between the receipts and that insert leaves receipted events
+    uncounted; their redelivery (no ack or offset commit was given) arrives as repeats,
+    which are looked up (EventSink._repeats_to_count) and counted then."""
+    if not any(a.event.WhichOneof("payload") == "gradient_batch" for a in batch):
+        return None
+    # One BLAS thread: beside the store's and the server's threads, OpenBLAS's spinning
+    # second thread costs more CPU than it saves (docs/design-decisions.md).
+    with _blas().limit(limits=1, user_api="blas"):
+        return curvature_parts(batch, set(), int(now.timestamp() * 1_000_000))
 
 
 def _acks(accepted: list[Accepted], rejected: list[Rejected], extra: list[Ack]) -> list[Ack]:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,7 @@ from headwater.stream_processors.retention import (
 )
 
 LOCK_NAME = ".headwater.lock"
+WRITERS = 2  # insert_all's writer clients beside the store's own
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -154,6 +156,9 @@ class Store:
         self.database = database
         self.cluster = cluster  # None: single node; else the schema is ON CLUSTER (sharded)
         self._mutex = threading.RLock()
+        self._pool: ThreadPoolExecutor | None = None  # insert_all's writers, on first use
+        self._local = threading.local()
+        self._writer_clients: list[Any] = []
         self._lock: _DirLock | None = None
         if self.dsn.embedded and lock:
             assert self.dsn.path is not None
@@ -291,8 +296,53 @@ class Store:
             except ClickHouseError as exc:
                 raise StoreError(f"insert into {table} failed: {first_line(exc)}") from exc
 
+    def insert_all(self, tables: list[tuple[str, pa.Table]]) -> None:
+        """Insert several Arrow tables with no order among them, at once: the first on this
+        store's client, the others each on a writer client of its own (the engine works
+        on them in parallel, outside the GIL, while a store's own calls are serial).
+        Returns when every insert has finished; raises the first failure (StoreError)."""
+        work = [(table, rows) for table, rows in tables if rows.num_rows]
+        if len(work) < 2:
+            for table, rows in work:
+                self.insert(table, rows)
+            return
+        pending = [self._writers().submit(self._insert_on_writer, t, r) for t, r in work[1:]]
+        try:
+            self.insert(*work[0])
+        finally:
+            failures = [f.exception() for f in pending]  # waits for each
+        for failure in failures:
+            if failure is not None:
+                raise failure
+
+    def _writers(self) -> ThreadPoolExecutor:
+        with self._mutex:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="headwater-insert")
+            return self._pool
+
+    def _insert_on_writer(self, table: str, rows: pa.Table) -> None:
+        """One insert on the calling pool thread's own client (opened on first use)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self.open_client()
+            with self._mutex:
+                self._writer_clients.append(client)
+        _failing_insert_hook(table)
+        try:
+            client.insert_arrow(table, rows)
+        except ClickHouseError as exc:
+            raise StoreError(f"insert into {table} failed: {first_line(exc)}") from exc
+
     def close(self) -> None:
         with self._mutex:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        with self._mutex:
+            for client in self._writer_clients:
+                client.close()
+            self._writer_clients.clear()
             try:
                 self._client.close()
             finally:

@@ -1,0 +1,82 @@
+"""The sink's parallel writes (Store.insert_all): every table written, a failure in any of
+them acks nothing and writes no receipt, and the redelivery stores each event once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from headwater.errors import StoreError
+from headwater.producers.envelope import EnvelopeBuilder
+from headwater.producers.transports.base import Record
+from headwater.stream_processors.sink import EventSink
+from headwater.stream_processors.store import Store
+from headwater.v1 import events_pb2
+
+
+def _gradients(n: int, rows: int = 3, k: int = 4) -> list[Record]:
+    b = EnvelopeBuilder("run-p")
+    rng = np.random.default_rng(11)
+    return [Record(b.wrap(events_pb2.GradientBatch(
+        model_id="m", model_version="v1", step=i, learning_rate=0.1, dim=k,
+        dtype=events_pb2.FLOAT32,
+        row_keys=events_pb2.RowKeys(node_ids=["train"], rows=[i * rows + r for r in range(rows)]),
+        gradients=rng.standard_normal((rows, k)).astype("<f4").tobytes(),
+        curvature_weight=rng.random(rows).tolist(),
+    )).SerializeToString(deterministic=True), "t", 0, i) for i in range(n)]
+
+
+def _count(store: Store, table: str) -> int:
+    return int(store.query(f"SELECT count() FROM {table}")[0][0])
+
+
+def test_insert_all_writes_each_table_and_raises_the_failure(store: Store) -> None:
+    store.command("CREATE TABLE pa (x UInt64) ENGINE = MergeTree ORDER BY x")
+    store.command("CREATE TABLE pb (x UInt64) ENGINE = MergeTree ORDER BY x")
+    rows = pa.table({"x": pa.array([1, 2, 3], pa.uint64())})
+    empty = pa.table({"x": pa.array([], pa.uint64())})
+    store.insert_all([("pa", rows), ("pb", rows), ("no_such_table", empty)])
+    assert (_count(store, "pa"), _count(store, "pb")) == (3, 3)
+    with pytest.raises(StoreError, match="insert into no_such_table failed"):
+        store.insert_all([("pa", rows), ("no_such_table", rows), ("pb", rows)])
+    # the others were written all the same (no order among them): keyed tables absorb it
+    assert (_count(store, "pa"), _count(store, "pb")) == (6, 6)
+
+
+@pytest.mark.parametrize("failing", ["events", "gradients", "dead_letters"])
+def test_a_failed_parallel_write_acks_nothing_and_the_redelivery_stores_once(
+        store: Store, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    batch = _gradients(10)
+    batch.append(Record(b"not an event", "t", 0, 10))  # a dead letter in the same write
+    sink = EventSink(store, "kafka")
+    real_insert, real_writer = store.insert, store._insert_on_writer
+
+    def insert(table: str, rows: pa.Table) -> None:
+        if table == failing:
+            raise StoreError(f"insert into {table} failed: disk full (test)")
+        real_insert(table, rows)
+
+    def on_writer(table: str, rows: pa.Table) -> None:
+        if table == failing:
+            raise StoreError(f"insert into {table} failed: disk full (test)")
+        real_writer(table, rows)
+
+    monkeypatch.setattr(store, "insert", insert)
+    monkeypatch.setattr(store, "_insert_on_writer", on_writer)
+    with pytest.raises(StoreError, match=failing):
+        sink.ingest(batch)
+    # the receipts follow every other table: none was written, so nothing is a repeat yet
+    assert _count(store, "event_receipts") == 0
+    assert _count(store, "curvature_parts") == 0
+    monkeypatch.undo()
+    acks = sink.ingest(batch)  # redelivered
+    assert [a.accepted for a in acks] == [True] * 10 + [False]
+    assert store.query("SELECT count() FROM events FINAL")[0][0] == 10
+    assert store.query("SELECT count() FROM gradients FINAL")[0][0] == 30
+    assert _count(store, "event_receipts") == 10
+    assert store.query("SELECT count() FROM dead_letters FINAL")[0][0] == 1
+    assert store.query("SELECT sum(rows) FROM curvature_parts")[0][0] == 30
+    sink.ingest(batch)  # and again: nothing changes, nothing counted twice
+    assert _count(store, "event_receipts") == 10
+    assert store.query("SELECT sum(rows) FROM curvature_parts")[0][0] == 30
