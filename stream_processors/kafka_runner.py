@@ -52,6 +52,12 @@ def _as_bytes(value: str | bytes | None) -> bytes:
     return value.encode() if isinstance(value, str) else value or b""
 
 
+def batch_count(batch_size: int, event_bytes: float) -> int:
+    """Messages to ask of the next `consume` (one call per batch: the rebalance callbacks
+    run between batches): the batch size, bounded by BATCH_BYTES at `event_bytes` each."""
+    return max(1, min(batch_size, int(BATCH_BYTES / max(event_bytes, 1.0))))
+
+
 def check_reachable(bootstrap: str, config: dict[str, Any], timeout: float = 10.0) -> None:
     """Raise HeadwaterError in one line unless a broker answers within `timeout`.
 
@@ -145,7 +151,8 @@ class KafkaRunner:
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
         try:
             while not self.stop_event.is_set():
-                messages = self._consumer.consume(self._count(), timeout=self.within)
+                messages = self._consumer.consume(batch_count(self.batch_size, self._event_bytes),
+                                                  timeout=self.within)
                 records = self._records(messages)
                 if not records:
                     continue
@@ -164,11 +171,6 @@ class KafkaRunner:
         finally:
             self._commit_stored(set(self._stored_next))  # what was stored, before leaving
             self._consumer.close()
-
-    def _count(self) -> int:
-        """Messages to ask of the next `consume`: one call per batch (the rebalance
-        callbacks run between batches), bounded by BATCH_BYTES at the last mean size."""
-        return max(1, min(self.batch_size, int(BATCH_BYTES / self._event_bytes)))
 
     def _records(self, messages: list[Message]) -> list[Record]:
         records = []
