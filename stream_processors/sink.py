@@ -59,7 +59,8 @@ class EventSink:
         self._stored = m.create_counter("headwater.process.events", description="events stored")
         self._dead = m.create_counter("headwater.process.dead_letters",
                                       description="records sent to dead_letters")
-        self._sketcher = ThreadPoolExecutor(1, thread_name_prefix="headwater-sketch")
+        # one thread for the pure work done while the store works (rows, the sketch's sum)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="headwater-sink")
 
     def ingest(self, records: list[Record]) -> list[Ack]:
         """Store a batch; one Ack per record, in order. Raises StoreError if a write fails."""
@@ -72,13 +73,20 @@ class EventSink:
             records, pending_acks, chunk_rejects = self._reassemble(records, now)
             accepted, rejected = decode_batch(records, limits=self.limits)
             accepted, too_many_months = within_months(accepted, self.limits.months_per_batch)
-            screened = screen(accepted, self._stored_hashes(accepted))
-            rows = self._rows(screened.new, now)
+            # Rows are built on the worker thread while the store looks the ids up (outside
+            # the GIL); they are used when every event is new, the steady stream's case.
+            every = self._worker.submit(self._rows, accepted, now)
+            try:
+                screened = screen(accepted, self._stored_hashes(accepted))
+            finally:
+                built = every.result()
+            all_new = len(screened.new) == len(accepted)
+            rows = built if all_new else self._rows(screened.new, now)
             rows.rejected += rejected + too_many_months + screened.conflicts + chunk_rejects
             uncounted = self._repeats_to_count(screened.repeats, rows)
-            # The sketch's sum is worked out on the sketch thread while the store inserts
+            # The sketch's sum is worked out on the worker thread while the store inserts
             # (outside the GIL); it is inserted last, after the receipts (_sketch_part).
-            part = self._sketcher.submit(_sketch_part, rows.accepted + uncounted, now)
+            part = self._worker.submit(_sketch_part, rows.accepted + uncounted, now)
             try:
                 # Nothing is acked before all of these succeed, and each table is keyed, so
                 # their order does not matter: the store writes them in parallel.
