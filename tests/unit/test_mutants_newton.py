@@ -196,3 +196,15 @@ def test_the_report_is_a_frozen_value() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         report.distance_bound = 0.0  # type: ignore[misc]
     assert {report, report} == {report}  # hashable: frozen
+
+
+def test_forget_rows_without_a_gradient_leave_nothing_to_remove() -> None:
+    """Rows the model already fits exactly (squared loss, every target 0 at θ = 0) carry no
+    gradient: the removal changes nothing and reports 0 left, not 0/0."""
+    squared = Glm("squared")
+    a, zeros, theta0 = augment(X), np.zeros(80), np.zeros(4)
+    with np.errstate(all="raise"):
+        theta, report = newton_removal(squared, theta0, a[F], zeros[F], a[R], zeros[R], 2.0, 1,
+                                       None, 1)
+    np.testing.assert_array_equal(theta, theta0)
+    assert report.steps == 1 and report.residual_ratio == 0.0 and report.distance_bound == 0.0
