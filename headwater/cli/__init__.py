@@ -11,6 +11,7 @@ settings in common.py. Settings come from HEADWATER_* variables; flags override.
     topics.py       topics create|check                 (the Kafka events topic)
     migrate.py      migrate
     demo.py         demo                            (headwater.demo)
+    witness.py      witness serve                   (a second party's checkpoint witness)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from headwater.cli.serve import process, query_service, serve
 from headwater.cli.sql import sql
 from headwater.cli.status import status
 from headwater.cli.topics import topics
+from headwater.cli.witness import witness
 from headwater.errors import HeadwaterError
 
 
@@ -50,7 +52,7 @@ def cli(log_level: str | None, log_format: str | None) -> None:
 
 # in the order `headwater --help` lists them (alphabetical); `report` is `audit report`
 for command in (serve, query_service, process, sql, status, lineage, migrate, demo, attribute,
-                forget, audit, report, replay, topics):
+                forget, audit, report, replay, topics, witness):
     cli.add_command(command)
 
 

@@ -179,16 +179,17 @@ def check(report_file: Path, public_key: Path | None, allow_unsigned: bool) -> N
 @click.option("--run", "run_id", default="", help="Only the producers of this run")
 @click.option("--recompute-hashes", is_flag=True,
               help="Also re-hash every stored event and compare its columns with its bytes")
-@click.option("--witness", type=_File, default=None,
-              help="Checkpoint file to check the chain heads against [HEADWATER_WITNESS]")
+@click.option("--witness", default=None,
+              help="Checkpoint file, or URL of a `headwater witness serve`, to check the "
+                   "chain heads against [HEADWATER_WITNESS]")
 @click.option("--witness-public-key", type=_File, default=None,
-              help="Ed25519 public key (PEM) the checkpoints must be signed with "
-                   "[HEADWATER_WITNESS_PUBLIC_KEY]")
+              help="Ed25519 public key (PEM) the checkpoints (a file) or the receipts (a "
+                   "URL) must be signed with [HEADWATER_WITNESS_PUBLIC_KEY]")
 @data_dir_option
 @dsn_option
 @listen_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object")
-def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
+def verify(run_id: str, recompute_hashes: bool, witness: str | None,
            witness_public_key: Path | None, data_dir: Path | None, dsn: str | None,
            listen: str | None, as_json: bool) -> None:
     """Art. 12 record-keeping: every producer's seq continuity and hash chain, the time
@@ -204,7 +205,7 @@ def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
     settings = load_settings(data_dir=data_dir, dsn=dsn, listen=listen)
     env = ReportSettings()
     witness = witness or env.witness
-    trusted = _witness_trust(witness, witness_public_key or env.witness_public_key)
+    witness_key = _witness_key(witness, witness_public_key or env.witness_public_key)
     reader = open_reader(settings, listen)
     tables: list[Any] = []
     excluded: dict[str, str] = {}
@@ -219,8 +220,8 @@ def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
             tables, excluded, rejected = check_derived(reader, runs_of(reader, run_id))
             excluded.update({f"(rejected {i})": r for i, r in enumerate(rejected)})
         signed = signature_states(reader, [p.producer_id for p in report.producers])
-        if witness is not None and trusted is not None:
-            witnessed = _check_witness(reader, witness, {**signed["trusted"], **trusted},
+        if witness is not None and witness_key is not None:
+            witnessed = _check_witness(reader, witness, witness_key, signed["trusted"],
                                        run_id)
     finally:
         reader.close()
@@ -230,7 +231,7 @@ def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
         {"table": t.table, "equal": t.equal, "rows_stored": t.incremental.rows,
          "rows_from_events": t.replayed.rows, "detail": t.detail} for t in tables]
     data["excluded_events"] = excluded
-    data["witness"] = None if witness is None else {"file": str(witness),
+    data["witness"] = None if witness is None else {"witness": witness,
                                                      "failures": witnessed}
     data["producer_signatures"] = signed["producers"]
     data["producer_signature_failures"] = signed["failures"]
@@ -274,43 +275,62 @@ def verify(run_id: str, recompute_hashes: bool, witness: Path | None,
         sys.exit(1)
 
 
-def _witness_trust(witness: Path | None, public: Path | None) -> dict[str, Any] | None:
-    """The witness key to trust (by key id): required with a witness (a checkpoint anyone
+def _witness_key(witness: str | None, public: Path | None) -> Any:
+    """The witness key to trust: required with a witness (a checkpoint or receipt anyone
     could have signed anchors nothing)."""
-    from headwater.query_service.compliance.signing import key_id, load_public_key
-    from headwater.query_service.compliance.witness import Trusted
+    from headwater.query_service.compliance.signing import load_public_key
 
     if witness is None:
         return None
     if public is None:
         raise ConfigError("--witness needs the witness's public key (--witness-public-key "
                           "or HEADWATER_WITNESS_PUBLIC_KEY) to trust its checkpoints")
-    key = load_public_key(public)
-    return {key_id(key): Trusted(key)}
+    return load_public_key(public)
 
 
-def _check_witness(reader: Any, witness: Path, trusted: dict[str, Any], run_id: str
-                   ) -> list[str]:
-    from headwater.query_service.compliance.witness import FileWitness, check_witness
-
-    found = [c for c in FileWitness(witness).read() if not run_id or c.run_id == run_id]
-    if not found:
-        return [f"witness {witness} holds no checkpoint" + (f" of run {run_id}" if run_id
-                                                            else "")]
+def _check_witness(reader: Any, witness: str, witness_key: Any, producers: dict[str, Any],
+                   run_id: str) -> list[str]:
+    """A file's checkpoints must be signed by a trusted key; a witness endpoint's receipts
+    by the witness key (its own unbroken chain). Then every held head must be stored."""
     from headwater.query_service.compliance.producer_keys import stored_heads
+    from headwater.query_service.compliance.signing import key_id
+    from headwater.query_service.compliance.witness import (
+        FileWitness,
+        Trusted,
+        check_witness,
+        missing_heads,
+    )
+    from headwater.query_service.compliance.witness_client import HttpWitness, is_url
+    from headwater.query_service.compliance.witness_receipts import check_receipts
 
-    return check_witness(found, stored_heads(reader, [c.producer_id for c in found]), trusted)
+    if is_url(witness):
+        receipts = HttpWitness(witness).receipts()
+        failures = check_receipts(receipts, witness_key)
+        found = [r.checkpoint for r in receipts if not run_id or r.checkpoint.run_id == run_id]
+    else:
+        found = [c for c in FileWitness(Path(witness)).read()
+                 if not run_id or c.run_id == run_id]
+        failures = []
+    if not found:
+        return failures + [f"witness {witness} holds no checkpoint"
+                           + (f" of run {run_id}" if run_id else "")]
+    stored = stored_heads(reader, [c.producer_id for c in found])
+    if is_url(witness):
+        return failures + missing_heads(found, stored)
+    return check_witness(found, stored, {**producers,
+                                         key_id(witness_key): Trusted(witness_key)})
 
 
 @click.command()
-@click.option("--witness", type=_File, default=None,
-              help="The append-only checkpoint file [HEADWATER_WITNESS]")
+@click.option("--witness", default=None,
+              help="The append-only checkpoint file, or URL of a `headwater witness serve` "
+                   "[HEADWATER_WITNESS]")
 @click.option("--key", "key_file", type=_File, default=None,
               help="Ed25519 private key (PEM) that signs checkpoints [HEADWATER_WITNESS_KEY]")
 @data_dir_option
 @dsn_option
 @listen_option
-def checkpoint(witness: Path | None, key_file: Path | None, data_dir: Path | None,
+def checkpoint(witness: str | None, key_file: Path | None, data_dir: Path | None,
                dsn: str | None, listen: str | None) -> None:
     """Append a signed checkpoint of every producer's chain head to the witness (run it
     periodically, e.g. from cron); refused while the log has problems."""
@@ -318,8 +338,9 @@ def checkpoint(witness: Path | None, key_file: Path | None, data_dir: Path | Non
 
     from headwater.query_service.client.remote import RemoteStore
     from headwater.query_service.compliance.log_reader import verify_stored_log
-    from headwater.query_service.compliance.signing import load_private_key
-    from headwater.query_service.compliance.witness import FileWitness, checkpoints
+    from headwater.query_service.compliance.signing import load_private_key, load_public_key
+    from headwater.query_service.compliance.witness import checkpoints
+    from headwater.query_service.compliance.witness_client import open_witness
 
     env = ReportSettings()
     witness, key_file = witness or env.witness, key_file or env.witness_key
@@ -338,7 +359,8 @@ def checkpoint(witness: Path | None, key_file: Path | None, data_dir: Path | Non
                              "audit verify`): a checkpoint would anchor a broken chain")
     now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
     made = checkpoints(log, key, now)
-    FileWitness(witness).append(made)
+    public = env.witness_public_key  # a witness endpoint's receipts are checked with it
+    open_witness(witness, load_public_key(public) if public else None).append(made)
     click.echo(f"headwater: {len(made)} chain head(s) checkpointed to {witness}", err=True)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from headwater.errors import ConfigError
@@ -57,10 +57,17 @@ class ReportSettings(BaseSettings):
     compliance_config: Path | None = None
     signing_key: Path | None = None
     report_public_key: Path | None = None  # `audit check` trusts reports signed by it
-    witness: Path | None = None  # the append-only checkpoint file
+    witness: str | None = None  # the append-only checkpoint file, or a witness's URL
     witness_key: Path | None = None  # Ed25519 private key that signs checkpoints
     witness_public_key: Path | None = None  # `audit verify` trusts checkpoints signed by it
     witness_interval_s: float | None = None  # serve checkpoints this often (None: 300; 0: off)
+
+    @field_validator("witness", mode="before")
+    @classmethod
+    def _witness_name(cls, value: object) -> object:
+        """A file path (str or Path) or a witness endpoint's URL, kept as text (a Path
+        would fold a URL's "//")."""
+        return str(value) if isinstance(value, Path) else value
 
 
 def parse_config(text: str, name: str) -> ComplianceConfig:

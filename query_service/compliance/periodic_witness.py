@@ -1,6 +1,8 @@
 """serve's own witness checkpoints: every HEADWATER_WITNESS_INTERVAL_S seconds (and once at
 stop) the log is verified and each producer's chain head that moved since the last
-checkpoint is signed with HEADWATER_WITNESS_KEY and appended to HEADWATER_WITNESS — what
+checkpoint is signed with HEADWATER_WITNESS_KEY and appended to HEADWATER_WITNESS (a file,
+or a `headwater witness serve` URL whose receipts must verify with
+HEADWATER_WITNESS_PUBLIC_KEY when that is set) — what
 `headwater audit checkpoint` does, without an operator's cron. While the log has problems
 nothing is written (a checkpoint would anchor a broken chain); the reason is logged.
 """
@@ -13,12 +15,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from headwater.errors import ConfigError
+from headwater.errors import ConfigError, HeadwaterError
 from headwater.logs import status
 from headwater.query_service.compliance.config import ReportSettings
 from headwater.query_service.compliance.log_reader import verify_stored_log
-from headwater.query_service.compliance.signing import key_id, load_private_key
-from headwater.query_service.compliance.witness import FileWitness, Witness, checkpoints
+from headwater.query_service.compliance.signing import key_id, load_private_key, load_public_key
+from headwater.query_service.compliance.witness import Witness, checkpoints
+from headwater.query_service.compliance.witness_client import open_witness
 
 DEFAULT_INTERVAL_S = 300.0
 
@@ -38,6 +41,9 @@ class PeriodicCheckpoints:
             known = [c for c in witness.read() if c.key_id == kid]
         except ConfigError:
             known = []  # no witness file yet
+        except HeadwaterError as exc:  # a witness endpoint not answering yet: all heads go
+            status(f"headwater serve: witness not read ({exc}); checkpointing every head")
+            known = []
         self._last = {(c.producer_id, c.run_id): (c.seq, c.head_hash) for c in known}
 
     def checkpoint(self) -> int:
@@ -90,5 +96,6 @@ def from_settings(store: Any, env: ReportSettings | None = None
                           "HEADWATER_WITNESS_KEY (the Ed25519 key that signs checkpoints)")
     if env.witness is None or env.witness_key is None or interval == 0:
         return None
-    return PeriodicCheckpoints(store, FileWitness(env.witness),
+    public = load_public_key(env.witness_public_key) if env.witness_public_key else None
+    return PeriodicCheckpoints(store, open_witness(env.witness, public),
                                load_private_key(env.witness_key), interval)

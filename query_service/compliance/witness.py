@@ -6,11 +6,12 @@ producer attested through Compliance.AttestHead). Written to a witness the opera
 rewrite, it lets `audit verify` find a deleted or rewritten tail: the stored event at seq N
 must still exist with hash H.
 
-Implemented witness: `FileWitness`, a local append-only JSON-lines file (one checkpoint a
-line, written with O_APPEND). It anchors only as far as the file is out of the operator's
-reach (another party's host, an append-only or write-once mount); on the operator's own
-disk it shows the mechanism, not independence. Not implemented (absent, see
-docs/compliance.md): object-store witnesses with object lock, a second party's endpoint.
+Witnesses: `FileWitness`, a local append-only JSON-lines file (one checkpoint a line,
+written with O_APPEND), anchors only as far as the file is out of the operator's reach; on
+the operator's own disk it shows the mechanism, not independence. A second party's
+endpoint (`headwater witness serve`, witness_server.py; client in witness_client.py) keeps
+its own store and countersigns. Not implemented (absent, see docs/compliance.md):
+object-store witnesses with object lock.
 """
 
 from __future__ import annotations
@@ -127,13 +128,22 @@ def check_witness(found: list[Checkpoint], stored: dict[tuple[str, int], str],
     """Failures (pure): checkpoints not signed by a trusted key (by key id), and
     checkpointed heads the store no longer holds. `stored`: (producer id, seq) -> hex hash
     of the stored event."""
+    failures, signed_ok = [], []
+    for c in found:
+        why = signature_problem(c, trusted)
+        if why:
+            failures.append(f"checkpoint of {c.producer_id} seq {c.seq} ({c.written_at}): {why}")
+        else:
+            signed_ok.append(c)
+    return failures + missing_heads(signed_ok, stored)
+
+
+def missing_heads(found: list[Checkpoint], stored: dict[tuple[str, int], str]) -> list[str]:
+    """Failures (pure): witnessed heads the store no longer holds, or holds with another
+    hash (the chain's tail deleted or rewritten after the checkpoint)."""
     failures = []
     for c in found:
         where = f"checkpoint of {c.producer_id} seq {c.seq} ({c.written_at})"
-        why = signature_problem(c, trusted)
-        if why:
-            failures.append(f"{where}: {why}")
-            continue
         have = stored.get((c.producer_id, c.seq))
         if have is None:
             failures.append(f"{where}: the store no longer holds seq {c.seq}: the chain's "

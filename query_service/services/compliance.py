@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from headwater.errors import ConfigError, RequestError
+from headwater.errors import ConfigError, HeadwaterError, RequestError
+from headwater.logs import status
 from headwater.query_service.attribution.engine import AttributionEngine
 from headwater.query_service.compliance.builder import ReportError, build_report
 from headwater.query_service.compliance.config import (
@@ -22,7 +23,8 @@ from headwater.query_service.compliance.producer_keys import (
     register,
 )
 from headwater.query_service.compliance.signing import load_private_key, report_text, seal
-from headwater.query_service.compliance.witness import Checkpoint, FileWitness
+from headwater.query_service.compliance.witness import Checkpoint
+from headwater.query_service.compliance.witness_client import open_witness
 from headwater.query_service.lineage.graph import BadRowKey
 from headwater.query_service.server.principal import describe
 from headwater.query_service.services.attribution import lineage_conflict
@@ -126,5 +128,10 @@ class ComplianceService(query_pb2_grpc.ComplianceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         witness = ReportSettings().witness
         if witness is not None and new:
-            FileWitness(witness).append([head])
+            try:
+                open_witness(witness).append([head])
+            except HeadwaterError as exc:  # kept here; a witness endpoint refused or is down
+                status(f"AttestHead: {head.producer_id} seq {head.seq} kept but not "
+                       f"witnessed: {exc}")
+                return query_pb2.AttestHeadResponse(witnessed=False)
         return query_pb2.AttestHeadResponse(witnessed=witness is not None)

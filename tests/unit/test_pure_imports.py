@@ -23,6 +23,7 @@ PURE = [
     "headwater.stream_processors.processors.batch_bounds",
     "headwater.stream_processors.log_integrity",
     "headwater.stream_processors.lineage_resolve",
+    "headwater.query_service.compliance.witness_receipts",
     "headwater.producers.envelope",
     "headwater.producers.rowmap",
     "headwater.producers.capture.projection",
