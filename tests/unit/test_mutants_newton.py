@@ -208,3 +208,6 @@ def test_forget_rows_without_a_gradient_leave_nothing_to_remove() -> None:
                                        None, 1)
     np.testing.assert_array_equal(theta, theta0)
     assert report.steps == 1 and report.residual_ratio == 0.0 and report.distance_bound == 0.0
+    # tol=0 asks for an exact result: one already exact takes no further step
+    _, exact = newton_removal(squared, theta0, a[F], zeros[F], a[R], zeros[R], 2.0, 1, 0.0, 5)
+    assert exact.steps == 1
