@@ -9,7 +9,9 @@ Anything else is refused by name, and the capture falls back to the dense vmap p
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -95,58 +97,135 @@ def _as_rows(layer: Layer, a: torch.Tensor, delta: torch.Tensor
     return a.reshape(n, -1, a.shape[-1]), delta.reshape(n, -1, delta.shape[-1])
 
 
+OWN = object()  # a record's mark: this output is the model's, its δ the corrected loss gradient
+
+
 @dataclass
+class Record:
+    """What the taps saw in one pass, read once the backward is done (on the publisher's
+    worker for a held step): per layer call (layer index, input a, output, the output's
+    version and node and output number at the time), and marks by call: OWN, or a
+    one-item list a node hook fills (an output written in place during the forward)."""
+
+    calls: list[tuple[int, Any, Any, int, Any, int]] = field(default_factory=list)
+    marks: dict[int, Any] = field(default_factory=dict)
+
+
 class Taps:
-    """Forward hooks on the captured layers from `start` to `stop` (a model holds no hook of
-    ours between passes, so it deep-copies and pickles as before): they keep each layer's
-    input a and either its output (a margin pass takes their gradients) or, through a
-    tensor hook, its output gradient δ (the training backward)."""
+    """Taps on the captured layers, installed from `start` to `stop` as instance `forward`
+    attributes that call the layer's own (the model holds nothing of ours between passes, so
+    it deep-copies and pickles as before; an attribute costs less than a forward hook's
+    dispatch). They record each layer's input a and output; in a training step the root's
+    tap then marks the outputs so that the backward leaves their gradients δ without a
+    Python call (retain_grad), except the model's output, whose δ is the corrected loss
+    gradient the output hook keeps. Reading the record (`pairs`) is left for later."""
 
-    layers: list[Layer]
-    inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-    outputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-    grads: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-    handles: list[Any] = field(default_factory=list)
-    keep_outputs: bool = False
+    def __init__(self, layers: list[Layer]) -> None:
+        self.layers = layers
+        self.record = Record()
+        self.installed: list[tuple[nn.Module, Any]] = []
+        self._on_output: Callable[[Any], Any] = _same
+        self._inner: list[Callable[..., Any]] = [_same] * len(layers)  # the layers' own
+        self._root_forward: Callable[..., Any] = _same
+        self._taps = [self._tap(i) for i in range(len(layers))]
+        self._rooted = self._root()
 
-    def start(self, keep_outputs: bool) -> None:
-        self.clear()
-        self.keep_outputs = keep_outputs
-        for layer in self.layers:
-            self.handles.append(layer.module.register_forward_hook(self._forward(layer.name)))
+    def start(self, root: nn.Module | None = None,
+              on_output: Callable[[Any], Any] | None = None) -> Record:
+        """Install the taps (and, with `root`, pass the model's output to `on_output`, which
+        returns it, then mark the recorded outputs for their gradients); a fresh record."""
+        self.record = Record()
+        for i, layer in enumerate(self.layers):
+            self._inner[i] = self._install(layer.module, self._taps[i])
+        if root is not None and on_output is not None:
+            self._on_output = on_output
+            self._root_forward = self._install(root, self._rooted)
+        return self.record
 
     def stop(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
+        """Put back every forward as it was (in reverse: a root that is a layer too)."""
+        for module, previous in reversed(self.installed):
+            if previous is None:
+                del module.__dict__["forward"]
+            else:
+                module.__dict__["forward"] = previous
+        self.installed.clear()
+        self._on_output = _same
 
-    def clear(self) -> None:
-        """Drop the tensors kept (after φ is computed)."""
-        for layer in self.layers:
-            self.inputs[layer.name], self.grads[layer.name] = [], []
-            self.outputs[layer.name] = []
+    def _install(self, module: nn.Module, tap: Callable[..., Any]) -> Callable[..., Any]:
+        """Put `tap` in place of module.forward; returns the forward it calls."""
+        previous = module.__dict__.get("forward")
+        self.installed.append((module, previous))
+        module.__dict__["forward"] = tap
+        return previous or type(module).forward.__get__(module)
 
-    def take(self) -> tuple[dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:
-        """(inputs, grads) kept so far, handed over; the taps start afresh."""
-        taken = dict(self.inputs), dict(self.grads)
-        self.clear()
-        return taken
+    def _tap(self, i: int) -> Callable[..., Any]:
+        inner = self._inner
 
-    def _forward(self, name: str) -> Any:
-        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            self.inputs[name].append(plain(args[0]).detach())
-            if self.keep_outputs:
-                self.outputs[name].append(out)
-            elif out.requires_grad:
-                grads = self.grads[name]
-                grads.append(out)  # placeholder, replaced by its gradient
-                slot = len(grads) - 1
+        def tapped(*args: Any, **kwargs: Any) -> Any:
+            out = inner[i](*args, **kwargs)
+            self.record.calls.append((i, args[0], out, out._version, out.grad_fn,
+                                      out.output_nr))
+            return out
 
-                def grab(g: torch.Tensor) -> None:
-                    grads[slot] = g.detach()
+        return tapped
 
-                out.register_hook(grab)
-        return hook
+    def _root(self) -> Callable[..., Any]:
+        def rooted(*args: Any, **kwargs: Any) -> Any:
+            out = self._on_output(self._root_forward(*args, **kwargs))
+            marks = self.record.marks
+            for j, (_, _, o, version, node, index) in enumerate(self.record.calls):
+                if o is out:
+                    marks[j] = OWN
+                elif not o.requires_grad:
+                    continue
+                elif o._version == version:
+                    o.retain_grad()
+                else:  # written in place (an inplace activation): hook the node that made it
+                    cell: list[Any] = [None]
+                    marks[j] = cell
+                    node.register_prehook(partial(_keep, cell, index))
+            return out
+
+        return rooted
+
+    def pairs(self, record: Record, output_grad: torch.Tensor | None = None,
+              grads: Sequence[torch.Tensor | None] | None = None, copy: Any = None
+              ) -> tuple[dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:
+        """(inputs, δ) per layer name, detached, from a finished training step's record
+        (`output_grad`: the model output's corrected gradient) or from a margin pass's
+        (`grads`: its outputs' gradients in call order; None: 0, that output does not reach
+        f). `copy`: (pointer, tensor): an input at that data pointer is replaced by the
+        tensor (the caller's batch, copied before the trainer refills it). Raises when a
+        layer's δ never arrived."""
+        inputs: dict[str, list[torch.Tensor]] = {la.name: [] for la in self.layers}
+        deltas: dict[str, list[torch.Tensor]] = {la.name: [] for la in self.layers}
+        for j, (i, a, out, _, _, _) in enumerate(record.calls):
+            name = self.layers[i].name
+            if grads is not None:
+                g = grads[j]
+                g = torch.zeros_like(out) if g is None else g
+            else:
+                mark = record.marks.get(j)
+                g = (output_grad if mark is OWN else mark[0] if mark is not None
+                     else out.grad if out.requires_grad else None)
+            if g is None:
+                raise RuntimeError(f"layer {name!r}: its output gradient never arrived; call "
+                                   "loss.backward() inside capture.step()")
+            a = plain(a)
+            if copy is not None and a.data_ptr() == copy[0]:
+                a = copy[1]
+            inputs[name].append(a.detach())
+            deltas[name].append(plain(g).detach())
+        return inputs, deltas
+
+
+def _same(out: Any) -> Any:
+    return out
+
+
+def _keep(cell: list[Any], index: int, grad_outputs: tuple[torch.Tensor, ...]) -> None:
+    cell[0] = grad_outputs[index]
 
 
 class Projector:

@@ -4,8 +4,8 @@ output function f_i of the same row (q_i = 1 - p_y, or y - f for regression; c t
 per-row scale: 1/B for a mean, 1 for a sum, 2/B for F.mse_loss).
 
 Softmax cross-entropy: dℓ/dz = c (p - e_y) = -c q ∂f/∂z. Binary logit: c (σ(z) - y) = -c q s,
-s = ±1. Squared error: c (f - y). The model's output is wrapped at the forward so that its
-backward passes here first: c is measured (and must be one number for the batch: any other
+s = ±1. Squared error: c (f - y). A tensor hook on the model's output sees its gradient before
+the backward goes on: c is measured (and must be one number for the batch: any other
 loss is named and refused), and the entries float32 computes by cancellation are rebuilt —
 p_y - 1 loses every digit once q < 6e-8, so the label entry is recomputed as -Σ of the other
 entries (multiclass) or as -c s σ(-f) (binary). Those entries change only by the rounding
@@ -39,6 +39,26 @@ class OutputGradient:
     grad: torch.Tensor | None = None
     calls: int = 0
     errors: list[str] = field(default_factory=list)
+    label: torch.Tensor | None = None  # softmax: the rebuilt label entries, -c q per row
+
+    def backward(self, g: torch.Tensor) -> torch.Tensor:
+        """The tensor hook on the output: keep the corrected gradient and pass it on (or,
+        for a loss the capture cannot read, note why and pass g on unchanged)."""
+        assert self.output is not None  # the hook is registered on it
+        try:
+            self.grad, self.label = correct(g, self.output, self.labels, self.task)
+        except LossMismatch as exc:
+            self.errors.append(str(exc))
+            return g
+        return self.grad
+
+    def floor(self) -> float:
+        """The smallest over rows of the row's largest |loss gradient| (softmax: |label
+        entry|, the largest when the loss is cross-entropy)."""
+        assert self.grad is not None
+        if self.label is not None:
+            return -float(self.label.max())
+        return float(self.grad.abs().reshape(len(self.grad), -1).amax(1).min())
 
 
 def _classes(z: Any) -> bool:
@@ -78,22 +98,25 @@ def _binary_scale(z: np.ndarray, g: np.ndarray, labels: np.ndarray) -> float | N
     return c
 
 
-def correct(g: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+def correct(g: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, task: str
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The loss gradient at the outputs with the entries float32 cancels rebuilt: the label
-    entry as -Σ of the others (softmax), c (σ(z) - y) from exact σ (binary logit)."""
+    entry as -Σ of the others (softmax; also returned, [n, 1]), c (σ(z) - y) from exact σ
+    (binary logit)."""
     if task == "regression":
-        return g
+        return g, None
     if _classes(z):
         y = labels.reshape(-1, 1).to(g.device, torch.long)
         others = g.scatter(1, y, 0.0)  # the label entry zeroed, then refilled
-        return others.scatter_(1, y, others.sum(1, keepdim=True).neg_())
+        label = others.sum(1, keepdim=True).neg_()
+        return others.scatter_(1, y, label), label
     zn, ln = _numpy(z), labels.detach().cpu().double().numpy()
     c = _binary_scale(zn, _numpy(g), ln)
     if c is None:
-        return g
+        return g, None
     s = np.where(ln.reshape(-1) > 0, 1.0, -1.0)
     exact = -c * s / (1.0 + np.exp(s * zn.reshape(-1)))
-    return torch.as_tensor(exact.reshape(g.shape), dtype=g.dtype, device=g.device)
+    return torch.as_tensor(exact.reshape(g.shape), dtype=g.dtype, device=g.device), None
 
 
 def loss_scale(state: OutputGradient) -> tuple[float | None, np.ndarray]:
@@ -142,37 +165,20 @@ def loss_scale(state: OutputGradient) -> tuple[float | None, np.ndarray]:
     return c, f
 
 
-class _Rescale(torch.autograd.Function):
-    """Identity forward; backward rebuilds the cancelled entries and keeps the result."""
+def watch(state: OutputGradient) -> Any:
+    """What the model's output is passed through in a training step (Taps' root): the
+    call is counted, the output kept, and a tensor hook registered whose return value is
+    the corrected gradient, so the backward carries it on to every layer."""
 
-    @staticmethod
-    def forward(ctx: Any, out: torch.Tensor, state: OutputGradient) -> torch.Tensor:
-        ctx.state = state
-        ctx.save_for_backward(out)
-        return out.view_as(out)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
-        state: OutputGradient = ctx.state
-        (out,) = ctx.saved_tensors
-        try:
-            state.grad = correct(g, out, state.labels, state.task)
-        except LossMismatch as exc:
-            state.errors.append(str(exc))
-            return g, None
-        return state.grad, None
-
-
-def wrap_output(state: OutputGradient) -> Any:
-    """The forward hook for the model: its output passes through _Rescale."""
-
-    def hook(module: torch.nn.Module, args: tuple, out: Any) -> Any:
+    def on_output(out: Any) -> Any:
         if not isinstance(out, torch.Tensor):
             state.errors.append(f"the model returned {type(out).__name__}, not a tensor of "
                                 "outputs")
             return out
         state.calls += 1
         state.output = out if type(out) is torch.Tensor else out.as_subclass(torch.Tensor)
-        return _Rescale.apply(out, state) if out.requires_grad else out
+        if out.requires_grad:
+            out.register_hook(state.backward)
+        return out
 
-    return hook
+    return on_output

@@ -16,9 +16,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.autograd.graph import GradientEdge
 from torch.func import functional_call, grad, jacrev, vmap
 
-from headwater.producers.capture.factored import Layer, Projector, Taps, find_layers, plain
+from headwater.producers.capture.factored import (
+    Layer,
+    Projector,
+    Record,
+    Taps,
+    find_layers,
+    plain,
+)
 from headwater.producers.capture.kronecker import KroneckerProjection, plan_factors
 from headwater.producers.capture.recorder import (
     Publish,
@@ -33,7 +41,7 @@ from headwater.producers.capture.rescale import (
     OutputGradient,
     loss_scale,
     margins,
-    wrap_output,
+    watch,
 )
 from headwater.v1 import events_pb2
 
@@ -49,10 +57,11 @@ GROUP = 32  # steps held back on the trainer's thread, then projected together o
 class _Held:
     """A finished step whose projection and event wait for the rest of its group."""
 
-    x: torch.Tensor
+    x: torch.Tensor  # a copy of the batch
+    pointer: int  # the caller's batch tensor's data pointer (a layer input there is x)
     y: torch.Tensor
     state: OutputGradient
-    taken: tuple[dict, dict]
+    record: Record
     keys: events_pb2.RowKeys
     learning_rate: float
     step: int
@@ -159,6 +168,7 @@ class TorchCapture(Recorder):
         self.group = group
         self._pending: list[_Held] = []
         before_flush = getattr(publish, "before_flush", None)
+        self._grouped = before_flush is not None
         if before_flush is not None:
             before_flush(self._drain)
 
@@ -211,20 +221,17 @@ class TorchCapture(Recorder):
         layers' outputs (parameter gradients are not computed, .grad is untouched)."""
         assert self.layers is not None and self._projector is not None
         taps = self._taps
-        taps.start(keep_outputs=True)
+        record = taps.start()
         try:
             with torch.enable_grad():
                 f = self._margin(self.model(x), y)
-                outs = [o for layer in self.layers for o in taps.outputs[layer.name]]
-                grads = torch.autograd.grad(f.sum(), outs, allow_unused=True)
+                # edges as the layers made them: an output an inplace activation wrote
+                # over since has a newer node, whose gradient is not the layer's δ
+                edges = [GradientEdge(node, index) for _, _, _, _, node, index in record.calls]
+                grads = torch.autograd.grad(f.sum(), edges, allow_unused=True)
         finally:
             taps.stop()
-        it = iter(grads)
-        for layer in self.layers:
-            for o in taps.outputs[layer.name]:
-                g = next(it)
-                taps.grads[layer.name].append(torch.zeros_like(o) if g is None else g)
-        return self._projector.phi(*taps.take())
+        return self._projector.phi(*taps.pairs(record, grads=grads))
 
     def features(self, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, Weights,
                                                                   torch.Tensor]:
@@ -271,35 +278,26 @@ class TorchCapture(Recorder):
         keys = _keys(keys, x.shape[0])
         dense = self._dense_phi(x, y) if self.layers is None else None
         state = OutputGradient(self.task, y)
-        root = self.model.register_forward_hook(wrap_output(state))
-        if dense is None:
-            self._taps.start(keep_outputs=False)
+        record = self._taps.start(self.model, watch(state))
         try:
             yield
         finally:
-            root.remove()
             self._taps.stop()
-        try:
-            self._check(x, state)
-            taken = self._taps.take()
-        finally:
-            self._taps.clear()
+        self._check(x, state)
         version = self._require_version()
         self.last_step = max(self.last_step, step)
         # Held for the worker (a group): only after a first step here, which refuses a wrong
         # loss where the trainer sees it, and when no row can need a margin pass (it reads
         # the parameters, which the optimiser is about to change): a row whose loss
         # gradient is below 1e-25 everywhere might, and goes the synchronous way below.
-        if (dense is None and self._scale is not None
-                and getattr(self.publish, "before_flush", None) is not None
-                and bool(state.grad.abs().reshape(len(x), -1).amax(1).min()  # type: ignore[union-attr]
-                         >= CERTAIN)):
-            state.output = state.output.detach()  # type: ignore[union-attr]
-            self._pending.append(_Held(x, y.clone(), state, self._own_input(taken, x), keys,
+        if (dense is None and self._scale is not None and self._grouped
+                and state.floor() >= CERTAIN):
+            self._pending.append(_Held(x.clone(), x.data_ptr(), y.clone(), state, record, keys,
                                        learning_rate, step, version))
             if len(self._pending) >= self.group:
                 self._drain()
             return
+        taken = self._taps.pairs(record, state.grad)
         f = margins(state.output.detach().cpu().double().numpy(),  # type: ignore[union-attr]
                     y.detach().cpu().double().numpy(), self.task)
         weights = self._weights_of(f, y)
@@ -317,15 +315,6 @@ class TorchCapture(Recorder):
         else:
             self._emit(build)
 
-    @staticmethod
-    def _own_input(taken: tuple[dict, dict], x: torch.Tensor) -> tuple[dict, dict]:
-        """`taken` with the inputs that are the caller's batch tensor itself copied (a
-        trainer may refill that buffer before the group is projected)."""
-        ins, grads = taken
-        ptr = x.data_ptr()
-        return ({name: [a.clone() if a.data_ptr() == ptr else a for a in kept]
-                 for name, kept in ins.items()}, grads)
-
     def _emit(self, build: Any) -> Any:
         """Any event of this capture follows the steps held back before it."""
         self._drain()
@@ -339,21 +328,29 @@ class TorchCapture(Recorder):
 
     def _build_group(self, held: list[_Held]) -> list[events_pb2.GradientBatch | Exception]:
         """The GradientBatch of every held step, projected together (on the worker); a step
-        that fails (a refused loss) is its exception, so the others are still published."""
+        that fails (a refused loss, a δ that never arrived) is its exception, so the others
+        are still published."""
         assert self._projector is not None
-        phis = self._projector.phi_group([h.taken for h in held])
-        out: list[events_pb2.GradientBatch | Exception] = []
-        for h, phi in zip(held, phis, strict=True):
+        out: list[events_pb2.GradientBatch | Exception | None] = [None] * len(held)
+        taken, good = [], []
+        for i, h in enumerate(held):
             try:
-                out.append(self._held_batch(h, phi))
+                taken.append(self._taps.pairs(h.record, h.state.grad, copy=(h.pointer, h.x)))
+                good.append(i)
             except Exception as exc:  # noqa: BLE001 - the worker raises it at flush
-                out.append(exc)
-        return out
+                out[i] = exc
+        for i, phi in zip(good, self._projector.phi_group(taken) if taken else [],
+                          strict=True):
+            try:
+                out[i] = self._held_batch(held[i], phi)
+            except Exception as exc:  # noqa: BLE001 - the worker raises it at flush
+                out[i] = exc
+        return out  # type: ignore[return-value]
 
     def _held_batch(self, h: _Held, phi: torch.Tensor) -> events_pb2.GradientBatch:
         """One held step's GradientBatch from its φ of the loss gradients."""
         labels = h.y.detach().cpu()
-        f = margins(h.state.output.cpu().double().numpy(),  # type: ignore[union-attr]
+        f = margins(h.state.output.detach().cpu().double().numpy(),  # type: ignore[union-attr]
                     labels.double().numpy(), self.task)
         weights = self._weights_of(f, h.y)
         phi, c = self._rescaled(h.x, h.y, h.state, weights, phi)
