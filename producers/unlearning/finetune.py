@@ -9,9 +9,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from headwater.producers.unlearning.descent import (
+    Descent,
+    retained_descent,
+    training_gradient,
+)
 from headwater.producers.unlearning.digests import (
     parse_method,
 )
+from headwater.producers.unlearning.kfac import all_linear, kfac_newton
 from headwater.producers.unlearning.linear import (
     Glm,
     augment,
@@ -245,6 +251,61 @@ def _fine_tune(model: torch.nn.Module, params: list[torch.nn.Parameter],
             "fine_tune_target_loss": bound.target_loss, "fine_tune_forget_loss": forget_loss}
 
 
+# The retained-objective descent runs only while the model's own training gradient r₀ is at
+# most this multiple of the forget rows' summed gradient: further from a stationary point
+# (a stream mid-training), S's linear term s·r₀ᵀθ dominates and minimising S undoes
+# unfinished training instead of removing the rows (docs/unlearning.md, section 3).
+STATIONARY = 2.0
+
+
+def _norm(tensors: list[torch.Tensor]) -> float:
+    return float(sum(float((t.double() ** 2).sum()) for t in tensors)) ** 0.5
+
+
+def _network_removal(out: torch.nn.Module, trainable: list[torch.nn.Parameter],
+                     f: tuple[torch.Tensor, torch.Tensor], r: tuple[torch.Tensor, torch.Tensor],
+                     *, task: str, lam: float, lam_r: float, scale: float, last_layer: str,
+                     steps: int, step_tol: float | None, max_steps: int, descent: Descent,
+                     seed: int) -> dict[str, Any]:
+    """auto on a network, in place on `out`: r₀ at θ₀, the Newton step (K-FAC on all layers
+    when it applies, else the last layer's), then the retained-objective descent — or, far
+    from a stationary point (STATIONARY), the last layer's Newton step alone."""
+    import torch
+
+    forget_grad = training_gradient(out, trainable, f, task, 0.0)
+    offset = [g + q for g, q in zip(forget_grad, training_gradient(out, trainable, r, task, lam),
+                                    strict=True)]  # r₀ over every training row
+    loss_before = float(TorchAdapter(task).losses(out, f).mean())
+    detail: dict[str, Any] = {"training_gradient_norm": _norm(offset),
+                              "forget_gradient_norm": _norm(forget_grad)}
+    far = detail["training_gradient_norm"] > STATIONARY * detail["forget_gradient_norm"]
+    if far:  # S's linear term would dominate: the last layer's exact step alone
+        detail["descent_skipped"] = (
+            f"far from a stationary point of the training objective: |r0| = "
+            f"{detail['training_gradient_norm']:.3g} > {STATIONARY:g} x |sum of forget "
+            f"gradients| = {detail['forget_gradient_norm']:.3g}")
+    if all_linear(out) and not far:
+        stepped, info = kfac_newton(out, f, r, task=task, lam=lam, lam_retained=lam_r,
+                                    offset_scale=scale, target_loss=None, seed=seed)
+        with torch.no_grad():
+            for p, q in zip(out.parameters(), stepped.parameters(), strict=True):
+                p.copy_(q)
+        detail.update(newton_steps=1, newton="K-FAC", kfac_step_norm=info["kfac_step_norm"])
+    else:  # far, or a parameter outside nn.Linear: the last layer's exact step
+        report = _last_layer_newton(out, f, r, task=task, last_layer=last_layer, l2=lam,
+                                    steps=steps, tol=step_tol, max_steps=max_steps,
+                                    keep_offset=True, lam_retained=lam_r, offset_scale=scale)
+        detail.update(last_layer=last_layer, newton_steps=report.steps, newton="last layer",
+                      residual_ratio=report.residual_ratio)
+    detail["newton_forget_loss"] = float(TorchAdapter(task).losses(out, f).mean())
+    if not far:
+        detail.update(retained_descent(out, trainable, f, r, task=task, offset=offset,
+                                       lam_retained=lam_r, offset_scale=scale,
+                                       loss_before=loss_before, settings=descent, seed=seed))
+    detail["fine_tune_steps"] = detail.get("descent_steps", 0)  # what UnlearningApplied records
+    return detail
+
+
 def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
                   method: int | str = "auto", task: str = "classification",
                   last_layer: str | None = None, l2: float | None = None,
@@ -254,7 +315,7 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
                   target_loss: float | None = None, fine_tune_steps: int = 300,
                   lr: float = 0.5, max_step_norm: float = 0.1,
                   max_distance: float | None = None, batch_size: int = 128,
-                  retain_weight: float = 1.0, seed: int = 0,
+                  retain_weight: float = 1.0, seed: int = 0, descent: Descent | None = None,
                   inplace: bool = False) -> tuple[torch.nn.Module, int, dict[str, Any]]:
     """Unlearn rows from a torch model; returns (model, method used, details).
 
@@ -264,12 +325,15 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
     recipe's for the retained rows); without a recipe, `l2` is a fixed λ on the summed loss
     (default 1). When the last layer is the whole trainable model (convex) the steps go to
     that optimum; in a network they keep the training gradient the layer had (newton.py).
-    `earlier_layers`: then also the bounded fine-tune of every other trainable parameter —
-    by default yes for method auto when the model trains parameters outside its last layer,
-    no for NEWTON. FINE_TUNE: the bounded fine-tune of all trainable parameters, no Newton.
-    The fine-tune's target is `target_loss` (every row), else `forget_loss_estimate` from
-    `held_out` (one is required); see FineTuneBound. The method returned is what ran:
-    NEWTON when the fine-tune took no step. A new model unless `inplace`."""
+    `earlier_layers`: then every trainable parameter is corrected too — by default yes for
+    method auto when the model trains parameters outside its last layer, no for NEWTON:
+    the Newton step on the whole network (K-FAC, when every trainable parameter is in an
+    nn.Linear; else the last layer's) followed by the retained-objective descent
+    (descent.py, settings `descent`), which needs no estimate of the retrained loss.
+    FINE_TUNE: the bounded fine-tune of all trainable parameters, no Newton; its target
+    is `target_loss` (every row), else `forget_loss_estimate` from `held_out` (one is
+    required); see FineTuneBound. The method returned is what ran: NEWTON when no
+    descent or fine-tune step was taken. A new model unless `inplace`."""
     import torch
 
     if not isinstance(model, torch.nn.Module):
@@ -293,9 +357,8 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
         tuned = [p for p in trainable if id(p) not in own]
         if earlier_layers is None:
             earlier_layers = chosen == events_pb2.UNLEARNING_METHOD_UNSPECIFIED and bool(tuned)
-    fine_tune = chosen == events_pb2.FINE_TUNE or bool(earlier_layers)
     bound = None
-    if fine_tune:
+    if chosen == events_pb2.FINE_TUNE:
         if target_loss is None:
             if held_out is None:
                 raise ValueError(
@@ -312,7 +375,12 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
     lam = recipe.lam(n_d) if recipe is not None else 1.0 if l2 is None else float(l2)
     lam_r = recipe.lam(n_r) if recipe is not None else lam
     scale = n_r / n_d if recipe is not None and recipe.reduction == "mean" else 1.0
-    if chosen != events_pb2.FINE_TUNE:
+    if earlier_layers and chosen != events_pb2.FINE_TUNE:
+        detail.update(_network_removal(out, trainable, f, r, task=task, lam=lam, lam_r=lam_r,
+                                       scale=scale, last_layer=name, steps=steps,
+                                       step_tol=step_tol, max_steps=max_newton_steps,
+                                       descent=descent or Descent(), seed=seed))
+    elif chosen != events_pb2.FINE_TUNE:
         report = _last_layer_newton(out, f, r, task=task, last_layer=name, l2=lam, steps=steps,
                                     tol=step_tol, max_steps=max_newton_steps,
                                     keep_offset=bool(tuned), lam_retained=lam_r,
@@ -325,5 +393,6 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
         detail.update(_fine_tune(out, tuned, f, r, task=task, bound=bound, lr=lr,
                                  batch_size=batch_size, retain_weight=retain_weight,
                                  seed=seed))
-    ran_fine_tune = chosen == events_pb2.FINE_TUNE or detail.get("fine_tune_steps", 0) > 0
+    ran_fine_tune = chosen == events_pb2.FINE_TUNE or detail.get("fine_tune_steps", 0) > 0 \
+        or detail.get("descent_steps", 0) > 0
     return out, events_pb2.FINE_TUNE if ran_fine_tune else events_pb2.NEWTON, detail

@@ -38,6 +38,15 @@ def _linear_layers(model: torch.nn.Module) -> list[torch.nn.Linear]:
     return layers
 
 
+def all_linear(model: torch.nn.Module) -> bool:
+    """Whether K-FAC Newton applies: every trainable parameter is in an nn.Linear."""
+    try:
+        _linear_layers(model)
+    except TypeError:
+        return False
+    return True
+
+
 def _factors(model: torch.nn.Module, layers: list[torch.nn.Linear], x: torch.Tensor,
              task: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(A, G) per layer over rows x, labels sampled from the model (float64)."""

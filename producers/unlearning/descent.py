@@ -1,0 +1,140 @@
+"""Retained-objective descent: the approximate method for a network's earlier layers
+(docs/unlearning.md, section 3).
+
+Newton removal solves ∇J_R(θ) = s·r₀ — the retained objective's gradient equal to the
+training gradient the model already had (r₀ = ∇J_D(θ₀), s = n_R/n for a mean loss, 1 for a
+sum) — so it removes the forget rows without finishing the training the original left
+unfinished. For a network its curvature is only approximate (last layer alone, or K-FAC),
+so the step lands short or past that point. This module finishes the solve to first order:
+it minimises
+
+    S(θ) = J_R(θ) − s·r₀ᵀθ       (∇S = 0 ⇔ the Newton equation)
+
+on the retained rows with Adam (invariant to the objective's scale, so the recipe's units do
+not matter), starting from the Newton step. Nothing here estimates the retrained model's
+forget loss: the forget rows are not in S, they move only as S's minimiser moves them, as
+they would when retraining without them. It stops when the forget loss has settled: its
+change over the last `window` steps is at most `settle` of its total change since θ₀.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from headwater.producers.unlearning.rows import CHUNK
+from headwater.producers.unlearning.verification import torch_losses
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Descent:
+    """Settings of the retained-objective descent: at most `steps` Adam steps of rate `lr`
+    (PyTorch's default), on random retained batches of `batch_size` rows (all of them
+    when fewer: then each step is the exact gradient of S); the forget loss is measured
+    every `check` steps and the descent stops once it moved by at most `settle` of its
+    total change over the last `window` steps."""
+
+    steps: int = 400
+    lr: float = 1e-3
+    window: int = 50
+    settle: float = 0.02
+    check: int = 10
+    batch_size: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.check < 1 or self.window < self.check:
+            raise ValueError(f"descent needs steps >= 0 and window >= check >= 1; got "
+                             f"steps={self.steps}, window={self.window}, check={self.check}")
+        if not (self.lr > 0 and self.settle > 0 and self.batch_size >= 1):
+            raise ValueError(f"descent needs lr > 0, settle > 0 and batch_size >= 1; got "
+                             f"lr={self.lr}, settle={self.settle}, "
+                             f"batch_size={self.batch_size}")
+
+
+def training_gradient(model: torch.nn.Module, params: list[torch.nn.Parameter],
+                      rows: tuple[torch.Tensor, torch.Tensor], task: str,
+                      lam: float) -> list[torch.Tensor]:
+    """r₀ = Σ_i ∇ℓ_i(θ) + λθ over `rows` (every training row), per parameter, float64:
+    the summed objective's gradient the model has now (zero only at a converged optimum)."""
+    import torch
+
+    total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    was = model.training
+    model.eval()
+    try:
+        for lo in range(0, len(rows[0]), CHUNK):
+            loss = torch_losses(model(rows[0][lo:lo + CHUNK]), rows[1][lo:lo + CHUNK],
+                                task).sum()
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for t, g in zip(total, grads, strict=True):
+                if g is not None:
+                    t += g.double()
+    finally:
+        model.train(was)
+    return [t + lam * p.detach().double() for t, p in zip(total, params, strict=True)]
+
+
+def _forget_loss(model: torch.nn.Module, forget: tuple[torch.Tensor, torch.Tensor],
+                 task: str) -> float:
+    import torch
+
+    with torch.no_grad():
+        return float(torch.cat([
+            torch_losses(model(forget[0][lo:lo + CHUNK]), forget[1][lo:lo + CHUNK], task)
+            for lo in range(0, len(forget[0]), CHUNK)]).mean())
+
+
+def retained_descent(model: torch.nn.Module, params: list[torch.nn.Parameter],
+                     forget: tuple[torch.Tensor, torch.Tensor],
+                     retain: tuple[torch.Tensor, torch.Tensor], *, task: str,
+                     offset: list[torch.Tensor], lam_retained: float, offset_scale: float,
+                     loss_before: float, settings: Descent = Descent(),
+                     seed: int = 0) -> dict[str, Any]:
+    """Minimise S(θ) = Σ_R ℓ(θ) + λ_R/2·|θ|² − s·r₀ᵀθ (divided by n_R) over `params` in
+    place, in eval mode, from wherever the model is now. `offset` is r₀ (training_gradient
+    at the original θ₀, the same parameter order), `offset_scale` s, `loss_before` the
+    original's mean forget loss (the settle test's reference)."""
+    import torch
+
+    if len(offset) != len(params):
+        raise ValueError(f"offset has {len(offset)} tensors for {len(params)} parameters")
+    gen = torch.Generator().manual_seed(seed)
+    n_r = len(retain[0])
+    full = n_r <= settings.batch_size
+    opt = torch.optim.Adam(params, lr=settings.lr)
+    shift = [(offset_scale * r).to(p.dtype) for r, p in zip(offset, params, strict=True)]
+    history = [_forget_loss(model, forget, task)]
+    reason, step = "max steps", 0
+    was = model.training
+    model.eval()
+    try:
+        for step in range(1, settings.steps + 1):
+            if full:
+                xb, yb, weight = retain[0], retain[1], 1.0
+            else:
+                pick = torch.randperm(n_r, generator=gen)[:settings.batch_size]
+                pick = pick.to(retain[0].device)
+                xb, yb, weight = retain[0][pick], retain[1][pick], n_r / settings.batch_size
+            opt.zero_grad()
+            loss = weight * torch_losses(model(xb), yb, task).sum()
+            loss = loss + sum(lam_retained / 2 * (p ** 2).sum() - (c * p).sum()
+                              for p, c in zip(params, shift, strict=True))
+            (loss / n_r).backward()
+            opt.step()
+            if step % settings.check:
+                continue
+            history.append(_forget_loss(model, forget, task))
+            lag = settings.window // settings.check
+            if len(history) > lag:
+                moved = abs(history[-1] - history[-1 - lag])
+                total = abs(history[-1] - loss_before)
+                if moved <= settings.settle * total:
+                    reason = "forget loss settled"
+                    break
+    finally:
+        opt.zero_grad(set_to_none=True)
+        model.train(was)
+    return {"descent_steps": step, "descent_stop": reason, "descent_forget_loss": history[-1]}
