@@ -399,6 +399,7 @@ def _session(target: str, paths: tuple[Path, ...], recipe: Any, output: Path,
             trainer.listener.poll(force=True)
         if not sent or not trainer.listener.applied:
             raise HeadwaterError("the forget request was not applied by the trainer")
+        trainer.listener.reverify()  # the erasure's figures measured at the final version too
         f["unlearning"] = _unlearning_figures(sent[0], trainer.listener.applied[0])
         f["unlearning"]["steps_after_request"] = recipe.epochs_after * steps
         _print_unlearning(f["unlearning"])

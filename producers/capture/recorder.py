@@ -126,6 +126,7 @@ class Recorder:
                              f"the model has {parameter_count}")
         self._proto_projection = self.projection.to_proto()
         self.version = ""
+        self.version_hash = ""  # the parameter hash `version` recorded
         self._versions = 0
         self.last_step = 0  # the latest training step seen: a version recorded without a step
 
@@ -151,9 +152,10 @@ class Recorder:
         self.last_step = max(self.last_step, step)
         self._versions += 1
         parent, self.version = self.version, f"v{self._versions}"
+        self.version_hash = self.parameter_hash()
         event = events_pb2.ModelVersionRecorded(
             model_id=self.model_id, version=self.version, parent_version=parent,
-            parameter_hash=self.parameter_hash(), step=step,
+            parameter_hash=self.version_hash, step=step,
             config_json=json.dumps(config or {}, sort_keys=True, default=str),
             framework=self.framework, parameter_count=self.projection.input_dim,
             checkpoint_uri=checkpoint_uri, l2_penalty=l2_penalty)

@@ -24,6 +24,10 @@ counts as done only once its `UnlearningApplied` is stored, so a restarted train
 every request, learns which rows are already forgotten, and applies only what was not
 applied yet.
 
+After the trainer records a later version, `listener.reverify()` measures the applied
+requests' verification again on that version and publishes it (status REVERIFIED), so an
+evidence report for that version shows figures measured there.
+
 A request whose `apply` raises is published FAILED (the error says which attempt, and when
 the next one is due) and the exception re-raised to the caller of `poll`; later polls try it
 again after `retry_after` seconds, doubling each time, `max_attempts` times in all, then
@@ -67,6 +71,7 @@ from headwater.producers.unlearning.replay import (
     replay_forget,
 )
 from headwater.producers.unlearning.rows import Rows
+from headwater.producers.unlearning.verification import gap_closed
 from headwater.v1 import events_pb2, query_pb2, query_pb2_grpc
 
 log = logging.getLogger("headwater.unlearning")
@@ -218,6 +223,44 @@ class Unlearner:
         self.gone = np.union1d(self.gone, rows)
         return outcome
 
+    def reverify(self, rows: np.ndarray, request: events_pb2.ForgetRequested,
+                 first: events_pb2.Verification) -> events_pb2.Verification:
+        """The request's figures measured again on the model as it is now (a later version):
+        forget-set loss, test accuracy and membership AUC after; the "before" figures are
+        the first measurement's (the model before the erasure is not kept); with
+        verify_with_retrain, the comparison with a model retrained now without every row
+        forgotten so far. Parameter distance is not measured (NaN): it needs that model."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            raise ValueError(f"request {request.request_id}: no rows to verify")
+        keep = np.setdiff1d(np.arange(len(self.x)), np.union1d(rows, self.gone))
+        retrain: Callable[[], Any] | None = None
+        if request.verify_with_retrain:
+            model = self.model
+            if isinstance(model, LinearModel):
+                def refit() -> LinearModel:
+                    return LinearModel.fit(self.x[keep], self.y[keep], l2=model.l2,
+                                           task=model.task)
+                retrain = refit
+            elif self.retrain is not None:
+                fn = self.retrain
+                retrain = lambda: fn(self.x[keep], self.y[keep])  # noqa: E731
+        task = (self.model.task if isinstance(self.model, LinearModel) else
+                self.checkpoints.task if self.checkpoints is not None else
+                self.options.get("task") or "classification")
+        now = verify(self.model, self.model, (self.x[rows], self.y[rows]), self.test,
+                     self.held_out, retrain=retrain, task=task)
+        v = events_pb2.Verification()
+        v.CopyFrom(now)  # the "after" and retrain figures, at this version
+        v.forget_loss_before = first.forget_loss_before
+        v.test_accuracy_before = first.test_accuracy_before
+        v.membership_auc_before = first.membership_auc_before
+        v.parameter_distance = float("nan")
+        if v.retrained:
+            v.gap_closed = gap_closed(first.forget_loss_before, now.forget_loss_after,
+                                      now.retrain_forget_loss)
+        return v
+
     def _logged_from_the_start(self) -> bool:
         """The hook's journal holds every step since step 0 (not attached mid-run)."""
         steps = self.checkpoints.steps if self.checkpoints is not None else {}
@@ -311,6 +354,11 @@ class UnlearningListener:
         self.forgotten = np.zeros(0, dtype=np.int64)
         self.applied: list[events_pb2.UnlearningApplied] = []
         self.applied_ids: set[str] = set()
+        self.reverified: list[events_pb2.UnlearningApplied] = []
+        # request id -> (its rows, the request, its first figures, where last measured):
+        # the requests this listener applied, which reverify() measures again
+        self._measured: dict[str, tuple[np.ndarray, events_pb2.ForgetRequested,
+                                        events_pb2.Verification, str]] = {}
         for item in self._pending(include_applied=True):  # a restart: what is gone stays gone
             if item.applied:
                 self.applied_ids.add(item.request.request_id)
@@ -414,11 +462,47 @@ class UnlearningListener:
             if self.capture is not None:
                 event.new_version = self.capture.record_version(
                     config={"unlearned": request.request_id})
+                self._measured[request.request_id] = (new, request, outcome.verification,
+                                                      event.new_version)
         event.duration_seconds = time.perf_counter() - started
         self._publish(event)
         self.applied_ids.add(request.request_id)
         self.applied.append(event)
         return event
+
+
+    def reverify(self) -> list[events_pb2.UnlearningApplied]:
+        """Measure again, at the version the capture recorded last, the verification of every
+        request this listener applied that was last measured at another version, and
+        publish each as UnlearningApplied with status REVERIFIED (new_version: that
+        version). Call it right after `capture.record_version(...)`: the model must still be
+        that version (its parameter hash is checked; ValueError otherwise). Needs a capture
+        and an `apply` with a `reverify` method (Unlearner has one); else nothing is done."""
+        reverify = getattr(self.apply, "reverify", None)
+        if self.capture is None or reverify is None or not self._measured:
+            return []
+        version = self.capture.version
+        if self.capture.parameter_hash() != self.capture.version_hash:
+            raise ValueError(f"the model is no longer {version}: its parameters changed after "
+                             "the version was recorded; call reverify() right after "
+                             "record_version()")
+        out = []
+        for rid, (rows, request, first, at) in list(self._measured.items()):
+            if at == version:
+                continue
+            started = time.perf_counter()
+            event = events_pb2.UnlearningApplied(
+                request_id=rid, model_id=self.model_id, previous_version=at,
+                new_version=version, status=events_pb2.UnlearningApplied.REVERIFIED,
+                verification=reverify(rows, request, first),
+                method_reason=f"re-verified at {version} (last measured at {at}); nothing "
+                              "removed, the before figures are the first measurement's")
+            event.duration_seconds = time.perf_counter() - started
+            self._publish(event)
+            self._measured[rid] = (rows, request, first, version)
+            self.reverified.append(event)
+            out.append(event)
+        return out
 
 
 def _node_of(dataset: Any) -> str:

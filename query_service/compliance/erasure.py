@@ -26,9 +26,46 @@ an aggregate were retained).
 from __future__ import annotations
 
 from headwater.producers.unlearning.verification import RetrainTargets
-from headwater.query_service.compliance.model import Disposition, TargetCheck, Verification
+from headwater.query_service.compliance.model import (
+    Disposition,
+    ErasureOutcome,
+    TargetCheck,
+    Verification,
+)
 
 TARGETS = RetrainTargets()
+# outcomes that carry verification figures: the first measurement (APPLIED; ALREADY_APPLIED
+# when nothing was left to remove) and the trainer's re-measurements at later versions
+MEASURED = ("APPLIED", "ALREADY_APPLIED", "REVERIFIED")
+
+
+def measured_at(outcomes: list[ErasureOutcome], versions: list[str]
+                ) -> tuple[ErasureOutcome | None, str]:
+    """The outcome whose figures the report uses, and a note saying which version they are
+    from and why: the newest measurement on `versions` (the reported version's lineage,
+    root first, the reported one last), else the newest at all."""
+    measured = [o for o in outcomes if o.status in MEASURED]
+    if not measured:
+        return None, "no verification figures recorded"
+    reported = versions[-1] if versions else ""
+    on_chain = [o for o in measured if o.new_version in versions]
+    if not on_chain:
+        at = measured[-1].new_version
+        return measured[-1], f"measured at {at}, which is not on the reported version's lineage"
+    # the latest version on the lineage; of two measurements there, the later one
+    chosen = max(reversed(on_chain), key=lambda o: versions.index(o.new_version))
+    first = measured[0].new_version
+    if chosen.new_version == reported:
+        if chosen.status == "REVERIFIED":
+            return chosen, (f"measured at the reported version {reported}: re-verified by the "
+                            f"trainer there (first measured at {first}; the before figures "
+                            "are that first measurement's)")
+        return chosen, "measured at the reported version"
+    later = len(versions) - 1 - versions.index(chosen.new_version)
+    return chosen, (f"measured at {chosen.new_version}; the report covers {reported}, "
+                    f"{later} version(s) later, trained without the forgotten rows but not "
+                    "re-verified there (the trainer re-verifies only when it records a "
+                    "version and calls UnlearningListener.reverify)")
 
 
 def targets(v: Verification, t: RetrainTargets = TARGETS) -> list[TargetCheck]:
@@ -81,7 +118,7 @@ def state(statuses: list[str], checks: list[TargetCheck], dispositions: list[Dis
     """(state, why) from the trainer's statuses, the targets and the dispositions."""
     if not statuses:
         return "pending", "no outcome recorded yet"
-    if not set(statuses) & {"APPLIED", "ALREADY_APPLIED"}:
+    if not set(statuses) & {"APPLIED", "ALREADY_APPLIED"}:  # REVERIFIED follows APPLIED
         return "failed", "the trainer reported failure"
     measured = [c for c in checks if c.met is not None]
     missed = [c.target for c in measured if not c.met]

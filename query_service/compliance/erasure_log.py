@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from headwater.query_service.compliance.erasure import measured_at
 from headwater.query_service.compliance.erasure import state as erasure_state
 from headwater.query_service.compliance.erasure import targets as erasure_targets
 from headwater.query_service.compliance.evidence import Rebuild
@@ -103,23 +104,6 @@ def _dispositions(store: Store, f: ForgetRequestRecord, done: list[ErasureOutcom
     return out
 
 
-def _version_note(done: list[ErasureOutcome], chain: list[ModelVersion]) -> tuple[str | None,
-                                                                                  str]:
-    applied = [o for o in done if o.status in ("APPLIED", "ALREADY_APPLIED")]
-    if not applied:
-        return None, "no verification figures recorded"
-    at = applied[-1].new_version
-    names = [v.version for v in chain]
-    reported = names[-1]
-    if at == reported:
-        return at, "measured at the reported version"
-    if at in names:
-        later = len(names) - 1 - names.index(at)
-        return at, (f"measured at {at}; the report covers {reported}, {later} version(s) "
-                    "later, trained without the forgotten rows but not re-verified")
-    return at, f"measured at {at}, which is not on the reported version's lineage"
-
-
 def erasure_log(rebuild: Rebuild, model_id: str, chain: list[ModelVersion]) -> list[Erasure]:
     store = rebuild.store
     order = "applied_at, event_id"
@@ -147,11 +131,11 @@ def erasure_log(rebuild: Rebuild, model_id: str, chain: list[ModelVersion]) -> l
     for f in select(store, ForgetRequestRecord, "forget_requests", "model_id = {m:String}",
                     {"m": model_id}, order="requested_at, request_id"):
         done = outcomes.get(f.request_id, [])
-        applied = [o for o in done if o.status in ("APPLIED", "ALREADY_APPLIED")]
-        checks = erasure_targets(applied[-1].verification) if applied else []
+        figures, note = measured_at(done, [v.version for v in chain])
+        checks = erasure_targets(figures.verification) if figures else []
         dispositions = _dispositions(store, f, done, chain)
         state, why = erasure_state([o.status for o in done], checks, dispositions)
-        at, note = _version_note(done, chain)
+        at = figures.new_version if figures else None
         out.append(Erasure(
             request_id=f.request_id, run_id=f.run_id, requested_at=iso(f.requested_at),
             reason=f.reason, requested_by=f.requested_by,

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
+from headwater.query_service.compliance.erasure import MEASURED
 from headwater.query_service.compliance.model import (
     Erasure,
+    ErasureOutcome,
     Pipeline,
     ReportBody,
     RowContribution,
@@ -265,9 +267,15 @@ def timeline_svg(timeline: TrainingTimeline, labels: dict[str, str],
     return "".join(parts) + f'<p class="legend">{legend}</p>'
 
 
+def _figures(er: Erasure) -> ErasureOutcome | None:
+    """The outcome whose figures the report uses (at `verified_at_version`)."""
+    return next((o for o in reversed(er.outcomes) if o.status in MEASURED
+                 and o.new_version == er.verified_at_version), None)
+
+
 def erasure_svg(er: Erasure) -> str:
     """Grouped bars per figure: before (grey), after (red), retrained (teal)."""
-    outcome = next((o for o in reversed(er.outcomes) if o.status == "APPLIED"), None)
+    outcome = _figures(er)
     if outcome is None:
         return ""
     v = outcome.verification
@@ -467,8 +475,9 @@ def render_html(report: ReportBody) -> str:
         out.append("<p>No forget requests for this model.</p>")
     rows = []
     for er in report.erasure_log:
-        outcome = er.outcomes[-1] if er.outcomes else None
-        v = outcome.verification if outcome else None
+        outcome = next((o for o in reversed(er.outcomes) if o.status != "REVERIFIED"), None)
+        measured = _figures(er)
+        v = measured.verification if measured else None
         rows.append([
             f"<code>{e(er.request_id)}</code>", e(er.requested_at), e(er.reason),
             e(er.state), e(f"{er.affected_rows:,}"),

@@ -469,10 +469,12 @@ class UnlearningApplied(_message.Message):
         APPLIED: _ClassVar[UnlearningApplied.Status]
         FAILED: _ClassVar[UnlearningApplied.Status]
         ALREADY_APPLIED: _ClassVar[UnlearningApplied.Status]
+        REVERIFIED: _ClassVar[UnlearningApplied.Status]
     STATUS_UNSPECIFIED: UnlearningApplied.Status
     APPLIED: UnlearningApplied.Status
     FAILED: UnlearningApplied.Status
     ALREADY_APPLIED: UnlearningApplied.Status
+    REVERIFIED: UnlearningApplied.Status
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
