@@ -716,7 +716,9 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
               "kafka: until the group's consumer lag is 0 (offsets committed after the insert);"
               " publish+flush ev/s: producer side only (kafka: until the broker acked).")
     out.print(f"host: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-              f"Python {platform.python_version()}; client, server and broker share it.")
+              f"Python {platform.python_version()}; client, server and broker share it; "
+              f"1-min load average {args.load[0]:.1f} at the start, {args.load[1]:.1f} at "
+              "the end.")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -729,7 +731,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "step (64 x 512 float16, ~66 KB) or SourceRegistered padded to ~1 KB")
     ap.add_argument("--json", action="store_true", help="print one JSON object, not a table")
     ap.add_argument("--grpc-batch-size", type=int, default=1000,
-                    help="GrpcTransport batch_size (1000, its default)")
+                    help="GrpcTransport batch_size (1000; the transport's default is 2000)")
     ap.add_argument("--grpc-in-flight", type=int, default=2,
                     help="GrpcTransport max_in_flight (2, its default)")
     ap.add_argument("--partitions", type=int, default=4, help="Kafka topic partitions (4)")
@@ -766,7 +768,9 @@ def main(argv: list[str] | None = None) -> int:
                 verify(result)
                 results.append(result)
 
+    load_before = os.getloadavg()[0]
     _, failure = run_in_scratch(measure, work, args.keep)
+    args.load = (load_before, os.getloadavg()[0])  # other work on the host skews the figures
     args.ceiling = None
     if failure is None and args.payload in SHAPES:
         args.ceiling = insert_ceiling(args.payload, min(args.events, 20_000))
@@ -775,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"payload": args.payload, "events": args.events, "ok": failure is None,
                           "error": failure, "results": [r.as_dict() for r in results],
-                          "ceiling_rows_per_s": args.ceiling[0] if args.ceiling else None}))
+                          "ceiling_rows_per_s": args.ceiling[0] if args.ceiling else None,
+                          "load_average": list(args.load)}))
     elif results:
         print_table(results, args)
     if failure is not None:
