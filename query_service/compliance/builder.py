@@ -31,6 +31,7 @@ from headwater.query_service.compliance.log_reader import verify_stored_log
 from headwater.query_service.compliance.model import (
     SCHEMA_VERSION,
     AttributionSamples,
+    BiasExamination,
     ChainProblem,
     DataGovernance,
     Deployment,
@@ -186,7 +187,7 @@ def _lineage_status(status: str, why: str, chain: list[ModelVersion]) -> Section
 
 def _sections(record: RecordKeeping, samples: AttributionSamples,
               timeline: TrainingTimeline, chain: list[ModelVersion],
-              erasures: list[Erasure]) -> list[SectionStatus]:
+              erasures: list[Erasure], bias: BiasExamination) -> list[SectionStatus]:
     """Per section, how far it is proven (see SectionStatus); a checkpoint artefact that
     does not match its version's parameter hash fails the model lineage."""
     failed = [f"{len(record.problems)} chain problem(s)"] if record.problems else []
@@ -222,6 +223,13 @@ def _sections(record: RecordKeeping, samples: AttributionSamples,
                       timeline.status == "computed" else status,
                       detail="counts and TracIn computed from the verified gradient rows" if
                       timeline.status == "computed" else timeline.reason or why),
+        SectionStatus(section="bias_examination", status=computed if
+                      bias.status == "computed" else "declared",
+                      detail=(f"{len(bias.differences)} difference(s) computed, {bias.flagged} "
+                              "over their threshold; " if bias.status == "computed" else
+                              f"no difference computed ({bias.detail}); ")
+                      + "examination and measures declared by the operator"
+                      + (f" (missing: {', '.join(bias.missing)})" if bias.missing else "")),
     ]
 
 
@@ -260,7 +268,7 @@ def _build(store: Store, rebuild: Rebuild, model_id: str, version: str,
                                  "model_id = {m:String}", {"m": model_id}), version, model_id,
                           refs)
     version = chain[-1].version
-    governance = data_governance(rebuild, model_id, [v.version for v in chain])
+    governance = data_governance(rebuild, model_id, [v.version for v in chain], config)
     erasures = erasure_log(rebuild, model_id, chain)
     deployment_missing = missing(config, DEPLOYMENT_FIELDS)
     engine = AttributionEngine(facts)
@@ -285,4 +293,5 @@ def _build(store: Store, rebuild: Rebuild, model_id: str, version: str,
         erasure_log=erasures,
         attribution_samples=samples,
         training_timeline=timeline,
-        sections=_sections(record, samples, timeline, chain, erasures))
+        sections=_sections(record, samples, timeline, chain, erasures,
+                           governance.bias_examination))

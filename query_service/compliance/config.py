@@ -29,12 +29,15 @@ class ComplianceConfig(BaseModel):
     human_oversight_contacts: list[Contact] | None = None
     monitoring: str | None = None
     input_data_relevance: str | None = None
+    bias_examination: str | None = None  # Art. 10(2)(f): how possible biases were examined
+    bias_measures: list[str] | None = None  # Art. 10(2)(g): measures against them
     signing_key: Path | None = None  # relative paths are taken from the file's folder
 
 
 SYSTEM_FIELDS = ("system_name", "intended_purpose")
 DEPLOYMENT_FIELDS = ("provider", "deployer", "human_oversight_contacts", "monitoring",
                      "input_data_relevance")
+BIAS_FIELDS = ("bias_examination", "bias_measures")
 
 
 def missing(config: ComplianceConfig, fields: tuple[str, ...]) -> list[str]:

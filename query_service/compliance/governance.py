@@ -18,6 +18,8 @@ from datetime import timedelta
 
 import numpy as np
 
+from headwater.query_service.compliance.bias import columns_of, differences
+from headwater.query_service.compliance.config import BIAS_FIELDS, ComplianceConfig, missing
 from headwater.query_service.compliance.evidence import Rebuild
 from headwater.query_service.compliance.facts import (
     EPOCH,
@@ -26,8 +28,10 @@ from headwater.query_service.compliance.facts import (
     json_or_text,
 )
 from headwater.query_service.compliance.model import (
+    BiasExamination,
     Column,
     DataGovernance,
+    DistributionDifference,
     EventRef,
     LeakageCheck,
     LeakageFinding,
@@ -40,7 +44,7 @@ from headwater.query_service.compliance.model import (
     SplitStatistics,
     TimeRange,
 )
-from headwater.query_service.compliance.source_stats import source_statistics
+from headwater.query_service.compliance.source_stats import read_verified, source_statistics
 from headwater.query_service.lineage.graph import LineageGraph
 from headwater.query_service.tables import (
     LineageNode,
@@ -70,10 +74,12 @@ def _direct(traces: Iterable[Trace]) -> dict[str, set[int]]:
 
 
 def split_statistics(graph: LineageGraph, splits: dict[str, dict[str, np.ndarray]],
-                     sources: dict[str, str], described: list[Source]) -> SplitStatistics:
+                     sources: dict[str, str], described: list[Source]
+                     ) -> tuple[SplitStatistics, list[DistributionDifference], dict[str, str]]:
     """Per split ("training", "test/prediction"): the source rows it draws on directly, by
-    source; per described source, counts from its file (source_stats). `sources`: source
-    node -> source id."""
+    source; per described source, counts from its file (source_stats); the differences
+    between sources and between splits (bias.py), and why a source's file was not read.
+    `sources`: source node -> source id."""
     out = []
     rows_of: dict[str, dict[str, set[int]]] = defaultdict(dict)  # source id -> split -> rows
     for split, keys in splits.items():
@@ -86,13 +92,35 @@ def split_statistics(graph: LineageGraph, splits: dict[str, dict[str, np.ndarray
                                            for n, r in sorted(direct.items())},
                               share={sources.get(n, n): len(r) / total
                                      for n, r in sorted(direct.items())} if total else {}))
-    return SplitStatistics(
+    read = {s.source_id: read_verified(s.uri, s.format, s.content_sha256) for s in described}
+    tables = {sid: columns_of(t) for sid, t in read.items() if not isinstance(t, str)}
+    drawn = {split: {sid: np.asarray(sorted(rows_of[sid].get(split, ())), dtype=np.int64)
+                     for sid in tables} for split in splits}
+    statistics = SplitStatistics(
         splits=out,
-        sources=[source_statistics(s.source_id, s.uri, s.format, s.content_sha256,
+        sources=[source_statistics(s.source_id, read[s.source_id],
                                    rows_of.get(s.source_id, {}), s.personal_columns)
                  for s in described],
         absent=["distributions of columns with many distinct values (only counts leave the "
-                "store)", "bias examination (Art. 10(2)(f),(g)): not computed"])
+                "store; bias_examination compares them by unitless figures)"])
+    unread = {sid: why for sid, why in read.items() if isinstance(why, str)}
+    return statistics, differences(tables, drawn), unread
+
+
+def bias_examination(found: list[DistributionDifference], unread: dict[str, str],
+                     described: int, config: ComplianceConfig) -> BiasExamination:
+    """The computed differences with the operator's declared examination and measures."""
+    gaps = missing(config, BIAS_FIELDS)
+    read = described - len(unread)
+    detail = (f"computed from {read} of {described} source file(s) read after their SHA-256 "
+              "matched the registered one" + "".join(f"; {sid} not read: {why}"
+                                                     for sid, why in sorted(unread.items())))
+    return BiasExamination(
+        status="computed" if read else "not computed", detail=detail, differences=found,
+        flagged=sum(d.flagged for d in found),
+        declared_examination=None if "bias_examination" in gaps else config.bias_examination,
+        declared_measures=None if "bias_measures" in gaps else config.bias_measures,
+        missing=gaps)
 
 
 def leakage_check(graph: LineageGraph, training: dict[str, np.ndarray],
@@ -194,7 +222,9 @@ def _descendants(start: set[str], ordered: list[LineageOp]) -> set[str]:
     return reached
 
 
-def data_governance(rebuild: Rebuild, model_id: str, versions: list[str]) -> DataGovernance:
+def data_governance(rebuild: Rebuild, model_id: str, versions: list[str],
+                    config: ComplianceConfig | None = None) -> DataGovernance:
+    config = config or ComplianceConfig()
     store = rebuild.store
     notes: list[str] = []
     used = store.query(
@@ -259,15 +289,20 @@ def data_governance(rebuild: Rebuild, model_id: str, versions: list[str]) -> Dat
     source_of = {n.node_id: n.source_id or n.node_id for n in nodes.values()
                  if n.kind == "source"}
     try:
-        splits = split_statistics(graph, {"training": training_keys,
-                                          "test/prediction": test_keys}, source_of, sources)
+        splits, found, unread = split_statistics(
+            graph, {"training": training_keys, "test/prediction": test_keys}, source_of,
+            sources)
         leakage = leakage_check(graph, training_keys, test_keys)
+        bias = bias_examination(found, unread, len(sources), config)
     except (KeyError, ValueError) as exc:  # lineage that cannot be traced: say so
         splits = SplitStatistics(splits=[], absent=[f"lineage could not be traced: {exc}"])
         leakage = LeakageCheck(status="skipped", detail=f"lineage could not be traced: {exc}",
                                training_rows=0, test_rows=0, findings=[])
+        bias = bias_examination([], {"(all)": f"lineage could not be traced: {exc}"}, 0,
+                                config)
     return DataGovernance(training_nodes=training, sources=sources, pipeline=pipeline,
                           notes=notes, split_statistics=splits, leakage=leakage,
+                          bias_examination=bias,
                           declarations_missing=_declarations_missing(sources, ordered))
 
 

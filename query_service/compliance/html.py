@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from headwater.query_service.compliance.erasure import MEASURED
 from headwater.query_service.compliance.model import (
+    BiasExamination,
     Erasure,
     ErasureOutcome,
     Pipeline,
@@ -267,6 +268,34 @@ def timeline_svg(timeline: TrainingTimeline, labels: dict[str, str],
     return "".join(parts) + f'<p class="legend">{legend}</p>'
 
 
+def _bias_html(b: BiasExamination, names_of: dict[str, str]) -> str:
+    """Art. 10(2)(f),(g): the computed differences (flagged first) and the declarations."""
+    out = [f"<h3>Bias examination (Art. 10(2)(f),(g)): {e(b.status)}, {b.flagged} of "
+           f"{len(b.differences)} difference(s) over their threshold</h3><p>{e(b.detail)}.</p>"]
+    shown = sorted(b.differences, key=lambda d: (not d.flagged, d.between, d.column))[:40]
+    if shown:
+        out.append(_table(
+            ["column", "between", "rows", "TVD", "SMD", "KS D (critical)", "flagged"],
+            [[e(d.column), e(" vs ".join(names_of.get(g, g) for g in d.groups)),
+              e(" / ".join(f"{n:,}" for n in d.rows)), _num(d.total_variation),
+              _num(d.standardised_mean_difference),
+              "—" if d.ks_statistic is None else
+              f"{_num(d.ks_statistic)} ({_num(d.ks_critical)})",
+              '<span class="bad">yes</span>' if d.flagged else "no"] for d in shown]))
+    if len(b.differences) > len(shown):
+        out.append(f'<p class="note">{len(b.differences) - len(shown)} more in the JSON '
+                   "report.</p>")
+    if b.declared_examination is not None:
+        out.append(f"<p>Examination (declared by the operator): "
+                   f"{e(b.declared_examination)}</p>")
+    if b.declared_measures is not None:
+        out.append("<p>Measures (declared by the operator):</p><ul>" + "".join(
+            f"<li>{e(m)}</li>" for m in b.declared_measures) + "</ul>")
+    for name in b.missing:
+        out.append(f'<p class="missing">Declaration missing: {e(name)}</p>')
+    return "".join(out)
+
+
 def _figures(er: Erasure) -> ErasureOutcome | None:
     """The outcome whose figures the report uses (at `verified_at_version`)."""
     return next((o for o in reversed(er.outcomes) if o.status in MEASURED
@@ -438,6 +467,7 @@ def render_html(report: ReportBody) -> str:
                            "columns: class balance)"], rows))
     for line in dg.split_statistics.absent:
         out.append(f'<p class="missing">Not reported: {e(line)}</p>')
+    out.append(_bias_html(dg.bias_examination, names_of))
     for line in dg.declarations_missing:
         out.append(f'<p class="missing">Declaration missing: {e(line)}</p>')
 

@@ -235,6 +235,43 @@ class SplitStatistics(_Strict):
     absent: list[str] = Field(description="statistics that cannot be computed here, and why")
 
 
+class DistributionDifference(_Strict):
+    """How one column's distribution differs between two groups (two sources, or two
+    splits); unitless figures only, never a value."""
+
+    column: str
+    between: Literal["sources", "splits"]
+    groups: list[str] = Field(description="the two source ids, or the two split names")
+    rows: list[int] = Field(description="non-missing values in each group")
+    measure: Literal["value shares", "numeric"]
+    total_variation: float | None = Field(
+        None, description="value shares: ½ Σ |p − q| over the column's values")
+    standardised_mean_difference: float | None = Field(
+        None, description="numeric: (m₁ − m₂) / √((s₁² + s₂²)/2); null when both constant")
+    ks_statistic: float | None = Field(
+        None, description="numeric: two-sample Kolmogorov–Smirnov D")
+    ks_critical: float | None = Field(
+        None, description="numeric: D's asymptotic critical value at alpha 0.01")
+    flagged: bool
+    rule: str
+
+
+class BiasExamination(_Strict):
+    """Art. 10(2)(f),(g): differences between sources and between splits, computed from the
+    verified source files; the examination and measures the operator declares."""
+
+    status: Literal["computed", "not computed"]
+    detail: str
+    differences: list[DistributionDifference]
+    flagged: int = Field(description="differences over their rule's threshold")
+    declared_examination: str | None = Field(
+        description="how the operator examined possible biases (declared; null: missing)")
+    declared_measures: list[str] | None = Field(
+        description="measures to detect, prevent and mitigate biases (declared; null: "
+                    "missing)")
+    missing: list[str] = Field(description="declarations not made")
+
+
 class DataGovernance(_Strict):
     """Art. 10(2): the sources, their origin and every preparation op; per-split sources and
     a leakage check computed from lineage; declarations that are missing."""
@@ -245,6 +282,7 @@ class DataGovernance(_Strict):
     notes: list[str]
     split_statistics: SplitStatistics
     leakage: LeakageCheck
+    bias_examination: BiasExamination
     declarations_missing: list[str] = Field(
         description="required declarations not made: personal-data columns per source, "
                     "code_version per op")

@@ -55,36 +55,43 @@ def _counts(table: pa.Table, personal: set[str]) -> list[ColumnCounts]:
     return out
 
 
-def source_statistics(source_id: str, uri: str, fmt: str, sha256: str,
-                      splits: dict[str, set[int]], personal: list[str]) -> SourceStatistics:
-    """Counts over all rows and over each split's rows (source row numbers) of one source."""
-    def absent(why: str) -> SourceStatistics:
-        return SourceStatistics(source_id=source_id, status="not computed", detail=why,
-                                by_split={})
-
+def read_verified(uri: str, fmt: str, sha256: str) -> pa.Table | str:
+    """A source's file as a table when it is reachable and still hashes to the registered
+    SHA-256; otherwise why not (nothing is computed from a file that is not the one
+    registered)."""
     parts = urlsplit(uri)
     if parts.scheme != "file":
-        return absent(f"only file:// sources are read here, not {parts.scheme or uri}")
+        return f"only file:// sources are read here, not {parts.scheme or uri}"
     if fmt not in ("csv", "parquet"):
-        return absent(f"format {fmt!r} is not read here (csv, parquet)")
+        return f"format {fmt!r} is not read here (csv, parquet)"
     path = Path(unquote(parts.path))
     if not path.is_file():
-        return absent(f"{path} is not reachable from where the report is built")
+        return f"{path} is not reachable from where the report is built"
     if path.stat().st_size > MAX_BYTES:
-        return absent(f"{path.name} is larger than {MAX_BYTES // 2**20} MiB")
+        return f"{path.name} is larger than {MAX_BYTES // 2**20} MiB"
     if file_sha256(path) != sha256:
-        return absent(f"{path.name} no longer hashes to the registered SHA-256: it is not "
-                      "the file that was registered, so nothing is computed from it")
+        return (f"{path.name} no longer hashes to the registered SHA-256: it is not the file "
+                "that was registered, so nothing is computed from it")
     try:
-        table = _read(path, fmt)
+        return _read(path, fmt)
     except (pa.ArrowInvalid, OSError) as exc:
-        return absent(f"{path.name} could not be read: {exc}"[:300])
+        return f"{path.name} could not be read: {exc}"[:300]
+
+
+def source_statistics(source_id: str, read: pa.Table | str, splits: dict[str, set[int]],
+                      personal: list[str]) -> SourceStatistics:
+    """Counts over all rows and over each split's rows (source row numbers) of one source;
+    `read`: read_verified's answer."""
+    if isinstance(read, str):
+        return SourceStatistics(source_id=source_id, status="not computed", detail=read,
+                                by_split={})
+    table = read
     hidden = set(personal)
     by_split = {"all rows": _counts(table, hidden)}
     for split, rows in splits.items():
         index = np.asarray(sorted(r for r in rows if r < table.num_rows), dtype=np.int64)
         by_split[split] = _counts(table.take(pa.array(index)), hidden)
     return SourceStatistics(source_id=source_id, status="computed",
-                            detail=f"{path.name} read after its SHA-256 matched the "
-                                   f"registered one; {table.num_rows:,} rows",
+                            detail="the file read after its SHA-256 matched the registered "
+                                   f"one; {table.num_rows:,} rows",
                             by_split=by_split)

@@ -48,7 +48,8 @@ def test_demo_outputs_are_real(demo):
     assert demo["log_ok"] and demo["dead_letters"] == 0
     by_type = demo["events_by_type"]
     assert by_type["source_registered"] == 2 and by_type["forget_requested"] == 1
-    assert by_type["unlearning_applied"] == 1 and demo["erasures_stored"] == 1
+    # the erasure's outcome, and its re-verification at the final version (issue 23)
+    assert by_type["unlearning_applied"] == 2 and demo["erasures_stored"] == 2
     assert demo["events_verified"] == sum(by_type.values())
     assert demo["test_accuracy"] > 0.85  # a trained model, not a constant
 
@@ -99,8 +100,15 @@ def test_demo_outputs_are_real(demo):
     assert all(v["evidence"]["recorded_by"] for v in versions)
     anchoring = demo["anchoring"]
     assert anchoring["trainer_signed_seq"] > 100 and len(anchoring["trainer_key_id"]) == 16
-    assert erasure["outcomes"][-1]["verification"]["forget_loss_after"] == pytest.approx(
-        u["forget_loss_after"])
+    first, again = erasure["outcomes"]
+    assert first["verification"]["forget_loss_after"] == pytest.approx(u["forget_loss_after"])
+    # measured again at the version the report covers, by the trainer, and said so
+    assert again["status"] == "REVERIFIED"
+    assert again["new_version"] == erasure["verified_at_version"] == \
+        report["system"]["model_version"]
+    assert erasure["version_note"].startswith("measured at the reported version")
+    assert again["verification"]["forget_loss_before"] == pytest.approx(
+        u["forget_loss_before"])
     samples = report["attribution_samples"]["samples"]
     assert samples and all(s["top_rows"] for s in samples)
     timeline = report["training_timeline"]

@@ -24,6 +24,7 @@ PURE = [
     "headwater.stream_processors.log_integrity",
     "headwater.stream_processors.lineage_resolve",
     "headwater.query_service.compliance.witness_receipts",
+    "headwater.query_service.compliance.bias",
     "headwater.producers.envelope",
     "headwater.producers.rowmap",
     "headwater.producers.capture.projection",
