@@ -266,10 +266,10 @@ def _network_removal(out: torch.nn.Module, trainable: list[torch.nn.Parameter],
                      f: tuple[torch.Tensor, torch.Tensor], r: tuple[torch.Tensor, torch.Tensor],
                      *, task: str, lam: float, lam_r: float, scale: float, last_layer: str,
                      steps: int, step_tol: float | None, max_steps: int, descent: Descent,
-                     seed: int) -> dict[str, Any]:
+                     stationary: float, seed: int) -> dict[str, Any]:
     """auto on a network, in place on `out`: r₀ at θ₀, the Newton step (K-FAC on all layers
     when it applies, else the last layer's), then the retained-objective descent — or, far
-    from a stationary point (STATIONARY), the last layer's Newton step alone."""
+    from a stationary point (`stationary`), the last layer's Newton step alone."""
     import torch
 
     forget_grad = training_gradient(out, trainable, f, task, 0.0)
@@ -278,11 +278,11 @@ def _network_removal(out: torch.nn.Module, trainable: list[torch.nn.Parameter],
     loss_before = float(TorchAdapter(task).losses(out, f).mean())
     detail: dict[str, Any] = {"training_gradient_norm": _norm(offset),
                               "forget_gradient_norm": _norm(forget_grad)}
-    far = detail["training_gradient_norm"] > STATIONARY * detail["forget_gradient_norm"]
+    far = detail["training_gradient_norm"] > stationary * detail["forget_gradient_norm"]
     if far:  # S's linear term would dominate: the last layer's exact step alone
         detail["descent_skipped"] = (
             f"far from a stationary point of the training objective: |r0| = "
-            f"{detail['training_gradient_norm']:.3g} > {STATIONARY:g} x |sum of forget "
+            f"{detail['training_gradient_norm']:.3g} > {stationary:g} x |sum of forget "
             f"gradients| = {detail['forget_gradient_norm']:.3g}")
     if all_linear(out) and not far:
         stepped, info = kfac_newton(out, f, r, task=task, lam=lam, lam_retained=lam_r,
@@ -316,6 +316,7 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
                   lr: float = 0.5, max_step_norm: float = 0.1,
                   max_distance: float | None = None, batch_size: int = 128,
                   retain_weight: float = 1.0, seed: int = 0, descent: Descent | None = None,
+                  stationary: float = STATIONARY,
                   inplace: bool = False) -> tuple[torch.nn.Module, int, dict[str, Any]]:
     """Unlearn rows from a torch model; returns (model, method used, details).
 
@@ -329,7 +330,9 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
     method auto when the model trains parameters outside its last layer, no for NEWTON:
     the Newton step on the whole network (K-FAC, when every trainable parameter is in an
     nn.Linear; else the last layer's) followed by the retained-objective descent
-    (descent.py, settings `descent`), which needs no estimate of the retrained loss.
+    (descent.py, settings `descent`), which needs no estimate of the retrained loss — or,
+    when ‖r₀‖ > `stationary`·‖Σ_F ∇ℓ‖ (far from a stationary point), the last layer's
+    Newton step alone.
     FINE_TUNE: the bounded fine-tune of all trainable parameters, no Newton; its target
     is `target_loss` (every row), else `forget_loss_estimate` from `held_out` (one is
     required); see FineTuneBound. The method returned is what ran: NEWTON when no
@@ -379,7 +382,8 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
         detail.update(_network_removal(out, trainable, f, r, task=task, lam=lam, lam_r=lam_r,
                                        scale=scale, last_layer=name, steps=steps,
                                        step_tol=step_tol, max_steps=max_newton_steps,
-                                       descent=descent or Descent(), seed=seed))
+                                       descent=descent or Descent(), stationary=stationary,
+                                       seed=seed))
     elif chosen != events_pb2.FINE_TUNE:
         report = _last_layer_newton(out, f, r, task=task, last_layer=name, l2=lam, steps=steps,
                                     tol=step_tol, max_steps=max_newton_steps,

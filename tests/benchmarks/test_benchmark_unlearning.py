@@ -64,6 +64,11 @@ def test_unlearning_benchmark_fast() -> None:
                 assert loss_after > loss_before, (case, name)
                 assert row["gap_closed"] <= 1.3, (case, name)  # never a large overshoot
                 assert row["unlearn_s"] > 0 and row["retrain_s"] > 0
+            if name == "auto: K-FAC Newton + retained descent":  # the default without a hook
+                assert row["method"] == "FINE_TUNE" and row["detail"]["descent_steps"] > 0
+                assert 0.5 <= row["gap_closed"] <= 1.3, (case, row)
+                assert abs(row["accuracy_vs_retrain_pp"]) <= 1.0, (case, row)
+                assert abs(row["membership_auc"][1] - row["membership_auc"][2]) <= 0.05
             detail = row.get("detail", {})
             if "fine_tune_steps" in detail:  # the record says what ran
                 assert (row["method"] == "FINE_TUNE") == (detail["fine_tune_steps"] > 0) or \
