@@ -185,13 +185,17 @@ def check(report_file: Path, public_key: Path | None, allow_unsigned: bool) -> N
 @click.option("--witness-public-key", type=_File, default=None,
               help="Ed25519 public key (PEM) the checkpoints (a file) or the receipts (a "
                    "URL) must be signed with [HEADWATER_WITNESS_PUBLIC_KEY]")
+@click.option("--tsa-ca-file", type=_File, default=None,
+              help="Root certificate(s) (PEM) of the RFC 3161 time-stamp authority: every "
+                   "witnessed checkpoint must carry a valid timestamp "
+                   "[HEADWATER_WITNESS_TSA_CA_FILE]")
 @data_dir_option
 @dsn_option
 @listen_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object")
 def verify(run_id: str, recompute_hashes: bool, witness: str | None,
-           witness_public_key: Path | None, data_dir: Path | None, dsn: str | None,
-           listen: str | None, as_json: bool) -> None:
+           witness_public_key: Path | None, tsa_ca_file: Path | None, data_dir: Path | None,
+           dsn: str | None, listen: str | None, as_json: bool) -> None:
     """Art. 12 record-keeping: every producer's seq continuity and hash chain, the time
     span the log covers, every derived table against its rebuild from the verified events,
     and (with a witness) every checkpointed chain head; exit status 1 when a problem is
@@ -206,6 +210,12 @@ def verify(run_id: str, recompute_hashes: bool, witness: str | None,
     env = ReportSettings()
     witness = witness or env.witness
     witness_key = _witness_key(witness, witness_public_key or env.witness_public_key)
+    tsa_ca_file = tsa_ca_file or env.witness_tsa_ca_file
+    if tsa_ca_file is not None and witness is None:
+        raise ConfigError("--tsa-ca-file checks the timestamps of a witness's checkpoints: "
+                          "give --witness too")
+    roots = _tsa_roots(tsa_ca_file)
+    stamps: dict[str, Any] = {}
     reader = open_reader(settings, listen)
     tables: list[Any] = []
     excluded: dict[str, str] = {}
@@ -221,8 +231,8 @@ def verify(run_id: str, recompute_hashes: bool, witness: str | None,
             excluded.update({f"(rejected {i})": r for i, r in enumerate(rejected)})
         signed = signature_states(reader, [p.producer_id for p in report.producers])
         if witness is not None and witness_key is not None:
-            witnessed = _check_witness(reader, witness, witness_key, signed["trusted"],
-                                       run_id)
+            witnessed, stamps = _check_witness(reader, witness, witness_key,
+                                               signed["trusted"], run_id, roots)
     finally:
         reader.close()
     data = report_as_dict(report)
@@ -232,7 +242,7 @@ def verify(run_id: str, recompute_hashes: bool, witness: str | None,
          "rows_from_events": t.replayed.rows, "detail": t.detail} for t in tables]
     data["excluded_events"] = excluded
     data["witness"] = None if witness is None else {"witness": witness,
-                                                     "failures": witnessed}
+                                                     "failures": witnessed, **stamps}
     data["producer_signatures"] = signed["producers"]
     data["producer_signature_failures"] = signed["failures"]
     data["ok"] = report.ok and derived_ok and not witnessed and not signed["failures"]
@@ -271,6 +281,12 @@ def verify(run_id: str, recompute_hashes: bool, witness: str | None,
                                                 if not witnessed else "[red]FAILED[/]"))
             for failure in witnessed:
                 out.print(f"  {failure}")
+            if stamps.get("timestamps_verified"):
+                out.print(f"  {stamps['timestamps_verified']} RFC 3161 timestamp(s) verified, "
+                          f"TSA times {stamps['tsa_first']} .. {stamps['tsa_last']}")
+            if stamps.get("timestamps_not_checked"):
+                out.print(f"  note: {stamps['timestamps_not_checked']} checkpoint(s) carry RFC "
+                          "3161 timestamps not checked: no --tsa-ca-file")
     if not data["ok"]:
         sys.exit(1)
 
@@ -288,12 +304,20 @@ def _witness_key(witness: str | None, public: Path | None) -> Any:
     return load_public_key(public)
 
 
+def _tsa_roots(path: Path | None) -> Any:
+    from headwater.query_service.compliance.timestamps import load_roots
+
+    return None if path is None else load_roots(path)
+
+
 def _check_witness(reader: Any, witness: str, witness_key: Any, producers: dict[str, Any],
-                   run_id: str) -> list[str]:
+                   run_id: str, roots: Any) -> tuple[list[str], dict[str, Any]]:
     """A file's checkpoints must be signed by a trusted key; a witness endpoint's receipts
-    by the witness key (its own unbroken chain). Then every held head must be stored."""
+    by the witness key (its own unbroken chain). Then every held head must be stored, and
+    with TSA roots every checkpoint's RFC 3161 timestamp must verify."""
     from headwater.query_service.compliance.producer_keys import stored_heads
     from headwater.query_service.compliance.signing import key_id
+    from headwater.query_service.compliance.timestamps import check_timestamp
     from headwater.query_service.compliance.witness import (
         FileWitness,
         Trusted,
@@ -313,12 +337,20 @@ def _check_witness(reader: Any, witness: str, witness_key: Any, producers: dict[
         failures = []
     if not found:
         return failures + [f"witness {witness} holds no checkpoint"
-                           + (f" of run {run_id}" if run_id else "")]
+                           + (f" of run {run_id}" if run_id else "")], {}
     stored = stored_heads(reader, [c.producer_id for c in found])
     if is_url(witness):
-        return failures + missing_heads(found, stored)
-    return check_witness(found, stored, {**producers,
-                                         key_id(witness_key): Trusted(witness_key)})
+        failures += missing_heads(found, stored)
+    else:
+        failures += check_witness(found, stored, {**producers,
+                                                  key_id(witness_key): Trusted(witness_key)})
+    if roots is None:
+        return failures, {"timestamps_not_checked": sum(bool(c.timestamp) for c in found)}
+    checked = [check_timestamp(c, roots) for c in found]
+    times = sorted(at for at, why in checked if at and not why)
+    return failures + [why for _, why in checked if why], {
+        "timestamps_verified": len(times), "tsa_first": times[0] if times else None,
+        "tsa_last": times[-1] if times else None}
 
 
 @click.command()
@@ -339,6 +371,7 @@ def checkpoint(witness: str | None, key_file: Path | None, data_dir: Path | None
     from headwater.query_service.client.remote import RemoteStore
     from headwater.query_service.compliance.log_reader import verify_stored_log
     from headwater.query_service.compliance.signing import load_private_key, load_public_key
+    from headwater.query_service.compliance.timestamps import stamp
     from headwater.query_service.compliance.witness import checkpoints
     from headwater.query_service.compliance.witness_client import open_witness
 
@@ -358,7 +391,7 @@ def checkpoint(witness: str | None, key_file: Path | None, data_dir: Path | None
         raise HeadwaterError(f"the log has {len(log.problems)} problem(s) (see `headwater "
                              "audit verify`): a checkpoint would anchor a broken chain")
     now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-    made = checkpoints(log, key, now)
+    made = stamp(checkpoints(log, key, now), env.witness_tsa_url)  # RFC 3161 when set
     public = env.witness_public_key  # a witness endpoint's receipts are checked with it
     open_witness(witness, load_public_key(public) if public else None).append(made)
     click.echo(f"headwater: {len(made)} chain head(s) checkpointed to {witness}", err=True)

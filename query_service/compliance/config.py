@@ -64,6 +64,8 @@ class ReportSettings(BaseSettings):
     witness_key: Path | None = None  # Ed25519 private key that signs checkpoints
     witness_public_key: Path | None = None  # `audit verify` trusts checkpoints signed by it
     witness_interval_s: float | None = None  # serve checkpoints this often (None: 300; 0: off)
+    witness_tsa_url: str | None = None  # RFC 3161 TSA that timestamps every checkpoint
+    witness_tsa_ca_file: Path | None = None  # its root certificate(s): audit verify checks
 
     @field_validator("witness", mode="before")
     @classmethod

@@ -2,7 +2,8 @@
 stop) the log is verified and each producer's chain head that moved since the last
 checkpoint is signed with HEADWATER_WITNESS_KEY and appended to HEADWATER_WITNESS (a file,
 or a `headwater witness serve` URL whose receipts must verify with
-HEADWATER_WITNESS_PUBLIC_KEY when that is set) — what
+HEADWATER_WITNESS_PUBLIC_KEY when that is set), each with an RFC 3161 timestamp from
+HEADWATER_WITNESS_TSA_URL when that is set — what
 `headwater audit checkpoint` does, without an operator's cron. While the log has problems
 nothing is written (a checkpoint would anchor a broken chain); the reason is logged.
 """
@@ -20,6 +21,7 @@ from headwater.logs import status
 from headwater.query_service.compliance.config import ReportSettings
 from headwater.query_service.compliance.log_reader import verify_stored_log
 from headwater.query_service.compliance.signing import key_id, load_private_key, load_public_key
+from headwater.query_service.compliance.timestamps import stamp
 from headwater.query_service.compliance.witness import Witness, checkpoints
 from headwater.query_service.compliance.witness_client import open_witness
 
@@ -30,8 +32,9 @@ class PeriodicCheckpoints:
     """A thread appending signed checkpoints of the moved chain heads to a witness."""
 
     def __init__(self, store: Any, witness: Witness, key: Ed25519PrivateKey,
-                 interval_s: float) -> None:
+                 interval_s: float, tsa_url: str | None = None) -> None:
         self._store, self._witness, self._key = store, witness, key
+        self._tsa_url = tsa_url  # RFC 3161: each checkpoint timestamped when set
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="witness-checkpoints",
@@ -57,6 +60,7 @@ class PeriodicCheckpoints:
         moved = [c for c in checkpoints(log, self._key, now)
                  if self._last.get((c.producer_id, c.run_id)) != (c.seq, c.head_hash)]
         if moved:
+            moved = stamp(moved, self._tsa_url)
             self._witness.append(moved)
             self._last.update({(c.producer_id, c.run_id): (c.seq, c.head_hash)
                                for c in moved})
@@ -98,4 +102,5 @@ def from_settings(store: Any, env: ReportSettings | None = None
         return None
     public = load_public_key(env.witness_public_key) if env.witness_public_key else None
     return PeriodicCheckpoints(store, open_witness(env.witness, public),
-                               load_private_key(env.witness_key), interval)
+                               load_private_key(env.witness_key), interval,
+                               env.witness_tsa_url)

@@ -43,6 +43,7 @@ class Checkpoint:
     written_at: str  # ISO 8601 UTC
     key_id: str = ""
     signature: str = ""  # base64 Ed25519 over signed_bytes()
+    timestamp: str = ""  # base64 RFC 3161 TimeStampResp over the signed checkpoint (timestamps.py)
 
     def signed_bytes(self) -> bytes:
         """What the signature covers: the same bytes a producer's HeadSigner signs."""

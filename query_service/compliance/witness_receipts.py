@@ -29,6 +29,7 @@ from headwater.query_service.compliance.witness import Checkpoint, Trusted, sign
 
 GENESIS = "0" * 64
 MAX_ID_CHARS = 256  # producer and run ids
+MAX_TOKEN_CHARS = 12_000  # an RFC 3161 response with its certificates, base64
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -81,10 +82,11 @@ def checkpoint_from(data: Any) -> Checkpoint:
     if not isinstance(data, dict):
         raise WitnessRefused("a checkpoint must be a JSON object", 400)
     wanted = {"producer_id": str, "run_id": str, "seq": int, "head_hash": str,
-              "written_at": str, "key_id": str, "signature": str}
+              "written_at": str, "key_id": str, "signature": str, "timestamp": str}
     extra = sorted(set(data) - set(wanted))
     if extra:
         raise WitnessRefused(f"unknown checkpoint field(s): {', '.join(extra)}", 400)
+    data = {"timestamp": "", **data}  # optional: an RFC 3161 token
     for name, kind in wanted.items():
         value = data.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -99,8 +101,9 @@ def checkpoint_from(data: Any) -> Checkpoint:
     if not HEX64.fullmatch(c.head_hash):
         raise WitnessRefused("checkpoint field head_hash must be 64 lower-case hex digits",
                              400)
-    if len(c.key_id) > 64 or len(c.signature) > 128:
-        raise WitnessRefused("checkpoint field key_id or signature is too long", 400)
+    if len(c.key_id) > 64 or len(c.signature) > 128 or len(c.timestamp) > MAX_TOKEN_CHARS:
+        raise WitnessRefused("checkpoint field key_id, signature or timestamp is too long",
+                             400)
     parse_time(c.written_at, "written_at")
     return c
 
