@@ -48,8 +48,11 @@ def trusted_keys(specs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--max-skew-s", type=click.FloatRange(1, 86400), default=300.0,
               show_default=True, help="Refuse checkpoints written further than this from "
                                       "the witness's clock")
+@click.option("--tls-cert", type=_File, default=None,
+              help="Server certificate (PEM): serve HTTPS; required off loopback")
+@click.option("--tls-key", type=_File, default=None, help="Its private key (PEM)")
 def serve(key_file: Path, store_file: Path, trust: tuple[str, ...], listen: str,
-          max_skew_s: float) -> None:
+          max_skew_s: float, tls_cert: Path | None, tls_key: Path | None) -> None:
     """Serve the witness until interrupted: accept checkpoints signed by a trusted key that
     neither shorten nor rewrite a chain it holds, answer each with a receipt signed by
     --key and its own time, keep the receipts in --store."""
@@ -62,14 +65,18 @@ def serve(key_file: Path, store_file: Path, trust: tuple[str, ...], listen: str,
 
     key = load_private_key(key_file)
     service = WitnessService(ReceiptFile(store_file), key, trusted_keys(trust), max_skew_s)
-    server = make_server(service, listen)
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    server = make_server(service, listen, (tls_cert, tls_key) if tls_cert and tls_key
+                         else None)
     host, port = server.server_address[:2]
+    scheme = "https" if tls_cert else "http"
 
     def stop(*_: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    status(f"headwater witness: serving http://{host}:{port} (key {key_id(key.public_key())}, "
+    status(f"headwater witness: serving {scheme}://{host}:{port} (key {key_id(key.public_key())}, "
            f"{len(service.log.receipts)} receipt(s) held in {store_file}, "
            f"{len(trust)} trusted key(s))")
     try:

@@ -7,6 +7,8 @@ or, starting with http:// or https://, a `headwater witness serve` endpoint (Htt
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import asdict
@@ -24,6 +26,8 @@ from headwater.query_service.compliance.witness_receipts import (
     receipt_problem,
 )
 
+CA_ENV = "HEADWATER_TLS_CA_FILE"  # the CA an https:// witness's certificate must chain to
+
 
 def is_url(name: str) -> bool:
     return name.startswith(("http://", "https://"))
@@ -34,17 +38,21 @@ class HttpWitness:
     With `public_key`, every receipt it answers must verify with that key."""
 
     def __init__(self, url: str, public_key: Ed25519PublicKey | None = None,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, ca_file: Path | None = None) -> None:
         self.url = url.rstrip("/")
         self.public_key = public_key
         self.timeout_s = timeout_s
+        ca = ca_file or os.environ.get(CA_ENV) or None  # https: the witness's CA
+        self._tls = ssl.create_default_context(cafile=str(ca) if ca else None) \
+            if self.url.startswith("https://") else None
 
     def _call(self, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=(
             "GET" if body is None else "POST"), headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout_s,
+                                        context=self._tls) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             try:

@@ -11,14 +11,16 @@ serve a file that is not its own unbroken chain of receipts.
     GET  /v1/public-key    the witness's public key (PEM; trust it out of band, not from here)
     GET  /healthz
 
-TLS is not needed for integrity (checkpoints and receipts are signed); put a TLS proxy in
-front where confidentiality of producer ids matters.
+Checkpoints and receipts are signed, so integrity does not rest on the transport; still, a
+non-loopback address is served only over TLS (--tls-cert, --tls-key), as every headwater
+server.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import threading
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from headwater.errors import ConfigError, RequestError
+from headwater.producers.transports.channel import is_loopback_host
 from headwater.query_service.compliance.signing import public_pem
 from headwater.query_service.compliance.witness import Trusted
 from headwater.query_service.compliance.witness_receipts import (
@@ -169,11 +172,29 @@ def _handler(service: WitnessService) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def make_server(service: WitnessService, listen: str = DEFAULT_LISTEN) -> ThreadingHTTPServer:
-    """A bound (not yet serving) HTTP server; port 0 picks a free one."""
+def make_server(service: WitnessService, listen: str = DEFAULT_LISTEN,
+                tls: tuple[Path, Path] | None = None) -> ThreadingHTTPServer:
+    """A bound (not yet serving) HTTP server, HTTPS with `tls` (certificate, key PEM files);
+    port 0 picks a free one. A non-loopback address is refused without TLS."""
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"witness listen address must be HOST:PORT, got {listen!r}")
+    if tls is None and not is_loopback_host(host):
+        raise ConfigError(f"refusing to serve the witness on {listen} without TLS: give "
+                          "--tls-cert and --tls-key (or keep it on loopback behind a TLS "
+                          "proxy)")
+    context = None
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(*tls)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"witness TLS certificate {tls[0]} / key {tls[1]}: {exc}") \
+                from None
     server = ThreadingHTTPServer((host.strip("[]"), int(port)), _handler(service))
     server.daemon_threads = True
+    if context is not None:  # the handshake runs in the handler's thread, under its timeout
+        server.socket = context.wrap_socket(server.socket, server_side=True,
+                                            do_handshake_on_connect=False)
     return server

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.secure_serve import make_pki
 from support.witness_server import Running
 
 from headwater.errors import ConfigError, HeadwaterError
@@ -24,6 +26,7 @@ from headwater.query_service.compliance.witness_server import (
     MAX_BODY_BYTES,
     ReceiptFile,
     WitnessService,
+    make_server,
 )
 
 H1, H2 = "1" * 64, "2" * 64
@@ -139,3 +142,28 @@ def test_a_store_edited_behind_the_witness_stops_it_starting(tmp_path, keys) -> 
         WitnessService(ReceiptFile(store), wkey, trusted, 300.0)
     with pytest.raises(ConfigError, match="needs at least one key to trust"):
         WitnessService(ReceiptFile(tmp_path / "new.jsonl"), wkey, {}, 300.0)
+
+
+def test_off_loopback_only_over_tls(tmp_path, keys) -> None:
+    operator, wkey = keys
+    trusted = {key_id(operator.public_key()): Trusted(operator.public_key())}
+    service = WitnessService(ReceiptFile(tmp_path / "r.jsonl"), wkey, trusted, 300.0)
+    with pytest.raises(ConfigError, match="without TLS"):
+        make_server(service, "0.0.0.0:0")
+    pki = make_pki(tmp_path)
+    server = make_server(service, "127.0.0.1:0", (pki.cert, pki.key))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        c = signed("p", "r", 1, H1, _now(), operator)
+        (receipt,) = HttpWitness(url, wkey.public_key(), ca_file=pki.ca).submit([c])
+        assert receipt.checkpoint == c
+        # a certificate from a CA the client does not trust: no answer is believed
+        with pytest.raises(HeadwaterError, match="did not answer"):
+            HttpWitness(url, wkey.public_key(), ca_file=pki.other_ca).read()
+        # plain HTTP to the TLS port is not served
+        with pytest.raises(HeadwaterError):
+            HttpWitness(url.replace("https", "http"), timeout_s=3).read()
+    finally:
+        server.shutdown()
+        server.server_close()
