@@ -276,6 +276,7 @@ def _network_removal(out: torch.nn.Module, trainable: list[torch.nn.Parameter],
     offset = [g + q for g, q in zip(forget_grad, training_gradient(out, trainable, r, task, lam),
                                     strict=True)]  # r₀ over every training row
     loss_before = float(TorchAdapter(task).losses(out, f).mean())
+    original = copy.deepcopy(out)  # the descent's second start
     detail: dict[str, Any] = {"training_gradient_norm": _norm(offset),
                               "forget_gradient_norm": _norm(forget_grad)}
     far = detail["training_gradient_norm"] > stationary * detail["forget_gradient_norm"]
@@ -299,7 +300,7 @@ def _network_removal(out: torch.nn.Module, trainable: list[torch.nn.Parameter],
                       residual_ratio=report.residual_ratio)
     detail["newton_forget_loss"] = float(TorchAdapter(task).losses(out, f).mean())
     if not far:
-        detail.update(retained_descent(out, trainable, f, r, task=task, offset=offset,
+        detail.update(retained_descent(out, original, f, r, task=task, offset=offset,
                                        lam_retained=lam_r, offset_scale=scale,
                                        loss_before=loss_before, settings=descent, seed=seed))
     detail["fine_tune_steps"] = detail.get("descent_steps", 0)  # what UnlearningApplied records

@@ -313,14 +313,17 @@ def test_fine_tune_is_bounded_and_stops_at_its_target(digits: dict, mlp: dict) -
 
 def test_mlp_auto_is_kfac_newton_then_retained_descent(digits: dict, mlp: dict) -> None:
     """auto on a network: the K-FAC Newton step, then the descent on the retained objective
-    with the training-gradient offset until the forget loss settles; no held-out rows or
-    target needed, and the record says what ran."""
+    with the training-gradient offset, until it meets a second descent from the original;
+    no held-out rows or target needed, and the record says what ran."""
     model = mlp["model"]
     result = unlearn(model, mlp["forget"], mlp["retain"], test=digits["test"],
                      recipe=Recipe("mean", l2=WD), retrain=lambda: mlp["retrained"])
     v, d = result.verification, result.detail
     assert d["newton"] == "K-FAC" and d["newton_steps"] == 1 and "descent_skipped" not in d
-    assert d["descent_stop"] == "forget loss settled"
+    assert d["descent_stop"] == "the two descents met"
+    assert abs(d["descent_forget_loss"] - d["descent_from_original_forget_loss"]) <= \
+        Descent().agree * (v.forget_loss_after - v.forget_loss_before) + 1e-9
+    assert d["descent_forget_loss"] == pytest.approx(v.forget_loss_after, rel=1e-4)
     assert 0 < d["descent_steps"] == d["fine_tune_steps"] < Descent().steps
     assert result.method == events_pb2.FINE_TUNE
     # the descent pulls the K-FAC step's overshoot back (the full step alone passes 1.3)
@@ -328,6 +331,14 @@ def test_mlp_auto_is_kfac_newton_then_retained_descent(digits: dict, mlp: dict) 
     assert 0.5 < v.gap_closed < 1.3
     assert abs(v.test_accuracy_after - v.retrain_test_accuracy) <= 0.02
     assert abs(v.membership_auc - v.retrain_membership_auc) <= 0.05
+
+
+def test_descents_that_do_not_meet_stop_at_max_steps(digits: dict, mlp: dict) -> None:
+    result = unlearn(mlp["model"], mlp["forget"], mlp["retain"],
+                     recipe=Recipe("mean", l2=WD), descent=Descent(steps=20, agree=1e-12))
+    d = result.detail
+    assert d["descent_stop"].startswith("max steps") and d["descent_steps"] == 20
+    assert d["fine_tune_steps"] == 20 and result.method == events_pb2.FINE_TUNE
 
 
 def test_far_from_a_stationary_point_auto_is_last_layer_newton(digits: dict,
@@ -356,14 +367,14 @@ def test_training_gradient_is_the_summed_objectives_gradient(mlp: dict) -> None:
 
 
 def test_descent_settings_are_checked() -> None:
-    with pytest.raises(ValueError, match="window >= check"):
-        Descent(window=5, check=10)
+    with pytest.raises(ValueError, match="check >= 1"):
+        Descent(check=0)
     with pytest.raises(ValueError, match="lr > 0"):
         Descent(lr=0.0)
-    with pytest.raises(ValueError, match="offset has 1 tensors for 4 parameters"):
+    with pytest.raises(ValueError, match="offset has 1 tensors for 4 trainable parameters"):
         model = _mlp()
         x = torch.zeros(3, 64)
-        retained_descent(model, list(model.parameters()), (x, torch.zeros(3).long()),
+        retained_descent(model, _mlp(), (x, torch.zeros(3).long()),
                          (x, torch.zeros(3).long()), task="classification",
                          offset=[torch.zeros(1)], lam_retained=1.0, offset_scale=1.0,
                          loss_before=0.0)
