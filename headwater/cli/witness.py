@@ -85,4 +85,5 @@ def serve(key_file: Path, store_file: Path, trust: tuple[str, ...], listen: str,
         pass
     finally:
         server.server_close()
+        service.close()
         status("headwater witness: stopped")

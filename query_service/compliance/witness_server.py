@@ -18,6 +18,7 @@ server.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import ssl
@@ -77,6 +78,19 @@ class ReceiptFile:
             os.close(fd)
 
 
+def _lock(store: Path) -> int:
+    """An exclusive lock on `store`.lock, held while the returned descriptor is open; a
+    second witness on the same store is refused (two writers would fork its receipt chain)."""
+    fd = os.open(f"{store}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(f"witness store {store} is in use by another witness process") \
+            from None
+    return fd
+
+
 class WitnessService:
     """The witness's state and store behind one lock (the HTTP handler's only state)."""
 
@@ -84,11 +98,16 @@ class WitnessService:
                  trusted: dict[str, Trusted], max_skew_s: float) -> None:
         if not trusted:
             raise ConfigError("witness serve needs at least one key to trust (--trust)")
-        held = store.read()
-        broken = check_receipts(held, key.public_key())
-        if broken:
-            raise ConfigError(f"witness store {store.path} is not this witness's unbroken "
-                              f"chain of receipts: {broken[0]}")
+        self._held = _lock(store.path)  # one witness process per store, for its lifetime
+        try:
+            held = store.read()
+            broken = check_receipts(held, key.public_key())
+            if broken:
+                raise ConfigError(f"witness store {store.path} is not this witness's "
+                                  f"unbroken chain of receipts: {broken[0]}")
+        except ConfigError:
+            self.close()
+            raise
         self.store, self.key = store, key
         self.log = WitnessLog(key, trusted, max_skew_s, held)
         self._lock = threading.Lock()
@@ -106,6 +125,12 @@ class WitnessService:
             done = self.log.accept(found, datetime.now(timezone.utc))
             self.store.append([r for r, new in done if new])  # durable before answered
         return {"receipts": [r.as_dict() for r, _ in done], "added": [new for _, new in done]}
+
+    def close(self) -> None:
+        """Release the store's lock."""
+        if self._held >= 0:
+            os.close(self._held)
+            self._held = -1
 
     def page(self, after: int, limit: int) -> dict[str, Any]:
         with self._lock:

@@ -144,10 +144,20 @@ def test_a_store_edited_behind_the_witness_stops_it_starting(tmp_path, keys) -> 
         WitnessService(ReceiptFile(tmp_path / "new.jsonl"), wkey, {}, 300.0)
 
 
+def test_one_witness_process_per_store(running, keys, tmp_path) -> None:
+    operator, wkey = keys
+    trusted = {key_id(operator.public_key()): Trusted(operator.public_key())}
+    with pytest.raises(ConfigError, match="in use by another witness"):
+        WitnessService(running.service.store, wkey, trusted, 300.0)
+    running.service.close()  # released: a restart on the store is allowed
+    WitnessService(running.service.store, wkey, trusted, 300.0).close()
+
+
 def test_off_loopback_only_over_tls(tmp_path, keys) -> None:
     operator, wkey = keys
     trusted = {key_id(operator.public_key()): Trusted(operator.public_key())}
     service = WitnessService(ReceiptFile(tmp_path / "r.jsonl"), wkey, trusted, 300.0)
+    service.close()
     with pytest.raises(ConfigError, match="without TLS"):
         make_server(service, "0.0.0.0:0")
     pki = make_pki(tmp_path)

@@ -43,3 +43,4 @@ class Running:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.service.close()
