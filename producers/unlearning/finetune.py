@@ -269,7 +269,8 @@ def _network_removal(out: torch.nn.Module, trainable: list[torch.nn.Parameter],
                      stationary: float, seed: int) -> dict[str, Any]:
     """auto on a network, in place on `out`: r₀ at θ₀, the Newton step (K-FAC on all layers
     when it applies, else the last layer's), then the retained-objective descent — or, far
-    from a stationary point (`stationary`), the last layer's Newton step alone."""
+    from a stationary point (`stationary`) or when the two descents do not meet, the last
+    layer's Newton step alone."""
     import torch
 
     forget_grad = training_gradient(out, trainable, f, task, 0.0)
@@ -277,33 +278,48 @@ def _network_removal(out: torch.nn.Module, trainable: list[torch.nn.Parameter],
                                     strict=True)]  # r₀ over every training row
     loss_before = float(TorchAdapter(task).losses(out, f).mean())
     original = copy.deepcopy(out)  # the descent's second start
+    theta0 = [p.detach().clone() for p in out.parameters()]
     detail: dict[str, Any] = {"training_gradient_norm": _norm(offset),
                               "forget_gradient_norm": _norm(forget_grad)}
+
+    def last_layer_step() -> None:
+        report = _last_layer_newton(out, f, r, task=task, last_layer=last_layer, l2=lam,
+                                    steps=steps, tol=step_tol, max_steps=max_steps,
+                                    keep_offset=True, lam_retained=lam_r, offset_scale=scale)
+        detail.update(last_layer=last_layer, newton_steps=report.steps, newton="last layer",
+                      residual_ratio=report.residual_ratio)
+
     far = detail["training_gradient_norm"] > stationary * detail["forget_gradient_norm"]
     if far:  # S's linear term would dominate: the last layer's exact step alone
         detail["descent_skipped"] = (
             f"far from a stationary point of the training objective: |r0| = "
             f"{detail['training_gradient_norm']:.3g} > {stationary:g} x |sum of forget "
             f"gradients| = {detail['forget_gradient_norm']:.3g}")
-    if all_linear(out) and not far:
+        last_layer_step()
+    elif all_linear(out):
         stepped, info = kfac_newton(out, f, r, task=task, lam=lam, lam_retained=lam_r,
                                     offset_scale=scale, target_loss=None, seed=seed)
         with torch.no_grad():
             for p, q in zip(out.parameters(), stepped.parameters(), strict=True):
                 p.copy_(q)
         detail.update(newton_steps=1, newton="K-FAC", kfac_step_norm=info["kfac_step_norm"])
-    else:  # far, or a parameter outside nn.Linear: the last layer's exact step
-        report = _last_layer_newton(out, f, r, task=task, last_layer=last_layer, l2=lam,
-                                    steps=steps, tol=step_tol, max_steps=max_steps,
-                                    keep_offset=True, lam_retained=lam_r, offset_scale=scale)
-        detail.update(last_layer=last_layer, newton_steps=report.steps, newton="last layer",
-                      residual_ratio=report.residual_ratio)
+    else:  # a parameter outside nn.Linear: the last layer's exact step starts the descent
+        last_layer_step()
     detail["newton_forget_loss"] = float(TorchAdapter(task).losses(out, f).mean())
-    if not far:
-        detail.update(retained_descent(out, original, f, r, task=task, offset=offset,
-                                       lam_retained=lam_r, offset_scale=scale,
-                                       loss_before=loss_before, settings=descent, seed=seed))
-    detail["fine_tune_steps"] = detail.get("descent_steps", 0)  # what UnlearningApplied records
+    detail["fine_tune_steps"] = 0  # what UnlearningApplied records
+    if far:
+        return detail
+    detail.update(retained_descent(out, original, f, r, task=task, offset=offset,
+                                   lam_retained=lam_r, offset_scale=scale,
+                                   loss_before=loss_before, settings=descent, seed=seed))
+    if detail["descent_stop"] == "the two descents met":
+        detail["fine_tune_steps"] = detail["descent_steps"]
+    else:  # not converged, so not trusted: back to θ₀ and the last layer's exact step
+        with torch.no_grad():
+            for p, t in zip(out.parameters(), theta0, strict=True):
+                p.copy_(t)
+        last_layer_step()
+        detail["descent_discarded"] = "the two descents did not meet: last-layer Newton only"
     return detail
 
 
@@ -332,8 +348,8 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
     the Newton step on the whole network (K-FAC, when every trainable parameter is in an
     nn.Linear; else the last layer's) followed by the retained-objective descent
     (descent.py, settings `descent`), which needs no estimate of the retrained loss — or,
-    when ‖r₀‖ > `stationary`·‖Σ_F ∇ℓ‖ (far from a stationary point), the last layer's
-    Newton step alone.
+    when ‖r₀‖ > `stationary`·‖Σ_F ∇ℓ‖ (far from a stationary point), or when the two
+    descents do not meet (not converged), the last layer's Newton step alone.
     FINE_TUNE: the bounded fine-tune of all trainable parameters, no Newton; its target
     is `target_loss` (every row), else `forget_loss_estimate` from `held_out` (one is
     required); see FineTuneBound. The method returned is what ran: NEWTON when no
@@ -398,6 +414,5 @@ def unlearn_torch(model: torch.nn.Module, forget: Rows, retain: Rows, *,
         detail.update(_fine_tune(out, tuned, f, r, task=task, bound=bound, lr=lr,
                                  batch_size=batch_size, retain_weight=retain_weight,
                                  seed=seed))
-    ran_fine_tune = chosen == events_pb2.FINE_TUNE or detail.get("fine_tune_steps", 0) > 0 \
-        or detail.get("descent_steps", 0) > 0
+    ran_fine_tune = chosen == events_pb2.FINE_TUNE or detail.get("fine_tune_steps", 0) > 0
     return out, events_pb2.FINE_TUNE if ran_fine_tune else events_pb2.NEWTON, detail

@@ -333,12 +333,18 @@ def test_mlp_auto_is_kfac_newton_then_retained_descent(digits: dict, mlp: dict) 
     assert abs(v.membership_auc - v.retrain_membership_auc) <= 0.05
 
 
-def test_descents_that_do_not_meet_stop_at_max_steps(digits: dict, mlp: dict) -> None:
+def test_descents_that_do_not_meet_are_discarded(digits: dict, mlp: dict) -> None:
     result = unlearn(mlp["model"], mlp["forget"], mlp["retain"],
                      recipe=Recipe("mean", l2=WD), descent=Descent(steps=20, agree=1e-12))
     d = result.detail
     assert d["descent_stop"].startswith("max steps") and d["descent_steps"] == 20
-    assert d["fine_tune_steps"] == 20 and result.method == events_pb2.FINE_TUNE
+    # not converged, not trusted: the original's last layer's Newton step alone
+    assert d["descent_discarded"].startswith("the two descents did not meet")
+    assert d["fine_tune_steps"] == 0 and result.method == events_pb2.NEWTON
+    newton = unlearn(mlp["model"], mlp["forget"], mlp["retain"], method="newton",
+                     recipe=Recipe("mean", l2=WD))
+    for p, q in zip(result.model.parameters(), newton.model.parameters(), strict=True):
+        assert torch.allclose(p, q)
 
 
 def test_far_from_a_stationary_point_auto_is_last_layer_newton(digits: dict,
