@@ -36,7 +36,8 @@ from headwater.query_service.compliance.model import (
 TARGETS = RetrainTargets()
 # outcomes that carry verification figures: the first measurement (APPLIED; ALREADY_APPLIED
 # when nothing was left to remove) and the trainer's re-measurements at later versions
-MEASURED = ("APPLIED", "ALREADY_APPLIED", "REVERIFIED")
+APPLIED = ("APPLIED", "ALREADY_APPLIED")
+MEASURED = (*APPLIED, "REVERIFIED")
 
 
 def measured_at(outcomes: list[ErasureOutcome], versions: list[str]
@@ -44,7 +45,10 @@ def measured_at(outcomes: list[ErasureOutcome], versions: list[str]
     """The outcome whose figures the report uses, and a note saying which version they are
     from and why: the newest measurement on `versions` (the reported version's lineage,
     root first, the reported one last), else the newest at all."""
-    measured = [o for o in outcomes if o.status in MEASURED]
+    applied = [i for i, o in enumerate(outcomes) if o.status in APPLIED]
+    # a re-verification counts only after the request was applied (one published before,
+    # or without, an APPLIED outcome measures nothing the erasure did)
+    measured = [o for o in outcomes[applied[0]:] if o.status in MEASURED] if applied else []
     if not measured:
         return None, "no verification figures recorded"
     reported = versions[-1] if versions else ""
@@ -118,8 +122,9 @@ def state(statuses: list[str], checks: list[TargetCheck], dispositions: list[Dis
     """(state, why) from the trainer's statuses, the targets and the dispositions."""
     if not statuses:
         return "pending", "no outcome recorded yet"
-    if not set(statuses) & {"APPLIED", "ALREADY_APPLIED"}:  # REVERIFIED follows APPLIED
-        return "failed", "the trainer reported failure"
+    if not set(statuses) & set(APPLIED):  # a REVERIFIED follows an APPLIED
+        return "failed", ("the trainer reported failure" if "FAILED" in statuses else
+                          "no outcome applied the request (a re-verification alone does not)")
     measured = [c for c in checks if c.met is not None]
     missed = [c.target for c in measured if not c.met]
     retained = [d for d in dispositions if d.status.startswith("retained") and d.count and

@@ -55,3 +55,12 @@ def test_the_later_of_two_measurements_at_one_version() -> None:
 def test_off_the_lineage() -> None:
     chosen, note = measured_at([APPLIED], ["w1", "w2"])
     assert chosen is APPLIED and "not on the reported version's lineage" in note
+
+
+def test_a_reverification_before_or_without_the_erasure_counts_for_nothing() -> None:
+    early = _outcome("REVERIFIED", "v1", "v2", 9.0)
+    assert measured_at([early], ["v1", "v2"]) == (None, "no verification figures recorded")
+    assert measured_at([early, APPLIED], ["v1", "v2"])[0] is APPLIED
+    from headwater.query_service.compliance.erasure import state
+    assert state(["REVERIFIED"], [], []) == (
+        "failed", "no outcome applied the request (a re-verification alone does not)")
