@@ -1,0 +1,220 @@
+"""Where ingest's time goes in the store and the sink (issue 18): the figures behind
+docs/design-decisions.md, "Ingest: a part per table per batch".
+
+    python benchmarks/ingest_costs.py [--rounds 2] [--events 16000] [--json]
+
+Every case runs in this process on a fresh chDB directory; cases that are compared run
+alternately, `--rounds` times, so the machine's load falls on each of them alike:
+- part: CPU and wall time of a one-row insert into each table a batch writes (each insert
+  writes a MergeTree part), beside a 2-column MergeTree and a Memory table;
+- insert API: rows/s inserting the small events' gradient rows (4,000 per insert) through
+  clickhouse-connect (`Store.insert`, which goes through a temporary file for chDB), through
+  chdb's `send_insert(..., "ArrowStream")` and through `INSERT ... SELECT FROM Python(t)`;
+- batch: CPU per event of `EventSink.ingest` on small events in batches of each size;
+- overlap: the same sink with its parallel writes and worker thread, and with both
+  replaced by one-after-the-other calls;
+- sketch: CPU per trainer event (64 x 512 float16) of the curvature part, one BLAS thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ingest import payload_factory  # noqa: E402
+
+from headwater.producers.envelope import EnvelopeBuilder  # noqa: E402
+from headwater.producers.transports.base import Record  # noqa: E402
+from headwater.stream_processors.processors.decode import decode_batch  # noqa: E402
+from headwater.stream_processors.processors.gradients import (  # noqa: E402
+    curvature_parts,
+    gradient_rows,
+)
+from headwater.stream_processors.sink import EventSink  # noqa: E402
+from headwater.stream_processors.store import Store  # noqa: E402
+
+
+def records(kind: str, n: int, seed: int = 3) -> list[Record]:
+    payload, env = payload_factory(kind, seed=seed), EnvelopeBuilder("costs", "costs")
+    return [Record(env.wrap(payload(i)).SerializeToString(deterministic=True))
+            for i in range(n)]
+
+
+def timed(body: Callable[[], Any]) -> tuple[float, float]:
+    """(wall s, CPU s of this process) of body()."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    body()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def new_store(work: Path, name: str) -> Store:
+    store = Store(f"chdb://{work / name}")
+    store.migrate()
+    return store
+
+
+def part_costs(store: Store, reps: int) -> dict[str, tuple[float, float]]:
+    """ms (wall, CPU) per one-row insert, each table its own part."""
+    store.command("CREATE TABLE IF NOT EXISTS two_columns (a String, b UInt64) "
+                  "ENGINE = MergeTree ORDER BY a")
+    store.command("CREATE TABLE IF NOT EXISTS memory_table (a String, b UInt64) ENGINE = Memory")
+    rows = {"memory_table": "(a) VALUES ('x')", "two_columns": "(a) VALUES ('x')",
+            "event_receipts": "(event_id) VALUES ('x')",
+            "curvature_parts": "(part_id) VALUES ('x')",
+            "gradients": "(event_id) VALUES ('x')", "events": "(event_id) VALUES ('x')"}
+    out = {}
+    for table, values in rows.items():
+        store.command(f"INSERT INTO {table} {values}")  # warm
+        wall, cpu = timed(lambda t=table, v=values: [  # type: ignore[misc]
+            store.command(f"INSERT INTO {t} {v}") for _ in range(reps)])
+        out[table] = (wall / reps * 1e3, cpu / reps * 1e3)
+    return out
+
+
+def insert_apis(store: Store, recs: list[Record]) -> dict[str, float]:
+    """gradient rows/s through each insert API (the same Arrow tables)."""
+    import chdb
+
+    accepted, _ = decode_batch(recs)
+    tables = [gradient_rows(accepted[i:i + 1000]) for i in range(0, len(accepted), 1000)]
+    assert store.dsn.path is not None
+    conn = chdb.connect(str(store.dsn.path.resolve()))  # a second handle on the same engine
+    conn.query(f"USE {store.database}")
+    columns = ", ".join(tables[0].column_names)
+
+    def stream(t: pa.Table) -> None:
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, t.schema) as writer:
+            writer.write_table(t)
+        with conn.send_insert(f"INSERT INTO gradients ({columns})", "ArrowStream") as ins:
+            ins.append(sink.getvalue())
+            ins.finish()
+
+    def python_table(t: pa.Table) -> None:
+        frame = t  # noqa: F841 - chdb's Python() finds the table by this local name
+        conn.query(f"INSERT INTO gradients ({columns}) SELECT {columns} FROM Python(frame)")
+
+    cases: dict[str, Callable[[pa.Table], None]] = {
+        "clickhouse-connect (temporary file)": lambda t: store.insert("gradients", t),
+        "chdb send_insert ArrowStream": stream, "chdb INSERT SELECT FROM Python()": python_table}
+    rows = sum(t.num_rows for t in tables)
+    out = {}
+    for name, insert in cases.items():
+        wall, _ = timed(lambda f=insert: [f(t) for t in tables])  # type: ignore[misc]
+        out[name] = rows / wall
+    conn.close()
+    return out
+
+
+class _Inline:
+    """An executor that runs each call at once (the sink without its worker thread)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller like a thread's
+            done.set_exception(exc)
+        return done
+
+
+def sink_cost(work: Path, recs: list[Record], batch: int, overlap: bool = True
+              ) -> tuple[float, float]:
+    """(events/s, CPU µs per event) of EventSink.ingest on `recs` in `batch`-event calls,
+    on a fresh store (chDB hosts one directory per process at a time: closed after)."""
+    store = new_store(work, f"sink-{time.monotonic_ns()}")
+    sink = EventSink(store, "costs")
+    insert_all = store.insert_all
+    if not overlap:
+        sink._worker = _Inline()  # type: ignore[assignment]
+        store.insert_all = lambda tables: [  # type: ignore[method-assign]
+            store.insert(t, r) for t, r in tables]
+    try:
+        wall, cpu = timed(lambda: [sink.ingest(recs[i:i + batch])
+                                   for i in range(0, len(recs), batch)])
+    finally:
+        store.insert_all = insert_all  # type: ignore[method-assign]
+        store.close()
+    return len(recs) / wall, cpu / len(recs) * 1e6
+
+
+def sketch_cost(recs: list[Record]) -> float:
+    """CPU µs per trainer event of its curvature part (best of 3, one BLAS thread)."""
+    accepted, _ = decode_batch(recs)
+    with threadpool_limits(1, "blas"):
+        best = min(timed(lambda: curvature_parts(accepted, set(), 0))[1] for _ in range(3))
+    return best / len(accepted) * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--events", type=int, default=16_000, help="small events per sink case")
+    ap.add_argument("--batches", default="1000,2000,8000", help="sink batch sizes")
+    ap.add_argument("--part-reps", type=int, default=30)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="headwater-ingest-costs-"))
+    small, trainer = records("gradient", args.events), records("trainer", 100)
+    load = [os.getloadavg()[0]]
+    result: dict[str, Any] = {"part_ms": [], "insert_rows_per_s": [], "sink": [],
+                              "overlap": [], "sketch_us_per_trainer_event": []}
+    try:
+        for r in range(args.rounds):
+            store = new_store(work, f"store-{r}")
+            try:
+                result["part_ms"].append(part_costs(store, args.part_reps))
+                result["insert_rows_per_s"].append(insert_apis(store, small[:10_000]))
+            finally:
+                store.close()
+            for b in batches:
+                eps, us = sink_cost(work, small, b)
+                result["sink"].append({"batch": b, "events_per_s": eps, "cpu_us": us})
+            for overlap in (True, False):
+                eps, us = sink_cost(work, small, 2000, overlap)
+                result["overlap"].append({"overlap": overlap, "events_per_s": eps,
+                                          "cpu_us": us})
+            result["sketch_us_per_trainer_event"].append(sketch_cost(trainer))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    load.append(os.getloadavg()[0])
+    result["load_average"] = load
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end")
+    print("one-row insert (a part), ms wall / CPU, per round:")
+    for table in result["part_ms"][0]:
+        print(f"  {table:20s} " + "  ".join(f"{p[table][0]:5.2f} / {p[table][1]:5.2f}"
+                                            for p in result["part_ms"]))
+    print("gradient rows/s per insert API, per round:")
+    for api in result["insert_rows_per_s"][0]:
+        print(f"  {api:38s} " + "  ".join(f"{r[api]:9,.0f}" for r in result["insert_rows_per_s"]))
+    print("EventSink.ingest on small events (events/s, CPU µs per event):")
+    for s in result["sink"]:
+        print(f"  batch {s['batch']:6d}: {s['events_per_s']:8,.0f}/s  {s['cpu_us']:6.1f} µs")
+    for s in result["overlap"]:
+        name = "parallel writes + worker" if s["overlap"] else "one after the other   "
+        print(f"  {name} (batch 2000): {s['events_per_s']:8,.0f}/s  {s['cpu_us']:6.1f} µs")
+    print("curvature part, CPU µs per trainer event (1 BLAS thread): "
+          + ", ".join(f"{v:.0f}" for v in result["sketch_us_per_trainer_event"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
