@@ -40,10 +40,8 @@ from ingest import payload_factory  # noqa: E402
 from headwater.producers.envelope import EnvelopeBuilder  # noqa: E402
 from headwater.producers.transports.base import Record  # noqa: E402
 from headwater.stream_processors.processors.decode import decode_batch  # noqa: E402
-from headwater.stream_processors.processors.gradients import (  # noqa: E402
-    curvature_parts,
-    gradient_rows,
-)
+from headwater.stream_processors.processors.gradients import gradient_rows  # noqa: E402
+from headwater.stream_processors.processors.sketch import curvature_parts  # noqa: E402
 from headwater.stream_processors.sink import EventSink  # noqa: E402
 from headwater.stream_processors.store import Store  # noqa: E402
 

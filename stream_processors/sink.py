@@ -26,8 +26,9 @@ from headwater.stream_processors.processors.batch_bounds import within_months
 from headwater.stream_processors.processors.decode import Accepted, Rejected, decode_batch
 from headwater.stream_processors.processors.derived import DERIVED
 from headwater.stream_processors.processors.first_write import screen
-from headwater.stream_processors.processors.gradients import curvature_parts
+from headwater.stream_processors.processors.gradients import gradient_rows
 from headwater.stream_processors.processors.rows import dead_letter_rows, event_rows, receipt_rows
+from headwater.stream_processors.processors.sketch import sketch_parts
 from headwater.stream_processors.processors.validate import DEFAULT_LIMITS, Limits
 from headwater.stream_processors.store import Store
 
@@ -86,7 +87,7 @@ class EventSink:
             uncounted = self._repeats_to_count(screened.repeats, rows)
             # The sketch's sum is worked out on the worker thread while the store inserts
             # (outside the GIL); it is inserted last, after the receipts (_sketch_part).
-            part = self._worker.submit(_sketch_part, rows.accepted + uncounted, now)
+            part = self._worker.submit(_sketch_part, rows.tables["gradients"], uncounted, now)
             try:
                 # Nothing is acked before all of these succeed, and each table is keyed, so
                 # their order does not matter: the store writes them in parallel.
@@ -122,7 +123,7 @@ class EventSink:
         accepted, rejected = decode_batch(records, limits=self.limits)
         rows = self._rows(accepted, now)
         self.store.insert_all(self._table_rows(rows))
-        sketch = _sketch_part(self._uncounted(rows.accepted), now)
+        sketch = _sketch_part([], self._uncounted(rows.accepted), now)
         if sketch is not None:
             self.store.insert("curvature_parts", sketch)
         return rejected + rows.rejected
@@ -238,22 +239,24 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def _sketch_part(batch: list[Accepted], now: datetime) -> pa.Table | None:
-    """The curvature sketch's part for `batch` (None without gradients): each event counted
-    exactly once, since the part lists its events and is inserted in one write, so it
-    counts them whole or not at all.
+def _sketch_part(rows: list[pa.Table], uncounted: list[Accepted], now: datetime
+                 ) -> pa.Table | None:
+    """The curvature sketch's parts for the batch's new `gradients` rows and the events
+    `uncounted` (None without gradients): each event counted exactly once, since a part
+    lists its events and is inserted in one write, so it counts them whole or not at all.
 
     Inserted after the receipts, so an event without a receipt (new in a batch) cannot
     have been counted and needs no lookup: the steady stream sends no id list for the
     sketch. A failure between the receipts and that insert leaves receipted events
     uncounted; their redelivery (no ack or offset commit was given) arrives as repeats,
     which are looked up (EventSink._repeats_to_count) and counted then."""
-    if not any(a.event.WhichOneof("payload") == "gradient_batch" for a in batch):
+    tables = [t for t in rows if t.num_rows] + ([gradient_rows(uncounted)] if uncounted else [])
+    if not any(t.num_rows for t in tables):
         return None
     # One BLAS thread: beside the store's and the server's threads, OpenBLAS's spinning
     # second thread costs more CPU than it saves (docs/design-decisions.md).
     with _blas().limit(limits=1, user_api="blas"):
-        return curvature_parts(batch, set(), int(now.timestamp() * 1_000_000))
+        return sketch_parts(pa.concat_tables(tables), int(now.timestamp() * 1_000_000))
 
 
 def _acks(accepted: list[Accepted], rejected: list[Rejected], extra: list[Ack]) -> list[Ack]:

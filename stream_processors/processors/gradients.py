@@ -1,5 +1,5 @@
 """Pure processors for attribution events: model versions, gradient rows, predictions,
-and parts of the online curvature sketch.
+and the stored layout of the online curvature sketch's parts (summed in sketch.py).
 
 Gradient vectors stay the exact bytes the trainer sent (one row per training row); the
 curvature part of a batch is Σ w φφᵀ over its rows, per (model, version, kind).
@@ -7,8 +7,7 @@ curvature part of a batch is Σ w φφᵀ over its rows, per (model, version, ki
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +15,6 @@ import pyarrow as pa
 from headwater.stream_processors.processors.decode import Accepted
 from headwater.stream_processors.processors.gradient_columns import (
     ITEM_SIZE,
-    floats,
     gradient_columns,
 )
 from headwater.stream_processors.processors.rows import TS, micros, ts_column
@@ -172,95 +170,3 @@ def part_matrix(data: bytes, rows: int, dim: int, layout: str) -> np.ndarray:
         w, phi = values[:rows], values[rows:].reshape(rows, dim)
         return (phi * w[:, None]).T @ phi
     return values.reshape(dim, dim)
-
-
-# Rows per float64 block of a part's sum: bounds the float64 copy of float16/32 gradients
-# (4096 x 512 x 8 B = 16 MiB) while each matrix product stays large enough for BLAS.
-BLOCK_ROWS = 4096
-
-
-def _blocks(ps: list[events_pb2.GradientBatch], dim: int) -> Iterator[np.ndarray]:
-    """The events' gradient rows as float64 (rows, dim) blocks, in event order: a block
-    joins consecutive events of one dtype up to BLOCK_ROWS rows (one event may exceed it)."""
-    group: list[events_pb2.GradientBatch] = []
-    rows = 0
-    for p in ps:
-        n = len(p.row_keys.rows)
-        if group and (rows + n > BLOCK_ROWS or p.dtype != group[0].dtype):
-            yield _block(group, dim)
-            group, rows = [], 0
-        group.append(p)
-        rows += n
-    if group:
-        yield _block(group, dim)
-
-
-def _block(group: list[events_pb2.GradientBatch], dim: int) -> np.ndarray:
-    data = group[0].gradients if len(group) == 1 else b"".join(p.gradients for p in group)
-    return np.frombuffer(data, DTYPES[group[0].dtype][1]).reshape(-1, dim).astype(np.float64)
-
-
-def _part(ps: list[events_pb2.GradientBatch], dim: int) -> tuple[str, bytes, int]:
-    """(layout, bytes, rows) of Σ w φφᵀ over the events' rows: 'rows' (the n weights, then
-    the n x k rows, float64 little-endian) while they are smaller than the k x k matrix, so
-    a part never costs more than the events it sums; else 'dense', one matrix product per
-    block of rows."""
-    counts = [len(p.row_keys.rows) for p in ps]
-    w = floats([p.curvature_weight for p in ps], counts, 1.0, np.float64)
-    n = len(w)
-    if n * (dim + 1) < dim * dim:
-        phi = np.concatenate(list(_blocks(ps, dim)))
-        return "rows", w.astype("<f8").tobytes() + phi.astype("<f8").tobytes(), n
-    matrix = np.zeros((dim, dim))
-    at = 0
-    for phi in _blocks(ps, dim):
-        matrix += weighted_gram(phi, w[at:at + len(phi)])
-        at += len(phi)
-    return "dense", matrix.astype("<f8").tobytes(), n
-
-
-def weighted_gram(phi: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Σ_i w_i φ_i φ_iᵀ over the rows of `phi`, as XᵀX − YᵀY with X = √w φ over the rows
-    of positive weight and Y = √−w φ over the negative ones: NumPy computes a matrix times
-    its own transpose with the symmetric kernel (BLAS syrk), half the multiply-adds of the
-    general product (φ w)ᵀφ, and the result is exactly symmetric. √w² differs from w by one
-    rounding (relative 1e-16), far inside the sketch's 1e-9 tolerance."""
-    if not (w < 0).any():
-        x = phi * np.sqrt(w)[:, None]
-        return x.T @ x
-    out = np.zeros((phi.shape[1], phi.shape[1]))
-    for sign, rows in ((1.0, w > 0), (-1.0, w < 0)):
-        if rows.any():
-            x = phi[rows] * np.sqrt(sign * w[rows])[:, None]
-            out += sign * (x.T @ x)
-    return out
-
-
-def curvature_parts(batch: list[Accepted], counted: set[str], now_us: int) -> pa.Table:
-    """Σ w φφᵀ over the rows of the batch's GradientBatch events not yet `counted`, one
-    part per (run, model, version, kind, projection), summed per part in large blocks
-    rather than per event. float64 accumulation: parts are summed later. Pure and total: it
-    never raises on a validated event."""
-    groups: dict[tuple[str, str, str, str, int, str], list[events_pb2.Event]] = {}
-    for e in of_payload(batch, "gradient_batch"):
-        if e.event_id in counted:
-            continue
-        p = e.gradient_batch
-        key = (p.model_id, p.model_version, KIND[p.kind], p.projection.projection_id, p.dim,
-               e.run_id)
-        groups.setdefault(key, []).append(e)
-    keys = list(groups)
-    stored = [_part([e.gradient_batch for e in groups[k]], k[4]) for k in keys]
-    steps = [[e.gradient_batch.step for e in groups[k]] for k in keys]
-    ids = [[e.event_id for e in groups[k]] for k in keys]
-    return arrow_table(CURVATURE_SCHEMA, {
-        "model_id": [k[0] for k in keys], "model_version": [k[1] for k in keys],
-        "kind": [k[2] for k in keys], "projection_id": [k[3] for k in keys],
-        "dim": [k[4] for k in keys], "rows": [s[2] for s in stored],
-        "min_step": [min(s) for s in steps], "max_step": [max(s) for s in steps],
-        "matrix": [s[1] for s in stored], "layout": [s[0] for s in stored],
-        "event_ids": ids,
-        "part_id": [hashlib.sha256("\0".join(sorted(i)).encode()).hexdigest()[:32]
-                    for i in ids],
-        "created_at": ts_column([now_us] * len(keys)), "run_id": [k[5] for k in keys],
-    })

@@ -15,11 +15,8 @@ from hypothesis import strategies as st
 from headwater.producers.envelope import EnvelopeBuilder, event_hash
 from headwater.producers.transports.base import Record
 from headwater.stream_processors.processors.decode import Accepted, decode_batch, decode_record
-from headwater.stream_processors.processors.gradients import (
-    curvature_parts,
-    gradient_rows,
-    part_matrix,
-)
+from headwater.stream_processors.processors.gradients import gradient_rows, part_matrix
+from headwater.stream_processors.processors.sketch import curvature_parts
 from headwater.v1 import events_pb2
 
 DTYPES = [(events_pb2.FLOAT16, "<f2"), (events_pb2.FLOAT32, "<f4"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from headwater.stream_processors.processors.gradients import weighted_gram
+from headwater.stream_processors.processors.sketch import weighted_gram
 
 
 @pytest.mark.parametrize("weights", ["positive", "mixed", "zeros", "negative"])
