@@ -17,6 +17,7 @@ PURE = [
     "headwater.stream_processors.processors.gradients",
     "headwater.stream_processors.processors.gradient_columns",
     "headwater.stream_processors.processors.gradient_screen",
+    "headwater.stream_processors.processors.sketch",
     "headwater.stream_processors.processors.chunks",
     "headwater.stream_processors.processors.derived",
     "headwater.stream_processors.processors.first_write",
