@@ -189,19 +189,16 @@ class Taps:
 
         return rooted
 
-    def pairs(self, record: Record, output_grad: torch.Tensor | None = None,
-              grads: Sequence[torch.Tensor | None] | None = None, copy: Any = None
-              ) -> tuple[dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:
-        """(inputs, δ) per layer name, detached, from a finished training step's record
-        (`output_grad`: the model output's corrected gradient) or from a margin pass's
-        (`grads`: its outputs' gradients in call order; None: 0, that output does not reach
-        f). `copy`: (pointer, tensor): an input at that data pointer is replaced by the
-        tensor (the caller's batch, copied before the trainer refills it). Raises when a
-        layer's δ never arrived."""
-        inputs: dict[str, list[torch.Tensor]] = {la.name: [] for la in self.layers}
-        deltas: dict[str, list[torch.Tensor]] = {la.name: [] for la in self.layers}
+    def resolve(self, record: Record, output_grad: torch.Tensor | None = None,
+                grads: Sequence[torch.Tensor | None] | None = None
+                ) -> list[tuple[int, Any, Any]]:
+        """(layer index, input a, δ) per layer call of a finished training step
+        (`output_grad`: the model output's corrected gradient) or of a margin pass (`grads`:
+        its outputs' gradients in call order; None: 0, that output does not reach f). Only
+        references are read (the outputs themselves are let go); raises when a layer's δ
+        never arrived."""
+        got = []
         for j, (i, a, out, _, _, _) in enumerate(record.calls):
-            name = self.layers[i].name
             if grads is not None:
                 g = grads[j]
                 g = torch.zeros_like(out) if g is None else g
@@ -210,8 +207,20 @@ class Taps:
                 g = (output_grad if mark is OWN else mark[0] if mark is not None
                      else out.grad if out.requires_grad else None)
             if g is None:
-                raise RuntimeError(f"layer {name!r}: its output gradient never arrived; call "
-                                   "loss.backward() inside capture.step()")
+                raise RuntimeError(f"layer {self.layers[i].name!r}: its output gradient never "
+                                   "arrived; call loss.backward() inside capture.step()")
+            got.append((i, a, g))
+        return got
+
+    def pairs(self, calls: list[tuple[int, Any, Any]], copy: Any = None
+              ) -> tuple[dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:
+        """(inputs, δ) per layer name, plain and detached, from `resolve`'s calls.
+        `copy`: (pointer, tensor): an input at that data pointer is replaced by the tensor
+        (the caller's batch, copied before the trainer could refill it)."""
+        inputs: dict[str, list[torch.Tensor]] = {la.name: [] for la in self.layers}
+        deltas: dict[str, list[torch.Tensor]] = {la.name: [] for la in self.layers}
+        for i, a, g in calls:
+            name = self.layers[i].name
             a = plain(a)
             if copy is not None and a.data_ptr() == copy[0]:
                 a = copy[1]

@@ -119,15 +119,16 @@ def correct(g: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, task: str
     return torch.as_tensor(exact.reshape(g.shape), dtype=g.dtype, device=g.device), None
 
 
-def loss_scale(state: OutputGradient) -> tuple[float | None, np.ndarray]:
+def loss_scale(state: OutputGradient, f: np.ndarray | None = None
+               ) -> tuple[float | None, np.ndarray]:
     """(c, f) of a finished step: the loss's per-row scale measured from the gradient at
     the outputs (None when no row can tell: every row certain, or every residual 0), and
-    the float64 margins. Raises LossMismatch unless the gradient is c x that of the
-    expected loss for one c."""
+    the float64 margins (computed unless given). Raises LossMismatch unless the gradient
+    is c x that of the expected loss for one c."""
     assert state.output is not None and state.grad is not None
     z, g = _numpy(state.output), _numpy(state.grad)
     labels = state.labels.detach().cpu().double().numpy()
-    f = margins(z, labels, state.task)
+    f = margins(z, labels, state.task) if f is None else f
     if state.task == "regression":
         r, gv = z.reshape(-1) - labels.reshape(-1), g.reshape(-1)
         denom = float(r @ r)

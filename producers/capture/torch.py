@@ -22,7 +22,6 @@ from torch.func import functional_call, grad, jacrev, vmap
 from headwater.producers.capture.factored import (
     Layer,
     Projector,
-    Record,
     Taps,
     find_layers,
     plain,
@@ -61,7 +60,7 @@ class _Held:
     pointer: int  # the caller's batch tensor's data pointer (a layer input there is x)
     y: torch.Tensor
     state: OutputGradient
-    record: Record
+    calls: list[tuple[int, Any, Any]]  # Taps.resolve's (layer, a, δ)
     keys: events_pb2.RowKeys
     learning_rate: float
     step: int
@@ -231,7 +230,7 @@ class TorchCapture(Recorder):
                 grads = torch.autograd.grad(f.sum(), edges, allow_unused=True)
         finally:
             taps.stop()
-        return self._projector.phi(*taps.pairs(record, grads=grads))
+        return self._projector.phi(*taps.pairs(taps.resolve(record, grads=grads)))
 
     def features(self, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, Weights,
                                                                   torch.Tensor]:
@@ -284,6 +283,7 @@ class TorchCapture(Recorder):
         finally:
             self._taps.stop()
         self._check(x, state)
+        calls = self._taps.resolve(record, state.grad)
         version = self._require_version()
         self.last_step = max(self.last_step, step)
         # Held for the worker (a group): only after a first step here, which refuses a wrong
@@ -292,12 +292,12 @@ class TorchCapture(Recorder):
         # gradient is below 1e-25 everywhere might, and goes the synchronous way below.
         if (dense is None and self._scale is not None and self._grouped
                 and state.floor() >= CERTAIN):
-            self._pending.append(_Held(x.clone(), x.data_ptr(), y.clone(), state, record, keys,
+            self._pending.append(_Held(x.clone(), x.data_ptr(), y.clone(), state, calls, keys,
                                        learning_rate, step, version))
             if len(self._pending) >= self.group:
                 self._drain()
             return
-        taken = self._taps.pairs(record, state.grad)
+        taken = self._taps.pairs(calls)
         f = margins(state.output.detach().cpu().double().numpy(),  # type: ignore[union-attr]
                     y.detach().cpu().double().numpy(), self.task)
         weights = self._weights_of(f, y)
@@ -328,14 +328,13 @@ class TorchCapture(Recorder):
 
     def _build_group(self, held: list[_Held]) -> list[events_pb2.GradientBatch | Exception]:
         """The GradientBatch of every held step, projected together (on the worker); a step
-        that fails (a refused loss, a δ that never arrived) is its exception, so the others
-        are still published."""
+        that fails (a refused loss) is its exception, so the others are still published."""
         assert self._projector is not None
         out: list[events_pb2.GradientBatch | Exception | None] = [None] * len(held)
         taken, good = [], []
         for i, h in enumerate(held):
             try:
-                taken.append(self._taps.pairs(h.record, h.state.grad, copy=(h.pointer, h.x)))
+                taken.append(self._taps.pairs(h.calls, copy=(h.pointer, h.x)))
                 good.append(i)
             except Exception as exc:  # noqa: BLE001 - the worker raises it at flush
                 out[i] = exc
@@ -353,7 +352,7 @@ class TorchCapture(Recorder):
         f = margins(h.state.output.detach().cpu().double().numpy(),  # type: ignore[union-attr]
                     labels.double().numpy(), self.task)
         weights = self._weights_of(f, h.y)
-        phi, c = self._rescaled(h.x, h.y, h.state, weights, phi)
+        phi, c = self._rescaled(h.x, h.y, h.state, weights, phi, f)
         return self.gradient_batch(phi, weights, h.keys, learning_rate=h.learning_rate * c,
                                    step=h.step, version=h.version, targets=labels.numpy())
 
@@ -386,9 +385,11 @@ class TorchCapture(Recorder):
         assert self._projector is not None
         return self._rescaled(x, y, state, weights, self._projector.phi(*taken))
 
-    def _loss_scale(self, x: torch.Tensor, state: OutputGradient) -> float:
-        """c, the loss's per-row scale, measured (or the last measured) and checked."""
-        measured, _ = loss_scale(state)
+    def _loss_scale(self, x: torch.Tensor, state: OutputGradient,
+                    f: np.ndarray | None = None) -> float:
+        """c, the loss's per-row scale, measured (or the last measured) and checked (f:
+        the step's margins, when already computed)."""
+        measured, _ = loss_scale(state, f)
         c = measured if measured is not None else (self._scale or 1.0 / len(x))
         if not c > 0:
             raise LossMismatch(f"the loss's per-row scale is {c}, not positive: capture.step()"
@@ -398,9 +399,10 @@ class TorchCapture(Recorder):
         return c
 
     def _rescaled(self, x: torch.Tensor, y: torch.Tensor, state: OutputGradient,
-                  weights: Weights, phi: torch.Tensor) -> tuple[torch.Tensor, float]:
+                  weights: Weights, phi: torch.Tensor, f: np.ndarray | None = None
+                  ) -> tuple[torch.Tensor, float]:
         """(φ of the margins, c) from φ of the step's loss gradients."""
-        c = self._loss_scale(x, state)
+        c = self._loss_scale(x, state, f)
         r = -c * weights.q  # δ_loss = r δ_f, row by row
         lost = np.abs(r) < TINY
         r[lost] = 1.0
