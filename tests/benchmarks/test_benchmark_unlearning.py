@@ -87,6 +87,10 @@ def test_unlearning_benchmark_fast() -> None:
     for request in approx["requests"]:
         assert request["rows"] > 0 and request["seconds"] > 0
         assert request["forget_loss_after"] > request["forget_loss_before"]
+        # mid-stream the model is far from a stationary point: the last layer's step alone
+        assert request["training_gradient_norm"] > 2 * request["forget_gradient_norm"]
+        assert request["method"] == "NEWTON" and request["fine_tune_steps"] == 0
+    assert "approximate, descent forced (not the default)" in stream["methods"]
 
     for cost in figures["replay_cost"]:
         assert 0 < cost["steps_replayed"] < cost["steps"]  # recent rows: a part of the run
