@@ -347,6 +347,35 @@ def test_descents_that_do_not_meet_are_discarded(digits: dict, mlp: dict) -> Non
         assert torch.allclose(p, q)
 
 
+def test_auto_outside_nn_linear_starts_the_descent_from_the_last_layer(digits: dict,
+                                                                      mlp: dict) -> None:
+    """A trainable parameter outside nn.Linear (a LayerNorm): no K-FAC step, the last
+    layer's exact step starts the descent; random retained batches (batch_size < n_R)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.LayerNorm(32),
+                                torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    x, y = digits["x"], digits["y"]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        (torch.nn.functional.cross_entropy(model(x), y) + WD / 2 * sum(
+            (p ** 2).sum() for p in model.parameters())).backward()
+        opt.step()
+    m = digits["block"]
+    result = unlearn(model, (x[m], y[m]), (x[~m], y[~m]), recipe=Recipe("mean", l2=WD),
+                     descent=Descent(batch_size=256))
+    d, v = result.detail, result.verification
+    assert d["newton"] == "last layer" and "descent_skipped" not in d
+    assert d["descent_steps"] > 0 and "descent_stop" in d
+    assert v.forget_loss_after > v.forget_loss_before
+    moved = [not torch.equal(p, q) for p, q in zip(result.model.parameters(),
+                                                   model.parameters(), strict=True)]
+    if d["fine_tune_steps"] > 0:  # the descent ran and was kept: every layer moved
+        assert all(moved) and result.method == events_pb2.FINE_TUNE
+    else:  # discarded: only the last layer moved
+        assert moved == [False] * 4 + [True] * 2 and result.method == events_pb2.NEWTON
+
+
 def test_far_from_a_stationary_point_auto_is_last_layer_newton(digits: dict,
                                                               mlp: dict) -> None:
     """A model in the middle of training (here: its initialisation) has a training gradient
