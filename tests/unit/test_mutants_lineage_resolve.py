@@ -246,3 +246,21 @@ def test_op_views_and_aggregates_are_immutable() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(obj, name, 1)
     assert {agg, agg} == {agg}  # hashable: frozen
+
+
+def test_aggregates_are_listed_oldest_op_first_then_by_aggregated_node() -> None:
+    """A row's aggregates come in a fixed order: the op's place upstream (oldest first),
+    then the aggregated node's id - not the node names alone, not the row counts."""
+    op_of = _graph(
+        ("m1", _op("first", {"zsrc": 4}, rowmap.all_rows(0, 1, "r"))),
+        ("y", _op("second", {"m1": 1, "asrc": 2}, _rng(0, 0, 1, 0, 0),
+                  rowmap.all_rows(1, 1, "r"))))
+    (t,) = trace_each("y", np.array([0]), op_of)
+    assert [(a.op_id, a.node_id) for a in t.aggregates] == [("first", "zsrc"),
+                                                            ("second", "asrc")]
+    # one op aggregating two inputs: by node id ("p" before "q"), whatever the segment
+    # order or the row counts (q has fewer rows)
+    pair = _graph(("y", _op("pair", {"p": 5, "q": 2}, rowmap.all_rows(1, 1, "r"),
+                            rowmap.all_rows(0, 1, "r"))))
+    (t,) = trace_each("y", np.array([0]), pair)
+    assert [(a.node_id, a.node_rows) for a in t.aggregates] == [("p", 5), ("q", 2)]
