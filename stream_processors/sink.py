@@ -11,7 +11,7 @@ which is acked without being written again.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -79,8 +79,10 @@ class EventSink:
             every = self._worker.submit(self._rows, accepted, now)
             try:
                 screened = screen(accepted, self._stored_hashes(accepted))
-            finally:
-                built = every.result()
+            except BaseException:
+                wait([every])  # never left running past a failed lookup
+                raise
+            built = every.result()
             all_new = len(screened.new) == len(accepted)
             rows = built if all_new else self._rows(screened.new, now)
             rows.rejected += rejected + too_many_months + screened.conflicts + chunk_rejects
@@ -97,8 +99,10 @@ class EventSink:
                     ("events", pa.concat_tables(rows.tables["events"]))])
                 self.store.insert("event_receipts",
                                   receipt_rows(rows.accepted, self.transport, now))
-            finally:
-                sketch = part.result()  # never left running past a failed write
+            except BaseException:
+                wait([part])  # never left running past a failed write
+                raise
+            sketch = part.result()
             if sketch is not None:
                 self.store.insert("curvature_parts", sketch)
             self._stored.add(len(rows.accepted))
