@@ -272,7 +272,8 @@ def _bias_html(b: BiasExamination, names_of: dict[str, str]) -> str:
     """Art. 10(2)(f),(g): the computed differences (flagged first) and the declarations."""
     out = [f"<h3>Bias examination (Art. 10(2)(f),(g)): {e(b.status)}, {b.flagged} of "
            f"{len(b.differences)} difference(s) over their threshold</h3><p>{e(b.detail)}.</p>"]
-    shown = sorted(b.differences, key=lambda d: (not d.flagged, d.between, d.column))[:40]
+    # the flagged ones first, a dozen at most: the page stays readable, the JSON has all
+    shown = sorted(b.differences, key=lambda d: (not d.flagged, d.between, d.column))[:12]
     if shown:
         out.append(_table(
             ["column", "between", "rows", "TVD", "SMD", "KS D (critical)", "flagged"],
