@@ -91,6 +91,14 @@ def test_demo_outputs_are_real(demo):
                if name != "distance to retraining"), erasure["targets"]
     assert report["data_governance"]["leakage"]["status"] == "passed"
     assert report["data_governance"]["declarations_missing"] == []
+    # bias examination: the hospitals' label balance differs (computed from the verified
+    # files, flagged); the demo declares no examination or measures: reported missing
+    bias = report["data_governance"]["bias_examination"]
+    assert bias["status"] == "computed" and bias["missing"] == ["bias_examination",
+                                                                "bias_measures"]
+    (label,) = [d for d in bias["differences"] if d["between"] == "sources"
+                and d["column"] == "label"]
+    assert label["flagged"] and sum(label["rows"]) == sum(demo["rows_per_file"])
     assert {s["status"] for s in report["sections"]} <= {"verified", "declared", "computed"}
     assert report["record_keeping"]["ok"]
     # Annex IV: metrics and environment as the trainer recorded them, by a named producer
