@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -144,10 +145,13 @@ class WitnessLog:
         self._newest[r.checkpoint.producer_id] = r
         self._by_signature[r.checkpoint.signature] = r
 
-    def accept(self, found: list[Checkpoint], now: datetime) -> list[tuple[Receipt, bool]]:
+    def accept(self, found: list[Checkpoint], now: datetime,
+               keep: Callable[[list[Receipt]], None] | None = None
+               ) -> list[tuple[Receipt, bool]]:
         """Receipts for `found`, all or none: (receipt, newly added). A checkpoint already
         held byte for byte gets its first receipt back (not added again); any refusal
-        raises WitnessRefused and adds nothing."""
+        raises WitnessRefused and adds nothing. `keep(new receipts)` stores them first: when
+        it raises, nothing is added here either (memory never runs ahead of the store)."""
         newest = dict(self._newest)
         made: list[Receipt] = []
         out = []
@@ -163,6 +167,8 @@ class WitnessLog:
             made.append(r)
             newest[c.producer_id] = r
             out.append((r, True))
+        if made and keep is not None:
+            keep(made)
         for r in made:
             self.receipts.append(r)
             self._hold(r)

@@ -121,9 +121,8 @@ class WitnessService:
         if not 0 < len(body["checkpoints"]) <= MAX_CHECKPOINTS:
             raise WitnessRefused(f"send 1 to {MAX_CHECKPOINTS} checkpoints a request", 400)
         found = [checkpoint_from(c) for c in body["checkpoints"]]
-        with self._lock:
-            done = self.log.accept(found, datetime.now(timezone.utc))
-            self.store.append([r for r, new in done if new])  # durable before answered
+        with self._lock:  # stored (fsync'd) before held in memory and answered
+            done = self.log.accept(found, datetime.now(timezone.utc), self.store.append)
         return {"receipts": [r.as_dict() for r, _ in done], "added": [new for _, new in done]}
 
     def close(self) -> None:

@@ -123,3 +123,18 @@ def test_checkpoint_fields_are_checked(keys, change, message) -> None:
     with pytest.raises(WitnessRefused, match=message) as refused:
         checkpoint_from(data)
     assert refused.value.status == 400
+
+
+def test_nothing_is_held_when_storing_fails(keys) -> None:
+    operator, wkey = keys
+    log = _log(operator, wkey)
+
+    def full_disk(receipts) -> None:
+        raise OSError("no space left on device")
+
+    with pytest.raises(OSError):
+        log.accept([signed("p", "r", 1, H1, iso(NOW), operator)], NOW, full_disk)
+    assert log.receipts == []
+    stored = []
+    ((r, new),) = log.accept([signed("p", "r", 1, H1, iso(NOW), operator)], NOW, stored.extend)
+    assert new and stored == [r] == log.receipts and r.index == 0
