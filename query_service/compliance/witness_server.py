@@ -192,6 +192,9 @@ def _handler(service: WitnessService) -> type[BaseHTTPRequestHandler]:
                 return self._answer(200, service.submit(body))
             except WitnessRefused as exc:
                 return self._answer(exc.status, {"error": str(exc)})
+            except OSError as exc:  # its store failed: nothing was kept, the sender retries
+                return self._answer(503, {"error": f"the witness could not store receipts: "
+                                                   f"{exc}"})
 
     return Handler
 

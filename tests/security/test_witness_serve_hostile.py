@@ -177,3 +177,15 @@ def test_off_loopback_only_over_tls(tmp_path, keys) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_store_that_fails_answers_503_and_keeps_nothing(running, keys, monkeypatch) -> None:
+    operator, _ = keys
+
+    def full_disk(receipts) -> None:
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(running.service.store, "append", full_disk)
+    status, body = running.post(_body(signed("p", "r", 1, H1, _now(), operator)))
+    assert status == 503 and "no space left" in body["error"]
+    assert running.service.log.receipts == []
