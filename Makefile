@@ -16,8 +16,12 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 demo: $(VENV)/.installed
 	$(VENV)/bin/headwater demo
 
+# Two workers, whole files each (module fixtures such as the demo's run once): most tests
+# wait on brokers and servers they start, so two cores carry two at a time.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed tools
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Programs the page and manifest tests need (tests/support/tools.py): Chromium from Debian
 # when root; kubectl has no registry package that renders deploy/k8s, its tests say so.
