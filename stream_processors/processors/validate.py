@@ -219,6 +219,22 @@ def _unlearning_applied(p: events_pb2.UnlearningApplied, limits: Limits) -> None
                  f"unlearning_applied.{name} is longer than {MAX_TEXT_LEN} characters")
     _require(math.isfinite(p.estimated_replay_seconds) and p.estimated_replay_seconds >= 0,
              "unlearning_applied.estimated_replay_seconds must be a finite number >= 0")
+    if p.status == events_pb2.UnlearningApplied.REVERIFIED:
+        _reverified(p)
+
+
+def _reverified(p: events_pb2.UnlearningApplied) -> None:
+    """A re-verification removes nothing and runs no method: it only measures a version."""
+    _require(bool(p.new_version) and bool(p.previous_version),
+             "unlearning_applied: a REVERIFIED outcome names new_version (measured now) and "
+             "previous_version (measured last)")
+    _require(p.HasField("verification"),
+             "unlearning_applied: a REVERIFIED outcome carries its verification")
+    ran = [name for name in ("rows_forgotten", "steps_replayed", "estimated_replay_steps",
+                             "newton_steps", "fine_tune_steps", "method", "checkpoint_uri")
+           if getattr(p, name)]
+    _require(not ran, "unlearning_applied: a REVERIFIED outcome removes nothing and runs no "
+                      f"method, but sets {', '.join(ran)}")
 
 
 _PAYLOAD_CHECKS: dict[str, Callable[[Message, Limits], None]] = {
