@@ -183,6 +183,7 @@ class _GroupMember:
         self._thread.join(60)
         if self._live is not None:
             self._live.close()
+        self.log.close()
         status(f"headwater serve: the Kafka member stored {self.runner.stored} events "
                f"({self.runner.dead_lettered} records dead-lettered)")
 
@@ -227,6 +228,8 @@ def query_service(dsn: str | None, listen: str | None, kafka_bootstrap: str | No
     _freeze_startup_heap()
     _wait_for_signal()
     server.stop(grace=5).wait()
+    if log is not None:
+        log.close()
     store.close()
 
 

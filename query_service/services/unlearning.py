@@ -53,6 +53,14 @@ class LogPublishers:
                                                      self._producer)
             return self._publishers[run_id]
 
+    def close(self) -> None:
+        """Close every publisher (each Forget already flushed its own send): at shutdown,
+        so a Kafka producer's connections and threads end with the service."""
+        with self._lock:
+            publishers, self._publishers = list(self._publishers.values()), {}
+        for publisher in publishers:
+            publisher.close()
+
 
 @contextmanager
 def _errors(context: grpc.ServicerContext) -> Iterator[None]:
