@@ -223,8 +223,7 @@ def verify(run_id: str, recompute_hashes: bool, witness: str | None,
     signed: dict[str, Any] = {}
     try:
         if isinstance(reader, RemoteStore):
-            report = reader.verify_log(run_id, recompute_hashes)
-            tables, excluded = _remote_derived(settings, reader.target, run_id)
+            report, tables, excluded = reader.verify_log_and_derived(run_id, recompute_hashes)
         else:
             report = verify_stored_log(reader, run_id, recompute_hashes)
             tables, excluded, rejected = check_derived(reader, runs_of(reader, run_id))
@@ -395,26 +394,6 @@ def checkpoint(witness: str | None, key_file: Path | None, data_dir: Path | None
     public = env.witness_public_key  # a witness endpoint's receipts are checked with it
     open_witness(witness, load_public_key(public) if public else None).append(made)
     click.echo(f"headwater: {len(made)} chain head(s) checkpointed to {witness}", err=True)
-
-
-def _remote_derived(settings: Settings, target: str, run_id: str
-                    ) -> tuple[list[Any], dict[str, str]]:
-    """The derived-table comparison a running serve made in Compliance.VerifyLog."""
-    from headwater.query_service.client.channel import open_channel
-    from headwater.stream_processors.replay import TableComparison, TableDigest
-    from headwater.v1 import query_pb2, query_pb2_grpc
-
-    channel = open_channel(settings, target)
-    try:
-        r = query_pb2_grpc.ComplianceStub(channel).VerifyLog(
-            query_pb2.VerifyLogRequest(run_id=run_id, check_derived=True), timeout=300)
-    finally:
-        channel.close()
-    tables = [TableComparison(table=t.table, equal=t.equal, detail=t.detail,
-                              incremental=TableDigest(rows=t.rows_stored, checksum=""),
-                              replayed=TableDigest(rows=t.rows_from_events, checksum=""))
-              for t in r.derived_tables]
-    return tables, {x.event_id: x.reason for x in r.excluded_events}
 
 
 def _print_derived(tables: list[Any], excluded: dict[str, str]) -> None:
