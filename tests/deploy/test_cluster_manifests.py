@@ -300,6 +300,8 @@ def endpoints(docs: tuple[dict, ...]) -> dict[str, Endpoint]:
                                                  {"app": "notebook"}),
         "producer-label-in-other-ns": Endpoint("impostor", next(ips), OTHER_NS, trainer),
         "client": Endpoint("dashboard", next(ips), OTHER_NS, {"app": "dashboard"}),
+        "prometheus": Endpoint("prometheus", next(ips), "monitoring",
+                               {"app.kubernetes.io/name": "prometheus"}),
         "unlabelled-pod-in-headwater": Endpoint("debug", next(ips), NAMESPACE, {"app": "debug"}),
         "external-trainer": Endpoint("external trainer", "203.0.113.10"),
         "external-stranger": Endpoint("stranger", "198.51.100.7"),
@@ -310,13 +312,17 @@ def cluster(docs: tuple[dict, ...]) -> Cluster:
     policies = [*of_kind(docs, "NetworkPolicy"),
                 strimzi_network_policy(one(docs, "Kafka", "headwater"))]
     return Cluster({NAMESPACE: {}, TRAINER_NS: {"headwater/trainers": "true"}, OTHER_NS: {},
-                    "kube-system": {}}, policies)
+                    "kube-system": {}, "monitoring": {}}, policies)
 
 
 def _port(docs: tuple[dict, ...], what: str) -> int:
     config = one(docs, "ConfigMap", "headwater-config")["data"]
     if what == "kafka":
         return int(config["HEADWATER_KAFKA_BOOTSTRAP"].rpartition(":")[2])
+    if what == "metrics":  # the processor's metrics port (the query pods' is checked equal)
+        (c,) = one(docs, "Deployment", "headwater-processor")["spec"]["template"]["spec"][
+            "containers"]
+        return int({e["name"]: e.get("value") for e in c["env"]}["HEADWATER_METRICS_PORT"])
     if what == "clickhouse":
         dsn = _dsn(docs)
         return int(re.match(r"^https://[^@]+@[^:/]+:(\d+)", dsn).group(1))
@@ -329,7 +335,8 @@ def _dsn(docs: tuple[dict, ...]) -> str:
     return {e["name"]: e.get("value") for e in c["env"]}["HEADWATER_DSN"]
 
 
-# (source, destination, port: a number or "kafka" / "clickhouse" as the pods dial it)
+# (source, destination, port: a number or "kafka" / "clickhouse" as the pods dial it,
+# "metrics" as HEADWATER_METRICS_PORT says)
 NEEDED = [
     ("trainer", "kafka", "kafka"), ("trainer-in-namespace", "kafka", "kafka"),
     ("processor", "kafka", "kafka"), ("processor", "clickhouse", "clickhouse"),
@@ -339,6 +346,7 @@ NEEDED = [
     ("clickhouse", "keeper", 2181), ("keeper", "keeper", 9444),
     ("clickhouse", "clickhouse", 9000), ("clickhouse", "clickhouse", 9009),
     ("clickhouse-operator", "clickhouse", 8123),
+    ("prometheus", "processor", "metrics"), ("prometheus", "query", "metrics"),
 ]
 BLOCKED = [
     ("trainer", "clickhouse", "clickhouse"), ("trainer", "keeper", 2181),
@@ -353,6 +361,11 @@ BLOCKED = [
     ("query", "clickhouse", 9000),
     ("external-trainer", "kafka", "kafka"), ("external-stranger", "kafka", 9094),
     ("external-trainer", "clickhouse", "clickhouse"),
+    # metrics: plain HTTP without a token, for Prometheus only
+    ("client", "query", "metrics"), ("trainer", "query", "metrics"),
+    ("unlabelled-pod-in-headwater", "processor", "metrics"),
+    ("trainer-in-namespace", "query", "metrics"),
+    ("prometheus", "clickhouse", "clickhouse"), ("prometheus", "kafka", "kafka"),
 ]
 EXTERNAL = ("external-trainer", "kafka", 9094)  # prod only
 

@@ -308,7 +308,7 @@ def test_names_and_ports_agree(overlay: str, monkeypatch: pytest.MonkeyPatch) ->
     listen = qc["args"][qc["args"].index("--listen") + 1]
     monkeypatch.setenv("HEADWATER_LISTEN", listen)
     port_num = int(Settings().listen.rpartition(":")[2])
-    (cport,) = qc["ports"]
+    (cport,) = [p for p in qc["ports"] if p["name"] == "grpc"]
     assert cport["containerPort"] == port_num
     assert qc["livenessProbe"]["tcpSocket"]["port"] in (cport["name"], port_num)
     probe_target = qc["readinessProbe"]["exec"]["command"][4]
