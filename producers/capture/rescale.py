@@ -24,6 +24,11 @@ TOLERANCE = 1e-3  # relative mismatch between the backward's gradient and c (p -
 ACCURATE_Q = 1e-2  # binary/label entries are compared only where float32 keeps them
 
 
+_SOFTMAX_REFUSAL = ("the loss gradient at the outputs is not c (softmax(z) - onehot(y)) for "
+                    "one c: capture.step() rescales softmax cross-entropy of the model's "
+                    "outputs (mean or sum, no label smoothing or class weights) only")
+
+
 class LossMismatch(ValueError):
     """The loss whose backward ran is not the one the capture can rescale."""
 
@@ -159,10 +164,7 @@ def loss_scale(state: OutputGradient, f: np.ndarray | None = None
     label_err = (np.abs(g[rows, y] + c * q)[sure] / (abs(c) * q[sure])).max() \
         if sure.any() else 0.0
     if label_err > TOLERANCE or worst > TOLERANCE * np.abs(expect).max():
-        raise LossMismatch("the loss gradient at the outputs is not c (softmax(z) - "
-                           "onehot(y)) for one c: capture.step() rescales softmax "
-                           "cross-entropy of the model's outputs (mean or sum, no label "
-                           "smoothing or class weights) only")
+        raise LossMismatch(_SOFTMAX_REFUSAL)
     return c, f
 
 
@@ -183,3 +185,66 @@ def watch(state: OutputGradient) -> Any:
         return out
 
     return on_output
+
+
+def group_scales(states: list[OutputGradient]
+                 ) -> tuple[list[np.ndarray], list[float | None | LossMismatch]]:
+    """(f, c or its refusal) of each of several finished steps. Softmax steps of one shape
+    go in one go: every quantity is row-wise or a per-step reduction over the same
+    contiguous rows, so each step's figures are those loss_scale gives it (bit for bit);
+    other steps go one by one."""
+    first = states[0].output
+    assert first is not None
+    if len(states) == 1 or not _classes(first) or any(
+            s.task != states[0].task or s.output is None or s.grad is None
+            or s.output.shape != first.shape or s.labels.shape[0] != first.shape[0]
+            for s in states):
+        return _one_by_one(states)
+    n, g_count = first.shape[0], len(states)
+    z = _numpy(torch.cat([s.output for s in states]))  # type: ignore[misc]
+    g = _numpy(torch.cat([s.grad for s in states]))  # type: ignore[misc]
+    labels = torch.cat([s.labels.reshape(-1) for s in states]).detach().cpu().double().numpy()
+    f = margins(z, labels, states[0].task)
+    y = labels.astype(np.int64)
+    rows = np.arange(len(y))
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    q = 1.0 / (1.0 + np.exp(f))
+    off = g.copy()
+    off[rows, y] = 0.0
+    q_sums = q.reshape(g_count, n).sum(1)
+    known = q_sums != 0.0
+    c = np.where(known, off.reshape(g_count, -1).sum(1) / np.where(known, q_sums, 1.0), 1.0)
+    c_rows = np.repeat(c, n)
+    expect = c_rows[:, None] * p
+    expect[rows, y] = 0.0
+    worst = np.abs(off - expect).reshape(g_count, -1).max(1)
+    largest = np.abs(expect).reshape(g_count, -1).max(1)
+    sure = q > ACCURATE_Q
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows not `sure` are dropped
+        label_err = np.where(sure, np.abs(g[rows, y] + c_rows * q) / (np.abs(c_rows) * q),
+                             -np.inf).reshape(g_count, n).max(1)
+    scales: list[float | None | LossMismatch] = []
+    for i in range(g_count):
+        if not known[i]:
+            scales.append(None)
+        elif label_err[i] > TOLERANCE or worst[i] > TOLERANCE * largest[i]:
+            scales.append(LossMismatch(_SOFTMAX_REFUSAL))
+        else:
+            scales.append(float(c[i]))
+    return list(f.reshape(g_count, n)), scales
+
+
+def _one_by_one(states: list[OutputGradient]
+                ) -> tuple[list[np.ndarray], list[float | None | LossMismatch]]:
+    fs: list[np.ndarray] = []
+    scales: list[float | None | LossMismatch] = []
+    for s in states:
+        assert s.output is not None
+        f = margins(_numpy(s.output), s.labels.detach().cpu().double().numpy(), s.task)
+        fs.append(f)
+        try:
+            scales.append(loss_scale(s, f)[0])
+        except LossMismatch as exc:
+            scales.append(exc)
+    return fs, scales

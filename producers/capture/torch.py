@@ -38,6 +38,7 @@ from headwater.producers.capture.recorder import (
 from headwater.producers.capture.rescale import (
     LossMismatch,
     OutputGradient,
+    group_scales,
     loss_scale,
     margins,
     watch,
@@ -292,8 +293,9 @@ class TorchCapture(Recorder):
         # gradient is below 1e-25 everywhere might, and goes the synchronous way below.
         if (dense is None and self._scale is not None and self._grouped
                 and state.floor() >= CERTAIN):
-            self._pending.append(_Held(x.clone(), x.data_ptr(), y.clone(), state, calls, keys,
-                                       learning_rate, step, version))
+            state.labels = y.clone()  # the trainer may refill its y before the worker reads
+            self._pending.append(_Held(x.clone(), x.data_ptr(), state.labels, state, calls,
+                                       keys, learning_rate, step, version))
             if len(self._pending) >= self.group:
                 self._drain()
             return
@@ -338,23 +340,26 @@ class TorchCapture(Recorder):
                 good.append(i)
             except Exception as exc:  # noqa: BLE001 - the worker raises it at flush
                 out[i] = exc
-        for i, phi in zip(good, self._projector.phi_group(taken) if taken else [],
-                          strict=True):
+        if not taken:
+            return out  # type: ignore[return-value]
+        phis = self._projector.phi_group(taken)
+        fs, scales = group_scales([held[i].state for i in good])  # the group in one go
+        for i, phi, f, measured in zip(good, phis, fs, scales, strict=True):
             try:
-                out[i] = self._held_batch(held[i], phi)
+                out[i] = self._held_batch(held[i], phi, f, measured)
             except Exception as exc:  # noqa: BLE001 - the worker raises it at flush
                 out[i] = exc
         return out  # type: ignore[return-value]
 
-    def _held_batch(self, h: _Held, phi: torch.Tensor) -> events_pb2.GradientBatch:
-        """One held step's GradientBatch from its φ of the loss gradients."""
-        labels = h.y.detach().cpu()
-        f = margins(h.state.output.detach().cpu().double().numpy(),  # type: ignore[union-attr]
-                    labels.double().numpy(), self.task)
+    def _held_batch(self, h: _Held, phi: torch.Tensor, f: np.ndarray,
+                    measured: float | None | LossMismatch) -> events_pb2.GradientBatch:
+        """One held step's GradientBatch from its φ of the loss gradients, its margins and
+        its measured loss scale (group_scales)."""
         weights = self._weights_of(f, h.y)
-        phi, c = self._rescaled(h.x, h.y, h.state, weights, phi, f)
+        phi, c = self._rescaled(h.x, h.y, weights, phi, self._accept_scale(measured, len(h.x)))
         return self.gradient_batch(phi, weights, h.keys, learning_rate=h.learning_rate * c,
-                                   step=h.step, version=h.version, targets=labels.numpy())
+                                   step=h.step, version=h.version,
+                                   targets=h.y.detach().cpu().numpy())
 
     def _check(self, x: torch.Tensor, state: OutputGradient) -> None:
         """Refuse a step whose forward/backward the capture cannot read."""
@@ -383,14 +388,19 @@ class TorchCapture(Recorder):
         if dense is not None:
             return dense, self._loss_scale(x, state)
         assert self._projector is not None
-        return self._rescaled(x, y, state, weights, self._projector.phi(*taken))
+        return self._rescaled(x, y, weights, self._projector.phi(*taken),
+                              self._loss_scale(x, state))
 
-    def _loss_scale(self, x: torch.Tensor, state: OutputGradient,
-                    f: np.ndarray | None = None) -> float:
-        """c, the loss's per-row scale, measured (or the last measured) and checked (f:
-        the step's margins, when already computed)."""
-        measured, _ = loss_scale(state, f)
-        c = measured if measured is not None else (self._scale or 1.0 / len(x))
+    def _loss_scale(self, x: torch.Tensor, state: OutputGradient) -> float:
+        """c, the loss's per-row scale, measured (or the last measured) and checked."""
+        return self._accept_scale(loss_scale(state)[0], len(x))
+
+    def _accept_scale(self, measured: float | None | LossMismatch, n: int) -> float:
+        """c from a step's measured scale (None: the last measured, else 1/n), checked and
+        kept; a refusal is raised."""
+        if isinstance(measured, LossMismatch):
+            raise measured
+        c = measured if measured is not None else (self._scale or 1.0 / n)
         if not c > 0:
             raise LossMismatch(f"the loss's per-row scale is {c}, not positive: capture.step()"
                                " expects a loss that is minimised (cross-entropy, squared "
@@ -398,11 +408,9 @@ class TorchCapture(Recorder):
         self._scale = c
         return c
 
-    def _rescaled(self, x: torch.Tensor, y: torch.Tensor, state: OutputGradient,
-                  weights: Weights, phi: torch.Tensor, f: np.ndarray | None = None
-                  ) -> tuple[torch.Tensor, float]:
-        """(φ of the margins, c) from φ of the step's loss gradients."""
-        c = self._loss_scale(x, state, f)
+    def _rescaled(self, x: torch.Tensor, y: torch.Tensor, weights: Weights, phi: torch.Tensor,
+                  c: float) -> tuple[torch.Tensor, float]:
+        """(φ of the margins, c) from φ of the step's loss gradients (c: the loss's scale)."""
         r = -c * weights.q  # δ_loss = r δ_f, row by row
         lost = np.abs(r) < TINY
         r[lost] = 1.0

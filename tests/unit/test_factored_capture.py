@@ -434,3 +434,52 @@ def test_grouped_steps_give_the_same_events_in_order() -> None:
              for v in transport.sent[before:]]
     assert steps == [20, 22]
     bg.close()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+def test_group_scales_match_each_step_bit_for_bit() -> None:
+    """The worker's margins and loss scales for a whole group (group_scales, softmax rows
+    stacked) are those loss_scale gives each step alone, bit for bit: mean and sum steps,
+    a confident step (q below 1e-10), a step whose every row is certain (no scale), and a
+    label-smoothed step refused on its own while the others are kept."""
+    from headwater.producers.capture.rescale import (
+        OutputGradient,
+        correct,
+        group_scales,
+        loss_scale,
+        margins,
+    )
+
+    gen = torch.Generator().manual_seed(11)
+
+    def state(scale: float, smoothing: float = 0.0, certain: bool = False) -> OutputGradient:
+        z = torch.randn(N, 5, generator=gen) * scale
+        y = torch.randint(0, 5, (N,), generator=gen)
+        if certain:
+            z[torch.arange(N), y] = 1e4  # q = 0 in float64 too
+        z.requires_grad_(True)
+        F.cross_entropy(z, y, reduction="sum" if scale > 3 else "mean",
+                        label_smoothing=smoothing).backward()
+        s = OutputGradient("classification", y, output=z.detach())
+        assert z.grad is not None
+        s.grad, s.label = correct(z.grad, z.detach(), y, "classification")
+        return s
+
+    states = [state(1.0), state(4.0), state(30.0), state(1.0, certain=True),
+              state(2.0, smoothing=0.2), state(1.0)]
+    fs, scales = group_scales(states)
+    assert len(fs) == len(scales) == len(states)
+    for s, f, c in zip(states, fs, scales, strict=True):
+        assert s.output is not None
+        alone = margins(s.output.double().numpy(), s.labels.double().numpy(), s.task)
+        assert f.tobytes() == alone.tobytes()
+        try:
+            expected: float | None | LossMismatch = loss_scale(s)[0]
+        except LossMismatch as exc:
+            expected = exc
+        if isinstance(expected, LossMismatch):
+            assert isinstance(c, LossMismatch) and str(c) == str(expected)
+        else:
+            assert c == expected
+    assert scales[3] is None and isinstance(scales[4], LossMismatch)
+    assert all(isinstance(c, float) for i, c in enumerate(scales) if i not in (3, 4))
