@@ -281,11 +281,12 @@ class Projector:
 
     def phi_group(self, taken: list[tuple[dict[str, list[torch.Tensor]],
                                           dict[str, list[torch.Tensor]]]]
-                  ) -> list[torch.Tensor]:
-        """φ of several steps (each as Taps.take() handed it over) with one product per
-        layer and factor for the whole group: the rows of all steps are stacked, so a
-        small model pays the matmul dispatch once per group instead of once per step.
-        Steps where a layer ran other than once, or with differing shapes, go one by one."""
+                  ) -> tuple[torch.Tensor, list[int]]:
+        """φ of several steps (each as Taps.take() handed it over), stacked, and each step's
+        row count: one product per layer and factor for the whole group (the rows of all
+        steps stacked), so a small model pays the matmul dispatch once per group instead of
+        once per step. Steps where a layer ran other than once, or with differing shapes,
+        are projected one by one."""
         sizes = [grads[self.layers[0].name][0].shape[0] if grads[self.layers[0].name] else 0
                  for _, grads in taken]
         stackable = all(
@@ -295,12 +296,13 @@ class Projector:
             and grads[la.name][0].shape[0] == n
             for (ins, grads), n in zip(taken, sizes, strict=True) for la in self.layers)
         if len(taken) == 1 or not stackable:
-            return [self.phi(*t) for t in taken]
+            phis = [self.phi(*t) for t in taken]
+            return (phis[0] if len(phis) == 1 else torch.cat(phis)), [len(p) for p in phis]
         stacked_ins = {la.name: [torch.cat([ins[la.name][0] for ins, _ in taken])]
                        for la in self.layers}
         stacked_grads = {la.name: [torch.cat([grads[la.name][0] for _, grads in taken])]
                          for la in self.layers}
-        return list(self.phi(stacked_ins, stacked_grads).split(sizes))
+        return self.phi(stacked_ins, stacked_grads), sizes
 
     @staticmethod
     def _layer(layer: Layer, a: torch.Tensor, delta: torch.Tensor, p_rows: torch.Tensor | None,

@@ -74,14 +74,19 @@ def regression_weights(output: np.ndarray, target: np.ndarray) -> Weights:
     return Weights(0.5 * r * r, r, np.ones_like(r))
 
 
-def _bytes(phi: Any, dtype: type) -> bytes:
-    """Row-major little-endian bytes of φ (NumPy array or torch tensor, any device)."""
+def _encoded(phi: Any, dtype: type) -> np.ndarray:
+    """φ (NumPy array or torch tensor, any device) as a C-contiguous array of `dtype`."""
     if hasattr(phi, "detach"):  # torch converts to float16 far faster than NumPy does
         import torch
 
         phi = phi.detach().to(torch.float16 if dtype is np.float16 else torch.float32)
-        return bytes(phi.cpu().contiguous().numpy().data)
-    return np.ascontiguousarray(phi, dtype=dtype).tobytes()
+        return np.ascontiguousarray(phi.cpu().numpy())
+    return np.ascontiguousarray(phi, dtype=dtype)
+
+
+def _bytes(phi: Any, dtype: type) -> bytes:
+    """Row-major little-endian bytes of φ."""
+    return _encoded(phi, dtype).tobytes()
 
 
 def _keys(keys: events_pb2.RowKeys, n: int) -> events_pb2.RowKeys:
@@ -192,6 +197,10 @@ class Recorder:
         return self._emit(lambda: self.gradient_batch(  # type: ignore[return-value]
             phi, weights, keys, learning_rate=learning_rate, step=step, targets=targets,
             featurisation=featurisation, version=version))
+
+    def encoded(self, phi: Any) -> np.ndarray:
+        """φ converted once to the stored dtype (gradient_batch takes row slices of it)."""
+        return _encoded(phi, _DTYPES[self.dtype][1])
 
     def gradient_batch(self, phi: Any, weights: Weights, keys: events_pb2.RowKeys, *,
                        learning_rate: float, step: int, version: str, targets: Any = None,

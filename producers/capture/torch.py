@@ -96,6 +96,15 @@ def select_parameters(model: torch.nn.Module, parameters: str | Sequence[str]) -
     return chosen
 
 
+def _ratio(c: float, weights: Weights) -> tuple[np.ndarray, np.ndarray]:
+    """(r, lost): δ_loss = r δ_f row by row (r = -c q), with r set to 1 on the rows whose
+    loss gradient is too small to carry the margin gradient (`lost`)."""
+    r = -c * weights.q
+    lost = np.abs(r) < TINY
+    r[lost] = 1.0
+    return r, lost
+
+
 class TorchCapture(Recorder):
     """Captures φ = P ∇_θ f per sample for a torch model (`model(x)` -> outputs).
 
@@ -342,24 +351,35 @@ class TorchCapture(Recorder):
                 out[i] = exc
         if not taken:
             return out  # type: ignore[return-value]
-        phis = self._projector.phi_group(taken)
+        phi, sizes = self._projector.phi_group(taken)
         fs, scales = group_scales([held[i].state for i in good])  # the group in one go
-        for i, phi, f, measured in zip(good, phis, fs, scales, strict=True):
+        ratio = np.ones(len(phi))  # loss -> margin gradient, row by row; 1: a failed step
+        kept: list[tuple[int, int, int, Weights, float, np.ndarray]] = []
+        start = 0
+        for i, n, f, measured in zip(good, sizes, fs, scales, strict=True):
             try:
-                out[i] = self._held_batch(held[i], phi, f, measured)
+                weights = self._weights_of(f, held[i].y)
+                c = self._accept_scale(measured, n)
+                ratio[start:start + n], lost = _ratio(c, weights)
+                kept.append((i, start, n, weights, c, lost))
             except Exception as exc:  # noqa: BLE001 - the worker raises it at flush
                 out[i] = exc
+            start += n
+        phi /= torch.as_tensor(ratio, dtype=phi.dtype, device=phi.device)[:, None]
+        for i, start, n, _, _, lost in kept:
+            h = held[i]
+            try:
+                self._margin_pass(h.x, h.y, phi[start:start + n], lost)
+            except Exception as exc:  # noqa: BLE001 - the worker raises it at flush
+                out[i] = exc
+        encoded = self.encoded(phi)  # one conversion for the group
+        for i, start, n, weights, c, _ in kept:
+            h = held[i]
+            if out[i] is None:
+                out[i] = self.gradient_batch(
+                    encoded[start:start + n], weights, h.keys, learning_rate=h.learning_rate * c,
+                    step=h.step, version=h.version, targets=h.y.detach().cpu().numpy())
         return out  # type: ignore[return-value]
-
-    def _held_batch(self, h: _Held, phi: torch.Tensor, f: np.ndarray,
-                    measured: float | None | LossMismatch) -> events_pb2.GradientBatch:
-        """One held step's GradientBatch from its φ of the loss gradients, its margins and
-        its measured loss scale (group_scales)."""
-        weights = self._weights_of(f, h.y)
-        phi, c = self._rescaled(h.x, h.y, weights, phi, self._accept_scale(measured, len(h.x)))
-        return self.gradient_batch(phi, weights, h.keys, learning_rate=h.learning_rate * c,
-                                   step=h.step, version=h.version,
-                                   targets=h.y.detach().cpu().numpy())
 
     def _check(self, x: torch.Tensor, state: OutputGradient) -> None:
         """Refuse a step whose forward/backward the capture cannot read."""
@@ -411,14 +431,17 @@ class TorchCapture(Recorder):
     def _rescaled(self, x: torch.Tensor, y: torch.Tensor, weights: Weights, phi: torch.Tensor,
                   c: float) -> tuple[torch.Tensor, float]:
         """(φ of the margins, c) from φ of the step's loss gradients (c: the loss's scale)."""
-        r = -c * weights.q  # δ_loss = r δ_f, row by row
-        lost = np.abs(r) < TINY
-        r[lost] = 1.0
+        r, lost = _ratio(c, weights)
         phi /= torch.as_tensor(r, dtype=phi.dtype, device=phi.device)[:, None]
-        if lost.any():  # loss gradient 0 (certain rows, exact fits): a margin pass for them
+        self._margin_pass(x, y, phi, lost)
+        return phi, c
+
+    def _margin_pass(self, x: torch.Tensor, y: torch.Tensor, phi: torch.Tensor,
+                     lost: np.ndarray) -> None:
+        """φ's rows whose loss gradient is 0 (certain rows, exact fits), from a margin pass."""
+        if lost.any():
             rows = torch.as_tensor(lost.nonzero()[0], device=x.device)
             phi[rows.to(phi.device)] = self._factored_phi(x[rows], y[rows])
-        return phi, c
 
     def featurise(self, batches: Any) -> int:
         """Re-compute the gradients of training rows at the current version (FEATURISATION
