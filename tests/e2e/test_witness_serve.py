@@ -14,22 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.audit_pipeline import fill_in_child, key_pair
 
 from conftest import HEADWATER, REPO, run_headwater
-
-FILL = """
-import sys
-from pathlib import Path
-sys.path.insert(0, str(Path({tests!r})))
-from support.audit_pipeline import fill
-from headwater.stream_processors.store import Store
-data = Path({data!r})
-with Store(f"chdb://{{data / 'clickhouse'}}") as s:
-    s.migrate()
-    print(fill(s, data / "csv")["producer"])
-"""
 
 TAMPER = """
 from headwater.stream_processors.store import Store
@@ -39,15 +26,6 @@ with Store("chdb://{data}/clickhouse") as s:
 """
 
 
-def _pem(folder: Path, name: str) -> tuple[Path, Path]:
-    key = Ed25519PrivateKey.generate()
-    private, public = folder / f"{name}.pem", folder / f"{name}.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
 
 
 def _python(code: str) -> str:
@@ -63,8 +41,8 @@ def witness(tmp_path) -> Iterator[tuple[str, Path, Path]]:
     public key)."""
     side = tmp_path / "second-party"
     side.mkdir()
-    wkey, wpub = _pem(side, "witness")
-    okey, opub = _pem(tmp_path, "operator")
+    wkey, wpub = key_pair(side, "witness")
+    okey, opub = key_pair(tmp_path, "operator")
     proc = subprocess.Popen([*HEADWATER, "witness", "serve", "--key", str(wkey), "--store",
                              str(side / "receipts.jsonl"), "--trust", str(opub),
                              "--listen", "127.0.0.1:0"],
@@ -84,7 +62,7 @@ def witness(tmp_path) -> Iterator[tuple[str, Path, Path]]:
 def test_verify_against_a_second_party_witness(tmp_path, witness, tamper) -> None:
     url, operator_key, witness_public = witness
     data = tmp_path / "data"
-    producer = _python(FILL.format(tests=str(REPO / "tests"), data=str(data)))
+    producer = fill_in_child(data)
     made = run_headwater("audit", "checkpoint", "--data-dir", str(data), "--witness", url,
                          "--key", str(operator_key),
                          env={"HEADWATER_WITNESS_PUBLIC_KEY": str(witness_public)})

@@ -11,8 +11,8 @@ import grpc
 import jsonschema
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.audit_pipeline import key_pair
 from support.chromium import chromium, dump_dom, has_colour, screenshot
 
 from conftest import REPO, Serve, run_headwater
@@ -50,15 +50,6 @@ def _csv(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
     return path
 
 
-def _keys(tmp: Path) -> tuple[Path, Path]:
-    key = Ed25519PrivateKey.generate()
-    private, public = tmp / "signing.pem", tmp / "signing.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +267,7 @@ def test_signature_verifies_and_tampering_fails(erased, tmp_path):
 
 def test_cli_report_check_and_html(erased, tmp_path):
     srv = erased["serve"]
-    private, public = _keys(tmp_path)
+    private, public = key_pair(tmp_path, "signing")
     config = tmp_path / "compliance.toml"
     config.write_text('system_name = "Sepsis early warning"\nprovider = "Headwater Health"\n'
                       'deployer = "St. Elsewhere"\nmonitoring = "weekly"\n'

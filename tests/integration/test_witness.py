@@ -8,12 +8,10 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from support.audit_pipeline import fill
+from support.audit_pipeline import fill, fill_in_child, key_pair
 
 from conftest import REPO, run_headwater
 from headwater.errors import ConfigError
@@ -72,28 +70,6 @@ def test_rewritten_head_and_foreign_checkpoints_fail(store, tmp_path) -> None:
         FileWitness(bad).read()
 
 
-def _pem(tmp: Path) -> tuple[Path, Path]:
-    key = Ed25519PrivateKey.generate()
-    private, public = tmp / "witness.pem", tmp / "witness.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
-
-
-FILL = """
-import sys
-from pathlib import Path
-sys.path.insert(0, str(Path({tests!r})))
-from support.audit_pipeline import fill
-from headwater.stream_processors.store import Store
-data = Path({data!r})
-with Store(f"chdb://{{data / 'clickhouse'}}") as s:
-    s.migrate()
-    print(fill(s, data / "csv")["producer"])
-"""
 
 DELETE_TAIL = """
 from headwater.stream_processors.store import Store
@@ -105,12 +81,8 @@ with Store("chdb://{data}/clickhouse") as s:
 
 def test_audit_checkpoint_and_verify_with_a_witness(tmp_path) -> None:
     data = tmp_path / "data"
-    made = subprocess.run([sys.executable, "-c", FILL.format(tests=str(REPO / "tests"),
-                                                             data=str(data))],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert made.returncode == 0, made.stderr
-    producer = made.stdout.strip()
-    private, public = _pem(tmp_path)
+    producer = fill_in_child(data)
+    private, public = key_pair(tmp_path, "witness")
     witness = tmp_path / "witness.jsonl"
     done = run_headwater("audit", "checkpoint", "--data-dir", str(data), "--witness",
                          str(witness), "--key", str(private))

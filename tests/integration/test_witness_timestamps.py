@@ -9,35 +9,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.audit_pipeline import fill_in_child, key_pair
 from support.tsa import LocalTsa
 from support.witness_server import Running
 
-from conftest import REPO, run_headwater
+from conftest import run_headwater
 from headwater.errors import HeadwaterError
 from headwater.query_service.compliance.timestamps import check_timestamp, load_roots, stamp
 from headwater.query_service.compliance.witness import FileWitness, signed
 from headwater.query_service.compliance.witness_client import HttpWitness
 from headwater.query_service.compliance.witness_receipts import iso
-
-FILL = """
-import sys
-from pathlib import Path
-sys.path.insert(0, str(Path({tests!r})))
-from support.audit_pipeline import fill
-from headwater.stream_processors.store import Store
-data = Path({data!r})
-with Store(f"chdb://{{data / 'clickhouse'}}") as s:
-    s.migrate()
-    print(fill(s, data / "csv")["producer"])
-"""
 
 
 @pytest.fixture(scope="module")
@@ -96,24 +82,12 @@ def test_a_second_party_witness_keeps_the_token(tsa, tmp_path) -> None:
         witness.stop()
 
 
-def _pem(folder: Path) -> tuple[Path, Path]:
-    key = Ed25519PrivateKey.generate()
-    private, public = folder / "w.pem", folder / "w.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
 
 
 def test_audit_checkpoint_and_verify_with_timestamps(tsa, tmp_path) -> None:
     data = tmp_path / "data"
-    made = subprocess.run([sys.executable, "-c", FILL.format(tests=str(REPO / "tests"),
-                                                             data=str(data))],
-                          capture_output=True, text=True, timeout=180, cwd=REPO)
-    assert made.returncode == 0, made.stderr
-    private, public = _pem(tmp_path)
+    fill_in_child(data)
+    private, public = key_pair(tmp_path, "w")
     witness = tmp_path / "witness.jsonl"
     done = run_headwater("audit", "checkpoint", "--data-dir", str(data), "--witness",
                          str(witness), "--key", str(private),

@@ -5,10 +5,13 @@ fills an embedded data directory (for the CLI tests, which need a process of the
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from headwater.producers import LocalTransport, Publisher
 from headwater.producers.capture import LinearCapture
@@ -79,10 +82,34 @@ def rewrite_raw(store: Store, producer: str, seq: int, old: bytes, new: bytes) -
         {"o": old.decode(), "n": new.decode(), "p": producer, "s": seq})
 
 
-if __name__ == "__main__":  # tests/support/audit_pipeline.py DATA_DIR: two runs, one tampered
+def fill_in_child(data_dir: Path, timeout: float = 180) -> str:
+    """An embedded data directory holding the pipeline's one run, made by a child process
+    (chDB opens one data path per process; the test's own is taken); its producer id."""
+    done = subprocess.run([sys.executable, __file__, str(data_dir), "--one"],
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def key_pair(folder: Path, name: str) -> tuple[Path, Path]:
+    """A fresh Ed25519 key written as PEM files: (private NAME.pem, public NAME.pub.pem)."""
+    key = Ed25519PrivateKey.generate()
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+if __name__ == "__main__":  # audit_pipeline.py DATA_DIR [--one]: two runs, one tampered
     data_dir = Path(sys.argv[1])
     with Store(f"chdb://{data_dir / 'clickhouse'}") as s:
         s.migrate()
+        if sys.argv[2:] == ["--one"]:  # fill_in_child: the one clean run
+            print(fill(s, data_dir / "csv")["producer"])
+            sys.exit(0)
         fill(s, data_dir / "csv", "clean-run")
         ids = fill(s, data_dir / "csv", "tampered-run")
         rewrite_raw(s, ids["producer"], 1, b"clinic A", b"clinic Z")
