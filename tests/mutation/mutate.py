@@ -58,7 +58,8 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
                       ["tests/unit/test_mutants_log_integrity.py",
                        "tests/unit/test_log_integrity.py"]),
     "validate": ("stream_processors/processors/validate.py",
-                 ["tests/unit/test_mutants_validate.py", "tests/unit/test_validate.py"]),
+                 ["tests/unit/test_mutants_validate.py", "tests/unit/test_validate.py",
+                  "tests/unit/test_validate_reverified.py"]),
     "newton": ("producers/unlearning/newton.py",
                ["tests/unit/test_mutants_newton.py", "tests/unit/test_unlearning.py"]),
 }
