@@ -59,6 +59,18 @@ class Witness(Protocol):
     def read(self) -> list[Checkpoint]: ...
 
 
+def append_lines(path: Path, records: list[dict]) -> None:
+    """Append one JSON object a line to `path`, on disk (fsync) before this returns: a
+    witness keeps nothing it has not written."""
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class FileWitness:
     """A local append-only JSON-lines file."""
 
@@ -66,13 +78,7 @@ class FileWitness:
         self.path = Path(path)
 
     def append(self, checkpoints: list[Checkpoint]) -> None:
-        text = "".join(json.dumps(asdict(c), sort_keys=True) + "\n" for c in checkpoints)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_lines(self.path, [asdict(c) for c in checkpoints])
 
     def read(self) -> list[Checkpoint]:
         if not self.path.is_file():

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from headwater.errors import ConfigError, RequestError
 from headwater.producers.transports.channel import is_loopback_host
 from headwater.query_service.compliance.signing import public_pem
-from headwater.query_service.compliance.witness import Trusted
+from headwater.query_service.compliance.witness import Trusted, append_lines
 from headwater.query_service.compliance.witness_receipts import (
     Receipt,
     WitnessLog,
@@ -69,13 +69,7 @@ class ReceiptFile:
         return out
 
     def append(self, receipts: list[Receipt]) -> None:
-        text = "".join(json.dumps(r.as_dict(), sort_keys=True) + "\n" for r in receipts)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_lines(self.path, [r.as_dict() for r in receipts])
 
 
 def _lock(store: Path) -> int:
