@@ -6,35 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from support.demo_pipeline import publish_demo_pipeline
 
-from headwater.demo.data import write_hospital_files
-from headwater.demo.train import Recipe, code_version, prepare
-from headwater.producers import LocalTransport, Publisher
-from headwater.producers.capture import LinearCapture
-from headwater.producers.tracking import Tracker, row_keys
 from headwater.query_service.compliance.builder import build_report
-from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
-from headwater.v1 import events_pb2
 
 
 def _governance(store: Store, folder: Path, leaky: bool) -> dict:
-    paths = write_hospital_files(folder)
-    with Publisher(LocalTransport(EventSink(store, "local")), run_id="leak-run") as pub:
-        data = prepare(Tracker(pub.publish, code_version=code_version()), paths,
-                       Recipe.of(fast=True), leaky=leaky)
-        x = np.asarray(data.x_train)
-        capture = LinearCapture(pub.publish, "clf", x.shape[1])
-        capture.set_parameters(np.zeros(x.shape[1]), 0.0)
-        capture.record_version(step=1)
-        capture.capture(x, data.y_train, row_keys(data.x_train), learning_rate=0.1, step=1)
-        for i in range(3):
-            capture.record_prediction(np.asarray(data.x_test)[i], prediction_id=f"p{i}",
-                                      input_rows=events_pb2.RowKeys(
-                                          node_ids=[data.x_test.node_id], rows=[i]))
-        pub.flush()
+    publish_demo_pipeline(store, folder, "leak-run", predictions=3, leaky=leaky)
     return build_report(store, "clf", max_samples=0).model_dump(mode="json")["data_governance"]
 
 
