@@ -53,7 +53,22 @@ from headwater.producers.publisher import Publisher
 from headwater.producers.tracking import Tracker, row_keys
 
 VERSIONS = (1, 5, 10)
-CAPTURE_MODE = "auto"  # TorchCapture mode of the MLP tasks (--capture; issue 16)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """How the MLP tasks capture gradients: a TorchCapture mode and factored shapes."""
+
+    mode: str = "auto"
+    factor_shapes: dict[str, tuple[int, int]] | None = None
+
+    @property
+    def label(self) -> str:
+        shapes = ";".join(f"{n}={r}x{c}" for n, (r, c) in (self.factor_shapes or {}).items())
+        return self.mode + (f"[{shapes}]" if shapes else "")
+
+
+CAPTURES = [Capture()]  # the MLP tasks' captures (--capture; the streams use the first)
 
 # -- LDS ------------------------------------------------------------------------------------
 
@@ -71,12 +86,25 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def lds(scores: np.ndarray, truth: np.ndarray, masks: np.ndarray) -> float:
     """Mean over test points of Spearman(Σ_{i∈S} score_i, retrained output).
     scores [tests, train], truth [subsets, tests], masks [subsets, train]."""
+    return float(np.mean(lds_points(scores, truth, masks)))
+
+
+def lds_points(scores: np.ndarray, truth: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per test point Spearman(Σ_{i∈S} score_i, retrained output): lds() is their mean."""
     if scores.shape != (truth.shape[1], masks.shape[1]):
         raise ValueError(f"scores must be [tests={truth.shape[1]}, train={masks.shape[1]}]; "
                          f"got {scores.shape}")
     predicted = masks.astype(float) @ scores.T  # [subsets, tests]
-    return float(np.mean([spearman(predicted[:, j], truth[:, j])
-                          for j in range(truth.shape[1])]))
+    return np.array([spearman(predicted[:, j], truth[:, j]) for j in range(truth.shape[1])])
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int = 0
+                      ) -> tuple[float, float]:
+    """(mean of a - b, its standard error by bootstrap over test points): per-point LDS of
+    two captures scored on the same subsets and test points, so the noise mostly cancels."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(reps, len(diff)))
+    return float(diff.mean()), float(diff[idx].mean(axis=1).std(ddof=1))
 
 
 def half_masks(subsets: int, n: int, seed: int) -> np.ndarray:
@@ -448,14 +476,15 @@ def retrain_margins(init: list[Any], x: np.ndarray, y: np.ndarray, masks: np.nda
 def traced_training(publisher: Publisher, tracker: Tracker, train: Any, y_train: np.ndarray,
                     x_test: np.ndarray, y_test: np.ndarray, recipe: Recipe, *, model_id: str,
                     k: int, version_every: int, featurise_last: int,
-                    predict: Callable[[int, int], list[str]]) -> tuple[Any, Any, list[dict],
-                                                                       list[str]]:
+                    predict: Callable[[int, int], list[str]], capture: Capture | None = None
+                    ) -> tuple[Any, Any, list[dict], list[str]]:
     """Train an MLP on tracked rows `train` with torch.optim.SGD, capturing per-sample
     gradients every step (TorchCapture, before optimizer.step), recording a model version
     every `version_every` steps and after the last; at the last `featurise_last` versions
     re-compute every training row's gradient (FEATURISATION) and keep a checkpoint.
     predict(version_index, versions_total) names the prediction ids recorded for each test
-    point at that version (true label). Returns (model, initial model, checkpoints, ids)."""
+    point at that version (true label); `capture` picks the TorchCapture mode and factor
+    shapes (default: --capture's first). Returns (model, initial model, checkpoints, ids)."""
     import copy
 
     import torch
@@ -468,7 +497,9 @@ def traced_training(publisher: Publisher, tracker: Tracker, train: Any, y_train:
     xq = torch.as_tensor(x_test, dtype=torch.float32)
     model = make_mlp(x_all.shape[1], recipe.hidden, int(y_all.max()) + 1, recipe.seed)
     init = copy.deepcopy(model)
-    capture = TorchCapture(publisher.publish, model, model_id, k=k, mode=CAPTURE_MODE)
+    how = capture or CAPTURES[0]
+    capture = TorchCapture(publisher.publish, model, model_id, k=k, mode=how.mode,
+                           factor_shapes=how.factor_shapes)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr)
     n = len(y_all)
     steps = recipe.epochs * math.ceil(n / recipe.batch)
@@ -546,12 +577,20 @@ def trak_scores(model: Any, checkpoints: list[dict], x: np.ndarray, y: np.ndarra
 
 
 def digits_lds(service: Service, subsets: int, tests: int, recipe: Recipe, k: int,
-               init_mode: str, work: Path, trak: bool, do_sweep: bool) -> dict:
+               init_mode: str, work: Path, trak: bool, do_sweep: bool,
+               captures: Sequence[Capture] | None = None) -> dict:
+    """The digits MLP traced once per capture (default: --capture's), retrained once for
+    all. With two or more captures every method's name starts with the capture's label and
+    `paired` holds each other capture's per-cell difference from the last (the reference:
+    same subsets and test points), with a bootstrap standard error over test points."""
     import torch
     from sklearn.datasets import load_digits
 
     from headwater.v1 import query_pb2
 
+    captures = list(captures or CAPTURES)
+    if len({c.label for c in captures}) != len(captures):
+        raise ValueError(f"captures repeat: {[c.label for c in captures]}")
     data = load_digits()
     y_all = data.target.astype(np.int64)
     tr_rows, te_rows = _split_rows(len(data.data), 0.2, recipe.seed)
@@ -560,9 +599,8 @@ def digits_lds(service: Service, subsets: int, tests: int, recipe: Recipe, k: in
     yte = y_all[te_rows[chosen]]
     root_to_train = np.full(len(data.data), -1)
     root_to_train[tr_rows] = np.arange(len(tr_rows))
-
-    def predict(index: int, total: int) -> list[str]:
-        return [f"d{v}" for v in VERSIONS if index >= total - v]
+    several = len(captures) > 1
+    traced: list[tuple[str, Any, Any, list[dict]]] = []  # (id prefix, model, init, ckpts)
 
     t0 = time.perf_counter()
     with service.publisher("lds-digits") as publisher:
@@ -570,12 +608,21 @@ def digits_lds(service: Service, subsets: int, tests: int, recipe: Recipe, k: in
         x = tracker.array(data.data) / 16.0  # tracked scaling to [0, 1]
         train, _ = tracker.split(x, test_size=0.2, seed=recipe.seed)
         xtr, ytr = np.asarray(train, dtype=np.float32), y_all[tr_rows]
-        model, init, checkpoints, versions = traced_training(
-            publisher, tracker, train, ytr, xte, yte, recipe, model_id="digits-mlp", k=k,
-            version_every=math.ceil(len(xtr) / recipe.batch), featurise_last=max(VERSIONS),
-            predict=predict)
+        for c, how in enumerate(captures):
+            prefix = f"c{c}-" if several else ""
+
+            def predict(index: int, total: int, prefix: str = prefix) -> list[str]:
+                return [f"{prefix}d{v}" for v in VERSIONS if index >= total - v]
+
+            model, init, checkpoints, versions = traced_training(
+                publisher, tracker, train, ytr, xte, yte, recipe,
+                model_id=f"digits-mlp{'-' + str(c) if several else ''}", k=k,
+                version_every=math.ceil(len(xtr) / recipe.batch),
+                featurise_last=max(VERSIONS), predict=predict, capture=how)
+            traced.append((prefix, model, init, checkpoints))
     out: dict[str, Any] = {"subsets": subsets, "test_points": tests, "train_rows": len(xtr),
                            "versions_recorded": len(versions), "k": k,
+                           "captures": [c.label for c in captures],
                            "recipe": recipe.__dict__, "init": init_mode,
                            "capture_s": time.perf_counter() - t0}
     with torch.no_grad():
@@ -583,6 +630,7 @@ def digits_lds(service: Service, subsets: int, tests: int, recipe: Recipe, k: in
             data.data[te_rows] / 16.0, dtype=torch.float32)).argmax(1).numpy()
             == y_all[te_rows]).mean())
     masks = half_masks(subsets, len(xtr), recipe.seed + 7)
+    init = traced[0][2]  # every capture trains from the same seed: the same start
     starts = [init] if init_mode == "same" else [
         make_mlp(64, recipe.hidden, 10, recipe.seed + 10_000 + s) for s in range(subsets)]
     t0 = time.perf_counter()
@@ -590,18 +638,32 @@ def digits_lds(service: Service, subsets: int, tests: int, recipe: Recipe, k: in
     out["retrain_s"] = time.perf_counter() - t0
 
     methods: dict[str, Any] = {}
-    for v in VERSIONS:
-        ids = [f"d{v}-{j}" for j in range(tests)]
-        measure(methods, f"default, {v} versions", service, ids, root_to_train, truth, masks)
-        measure(methods, f"tracin, {v} versions", service, ids, root_to_train, truth, masks,
-                method=query_pb2.TRACIN)
-        measure(methods, f"gradient dot (influence, λ→∞), {v} versions", service, ids,
-                root_to_train, truth, masks, method=query_pb2.INFLUENCE, damping=DOT)
-        if do_sweep:
-            sweep(methods, f"influence, {v} versions:", service, ids, root_to_train, truth,
-                  masks)
+    points: dict[tuple[int, str], np.ndarray] = {}
+    cells = [("default", {}), ("tracin", {"method": query_pb2.TRACIN}),
+             ("gradient dot (influence, λ→∞)", {"method": query_pb2.INFLUENCE,
+                                                "damping": DOT})]
+    for c, (prefix, *_rest) in enumerate(traced):
+        head = f"{captures[c].label}: " if several else ""
+        for v in VERSIONS:
+            ids = [f"{prefix}d{v}-{j}" for j in range(tests)]
+            for cell, request in cells:
+                name = f"{cell}, {v} versions"
+                scores = measure(methods, head + name, service, ids, root_to_train, truth,
+                                 masks, **request)
+                points[c, name] = lds_points(scores, truth, masks)
+            if do_sweep:
+                sweep(methods, f"{head}influence, {v} versions:", service, ids,
+                      root_to_train, truth, masks)
+    if several:
+        last = len(captures) - 1
+        out["paired"] = {
+            f"{captures[c].label} - {captures[last].label}: {name}": dict(zip(
+                ("difference", "standard_error"),
+                paired_difference(points[c, name], points[last, name]), strict=True))
+            for (c, name) in points if c != last}
     if trak:
         t0 = time.perf_counter()
+        model, checkpoints = traced[0][1], traced[0][3]
         got = trak_scores(model, checkpoints, xtr, ytr, xte, yte, k, work)
         if isinstance(got, str):
             methods["trak"] = {"error": got}
@@ -796,6 +858,18 @@ def table(figures: dict) -> list[str]:
             for r in [head, *rows]]
 
 
+def parse_factor_shapes(text: str) -> dict[str, tuple[int, int]]:
+    """'0=16x16,2=10x25' -> {"0": (16, 16), "2": (10, 25)}; '' -> {}."""
+    out: dict[str, tuple[int, int]] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, shape = item.partition("=")
+        rows, _, cols = shape.partition("x")
+        if not (name and rows.isdigit() and cols.isdigit()):
+            raise ValueError(f"--factor-shapes entry {item!r} is not LAYER=ROWSxCOLS")
+        out[name] = (int(rows), int(cols))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--subsets", type=int, default=100)
@@ -803,9 +877,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lam", type=float, default=1.0, help="breast-cancer L2 penalty")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k", type=int, default=512, help="projection dimension (MLP tasks)")
-    ap.add_argument("--capture", choices=("auto", "factored", "dense"), default="auto",
-                    help="gradient capture of the MLP tasks: factored (Kronecker P from "
-                    "hooks; what auto picks for these MLPs) or dense (vmap, dense P)")
+    ap.add_argument("--capture", default="auto",
+                    help="gradient capture of the MLP tasks: auto, factored (Kronecker P "
+                    "from the step's backward; what auto picks for these MLPs) or dense "
+                    "(vmap, dense P); a comma list (factored,dense) traces digits once per "
+                    "capture on the same subsets and reports each minus the last, paired")
+    ap.add_argument("--factor-shapes", default="",
+                    help="factored k_rows x k_cols per layer, e.g. 0=16x16,2=10x25 (the "
+                    "others share what is left)")
     ap.add_argument("--epochs", type=int, default=20, help="digits MLP epochs")
     ap.add_argument("--init", choices=("same", "random"), default="same",
                     help="digits retraining: the traced run's initial weights, or fresh ones")
@@ -816,14 +895,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fast", action="store_true", help="CI sizes: 30 subsets, 20 test points")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    global CAPTURE_MODE
-    CAPTURE_MODE = args.capture
+    try:
+        shapes = parse_factor_shapes(args.factor_shapes)
+    except ValueError as exc:
+        ap.error(str(exc))
+    modes = [m.strip() for m in args.capture.split(",")]
+    if bad := [m for m in modes if m not in ("auto", "factored", "dense")]:
+        ap.error(f"--capture takes auto, factored or dense (comma-separated); got {bad}")
+    CAPTURES[:] = [Capture(m, shapes if m != "dense" and shapes else None) for m in modes]
     tasks = set(args.tasks.split(","))
     if unknown := tasks - set(TASKS):
         ap.error(f"unknown task(s) {sorted(unknown)}; use {', '.join(TASKS)}")
     if args.fast:
         args.subsets, args.tests = 30, 20
-    figures: dict[str, Any] = {"capture_mode": args.capture}
+    figures: dict[str, Any] = {"capture_mode": args.capture, "factor_shapes": args.factor_shapes}
     with tempfile.TemporaryDirectory(prefix="hw-lds-") as work:
         root = Path(work)
         service = Service(root)
@@ -850,6 +935,9 @@ def main(argv: list[str] | None = None) -> int:
           "every Headwater score through headwater serve's AttributeAll RPC "
           "(random scores give ~0)")
     print("\n".join(table(figures)))
+    for name, f in figures.get("digits", {}).get("paired", {}).items():
+        print(f"digits MLP, paired {name}: {f['difference']:+.3f} ± {f['standard_error']:.3f}"
+              " (bootstrap SE over test points)")
     for key, name in TASKS.items():
         if key in figures:
             f = figures[key]
