@@ -29,14 +29,19 @@ trainer's own recipe is the ground truth every row is compared with):
   are applied between steps, and training continues; compared at the end with re-running
   the stream without the rows (the same sampling schedule minus the forgotten rows). Each
   request applied by replay (checkpoint hook every 50 steps) and, separately, by the
-  approximate auto method (and by auto with the retained-objective descent forced).
+  approximate auto method (and by auto with the retained-objective descent forced, and by
+  the logged-step reversal, a candidate that was measured and not adopted).
   Targets: replay exact (distance <= 1e-5 of the parameter norm), approximate gap closed
   >= 0.8.
+- the stream's approximate methods over several sampler seeds (schedules): one re-run is
+  one draw of a chaotic process, so also the gap closed by the mean forget losses, the
+  re-run's change with its spread, and re-runs without 10 more random rows (its noise).
 - replay cost: forget recent rows at the end of streams of growing length: steps replayed
   and seconds against re-running the whole stream.
 - cost: time to unlearn vs time to retrain, including a synthetic logistic regression with
   many rows where retraining is not trivial.
-Progress goes to stderr; figures to stdout as a table, or one JSON object with --json.
+`--only stream,schedules` runs those parts only. Progress goes to stderr; figures to stdout
+as a table, or one JSON object with --json.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ from headwater.producers.unlearning.replay import (
     replay_forget,
     train_step,
 )
+from headwater.producers.unlearning.verification import TorchAdapter, gap_closed
 from headwater.v1 import events_pb2
 
 METHOD_NAMES = {events_pb2.NEWTON: "NEWTON", events_pb2.FINE_TUNE: "FINE_TUNE",
@@ -467,12 +473,15 @@ def run_stream(d: dict[str, Any], arrival: np.ndarray, schedule: list[np.ndarray
     forgotten = np.zeros(len(x), dtype=bool)
     pending = dict(requests)
     applied: list[dict[str, Any]] = []
+    log: list[tuple[np.ndarray, float]] = []  # each step's rows and rate (the hook's journal)
     for step, planned in enumerate(schedule):
         if step in pending:
             seen = (arrival < step) & ~forgotten
             now = pending[step] & seen
             forgotten |= pending[step]
-            if mode != "drop" and now.any():
+            if mode == "reversal" and now.any():
+                applied.append(_reverse_steps(d, model, opt, log, step, now))
+            elif mode != "drop" and now.any():
                 applied.append(_apply_request(
                     d, model, opt, hook, recipe, step, now, seen, forgotten, held_arrival,
                     partial if mode == "partial" else None,
@@ -484,7 +493,76 @@ def run_stream(d: dict[str, Any], arrival: np.ndarray, schedule: list[np.ndarray
             train_step(model, opt, x[batch], y[batch], recipe=recipe)
         if hook is not None:
             hook.after_step(step, batch)
+        log.append((batch, float(opt.param_groups[0]["lr"])))
     return model, applied
+
+
+def _reverse_steps(d: dict[str, Any], model: Any, opt: Any, log: list[tuple[np.ndarray, float]],
+                   step: int, now: np.ndarray) -> dict[str, Any]:
+    """The logged-step reversal (a candidate measured against auto, not the default): the
+    difference δ between the run without the rows and this one, to first order, carried
+    through the logged steps from the rows' first use with the Jacobians at the current
+    model — SGD with momentum β on mean batch losses, so per step
+        δm ← β·δm + (G_t + wd)·δθ + a_t,   δθ ← δθ − η_t·δm,
+    with G_t the Gauss–Newton matrix of the step's batch without the rows (PSD: the
+    Hessian's negative directions made the same recursion diverge) and a_t the batch
+    gradient without the rows minus the logged one (the rows' terms and the re-weighting of
+    the rest, 1/(B−k) instead of 1/B). θ += δθ and the momentum buffer += δm."""
+    import torch
+    from torch.func import functional_call, jvp, vjp
+
+    from headwater.producers.unlearning.verification import torch_losses
+
+    started = time.perf_counter()
+    x, y = d["x"], d["y"]
+    names = [name for name, _ in model.named_parameters()]
+    params = [p.detach() for p in model.parameters()]
+    flat = torch.nn.utils.parameters_to_vector
+    beta, wd = opt.param_groups[0]["momentum"], opt.param_groups[0]["weight_decay"]
+
+    def unflat(v: Any) -> list[Any]:
+        out, at = [], 0
+        for p in params:
+            out.append(v[at:at + p.numel()].view_as(p))
+            at += p.numel()
+        return out
+
+    dth = torch.zeros(sum(p.numel() for p in params))
+    dm = torch.zeros_like(dth)
+    rows = np.flatnonzero(now)
+    begun = False
+    for batch, lr in log:
+        gone = np.isin(batch, rows)
+        k, size = int(gone.sum()), len(batch)
+        begun = begun or k > 0
+        if not begun:
+            continue
+        keep = batch[~gone]
+        hv = torch.zeros_like(dth)
+        if len(keep) and bool(dth.any()):
+            def out_fn(*ps: Any, keep: np.ndarray = keep) -> Any:
+                return functional_call(model, dict(zip(names, ps, strict=True)), (x[keep],))
+            z, jv = jvp(out_fn, tuple(params), tuple(unflat(dth)))[:2]
+            prob = torch.softmax(z, 1)  # the softmax cross-entropy's Hessian in the logits
+            hz = prob * jv - prob * (prob * jv).sum(1, keepdim=True)
+            hv = flat(vjp(out_fn, *params)[1](hz / len(keep)))
+        a = torch.zeros_like(dth)
+        if k:
+            weight = torch.tensor(np.where(gone, 1.0 / size, 1.0 / size - 1.0 / (size - k))
+                                  if size > k else np.full(size, 1.0 / size),
+                                  dtype=torch.float32)
+            loss = (torch_losses(model(x[batch]), y[batch], "classification") * weight).sum()
+            a = -flat(torch.autograd.grad(loss, list(model.parameters())))
+        dm = beta * dm + hv + wd * dth + a
+        dth = dth - lr * dm
+    with torch.no_grad():
+        for p, delta, dmom in zip(model.parameters(), unflat(dth), unflat(dm), strict=True):
+            p.add_(delta)
+            state = opt.state.get(p, {})
+            if state.get("momentum_buffer") is not None:
+                state["momentum_buffer"].add_(dmom)
+    return {"step": step, "rows": int(now.sum()), "seconds": time.perf_counter() - started,
+            "method": "REVERSAL", "newton_steps": 0, "fine_tune_steps": 0}
 
 
 def _apply_request(d: dict[str, Any], model: Any, opt: Any, hook: Any, recipe: Recipe,
@@ -553,6 +631,9 @@ def stream_case(seed: int, steps: int, hidden: int) -> dict[str, Any]:
     start = time.perf_counter()
     forced, forced_applied = run(mode="descent")
     forced_s = time.perf_counter() - start
+    start = time.perf_counter()
+    reversed_, reversal_applied = run(mode="reversal")
+    reversal_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()
         replayed, replay_applied = run(mode="replay", directory=directory)
@@ -578,6 +659,8 @@ def stream_case(seed: int, steps: int, hidden: int) -> dict[str, Any]:
                                           approx_s),
                                          ("approximate, descent forced (not the default)",
                                           forced, forced_applied, forced_s),
+                                         ("logged-step reversal (candidate, not the default)",
+                                          reversed_, reversal_applied, reversal_s),
                                          ("replay", replayed, replay_applied, replay_s),
                                          ("partial replay (34% budget)", partly,
                                           partial_applied, partial_s)):
@@ -592,6 +675,74 @@ def stream_case(seed: int, steps: int, hidden: int) -> dict[str, Any]:
         rows[label] = row
     return {"steps": steps, "rerun_s": rerun_s, "rows_forgotten": int(trained_on.sum()),
             "methods": rows}
+
+
+def stream_schedules_case(seed: int, steps: int, hidden: int, schedules: int
+                          ) -> dict[str, Any]:
+    """The stream case's approximate methods over `schedules` sampler seeds (the first is
+    the stream case's own): one re-run is one draw of a chaotic process (removing 10 more
+    random rows from it moves the forget loss as much as the rows do, see `noise`), so the
+    methods are also compared with re-running in expectation: the gap closed by the mean
+    forget losses over the schedules, (mean after − mean dropped) / (mean re-run − mean
+    dropped), beside each schedule's own gap."""
+    d = digits(seed)
+    n = len(d["x"])
+    arrival = arrivals(d["y"].numpy(), steps, seed)
+    rng = np.random.default_rng(seed + 2)
+    first = np.zeros(n, dtype=bool)
+    first[rng.choice(np.flatnonzero(arrival < steps // 3), round(0.05 * n),
+                     replace=False)] = True
+    requests = [(steps // 3, first), (2 * steps // 3, d["source"] == 5)]
+    gone = first | (d["source"] == 5)
+    trained_on = np.zeros(n, dtype=bool)
+    for step, rows in requests:
+        trained_on |= rows & (arrival < step)
+    m = torch_mask(trained_on)
+    forget = (d["x"][m], d["y"][m])
+    adapter = TorchAdapter("classification")
+
+    def loss(model: Any) -> float:
+        return float(adapter.losses(model, forget).mean())
+
+    modes = {"approximate (auto)": "approximate",
+             "logged-step reversal (candidate)": "reversal"}
+    table: dict[str, list[float]] = {"dropped": [], "re-run": [], **{k: [] for k in modes}}
+    accuracy: dict[str, list[float]] = {k: [] for k in table}
+    noise: list[float] = []
+    for k in range(schedules):
+        progress(f"stream over sampler seeds: schedule {k + 1} of {schedules}")
+        schedule = stream_schedule(arrival, steps, seed + 1000 * k)
+        run = partial(run_stream, d, arrival, schedule, hidden=hidden, seed=seed)
+        models = {"dropped": run(requests=requests, mode="drop")[0],
+                  "re-run": run(requests=[(0, gone)], mode="drop")[0],
+                  **{label: run(requests=requests, mode=mode)[0]
+                     for label, mode in modes.items()}}
+        for label, model in models.items():
+            table[label].append(loss(model))
+            accuracy[label].append(adapter.accuracy(model, d["test"]))
+        if k == 0:  # re-runs without 10 more random rows: the noise of one re-run
+            for j in range(4):
+                extra = np.zeros(n, dtype=bool)
+                extra[np.random.default_rng(seed + 100 + j).choice(
+                    np.flatnonzero(~gone), 10, replace=False)] = True
+                noise.append(gap_closed(table["dropped"][0],
+                                        loss(run(requests=[(0, gone | extra)],
+                                                 mode="drop")[0]),
+                                        table["re-run"][0]))
+    mean = {label: float(np.mean(v)) for label, v in table.items()}
+    change = np.subtract(table["re-run"], table["dropped"])  # what the rows' removal moves
+    out: dict[str, Any] = {"steps": steps, "schedules": schedules, "mean_forget_loss": mean,
+                           "rerun_noise_gaps": noise, "rerun_change_mean": float(change.mean()),
+                           "rerun_change_sd": float(change.std(ddof=1)) if schedules > 1
+                           else float("nan"), "methods": {}}
+    for label in modes:
+        out["methods"][label] = {
+            "gap_of_means": gap_closed(mean["dropped"], mean[label], mean["re-run"]),
+            "gaps": [gap_closed(b, a, r) for b, a, r in
+                     zip(table["dropped"], table[label], table["re-run"], strict=True)],
+            "accuracy_vs_rerun_pp": 100 * float(np.mean(accuracy[label])
+                                                - np.mean(accuracy["re-run"]))}
+    return out
 
 
 def replay_cost_case(seed: int, lengths: list[int], hidden: int) -> list[dict[str, Any]]:
@@ -673,7 +824,7 @@ def print_table(title: str, case: dict[str, Any]) -> None:
     Console(width=None if sys.stdout.isatty() else 190).print(table)
 
 
-def report(figs: dict[str, Any]) -> None:
+def report_logreg(figs: dict[str, Any]) -> None:
     lr = figs["logreg"]
     print(f"logistic regression, breast cancer: {lr['train_rows']} training rows, "
           f"{lr['test_rows']} test rows, λ={lr['lambda']}; targets: gap closed 0.9-1.1, "
@@ -687,12 +838,18 @@ def report(figs: dict[str, Any]) -> None:
     print_table(f"softmax regression on digits (mean loss + weight decay {sm['weight_decay']}, "
                 f"L-BFGS): forget the class-skewed site ({sm['rows_forgotten']} rows, "
                 f"{100 * sm['forget_class_share_0_2']:.0f}% classes 0-2)", sm)
+
+
+def report_mlp(figs: dict[str, Any]) -> None:
     mlp = figs["mlp"]
     print(f"\nMLP 64-{mlp['hidden']}-10 on digits: {mlp['train_rows']} training rows, "
           f"{mlp['epochs']} full-batch Adam steps, mean loss + L2 {mlp['weight_decay']}; "
           "targets: gap closed 0.8-1.2, test acc within 1 pp, MIA within 0.05 of retrain")
     for case in ("forget 5% random rows", "forget one writer block"):
         print_table(f"MLP: {case} ({mlp[case]['rows_forgotten']} rows)", mlp[case])
+
+
+def report_stream(figs: dict[str, Any]) -> None:
     st = figs["stream"]
     print(f"\ncontinual stream: {st['steps']} online SGD steps over drifting digits; "
           f"re-running it without the rows took {st['rerun_s']:.2f} s; targets: replay "
@@ -709,11 +866,33 @@ def report(figs: dict[str, Any]) -> None:
                   f"{a['seconds']:.3f} s: {cost}")
     print_table("stream, end: dropped-only (before) vs unlearned (after) vs re-run (retrain)",
                 st)
+
+
+def report_schedules(figs: dict[str, Any]) -> None:
+    ss = figs["stream_schedules"]
+    mean = ss["mean_forget_loss"]
+    print(f"\nstream over {ss['schedules']} sampler seeds ({ss['steps']} steps): mean forget "
+          "loss " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+    print(f"  re-run minus dropped, per schedule: mean {ss['rerun_change_mean']:+.4f}, sd "
+          f"{_fmt(ss['rerun_change_sd'], '.4f')} (standard error of the mean "
+          f"{_fmt(ss['rerun_change_sd'] / ss['schedules'] ** 0.5, '.4f')})")
+    print("  one re-run's noise: re-runs without 10 more random rows (of the first schedule) "
+          "close " + ", ".join(_fmt(g) for g in ss["rerun_noise_gaps"]) + " of its gap")
+    for name, row in ss["methods"].items():
+        print(f"  {name}: gap of the means {_fmt(row['gap_of_means'])}; per schedule "
+              + ", ".join(_fmt(g) for g in row["gaps"])
+              + f"; test accuracy vs re-run {row['accuracy_vs_rerun_pp']:+.2f} pp (mean)")
+
+
+def report_replay_cost(figs: dict[str, Any]) -> None:
     print("\nreplay cost: 20 recent rows forgotten at the end of the stream")
     for c in figs["replay_cost"]:
         print(f"  {c['steps']:>5} steps: {c['steps_replayed']} steps replayed in "
               f"{c['replay_s']:.2f} s (estimated {c['estimated_s']:.2f} s); re-running the "
               f"stream {c['rerun_s']:.2f} s ({c['speedup']:.1f}x)")
+
+
+def report_cost(figs: dict[str, Any]) -> None:
     print("\ncost: time to unlearn 1% of rows vs retrain from scratch (logistic regression)")
     for c in figs["cost"]:
         print(f"  {c['rows']:>7} rows x {c['dims']}: retrain {c['retrain_s']:.3f} s; newton 1 "
@@ -721,6 +900,21 @@ def report(figs: dict[str, Any]) -> None:
               f"({c['newton_1_step']['speedup']:.1f}x faster); auto "
               f"({c['newton_auto']['newton_steps']} steps) "
               f"{c['newton_auto']['unlearn_s']:.3f} s ({c['newton_auto']['speedup']:.1f}x)")
+
+
+def report(figs: dict[str, Any]) -> None:
+    """The parts that ran, as tables."""
+    for part, show in (PARTS["logreg"], report_logreg), (PARTS["mlp"], report_mlp), \
+            (PARTS["stream"], report_stream), (PARTS["schedules"], report_schedules), \
+            (PARTS["replay_cost"], report_replay_cost), (PARTS["cost"], report_cost):
+        if all(key in figs for key in part):
+            show(figs)
+
+
+# the parts --only can run, and the keys of their figures
+PARTS = {"logreg": ("logreg", "logreg_recipe", "softmax"), "mlp": ("mlp",),
+         "stream": ("stream",), "schedules": ("stream_schedules",),
+         "replay_cost": ("replay_cost",), "cost": ("cost",)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -740,29 +934,44 @@ def main(argv: list[str] | None = None) -> int:
                          "fastest and steadiest on a shared machine)")
     ap.add_argument("--fast", action="store_true",
                     help="smaller MLP runs, a shorter stream, 20k rows for cost, 3 repeats")
+    ap.add_argument("--stream-schedules", type=int, default=6,
+                    help="sampler seeds for the stream's approximate methods in expectation")
+    ap.add_argument("--only", default=",".join(PARTS),
+                    help=f"comma-separated parts to run (default all): {', '.join(PARTS)}")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    if only - set(PARTS):
+        ap.error(f"--only: unknown part(s) {', '.join(sorted(only - set(PARTS)))}; the parts "
+                 f"are {', '.join(PARTS)}")
     if args.fast:
         args.hidden, args.epochs, args.stream_steps = 32, 150, 240
         args.cost_rows, args.repeats, args.replay_lengths = "20000", 3, "120,240"
+        args.stream_schedules = min(args.stream_schedules, 4)
     import torch
     from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)  # NumPy's BLAS: the same thread count for both sides
-    progress("logistic regression on breast cancer")
-    figs = {
-        "logreg": logreg_cases(args.seed, args.lam, args.repeats),
-        "logreg_recipe": logreg_recipe_case(args.seed, 0.01),
-        "softmax": softmax_case(args.seed, args.wd),
-        "mlp": mlp_cases(args.seed, args.hidden, args.epochs, args.wd, max(1, args.repeats // 2)),
-        "stream": stream_case(args.seed, args.stream_steps, args.hidden),
-        "replay_cost": replay_cost_case(args.seed, [int(n) for n in
-                                                    args.replay_lengths.split(",")],
-                                        args.hidden),
-        "cost": [cost_case(int(n), 50, args.seed, args.repeats)
-                 for n in args.cost_rows.split(",")],
+    lengths = [int(n) for n in args.replay_lengths.split(",")]
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
+        "logreg": lambda: {"logreg": logreg_cases(args.seed, args.lam, args.repeats),
+                           "logreg_recipe": logreg_recipe_case(args.seed, 0.01),
+                           "softmax": softmax_case(args.seed, args.wd)},
+        "mlp": lambda: {"mlp": mlp_cases(args.seed, args.hidden, args.epochs, args.wd,
+                                         max(1, args.repeats // 2))},
+        "stream": lambda: {"stream": stream_case(args.seed, args.stream_steps, args.hidden)},
+        "schedules": lambda: {"stream_schedules": stream_schedules_case(
+            args.seed, args.stream_steps, args.hidden, args.stream_schedules)},
+        "replay_cost": lambda: {"replay_cost": replay_cost_case(args.seed, lengths,
+                                                                args.hidden)},
+        "cost": lambda: {"cost": [cost_case(int(n), 50, args.seed, args.repeats)
+                                  for n in args.cost_rows.split(",")]},
     }
+    figs: dict[str, Any] = {}
+    for part, run in runs.items():
+        if part in only:
+            figs.update(run())
     if args.json:
         print(json.dumps(figs, default=float))
     else:

@@ -91,6 +91,19 @@ def test_unlearning_benchmark_fast() -> None:
         assert request["training_gradient_norm"] > 2 * request["forget_gradient_norm"]
         assert request["method"] == "NEWTON" and request["fine_tune_steps"] == 0
     assert "approximate, descent forced (not the default)" in stream["methods"]
+    reversal = stream["methods"]["logged-step reversal (candidate, not the default)"]
+    assert [r["method"] for r in reversal["requests"]] == ["REVERSAL", "REVERSAL"]
+    assert math.isfinite(reversal["gap_closed"]) and reversal["parameter_distance"] > 0
+
+    schedules = figures["stream_schedules"]  # the approximate methods in expectation
+    assert schedules["schedules"] >= 2 and len(schedules["rerun_noise_gaps"]) == 4
+    assert schedules["rerun_change_sd"] > 0
+    for name in ("approximate (auto)", "logged-step reversal (candidate)"):
+        row = schedules["methods"][name]
+        assert len(row["gaps"]) == schedules["schedules"] and math.isfinite(row["gap_of_means"])
+    # the first schedule is the stream case's own: the same gap
+    assert math.isclose(schedules["methods"]["approximate (auto)"]["gaps"][0],
+                        approx["gap_closed"], rel_tol=1e-6)
 
     for cost in figures["replay_cost"]:
         assert 0 < cost["steps_replayed"] < cost["steps"]  # recent rows: a part of the run
@@ -98,3 +111,16 @@ def test_unlearning_benchmark_fast() -> None:
 
     for cost in figures["cost"]:
         assert cost["retrain_s"] > 0 and cost["newton_1_step"]["unlearn_s"] > 0
+
+
+def test_unlearning_benchmark_only_runs_the_named_parts() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "unlearning.py"), "--json",
+         "--only", "cost", "--cost-rows", "2000", "--repeats", "1"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert set(json.loads(done.stdout)) == {"cost"}
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "unlearning.py"), "--only", "mlp,nope"],
+        capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown part(s) nope" in bad.stderr
