@@ -35,6 +35,15 @@ from headwater.stream_processors.store import Store
 # How far a producer's clock may run ahead of the server's for the sketch's dedupe to hold.
 SKETCH_SKEW = timedelta(days=1)
 
+# Inserts the engine need not merge: a ReplacingMergeTree runs its merge over each
+# inserted block (optimize_on_insert), a pass copying every column. These tables' keys
+# hold the event id, and the first-write screen passes each id once per batch, so an
+# ingested block never holds two rows of one key and the pass would remove nothing.
+# Duplicates across batches (a redelivery) are merged later, as they always were.
+# `derive` (replay, off the ingest path) keeps the engine's default.
+_NO_MERGE = {"optimize_on_insert": "0"}
+UNMERGED_INSERTS = {"events": _NO_MERGE, "gradients": _NO_MERGE}
+
 CHUNK_SCHEMA = pa.schema([
     ("event_id", pa.string()), ("idx", pa.uint32()), ("count", pa.uint32()),
     ("sha256", pa.string()), ("data", pa.binary()), ("received_at", pa.timestamp("us", "UTC")),
@@ -96,7 +105,7 @@ class EventSink:
                 self.store.insert_all([
                     ("dead_letters", dead_letter_rows(rows.rejected, self.transport, now)),
                     *self._table_rows(rows),
-                    ("events", pa.concat_tables(rows.tables["events"]))])
+                    ("events", pa.concat_tables(rows.tables["events"]))], UNMERGED_INSERTS)
                 self.store.insert("event_receipts",
                                   receipt_rows(rows.accepted, self.transport, now))
             except BaseException:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -285,28 +286,32 @@ class Store:
             except ClickHouseError as exc:
                 raise StoreError(first_line(exc)) from exc
 
-    def insert(self, table: str, rows: pa.Table) -> None:
-        """Bulk insert an Arrow table (columns by name)."""
+    def insert(self, table: str, rows: pa.Table,
+               settings: Mapping[str, str] | None = None) -> None:
+        """Bulk insert an Arrow table (columns by name), with engine `settings` if any."""
         if rows.num_rows == 0:
             return
         _failing_insert_hook(table)
         with self._mutex:
             try:
-                self._client.insert_arrow(table, rows)
+                self._client.insert_arrow(table, rows, settings=dict(settings or {}))
             except ClickHouseError as exc:
                 raise StoreError(f"insert into {table} failed: {first_line(exc)}") from exc
 
-    def insert_all(self, tables: list[tuple[str, pa.Table]]) -> None:
+    def insert_all(self, tables: list[tuple[str, pa.Table]],
+                   settings: Mapping[str, Mapping[str, str]] | None = None) -> None:
         """Insert several Arrow tables with no order among them, at once: the first on this
         store's client, the others each on a writer client of its own (the engine works
         on them in parallel, outside the GIL, while a store's own calls are serial).
-        Returns when every insert has finished; raises the first failure (StoreError)."""
-        work = [(table, rows) for table, rows in tables if rows.num_rows]
+        `settings`: engine settings per table name. Returns when every insert has
+        finished; raises the first failure (StoreError)."""
+        per_table = settings or {}
+        work = [(table, rows, per_table.get(table)) for table, rows in tables if rows.num_rows]
         if len(work) < 2:
-            for table, rows in work:
-                self.insert(table, rows)
+            for table, rows, extra in work:
+                self.insert(table, rows, extra)
             return
-        pending = [self._writers().submit(self._insert_on_writer, t, r) for t, r in work[1:]]
+        pending = [self._writers().submit(self._insert_on_writer, *w) for w in work[1:]]
         try:
             self.insert(*work[0])
         finally:
@@ -321,7 +326,8 @@ class Store:
                 self._pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="headwater-insert")
             return self._pool
 
-    def _insert_on_writer(self, table: str, rows: pa.Table) -> None:
+    def _insert_on_writer(self, table: str, rows: pa.Table,
+                          settings: Mapping[str, str] | None) -> None:
         """One insert on the calling pool thread's own client (opened on first use)."""
         client = getattr(self._local, "client", None)
         if client is None:
@@ -330,7 +336,7 @@ class Store:
                 self._writer_clients.append(client)
         _failing_insert_hook(table)
         try:
-            client.insert_arrow(table, rows)
+            client.insert_arrow(table, rows, settings=dict(settings or {}))
         except ClickHouseError as exc:
             raise StoreError(f"insert into {table} failed: {first_line(exc)}") from exc
 

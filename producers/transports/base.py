@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from headwater.errors import PublishError
@@ -19,6 +19,9 @@ class Record:
     headers: tuple[tuple[str, bytes], ...] = ()
     principal: str = ""  # who sent it, as authenticated (token name, certificate subject)
     key: bytes = b""  # the Kafka message key (the run id), kept with a dead letter
+    # The headwater.v1.Event parsed from `value` by a receiver that had to read it already
+    # (serve's role check), so the sink does not parse the same bytes twice; None otherwise.
+    parsed: object | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

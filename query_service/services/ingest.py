@@ -70,11 +70,14 @@ class IngestService(query_pb2_grpc.IngestServicer):
                who: str) -> list[Ack]:
         token = principals.current()
         role = token.role if token is not None else None
-        records = [Record(value=v, principal=who) for v in events]
+        records: list[Record] = []
         passed: list[int] = []  # indices of the records the sink gets
         refused: list[Rejected] = []
-        for i, record in enumerate(records):
-            event = _payload(record.value)
+        for i, value in enumerate(events):
+            event = _payload(value)
+            # the parsed event travels with the record: the sink does not parse it again
+            record = Record(value=value, principal=who, parsed=event)
+            records.append(record)
             why = payload_refusal(event.WhichOneof("payload") if event else None, role)
             if why is None:
                 passed.append(i)

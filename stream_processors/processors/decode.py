@@ -41,11 +41,13 @@ def _parse(index: int, record: Record, limits: Limits) -> Accepted | Rejected:
     if len(record.value) > limits.event_bytes:
         return Rejected(index, record, f"event is {len(record.value)} bytes; the limit is "
                         f"{limits.event_bytes} (HEADWATER_MAX_EVENT_BYTES)")
-    event = events_pb2.Event()
-    try:
-        event.ParseFromString(record.value)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        return Rejected(index, record, f"undecodable: not a headwater.v1.Event ({exc})")
+    event = record.parsed
+    if not isinstance(event, events_pb2.Event):
+        event = events_pb2.Event()
+        try:
+            event.ParseFromString(record.value)
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            return Rejected(index, record, f"undecodable: not a headwater.v1.Event ({exc})")
     try:
         validate_envelope(event)
     except InvalidEvent as exc:

@@ -52,15 +52,15 @@ def test_a_failed_parallel_write_acks_nothing_and_the_redelivery_stores_once(
     sink = EventSink(store, "kafka")
     real_insert, real_writer = store.insert, store._insert_on_writer
 
-    def insert(table: str, rows: pa.Table) -> None:
+    def insert(table: str, rows: pa.Table, settings: object = None) -> None:
         if table == failing:
             raise StoreError(f"insert into {table} failed: disk full (test)")
-        real_insert(table, rows)
+        real_insert(table, rows, settings)  # type: ignore[arg-type]
 
-    def on_writer(table: str, rows: pa.Table) -> None:
+    def on_writer(table: str, rows: pa.Table, settings: object = None) -> None:
         if table == failing:
             raise StoreError(f"insert into {table} failed: disk full (test)")
-        real_writer(table, rows)
+        real_writer(table, rows, settings)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store, "insert", insert)
     monkeypatch.setattr(store, "_insert_on_writer", on_writer)

@@ -169,10 +169,10 @@ def test_sketch_counts_each_event_once_across_a_failure_after_the_receipts(
     real_insert = store.insert
     failures = iter([True])
 
-    def insert(table, rows):
+    def insert(table, rows, settings=None):
         if table == "curvature_parts" and next(failures, False):
             raise StoreError("connection lost (test)")
-        return real_insert(table, rows)
+        return real_insert(table, rows, settings)
 
     monkeypatch.setattr(store, "insert", insert)
     with pytest.raises(StoreError):

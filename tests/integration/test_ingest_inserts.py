@@ -1,0 +1,67 @@
+"""Issue 18's cheaper ingest writes keep what they rely on: `events` and `gradients` are
+inserted without the engine's merge of the block (optimize_on_insert = 0), which is safe
+only because the first-write screen passes each event id once per batch; blob columns are
+LZ4 (migration 0030); serve's parsed event reaches the sink without a second parse."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from headwater.producers.envelope import EnvelopeBuilder
+from headwater.producers.transports.base import Record
+from headwater.stream_processors.processors.decode import Accepted, decode_batch
+from headwater.stream_processors.sink import UNMERGED_INSERTS, EventSink
+from headwater.stream_processors.store import Store
+from headwater.v1 import events_pb2
+
+
+def _gradients(n: int, rows: int = 3, k: int = 4) -> list[Record]:
+    b = EnvelopeBuilder("run-u")
+    rng = np.random.default_rng(5)
+    return [Record(b.wrap(events_pb2.GradientBatch(
+        model_id="m", model_version="v1", step=i, learning_rate=0.1, dim=k,
+        dtype=events_pb2.FLOAT32,
+        row_keys=events_pb2.RowKeys(node_ids=["train"], rows=[i * rows + r for r in range(rows)]),
+        gradients=rng.standard_normal((rows, k)).astype("<f4").tobytes(),
+    )).SerializeToString(deterministic=True), "t", 0, i) for i in range(n)]
+
+
+def _raw_count(store: Store, table: str) -> int:
+    """Rows as written, without FINAL: a duplicate in one unmerged block would show here."""
+    return int(store.query(f"SELECT count() FROM {table}")[0][0])
+
+
+def test_a_batch_repeating_its_events_writes_each_once_without_the_insert_merge(
+        store: Store) -> None:
+    assert set(UNMERGED_INSERTS) == {"events", "gradients"}
+    batch = _gradients(6)
+    sink = EventSink(store, "kafka")
+    acks = sink.ingest(batch + batch[:4] + batch[2:3])  # repeats inside one batch
+    assert all(a.accepted for a in acks) and len(acks) == 11
+    assert _raw_count(store, "events") == 6
+    assert _raw_count(store, "gradients") == 18
+    assert _raw_count(store, "event_receipts") == 6
+    sink.ingest(batch)  # a redelivery: repeats, nothing written again
+    assert (_raw_count(store, "events"), _raw_count(store, "gradients")) == (6, 18)
+
+
+def test_blob_columns_are_lz4(store: Store) -> None:
+    codecs = dict(store.query(
+        "SELECT table, compression_codec FROM system.columns WHERE database = {d:String} "
+        "AND (table, name) IN (('events', 'raw'), ('gradients', 'gradient'))",
+        {"d": store.database}))
+    assert codecs == {"events": "CODEC(LZ4)", "gradients": "CODEC(LZ4)"}
+
+
+def test_a_record_carrying_its_parsed_event_is_not_parsed_again() -> None:
+    record = _gradients(1)[0]
+    parsed = events_pb2.Event.FromString(record.value)
+    carried = Record(record.value, parsed=parsed)
+    assert carried == Record(record.value)  # `parsed` is not part of equality
+    accepted, rejected = decode_batch([carried])
+    assert not rejected and isinstance(accepted[0], Accepted)
+    assert accepted[0].event is parsed
+    # the carried event is still validated: one that no longer matches its hash is refused
+    parsed.seq += 1
+    refused = decode_batch([Record(record.value, parsed=parsed)])[1]
+    assert refused and "hash does not match" in refused[0].error
