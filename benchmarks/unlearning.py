@@ -65,6 +65,7 @@ from headwater.producers.unlearning import (
     verify,
 )
 from headwater.producers.unlearning.baselines import neggrad_plus, scrub
+from headwater.producers.unlearning.descent import Descent
 from headwater.producers.unlearning.finetune import forget_loss_estimate
 from headwater.producers.unlearning.kfac import kfac_newton
 from headwater.producers.unlearning.listener import Unlearner
@@ -382,6 +383,48 @@ def mlp_cases(seed: int, hidden: int, epochs: int, wd: float, repeats: int) -> d
                                   "NEWTON", targets=MLP_TARGETS)
             rows[label]["detail"] = detail
         out[case] = {"rows_forgotten": int(mask.sum()), "methods": rows}
+    return out
+
+
+def descent_trace_case(seed: int, hidden: int, epochs: int, wd: float,
+                       lengths: list[int]) -> dict[str, Any]:
+    """Where auto's two retained-objective descents go if they are not stopped: the forget
+    losses of both after each of `lengths` steps (each a fresh run, never stopped: full
+    batch, so deterministic), beside auto's own stop and the retrained model's, for the
+    MLP's two forget sets. A stop where the forget losses are equal but still moving is a
+    crossing, not a meeting."""
+    d = digits(seed)
+    x, y = d["x"], d["y"]
+    recipe = Recipe("mean", l2=wd)
+    model = train_mlp(x, y, hidden=hidden, epochs=epochs, wd=wd, seed=seed)
+    rand = np.zeros(len(x), dtype=bool)
+    rand[np.random.default_rng(seed + 1).choice(len(x), round(0.05 * len(x)),
+                                                replace=False)] = True
+    out: dict[str, Any] = {}
+    adapter = TorchAdapter("classification")
+    for case, mask in (("forget 5% random rows", rand),
+                       ("forget one writer block", d["source"] == 3)):
+        progress(f"descent trace, {case}")
+        m = torch_mask(mask)
+        forget, retain = (x[m], y[m]), (x[~m], y[~m])
+        retrained = train_mlp(*retain, hidden=hidden, epochs=epochs, wd=wd, seed=seed)
+        before = float(adapter.losses(model, forget).mean())
+        after = float(adapter.losses(retrained, forget).mean())
+        auto = unlearn(model, forget, retain, recipe=recipe).detail
+        rows = [{"steps": auto["descent_steps"], "stop": auto["descent_stop"],
+                 "from_newton": auto["descent_forget_loss"],
+                 "from_original": auto["descent_from_original_forget_loss"]}]
+        for steps in lengths:  # agree 0: never met, so each runs all its steps
+            detail = unlearn(model, forget, retain, recipe=recipe,
+                             descent=Descent(steps=steps, agree=1e-300)).detail
+            rows.append({"steps": steps, "stop": "not stopped",
+                         "from_newton": detail["descent_forget_loss"],
+                         "from_original": detail["descent_from_original_forget_loss"]})
+        for row in rows:
+            row["gaps"] = [gap_closed(before, row[k], after)
+                           for k in ("from_newton", "from_original")]
+        out[case] = {"forget_loss_before": before, "retrained_forget_loss": after,
+                     "trace": rows}
     return out
 
 
@@ -884,6 +927,18 @@ def report_schedules(figs: dict[str, Any]) -> None:
               + f"; test accuracy vs re-run {row['accuracy_vs_rerun_pp']:+.2f} pp (mean)")
 
 
+def report_descent_trace(figs: dict[str, Any]) -> None:
+    print("\nauto's two descents, not stopped (MLP): forget loss from the Newton step / from "
+          "the original (gap closed)")
+    for case, c in figs["descent_trace"].items():
+        print(f"  {case}: before {c['forget_loss_before']:.4f}, retrained "
+              f"{c['retrained_forget_loss']:.4f}")
+        for row in c["trace"]:
+            print(f"    {row['steps']:>5} steps ({row['stop']}): {row['from_newton']:.4f} / "
+                  f"{row['from_original']:.4f} ({_fmt(row['gaps'][0])} / "
+                  f"{_fmt(row['gaps'][1])})")
+
+
 def report_replay_cost(figs: dict[str, Any]) -> None:
     print("\nreplay cost: 20 recent rows forgotten at the end of the stream")
     for c in figs["replay_cost"]:
@@ -905,6 +960,7 @@ def report_cost(figs: dict[str, Any]) -> None:
 def report(figs: dict[str, Any]) -> None:
     """The parts that ran, as tables."""
     for part, show in (PARTS["logreg"], report_logreg), (PARTS["mlp"], report_mlp), \
+            (PARTS["descent_trace"], report_descent_trace), \
             (PARTS["stream"], report_stream), (PARTS["schedules"], report_schedules), \
             (PARTS["replay_cost"], report_replay_cost), (PARTS["cost"], report_cost):
         if all(key in figs for key in part):
@@ -913,6 +969,7 @@ def report(figs: dict[str, Any]) -> None:
 
 # the parts --only can run, and the keys of their figures
 PARTS = {"logreg": ("logreg", "logreg_recipe", "softmax"), "mlp": ("mlp",),
+         "descent_trace": ("descent_trace",),
          "stream": ("stream",), "schedules": ("stream_schedules",),
          "replay_cost": ("replay_cost",), "cost": ("cost",)}
 
@@ -934,6 +991,8 @@ def main(argv: list[str] | None = None) -> int:
                          "fastest and steadiest on a shared machine)")
     ap.add_argument("--fast", action="store_true",
                     help="smaller MLP runs, a shorter stream, 20k rows for cost, 3 repeats")
+    ap.add_argument("--trace-steps", default="240,480,900,2000",
+                    help="descent_trace: steps of the unstopped descents, comma-separated")
     ap.add_argument("--stream-schedules", type=int, default=6,
                     help="sampler seeds for the stream's approximate methods in expectation")
     ap.add_argument("--only", default=",".join(PARTS),
@@ -948,6 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
         args.hidden, args.epochs, args.stream_steps = 32, 150, 240
         args.cost_rows, args.repeats, args.replay_lengths = "20000", 3, "120,240"
         args.stream_schedules = min(args.stream_schedules, 4)
+        args.trace_steps = "240,480"
     import torch
     from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
@@ -960,6 +1020,9 @@ def main(argv: list[str] | None = None) -> int:
                            "softmax": softmax_case(args.seed, args.wd)},
         "mlp": lambda: {"mlp": mlp_cases(args.seed, args.hidden, args.epochs, args.wd,
                                          max(1, args.repeats // 2))},
+        "descent_trace": lambda: {"descent_trace": descent_trace_case(
+            args.seed, args.hidden, args.epochs, args.wd,
+            [int(n) for n in args.trace_steps.split(",")])},
         "stream": lambda: {"stream": stream_case(args.seed, args.stream_steps, args.hidden)},
         "schedules": lambda: {"stream_schedules": stream_schedules_case(
             args.seed, args.stream_steps, args.hidden, args.stream_schedules)},

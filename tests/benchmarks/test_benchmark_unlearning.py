@@ -74,6 +74,14 @@ def test_unlearning_benchmark_fast() -> None:
                 assert (row["method"] == "FINE_TUNE") == (detail["fine_tune_steps"] > 0) or \
                     name == "fine-tune only"
 
+    for case, trace in figures["descent_trace"].items():  # auto's descents, not stopped
+        rows = trace["trace"]
+        assert rows[0]["stop"] == "the two descents met", (case, rows[0])
+        assert [r["steps"] for r in rows[1:]] == [240, 480]
+        assert all(r["stop"] == "not stopped" for r in rows[1:])
+        for row in rows:  # the descents raise the forget loss, as retraining does
+            assert min(row["from_newton"], row["from_original"]) > trace["forget_loss_before"]
+
     stream = figures["stream"]
     replay = stream["methods"]["replay"]
     assert replay["distance_over_norm"] <= 1e-5  # exact: the re-run without the rows
