@@ -24,6 +24,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from headwater.errors import ConfigError, DataDirLocked, NoStore, StoreError
+from headwater.stream_processors.chdb_insert import ChdbInserter
 from headwater.stream_processors.cluster_schema import (
     ClusterDdl,
     create_database_sql,
@@ -36,7 +37,7 @@ from headwater.stream_processors.retention import (
 )
 
 LOCK_NAME = ".headwater.lock"
-WRITERS = 2  # insert_all's writer clients beside the store's own
+WRITERS = 2  # insert_all's writers beside the store's own
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -159,7 +160,8 @@ class Store:
         self._mutex = threading.RLock()
         self._pool: ThreadPoolExecutor | None = None  # insert_all's writers, on first use
         self._local = threading.local()
-        self._writer_clients: list[Any] = []
+        self._writer_clients: list[Any] = []  # every writer opened, closed with the store
+        self._inserter: Any = None  # the store's own writer (insert), on first use
         self._lock: _DirLock | None = None
         if self.dsn.embedded and lock:
             assert self.dsn.path is not None
@@ -293,10 +295,11 @@ class Store:
             return
         _failing_insert_hook(table)
         with self._mutex:
-            try:
-                self._client.insert_arrow(table, rows, settings=dict(settings or {}))
-            except ClickHouseError as exc:
-                raise StoreError(f"insert into {table} failed: {first_line(exc)}") from exc
+            if self._inserter is None:  # a server's inserts go through the store's client
+                self._inserter = self._open_writer() if self.dsn.embedded else self._client
+                if self._inserter is not self._client:
+                    self._writer_clients.append(self._inserter)
+            _write(self._inserter, table, rows, settings)
 
     def insert_all(self, tables: list[tuple[str, pa.Table]],
                    settings: Mapping[str, Mapping[str, str]] | None = None) -> None:
@@ -328,17 +331,22 @@ class Store:
 
     def _insert_on_writer(self, table: str, rows: pa.Table,
                           settings: Mapping[str, str] | None) -> None:
-        """One insert on the calling pool thread's own client (opened on first use)."""
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = self.open_client()
+        """One insert on the calling pool thread's own writer (opened on first use)."""
+        writer = getattr(self._local, "writer", None)
+        if writer is None:
+            writer = self._local.writer = self._open_writer()
             with self._mutex:
-                self._writer_clients.append(client)
+                self._writer_clients.append(writer)
         _failing_insert_hook(table)
-        try:
-            client.insert_arrow(table, rows, settings=dict(settings or {}))
-        except ClickHouseError as exc:
-            raise StoreError(f"insert into {table} failed: {first_line(exc)}") from exc
+        _write(writer, table, rows, settings)
+
+    def _open_writer(self) -> Any:
+        """What inserts go through: on chDB a connection of its own taking Arrow streams
+        (chdb_insert), on a server a client of its own."""
+        if self.dsn.embedded:
+            assert self.dsn.path is not None
+            return ChdbInserter(self.dsn.path.resolve(), self.database)
+        return self.open_client()
 
     def close(self) -> None:
         with self._mutex:
@@ -349,6 +357,7 @@ class Store:
             for client in self._writer_clients:
                 client.close()
             self._writer_clients.clear()
+            self._inserter = None
             try:
                 self._client.close()
             finally:
@@ -361,6 +370,17 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _write(writer: Any, table: str, rows: pa.Table, settings: Mapping[str, str] | None) -> None:
+    """Insert through a writer from Store._open_writer (StoreError on failure)."""
+    if isinstance(writer, ChdbInserter):
+        writer.insert(table, rows, settings)
+        return
+    try:
+        writer.insert_arrow(table, rows, settings=dict(settings or {}))
+    except ClickHouseError as exc:
+        raise StoreError(f"insert into {table} failed: {first_line(exc)}") from exc
 
 
 FAIL_INSERTS = "HEADWATER_TEST_FAIL_INSERTS"

@@ -65,3 +65,58 @@ def test_a_record_carrying_its_parsed_event_is_not_parsed_again() -> None:
     parsed.seq += 1
     refused = decode_batch([Record(record.value, parsed=parsed)])[1]
     assert refused and "hash does not match" in refused[0].error
+
+
+def _source(i: int) -> events_pb2.SourceRegistered:
+    return events_pb2.SourceRegistered(
+        source_id=f"s{i}", uri=f"file:///d/{i}.parquet", content_sha256=f"{i:064x}",
+        row_count=10 + i, labels={"team": "x", "é": str(i)},
+        schema=[events_pb2.Column(name="age", dtype="int64", personal=True)])
+
+
+def test_the_arrow_stream_stores_what_the_temporary_file_stored(store: Store) -> None:
+    """chDB inserts go through ChdbInserter (an Arrow stream); clickhouse-connect's Arrow
+    file path stores the same rows, column for column, in every table a batch writes."""
+    from datetime import datetime, timezone
+
+    from headwater.stream_processors.chdb_insert import ChdbInserter
+    from headwater.stream_processors.processors.decode import Rejected
+    from headwater.stream_processors.processors.derived import DERIVED
+    from headwater.stream_processors.processors.rows import (
+        dead_letter_rows,
+        event_rows,
+        receipt_rows,
+    )
+    from headwater.stream_processors.sink import _sketch_part
+
+    b = EnvelopeBuilder("run-s")
+    records = _gradients(5) + [Record(b.wrap(_source(i)).SerializeToString(
+        deterministic=True), "t", 1, 100 + i) for i in range(3)]
+    accepted, _ = decode_batch(records)
+    now = datetime.now(timezone.utc)
+    bad = Record(b"\x00junk", "t", 2, 7, headers=(("h", b"v"),), principal="p", key=b"k")
+    tables = {
+        "events": event_rows(accepted, "kafka", now),
+        "event_receipts": receipt_rows(accepted, "kafka", now),
+        "dead_letters": dead_letter_rows([Rejected(0, bad, "undecodable")], "kafka", now),
+        "gradients": DERIVED["gradients"](accepted),
+        "sources": DERIVED["sources"](accepted),
+        "lineage_nodes": DERIVED["lineage_nodes"](accepted),
+        "curvature_parts": _sketch_part([DERIVED["gradients"](accepted)], [], now),
+    }
+    assert store.dsn.path is not None
+    inserter = ChdbInserter(store.dsn.path, store.database)
+    try:
+        for table, rows in tables.items():
+            assert rows is not None and rows.num_rows > 0, table
+            for copy in ("via_stream", "via_file"):
+                store.command(f"CREATE TABLE {table}_{copy} AS {table}")
+            inserter.insert(f"{table}_via_stream", rows, {"optimize_on_insert": "0"})
+            store._client.insert_arrow(f"{table}_via_file", rows)
+            # every column's text (NaN included), row by row
+            sql = "SELECT formatRow('TSV', *) AS r FROM {} ORDER BY r"
+            stream = store.query(sql.format(f"{table}_via_stream"))
+            assert stream == store.query(sql.format(f"{table}_via_file")), table
+            assert len(stream) == rows.num_rows
+    finally:
+        inserter.close()
