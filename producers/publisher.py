@@ -144,24 +144,30 @@ class BackgroundPublisher:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
+            if item is _STOP:
+                self._queue.task_done()
+                return
             try:
-                if item is _STOP:
-                    return
-                build, context = cast(tuple[Build, otel_context.Context], item)
-                token = otel_context.attach(context)
-                try:
-                    built = build()
-                    for payload in built if isinstance(built, list) else [built]:
-                        if isinstance(payload, Exception):  # one entry of a group failed
-                            self._failure(payload)
-                        else:
-                            self.publisher.publish(payload)
-                finally:
-                    otel_context.detach(token)
+                self._publish(cast(tuple[Build, otel_context.Context], item))
             except Exception as exc:  # noqa: BLE001 - kept and raised at flush
                 self._failure(exc)
             finally:
+                del item  # what a job holds (a group of steps) is freed now, not at the next
                 self._queue.task_done()
+
+    def _publish(self, item: tuple[Build, otel_context.Context]) -> None:
+        """Build one queue entry's payload(s) and publish them, in the submitter's context."""
+        build, context = item
+        token = otel_context.attach(context)
+        try:
+            built = build()
+            for payload in built if isinstance(built, list) else [built]:
+                if isinstance(payload, Exception):  # one entry of a group failed
+                    self._failure(payload)
+                else:
+                    self.publisher.publish(payload)
+        finally:
+            otel_context.detach(token)
 
     def _failure(self, exc: Exception) -> None:
         with self._lock:

@@ -45,6 +45,7 @@ class OutputGradient:
     calls: int = 0
     errors: list[str] = field(default_factory=list)
     label: torch.Tensor | None = None  # softmax: the rebuilt label entries, -c q per row
+    handle: Any = None  # the output's tensor hook, removed by release()
 
     def backward(self, g: torch.Tensor) -> torch.Tensor:
         """The tensor hook on the output: keep the corrected gradient and pass it on (or,
@@ -56,6 +57,14 @@ class OutputGradient:
             self.errors.append(str(exc))
             return g
         return self.grad
+
+    def release(self) -> None:
+        """Remove the hook from the output once the step is over: the hook holds this
+        object, which holds the output, and a cycle through the output's autograd node is
+        one Python's collector cannot see (every step's graph would stay in memory)."""
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
 
     def floor(self) -> float:
         """The smallest over rows of the row's largest |loss gradient| (softmax: |label
@@ -181,7 +190,7 @@ def watch(state: OutputGradient) -> Any:
         state.calls += 1
         state.output = out if type(out) is torch.Tensor else out.as_subclass(torch.Tensor)
         if out.requires_grad:
-            out.register_hook(state.backward)
+            state.handle = out.register_hook(state.backward)
         return out
 
     return on_output

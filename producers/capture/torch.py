@@ -281,7 +281,8 @@ class TorchCapture(Recorder):
         per-row scale (1/B for a mean). With a BackgroundPublisher, the projection and the
         event are computed on its worker after the first step (a refused loss is then raised
         at flush); the trainer's thread keeps only the hooks and the margins."""
-        x, y = plain(torch.as_tensor(x)), plain(torch.as_tensor(y))
+        x = plain(x if isinstance(x, torch.Tensor) else torch.as_tensor(x))
+        y = plain(y if isinstance(y, torch.Tensor) else torch.as_tensor(y))
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
         keys = _keys(keys, x.shape[0])
@@ -292,6 +293,7 @@ class TorchCapture(Recorder):
             yield
         finally:
             self._taps.stop()
+            state.release()
         self._check(x, state)
         calls = self._taps.resolve(record, state.grad)
         version = self._require_version()
