@@ -252,13 +252,13 @@ class Projector:
             if (f.layer, f.rows, f.cols, f.bias) != (layer.name, layer.rows, layer.cols,
                                                       layer.bias):
                 raise ValueError(f"projection factor {f} does not match layer {layer.name!r}")
-            side_rows, side_cols = spec.sides(i)
             weight: torch.Tensor = layer.module.weight  # type: ignore[assignment]
             dtype, device = weight.dtype, weight.device
             self.matrices.append(tuple(  # type: ignore[arg-type]
-                None if side.kind == "identity"
-                else torch.as_tensor(side.columns().T.copy(), dtype=dtype, device=device)
-                for side in (side_rows, side_cols)))
+                None if k == dim
+                else torch.as_tensor(m.T.copy(), dtype=dtype, device=device)
+                for m, k, dim in zip(spec.matrices(i), (f.k_rows, f.k_cols),
+                                     (f.rows, f.cols), strict=True)))
 
     def phi(self, inputs: dict[str, list[torch.Tensor]],
             grads_of: dict[str, list[torch.Tensor]]) -> torch.Tensor:

@@ -6,10 +6,13 @@ last column) is projected without forming G:
 
     φ_layer = vec(P_rows G P_colsᵀ) = vec(Σ_t (P_rows δ_t)(P_cols a_t)ᵀ),   row-major,
 
-which equals (P_rows ⊗ P_cols) vec(G): a k_rows·k_cols × rows·cols matrix with E[PᵀP] = I
-(both factors are seeded Rademacher ±1/√k, or the identity where k equals the dimension).
-φ is the concatenation of the layers' blocks. The spec alone determines every matrix, so a
-KroneckerProjection rebuilt from its proto projects test gradients the same way.
+which equals (P_rows ⊗ P_cols) vec(G): a k_rows·k_cols × rows·cols matrix with E[PᵀP] = I.
+Each factor is a seeded Rademacher k × d matrix with its rows orthonormalised and scaled by
+√(d/k) (the identity where k equals the dimension): orthonormal rows keep inner products
+better than independent ones when k is a fair fraction of d (the error variance falls from
+about 1/k to 1/k − 1/d), which a factor's small sides usually are. φ is the concatenation
+of the layers' blocks. The spec alone determines every matrix, so a KroneckerProjection
+rebuilt from its proto projects test gradients the same way.
 
 Pure: NumPy only (the torch capture turns the factors into tensors once).
 """
@@ -29,7 +32,8 @@ from headwater.producers.capture.projection import GENERATOR, Projection, make_p
 from headwater.v1 import events_pb2
 
 KIND = "kronecker"
-SMALL_OUTPUT = 16  # a layer with rows <= its budget / 16 keeps its rows unprojected
+SIDES = "rademacher-orthonormal-rows"  # how factor matrices are made (in projection_id)
+ROW_SKEW = 2  # k_rows ≈ ROW_SKEW · k_cols: the output-gradient side gets the larger share
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,20 @@ class Factor:
     @property
     def k(self) -> int:
         return self.k_rows * self.k_cols
+
+
+def _side(spec: Projection) -> np.ndarray:
+    """One factor matrix: the seeded Rademacher rows of `spec`, orthonormalised (Householder
+    QR, signs fixed so the result is a function of the spec) and scaled by √(d/k), so that
+    E[PᵀP] = I still holds (the sign-symmetric distribution makes E[PᵀP] a multiple of I;
+    its trace is d). Householder Q is orthonormal even where the ±1 rows are dependent."""
+    p = spec.columns()
+    if spec.kind == "identity":
+        return p
+    k, d = p.shape
+    q, r = np.linalg.qr(p.T)  # p.T = q r, q [d, k] with orthonormal columns
+    q *= np.where(np.diag(r) < 0, -1.0, 1.0)  # QR's column signs are arbitrary: make r ≥ 0
+    return np.sqrt(d / k) * q.T
 
 
 def _side_seed(seed: int, index: int, side: str) -> int:
@@ -108,21 +126,17 @@ class KroneckerProjection:
     @property
     def projection_id(self) -> str:
         """Stable hex digest of the generator version and every field."""
-        spec = [GENERATOR, KIND, self.seed, list(self.parameters),
+        spec = [GENERATOR, KIND, SIDES, self.seed, list(self.parameters),
                 [[f.layer, f.rows, f.cols, f.k_rows, f.k_cols, f.bias] for f in self.factors]]
         blob = json.dumps(spec, separators=(",", ":"), ensure_ascii=True).encode()
         return hashlib.sha256(blob).hexdigest()[:32]
 
-    def sides(self, index: int) -> tuple[Projection, Projection]:
-        """(P_rows, P_cols) specs of factor `index`: identity where k equals the dimension."""
-        f = self.factors[index]
-        return (make_projection(f.rows, f.k_rows, _side_seed(self.seed, index, "rows")),
-                make_projection(f.cols, f.k_cols, _side_seed(self.seed, index, "cols")))
-
     def matrices(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Dense float64 (P_rows [k_rows, rows], P_cols [k_cols, cols]) of factor `index`."""
-        p_rows, p_cols = self.sides(index)
-        return p_rows.columns(), p_cols.columns()
+        """Dense float64 (P_rows [k_rows, rows], P_cols [k_cols, cols]) of factor `index`:
+        the identity where k equals the dimension."""
+        f = self.factors[index]
+        return (_side(make_projection(f.rows, f.k_rows, _side_seed(self.seed, index, "rows"))),
+                _side(make_projection(f.cols, f.k_cols, _side_seed(self.seed, index, "cols"))))
 
     def to_proto(self) -> events_pb2.Projection:
         return events_pb2.Projection(
@@ -174,9 +188,11 @@ def plan_factors(layers: Sequence[tuple[str, int, int, bool]], k: int,
 
     Layers given in `shapes` take their (k_rows, k_cols). The rest share what is left
     evenly, smallest first, so a layer that needs less than its share (its whole gradient
-    fits) is kept exact and hands the remainder on. Within a share b: a layer with few rows
-    (rows <= b / 16, e.g. a classifier's logits) keeps them unprojected and takes b // rows
-    columns; otherwise k_rows ≈ k_cols ≈ √b, each capped at its dimension.
+    fits) is kept exact and hands the remainder on. Within a share b the output-gradient
+    side gets the larger part, k_rows ≈ √(2b) and k_cols ≈ b / k_rows, each capped at its
+    dimension (a classifier's few logit rows stay whole): δ differs from row to row far more
+    than a layer's inputs do, and on the digits MLP this split beat near-square and
+    input-heavy ones (docs/attribution.md, the k budget).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -209,9 +225,7 @@ def _shape(rows: int, cols: int, budget: int) -> tuple[int, int]:
     """(k_rows, k_cols) with k_rows * k_cols <= budget for one layer."""
     if rows * cols <= budget:
         return rows, cols
-    if rows * SMALL_OUTPUT <= budget:
-        return rows, min(cols, budget // rows)
-    kr = min(rows, max(1, math.isqrt(budget)))
+    kr = min(rows, max(1, math.isqrt(ROW_SKEW * budget)))
     kc = min(cols, max(1, budget // kr))
     kr = min(rows, max(1, budget // kc))  # a capped side hands its slack to the other
     return kr, kc
