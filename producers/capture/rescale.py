@@ -45,7 +45,7 @@ class OutputGradient:
     calls: int = 0
     errors: list[str] = field(default_factory=list)
     label: torch.Tensor | None = None  # softmax: the rebuilt label entries, -c q per row
-    handle: Any = None  # the output's tensor hook, removed by release()
+    hooks: Any = None  # the output hook: our own hook dict, or a handle; see release()
 
     def backward(self, g: torch.Tensor) -> torch.Tensor:
         """The tensor hook on the output: keep the corrected gradient and pass it on (or,
@@ -62,9 +62,11 @@ class OutputGradient:
         """Remove the hook from the output once the step is over: the hook holds this
         object, which holds the output, and a cycle through the output's autograd node is
         one Python's collector cannot see (every step's graph would stay in memory)."""
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
+        hooks, self.hooks = self.hooks, None
+        if isinstance(hooks, dict):
+            hooks.clear()
+        elif hooks is not None:
+            hooks.remove()
 
     def floor(self) -> float:
         """The smallest over rows of the row's largest |loss gradient| (softmax: |label
@@ -120,7 +122,9 @@ def correct(g: torch.Tensor, z: torch.Tensor, labels: torch.Tensor, task: str
     if task == "regression":
         return g, None
     if _classes(z):
-        y = labels.reshape(-1, 1).to(g.device, torch.long)
+        y = labels.reshape(-1, 1)
+        if y.dtype != torch.long or y.device != g.device:
+            y = y.to(g.device, torch.long)
         others = g.scatter(1, y, 0.0)  # the label entry zeroed, then refilled
         label = others.sum(1, keepdim=True).neg_()
         return others.scatter_(1, y, label), label
@@ -190,7 +194,13 @@ def watch(state: OutputGradient) -> Any:
         state.calls += 1
         state.output = out if type(out) is torch.Tensor else out.as_subclass(torch.Tensor)
         if out.requires_grad:
-            state.handle = out.register_hook(state.backward)
+            if out.grad_fn is not None and out._backward_hooks is None:
+                # what out.register_hook() does, without the handle it makes each call
+                state.hooks = {0: state.backward}
+                out._backward_hooks = state.hooks
+                out.grad_fn._register_hook_dict(out)
+            else:  # hooks of its own already: ours is added, and removed by its handle
+                state.hooks = out.register_hook(state.backward)
         return out
 
     return on_output

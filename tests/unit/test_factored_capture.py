@@ -186,6 +186,35 @@ def test_a_finished_step_lets_its_graph_go() -> None:
     bg.close()
 
 
+def test_an_output_with_hooks_of_its_own_keeps_them() -> None:
+    """A model that hooks its own output: both hooks run, φ is the exact one, and after
+    the step the model's hook is still there and the capture's is gone."""
+    seen: list[int] = []
+    outputs: list[torch.Tensor] = []
+
+    class Hooked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = mlp((5, 7, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.inner(x)
+            out.register_hook(lambda g: seen.append(len(g)))
+            outputs.append(out)
+            return out
+
+    model = Hooked()
+    sent: list = []
+    capture = TorchCapture(sent.append, model, "h", k=16)
+    x, y = torch.randn(N, 5), torch.randint(0, 3, (N,))
+    ref = capture.projection.project(exact(capture, x, y))
+    seen.clear()
+    outputs.clear()
+    phi, _ = stepped(capture, sent, x, y, F.cross_entropy)
+    close(phi, ref)
+    assert seen == [N] and len(outputs[0]._backward_hooks) == 1
+
+
 def test_inplace_activation_and_a_patched_forward() -> None:
     """A layer output that ReLU(inplace=True) overwrites still gives δ of the layer's own
     output; a forward the trainer patched onto a module still runs and is put back after
