@@ -7,9 +7,12 @@ Every case runs in this process on a fresh chDB directory; cases that are compar
 alternately, `--rounds` times, so the machine's load falls on each of them alike:
 - part: CPU and wall time of a one-row insert into each table a batch writes (each insert
   writes a MergeTree part), beside a 2-column MergeTree and a Memory table;
-- insert API: rows/s inserting the small events' gradient rows (4,000 per insert) through
-  clickhouse-connect (`Store.insert`, which goes through a temporary file for chDB), through
-  chdb's `send_insert(..., "ArrowStream")` and through `INSERT ... SELECT FROM Python(t)`;
+- insert API: rows/s and CPU per row inserting the small events' gradient rows (4,000 per
+  insert) through clickhouse-connect (a temporary Arrow file for chDB), through
+  `Store.insert` (chdb's `send_insert(..., "ArrowStream")`, stream_processors/chdb_insert.py)
+  and through `INSERT ... SELECT FROM Python(t)`;
+- trainer insert: CPU per trainer event of its `gradients` insert, blob column ZSTD(1) or
+  LZ4 (migration 0030), with and without the engine's merge of the block;
 - batch: CPU per event of `EventSink.ingest` on small events in batches of each size;
 - overlap: the same sink with its parallel writes and worker thread, and with both
   replaced by one-after-the-other calls;
@@ -19,10 +22,10 @@ alternately, `--rounds` times, so the machine's load falls on each of them alike
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -83,8 +86,9 @@ def part_costs(store: Store, reps: int) -> dict[str, tuple[float, float]]:
     return out
 
 
-def insert_apis(store: Store, recs: list[Record]) -> dict[str, float]:
-    """gradient rows/s through each insert API (the same Arrow tables)."""
+def insert_apis(store: Store, recs: list[Record]) -> dict[str, tuple[float, float]]:
+    """(gradient rows/s, CPU µs per row) through each insert API, the same Arrow tables of
+    1,000 events' rows each, without the engine's merge of the block as the sink inserts."""
     import chdb
 
     accepted, _ = decode_batch(recs)
@@ -93,29 +97,48 @@ def insert_apis(store: Store, recs: list[Record]) -> dict[str, float]:
     conn = chdb.connect(str(store.dsn.path.resolve()))  # a second handle on the same engine
     conn.query(f"USE {store.database}")
     columns = ", ".join(tables[0].column_names)
-
-    def stream(t: pa.Table) -> None:
-        sink = io.BytesIO()
-        with pa.ipc.new_stream(sink, t.schema) as writer:
-            writer.write_table(t)
-        with conn.send_insert(f"INSERT INTO gradients ({columns})", "ArrowStream") as ins:
-            ins.append(sink.getvalue())
-            ins.finish()
+    no_merge = {"optimize_on_insert": "0"}
+    file_client = store.open_client()
 
     def python_table(t: pa.Table) -> None:
         frame = t  # noqa: F841 - chdb's Python() finds the table by this local name
-        conn.query(f"INSERT INTO gradients ({columns}) SELECT {columns} FROM Python(frame)")
+        conn.query(f"INSERT INTO gradients ({columns}) SETTINGS optimize_on_insert = 0 "
+                   f"SELECT {columns} FROM Python(frame)")
 
     cases: dict[str, Callable[[pa.Table], None]] = {
-        "clickhouse-connect (temporary file)": lambda t: store.insert("gradients", t),
-        "chdb send_insert ArrowStream": stream, "chdb INSERT SELECT FROM Python()": python_table}
+        "clickhouse-connect (temporary file)":
+            lambda t: file_client.insert_arrow("gradients", t, settings=no_merge),
+        "Store.insert (chdb send_insert stream)": lambda t: store.insert("gradients", t, no_merge),
+        "chdb INSERT SELECT FROM Python()": python_table}
     rows = sum(t.num_rows for t in tables)
     out = {}
     for name, insert in cases.items():
-        wall, _ = timed(lambda f=insert: [f(t) for t in tables])  # type: ignore[misc]
-        out[name] = rows / wall
+        wall, cpu = timed(lambda f=insert: [f(t) for t in tables])  # type: ignore[misc]
+        out[name] = (rows / wall, cpu / rows * 1e6)
     conn.close()
+    file_client.close()
     return out
+
+
+def insert_settings(store: Store, recs: list[Record], reps: int) -> dict[str, float]:
+    """CPU µs per trainer event of its `gradients` insert (64 rows of 1 KB blobs), with the
+    blob column ZSTD(1) (before migration 0030) or LZ4, and with or without the engine's
+    merge of the inserted block (optimize_on_insert); the median of `reps` alternations."""
+    accepted, _ = decode_batch(recs)
+    rows = gradient_rows(accepted)
+    ddl = store.query("SHOW CREATE TABLE gradients")[0][0]
+    store.command(ddl.replace(f"{store.database}.gradients", "gradients_zstd", 1)
+                  .replace("CODEC(LZ4)", "CODEC(ZSTD(1))"))
+    cases = {f"{codec}, {merge}": (table, {} if merge == "merge" else
+                                   {"optimize_on_insert": "0"})
+             for codec, table in (("ZSTD(1)", "gradients_zstd"), ("LZ4", "gradients"))
+             for merge in ("merge", "no merge")}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
+    for r in range(reps):
+        for name in (list(cases) if r % 2 else list(cases)[::-1]):
+            cpu[name].append(timed(lambda n=name: store.insert(  # type: ignore[misc]
+                cases[n][0], rows, cases[n][1]))[1])
+    return {name: statistics.median(v) / len(accepted) * 1e6 for name, v in cpu.items()}
 
 
 class _Inline:
@@ -139,8 +162,8 @@ def sink_cost(work: Path, recs: list[Record], batch: int, overlap: bool = True
     insert_all = store.insert_all
     if not overlap:
         sink._worker = _Inline()  # type: ignore[assignment]
-        store.insert_all = lambda tables: [  # type: ignore[method-assign]
-            store.insert(t, r) for t, r in tables]
+        store.insert_all = lambda tables, settings=None: [  # type: ignore[method-assign]
+            store.insert(t, r, (settings or {}).get(t)) for t, r in tables]
     try:
         wall, cpu = timed(lambda: [sink.ingest(recs[i:i + batch])
                                    for i in range(0, len(recs), batch)])
@@ -164,13 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=16_000, help="small events per sink case")
     ap.add_argument("--batches", default="1000,2000,8000", help="sink batch sizes")
     ap.add_argument("--part-reps", type=int, default=30)
+    ap.add_argument("--insert-reps", type=int, default=8,
+                    help="alternations of the trainer insert settings (median)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     work = Path(tempfile.mkdtemp(prefix="headwater-ingest-costs-"))
     small, trainer = records("gradient", args.events), records("trainer", 100)
     load = [os.getloadavg()[0]]
-    result: dict[str, Any] = {"part_ms": [], "insert_rows_per_s": [], "sink": [],
+    result: dict[str, Any] = {"part_ms": [], "insert_rows_per_s": [],
+                              "trainer_insert_cpu_us": [], "sink": [],
                               "overlap": [], "sketch_us_per_trainer_event": []}
     try:
         for r in range(args.rounds):
@@ -178,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result["part_ms"].append(part_costs(store, args.part_reps))
                 result["insert_rows_per_s"].append(insert_apis(store, small[:10_000]))
+                result["trainer_insert_cpu_us"].append(
+                    insert_settings(store, trainer, args.insert_reps))
             finally:
                 store.close()
             for b in batches:
@@ -200,9 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     for table in result["part_ms"][0]:
         print(f"  {table:20s} " + "  ".join(f"{p[table][0]:5.2f} / {p[table][1]:5.2f}"
                                             for p in result["part_ms"]))
-    print("gradient rows/s per insert API, per round:")
+    print("gradient rows/s and CPU µs per row per insert API, per round:")
     for api in result["insert_rows_per_s"][0]:
-        print(f"  {api:38s} " + "  ".join(f"{r[api]:9,.0f}" for r in result["insert_rows_per_s"]))
+        print(f"  {api:40s} " + "  ".join(f"{r[api][0]:9,.0f}/s {r[api][1]:5.2f} µs"
+                                          for r in result["insert_rows_per_s"]))
+    print("trainer event's gradients insert, CPU µs (median), per round:")
+    for case in result["trainer_insert_cpu_us"][0]:
+        print(f"  {case:20s} " + "  ".join(f"{r[case]:7.0f}"
+                                          for r in result["trainer_insert_cpu_us"]))
     print("EventSink.ingest on small events (events/s, CPU µs per event):")
     for s in result["sink"]:
         print(f"  batch {s['batch']:6d}: {s['events_per_s']:8,.0f}/s  {s['cpu_us']:6.1f} µs")
