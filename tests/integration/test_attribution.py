@@ -210,7 +210,9 @@ def test_torch_capture_matches_per_row_autograd(store):
     last = TorchCapture(sent.append, model, "mlp", parameters="last_layer", k=8, seed=3)
     assert last.names == ["2.weight", "2.bias"]
     phi_last, _, _ = last.features(x, y)
-    assert phi_last.shape == (5, 8)
+    # k is a budget, not an exact size: the 3 logit rows stay whole and take 8 // 3 = 2 of
+    # the 9 input columns (8 + bias), so 6 values (plan_factors; docs/attribution.md)
+    assert phi_last.shape == (5, 6)
     with pytest.raises(ValueError, match="no trainable parameter or module named 'head'"):
         TorchCapture(sent.append, model, "mlp", parameters=["head"])
 
