@@ -5,25 +5,13 @@ LZ4 (migration 0030); serve's parsed event reaches the sink without a second par
 
 from __future__ import annotations
 
-import numpy as np
-
 from headwater.producers.envelope import EnvelopeBuilder
 from headwater.producers.transports.base import Record
 from headwater.stream_processors.processors.decode import Accepted, decode_batch
 from headwater.stream_processors.sink import UNMERGED_INSERTS, EventSink
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
-
-
-def _gradients(n: int, rows: int = 3, k: int = 4) -> list[Record]:
-    b = EnvelopeBuilder("run-u")
-    rng = np.random.default_rng(5)
-    return [Record(b.wrap(events_pb2.GradientBatch(
-        model_id="m", model_version="v1", step=i, learning_rate=0.1, dim=k,
-        dtype=events_pb2.FLOAT32,
-        row_keys=events_pb2.RowKeys(node_ids=["train"], rows=[i * rows + r for r in range(rows)]),
-        gradients=rng.standard_normal((rows, k)).astype("<f4").tobytes(),
-    )).SerializeToString(deterministic=True), "t", 0, i) for i in range(n)]
+from tests.support.gradient_records import gradient_records
 
 
 def _raw_count(store: Store, table: str) -> int:
@@ -34,7 +22,7 @@ def _raw_count(store: Store, table: str) -> int:
 def test_a_batch_repeating_its_events_writes_each_once_without_the_insert_merge(
         store: Store) -> None:
     assert set(UNMERGED_INSERTS) == {"events", "gradients"}
-    batch = _gradients(6)
+    batch = gradient_records(6, run_id="run-u", seed=5, curvature=False)
     sink = EventSink(store, "kafka")
     acks = sink.ingest(batch + batch[:4] + batch[2:3])  # repeats inside one batch
     assert all(a.accepted for a in acks) and len(acks) == 11
@@ -54,7 +42,7 @@ def test_blob_columns_are_lz4(store: Store) -> None:
 
 
 def test_a_record_carrying_its_parsed_event_is_not_parsed_again() -> None:
-    record = _gradients(1)[0]
+    record = gradient_records(1, run_id="run-u", seed=5, curvature=False)[0]
     parsed = events_pb2.Event.FromString(record.value)
     carried = Record(record.value, parsed=parsed)
     assert carried == Record(record.value)  # `parsed` is not part of equality
@@ -90,8 +78,9 @@ def test_the_arrow_stream_stores_what_the_temporary_file_stored(store: Store) ->
     from headwater.stream_processors.sink import _sketch_part
 
     b = EnvelopeBuilder("run-s")
-    records = _gradients(5) + [Record(b.wrap(_source(i)).SerializeToString(
-        deterministic=True), "t", 1, 100 + i) for i in range(3)]
+    records = gradient_records(5, run_id="run-u", seed=5, curvature=False) + [
+        Record(b.wrap(_source(i)).SerializeToString(deterministic=True), "t", 1, 100 + i)
+        for i in range(3)]
     accepted, _ = decode_batch(records)
     now = datetime.now(timezone.utc)
     bad = Record(b"\x00junk", "t", 2, 7, headers=(("h", b"v"),), principal="p", key=b"k")

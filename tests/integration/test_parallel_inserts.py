@@ -3,28 +3,14 @@ them acks nothing and writes no receipt, and the redelivery stores each event on
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
 from headwater.errors import StoreError
-from headwater.producers.envelope import EnvelopeBuilder
 from headwater.producers.transports.base import Record
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
-from headwater.v1 import events_pb2
-
-
-def _gradients(n: int, rows: int = 3, k: int = 4) -> list[Record]:
-    b = EnvelopeBuilder("run-p")
-    rng = np.random.default_rng(11)
-    return [Record(b.wrap(events_pb2.GradientBatch(
-        model_id="m", model_version="v1", step=i, learning_rate=0.1, dim=k,
-        dtype=events_pb2.FLOAT32,
-        row_keys=events_pb2.RowKeys(node_ids=["train"], rows=[i * rows + r for r in range(rows)]),
-        gradients=rng.standard_normal((rows, k)).astype("<f4").tobytes(),
-        curvature_weight=rng.random(rows).tolist(),
-    )).SerializeToString(deterministic=True), "t", 0, i) for i in range(n)]
+from tests.support.gradient_records import gradient_records
 
 
 def _count(store: Store, table: str) -> int:
@@ -47,7 +33,7 @@ def test_insert_all_writes_each_table_and_raises_the_failure(store: Store) -> No
 @pytest.mark.parametrize("failing", ["events", "gradients", "dead_letters"])
 def test_a_failed_parallel_write_acks_nothing_and_the_redelivery_stores_once(
         store: Store, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
-    batch = _gradients(10)
+    batch = gradient_records(10, run_id="run-p", seed=11)
     batch.append(Record(b"not an event", "t", 0, 10))  # a dead letter in the same write
     sink = EventSink(store, "kafka")
     real_insert, real_writer = store.insert, store._insert_on_writer

@@ -11,6 +11,7 @@ from headwater.producers.transports.chunking import CHUNK_HEADER, split_into_chu
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
+from tests.support.gradient_records import gradient_records
 
 
 def _source(i: int) -> events_pb2.SourceRegistered:
@@ -136,21 +137,6 @@ def test_a_record_whose_processing_raises_is_isolated(store: Store,
     assert len(dead) == 1 and dead[0][0] == acks[3].event_id
 
 
-def _gradient_records(n: int, rows: int = 3, k: int = 4) -> list[Record]:
-    import numpy as np
-
-    b = EnvelopeBuilder("run-g")
-    rng = np.random.default_rng(7)
-    return [Record(b.wrap(events_pb2.GradientBatch(
-        model_id="m", model_version="v1", step=i, learning_rate=0.1, dim=k,
-        dtype=events_pb2.FLOAT32,
-        row_keys=events_pb2.RowKeys(node_ids=["train"],
-                                    rows=list(range(i * rows, i * rows + rows))),
-        gradients=rng.standard_normal((rows, k)).astype("<f4").tobytes(),
-        curvature_weight=rng.random(rows).tolist(),
-    )).SerializeToString(deterministic=True), "t", 0, i) for i in range(n)]
-
-
 def _counted(store: Store) -> tuple[int, list[str]]:
     rows = store.query("SELECT sum(rows) FROM curvature_parts")[0][0]
     ids = store.query("SELECT e FROM curvature_parts ARRAY JOIN event_ids AS e ORDER BY e")
@@ -164,7 +150,7 @@ def test_sketch_counts_each_event_once_across_a_failure_after_the_receipts(
     new events) counts exactly once; a plain redelivery counts nothing again."""
     from headwater.errors import StoreError
 
-    batch = _gradient_records(12)
+    batch = gradient_records(12, run_id="run-g", seed=7)
     sink = EventSink(store, "kafka")
     real_insert = store.insert
     failures = iter([True])
