@@ -160,25 +160,48 @@ def loss_scale(state: OutputGradient, f: np.ndarray | None = None
         return c, f
     if not _classes(z):
         return _binary_scale(z, g, labels), f
+    (measured,) = _softmax_scales(z, g, labels, f, 1)
+    if isinstance(measured, LossMismatch):
+        raise measured
+    return measured, f
+
+
+def _softmax_scales(z: np.ndarray, g: np.ndarray, labels: np.ndarray, f: np.ndarray,
+                    steps: int) -> list[float | None | LossMismatch]:
+    """c (None: no row can tell; or its refusal) of each of `steps` equal-sized steps whose
+    softmax outputs z, output gradients g, labels and margins f are stacked row-wise: every
+    quantity is row-wise or a reduction over one step's contiguous rows, so a step's c is
+    the same whether it is measured alone or in a group."""
     y = labels.reshape(-1).astype(np.int64)
+    if len(y) == 0:
+        return [None] * steps
     rows = np.arange(len(y))
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     q = 1.0 / (1.0 + np.exp(f))  # Σ_{j≠y} p_j, exact where p_y rounds to 1
     off = g.copy()
     off[rows, y] = 0.0
-    if q.sum() == 0.0:
-        return None, f
-    c = float(off.sum() / q.sum())
-    expect = c * p
+    q_sums = q.reshape(steps, -1).sum(1)
+    known = q_sums != 0.0
+    c = np.where(known, off.reshape(steps, -1).sum(1) / np.where(known, q_sums, 1.0), 1.0)
+    c_rows = np.repeat(c, len(y) // steps)
+    expect = c_rows[:, None] * p
     expect[rows, y] = 0.0
-    worst = np.abs(off - expect).max()
+    worst = np.abs(off - expect).reshape(steps, -1).max(1)
+    largest = np.abs(expect).reshape(steps, -1).max(1)
     sure = q > ACCURATE_Q
-    label_err = (np.abs(g[rows, y] + c * q)[sure] / (abs(c) * q[sure])).max() \
-        if sure.any() else 0.0
-    if label_err > TOLERANCE or worst > TOLERANCE * np.abs(expect).max():
-        raise LossMismatch(_SOFTMAX_REFUSAL)
-    return c, f
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows not `sure` are dropped
+        label_err = np.where(sure, np.abs(g[rows, y] + c_rows * q) / (np.abs(c_rows) * q),
+                             -np.inf).reshape(steps, -1).max(1)
+    scales: list[float | None | LossMismatch] = []
+    for i in range(steps):
+        if not known[i]:
+            scales.append(None)
+        elif label_err[i] > TOLERANCE or worst[i] > TOLERANCE * largest[i]:
+            scales.append(LossMismatch(_SOFTMAX_REFUSAL))
+        else:
+            scales.append(float(c[i]))
+    return scales
 
 
 def watch(state: OutputGradient) -> Any:
@@ -224,34 +247,7 @@ def group_scales(states: list[OutputGradient]
     g = _numpy(torch.cat([s.grad for s in states]))  # type: ignore[misc]
     labels = torch.cat([s.labels.reshape(-1) for s in states]).detach().cpu().double().numpy()
     f = margins(z, labels, states[0].task)
-    y = labels.astype(np.int64)
-    rows = np.arange(len(y))
-    p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    q = 1.0 / (1.0 + np.exp(f))
-    off = g.copy()
-    off[rows, y] = 0.0
-    q_sums = q.reshape(g_count, n).sum(1)
-    known = q_sums != 0.0
-    c = np.where(known, off.reshape(g_count, -1).sum(1) / np.where(known, q_sums, 1.0), 1.0)
-    c_rows = np.repeat(c, n)
-    expect = c_rows[:, None] * p
-    expect[rows, y] = 0.0
-    worst = np.abs(off - expect).reshape(g_count, -1).max(1)
-    largest = np.abs(expect).reshape(g_count, -1).max(1)
-    sure = q > ACCURATE_Q
-    with np.errstate(divide="ignore", invalid="ignore"):  # rows not `sure` are dropped
-        label_err = np.where(sure, np.abs(g[rows, y] + c_rows * q) / (np.abs(c_rows) * q),
-                             -np.inf).reshape(g_count, n).max(1)
-    scales: list[float | None | LossMismatch] = []
-    for i in range(g_count):
-        if not known[i]:
-            scales.append(None)
-        elif label_err[i] > TOLERANCE or worst[i] > TOLERANCE * largest[i]:
-            scales.append(LossMismatch(_SOFTMAX_REFUSAL))
-        else:
-            scales.append(float(c[i]))
-    return list(f.reshape(g_count, n)), scales
+    return list(f.reshape(g_count, n)), _softmax_scales(z, g, labels, f, g_count)
 
 
 def _one_by_one(states: list[OutputGradient]
