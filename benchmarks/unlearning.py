@@ -651,18 +651,32 @@ def _apply_request(d: dict[str, Any], model: Any, opt: Any, hook: Any, recipe: R
             "forget_loss_before": v.forget_loss_before, "forget_loss_after": v.forget_loss_after}
 
 
-def stream_case(seed: int, steps: int, hidden: int) -> dict[str, Any]:
-    import tempfile
-
-    d = digits(seed)
+def stream_requests(d: dict[str, Any], arrival: np.ndarray, steps: int, seed: int
+                    ) -> tuple[list[tuple[int, np.ndarray]], np.ndarray, np.ndarray]:
+    """The stream's two forget requests (5 % random rows that arrived in the first third,
+    asked at a third of the way; writer block 5 at two thirds), every row they name, and
+    the named rows the stream trained on before their request (the forget set)."""
     n = len(d["x"])
-    arrival = arrivals(d["y"].numpy(), steps, seed)
-    schedule = stream_schedule(arrival, steps, seed)
     rng = np.random.default_rng(seed + 2)
     first = np.zeros(n, dtype=bool)
     first[rng.choice(np.flatnonzero(arrival < steps // 3), round(0.05 * n),
                      replace=False)] = True
     requests = [(steps // 3, first), (2 * steps // 3, d["source"] == 5)]
+    gone = np.zeros(n, dtype=bool)
+    trained_on = np.zeros(n, dtype=bool)
+    for step, rows in requests:
+        gone |= rows
+        trained_on |= rows & (arrival < step)
+    return requests, gone, trained_on
+
+
+def stream_case(seed: int, steps: int, hidden: int) -> dict[str, Any]:
+    import tempfile
+
+    d = digits(seed)
+    arrival = arrivals(d["y"].numpy(), steps, seed)
+    schedule = stream_schedule(arrival, steps, seed)
+    requests, gone, trained_on = stream_requests(d, arrival, steps, seed)
     run = partial(run_stream, d, arrival, schedule, hidden=hidden, seed=seed,
                   requests=requests)
     progress(f"stream: {steps} steps, forget requests at steps {requests[0][0]} and "
@@ -685,16 +699,10 @@ def stream_case(seed: int, steps: int, hidden: int) -> dict[str, Any]:
         start = time.perf_counter()
         partly, partial_applied = run(mode="partial", directory=directory)
         partial_s = time.perf_counter() - start
-    gone = np.zeros(n, dtype=bool)
-    for _, rows in requests:
-        gone |= rows
     start = time.perf_counter()
     rerun, _ = run_stream(d, arrival, schedule, hidden=hidden, seed=seed,
                           requests=[(0, gone)], mode="drop")
     rerun_s = time.perf_counter() - start
-    trained_on = np.zeros(n, dtype=bool)  # forgotten rows the stream trained on before
-    for step, rows in requests:
-        trained_on |= rows & (arrival < step)
     m = torch_mask(trained_on)
     forget = (d["x"][m], d["y"][m])
     rows = {}
@@ -731,15 +739,7 @@ def stream_schedules_case(seed: int, steps: int, hidden: int, schedules: int
     d = digits(seed)
     n = len(d["x"])
     arrival = arrivals(d["y"].numpy(), steps, seed)
-    rng = np.random.default_rng(seed + 2)
-    first = np.zeros(n, dtype=bool)
-    first[rng.choice(np.flatnonzero(arrival < steps // 3), round(0.05 * n),
-                     replace=False)] = True
-    requests = [(steps // 3, first), (2 * steps // 3, d["source"] == 5)]
-    gone = first | (d["source"] == 5)
-    trained_on = np.zeros(n, dtype=bool)
-    for step, rows in requests:
-        trained_on |= rows & (arrival < step)
+    requests, gone, trained_on = stream_requests(d, arrival, steps, seed)
     m = torch_mask(trained_on)
     forget = (d["x"][m], d["y"][m])
     adapter = TorchAdapter("classification")
