@@ -99,17 +99,10 @@ def measure(steps: int, repeats: int) -> dict:
             cpu[name].append(c)
             wall[name].append(w)
     base = statistics.median(cpu["alone"])
-    return {"steps": steps, "repeats": repeats, "load": list(_load()), "rows": [
+    return {"steps": steps, "repeats": repeats, "load": list(os.getloadavg()), "rows": [
         {"neighbour": n, "cpu_ms": statistics.median(cpu[n]),
          "wall_ms": statistics.median(wall[n]),
          "cpu_ratio": statistics.median(cpu[n]) / base} for n in NEIGHBOURS]}
-
-
-def _load() -> tuple[float, float, float]:
-    try:
-        return os.getloadavg()
-    except OSError:
-        return (float("nan"),) * 3
 
 
 def main(argv: list[str] | None = None) -> int:
