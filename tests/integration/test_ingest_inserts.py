@@ -5,9 +5,14 @@ LZ4 (migration 0030); serve's parsed event reaches the sink without a second par
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
+import pytest
+
 from headwater.producers.envelope import EnvelopeBuilder
 from headwater.producers.transports.base import Record
 from headwater.stream_processors.processors.decode import Accepted, decode_batch
+from headwater.stream_processors.processors.rows import event_rows
 from headwater.stream_processors.sink import UNMERGED_INSERTS, EventSink
 from headwater.stream_processors.store import Store
 from headwater.v1 import events_pb2
@@ -65,16 +70,10 @@ def _source(i: int) -> events_pb2.SourceRegistered:
 def test_the_arrow_stream_stores_what_the_temporary_file_stored(store: Store) -> None:
     """chDB inserts go through ChdbInserter (an Arrow stream); clickhouse-connect's Arrow
     file path stores the same rows, column for column, in every table a batch writes."""
-    from datetime import datetime, timezone
-
     from headwater.stream_processors.chdb_insert import ChdbInserter
     from headwater.stream_processors.processors.decode import Rejected
     from headwater.stream_processors.processors.derived import DERIVED
-    from headwater.stream_processors.processors.rows import (
-        dead_letter_rows,
-        event_rows,
-        receipt_rows,
-    )
+    from headwater.stream_processors.processors.rows import dead_letter_rows, receipt_rows
     from headwater.stream_processors.sink import _sketch_part
 
     b = EnvelopeBuilder("run-s")
@@ -109,3 +108,28 @@ def test_the_arrow_stream_stores_what_the_temporary_file_stored(store: Store) ->
             assert len(stream) == rows.num_rows
     finally:
         inserter.close()
+
+
+@pytest.mark.parametrize("table, settings, named", [
+    ("events`; DROP TABLE events; --", None, "is not a plain identifier"),
+    ("events", {"optimize_on_insert": "0; SYSTEM SHUTDOWN"}, "is not a plain number or word"),
+    ("events", {"max_threads = 1, readonly": "1"}, "is not a plain identifier"),
+])
+def test_the_arrow_stream_writes_only_plain_names(store: Store, table: str,
+                                                  settings: dict | None, named: str) -> None:
+    """The stream insert builds its statement from names and settings: anything but a plain
+    identifier or value is refused before a statement is sent, and nothing is stored."""
+    from headwater.stream_processors.chdb_insert import ChdbInserter
+
+    rows = event_rows(decode_batch(gradient_records(2, run_id="run-h", seed=3))[0], "kafka",
+                      datetime.now(timezone.utc))
+    before = store.query("SELECT count() FROM events")[0][0]
+    assert store.dsn.path is not None
+    inserter = ChdbInserter(store.dsn.path, store.database)
+    try:
+        with pytest.raises(ValueError, match=named):
+            inserter.insert(table, rows, settings)
+    finally:
+        inserter.close()
+    assert store.query("SELECT count() FROM events")[0][0] == before
+    assert [r[0] for r in store.query("EXISTS TABLE events")] == [1]
