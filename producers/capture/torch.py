@@ -410,8 +410,8 @@ class TorchCapture(Recorder):
         if dense is not None:
             return dense, self._loss_scale(x, state)
         assert self._projector is not None
-        return self._rescaled(x, y, weights, self._projector.phi(*taken),
-                              self._loss_scale(x, state))
+        c = self._loss_scale(x, state)
+        return self._rescaled(x, y, weights, self._projector.phi(*taken), c), c
 
     def _loss_scale(self, x: torch.Tensor, state: OutputGradient) -> float:
         """c, the loss's per-row scale, measured (or the last measured) and checked."""
@@ -431,12 +431,12 @@ class TorchCapture(Recorder):
         return c
 
     def _rescaled(self, x: torch.Tensor, y: torch.Tensor, weights: Weights, phi: torch.Tensor,
-                  c: float) -> tuple[torch.Tensor, float]:
-        """(φ of the margins, c) from φ of the step's loss gradients (c: the loss's scale)."""
+                  c: float) -> torch.Tensor:
+        """φ of the margins from φ of the step's loss gradients (c: the loss's scale)."""
         r, lost = _ratio(c, weights)
         phi /= torch.as_tensor(r, dtype=phi.dtype, device=phi.device)[:, None]
         self._margin_pass(x, y, phi, lost)
-        return phi, c
+        return phi
 
     def _margin_pass(self, x: torch.Tensor, y: torch.Tensor, phi: torch.Tensor,
                      lost: np.ndarray) -> None:
