@@ -26,19 +26,24 @@ from headwater.producers.capture.factored import (
     find_layers,
     plain,
 )
+from headwater.producers.capture.groups import (
+    TINY,
+    HeldStep,
+    Scale,
+    build_group,
+    ratio,
+    weights_of,
+)
 from headwater.producers.capture.kronecker import KroneckerProjection, plan_factors
 from headwater.producers.capture.recorder import (
     Publish,
     Recorder,
     Weights,
     _keys,
-    margin_weights,
-    regression_weights,
 )
 from headwater.producers.capture.rescale import (
     LossMismatch,
     OutputGradient,
-    group_scales,
     loss_scale,
     margins,
     watch,
@@ -46,7 +51,6 @@ from headwater.producers.capture.rescale import (
 from headwater.v1 import events_pb2
 
 MODES = ("auto", "factored", "dense")
-TINY = 1e-30  # |c q| below this: the row's loss gradient carries no margin gradient
 CERTAIN = 1e-25  # a row's largest |loss gradient| at the output below this may be < TINY
 
 
@@ -94,15 +98,6 @@ def select_parameters(model: torch.nn.Module, parameters: str | Sequence[str]) -
                              f"{', '.join(names[:20])}")
         chosen += [h for h in hits if h not in chosen]
     return chosen
-
-
-def _ratio(c: float, weights: Weights) -> tuple[np.ndarray, np.ndarray]:
-    """(r, lost): δ_loss = r δ_f row by row (r = -c q), with r set to 1 on the rows whose
-    loss gradient is too small to carry the margin gradient (`lost`)."""
-    r = -c * weights.q
-    lost = np.abs(r) < TINY
-    r[lost] = 1.0
-    return r, lost
 
 
 class TorchCapture(Recorder):
@@ -172,7 +167,7 @@ class TorchCapture(Recorder):
                          **kwargs)
         self._projector = Projector(self.layers, spec) if self.layers is not None else None
         self._per_sample = vmap(grad(self._margin_of_one), in_dims=(None, None, 0, 0))
-        self._scale: float | None = None  # the loss's per-row scale c, last measured
+        self._scales = Scale()  # the loss's per-row scale c, last measured
         self._taps = Taps(self.layers or [])
         self.group = group
         self._pending: list[_Held] = []
@@ -302,7 +297,7 @@ class TorchCapture(Recorder):
         # loss where the trainer sees it, and when no row can need a margin pass (it reads
         # the parameters, which the optimiser is about to change): a row whose loss
         # gradient is below 1e-25 everywhere might, and goes the synchronous way below.
-        if (dense is None and self._scale is not None and self._grouped
+        if (dense is None and self._scales.value is not None and self._grouped
                 and state.floor() >= CERTAIN):
             state.labels = y.clone()  # the trainer may refill its y before the worker reads
             self._pending.append(_Held(x.clone(), x.data_ptr(), state.labels, state, calls,
@@ -322,7 +317,7 @@ class TorchCapture(Recorder):
                                        step=step, version=version, targets=targets)
 
         lost = bool((np.abs(weights.q) < TINY).any())
-        if dense is not None or lost or self._scale is None:
+        if dense is not None or lost or self._scales.value is None:
             payload = build()
             self._emit(lambda: payload)
         else:
@@ -340,48 +335,17 @@ class TorchCapture(Recorder):
             super()._emit(lambda: self._build_group(held))  # type: ignore[arg-type,return-value]
 
     def _build_group(self, held: list[_Held]) -> list[events_pb2.GradientBatch | Exception]:
-        """The GradientBatch of every held step, projected together (on the worker); a step
-        that fails (a refused loss) is its exception, so the others are still published."""
+        """The GradientBatch of every held step, projected together (on the worker)."""
         assert self._projector is not None
-        out: list[events_pb2.GradientBatch | Exception | None] = [None] * len(held)
-        taken, good = [], []
-        for i, h in enumerate(held):
+        steps = []
+        for h in held:
             try:
-                taken.append(self._taps.pairs(h.calls, copy=(h.pointer, h.x)))
-                good.append(i)
+                taken: Any = self._taps.pairs(h.calls, copy=(h.pointer, h.x))
             except Exception as exc:  # noqa: BLE001 - the worker raises it at flush
-                out[i] = exc
-        if not taken:
-            return out  # type: ignore[return-value]
-        phi, sizes = self._projector.phi_group(taken)
-        fs, scales = group_scales([held[i].state for i in good])  # the group in one go
-        ratio = np.ones(len(phi))  # loss -> margin gradient, row by row; 1: a failed step
-        kept: list[tuple[int, int, int, Weights, float, np.ndarray]] = []
-        start = 0
-        for i, n, f, measured in zip(good, sizes, fs, scales, strict=True):
-            try:
-                weights = self._weights_of(f, held[i].y)
-                c = self._accept_scale(measured, n)
-                ratio[start:start + n], lost = _ratio(c, weights)
-                kept.append((i, start, n, weights, c, lost))
-            except Exception as exc:  # noqa: BLE001 - the worker raises it at flush
-                out[i] = exc
-            start += n
-        phi /= torch.as_tensor(ratio, dtype=phi.dtype, device=phi.device)[:, None]
-        for i, start, n, _, _, lost in kept:
-            h = held[i]
-            try:
-                self._margin_pass(h.x, h.y, phi[start:start + n], lost)
-            except Exception as exc:  # noqa: BLE001 - the worker raises it at flush
-                out[i] = exc
-        encoded = self.encoded(phi)  # one conversion for the group
-        for i, start, n, weights, c, _ in kept:
-            h = held[i]
-            if out[i] is None:
-                out[i] = self.gradient_batch(
-                    encoded[start:start + n], weights, h.keys, learning_rate=h.learning_rate * c,
-                    step=h.step, version=h.version, targets=h.y.detach().cpu().numpy())
-        return out  # type: ignore[return-value]
+                taken = exc
+            steps.append(HeldStep(taken, h.state, h.x, h.keys, h.learning_rate, h.step,
+                                  h.version))
+        return build_group(self, self._projector, self._scales, steps, self._margin_pass)
 
     def _check(self, x: torch.Tensor, state: OutputGradient) -> None:
         """Refuse a step whose forward/backward the capture cannot read."""
@@ -399,9 +363,7 @@ class TorchCapture(Recorder):
                                "capture.step(); call loss.backward() inside the with block")
 
     def _weights_of(self, f: np.ndarray, y: torch.Tensor) -> Weights:
-        if self.task == "classification":
-            return margin_weights(f)
-        return regression_weights(f, y.detach().double().reshape(-1).cpu().numpy())
+        return weights_of(self.task, f, y)
 
     def _phi_of_step(self, x: torch.Tensor, y: torch.Tensor, state: OutputGradient,
                      weights: Weights, taken: tuple[dict, dict], dense: torch.Tensor | None
@@ -415,25 +377,12 @@ class TorchCapture(Recorder):
 
     def _loss_scale(self, x: torch.Tensor, state: OutputGradient) -> float:
         """c, the loss's per-row scale, measured (or the last measured) and checked."""
-        return self._accept_scale(loss_scale(state)[0], len(x))
-
-    def _accept_scale(self, measured: float | None | LossMismatch, n: int) -> float:
-        """c from a step's measured scale (None: the last measured, else 1/n), checked and
-        kept; a refusal is raised."""
-        if isinstance(measured, LossMismatch):
-            raise measured
-        c = measured if measured is not None else (self._scale or 1.0 / n)
-        if not c > 0:
-            raise LossMismatch(f"the loss's per-row scale is {c}, not positive: capture.step()"
-                               " expects a loss that is minimised (cross-entropy, squared "
-                               "error)")
-        self._scale = c
-        return c
+        return self._scales.accept(loss_scale(state)[0], len(x))
 
     def _rescaled(self, x: torch.Tensor, y: torch.Tensor, weights: Weights, phi: torch.Tensor,
                   c: float) -> torch.Tensor:
         """φ of the margins from φ of the step's loss gradients (c: the loss's scale)."""
-        r, lost = _ratio(c, weights)
+        r, lost = ratio(c, weights)
         phi /= torch.as_tensor(r, dtype=phi.dtype, device=phi.device)[:, None]
         self._margin_pass(x, y, phi, lost)
         return phi
