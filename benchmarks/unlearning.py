@@ -308,6 +308,12 @@ def _param_distance(a: Any, b: Any) -> float:
             - torch.nn.utils.parameters_to_vector(b.parameters()).double()))
 
 
+def _flat(model: Any) -> Any:
+    import torch
+
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach().double()
+
+
 def _param_norm(a: Any) -> float:
     import torch
 
@@ -524,6 +530,8 @@ def run_stream(d: dict[str, Any], arrival: np.ndarray, schedule: list[np.ndarray
             forgotten |= pending[step]
             if mode == "reversal" and now.any():
                 applied.append(_reverse_steps(d, model, opt, log, step, now))
+            elif mode == "unrolled" and now.any():
+                applied.append(_unrolled_removal(d, model, opt, log, step, now))
             elif mode != "drop" and now.any():
                 applied.append(_apply_request(
                     d, model, opt, hook, recipe, step, now, seen, forgotten, held_arrival,
@@ -606,6 +614,92 @@ def _reverse_steps(d: dict[str, Any], model: Any, opt: Any, log: list[tuple[np.n
                 state["momentum_buffer"].add_(dmom)
     return {"step": step, "rows": int(now.sum()), "seconds": time.perf_counter() - started,
             "method": "REVERSAL", "newton_steps": 0, "fine_tune_steps": 0}
+
+
+def _row_factors(model: Any, layers: list[Any], x: Any, y: Any
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per nn.Linear layer, each row's input a_i (a 1 appended) and loss gradient at the
+    layer's output δ_i, float64: row i's gradient there is δ_i a_iᵀ."""
+    import torch
+
+    from headwater.producers.unlearning.verification import torch_losses
+
+    inputs: dict[int, Any] = {}
+    grads: dict[int, Any] = {}
+    hooks = []
+    for i, layer in enumerate(layers):
+        def keep(_m: Any, a: Any, out: Any, i: int = i) -> None:
+            inputs[i] = a[0].detach()
+            out.register_hook(lambda g: grads.__setitem__(i, g.detach()))
+        hooks.append(layer.register_forward_hook(keep))
+    try:
+        model.zero_grad()
+        torch_losses(model(x), y, "classification").sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
+        model.zero_grad()
+    ones = torch.ones(len(x), 1, dtype=torch.float64)
+    return [(torch.cat([inputs[i].double(), ones], 1).numpy(), grads[i].double().numpy())
+            for i in range(len(layers))]
+
+
+def _unrolled_removal(d: dict[str, Any], model: Any, opt: Any,
+                      log: list[tuple[np.ndarray, float]], step: int, now: np.ndarray
+                      ) -> dict[str, Any]:
+    """Unrolled removal (a candidate measured against auto, not the default): each logged
+    step that used a forgotten row i moved θ by −η_t/B_t·(g_i − ḡ) more than the step
+    without it would have (mean batch loss; ḡ the rest of the batch's mean gradient),
+    delivered in full through the momentum (η_t/(1−β)); the later steps then contract that
+    displacement along the curvature, by exp(−h·L_t) in a direction of mean-loss curvature
+    h + wd, L_t = Σ_{s>t} η_s/(1−β). So, per K-FAC eigendirection of every layer
+    (the retained rows seen so far, mean-loss scale),
+        Δθ = Σ_i Σ_{t uses i} η_t/(B_t(1−β)) · exp(−(h + wd)·L_t) · (g_i − ḡ),
+    g_i and ḡ (the retained rows' mean gradient) taken at the current model. Stiff
+    directions, which training re-equilibrates, keep little; flat ones the sum of steps."""
+    import torch
+
+    from headwater.producers.unlearning.kfac import _factors, _linear_layers
+
+    started = time.perf_counter()
+    x, y = d["x"], d["y"]
+    beta, wd = opt.param_groups[0]["momentum"], opt.param_groups[0]["weight_decay"]
+    rows = np.flatnonzero(now)
+    layers = _linear_layers(model)
+    keep = np.setdiff1d(np.unique(np.concatenate([b for b, _ in log])), rows)
+    was = model.training
+    model.eval()
+    try:
+        factors = _factors(model, layers, x[keep], "classification", 0)
+        own, rest = (_row_factors(model, layers, x[k], y[k]) for k in (rows, keep))
+    finally:
+        model.train(was)
+    eff = np.array([lr for _, lr in log]) / (1 - beta)
+    later = np.concatenate([np.cumsum(eff[::-1])[::-1][1:], [0.0]])  # L_t
+    uses: dict[int, list[tuple[float, float]]] = {int(r): [] for r in rows}
+    for t, (batch, _) in enumerate(log):
+        for r in batch[np.isin(batch, rows)]:
+            uses[int(r)].append((eff[t] / len(batch), later[t]))
+    deltas = []
+    for (a_f, g_f), (a_k, g_k), (a, g) in zip(own, rest, factors, strict=True):
+        la, qa = np.linalg.eigh(a)
+        lg, qg = np.linalg.eigh(g)
+        h = np.outer(np.clip(lg, 0, None), np.clip(la, 0, None)) / len(keep) + wd
+        mean_rest = (g_k @ qg).T @ (a_k @ qa) / len(keep)  # ḡ in the eigenbasis
+        pa, pg = a_f @ qa, g_f @ qg
+        total = np.zeros_like(h)
+        for j, r in enumerate(rows):
+            weight = sum(c * np.exp(-h * span) for c, span in uses[int(r)])
+            total += weight * (np.outer(pg[j], pa[j]) - mean_rest)
+        deltas.append(qg @ total @ qa.T)
+    with torch.no_grad():
+        for layer, delta in zip(layers, deltas, strict=True):
+            delta_t = torch.as_tensor(delta, dtype=layer.weight.dtype)
+            layer.weight.add_(delta_t[:, :layer.in_features])
+            layer.bias.add_(delta_t[:, -1])
+    opt.state.clear()  # the momentum holds the rows' gradients
+    return {"step": step, "rows": int(now.sum()), "seconds": time.perf_counter() - started,
+            "method": "UNROLLED", "newton_steps": 0, "fine_tune_steps": 0}
 
 
 def _apply_request(d: dict[str, Any], model: Any, opt: Any, hook: Any, recipe: Recipe,
@@ -748,10 +842,12 @@ def stream_schedules_case(seed: int, steps: int, hidden: int, schedules: int
         return float(adapter.losses(model, forget).mean())
 
     modes = {"approximate (auto)": "approximate",
-             "logged-step reversal (candidate)": "reversal"}
+             "logged-step reversal (candidate)": "reversal",
+             "unrolled removal (candidate)": "unrolled"}
     table: dict[str, list[float]] = {"dropped": [], "re-run": [], **{k: [] for k in modes}}
     accuracy: dict[str, list[float]] = {k: [] for k in table}
     noise: list[float] = []
+    flats: dict[str, list[Any]] = {"dropped": [], "re-run": []}  # parameters, for distances
     for k in range(schedules):
         progress(f"stream over sampler seeds: schedule {k + 1} of {schedules}")
         schedule = stream_schedule(arrival, steps, seed + 1000 * k)
@@ -763,6 +859,8 @@ def stream_schedules_case(seed: int, steps: int, hidden: int, schedules: int
         for label, model in models.items():
             table[label].append(loss(model))
             accuracy[label].append(adapter.accuracy(model, d["test"]))
+        for label in flats:
+            flats[label].append(_flat(models[label]))
         if k == 0:  # re-runs without 10 more random rows: the noise of one re-run
             for j in range(4):
                 extra = np.zeros(n, dtype=bool)
@@ -774,7 +872,18 @@ def stream_schedules_case(seed: int, steps: int, hidden: int, schedules: int
                                         table["re-run"][0]))
     mean = {label: float(np.mean(v)) for label, v in table.items()}
     change = np.subtract(table["re-run"], table["dropped"])  # what the rows' removal moves
+    pairs = [float((flats["re-run"][i] - flats["re-run"][j]).norm())
+             for i in range(schedules) for j in range(i + 1, schedules)]
     out: dict[str, Any] = {"steps": steps, "schedules": schedules, "mean_forget_loss": mean,
+                           "sd_forget_loss": {label: float(np.std(v, ddof=1))
+                                              if schedules > 1 else float("nan")
+                                              for label, v in table.items()},
+                           "param_norm": float(np.mean([float(v.norm())
+                                                        for v in flats["re-run"]])),
+                           "distance_dropped_rerun": [
+                               float((a - b).norm()) for a, b in
+                               zip(flats["dropped"], flats["re-run"], strict=True)],
+                           "distance_rerun_rerun": pairs,
                            "rerun_noise_gaps": noise, "rerun_change_mean": float(change.mean()),
                            "rerun_change_sd": float(change.std(ddof=1)) if schedules > 1
                            else float("nan"), "methods": {}}
@@ -784,7 +893,12 @@ def stream_schedules_case(seed: int, steps: int, hidden: int, schedules: int
             "gaps": [gap_closed(b, a, r) for b, a, r in
                      zip(table["dropped"], table[label], table["re-run"], strict=True)],
             "accuracy_vs_rerun_pp": 100 * float(np.mean(accuracy[label])
-                                                - np.mean(accuracy["re-run"]))}
+                                                - np.mean(accuracy["re-run"])),
+            # the method's own move of the forget loss from the dropped-only model, per
+            # schedule (paired), beside the re-run's: mean and standard error
+            "change_mean": float(np.mean(np.subtract(table[label], table["dropped"]))),
+            "change_se": float(np.std(np.subtract(table[label], table["dropped"]), ddof=1)
+                               / schedules ** 0.5) if schedules > 1 else float("nan")}
     return out
 
 
@@ -921,10 +1035,21 @@ def report_schedules(figs: dict[str, Any]) -> None:
           f"{_fmt(ss['rerun_change_sd'] / ss['schedules'] ** 0.5, '.4f')})")
     print("  one re-run's noise: re-runs without 10 more random rows (of the first schedule) "
           "close " + ", ".join(_fmt(g) for g in ss["rerun_noise_gaps"]) + " of its gap")
+    sd = ss["sd_forget_loss"]
+    print("  forget loss sd over the schedules: " + ", ".join(f"{k} {_fmt(v, '.4f')}"
+                                                             for k, v in sd.items()))
+    near, apart = ss["distance_dropped_rerun"], ss["distance_rerun_rerun"]
+    if apart:
+        print(f"  parameters (norm {ss['param_norm']:.2f}): dropped-only to re-run, same "
+              f"schedule, {np.mean(near):.2f} ({min(near):.2f}-{max(near):.2f}); re-run to "
+              f"re-run over schedules {np.mean(apart):.2f} ({min(apart):.2f}-{max(apart):.2f})")
     for name, row in ss["methods"].items():
         print(f"  {name}: gap of the means {_fmt(row['gap_of_means'])}; per schedule "
               + ", ".join(_fmt(g) for g in row["gaps"])
-              + f"; test accuracy vs re-run {row['accuracy_vs_rerun_pp']:+.2f} pp (mean)")
+              + f"; forget loss moved {row['change_mean']:+.4f} ± "
+              f"{_fmt(row['change_se'], '.4f')} from dropped-only (re-run "
+              f"{ss['rerun_change_mean']:+.4f}); test accuracy vs re-run "
+              f"{row['accuracy_vs_rerun_pp']:+.2f} pp (mean)")
 
 
 def report_descent_trace(figs: dict[str, Any]) -> None:

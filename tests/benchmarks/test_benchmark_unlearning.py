@@ -106,9 +106,18 @@ def test_unlearning_benchmark_fast() -> None:
     schedules = figures["stream_schedules"]  # the approximate methods in expectation
     assert schedules["schedules"] >= 2 and len(schedules["rerun_noise_gaps"]) == 4
     assert schedules["rerun_change_sd"] > 0
-    for name in ("approximate (auto)", "logged-step reversal (candidate)"):
+    for name in ("approximate (auto)", "logged-step reversal (candidate)",
+                 "unrolled removal (candidate)"):
         row = schedules["methods"][name]
         assert len(row["gaps"]) == schedules["schedules"] and math.isfinite(row["gap_of_means"])
+        assert math.isfinite(row["change_mean"]) and row["change_se"] > 0
+    # the diagnosis: how far the re-run is from the dropped-only model, against how far
+    # re-runs on other sampler seeds are from each other (pairs of schedules)
+    k = schedules["schedules"]
+    assert len(schedules["distance_dropped_rerun"]) == k
+    assert len(schedules["distance_rerun_rerun"]) == k * (k - 1) // 2
+    assert all(0 < v < 3 * schedules["param_norm"] for v in
+               schedules["distance_dropped_rerun"] + schedules["distance_rerun_rerun"])
     # the first schedule is the stream case's own: the same gap
     assert math.isclose(schedules["methods"]["approximate (auto)"]["gaps"][0],
                         approx["gap_closed"], rel_tol=1e-6)
