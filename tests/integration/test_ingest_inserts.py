@@ -1,7 +1,8 @@
 """Issue 18's cheaper ingest writes keep what they rely on: `events` and `gradients` are
 inserted without the engine's merge of the block (optimize_on_insert = 0), which is safe
 only because the first-write screen passes each event id once per batch; blob columns are
-LZ4 (migration 0030); serve's parsed event reaches the sink without a second parse."""
+LZ4 (migration 0030); a trainer batch's blocks are compact parts (migration 0031); serve's
+parsed event reaches the sink without a second parse."""
 
 from __future__ import annotations
 
@@ -44,6 +45,25 @@ def test_blob_columns_are_lz4(store: Store) -> None:
         "AND (table, name) IN (('events', 'raw'), ('gradients', 'gradient'))",
         {"d": store.database}))
     assert codecs == {"events": "CODEC(LZ4)", "gradients": "CODEC(LZ4)"}
+
+
+def test_a_trainer_batch_is_written_as_compact_parts_and_reads_back_whole(
+        store: Store) -> None:
+    """~13 MB of gradient bytes in one batch: past the engine's default 10 MB for a wide part,
+    below migration 0031's 128 MiB, so each table gets one compact part, stored in full."""
+    batch = gradient_records(100, run_id="run-c", seed=7, rows=64, k=512, curvature=False)
+    assert all(a.accepted for a in EventSink(store, "kafka").ingest(batch))
+    parts = store.query(
+        "SELECT table, part_type, sum(rows), sum(data_uncompressed_bytes) FROM system.parts "
+        "WHERE database = {d:String} AND active AND table IN ('events', 'gradients') "
+        "GROUP BY table, part_type ORDER BY table", {"d": store.database})
+    assert [(t, kind, rows) for t, kind, rows, _ in parts] == [
+        ("events", "Compact", 100), ("gradients", "Compact", 6400)]
+    assert all(size > 13_000_000 for *_, size in parts)  # would have been wide before 0031
+    stored = store.query("SELECT sum(length(gradient)), count(DISTINCT event_id) FROM gradients")
+    assert stored == [(100 * 64 * 512 * 4, 100)]
+    assert store.query("SELECT sum(length(raw)) FROM events")[0][0] == sum(
+        len(r.value) for r in batch)
 
 
 def test_a_record_carrying_its_parsed_event_is_not_parsed_again() -> None:
