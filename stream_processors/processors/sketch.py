@@ -86,12 +86,17 @@ class _Events:
         self.data = np.frombuffer(data_buffer, np.uint8)
 
     def _bytes(self, events: list[int]) -> np.ndarray:
-        pieces = [self.data[self.starts[e]:self.stops[e]] for e in events]
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        """The events' gradient bytes: a view of the buffer where they lie back to back in
+        it (one group's events in a steady stream), else a copy joining them."""
+        first, last = events[0], events[-1]
+        if last - first == len(events) - 1:  # consecutive events: consecutive bytes
+            return self.data[self.starts[first]:self.stops[last]]
+        return np.concatenate([self.data[self.starts[e]:self.stops[e]] for e in events])
 
     def _blocks(self, events: list[int], dim: int) -> Iterator[np.ndarray]:
-        """The events' rows as float64 (rows, dim) blocks, in event order: a block joins
-        consecutive events of one dtype up to BLOCK_ROWS rows (one event may exceed it)."""
+        """The events' rows as (rows, dim) blocks of their own dtype, in event order: a block
+        joins consecutive events of one dtype up to BLOCK_ROWS rows (one event may exceed
+        it)."""
         run: list[int] = []
         rows = 0
         for e in events:
@@ -106,7 +111,7 @@ class _Events:
 
     def _block(self, run: list[int], dim: int) -> np.ndarray:
         values = self._bytes(run).view(NP_DTYPE[self.dtypes[run[0]]])
-        return values.reshape(-1, dim).astype(np.float64)
+        return values.reshape(-1, dim)
 
     def part(self, events: list[int], dim: int) -> tuple[str, bytes, int]:
         """(layout, bytes, rows) of Σ w φφᵀ over the events' rows: 'rows' (the n weights,
@@ -116,8 +121,8 @@ class _Events:
         w = np.concatenate([self.weights[self.first[e]:self.ends[e]] for e in events])
         n = len(w)
         if n * (dim + 1) < dim * dim:
-            phi = np.concatenate(list(self._blocks(events, dim)))
-            return "rows", w.astype("<f8").tobytes() + phi.astype("<f8").tobytes(), n
+            phi = np.concatenate([b.astype("<f8") for b in self._blocks(events, dim)])
+            return "rows", w.astype("<f8").tobytes() + phi.tobytes(), n
         matrix = np.zeros((dim, dim))
         at = 0
         for phi in self._blocks(events, dim):
@@ -127,17 +132,19 @@ class _Events:
 
 
 def weighted_gram(phi: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Σ_i w_i φ_i φ_iᵀ over the rows of `phi`, as XᵀX − YᵀY with X = √w φ over the rows
-    of positive weight and Y = √−w φ over the negative ones: NumPy computes a matrix times
-    its own transpose with the symmetric kernel (BLAS syrk), half the multiply-adds of the
-    general product (φ w)ᵀφ, and the result is exactly symmetric. √w² differs from w by one
-    rounding (relative 1e-16), far inside the sketch's 1e-9 tolerance."""
+    """Σ_i w_i φ_i φ_iᵀ over the rows of `phi` (any float dtype; w float64), in float64, as
+    XᵀX − YᵀY with X = √w φ over the rows of positive weight and Y = √−w φ over the negative
+    ones: NumPy computes a matrix times its own transpose with the symmetric kernel (BLAS
+    syrk), half the multiply-adds of the general product (φ w)ᵀφ, and the result is exactly
+    symmetric. √w² differs from w by one rounding (relative 1e-16), far inside the sketch's
+    1e-9 tolerance. X is made in one pass: the multiply widens φ to float64 as it reads it
+    (exactly, as astype would), with no float64 copy of φ first."""
     if not (w < 0).any():
-        x = phi * np.sqrt(w)[:, None]
+        x = np.multiply(phi, np.sqrt(w)[:, None], dtype=np.float64)
         return x.T @ x
     out = np.zeros((phi.shape[1], phi.shape[1]))
     for sign, rows in ((1.0, w > 0), (-1.0, w < 0)):
         if rows.any():
-            x = phi[rows] * np.sqrt(sign * w[rows])[:, None]
+            x = np.multiply(phi[rows], np.sqrt(sign * w[rows])[:, None], dtype=np.float64)
             out += sign * (x.T @ x)
     return out

@@ -26,3 +26,18 @@ def test_weighted_gram_is_the_general_product(weights: str) -> None:
 def test_weighted_gram_of_a_single_row() -> None:
     phi = np.array([[1.0, -2.0, 3.0]])
     assert np.allclose(weighted_gram(phi, np.array([-0.5])), -0.5 * np.outer(phi[0], phi[0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("weights", ["positive", "mixed"])
+def test_narrow_gradients_give_the_float64_sum_bit_for_bit(dtype: type, weights: str) -> None:
+    """φ as sent (float16/32) is widened inside the multiply: the same bits as a float64
+    copy first, never arithmetic in the narrow type."""
+    rng = np.random.default_rng(11)
+    phi = rng.standard_normal((200, 32)).astype(dtype)
+    w = rng.random(200) if weights == "positive" else rng.standard_normal(200)
+    got = weighted_gram(phi, w)
+    assert got.dtype == np.float64
+    assert np.array_equal(got, weighted_gram(phi.astype(np.float64), w))
+    narrow = (phi * np.sqrt(np.abs(w)).astype(dtype)[:, None]).astype(np.float64)
+    assert not np.array_equal(got, narrow.T @ narrow)  # what narrow arithmetic would give
