@@ -111,6 +111,7 @@ def test_unlearning_benchmark_fast() -> None:
         row = schedules["methods"][name]
         assert len(row["gaps"]) == schedules["schedules"] and math.isfinite(row["gap_of_means"])
         assert math.isfinite(row["change_mean"]) and row["change_se"] > 0
+        assert row["gap_of_means_se"] > 0  # how well the schedules resolve the gap
     # the diagnosis: how far the re-run is from the dropped-only model, against how far
     # re-runs on other sampler seeds are from each other (pairs of schedules)
     k = schedules["schedules"]
