@@ -94,6 +94,38 @@ Build = Callable[[], Message | list[Message | Exception]]
 _STOP = object()
 
 
+class Failures:
+    """What failed on a publishing worker, kept (the first five messages and a count) until
+    the next flush or close raises it (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._errors: list[str] = []
+        self._failed = 0
+        self._lock = threading.Lock()
+
+    def add(self, exc: BaseException | str) -> None:
+        text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            self._failed += 1
+            if len(self._errors) < 5:
+                self._errors.append(text)
+
+    def take(self) -> tuple[int, list[str]]:
+        """(count, messages) so far, and forget them."""
+        with self._lock:
+            failed, errors = self._failed, self._errors
+            self._failed, self._errors = 0, []
+        return failed, errors
+
+
+def raise_failures(failed: int, errors: list[str], where: str = "the publishing worker"
+                   ) -> None:
+    """PublishError naming `failed` failures (their first messages), if any."""
+    if failed:
+        more = f" (and {failed - len(errors)} more)" if failed > len(errors) else ""
+        raise PublishError(f"{failed} event(s) failed on {where}: " + "; ".join(errors) + more)
+
+
 class BackgroundPublisher:
     """Builds payloads, chains and sends them on one worker thread, in submission order.
 
@@ -112,9 +144,7 @@ class BackgroundPublisher:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self.publisher = publisher
         self._queue: queue.Queue[object] = queue.Queue(max_pending)
-        self._errors: list[str] = []
-        self._failed = 0
-        self._lock = threading.Lock()
+        self._failures = Failures()
         self._closed = False
         self._before_flush: list[Callable[[], None]] = []
         self._worker = threading.Thread(target=self._run, name="headwater-publish",
@@ -170,19 +200,10 @@ class BackgroundPublisher:
             otel_context.detach(token)
 
     def _failure(self, exc: Exception) -> None:
-        with self._lock:
-            self._failed += 1
-            if len(self._errors) < 5:
-                self._errors.append(f"{type(exc).__name__}: {exc}")
+        self._failures.add(exc)
 
     def _raise_errors(self) -> None:
-        with self._lock:
-            failed, errors = self._failed, self._errors
-            self._failed, self._errors = 0, []
-        if failed:
-            more = f" (and {failed - len(errors)} more)" if failed > len(errors) else ""
-            raise PublishError(f"{failed} event(s) failed on the publishing worker: "
-                               + "; ".join(errors) + more)
+        raise_failures(*self._failures.take())
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every submitted payload is published and stored; raise PublishError

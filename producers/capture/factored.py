@@ -241,7 +241,9 @@ class Projector:
     """The factor matrices of a projection as tensors (transposed: P_rowsᵀ, P_colsᵀ with the
     bias column's row last), and φ from (a, δ) pairs."""
 
-    def __init__(self, layers: list[Layer], spec: KroneckerProjection | None) -> None:
+    def __init__(self, layers: list[Layer], spec: KroneckerProjection | None,
+                 device: torch.device | None = None) -> None:
+        """`device`: where the matrices live (default: each layer's weight's)."""
         self.layers, self.spec = layers, spec
         self.matrices: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
         for i, layer in enumerate(layers):
@@ -253,10 +255,10 @@ class Projector:
                                                       layer.bias):
                 raise ValueError(f"projection factor {f} does not match layer {layer.name!r}")
             weight: torch.Tensor = layer.module.weight  # type: ignore[assignment]
-            dtype, device = weight.dtype, weight.device
+            dtype, on = weight.dtype, device or weight.device
             self.matrices.append(tuple(  # type: ignore[arg-type]
                 None if k == dim
-                else torch.as_tensor(m.T.copy(), dtype=dtype, device=device)
+                else torch.as_tensor(m.T.copy(), dtype=dtype, device=on)
                 for m, k, dim in zip(spec.matrices(i), (f.k_rows, f.k_cols),
                                      (f.rows, f.cols), strict=True)))
 

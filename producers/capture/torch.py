@@ -48,6 +48,7 @@ from headwater.producers.capture.rescale import (
     margins,
     watch,
 )
+from headwater.producers.step_ring import step_bytes
 from headwater.v1 import events_pb2
 
 MODES = ("auto", "factored", "dense")
@@ -170,7 +171,18 @@ class TorchCapture(Recorder):
         self._scales = Scale()  # the loss's per-row scale c, last measured
         self._taps = Taps(self.layers or [])
         self.group = group
-        self._pending: list[_Held] = []
+        self._pending: list[Any] = []  # _Held (worker thread) or ring slots (process)
+        # a worker process (ProcessPublisher): held steps go through a shared-memory ring,
+        # opened at the first step held; it takes CPU tensors only
+        self._open_ring: Any = getattr(publish, "open_ring", None) if self.layers else None
+        self._ring: Any = None
+        if self._open_ring is not None and any(p.device.type != "cpu"
+                                               for p in model.parameters()):
+            self._open_ring = None
+            warnings.warn("the publishing process reads CPU tensors through shared memory; "
+                          "this model is not on the CPU, so its steps are projected on the "
+                          "trainer's thread (use a BackgroundPublisher)", FactoredFallback,
+                          stacklevel=2)
         before_flush = getattr(publish, "before_flush", None)
         self._grouped = before_flush is not None
         if before_flush is not None:
@@ -299,12 +311,12 @@ class TorchCapture(Recorder):
         # gradient is below 1e-25 everywhere might, and goes the synchronous way below.
         if (dense is None and self._scales.value is not None and self._grouped
                 and state.floor() >= CERTAIN):
-            state.labels = y.clone()  # the trainer may refill its y before the worker reads
-            self._pending.append(_Held(x.clone(), x.data_ptr(), state.labels, state, calls,
-                                       keys, learning_rate, step, version))
-            if len(self._pending) >= self.group:
-                self._drain()
-            return
+            if self._open_ring is not None:  # a worker process: copied into its ring
+                if self._hold_in_ring(calls, state, y, keys, learning_rate, step, version):
+                    return
+            else:
+                self._hold(x, y, state, calls, keys, learning_rate, step, version)
+                return
         taken = self._taps.pairs(calls)
         f = margins(state.output.detach().cpu().double().numpy(),  # type: ignore[union-attr]
                     y.detach().cpu().double().numpy(), self.task)
@@ -328,10 +340,72 @@ class TorchCapture(Recorder):
         self._drain()
         return super()._emit(build)
 
+    def _hold(self, x: torch.Tensor, y: torch.Tensor, state: OutputGradient,
+              calls: list[tuple[int, Any, Any]], keys: events_pb2.RowKeys,
+              learning_rate: float, step: int, version: str) -> None:
+        """Keep the step (references, and copies of the batch and labels, which the trainer
+        may refill) for the worker thread's group."""
+        state.labels = y.clone()
+        self._pending.append(_Held(x.clone(), x.data_ptr(), state.labels, state, calls,
+                                   keys, learning_rate, step, version))
+        if len(self._pending) >= self.group:
+            self._drain()
+
+    def _hold_in_ring(self, calls: list[tuple[int, Any, Any]], state: OutputGradient,
+                      y: torch.Tensor, keys: events_pb2.RowKeys, learning_rate: float,
+                      step: int, version: str) -> bool:
+        """Copy the step's (a, δ) per layer call, output, its gradient and the labels into
+        the worker process's ring (the trainer waits while it is full); False when the
+        step does not fit a slot (sized by the first step held), which then goes the
+        synchronous way."""
+        seen: dict[int, int] = {}
+        arrays: list[Any] = []
+        for t in [t for _, a, g in calls for t in (a, g)] + [state.output, state.grad, y]:
+            j = seen.get(id(t))
+            if j is None:
+                seen[id(t)] = len(arrays)
+                arrays.append(plain(t).detach().numpy())
+            else:
+                arrays.append(j)  # the same tensor (the last layer's δ is the output's)
+        if self._ring is None:
+            self._ring = self._open_ring(self._worker_config(), step_bytes(
+                [(a.shape, a.dtype.str) if not isinstance(a, int) else a for a in arrays]))
+        if self._pending and self._ring.full():
+            self._drain()  # a ring smaller than a group: the worker must have what it holds
+        placed = self._ring.put(arrays)
+        if placed is None:
+            return False
+        self._pending.append((*placed, [i for i, _, _ in calls], keys, learning_rate, step,
+                              version, self._scales.value))
+        if len(self._pending) >= self.group:
+            self._drain()
+        return True
+
+    def _worker_config(self) -> dict[str, Any]:
+        """What a worker process needs to build this capture's events (publish_worker)."""
+        assert self.layers is not None and self._projector is not None
+        layers = []
+        for la in self.layers:
+            m = la.module
+            dtype = str(m.weight.dtype).removeprefix("torch.")
+            kind: tuple[Any, ...] = (
+                ("linear", dtype, m.in_features, m.out_features)
+                if isinstance(m, torch.nn.Linear)
+                else ("conv2d", dtype, m.in_channels, m.out_channels, m.kernel_size, m.stride,
+                      m.padding, m.dilation))
+            layers.append((la.name, kind, la.bias, la.rows, la.cols, la.parameters))
+        return {"layers": layers, "kronecker": self._projector.spec,
+                "projection": self.projection, "model_id": self.model_id, "task": self.task,
+                "dtype": self.dtype, "threads": torch.get_num_threads()}
+
     def _drain(self) -> None:
         """Submit the held steps as one job for the publisher's worker."""
         held, self._pending = self._pending, []
-        if held:
+        if not held:
+            return
+        if self._ring is not None:
+            self._ring.send(held)
+        else:
             super()._emit(lambda: self._build_group(held))  # type: ignore[arg-type,return-value]
 
     def _build_group(self, held: list[_Held]) -> list[events_pb2.GradientBatch | Exception]:

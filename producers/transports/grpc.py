@@ -21,6 +21,7 @@ from headwater.producers.transports.channel import (
     security_from_env,
     with_token,
 )
+from headwater.producers.transports.spec import TransportSpec
 from headwater.v1 import query_pb2, query_pb2_grpc
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -54,6 +55,12 @@ class GrpcTransport:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ]
         self.target = target
+        # rebuilt as it is in a publishing worker process; credentials objects do not travel
+        self.rebuild_spec = None if credentials is not None else TransportSpec(
+            "headwater.producers.transports.grpc:GrpcTransport", (target,), {
+                "batch_size": batch_size, "max_batch_bytes": max_batch_bytes,
+                "timeout": timeout, "retry_for": retry_for, "max_in_flight": max_in_flight,
+                "tls_ca_file": tls_ca_file, "token": token})
         if credentials is not None:
             self._channel = with_token(grpc.secure_channel(target, credentials, options),
                                        security_from_env(token=token).token)

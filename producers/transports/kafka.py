@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from headwater.errors import PublishError
 from headwater.producers import telemetry
 from headwater.producers.transports.chunking import CHUNK_HEADER, split_into_chunks
+from headwater.producers.transports.spec import TransportSpec
 
 Headers = list[tuple[str, str | bytes | None]]
 DEFAULT_TOPIC = "headwater.events"
@@ -60,6 +61,12 @@ class KafkaTransport:
         max_attempts: int = 5,
     ) -> None:
         self.topic = topic
+        self.rebuild_spec = TransportSpec(  # as it is rebuilt in a publishing worker process
+            "headwater.producers.transports.kafka:KafkaTransport", (bootstrap_servers, topic), {
+                "config": dict(config) if config else None, "compression": compression,
+                "max_message_bytes": max_message_bytes, "max_pending": max_pending,
+                "send_timeout": send_timeout, "stall_timeout": stall_timeout,
+                "max_attempts": max_attempts})
         if compression not in COMPRESSION:
             raise ValueError(f"compression {compression!r} is not one of "
                              f"{', '.join(COMPRESSION)}")
