@@ -19,6 +19,10 @@ Paths, run one after the other in one invocation:
          producer rate is publish + flush (broker acks), the end-to-end rate is timed until
          the group's consumer lag is 0, i.e. the processor stored and committed everything.
 
+CPU while timed is read from /proc for the client and each child, and serve's or process's
+also by thread: Python's threads (the service, decode, rows, the sketch) apart from the
+native ones (chDB's inserts and background merges, gRPC core, librdkafka).
+
 Every path then counts what was stored (`headwater sql ... FROM events FINAL`) and the
 command fails (exit 1) when that count is not exactly what was published. Figures are
 printed as a table (or as one JSON object with --json); progress goes to stderr.
@@ -326,13 +330,46 @@ def cpu_seconds(pid: int | None = None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_class(comm: str, process_comm: str) -> str:
+    """'python': threads Python started (the service, decode, rows, the sketch's BLAS
+    call, and whatever part of an insert or query the engine runs on its calling thread);
+    'engine': threads it did not (chDB's pools: inserts, background merges; gRPC core,
+    librdkafka). Python threads keep the process's name (/proc/PID/task/TID/comm); native
+    ones name themselves, and the engine's pool threads rename themselves by the job they
+    run (a query, a merge), so only these two classes are stable."""
+    return "python" if comm == process_comm else "engine"
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """tid -> (class, CPU seconds) of each live thread of a process ({} off Linux)."""
+    out: dict[int, tuple[str, float]] = {}
+    try:
+        process_comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the thread ended meanwhile
+        out[int(task.name)] = (thread_class(comm, process_comm),
+                               (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
 class CpuMeter:
-    """CPU seconds spent by this process and some children between start() and stop()."""
+    """CPU seconds spent by this process and some children between start() and stop(), and
+    each headwater child's CPU by thread class (Python threads, the engine's and other
+    native threads, and `ended`: threads that ended in between, in the total only)."""
 
     def __init__(self, children: dict[str, Child]) -> None:
         self.children = children
         self._start: dict[str, float | None] = {}
+        self._threads: dict[str, dict[int, tuple[str, float]]] = {}
         self.used: dict[str, float] = {}
+        self.by_thread: dict[str, dict[str, float]] = {}
 
     def _now(self) -> dict[str, float | None]:
         now = {"client": cpu_seconds()}
@@ -340,13 +377,26 @@ class CpuMeter:
         return now
 
     def start(self) -> None:
+        self._threads = {name: thread_cpu(c.pid) for name, c in self.children.items()
+                         if name != "broker"}
         self._start = self._now()
 
     def stop(self) -> dict[str, float]:
+        threads = {name: thread_cpu(c.pid) for name, c in self.children.items()
+                   if name != "broker"}
         for name, value in self._now().items():
             began = self._start.get(name)
             if value is not None and began is not None:
                 self.used[name] = round(value - began, 3)
+        for name, now in threads.items():
+            if not now or name not in self.used:
+                continue
+            before = self._threads.get(name, {})
+            split = {"python": 0.0, "engine": 0.0}
+            for tid, (cls, sec) in now.items():
+                split[cls] += sec - (before[tid][1] if tid in before else 0.0)
+            split["ended"] = self.used[name] - sum(split.values())
+            self.by_thread[name] = {k: round(v, 3) for k, v in split.items()}
         return self.used
 
 
@@ -522,7 +572,8 @@ def run_grpc(args: argparse.Namespace, progress: Progress, work: Path) -> Result
             stored = headwater_sql("SELECT count() FROM events FINAL", *where)
             extra: dict[str, Any] = {"target": target, "grpc_batch_size": args.grpc_batch_size,
                                      "grpc_in_flight": args.grpc_in_flight,
-                                     "cpu_seconds": cpu.used}
+                                     "cpu_seconds": cpu.used,
+                                     "cpu_seconds_by_thread": cpu.by_thread}
             if args.payload == "source":
                 extra["sources_stored"] = headwater_sql("SELECT count() FROM sources FINAL",
                                                         *where)
@@ -662,6 +713,7 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
             extra: dict[str, Any] = {"partitions": args.partitions, "runs": args.runs,
                                      "compression": compression,
                                      "cpu_seconds": cpu.used,
+                                     "cpu_seconds_by_thread": cpu.by_thread,
                                      "processor_exit": rc}
             if args.payload == "source":
                 extra["sources_stored"] = headwater_sql("SELECT count() FROM sources FINAL",
@@ -720,6 +772,9 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
                       if r.payload == "gradient" else "")
             out.print(f"CPU while timed, {r.path}: {parts}{target}"
                       + (f"; producer compression {codec}" if codec else ""))
+        for name, split in (r.extra.get("cpu_seconds_by_thread") or {}).items():
+            out.print(f"  {name} by thread, us/event: " + ", ".join(
+                f"{cls} {sec / r.events * 1e6:.0f}" for cls, sec in split.items()))
     out.print("events/s and MB/s: end to end (first publish -> every event stored). "
               "grpc: flush returns after the server's ClickHouse insert; "
               "kafka: until the group's consumer lag is 0 (offsets committed after the insert);"

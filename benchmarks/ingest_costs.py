@@ -16,6 +16,11 @@ alternately, `--rounds` times, so the machine's load falls on each of them alike
 - batch: CPU per event of `EventSink.ingest` on small events in batches of each size;
 - overlap: the same sink with its parallel writes and worker thread, and with both
   replaced by one-after-the-other calls;
+- trainer tables: CPU per trainer event (user + kernel) of a 200-event batch's inserts
+  (13 MB a table, the Kafka runner's batch size) with the engine's merges stopped: `events`
+  and `gradients` as wide parts (before migration 0031) and as compact parts, each alone
+  and both, and `events` whose raw bytes lack the gradient bytes (what the log would write
+  if φ were stored once, in `gradients`);
 - sketch: CPU per trainer event (64 x 512 float16) of the curvature part, one BLAS thread.
 """
 
@@ -31,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +50,11 @@ from headwater.producers.envelope import EnvelopeBuilder  # noqa: E402
 from headwater.producers.transports.base import Record  # noqa: E402
 from headwater.stream_processors.processors.decode import decode_batch  # noqa: E402
 from headwater.stream_processors.processors.gradients import gradient_rows  # noqa: E402
+from headwater.stream_processors.processors.rows import event_rows  # noqa: E402
 from headwater.stream_processors.processors.sketch import curvature_parts  # noqa: E402
 from headwater.stream_processors.sink import EventSink  # noqa: E402
 from headwater.stream_processors.store import Store  # noqa: E402
+from headwater.v1 import events_pb2  # noqa: E402
 
 
 def records(kind: str, n: int, seed: int = 3) -> list[Record]:
@@ -146,6 +154,53 @@ def insert_settings(store: Store, recs: list[Record], reps: int) -> dict[str, fl
     return {name: statistics.median(v) / len(accepted) * 1e6 for name, v in cpu.items()}
 
 
+def trainer_tables(store: Store, recs: list[Record], reps: int) -> dict[str, float]:
+    """CPU µs per trainer event (this process, user + kernel: most of a blob insert's CPU
+    is the kernel's page-cache copy) of each insert case, the median of `reps` rotations;
+    merges stopped, so each insert is measured alone (a stream pays merges later too)."""
+    accepted, _ = decode_batch(recs)
+    now = datetime.now(timezone.utc)
+    grads, events = gradient_rows(accepted), event_rows(accepted, "costs", now)
+    # the log's rows if φ were written once: each event's raw bytes without its gradients
+    slim = []
+    for a in accepted:
+        event = events_pb2.Event()
+        event.CopyFrom(a.event)
+        event.gradient_batch.gradients = b""
+        slim.append(event.SerializeToString(deterministic=True))
+    raw = events.schema.get_field_index("raw")
+    slim_events = events.set_column(raw, "raw", pa.array(slim, pa.binary()))
+    for table in ("events", "gradients"):  # copies with the engine's default part format
+        ddl = store.query(f"SHOW CREATE TABLE {table}")[0][0]
+        store.command(ddl.replace(f"{store.database}.{table}", f"{table}_wide", 1)
+                      .replace("min_bytes_for_wide_part = 134217728", "index_granularity = 8192"))
+    store.command("SYSTEM STOP MERGES")
+    no_merge = {"optimize_on_insert": "0"}
+
+    def both(suffix: str) -> None:
+        store.insert(f"events{suffix}", events, no_merge)
+        store.insert(f"gradients{suffix}", grads, no_merge)
+
+    cases: dict[str, Callable[[], None]] = {
+        "gradients, wide": lambda: store.insert("gradients_wide", grads, no_merge),
+        "gradients, compact": lambda: store.insert("gradients", grads, no_merge),
+        "events, wide": lambda: store.insert("events_wide", events, no_merge),
+        "events, compact": lambda: store.insert("events", events, no_merge),
+        "events + gradients, wide": lambda: both("_wide"),
+        "events + gradients, compact": lambda: both(""),
+        "events without φ, compact": lambda: store.insert("events", slim_events, no_merge),
+    }
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
+    try:
+        for r in range(reps):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                cpu[name].append(timed(cases[name])[1])
+    finally:
+        store.command("SYSTEM START MERGES")
+    return {name: statistics.median(v) / len(accepted) * 1e6 for name, v in cpu.items()}
+
+
 class _Inline:
     """An executor that runs each call at once (the sink without its worker thread)."""
 
@@ -194,14 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--part-reps", type=int, default=30)
     ap.add_argument("--insert-reps", type=int, default=8,
                     help="alternations of the trainer insert settings (median)")
+    ap.add_argument("--trainer-batch", type=int, default=200,
+                    help="trainer events per insert of the trainer-tables case (200: 13 MB)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     work = Path(tempfile.mkdtemp(prefix="headwater-ingest-costs-"))
     small, trainer = records("gradient", args.events), records("trainer", 100)
+    trainer_batch = records("trainer", args.trainer_batch, seed=4)
     load = [os.getloadavg()[0]]
     result: dict[str, Any] = {"part_ms": [], "insert_rows_per_s": [],
-                              "trainer_insert_cpu_us": [], "sink": [],
+                              "trainer_insert_cpu_us": [], "trainer_tables_cpu_us": [],
+                              "sink": [],
                               "overlap": [], "sketch_us_per_trainer_event": []}
     try:
         for r in range(args.rounds):
@@ -211,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["insert_rows_per_s"].append(insert_apis(store, small[:10_000]))
                 result["trainer_insert_cpu_us"].append(
                     insert_settings(store, trainer, args.insert_reps))
+                result["trainer_tables_cpu_us"].append(
+                    trainer_tables(store, trainer_batch, args.insert_reps))
             finally:
                 store.close()
             for b in batches:
@@ -241,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     for case in result["trainer_insert_cpu_us"][0]:
         print(f"  {case:20s} " + "  ".join(f"{r[case]:7.0f}"
                                           for r in result["trainer_insert_cpu_us"]))
+    print(f"trainer batch's inserts ({args.trainer_batch} events, merges stopped), CPU µs "
+          "per event (median), per round:")
+    for case in result["trainer_tables_cpu_us"][0]:
+        print(f"  {case:28s} " + "  ".join(f"{r[case]:7.0f}"
+                                          for r in result["trainer_tables_cpu_us"]))
     print("EventSink.ingest on small events (events/s, CPU µs per event):")
     for s in result["sink"]:
         print(f"  batch {s['batch']:6d}: {s['events_per_s']:8,.0f}/s  {s['cpu_us']:6.1f} µs")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,22 @@ def test_trainer_payload_reports_rows_and_the_store_ceiling() -> None:
     assert 60_000 <= r["event_bytes"] <= 72_000  # 64 x 512 x 2 bytes of gradients + envelope
     assert r["rows_per_s"] == pytest.approx(64 * r["events_per_s"])
     assert report["ceiling_rows_per_s"] > r["rows_per_s"] / 10
+
+
+def test_cpu_split_counts_python_threads_apart_from_the_engines() -> None:
+    spec = importlib.util.spec_from_file_location("bench_ingest_threads", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_ingest_threads"] = bench
+    try:
+        spec.loader.exec_module(bench)
+        assert bench.thread_class("python3", "python3") == "python"
+        for native in ("MergeMutate", "QueryPipelineEx", "ThreadPool", "event_engine",
+                       "rdk:broker1"):
+            assert bench.thread_class(native, "python3") == "engine"
+        threads = bench.thread_cpu(os.getpid())
+        assert threading.get_native_id() in threads
+        assert threads[threading.get_native_id()][0] == "python"
+        assert bench.thread_cpu(2**22 + 1) == {}  # no such process: nothing, no error
+    finally:
+        sys.modules.pop("bench_ingest_threads", None)

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_short_run_reports_every_case() -> None:
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ingest_costs.py"),
                            "--rounds", "1", "--events", "1200", "--batches", "300,1200",
-                           "--part-reps", "2", "--insert-reps", "2", "--json"], cwd=REPO,
+                           "--part-reps", "2", "--insert-reps", "2", "--trainer-batch", "20",
+                           "--json"], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -26,6 +27,10 @@ def test_short_run_reports_every_case() -> None:
     assert set(report["trainer_insert_cpu_us"][0]) == {
         "ZSTD(1), merge", "ZSTD(1), no merge", "LZ4, merge", "LZ4, no merge"}
     assert all(v > 0 for v in report["trainer_insert_cpu_us"][0].values())
+    assert set(report["trainer_tables_cpu_us"][0]) == {
+        "gradients, wide", "gradients, compact", "events, wide", "events, compact",
+        "events + gradients, wide", "events + gradients, compact", "events without φ, compact"}
+    assert all(v > 0 for v in report["trainer_tables_cpu_us"][0].values())
     assert [s["batch"] for s in report["sink"]] == [300, 1200]
     assert [s["overlap"] for s in report["overlap"]] == [True, False]
     assert all(s["events_per_s"] > 0 and s["cpu_us"] > 0
