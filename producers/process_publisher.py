@@ -23,12 +23,11 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, BinaryIO
 
-import numpy as np
 from google.protobuf.message import Message
 
 from headwater.errors import PublishError
 from headwater.producers.publisher import BackgroundPublisher, Publisher, raise_failures
-from headwater.producers.step_ring import Spec, StepRing, step_bytes
+from headwater.producers.step_ring import StepRing
 from headwater.producers.transports.spec import TransportSpec, spec_of
 from headwater.producers.worker_pipe import read_frame, write_frame
 
@@ -76,8 +75,8 @@ def _cleanup(proc: subprocess.Popen[bytes], rings: list[StepRing], fds: list[int
 
 
 class RingWriter:
-    """The trainer's side of one capture's ring: copy a step into the next free slot
-    (waiting while every slot is taken), later send a group of them to the worker."""
+    """The trainer's side of one capture's ring: claim the next free slot (waiting while
+    every slot is taken) and fill it, later send a group of filled slots to the worker."""
 
     def __init__(self, owner: ProcessPublisher, capture_id: int, ring: StepRing) -> None:
         self.owner, self.capture_id, self.ring = owner, capture_id, ring
@@ -87,17 +86,14 @@ class RingWriter:
         """Every slot holds a step the worker has not freed yet."""
         return self.written - self.ring.freed() >= self.ring.slots
 
-    def put(self, arrays: list[np.ndarray | int]) -> tuple[int, Spec] | None:
-        """(slot, spec) of the step copied in; None when it does not fit a slot."""
-        if step_bytes([(a.shape, a.dtype.str) if not isinstance(a, int) else a
-                       for a in arrays]) > self.ring.slot_bytes:
-            return None
+    def claim(self) -> int:
+        """The next slot to fill, in ring order (waiting while every slot is taken: the
+        trainer's back-pressure); the caller fills it before sending its group."""
         while self.full():
-            self.owner.wait_for_worker()  # every slot taken: back-pressure
+            self.owner.wait_for_worker()
         slot = self.written % self.ring.slots
-        spec = self.ring.write(slot, arrays)
         self.written += 1
-        return slot, spec
+        return slot
 
     def send(self, steps: list[Any]) -> None:
         """Hand the worker a group of steps already in the ring (in the order written)."""

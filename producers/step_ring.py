@@ -1,5 +1,6 @@
 """A ring of fixed-size slots in shared memory: the trainer copies a finished step's arrays
-into a free slot, the publishing worker process reads them in place and frees the slot.
+into a free slot (capture/ring_slots.py), the publishing worker process reads them in place
+and frees the slot.
 
 Layout: a 64-byte header (int64 0: slots freed so far, written only by the reader), then
 `slots` slots of `slot_bytes`. A step's arrays lie in its slot one after the other, each at
@@ -9,6 +10,7 @@ array that is the same) is all the reader needs to find them. NumPy only: no tor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 
@@ -31,8 +33,22 @@ def step_bytes(spec: Spec) -> int:
     for item in spec:
         if not isinstance(item, int):
             shape, dtype = item
-            total += _aligned(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+            total += _aligned(math.prod(shape) * np.dtype(dtype).itemsize)
     return total
+
+
+def offsets(spec: Spec) -> list[int]:
+    """Each array's byte offset in its slot (a repeated array: its first's)."""
+    out: list[int] = []
+    at = 0
+    for item in spec:
+        if isinstance(item, int):
+            out.append(out[item])
+        else:
+            out.append(at)
+            shape, dtype = item
+            at += _aligned(math.prod(shape) * np.dtype(dtype).itemsize)
+    return out
 
 
 @dataclass
@@ -43,6 +59,11 @@ class StepRing:
     slots: int
     slot_bytes: int
 
+    def __post_init__(self) -> None:
+        buf = self.memory.buf
+        assert buf is not None
+        self._count = buf[:8].cast("q")  # the header's counter, read cheaply
+
     @classmethod
     def create(cls, slots: int, slot_bytes: int) -> StepRing:
         if slots < 1 or slot_bytes < ALIGN:
@@ -51,7 +72,7 @@ class StepRing:
         slot_bytes = _aligned(slot_bytes)
         memory = shared_memory.SharedMemory(create=True, size=HEADER + slots * slot_bytes)
         ring = cls(memory, slots, slot_bytes)
-        ring.counter()[0] = 0
+        ring._count[0] = 0
         return ring
 
     @classmethod
@@ -71,50 +92,37 @@ class StepRing:
     def name(self) -> str:
         return self.memory.name
 
-    def counter(self) -> np.ndarray:
-        """The header's int64: slots the reader has freed so far (monotonic)."""
-        return np.ndarray((1,), np.int64, self.memory.buf, 0)
-
     def freed(self) -> int:
-        return int(np.ndarray((1,), np.int64, self.memory.buf, 0)[0])
+        """Slots the reader has freed so far (monotonic; an aligned 8-byte word, written
+        by the reader alone)."""
+        return self._count[0]  # type: ignore[no-any-return]
 
     def free(self, count: int) -> None:
         """The reader is done with `count` more slots (in ring order)."""
-        view = np.ndarray((1,), np.int64, self.memory.buf, 0)
-        view[0] += count
+        self._count[0] += count
 
-    def write(self, slot: int, arrays: list[np.ndarray | int]) -> Spec:
-        """Copy `arrays` (an int: repeat that earlier array) into `slot`; their Spec."""
-        base, offset = HEADER + slot * self.slot_bytes, 0
-        spec: Spec = []
-        for a in arrays:
-            if isinstance(a, int):
-                spec.append(a)
-                continue
-            dst = np.ndarray(a.shape, a.dtype, self.memory.buf, base + offset)
-            np.copyto(dst, a, casting="no")
-            spec.append((a.shape, a.dtype.str))
-            offset += _aligned(a.nbytes)
-        return spec
+    def slot_offset(self, slot: int) -> int:
+        """Where `slot` starts in the shared memory."""
+        return HEADER + slot * self.slot_bytes
 
     def read(self, slot: int, spec: Spec) -> list[np.ndarray]:
         """Views of a step's arrays in `slot` (valid until the slot is freed)."""
-        base, offset = HEADER + slot * self.slot_bytes, 0
+        base = self.slot_offset(slot)
         out: list[np.ndarray] = []
-        for item in spec:
+        for item, at in zip(spec, offsets(spec), strict=True):
             if isinstance(item, int):
                 out.append(out[item])
-                continue
-            shape, dtype = item
-            view = np.ndarray(shape, np.dtype(dtype), self.memory.buf, base + offset)
-            out.append(view)
-            offset += _aligned(view.nbytes)
+            else:
+                out.append(np.ndarray(item[0], np.dtype(item[1]), self.memory.buf, base + at))
         return out
 
     def close(self, unlink: bool = False) -> None:
         """Let go of the mapping (and, for its creator, remove the segment)."""
+        self._count.release()
         try:
             self.memory.close()
+        except BufferError:  # views of it still alive: the mapping goes when they do
+            pass
         finally:
             if unlink:
                 try:

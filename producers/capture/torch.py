@@ -48,7 +48,8 @@ from headwater.producers.capture.rescale import (
     margins,
     watch,
 )
-from headwater.producers.step_ring import step_bytes
+from headwater.producers.capture.ring_slots import RingSlots, layout_of
+from headwater.producers.step_ring import ALIGN
 from headwater.v1 import events_pb2
 
 MODES = ("auto", "factored", "dense")
@@ -175,7 +176,7 @@ class TorchCapture(Recorder):
         # a worker process (ProcessPublisher): held steps go through a shared-memory ring,
         # opened at the first step held; it takes CPU tensors only
         self._open_ring: Any = getattr(publish, "open_ring", None) if self.layers else None
-        self._ring: Any = None
+        self._ring: RingSlots | None = None
         if self._open_ring is not None and any(p.device.type != "cpu"
                                                for p in model.parameters()):
             self._open_ring = None
@@ -358,21 +359,15 @@ class TorchCapture(Recorder):
         the worker process's ring (the trainer waits while it is full); False when the
         step does not fit a slot (sized by the first step held), which then goes the
         synchronous way."""
-        seen: dict[int, int] = {}
-        arrays: list[Any] = []
-        for t in [t for _, a, g in calls for t in (a, g)] + [state.output, state.grad, y]:
-            j = seen.get(id(t))
-            if j is None:
-                seen[id(t)] = len(arrays)
-                arrays.append(plain(t).detach().numpy())
-            else:
-                arrays.append(j)  # the same tensor (the last layer's δ is the output's)
+        tensors = [t for _, a, g in calls for t in (a, g)]
+        tensors += [state.output, state.grad, y]
         if self._ring is None:
-            self._ring = self._open_ring(self._worker_config(), step_bytes(
-                [(a.shape, a.dtype.str) if not isinstance(a, int) else a for a in arrays]))
-        if self._pending and self._ring.full():
+            _, distinct = layout_of(tensors)
+            need = sum(-(-t.numel() * t.element_size() // ALIGN) * ALIGN for t in distinct)
+            self._ring = RingSlots(self._open_ring(self._worker_config(), need))
+        if self._pending and self._ring.writer.full():
             self._drain()  # a ring smaller than a group: the worker must have what it holds
-        placed = self._ring.put(arrays)
+        placed = self._ring.put(tensors)
         if placed is None:
             return False
         self._pending.append((*placed, [i for i, _, _ in calls], keys, learning_rate, step,
@@ -404,7 +399,7 @@ class TorchCapture(Recorder):
         if not held:
             return
         if self._ring is not None:
-            self._ring.send(held)
+            self._ring.writer.send(held)
         else:
             super()._emit(lambda: self._build_group(held))  # type: ignore[arg-type,return-value]
 

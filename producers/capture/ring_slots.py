@@ -1,0 +1,91 @@
+"""A held training step copied into a slot of a publishing worker process's ring, by the
+trainer's thread: one `torch._foreach_copy_` into torch views of the slot, made once per
+slot and layout (making the views costs several times the copy of a small model's step)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from headwater.producers.step_ring import ALIGN, Spec, offsets, step_bytes
+
+Layout = tuple[Any, ...]  # per array: (shape, dtype) or the index of the array it repeats
+
+
+def layout_of(tensors: list[torch.Tensor]) -> tuple[Layout, list[torch.Tensor]]:
+    """(layout, the distinct tensors): a tensor given again (the last layer's δ is the
+    output's gradient) is copied once and named by its first index after that."""
+    distinct: list[torch.Tensor] = []
+    where: list[int] = []  # each distinct tensor's position in the list
+    key: list[Any] = []
+    for i, t in enumerate(tensors):
+        for d, at in zip(distinct, where, strict=True):
+            if d is t:
+                key.append(at)
+                break
+        else:
+            key.append((t.shape, t.dtype))
+            distinct.append(t)
+            where.append(i)
+    return tuple(key), distinct
+
+
+def spec_of(layout: Layout) -> Spec | None:
+    """The ring's (NumPy) description of a layout, which the worker reads; None for a
+    dtype NumPy lacks (bfloat16)."""
+    try:
+        return [item if isinstance(item, int)
+                else (tuple(item[0]), torch.empty(0, dtype=item[1]).numpy().dtype.str)
+                for item in layout]
+    except TypeError:
+        return None
+
+
+class RingSlots:
+    """Torch views of one capture's ring (a process_publisher.RingWriter), and the copy."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        ring = writer.ring
+        self.buffer = torch.frombuffer(ring.memory.buf, dtype=torch.uint8)
+        self.views: dict[int, tuple[Layout, list[torch.Tensor]]] = {}
+        self.specs: dict[Layout, Spec | None] = {}  # None: the layout does not fit a slot
+
+    def put(self, tensors: list[torch.Tensor]) -> tuple[int, Spec] | None:
+        """Copy a step's tensors into the next free slot (waiting while the ring is full);
+        (slot, spec), or None when they do not fit a slot."""
+        layout, distinct = layout_of(tensors)
+        spec = self.specs.get(layout, False)
+        if spec is False:
+            spec = spec_of(layout)
+            if spec is not None and step_bytes(spec) > self.writer.ring.slot_bytes:
+                spec = None
+            self.specs[layout] = spec
+        if spec is None:
+            return None
+        slot = self.writer.claim()
+        cached = self.views.get(slot)
+        if cached is None or cached[0] != layout:
+            cached = (layout, self._views(slot, layout, spec))
+            self.views[slot] = cached
+        with torch.no_grad():
+            torch._foreach_copy_(cached[1], distinct)
+        return slot, spec
+
+    def _views(self, slot: int, layout: Layout, spec: Spec) -> list[torch.Tensor]:
+        base = self.writer.ring.slot_offset(slot)
+        views = []
+        for item, at in zip(layout, offsets(spec), strict=True):
+            if isinstance(item, int):
+                continue
+            shape, dtype = item
+            size = shape.numel() * dtype.itemsize
+            assert (base + at) % ALIGN == 0
+            views.append(self.buffer[base + at:base + at + size].view(dtype).view(shape))
+        return views
+
+    def close(self) -> None:
+        """Let go of the views (the shared memory can then be unmapped)."""
+        self.views.clear()
+        self.buffer = torch.empty(0, dtype=torch.uint8)
