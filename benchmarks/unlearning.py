@@ -36,6 +36,10 @@ trainer's own recipe is the ground truth every row is compared with):
 - the stream's approximate methods over several sampler seeds (schedules): one re-run is
   one draw of a chaotic process, so also the gap closed by the mean forget losses, the
   re-run's change with its spread, and re-runs without 10 more random rows (its noise).
+- request time: the stream's writer-block request alone, its forget-loss move measured one
+  step after the request and at the end (re-run, auto, the unrolled removal), over several
+  sampler seeds: whether a method's gap is there at the request or opens in the training
+  that follows.
 - replay cost: forget recent rows at the end of streams of growing length: steps replayed
   and seconds against re-running the whole stream.
 - cost: time to unlearn vs time to retrain, including a synthetic logistic regression with
@@ -903,6 +907,45 @@ def stream_schedules_case(seed: int, steps: int, hidden: int, schedules: int
     return out
 
 
+def request_time_case(seed: int, steps: int, hidden: int, schedules: int) -> dict[str, Any]:
+    """Where the stream's gap opens: the writer-block request alone (at two thirds of the
+    stream), its forget loss measured one step after the request and at the end, for the
+    dropped-only model, the re-run without the block, auto and the unrolled removal, over
+    `schedules` sampler seeds: whether a method is short or past the re-run already at the
+    request, or only after the training that follows it."""
+    d = digits(seed)
+    arrival = arrivals(d["y"].numpy(), steps, seed)
+    step, rows = stream_requests(d, arrival, steps, seed)[0][1]
+    m = torch_mask(rows & (arrival < step))
+    forget = (d["x"][m], d["y"][m])
+    adapter = TorchAdapter("classification")
+    modes = {"re-run": "rerun", "approximate (auto)": "approximate",
+             "unrolled removal (candidate)": "unrolled"}
+    ends = {"after the request": step + 1, "end of the stream": steps}
+    moves: dict[str, dict[str, list[float]]] = {e: {k: [] for k in modes} for e in ends}
+    for k in range(schedules):
+        progress(f"request time: schedule {k + 1} of {schedules}")
+        full = stream_schedule(arrival, steps, seed + 1000 * k)
+        for end, length in ends.items():
+            run = partial(run_stream, d, arrival, full[:length], hidden=hidden, seed=seed)
+            dropped = float(adapter.losses(run(requests=[(step, rows)], mode="drop")[0],
+                                           forget).mean())
+            for label, mode in modes.items():
+                model = run(requests=[(0, rows)], mode="drop")[0] if mode == "rerun" else \
+                    run(requests=[(step, rows)], mode=mode)[0]
+                moves[end][label].append(float(adapter.losses(model, forget).mean()) - dropped)
+    out: dict[str, Any] = {"steps": steps, "request_step": step, "rows": int(m.sum()),
+                           "schedules": schedules}
+    for end, by in moves.items():
+        out[end] = {label: {"move_mean": float(np.mean(v)),
+                            "move_se": float(np.std(v, ddof=1) / schedules ** 0.5)
+                            if schedules > 1 else float("nan"),
+                            "ratio_to_rerun": float(np.mean(v) / np.mean(by["re-run"])),
+                            "ratio_se": _ratio_se(np.asarray(v), np.asarray(by["re-run"]))}
+                    for label, v in by.items()}
+    return out
+
+
 def _ratio_se(moved: np.ndarray, change: np.ndarray) -> float:
     """Standard error of mean(moved) / mean(change) over paired schedules (the delta
     method: the residuals moved − g·change, g the ratio), NaN with one schedule."""
@@ -1064,6 +1107,18 @@ def report_schedules(figs: dict[str, Any]) -> None:
               f"{row['accuracy_vs_rerun_pp']:+.2f} pp (mean)")
 
 
+def report_request_time(figs: dict[str, Any]) -> None:
+    rt = figs["request_time"]
+    print(f"\nthe writer-block request alone (step {rt['request_step']} of {rt['steps']}, "
+          f"{rt['rows']} rows), over {rt['schedules']} sampler seeds: forget-loss move from "
+          "the dropped-only model (standard error), and its ratio to the re-run's")
+    for end in ("after the request", "end of the stream"):
+        print(f"  {end}: " + "; ".join(
+            f"{label} {row['move_mean']:+.4f} ± {_fmt(row['move_se'], '.4f')} "
+            f"({_fmt(row['ratio_to_rerun'])} ± {_fmt(row['ratio_se'])})"
+            for label, row in rt[end].items()))
+
+
 def report_descent_trace(figs: dict[str, Any]) -> None:
     print("\nauto's two descents, not stopped (MLP): forget loss from the Newton step / from "
           "the original (gap closed)")
@@ -1099,6 +1154,7 @@ def report(figs: dict[str, Any]) -> None:
     for part, show in (PARTS["logreg"], report_logreg), (PARTS["mlp"], report_mlp), \
             (PARTS["descent_trace"], report_descent_trace), \
             (PARTS["stream"], report_stream), (PARTS["schedules"], report_schedules), \
+            (PARTS["request_time"], report_request_time), \
             (PARTS["replay_cost"], report_replay_cost), (PARTS["cost"], report_cost):
         if all(key in figs for key in part):
             show(figs)
@@ -1108,6 +1164,7 @@ def report(figs: dict[str, Any]) -> None:
 PARTS = {"logreg": ("logreg", "logreg_recipe", "softmax"), "mlp": ("mlp",),
          "descent_trace": ("descent_trace",),
          "stream": ("stream",), "schedules": ("stream_schedules",),
+         "request_time": ("request_time",),
          "replay_cost": ("replay_cost",), "cost": ("cost",)}
 
 
@@ -1133,6 +1190,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream-schedules", type=int, default=None,
                     help="sampler seeds for the stream's approximate methods in expectation "
                          "(default 24: 6 left the re-run's change unresolved; 4 with --fast)")
+    ap.add_argument("--request-schedules", type=int, default=None,
+                    help="sampler seeds for request_time (default 12, 4 with --fast)")
     ap.add_argument("--only", default=",".join(PARTS),
                     help=f"comma-separated parts to run (default all): {', '.join(PARTS)}")
     ap.add_argument("--json", action="store_true")
@@ -1147,6 +1206,8 @@ def main(argv: list[str] | None = None) -> int:
         args.trace_steps = "240,480"
     if args.stream_schedules is None:
         args.stream_schedules = 4 if args.fast else 24
+    if args.request_schedules is None:
+        args.request_schedules = 4 if args.fast else 12
     import torch
     from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
@@ -1165,6 +1226,8 @@ def main(argv: list[str] | None = None) -> int:
         "stream": lambda: {"stream": stream_case(args.seed, args.stream_steps, args.hidden)},
         "schedules": lambda: {"stream_schedules": stream_schedules_case(
             args.seed, args.stream_steps, args.hidden, args.stream_schedules)},
+        "request_time": lambda: {"request_time": request_time_case(
+            args.seed, args.stream_steps, args.hidden, args.request_schedules)},
         "replay_cost": lambda: {"replay_cost": replay_cost_case(args.seed, lengths,
                                                                 args.hidden)},
         "cost": lambda: {"cost": [cost_case(int(n), 50, args.seed, args.repeats)

@@ -123,6 +123,15 @@ def test_unlearning_benchmark_fast() -> None:
     assert math.isclose(schedules["methods"]["approximate (auto)"]["gaps"][0],
                         approx["gap_closed"], rel_tol=1e-6)
 
+    timing = figures["request_time"]  # the writer request alone: at the request, at the end
+    assert timing["request_step"] == 2 * timing["steps"] // 3 and timing["rows"] > 0
+    for end in ("after the request", "end of the stream"):
+        rerun = timing[end]["re-run"]
+        assert rerun["move_mean"] > 0 and rerun["ratio_to_rerun"] == 1.0  # removal raises it
+        for name in ("approximate (auto)", "unrolled removal (candidate)"):
+            row = timing[end][name]
+            assert row["move_mean"] > 0 and row["move_se"] > 0 and row["ratio_se"] >= 0
+
     for cost in figures["replay_cost"]:
         assert 0 < cost["steps_replayed"] < cost["steps"]  # recent rows: a part of the run
         assert cost["replay_s"] > 0 and cost["rerun_s"] > 0
