@@ -9,7 +9,9 @@ batch 64) against the same step captured (k = 512, float16) four ways: dense (th
 vmap path with a dense P, `capture()` before the step), factored (`with capture.step(...)`:
 hooks on the step's own backward, Kronecker P; no-op publish, so the event is still encoded
 on the trainer's thread), factored with a BackgroundPublisher over a no-op transport (steps
-held in groups of 32, projected and encoded on the worker), and
+held in groups of 32, projected and encoded on the worker thread), the same with a
+ProcessPublisher (the held steps copied into a shared-memory ring, projected and encoded in
+a worker process: the CPU of that process is reported beside the trainer's), and
 factored through the real embedded path BackgroundPublisher -> Publisher -> LocalTransport
 -> EventSink -> chDB, flushed at the end of every timed run of S steps (S <= 200, sized per
 variant so that a run lasts about --run-seconds). Same model, same batch, one torch thread
@@ -52,9 +54,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from headwater.producers.capture import Recorder, margin_weights
 from headwater.producers.capture.kronecker import factors_of
 from headwater.producers.capture.torch import TorchCapture
+from headwater.producers.process_publisher import ProcessPublisher
 from headwater.producers.publisher import BackgroundPublisher, Publisher
 from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.transports.local import LocalTransport
+from headwater.producers.transports.null import NullTransport
 from headwater.query_service.attribution.engine import AttributionEngine, Model
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
@@ -135,23 +139,38 @@ def interleaved(variants: Mapping[str, Callable[[], object]], repeats: int,
     return times
 
 
-CLOCKS = {"wall": time.perf_counter, "thread_cpu": time.thread_time,
-          "process_cpu": time.process_time}
+CLOCKS: dict[str, Callable[[], float]] = {
+    "wall": time.perf_counter, "thread_cpu": time.thread_time, "process_cpu": time.process_time}
 
 
-def interleaved_clocks(variants: Mapping[str, Callable[[], object]], repeats: int
+def process_cpu_of(pid: int) -> Callable[[], float]:
+    """A clock: the CPU seconds (user + system) another process has used so far (Linux
+    /proc, 1/CLK_TCK resolution: 10 ms)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def clock() -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    return clock
+
+
+def interleaved_clocks(variants: Mapping[str, Callable[[], object]], repeats: int,
+                       clocks: Mapping[str, Callable[[], float]] = CLOCKS
                        ) -> dict[str, dict[str, list[float]]]:
-    """As interleaved(), with three clocks per call: wall time, the CPU time of the calling
-    (trainer's) thread, and the CPU time of the whole process (worker threads and an
-    embedded chDB included). On a loaded machine the wall clock also counts the time other
-    processes held the cores; the CPU clocks count only this process's own work."""
+    """As interleaved(), with several clocks per call: wall time, the CPU time of the
+    calling (trainer's) thread, and the CPU time of the whole process (worker threads and an
+    embedded chDB included), plus any given (a worker process's CPU). On a loaded machine
+    the wall clock also counts the time other processes held the cores; the CPU clocks count
+    only this process's own work."""
     names = list(variants)
-    times: dict[str, dict[str, list[float]]] = {n: {c: [] for c in CLOCKS} for n in names}
+    times: dict[str, dict[str, list[float]]] = {n: {c: [] for c in clocks} for n in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            start = {c: clock() for c, clock in CLOCKS.items()}
+            start = {c: clock() for c, clock in clocks.items()}
             variants[name]()
-            for c, clock in CLOCKS.items():
+            for c, clock in clocks.items():
                 times[name][c].append(clock() - start[c])
     return times
 
@@ -186,16 +205,19 @@ def mlp(sizes: tuple[int, ...], seed: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(*layers)
 
 
+VARIANTS = ("dense", "factored", "factored_bg", "factored_proc", "factored_sink")
 CAPTURE_TARGETS = {"64-128-10": 1.5, "784-512-512-10": 1.2}  # issue 16, by model
 
 
 def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: int,
                      repeats: int, run_s: float, store: Store, seed: int = 0) -> dict:
-    """Median per-step ms of plain SGD against SGD captured four ways, interleaved:
+    """Median per-step ms of plain SGD against SGD captured five ways, interleaved:
     dense (vmap + dense P, a pass of its own before the step, no-op publish), factored
     (hooks on the step's own backward, no-op publish: the event is still encoded on the
     trainer's thread), factored_bg (BackgroundPublisher -> Publisher -> no-op transport:
-    encoding and hashing on the worker) and factored_sink (BackgroundPublisher ->
+    encoding and hashing on the worker thread), factored_proc (ProcessPublisher -> no-op
+    transport in the worker process; its CPU is the worker_cpu clock) and factored_sink
+    (BackgroundPublisher ->
     LocalTransport -> EventSink -> chDB, flushed at the end of every run)."""
     model = mlp(sizes, seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -208,12 +230,14 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
     dense = TorchCapture(lambda event: None, model, f"{name}-dense", mode="dense", **common)
     factored = TorchCapture(lambda event: None, model, f"{name}-factored", mode="factored",
                             **common)
-    nowhere = BackgroundPublisher(Publisher(NoTransport(), run_id=f"speed-bg-{name}"))
+    nowhere = BackgroundPublisher(Publisher(NullTransport(), run_id=f"speed-bg-{name}"))
     background = TorchCapture(nowhere, model, f"{name}-bg", mode="factored", **common)
+    elsewhere = ProcessPublisher(Publisher(NullTransport(), run_id=f"speed-proc-{name}"))
+    in_process = TorchCapture(elsewhere, model, f"{name}-proc", mode="factored", **common)
     sink_bg = BackgroundPublisher(Publisher(LocalTransport(EventSink(store, "local")),
                                             run_id=f"speed-{name}"))
     sink = TorchCapture(sink_bg, model, f"{name}-sink", mode="factored", **common)
-    for capture in (dense, factored, background, sink):
+    for capture in (dense, factored, background, in_process, sink):
         capture.record_version(step=0)
 
     def train_step() -> None:
@@ -234,7 +258,8 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
         return go
 
     steps_of = {"plain": train_step, "dense": dense_step, "factored": hooked(factored),
-                "factored_bg": hooked(background), "factored_sink": hooked(sink)}
+                "factored_bg": hooked(background), "factored_proc": hooked(in_process),
+                "factored_sink": hooked(sink)}
     flushes: list[float] = []
 
     def run(variant: str) -> Callable[[], None]:
@@ -244,7 +269,8 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
         fn()
         steps = max(3, min(200, math.ceil(run_s / (time.perf_counter() - start))))
         counts[variant] = steps
-        publisher = {"factored_bg": nowhere, "factored_sink": sink_bg}.get(variant)
+        publisher: Any = {"factored_bg": nowhere, "factored_proc": elsewhere,
+                          "factored_sink": sink_bg}.get(variant)
 
         def go() -> None:
             for _ in range(steps):
@@ -261,7 +287,8 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
     for go in variants.values():
         go()  # warm-up: first calls, first sink insert
     flushes.clear()
-    clocked = interleaved_clocks(variants, repeats)
+    clocked = interleaved_clocks(variants, repeats,
+                                 {**CLOCKS, "worker_cpu": process_cpu_of(elsewhere.pid)})
     times = {v: t["wall"] for v, t in clocked.items()}
     plain = median_ms(times["plain"], counts["plain"])
     target = CAPTURE_TARGETS.get(name, CAPTURE_TARGET)
@@ -273,7 +300,7 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
            if factored.projection.kind == "kronecker" else [],
            "batch": batch, "steps_per_run": counts, "runs": repeats, "plain_ms": plain,
            "target": target}
-    for variant in ("dense", "factored", "factored_bg", "factored_sink"):
+    for variant in VARIANTS:
         ms = median_ms(times[variant], counts[variant])
         out[f"{variant}_ms"] = ms
         out[f"ratio_{variant}"] = round(ms / plain, 3)
@@ -281,25 +308,21 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
     for clock in ("thread_cpu", "process_cpu"):  # the same runs, CPU clocks
         base = median_ms(clocked["plain"][clock], counts["plain"])
         out[f"plain_{clock}_ms"] = base
-        for variant in ("dense", "factored", "factored_bg", "factored_sink"):
+        for variant in VARIANTS:
             ms = median_ms(clocked[variant][clock], counts[variant])
             out[f"ratio_{variant}_{clock}"] = round(ms / base, 3)
+    # the worker process's CPU per step, and trainer process + worker process together
+    proc = clocked["factored_proc"]
+    out["factored_proc_worker_cpu_ms"] = median_ms(proc["worker_cpu"], counts["factored_proc"])
+    out["ratio_factored_proc_total_cpu"] = round(statistics.median(
+        [a + b for a, b in zip(proc["process_cpu"], proc["worker_cpu"], strict=True)])
+        / counts["factored_proc"] * 1000 / out["plain_process_cpu_ms"], 3)
     out["breakdown_ms"] = capture_breakdown(factored, x, y, keys, repeats)
     out["breakdown_ms"]["sink_flush"] = median_ms(flushes)
-    for publisher in (nowhere, sink_bg):
+    for publisher in (nowhere, elsewhere, sink_bg):
         publisher.close()
         publisher.publisher.close()
     return out
-
-
-class NoTransport:
-    """A transport that drops what it is sent (the cost of everything before the wire)."""
-
-    def send(self, key: str, event_id: str, value: bytes) -> None: ...
-
-    def flush(self, timeout: float | None = None) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def capture_breakdown(capture: TorchCapture, x: torch.Tensor, y: torch.Tensor,
@@ -526,8 +549,7 @@ def report(figures: dict) -> None:
           f"{m['load_average_start']} at start, {m['load_average_end']} at end")
     for c in figures.get("capture", []):
         b = c["breakdown_ms"]
-        verdict = {v: "met" if c[f"meets_target_{v}"] else "NOT met"
-                   for v in ("dense", "factored", "factored_bg", "factored_sink")}
+        verdict = {v: "met" if c[f"meets_target_{v}"] else "NOT met" for v in VARIANTS}
         print(f"capture {c['model']} MLP, parameters={c['parameters']} "
               f"({c['captured_params']:,} params), batch {c['batch']}: plain step "
               f"{c['plain_ms']:.2f} ms (target <= {c['target']}x)")
@@ -536,15 +558,22 @@ def report(figures: dict) -> None:
         print(f"    factored ({c['projection']} k={c['k']}, hooks, no-op publish): "
               f"{c['factored_ms']:.2f} ms = {c['ratio_factored']}x ({verdict['factored']}); "
               f"+ background publisher: {c['factored_bg_ms']:.2f} ms = "
-              f"{c['ratio_factored_bg']}x ({verdict['factored_bg']}); -> sink -> chDB: "
+              f"{c['ratio_factored_bg']}x ({verdict['factored_bg']}); + process publisher: "
+              f"{c['factored_proc_ms']:.2f} ms = {c['ratio_factored_proc']}x "
+              f"({verdict['factored_proc']}); -> sink -> chDB: "
               f"{c['factored_sink_ms']:.2f} ms = {c['ratio_factored_sink']}x "
               f"({verdict['factored_sink']})")
         for clock, what in (("thread_cpu", "trainer-thread CPU"),
-                            ("process_cpu", "process CPU, worker and chDB included")):
+                            ("process_cpu", "trainer process CPU, worker thread and chDB "
+                             "included")):
             print(f"    {what}: plain {c[f'plain_{clock}_ms']:.2f} ms; dense "
                   f"{c[f'ratio_dense_{clock}']}x, factored {c[f'ratio_factored_{clock}']}x, "
-                  f"+ background {c[f'ratio_factored_bg_{clock}']}x, -> sink "
+                  f"+ background {c[f'ratio_factored_bg_{clock}']}x, + process "
+                  f"{c[f'ratio_factored_proc_{clock}']}x, -> sink "
                   f"{c[f'ratio_factored_sink_{clock}']}x")
+        print(f"    worker process CPU: {c['factored_proc_worker_cpu_ms']:.3f} ms a step; "
+              f"trainer process + worker process CPU {c['ratio_factored_proc_total_cpu']}x "
+              "the plain step's process CPU")
         if c["factors"]:
             print("    factors: " + "; ".join(c["factors"]))
         print(f"    parts: margin pass (featurise/prediction) {b['margin_pass']:.2f} ms, "

@@ -169,7 +169,11 @@ class ProcessPublisher:
             raise PublishError("ProcessPublisher is closed")
         try:
             write_frame(self._cmd, message)
-        except (BrokenPipeError, OSError) as exc:
+        except OSError as exc:  # a broken pipe: the child is gone, or going
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
             raise PublishError(self._death() or f"the publishing process is gone ({exc})"
                                ) from None
 

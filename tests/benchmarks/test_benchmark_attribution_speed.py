@@ -36,11 +36,14 @@ def test_capture_figures_present_and_positive(figures: dict) -> None:
         assert c["dense_k"] == 64 and c["dense_projection"] == "rademacher"
         assert c["projection"] == "kronecker" and 0 < c["k"] <= 64 and c["batch"] == 64
         assert c["factors"] and c["target"] == 1.5  # issue 16's target for 64-128-10
-        for variant in ("dense", "factored", "factored_bg", "factored_sink"):
+        for variant in ("dense", "factored", "factored_bg", "factored_proc", "factored_sink"):
             assert c[f"{variant}_ms"] > 0 and c[f"ratio_{variant}"] > 0, variant
             assert c[f"meets_target_{variant}"] == (c[f"ratio_{variant}"] <= 1.5)
             for clock in ("thread_cpu", "process_cpu"):
                 assert c[f"ratio_{variant}_{clock}"] > 0 and c[f"plain_{clock}_ms"] > 0
+        # the worker process's own CPU is counted (10 ms ticks: a fast run may read 0)
+        assert c["factored_proc_worker_cpu_ms"] >= 0
+        assert c["ratio_factored_proc_total_cpu"] >= c["ratio_factored_proc_process_cpu"]
         for key in ("margin_pass", "encode_event", "sink_flush"):
             assert c["breakdown_ms"][key] > 0, key
 

@@ -4,6 +4,7 @@ rebuilds itself in a publishing worker process: tests read what a child process 
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 from headwater.errors import PublishError
@@ -13,16 +14,23 @@ _LENGTH = struct.Struct("<I")
 
 
 class SpoolTransport:
-    """Events appended to `path`; `fail_after`: sends after that many raise PublishError."""
+    """Events appended to `path`; `fail_after`: sends after that many raise PublishError;
+    `hold`: a send waits (up to 60 s) until that file exists."""
 
-    def __init__(self, path: str, fail_after: int | None = None) -> None:
+    def __init__(self, path: str, fail_after: int | None = None, hold: str | None = None
+                 ) -> None:
         self.path = path
         self.fail_after = fail_after
+        self.hold = hold
         self.sent = 0
         self.rebuild_spec = TransportSpec("support.spool_transport:SpoolTransport", (path,),
-                                          {"fail_after": fail_after})
+                                          {"fail_after": fail_after, "hold": hold})
 
     def send(self, key: str, event_id: str, value: bytes) -> None:
+        deadline = time.monotonic() + 60
+        while self.hold is not None and not Path(self.hold).exists() \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
         if self.fail_after is not None and self.sent >= self.fail_after:
             raise PublishError(f"spool refuses event {event_id}: fail_after={self.fail_after}")
         self.sent += 1
