@@ -144,6 +144,11 @@ class ProcessPublisher:
                 [sys.executable, "-m", WORKER_MODULE, str(cmd_r), str(reply_w), str(wake_w)],
                 pass_fds=(cmd_r, reply_w, wake_w), stdin=subprocess.DEVNULL,
                 stdout=self._stderr, stderr=self._stderr, env=env)
+        except BaseException:
+            for fd in (cmd_w, reply_r, wake_r):
+                os.close(fd)
+            self._stderr.close()
+            raise
         finally:
             for fd in (cmd_r, reply_w, wake_w):
                 os.close(fd)
