@@ -549,7 +549,7 @@ def run_grpc(args: argparse.Namespace, progress: Progress, work: Path) -> Result
         payload = payload_factory(args.payload, seed=1)
         transport = CountingTransport(GrpcTransport(
             target, batch_size=args.grpc_batch_size, max_in_flight=args.grpc_in_flight,
-            timeout=300, retry_for=30))
+            max_batch_bytes=args.grpc_batch_mib * 1024 * 1024, timeout=300, retry_for=30))
         pub = Publisher(transport, run_id=f"bench-grpc-{uuid.uuid4().hex[:8]}")
         # As on the Kafka path: one event stored before timing, so serve's one-time costs
         # (lazy imports, the store's writer connections: ~0.2 s of CPU) are not spread
@@ -571,6 +571,7 @@ def run_grpc(args: argparse.Namespace, progress: Progress, work: Path) -> Result
             where = ("--data-dir", str(data_dir), "--listen", target)
             stored = headwater_sql("SELECT count() FROM events FINAL", *where)
             extra: dict[str, Any] = {"target": target, "grpc_batch_size": args.grpc_batch_size,
+                                     "grpc_batch_mib": args.grpc_batch_mib,
                                      "grpc_in_flight": args.grpc_in_flight,
                                      "cpu_seconds": cpu.used,
                                      "cpu_seconds_by_thread": cpu.by_thread}
@@ -797,6 +798,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--grpc-batch-size", type=int, default=2000,
                     help="GrpcTransport batch_size (2000, its default; serve stores each "
                     "PublishBatch as it comes, so this is serve's insert batch)")
+    ap.add_argument("--grpc-batch-mib", type=int, default=8,
+                    help="GrpcTransport max_batch_bytes in MiB (8, its default: ~125 trainer "
+                    "events a call; serve accepts messages up to 64 MiB)")
     ap.add_argument("--grpc-in-flight", type=int, default=2,
                     help="GrpcTransport max_in_flight (2, its default)")
     ap.add_argument("--partitions", type=int, default=4, help="Kafka topic partitions (4)")

@@ -89,9 +89,13 @@ def test_trainer_payload_reports_rows_and_the_store_ceiling() -> None:
     """A trainer's step (64 rows x k = 512 float16) through serve: rows/s is events/s x 64,
     and the chDB insert ceiling of the same rows is measured in the same run."""
     report = _report(_bench("--events", "150", "--paths", "grpc", "--payload", "trainer",
-                            "--json", "--quiet"))
+                            "--grpc-batch-mib", "2", "--json", "--quiet"))
     (r,) = report["results"]
     assert r["payload"] == "trainer" and r["stored"] == 150
+    assert r["extra"]["grpc_batch_mib"] == 2  # ~31 events a call: 5 calls, all stored
+    split = r["extra"]["cpu_seconds_by_thread"]["serve"]
+    assert set(split) == {"python", "engine", "ended"} and split["python"] > 0
+    assert sum(split.values()) == pytest.approx(r["extra"]["cpu_seconds"]["serve"], abs=0.01)
     assert 60_000 <= r["event_bytes"] <= 72_000  # 64 x 512 x 2 bytes of gradients + envelope
     assert r["rows_per_s"] == pytest.approx(64 * r["events_per_s"])
     assert report["ceiling_rows_per_s"] > r["rows_per_s"] / 10
