@@ -117,6 +117,9 @@ class Worker:
         elif kind == "close":
             self.close()
             return False
+        else:
+            self.failures.add(f"the publishing process got a message it does not know: "
+                              f"{kind!r}")
         return True
 
     def init(self, settings: dict[str, Any]) -> None:
