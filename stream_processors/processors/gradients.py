@@ -8,6 +8,7 @@ curvature part of a batch is Σ w φφᵀ over its rows, per (model, version, ki
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -163,10 +164,27 @@ def prediction_rows(batch: list[Accepted]) -> pa.Table:
     })
 
 
+@lru_cache(maxsize=8)
+def upper_indices(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) of a k x k matrix's entries on and above the diagonal, row by row: the order
+    of an 'upper' curvature part's values (cached, so read-only)."""
+    i, j = np.triu_indices(dim)
+    i.flags.writeable = j.flags.writeable = False
+    return i, j
+
+
 def part_matrix(data: bytes, rows: int, dim: int, layout: str) -> np.ndarray:
-    """The k x k matrix Σ w φφᵀ of one stored curvature part, whatever its layout."""
+    """The k x k matrix Σ w φφᵀ of one stored curvature part, whatever its layout: 'rows'
+    (weights and gradient rows), 'upper' (the triangle on and above the diagonal) or
+    'dense' (every entry; parts written before issue 18's fourth wave)."""
     values = np.frombuffer(data, "<f8")
     if layout == "rows":
         w, phi = values[:rows], values[rows:].reshape(rows, dim)
         return (phi * w[:, None]).T @ phi
+    if layout == "upper":
+        i, j = upper_indices(dim)
+        matrix = np.empty((dim, dim))
+        matrix[i, j] = values
+        matrix[j, i] = values
+        return matrix
     return values.reshape(dim, dim)

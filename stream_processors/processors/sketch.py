@@ -19,6 +19,7 @@ from headwater.stream_processors.processors.gradients import (
     NP_DTYPE,
     arrow_table,
     gradient_rows,
+    upper_indices,
 )
 from headwater.stream_processors.processors.rows import ts_column
 
@@ -115,12 +116,14 @@ class _Events:
 
     def part(self, events: list[int], dim: int) -> tuple[str, bytes, int]:
         """(layout, bytes, rows) of Σ w φφᵀ over the events' rows: 'rows' (the n weights,
-        then the n x k rows, float64 little-endian) while they are smaller than the k x k
-        matrix, so a part never costs more than the events it sums; else 'dense', one
-        matrix product per block of rows."""
+        then the n x k rows, float64 little-endian) while they are smaller than the matrix's
+        upper triangle, so a part never costs more than the events it sums; else 'upper',
+        one matrix product per block of rows, stored as the k(k+1)/2 entries on and above
+        the diagonal, row by row (gradients.part_matrix). The sum is exactly symmetric
+        (weighted_gram), so the triangle loses nothing and writes half of the k x k bytes."""
         w = np.concatenate([self.weights[self.first[e]:self.ends[e]] for e in events])
         n = len(w)
-        if n * (dim + 1) < dim * dim:
+        if n * (dim + 1) < dim * (dim + 1) // 2:
             phi = np.concatenate([b.astype("<f8") for b in self._blocks(events, dim)])
             return "rows", w.astype("<f8").tobytes() + phi.tobytes(), n
         matrix = np.zeros((dim, dim))
@@ -128,7 +131,7 @@ class _Events:
         for phi in self._blocks(events, dim):
             matrix += weighted_gram(phi, w[at:at + len(phi)])
             at += len(phi)
-        return "dense", matrix.astype("<f8").tobytes(), n
+        return "upper", matrix[upper_indices(dim)].astype("<f8").tobytes(), n
 
 
 def weighted_gram(phi: np.ndarray, w: np.ndarray) -> np.ndarray:

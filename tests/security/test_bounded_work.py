@@ -84,13 +84,13 @@ def test_each_size_field_has_a_maximum(store: Store, limits: Limits, event, fiel
 
 def test_a_curvature_part_costs_no_more_than_its_rows(store: Store) -> None:
     """One row of width 1024 is stored as its 1 + 1024 values, not 1024^2; many rows as the
-    dense matrix; both give the same Σ w φφᵀ."""
+    matrix's upper triangle (k(k+1)/2 values); both give the same Σ w φφᵀ."""
     env = EnvelopeBuilder("run-sketch", "trainer-sketch")
     small, big = _batch(1, 1024, "small"), _batch(64, 16, "big", seed=1)
     EventSink(store, "grpc").ingest([Record(_raw(env.wrap(b))) for b in (small, big)])
     stored = {v: (layout, size) for v, layout, size in store.query(
         "SELECT model_version, layout, length(matrix) FROM curvature_parts")}
-    assert stored == {"small": ("rows", (1 + 1024) * 8), "big": ("dense", 16 * 16 * 8)}
+    assert stored == {"small": ("rows", (1 + 1024) * 8), "big": ("upper", 16 * 17 // 2 * 8)}
     for batch in (small, big):
         data, rows, dim, layout = store.query(
             "SELECT hex(matrix), rows, dim, layout FROM curvature_parts "

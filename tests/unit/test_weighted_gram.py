@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from headwater.stream_processors.processors.gradients import part_matrix, upper_indices
 from headwater.stream_processors.processors.sketch import weighted_gram
 
 
@@ -41,3 +42,21 @@ def test_narrow_gradients_give_the_float64_sum_bit_for_bit(dtype: type, weights:
     assert np.array_equal(got, weighted_gram(phi.astype(np.float64), w))
     narrow = (phi * np.sqrt(np.abs(w)).astype(dtype)[:, None]).astype(np.float64)
     assert not np.array_equal(got, narrow.T @ narrow)  # what narrow arithmetic would give
+
+
+@pytest.mark.parametrize("dim", [1, 2, 7, 64])
+def test_an_upper_part_is_the_whole_matrix_bit_for_bit(dim: int) -> None:
+    """The stored triangle (row by row, on and above the diagonal) reads back as every
+    entry of the symmetric sum; a 'dense' part of the same sum reads back the same."""
+    rng = np.random.default_rng(dim)
+    matrix = weighted_gram(rng.standard_normal((3 * dim + 1, dim)), rng.standard_normal(
+        3 * dim + 1))
+    upper = matrix[upper_indices(dim)].astype("<f8").tobytes()
+    assert len(upper) == dim * (dim + 1) // 2 * 8
+    got = part_matrix(upper, 3 * dim + 1, dim, "upper")
+    assert np.array_equal(got, matrix)
+    assert np.array_equal(part_matrix(matrix.astype("<f8").tobytes(), 0, dim, "dense"), got)
+    if dim > 1:  # row by row: the second value is entry (0, 1), not (1, 1)
+        assert np.frombuffer(upper, "<f8")[1] == matrix[0, 1]
+    with pytest.raises(ValueError):
+        part_matrix(upper[:-8], 0, dim, "upper")  # a short part is refused, not misread
