@@ -359,7 +359,7 @@ class TorchCapture(Recorder):
         the worker process's ring (the trainer waits while it is full); False when the
         step does not fit a slot (sized by the first step held), which then goes the
         synchronous way."""
-        tensors = [t for _, a, g in calls for t in (a, g)]
+        tensors = [plain(t) for _, a, g in calls for t in (a, g)]  # a TrackedTensor: no op
         tensors += [state.output, state.grad, y]
         if self._ring is None:
             _, distinct = layout_of(tensors)

@@ -242,3 +242,29 @@ def test_a_signing_publisher_is_not_taken() -> None:
                           attest_target="127.0.0.1:1")
     with pytest.raises(WorkerUnavailable, match="signs its chain heads"):
         ProcessPublisher(publisher)
+
+
+def test_tracked_tensors_reach_the_ring_without_recorded_ops(tmp_path: Path) -> None:
+    """TrackedTensors in the held steps: the copy into the ring records no op (only the
+    model's forward and the loss are recorded, as without a capture)."""
+    from headwater.producers.capture.torch import TorchCapture
+    from headwater.producers.tracking.torch import row_keys, track_tensor
+
+    events: list = []
+    tracker = Tracker(events.append)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    with ProcessPublisher(Publisher(SpoolTransport(str(tmp_path / "s")), run_id="r")) as pp:
+        capture = TorchCapture(pp, model, "m", k=16, group=2)
+        for _ in range(4):
+            x, y = torch.randn(BATCH, 5), torch.randint(0, 3, (BATCH,))
+            xt, yt = track_tensor(tracker, x), track_tensor(tracker, y)
+            before = len(events)
+            with capture.step(xt, yt, row_keys(xt), learning_rate=0.1):
+                F.cross_entropy(model(xt), yt).backward()
+            assert [e.op_name for e in events[before:]] == [
+                "torch.nn.functional.linear", "torch.tanh", "torch.nn.functional.linear",
+                "torch.nn.functional.cross_entropy"]
+        assert capture._ring is not None  # the steps after the first went through the ring
+    kinds = [e.WhichOneof("payload") for e in _events(tmp_path / "s")]
+    assert kinds.count("gradient_batch") == 4
