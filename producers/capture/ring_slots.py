@@ -16,18 +16,16 @@ Layout = tuple[Any, ...]  # per array: (shape, dtype) or the index of the array 
 def layout_of(tensors: list[torch.Tensor]) -> tuple[Layout, list[torch.Tensor]]:
     """(layout, the distinct tensors): a tensor given again (the last layer's δ is the
     output's gradient) is copied once and named by its first index after that."""
+    first: dict[int, int] = {}
     distinct: list[torch.Tensor] = []
-    where: list[int] = []  # each distinct tensor's position in the list
     key: list[Any] = []
     for i, t in enumerate(tensors):
-        for d, at in zip(distinct, where, strict=True):
-            if d is t:
-                key.append(at)
-                break
-        else:
+        at = first.setdefault(id(t), i)
+        if at == i:
             key.append((t.shape, t.dtype))
             distinct.append(t)
-            where.append(i)
+        else:
+            key.append(at)
     return tuple(key), distinct
 
 
@@ -50,23 +48,26 @@ class RingSlots:
         ring = writer.ring
         self.buffer = torch.frombuffer(ring.memory.buf, dtype=torch.uint8)
         self.views: dict[int, tuple[Layout, list[torch.Tensor]]] = {}
-        self.specs: dict[Layout, Spec | None] = {}  # None: the layout does not fit a slot
+        # per layout seen: the layout itself (one object, so a slot's views are matched by
+        # identity) and its spec (None: it does not fit a slot)
+        self.specs: dict[Layout, tuple[Layout, Spec | None]] = {}
 
     def put(self, tensors: list[torch.Tensor]) -> tuple[int, Spec] | None:
         """Copy a step's tensors into the next free slot (waiting while the ring is full);
         (slot, spec), or None when they do not fit a slot."""
         layout, distinct = layout_of(tensors)
-        spec = self.specs.get(layout, False)
-        if spec is False:
+        known = self.specs.get(layout)
+        if known is None:
             spec = spec_of(layout)
             if spec is not None and step_bytes(spec) > self.writer.ring.slot_bytes:
                 spec = None
-            self.specs[layout] = spec
+            known = self.specs[layout] = (layout, spec)
+        layout, spec = known
         if spec is None:
             return None
         slot = self.writer.claim()
         cached = self.views.get(slot)
-        if cached is None or cached[0] != layout:
+        if cached is None or cached[0] is not layout:
             cached = (layout, self._views(slot, layout, spec))
             self.views[slot] = cached
         with torch.no_grad():
