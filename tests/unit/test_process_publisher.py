@@ -158,7 +158,7 @@ def test_a_killed_child_is_reported_not_waited_for(tmp_path: Path) -> None:
                                            r"status -9"):
         _train(pp, 6, group=1, version_at=-1)  # the ring fills; the wait sees the death
         pp.flush()
-    assert time.monotonic() - start < 20
+    assert time.monotonic() - start < 60  # a bound on a hang, not a speed check
     with pytest.raises(PublishError, match="exited with status -9"):
         pp.close()
     assert not Path("/dev/shm", ring.lstrip("/")).exists()  # unlinked on the error too
