@@ -57,9 +57,13 @@ def publishing_worker(publisher: Publisher, *, process: bool = True, slots: int 
     return BackgroundPublisher(publisher, max_pending=max_pending)
 
 
-def _cleanup(proc: subprocess.Popen[bytes], rings: list[StepRing], fds: list[int]) -> None:
+def _cleanup(owner: int, proc: subprocess.Popen[bytes], rings: list[StepRing],
+             fds: list[int]) -> None:
     """Kill the child (by its pid) if it is still there, remove the rings, close the
-    pipes: at close, or when the publisher is collected or the interpreter exits unclosed."""
+    pipes: at close, or when the publisher is collected or the interpreter exits unclosed.
+    Only in the process that started it (not in a forked copy, e.g. a DataLoader worker)."""
+    if os.getpid() != owner:
+        return
     if proc.poll() is None:
         proc.kill()
         proc.wait()
@@ -155,7 +159,8 @@ class ProcessPublisher:
         self._cmd, self._wake = cmd_w, wake_r
         self._reply: BinaryIO = os.fdopen(reply_r, "rb")
         self._fds = [cmd_w, wake_r]
-        self._finalizer = weakref.finalize(self, _cleanup, self._proc, self._rings, self._fds)
+        self._finalizer = weakref.finalize(self, _cleanup, os.getpid(), self._proc, self._rings,
+                                           self._fds)
         envelopes = publisher.envelopes
         self.send(("init", {
             "run_id": envelopes.run_id, "producer_id": envelopes.producer_id,

@@ -268,3 +268,21 @@ def test_tracked_tensors_reach_the_ring_without_recorded_ops(tmp_path: Path) -> 
         assert capture._ring is not None  # the steps after the first went through the ring
     kinds = [e.WhichOneof("payload") for e in _events(tmp_path / "s")]
     assert kinds.count("gradient_batch") == 4
+
+
+def test_a_forked_copy_leaves_the_worker_and_its_rings_alone(tmp_path: Path) -> None:
+    """A forked child of the trainer (a DataLoader worker) that drops its copy of the
+    publisher neither kills the worker process nor removes the rings."""
+    pp = ProcessPublisher(Publisher(SpoolTransport(str(tmp_path / "s")), run_id="r"))
+    _train(pp, 3, group=1, version_at=-1)
+    pp.flush()
+    ring = Path("/dev/shm", pp._rings[0].name.lstrip("/"))
+    pid = os.fork()
+    if pid == 0:  # the forked copy: run the finalizer it inherited, then leave at once
+        pp._finalizer()
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert ring.exists() and pp._proc.poll() is None
+    _train(pp, 2, group=1, version_at=-1)
+    pp.close()
+    assert not ring.exists()
