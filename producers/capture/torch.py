@@ -119,7 +119,9 @@ class TorchCapture(Recorder):
     and output gradients (references, no copies but the batch's own input), then hands them
     to the worker as one job, which projects them with one product per layer factor and
     builds one GradientBatch per step (the same events, in the same order); the publisher's
-    flush and any other event of this capture submit a partial group first.
+    flush and any other event of this capture submit a partial group first. With a
+    ProcessPublisher the held steps' tensors are copied into its shared-memory ring instead
+    and the group is built in the worker process, by the same code (capture/groups.py).
     """
 
     framework = "torch"
@@ -286,7 +288,7 @@ class TorchCapture(Recorder):
         mean or sum); call `optimizer.step()` after the block. Factored: φ comes from the
         hooks on this backward, rescaled from loss to margin gradients; dense: from a vmap
         pass at entry. The recorded per-sample learning rate is lr x c, the loss's measured
-        per-row scale (1/B for a mean). With a BackgroundPublisher, the projection and the
+        per-row scale (1/B for a mean). With a Background/ProcessPublisher, the projection and the
         event are computed on its worker after the first step (a refused loss is then raised
         at flush); the trainer's thread keeps only the hooks and the margins."""
         x = plain(x if isinstance(x, torch.Tensor) else torch.as_tensor(x))
