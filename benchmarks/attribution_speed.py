@@ -54,11 +54,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from headwater.producers.capture import Recorder, margin_weights
 from headwater.producers.capture.kronecker import factors_of
 from headwater.producers.capture.torch import TorchCapture
-from headwater.producers.process_publisher import ProcessPublisher
 from headwater.producers.publisher import BackgroundPublisher, Publisher
 from headwater.producers.tracking import Tracker, row_keys
 from headwater.producers.transports.local import LocalTransport
 from headwater.producers.transports.null import NullTransport
+from headwater.producers.worker.process import ProcessPublisher
 from headwater.query_service.attribution.engine import AttributionEngine, Model
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store

@@ -1,6 +1,7 @@
 """The SDK a trainer imports: build chained events and publish them.
 
-Rooms: envelope.py, publisher.py, transports/ (build and send events), rowmap.py (the
+Rooms: envelope.py, publisher.py, transports/ (build and send events), worker/ (the
+publishing worker process, ProcessPublisher), rowmap.py (the
 row-map wire codec, shared with the stream processors), tracking/ (tracked arrays and
 tensors, the op registry, frames, sources), capture/ (per-sample gradients, projection),
 unlearning/ (Newton, fine-tune, verification, the listener).
@@ -22,6 +23,8 @@ _EXPORTS = {
     "PublishError": "headwater.errors",
     "Publisher": "headwater.producers.publisher",
     "BackgroundPublisher": "headwater.producers.publisher",
+    "ProcessPublisher": "headwater.producers.worker.process",
+    "publishing_worker": "headwater.producers.worker.process",
     "GrpcTransport": "headwater.producers.transports.grpc",
     "KafkaTransport": "headwater.producers.transports.kafka",
     "LocalTransport": "headwater.producers.transports.local",
@@ -40,11 +43,13 @@ __all__ = [
     "LinearModel",
     "LocalTransport",
     "Outcome",
+    "ProcessPublisher",
     "PublishError",
     "Publisher",
     "Unlearner",
     "UnlearningListener",
     "event_hash",
+    "publishing_worker",
     "rowmap",
     "unlearn",
     "verify",
@@ -61,6 +66,7 @@ if TYPE_CHECKING:
     from headwater.producers.unlearning.api import unlearn, verify
     from headwater.producers.unlearning.linear import LinearModel
     from headwater.producers.unlearning.listener import Outcome, Unlearner, UnlearningListener
+    from headwater.producers.worker.process import ProcessPublisher, publishing_worker
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

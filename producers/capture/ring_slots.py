@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from headwater.producers.step_ring import ALIGN, Spec, offsets, step_bytes
+from headwater.producers.worker.ring import ALIGN, Spec, offsets, step_bytes
 
 Layout = tuple[Any, ...]  # per array: (shape, dtype) or the index of the array it repeats
 
@@ -41,7 +41,7 @@ def spec_of(layout: Layout) -> Spec | None:
 
 
 class RingSlots:
-    """Torch views of one capture's ring (a process_publisher.RingWriter), and the copy."""
+    """Torch views of one capture's ring (a worker.process.RingWriter), and the copy."""
 
     def __init__(self, writer: Any) -> None:
         self.writer = writer

@@ -49,7 +49,7 @@ from headwater.producers.capture.rescale import (
     watch,
 )
 from headwater.producers.capture.ring_slots import RingSlots, layout_of
-from headwater.producers.step_ring import ALIGN
+from headwater.producers.worker.ring import ALIGN
 from headwater.v1 import events_pb2
 
 MODES = ("auto", "factored", "dense")
@@ -379,7 +379,7 @@ class TorchCapture(Recorder):
         return True
 
     def _worker_config(self) -> dict[str, Any]:
-        """What a worker process needs to build this capture's events (publish_worker)."""
+        """What a worker process needs to build this capture's events (worker.child)."""
         assert self.layers is not None and self._projector is not None
         layers = []
         for la in self.layers:

@@ -19,16 +19,16 @@ from support.spool_transport import SpoolTransport, read_spool
 
 from headwater.errors import PublishError
 from headwater.producers.envelope import hash_matches
-from headwater.producers.process_publisher import (
+from headwater.producers.publisher import BackgroundPublisher, Publisher
+from headwater.producers.tracking import Tracker
+from headwater.producers.transports.null import NullTransport
+from headwater.producers.transports.spec import TransportSpec, spec_of
+from headwater.producers.worker.process import (
     ProcessPublisher,
     WorkerFallback,
     WorkerUnavailable,
     publishing_worker,
 )
-from headwater.producers.publisher import BackgroundPublisher, Publisher
-from headwater.producers.tracking import Tracker
-from headwater.producers.transports.null import NullTransport
-from headwater.producers.transports.spec import TransportSpec, spec_of
 from headwater.v1 import events_pb2
 
 BATCH = 16

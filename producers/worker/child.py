@@ -1,4 +1,4 @@
-"""The publishing worker process (`python -m headwater.producers.publish_worker CMD REPLY
+"""The publishing worker process (`python -m headwater.producers.worker.child CMD REPLY
 WAKE`, started by ProcessPublisher): reads messages from the CMD pipe in order, builds
 held steps' GradientBatch payloads from the shared-memory ring, publishes every payload
 through its own Publisher (the producer's chain, continued), and answers flush and close
@@ -13,8 +13,8 @@ from typing import Any
 
 from headwater.producers.envelope import PAYLOAD_FIELDS
 from headwater.producers.publisher import Failures, Publisher
-from headwater.producers.step_ring import StepRing
-from headwater.producers.worker_pipe import read_frame, write_frame
+from headwater.producers.worker.pipe import read_frame, write_frame
+from headwater.producers.worker.ring import StepRing
 
 _PAYLOADS = {t.__name__: t for t in PAYLOAD_FIELDS}
 

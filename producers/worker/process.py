@@ -4,7 +4,7 @@ A trainer step beside a thread of pure Python costs ~10x, beside a busy process 
 (benchmarks/thread_contention.py): a BackgroundPublisher's worker thread costs the trainer
 through the GIL. ProcessPublisher runs the same work (projecting held steps, building
 GradientBatch payloads, chaining, hashing, serialising, the transport) in a child started
-with `python -m headwater.producers.publish_worker`. A capture copies each held step's
+with `python -m headwater.producers.worker.child`. A capture copies each held step's
 arrays into a slot of a shared-memory ring (StepRing) and sends the group's small
 descriptors down a pipe; every other payload goes down the same pipe, serialised, so the
 child publishes everything in submission order, as the one writer of the producer's chain.
@@ -27,11 +27,11 @@ from google.protobuf.message import Message
 
 from headwater.errors import PublishError
 from headwater.producers.publisher import BackgroundPublisher, Publisher, raise_failures
-from headwater.producers.step_ring import StepRing
 from headwater.producers.transports.spec import TransportSpec, spec_of
-from headwater.producers.worker_pipe import read_frame, write_frame
+from headwater.producers.worker.pipe import read_frame, write_frame
+from headwater.producers.worker.ring import StepRing
 
-WORKER_MODULE = "headwater.producers.publish_worker"
+WORKER_MODULE = "headwater.producers.worker.child"
 POLL_S = 0.2  # how often a waiting trainer checks that the worker process is alive
 
 
@@ -210,7 +210,7 @@ class ProcessPublisher:
 
     def open_ring(self, config: dict[str, Any], slot_bytes: int) -> RingWriter:
         """A ring of `slots` slots of `slot_bytes` for one capture, whose settings the
-        worker needs to build its events (`config`, see publish_worker.CaptureBuilder)."""
+        worker needs to build its events (`config`, see worker.child.CaptureBuilder)."""
         ring = StepRing.create(self.slots, slot_bytes)
         self._rings.append(ring)
         self._captures += 1
