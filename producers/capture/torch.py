@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from torch.func import functional_call, grad, jacrev, vmap
 from headwater.producers.capture.factored import (
     Layer,
     Projector,
+    Record,
     Taps,
     find_layers,
     plain,
@@ -100,6 +102,34 @@ def select_parameters(model: torch.nn.Module, parameters: str | Sequence[str]) -
                              f"{', '.join(names[:20])}")
         chosen += [h for h in hits if h not in chosen]
     return chosen
+
+
+class _Step:
+    """The context manager `TorchCapture.step()` returns (a plain class: a generator-based
+    @contextmanager costs a few µs more of the trainer's thread per step)."""
+
+    __slots__ = ("capture", "x", "y", "keys", "learning_rate", "step", "begun")
+
+    def __init__(self, capture: TorchCapture, x: Any, y: Any, keys: events_pb2.RowKeys,
+                 learning_rate: float, step: int) -> None:
+        self.capture, self.x, self.y, self.keys = capture, x, y, keys
+        self.learning_rate, self.step = learning_rate, step
+        self.begun: Any = None
+
+    def __enter__(self) -> None:
+        self.begun = self.capture._begin(self.x, self.y, self.keys)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        x, y, keys, dense, state, record = self.begun
+        self.begun = None
+        try:
+            self.capture._taps.stop()
+        finally:
+            state.release()
+        if exc_type is None:
+            self.capture._end(x, y, keys, dense, state, record, self.learning_rate,
+                              self.step)
 
 
 class TorchCapture(Recorder):
@@ -280,9 +310,8 @@ class TorchCapture(Recorder):
                                       targets=torch.as_tensor(y).detach().cpu().numpy(),
                                       featurisation=featurisation)
 
-    @contextmanager
     def step(self, x: torch.Tensor, y: torch.Tensor, keys: events_pb2.RowKeys, *,
-             learning_rate: float, step: int = 0) -> Iterator[None]:
+             learning_rate: float, step: int = 0) -> AbstractContextManager[None]:
         """Capture the training step run inside the block: call the model once on x and
         backward the loss (softmax / binary cross-entropy with logits or squared error,
         mean or sum); call `optimizer.step()` after the block. Factored: φ comes from the
@@ -291,6 +320,12 @@ class TorchCapture(Recorder):
         per-row scale (1/B for a mean). With a Background/ProcessPublisher, the projection and the
         event are computed on its worker after the first step (a refused loss is then raised
         at flush); the trainer's thread keeps only the hooks and the margins."""
+        return _Step(self, x, y, keys, learning_rate, step)
+
+    def _begin(self, x: Any, y: Any, keys: events_pb2.RowKeys
+               ) -> tuple[torch.Tensor, torch.Tensor, events_pb2.RowKeys,
+                          torch.Tensor | None, OutputGradient, Record]:
+        """step()'s entry: checked inputs, the dense φ (dense mode), the taps installed."""
         x = plain(x if isinstance(x, torch.Tensor) else torch.as_tensor(x))
         y = plain(y if isinstance(y, torch.Tensor) else torch.as_tensor(y))
         if y.shape[0] != x.shape[0]:
@@ -298,12 +333,12 @@ class TorchCapture(Recorder):
         keys = _keys(keys, x.shape[0])
         dense = self._dense_phi(x, y) if self.layers is None else None
         state = OutputGradient(self.task, y)
-        record = self._taps.start(self.model, watch(state))
-        try:
-            yield
-        finally:
-            self._taps.stop()
-            state.release()
+        return x, y, keys, dense, state, self._taps.start(self.model, watch(state))
+
+    def _end(self, x: torch.Tensor, y: torch.Tensor, keys: events_pb2.RowKeys,
+             dense: torch.Tensor | None, state: OutputGradient, record: Record,
+             learning_rate: float, step: int) -> None:
+        """step()'s exit after a block that finished: the step held or published."""
         self._check(x, state)
         calls = self._taps.resolve(record, state.grad)
         version = self._require_version()

@@ -546,3 +546,28 @@ def test_group_scales_match_each_step_bit_for_bit() -> None:
             assert c == expected
     assert scales[3] is None and isinstance(scales[4], LossMismatch)
     assert all(isinstance(c, float) for i, c in enumerate(scales) if i not in (3, 4))
+
+
+def test_a_step_that_raises_publishes_nothing_and_leaves_the_model_as_it_was() -> None:
+    """step() is a plain context manager: nothing happens until it is entered; an exception
+    inside the block removes the taps and the output hook, publishes nothing and is raised
+    unchanged; the next step is captured as usual."""
+    sent: list = []
+    model = mlp((6, 9, 4))
+    capture = TorchCapture(sent.append, model, "raise", k=24)
+    capture.record_version(step=0)
+    before = len(sent)
+    x, y = torch.randn(N, 6), torch.randint(0, 4, (N,))
+    unentered = capture.step(x, y, keys(), learning_rate=0.1)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    del unentered
+    with pytest.raises(KeyError, match="boom"), \
+            capture.step(x, y, keys(), learning_rate=0.1):
+        out = model(x)
+        F.cross_entropy(out, y).backward()
+        raise KeyError("boom")
+    assert len(sent) == before
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert not out._backward_hooks  # the output hook is gone
+    phi, batch = stepped(capture, sent, x, y, F.cross_entropy)
+    assert len(sent) == before + 1 and batch.dim == phi.shape[1]
