@@ -206,7 +206,7 @@ def rows_per_event(kind: str) -> int:
 
 
 CEILING_CODE = """
-import sys, tempfile, time
+import sys, time
 sys.path.insert(0, sys.argv[3])
 from ingest import payload_factory
 from headwater.producers.envelope import EnvelopeBuilder
@@ -221,7 +221,7 @@ for i in range(n):
     e = env.wrap(payload(i))
     events.append(Accepted(i, Record(b""), e))
 tables = [gradient_rows(events[i:i + 1000]) for i in range(0, n, 1000)]
-store = Store("chdb://" + tempfile.mkdtemp(prefix="headwater-ceiling-") + "/ch")
+store = Store("chdb://" + sys.argv[4] + "/ch")
 store.migrate()
 start = time.perf_counter()
 for t in tables:
@@ -233,10 +233,12 @@ print(sum(t.num_rows for t in tables) / elapsed, sum(t.nbytes for t in tables) /
 
 def insert_ceiling(kind: str, events: int) -> tuple[float, float]:
     """(rows/s, MB/s) of inserting the payload's gradient rows straight into chDB: Arrow
-    tables already built, in a child process (chDB opens one data path per process)."""
-    done = subprocess.run([sys.executable, "-c", CEILING_CODE, kind, str(events),
-                           str(Path(__file__).parent)], capture_output=True, text=True,
-                          timeout=900)
+    tables already built, in a child process (chDB opens one data path per process), on a
+    store removed afterwards (hundreds of MB of parts)."""
+    with tempfile.TemporaryDirectory(prefix="headwater-ceiling-") as scratch:
+        done = subprocess.run([sys.executable, "-c", CEILING_CODE, kind, str(events),
+                               str(Path(__file__).parent), scratch], capture_output=True,
+                              text=True, timeout=900)
     if done.returncode != 0:
         raise BenchmarkError(f"insert ceiling failed: {done.stderr.strip()[-500:]}")
     rows, mb = done.stdout.split()

@@ -154,8 +154,6 @@ class Serve:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
-        # Tansu writes consumer-group state as `<group>-data/` into its working directory.
-        self.workdir = tempfile.mkdtemp(prefix="tansu-")
 
     def start(self) -> None:
         self.proc = headwater("serve", "--data-dir", str(self.data_dir), "--listen", self.target)

@@ -118,3 +118,23 @@ def test_cpu_split_counts_python_threads_apart_from_the_engines() -> None:
         assert bench.thread_cpu(2**22 + 1) == {}  # no such process: nothing, no error
     finally:
         sys.modules.pop("bench_ingest_threads", None)
+
+
+def test_the_insert_ceiling_removes_its_store(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ceiling's chDB store (hundreds of MB at full size) is gone after the measurement."""
+    import tempfile
+
+    spec = importlib.util.spec_from_file_location("bench_ingest_ceiling", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_ingest_ceiling"] = bench
+    try:
+        spec.loader.exec_module(bench)
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        monkeypatch.setenv("TMPDIR", str(tmp_path))  # the measuring child's, too
+        rows, mb = bench.insert_ceiling("trainer", 20)
+    finally:
+        del sys.modules["bench_ingest_ceiling"]
+    assert rows > 0 and mb > 0
+    assert list(tmp_path.iterdir()) == []
