@@ -8,7 +8,10 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +22,21 @@ SCRIPT = REPO / "benchmarks" / "ingest.py"
 def _bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@contextmanager
+def _script() -> Iterator[Any]:
+    """benchmarks/ingest.py loaded as a module, registered under its name while in use
+    (dataclasses look their module up by name)."""
+    spec = importlib.util.spec_from_file_location("bench_ingest", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_ingest"] = bench
+    try:
+        spec.loader.exec_module(bench)
+        yield bench
+    finally:
+        sys.modules.pop("bench_ingest", None)
 
 
 def _report(done: subprocess.CompletedProcess) -> dict:
@@ -69,20 +87,13 @@ def test_unknown_path_is_a_usage_error() -> None:
 
 
 def test_a_stored_count_that_differs_from_published_fails_loudly() -> None:
-    spec = importlib.util.spec_from_file_location("bench_ingest", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_ingest"] = bench  # dataclasses look their module up by name
-    try:
-        spec.loader.exec_module(bench)
+    with _script() as bench:
         short = bench.Result("kafka", "gradient", events=1000, event_bytes=1200.0,
                              seconds=1.0, stored=999, stored_total=1000, warmup=1)
         with pytest.raises(bench.BenchmarkError, match="published 1000 events"):
             bench.verify(short)
         bench.verify(bench.Result("grpc", "gradient", events=1000, event_bytes=1200.0,
                                   seconds=1.0, stored=1000, stored_total=1000))
-    finally:
-        sys.modules.pop("bench_ingest", None)
 
 
 def test_trainer_payload_reports_rows_and_the_store_ceiling() -> None:
@@ -102,12 +113,7 @@ def test_trainer_payload_reports_rows_and_the_store_ceiling() -> None:
 
 
 def test_cpu_split_counts_python_threads_apart_from_the_engines() -> None:
-    spec = importlib.util.spec_from_file_location("bench_ingest_threads", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_ingest_threads"] = bench
-    try:
-        spec.loader.exec_module(bench)
+    with _script() as bench:
         assert bench.thread_class("python3", "python3") == "python"
         for native in ("MergeMutate", "QueryPipelineEx", "ThreadPool", "event_engine",
                        "rdk:broker1"):
@@ -116,8 +122,6 @@ def test_cpu_split_counts_python_threads_apart_from_the_engines() -> None:
         assert threading.get_native_id() in threads
         assert threads[threading.get_native_id()][0] == "python"
         assert bench.thread_cpu(2**22 + 1) == {}  # no such process: nothing, no error
-    finally:
-        sys.modules.pop("bench_ingest_threads", None)
 
 
 def test_the_insert_ceiling_removes_its_store(tmp_path: Path,
@@ -125,16 +129,9 @@ def test_the_insert_ceiling_removes_its_store(tmp_path: Path,
     """The ceiling's chDB store (hundreds of MB at full size) is gone after the measurement."""
     import tempfile
 
-    spec = importlib.util.spec_from_file_location("bench_ingest_ceiling", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_ingest_ceiling"] = bench
-    try:
-        spec.loader.exec_module(bench)
+    with _script() as bench:
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
         monkeypatch.setenv("TMPDIR", str(tmp_path))  # the measuring child's, too
         rows, mb = bench.insert_ceiling("trainer", 20)
-    finally:
-        del sys.modules["bench_ingest_ceiling"]
     assert rows > 0 and mb > 0
     assert list(tmp_path.iterdir()) == []
