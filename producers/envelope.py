@@ -234,6 +234,17 @@ class EnvelopeBuilder:
         """The seq of the last event built (0 before the first)."""
         return self._seq
 
+    def head(self) -> tuple[int, bytes]:
+        """(seq, hash) of the last event built: where the chain goes on."""
+        with self._lock:
+            return self._seq, self._prev_hash
+
+    def resume(self, seq: int, prev_hash: bytes) -> None:
+        """Go on from another builder's head (the chain handed between a trainer and its
+        publishing worker process, one writer at a time)."""
+        with self._lock:
+            self._seq, self._prev_hash = seq, prev_hash
+
     def wrap(self, payload: Message) -> events_pb2.Event:
         """Return the next event of this producer's chain carrying `payload`."""
         field = PAYLOAD_FIELDS.get(type(payload))

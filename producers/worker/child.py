@@ -130,8 +130,7 @@ class Worker:
                               f"{type(exc).__name__}: {exc}")
             return
         self.publisher = Publisher(transport, settings["run_id"], settings["producer_id"])
-        envelopes = self.publisher.envelopes
-        envelopes._seq, envelopes._prev_hash = settings["seq"], settings["prev_hash"]
+        self.publisher.envelopes.resume(*settings["head"])
 
     def steps(self, cid: int, steps: list[tuple[Any, ...]]) -> None:
         builder = self.captures.get(cid)
@@ -178,8 +177,7 @@ class Worker:
                 self.publisher.transport.close()
             except Exception as exc:  # noqa: BLE001 - raised at the trainer's close
                 self.failures.add(exc)
-            envelopes = self.publisher.envelopes
-            state = (envelopes.seq, envelopes._prev_hash)
+            state = self.publisher.envelopes.head()
         self.captures.clear()
         for ring in self.rings:
             try:

@@ -164,7 +164,7 @@ class ProcessPublisher:
         envelopes = publisher.envelopes
         self.send(("init", {
             "run_id": envelopes.run_id, "producer_id": envelopes.producer_id,
-            "seq": envelopes.seq, "prev_hash": envelopes._prev_hash, "transport": spec}))
+            "head": envelopes.head(), "transport": spec}))
 
     @property
     def pid(self) -> int:
@@ -293,8 +293,7 @@ class ProcessPublisher:
             self._reply.close()
             self._stderr.close()
             if state is not None:
-                envelopes = self.publisher.envelopes
-                envelopes._seq, envelopes._prev_hash = state
+                self.publisher.envelopes.resume(*state)
         raise_failures(failed, errors, "the publishing process")
 
     def __enter__(self) -> ProcessPublisher:

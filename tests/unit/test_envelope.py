@@ -27,6 +27,17 @@ def test_chain_links_every_event_to_the_previous_one() -> None:
         assert e.schema_version == 1 and e.run_id == "run-1" and e.producer_id == "producer-a"
 
 
+def test_a_resumed_builder_goes_on_from_the_head_it_is_handed() -> None:
+    first = EnvelopeBuilder("run-1", "producer-a")
+    assert first.head() == (0, GENESIS_HASH)
+    last = [first.wrap(_source(i)) for i in range(3)][-1]
+    assert first.head() == (3, last.hash)
+    second = EnvelopeBuilder("run-1", "producer-a")
+    second.resume(*first.head())
+    nxt = second.wrap(_source(3))
+    assert nxt.seq == 4 and nxt.prev_hash == last.hash and nxt.hash == event_hash(nxt)
+
+
 def test_hash_covers_the_payload() -> None:
     event = EnvelopeBuilder("r").wrap(_source(1))
     before = event.hash
