@@ -40,6 +40,13 @@ def spec_of(layout: Layout) -> Spec | None:
         return None
 
 
+def slot_bytes_for(tensors: list[torch.Tensor]) -> int | None:
+    """Bytes a step of these tensors takes in a slot; None when the ring cannot carry them
+    (a dtype NumPy lacks)."""
+    spec = spec_of(layout_of(tensors)[0])
+    return None if spec is None else step_bytes(spec)
+
+
 class RingSlots:
     """Torch views of one capture's ring (a worker.process.RingWriter), and the copy."""
 

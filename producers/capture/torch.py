@@ -50,8 +50,7 @@ from headwater.producers.capture.rescale import (
     margins,
     watch,
 )
-from headwater.producers.capture.ring_slots import RingSlots, layout_of
-from headwater.producers.worker.ring import ALIGN
+from headwater.producers.capture.ring_slots import RingSlots, slot_bytes_for
 from headwater.v1 import events_pb2
 
 MODES = ("auto", "factored", "dense")
@@ -230,7 +229,10 @@ class TorchCapture(Recorder):
         digest = hashlib.sha256()
         for name, p in self.model.named_parameters():
             digest.update(name.encode())
-            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+            # the raw bytes, read as uint8: the same bytes as .numpy() for every dtype NumPy
+            # has, and bfloat16 (which it lacks) too
+            digest.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                          .numpy().tobytes())
         return digest.hexdigest()
 
     def _margin(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -399,8 +401,9 @@ class TorchCapture(Recorder):
         tensors = [plain(t) for _, a, g in calls for t in (a, g)]  # a TrackedTensor: no op
         tensors += [state.output, state.grad, y]
         if self._ring is None:
-            _, distinct = layout_of(tensors)
-            need = sum(-(-t.numel() * t.element_size() // ALIGN) * ALIGN for t in distinct)
+            need = slot_bytes_for(tensors)
+            if need is None:  # a dtype the ring cannot carry: the synchronous way
+                return False
             self._ring = RingSlots(self._open_ring(self._worker_config(), need))
         if self._pending and self._ring.writer.full():
             self._drain()  # a ring smaller than a group: the worker must have what it holds

@@ -27,14 +27,14 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+def array_bytes(shape: tuple[int, ...], dtype: str) -> int:
+    """Bytes of one array's values (unaligned)."""
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
 def step_bytes(spec: Spec) -> int:
     """Bytes a step of this spec takes in a slot."""
-    total = 0
-    for item in spec:
-        if not isinstance(item, int):
-            shape, dtype = item
-            total += _aligned(math.prod(shape) * np.dtype(dtype).itemsize)
-    return total
+    return sum(_aligned(array_bytes(*item)) for item in spec if not isinstance(item, int))
 
 
 def offsets(spec: Spec) -> list[int]:
@@ -46,8 +46,7 @@ def offsets(spec: Spec) -> list[int]:
             out.append(out[item])
         else:
             out.append(at)
-            shape, dtype = item
-            at += _aligned(math.prod(shape) * np.dtype(dtype).itemsize)
+            at += _aligned(array_bytes(*item))
     return out
 
 
