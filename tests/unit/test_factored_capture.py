@@ -571,3 +571,22 @@ def test_a_step_that_raises_publishes_nothing_and_leaves_the_model_as_it_was() -
     assert not out._backward_hooks  # the output hook is gone
     phi, batch = stepped(capture, sent, x, y, F.cross_entropy)
     assert len(sent) == before + 1 and batch.dim == phi.shape[1]
+
+
+def test_parameter_hash_reads_the_raw_bytes_of_every_dtype() -> None:
+    """The same digest as hashing NumPy's bytes (float32), and a bfloat16 model (a dtype
+    NumPy lacks) hashes too, changing with its parameters."""
+    import hashlib
+
+    model = mlp((5, 8, 3))
+    want = hashlib.sha256()
+    for name, p in model.named_parameters():
+        want.update(name.encode())
+        want.update(p.detach().numpy().tobytes())
+    assert TorchCapture(lambda e: None, model, "m", k=20).parameter_hash() == want.hexdigest()
+    half = mlp((5, 8, 3)).to(torch.bfloat16)
+    capture = TorchCapture(lambda e: None, half, "h", k=20)
+    before = capture.parameter_hash()
+    with torch.no_grad():
+        half[0].bias[0] += 1
+    assert capture.parameter_hash() != before
