@@ -286,3 +286,29 @@ def test_a_forked_copy_leaves_the_worker_and_its_rings_alone(tmp_path: Path) -> 
     _train(pp, 2, group=1, version_at=-1)
     pp.close()
     assert not ring.exists()
+
+
+def test_a_forged_rebuild_spec_or_message_is_refused_by_name(tmp_path: Path) -> None:
+    """A rebuild_spec that is not a TransportSpec, or whose settings cannot travel, is
+    refused before any process starts; a message the child does not know is named at
+    flush, and what was sent before it is still published."""
+
+    class NotASpec(NullTransport):
+        rebuild_spec = ("headwater.producers.transports.null:NullTransport",)  # type: ignore[assignment]
+
+    class Unpicklable(NullTransport):
+        rebuild_spec = TransportSpec("headwater.producers.transports.null:NullTransport",
+                                     kwargs={"hook": lambda: None})
+
+    with pytest.raises(WorkerUnavailable, match="rebuild_spec is tuple, not a TransportSpec"):
+        ProcessPublisher(Publisher(NotASpec(), run_id="r"))
+    with pytest.raises(WorkerUnavailable, match="settings cannot be sent to another process"):
+        ProcessPublisher(Publisher(Unpicklable(), run_id="r"))
+    spool = tmp_path / "s"
+    pp = ProcessPublisher(Publisher(SpoolTransport(str(spool)), run_id="r", producer_id="p"))
+    pp(events_pb2.ModelVersionRecorded(model_id="m", version="v1"))
+    pp.send(("exec", "import os; os.system('true')"))
+    with pytest.raises(PublishError, match="a message it does not know: 'exec'"):
+        pp.flush()
+    pp.close()
+    assert [e.WhichOneof("payload") for e in _events(spool)] == ["model_version_recorded"]
