@@ -24,7 +24,7 @@ from headwater.producers.transports.base import Ack, Record
 from headwater.stream_processors.processors import chunks
 from headwater.stream_processors.processors.batch_bounds import within_months
 from headwater.stream_processors.processors.decode import Accepted, Rejected, decode_batch
-from headwater.stream_processors.processors.derived import DERIVED
+from headwater.stream_processors.processors.derived import DERIVED, PAYLOADS
 from headwater.stream_processors.processors.first_write import screen
 from headwater.stream_processors.processors.gradients import gradient_rows
 from headwater.stream_processors.processors.rows import dead_letter_rows, event_rows, receipt_rows
@@ -125,7 +125,7 @@ class EventSink:
         rows = self.store.query(
             "SELECT event_id, hex(argMin(hash, received_at)) FROM event_receipts "
             f"WHERE event_id IN {_IDS} GROUP BY event_id",
-            {"ids": _id_list(a.event.event_id for a in accepted)})
+            {"ids": _id_list(a.envelope.event_id for a in accepted)})
         return {eid: bytes.fromhex(h) for eid, h in rows}
 
     def derive(self, records: list[Record]) -> list[Rejected]:
@@ -149,8 +149,8 @@ class EventSink:
         """Repeats whose gradients the sketch has not counted yet: only a redelivery after a
         failure between the receipts and the sketch insert leaves one (see _sketch_part). An
         event new earlier in this batch is counted with the batch, not looked up."""
-        new = {a.event.event_id for a in rows.accepted}
-        return self._uncounted([a for a in repeats if a.event.event_id not in new])
+        new = {a.envelope.event_id for a in rows.accepted}
+        return self._uncounted([a for a in repeats if a.envelope.event_id not in new])
 
     def _uncounted(self, accepted: list[Accepted]) -> list[Accepted]:
         """The GradientBatch events of `accepted` that no stored curvature part counts.
@@ -158,16 +158,16 @@ class EventSink:
         Only parts created since the oldest event was emitted (less SKETCH_SKEW for
         producers' clocks) can have counted it, so the lookup reads those alone (a minmax
         index on created_at): its cost follows the recent stream, not the table's size."""
-        found = [a for a in accepted if a.event.WhichOneof("payload") == "gradient_batch"]
+        found = [a for a in accepted if a.gradient is not None]
         if not found:
             return []
-        oldest = min(a.event.emitted_at.seconds for a in found)
+        oldest = min(a.envelope.emitted_s for a in found)
         since = datetime.fromtimestamp(oldest, timezone.utc) - SKETCH_SKEW
         counted = {row[0] for row in self.store.query(
             "SELECT DISTINCT e FROM curvature_parts ARRAY JOIN event_ids AS e "
             f"WHERE created_at >= {{since:DateTime64(6, 'UTC')}} AND e IN {_IDS}",
-            {"ids": _id_list(a.event.event_id for a in found), "since": since})}
-        return [a for a in found if a.event.event_id not in counted]
+            {"ids": _id_list(a.envelope.event_id for a in found), "since": since})}
+        return [a for a in found if a.envelope.event_id not in counted]
 
 
     def _rows(self, accepted: list[Accepted], now: datetime) -> _Rows:
@@ -175,7 +175,11 @@ class EventSink:
         validator let through) is isolated by bisection and dead-lettered with the error,
         so one event can neither stall the stream nor take its batch down with it."""
         try:
-            tables = {table: [processor(accepted)] for table, processor in DERIVED.items()}
+            by_kind: dict[str | None, list[Accepted]] = {}
+            for a in accepted:
+                by_kind.setdefault(a.envelope.kind, []).append(a)
+            tables = {table: [processor(_of_kinds(accepted, by_kind, PAYLOADS[table]))]
+                      for table, processor in DERIVED.items()}
             tables["events"] = [event_rows(accepted, self.transport, now)]
             return _Rows(accepted, [], tables)
         except Exception as exc:
@@ -247,6 +251,17 @@ def _id_list(ids: Iterable[str]) -> str:
     return ",".join(sorted(set(ids)))
 
 
+def _of_kinds(accepted: list[Accepted], by_kind: dict[str | None, list[Accepted]],
+              kinds: tuple[str, ...]) -> list[Accepted]:
+    """The batch's events of these payload kinds (a processor reads only its own), in
+    batch order."""
+    if len(kinds) == 1:
+        return by_kind.get(kinds[0], [])
+    if not any(kind in by_kind for kind in kinds):
+        return []
+    return [a for a in accepted if a.envelope.kind in kinds]
+
+
 @lru_cache(maxsize=1)
 def _blas() -> ThreadpoolController:
     return ThreadpoolController()
@@ -273,7 +288,7 @@ def _sketch_part(rows: list[pa.Table], uncounted: list[Accepted], now: datetime
 
 
 def _acks(accepted: list[Accepted], rejected: list[Rejected], extra: list[Ack]) -> list[Ack]:
-    acks = [Ack(a.index, a.event.event_id, True) for a in accepted]
+    acks = [Ack(a.index, a.envelope.event_id, True) for a in accepted]
     acks += [Ack(r.index, r.event.event_id if r.event else "", False, r.error) for r in rejected]
     acks.sort(key=lambda a: a.index)
     return acks + extra

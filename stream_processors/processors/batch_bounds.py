@@ -18,7 +18,7 @@ def within_months(accepted: list[Accepted], max_months: int
     kept: list[Accepted] = []
     refused: list[Rejected] = []
     for a in accepted:
-        month = _month(a.event.emitted_at.seconds)
+        month = _month(a.envelope.emitted_s)
         if month in months or len(months) < max_months:
             months.add(month)
             kept.append(a)

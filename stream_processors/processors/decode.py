@@ -7,22 +7,39 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from headwater.producers.transports.base import Record
+from headwater.stream_processors.processors.fields import (
+    Envelope,
+    GradientFields,
+    read_envelope,
+    read_gradient,
+)
 from headwater.stream_processors.processors.gradient_screen import flag_gradient_batches
 from headwater.stream_processors.processors.validate import (
     DEFAULT_LIMITS,
     InvalidEvent,
     Limits,
-    validate_envelope,
+    check_envelope,
     validate_payload,
 )
 from headwater.v1 import events_pb2
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Accepted:
+    """An event whose envelope passed, with its fields read once (fields.py): the envelope
+    always, a GradientBatch's payload too. Left out, they are read from `event`."""
+
     index: int
     record: Record
     event: events_pb2.Event
+    envelope: Envelope = None  # type: ignore[assignment]  # filled by __post_init__
+    gradient: GradientFields | None = None
+
+    def __post_init__(self) -> None:
+        if self.envelope is None:
+            self.envelope = read_envelope(self.event)
+        if self.gradient is None and self.envelope.kind == "gradient_batch":
+            self.gradient = read_gradient(self.event.gradient_batch)
 
 
 @dataclass(frozen=True)
@@ -48,17 +65,18 @@ def _parse(index: int, record: Record, limits: Limits) -> Accepted | Rejected:
             event.ParseFromString(record.value)
         except (DecodeError, RuntimeError, ValueError) as exc:
             return Rejected(index, record, f"undecodable: not a headwater.v1.Event ({exc})")
+    envelope = read_envelope(event)
     try:
-        validate_envelope(event)
+        check_envelope(envelope, event)
     except InvalidEvent as exc:
         return Rejected(index, record, f"invalid event: {exc}", event)
-    return Accepted(index, record, event)
+    return Accepted(index, record, event, envelope)
 
 
 def _checked(a: Accepted, limits: Limits) -> Accepted | Rejected:
     """The per-event payload checks of an event whose envelope passed."""
     try:
-        validate_payload(a.event, a.event.WhichOneof("payload"), limits)  # type: ignore[arg-type]
+        validate_payload(a.event, a.envelope.kind, limits)  # type: ignore[arg-type]
     except InvalidEvent as exc:
         return Rejected(a.index, a.record, f"invalid event: {exc}", a.event)
     return a
@@ -78,9 +96,9 @@ def decode_batch(records: list[Record], start: int = 0, limits: Limits = DEFAULT
     those the screen flags get the per-event checks, which name the field."""
     parsed = [_parse(i, record, limits) for i, record in enumerate(records, start)]
     grads = [i for i, r in enumerate(parsed) if isinstance(r, Accepted)
-             and r.event.WhichOneof("payload") == "gradient_batch"]
+             and r.gradient is not None]
     flagged = flag_gradient_batches(
-        [parsed[i].event.gradient_batch for i in grads], limits)  # type: ignore[union-attr]
+        [parsed[i].gradient for i in grads], limits)  # type: ignore[union-attr,misc]
     screened = {i for i, flag in zip(grads, flagged, strict=True) if not flag}
     accepted: list[Accepted] = []
     rejected: list[Rejected] = []

@@ -37,3 +37,17 @@ DERIVED: dict[str, Processor] = {
     "forgotten_rows": forgotten_rows,
     "unlearning_applied": unlearning_applied_rows,
 }
+
+# The payload kinds each processor reads: the sink hands it those events alone, so a batch
+# is not scanned once per table (each processor still skips any other kind it is given).
+PAYLOADS: dict[str, tuple[str, ...]] = {
+    "sources": ("source_registered",),
+    "lineage_nodes": ("source_registered", "op_recorded"),
+    "lineage_ops": ("op_recorded",),
+    "model_versions": ("model_version_recorded",),
+    "gradients": ("gradient_batch",),
+    "predictions": ("prediction_recorded",),
+    "forget_requests": ("forget_requested",),
+    "forgotten_rows": ("forget_requested",),
+    "unlearning_applied": ("unlearning_applied",),
+}

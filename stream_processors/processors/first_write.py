@@ -25,16 +25,16 @@ def screen(accepted: list[Accepted], stored: dict[str, bytes]) -> Screened:
     first = dict(stored)
     out = Screened([], [], [])
     for a in accepted:
-        event = a.event
-        known = first.get(event.event_id)
+        event_id, content = a.envelope.event_id, a.envelope.hash
+        known = first.get(event_id)
         if known is None:
-            first[event.event_id] = event.hash
+            first[event_id] = content
             out.new.append(a)
-        elif known == event.hash:
+        elif known == content:
             out.repeats.append(a)
         else:
             out.conflicts.append(Rejected(
-                a.index, a.record, f"conflicting duplicate: event_id {event.event_id} was "
+                a.index, a.record, f"conflicting duplicate: event_id {event_id} was "
                 f"first accepted with content sha256 {known.hex()[:16]}…; this one has "
-                f"{event.hash.hex()[:16]}… (a stored event is never replaced)", event))
+                f"{content.hex()[:16]}… (a stored event is never replaced)", a.event))
     return out

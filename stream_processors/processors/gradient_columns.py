@@ -1,17 +1,19 @@
-"""A batch's GradientBatch events as columns (pure): one pass over the events collects the
-per-event fields into arrays and the per-row fields into concatenated arrays, so the row
-builder, the curvature sketch and the batch validator work per batch in NumPy / Arrow
-instead of per event in Python.
+"""A batch's GradientBatch events as columns (pure): the fields each event's decoder read
+once (fields.GradientFields) become per-event columns, and the per-row fields concatenated
+arrays, so the row builder, the curvature sketch and the batch screen work per batch in
+NumPy / Arrow instead of per event in Python.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain, compress
 
 import numpy as np
 import pyarrow as pa
 
+from headwater.stream_processors.processors.fields import GradientFields, columns
 from headwater.v1 import events_pb2
 
 ITEM_SIZE = {events_pb2.FLOAT16: 2, events_pb2.FLOAT32: 4, events_pb2.FLOAT64: 8}
@@ -21,8 +23,7 @@ ITEM_SIZE = {events_pb2.FLOAT16: 2, events_pb2.FLOAT32: 4, events_pb2.FLOAT64: 8
 class GradientColumns:
     """Per-event fields (length E) and per-row fields (length N = Σ n_e) of E events."""
 
-    events: list[events_pb2.Event]
-    payloads: list[events_pb2.GradientBatch]
+    of: dict[str, tuple]  # GradientFields' field name -> its values over the events
     counts: np.ndarray  # n_e, int64
     dims: np.ndarray  # k_e, int64
     dtypes: np.ndarray  # FloatDType number per event, int64
@@ -37,54 +38,60 @@ class GradientColumns:
     @property
     def starts(self) -> np.ndarray:
         """First row of each event in the per-row arrays (E + 1 entries, the last is N)."""
-        out = np.zeros(len(self.events) + 1, dtype=np.int64)
+        out = np.zeros(len(self.counts) + 1, dtype=np.int64)
         np.cumsum(self.counts, out=out[1:])
         return out
 
-    def per_row(self, values: list) -> pa.Array:
-        """A per-event Python column repeated over each event's rows (Arrow take)."""
-        return pa.array(values).take(self.event_of_row)
+    def per_row(self, values: Sequence, type: pa.DataType | None = None) -> pa.Array:
+        """A per-event column repeated over each event's rows (Arrow take)."""
+        return pa.array(values, type).take(self.event_of_row)
 
 
-def floats(columns: list, counts: list[int], fill: float, dtype: type) -> np.ndarray:
+def lengths(values: Sequence[Sequence]) -> np.ndarray:
+    """len() of each item, as int64."""
+    return np.fromiter(map(len, values), np.int64, count=len(values))
+
+
+def floats(values: Sequence[Sequence[float]], counts: np.ndarray, fill: float,
+           dtype: type) -> np.ndarray:
     """Concatenate one repeated-float field over events; `fill` for an event that sent none
     (an event sending some but not n values is refused by validation before this)."""
-    total = sum(counts)
-    values = chain.from_iterable(c if len(c) else repeat(fill, n)
-                                 for c, n in zip(columns, counts, strict=True))
-    return np.fromiter(values, dtype=dtype, count=total)
+    sent = lengths(values) > 0
+    if sent.all():
+        return np.fromiter(chain.from_iterable(values), dtype, count=int(counts.sum()))
+    out: np.ndarray = np.full(int(counts.sum()), fill, dtype)
+    if sent.any():
+        out[np.repeat(sent, counts)] = np.fromiter(
+            chain.from_iterable(compress(values, sent)), dtype, count=int(counts[sent].sum()))
+    return out
 
 
-def gradient_columns(events: list[events_pb2.Event]) -> GradientColumns:
-    """The columns of `events` (all GradientBatch events that passed validation)."""
-    ps = [e.gradient_batch for e in events]
-    keys = [p.row_keys for p in ps]
-    counts = [len(k.rows) for k in keys]
-    total = sum(counts)
-    # Node ids as (per-event table offset + node_index): one Arrow take builds the column.
-    table: list[str] = []
-    index = np.empty(total, dtype=np.int64)
-    at = 0
-    for k, n in zip(keys, counts, strict=True):
-        base = len(table)
-        table.extend(k.node_ids)
-        if k.node_index:
-            index[at:at + n] = np.asarray(k.node_index, np.int64) + base
-        else:
-            index[at:at + n] = base
-        at += n
-    rows = np.fromiter(chain.from_iterable(k.rows for k in keys), np.uint64, count=total)
-    n_e = np.asarray(counts, dtype=np.int64)
+def gradient_columns(fields: list[GradientFields]) -> GradientColumns:
+    """The columns of the GradientBatch payloads `fields` (all passed validation)."""
+    of = columns(fields, GradientFields._fields)
+    counts = lengths(of["rows"])
+    total = int(counts.sum())
+    # Node ids as (the event's offset into one node table + its node_index): one Arrow
+    # take builds the column.
+    n_nodes = lengths(of["node_ids"])
+    base = np.zeros(len(fields), np.int64)
+    np.cumsum(n_nodes[:-1], out=base[1:])
+    local = np.zeros(total, np.int64)
+    indexed = lengths(of["node_index"]) > 0
+    if indexed.any():
+        local[np.repeat(indexed, counts)] = np.fromiter(
+            chain.from_iterable(compress(of["node_index"], indexed)), np.int64,
+            count=int(counts[indexed].sum()))
+    table = pa.array(list(chain.from_iterable(of["node_ids"])), pa.string())
     return GradientColumns(
-        events=events, payloads=ps, counts=n_e,
-        dims=np.fromiter((p.dim for p in ps), np.int64, count=len(ps)),
-        dtypes=np.fromiter((p.dtype for p in ps), np.int64, count=len(ps)),
-        rows=rows,
-        node_ids=pa.array(table, pa.string()).take(pa.array(index)) if total else
-        pa.array([], pa.string()),
-        loss=floats([p.loss for p in ps], counts, float("nan"), np.float32),
-        loss_weight=floats([p.loss_weight for p in ps], counts, 1.0, np.float32),
-        curvature_weight=floats([p.curvature_weight for p in ps], counts, 1.0, np.float32),
-        targets=floats([p.targets for p in ps], counts, float("nan"), np.float64),
-        event_of_row=pa.array(np.repeat(np.arange(len(ps), dtype=np.int64), n_e)),
+        of=of, counts=counts,
+        dims=np.fromiter(of["dim"], np.int64, count=len(fields)),
+        dtypes=np.fromiter(of["dtype"], np.int64, count=len(fields)),
+        rows=np.fromiter(chain.from_iterable(of["rows"]), np.uint64, count=total),
+        node_ids=table.take(pa.array(np.repeat(base, counts) + local)),
+        loss=floats(of["loss"], counts, float("nan"), np.float32),
+        loss_weight=floats(of["loss_weight"], counts, 1.0, np.float32),
+        curvature_weight=floats(of["curvature_weight"], counts, 1.0, np.float32),
+        targets=floats(of["targets"], counts, float("nan"), np.float64),
+        event_of_row=pa.array(np.repeat(np.arange(len(fields), dtype=np.int64), counts)),
     )

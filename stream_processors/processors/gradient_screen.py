@@ -9,98 +9,95 @@ corruptions). A new check in validate._gradient_batch needs its flag here too.
 from __future__ import annotations
 
 import math
-from itertools import chain
+from itertools import chain, compress
 
 import numpy as np
 
-from headwater.stream_processors.processors.gradient_columns import ITEM_SIZE
+from headwater.stream_processors.processors.fields import GradientFields, columns
+from headwater.stream_processors.processors.gradient_columns import ITEM_SIZE, lengths
 from headwater.stream_processors.processors.validate import MAX_ID_LEN, Limits
 from headwater.v1 import events_pb2
 
-_KINDS = frozenset(events_pb2.GradientBatch.Kind.values())
-_PROJECTIONS = frozenset(events_pb2.Projection.Kind.values())
+_KINDS = np.array(sorted(events_pb2.GradientBatch.Kind.values()), np.int64)
+_PROJECTIONS = np.array(sorted(events_pb2.Projection.Kind.values()), np.int64)
 _PER_ROW = ("loss", "loss_weight", "curvature_weight", "targets")
+_SIZES = np.array([ITEM_SIZE.get(code, 0) for code in range(max(ITEM_SIZE) + 1)], np.int64)
 _EXPONENT = {events_pb2.FLOAT16: ("<u2", np.uint16(0x7C00)),
              events_pb2.FLOAT32: ("<u4", np.uint32(0x7F80_0000)),
              events_pb2.FLOAT64: ("<u8", np.uint64(0x7FF0_0000_0000_0000))}
-
-
-def _plain_ok(p: events_pb2.GradientBatch) -> bool:
-    """The checks that are a few comparisons each: ids, enums, row keys' node table."""
-    keys = p.row_keys
-    n = len(keys.rows)
-    if not (0 < len(p.model_id) <= MAX_ID_LEN and 0 < len(p.model_version) <= MAX_ID_LEN
-            and p.kind in _KINDS and p.projection.kind in _PROJECTIONS and keys.node_ids
-            and all(0 < len(node) <= MAX_ID_LEN for node in keys.node_ids)):
-        return False
-    index = keys.node_index
-    return not index or (len(index) == n and max(index) < len(keys.node_ids))
-
 
 # Bytes checked per NumPy call: small events are joined up to this size, so the per-call
 # cost is shared, while the temporaries stay in cache (one large join is memory-bound).
 _CHUNK = 256 * 1024
 
 
-class _FiniteScan:
-    """Finds events whose gradient bytes hold a NaN or infinity: a float is one exactly
+def _bad_ids(values: tuple[str, ...]) -> np.ndarray:
+    size = lengths(values)
+    return (size == 0) | (size > MAX_ID_LEN)
+
+
+def _bad_row_keys(node_ids: tuple, node_index: tuple, n: np.ndarray) -> np.ndarray:
+    """Events whose node table is empty or holds a bad id, or whose node_index does not
+    give one entry per row, each within the table."""
+    n_nodes = lengths(node_ids)
+    flagged = n_nodes == 0
+    bad_node = _bad_ids(tuple(chain.from_iterable(node_ids)))
+    flagged[np.repeat(np.arange(len(n)), n_nodes)[bad_node]] = True
+    n_index = lengths(node_index)
+    flagged |= (n_index != 0) & (n_index != n)
+    if n_index.any():
+        owner = np.repeat(np.arange(len(n)), n_index)
+        index = np.fromiter(chain.from_iterable(node_index), np.int64, count=len(owner))
+        flagged[owner[index >= n_nodes[owner]]] = True
+    return flagged
+
+
+def _non_finite(flagged: np.ndarray, dtype: np.ndarray, data: tuple[bytes, ...]) -> None:
+    """Flag events whose gradient bytes hold a NaN or infinity: a float is one exactly
     when its exponent bits are all ones, so an integer mask over the words finds them (no
-    float maths, no overflow). Events are checked in chunks of one dtype."""
-
-    def __init__(self, flagged: np.ndarray) -> None:
-        self.flagged = flagged
-        self.pending: dict[int, tuple[list[int], list[bytes], int]] = {}
-
-    def add(self, i: int, dtype: int, data: bytes) -> None:
-        if dtype not in _EXPONENT or len(data) % ITEM_SIZE[dtype]:
-            return  # refused on its size already
-        ids, chunk, size = self.pending.get(dtype, ([], [], 0))
-        ids.append(i)
-        chunk.append(data)
-        self.pending[dtype] = (ids, chunk, size + len(data))
-        if size + len(data) >= _CHUNK:
-            self.check(dtype)
-
-    def check(self, dtype: int) -> None:
-        ids, chunk, _ = self.pending.pop(dtype)
-        bits, mask = _EXPONENT[dtype]
-        words = np.frombuffer(chunk[0] if len(chunk) == 1 else b"".join(chunk), bits)
-        if np.any((words & mask) == mask):
-            self.flagged[ids] = True
-
-    def finish(self) -> None:
-        for dtype in list(self.pending):
-            self.check(dtype)
+    float maths, no overflow). Events of one dtype are checked in chunks of ~_CHUNK bytes
+    (a chunk with one flags all of its events; the per-event checks then decide)."""
+    for code, (bits, mask) in _EXPONENT.items():
+        ids = np.flatnonzero((dtype == code) & ~flagged)
+        if not len(ids):
+            continue
+        ends = np.cumsum(lengths(tuple(data[i] for i in ids))) // _CHUNK
+        for part in np.split(ids, np.flatnonzero(np.diff(ends)) + 1):
+            words = np.frombuffer(b"".join([data[i] for i in part]), bits)
+            if np.any((words & mask) == mask):
+                flagged[part] = True
 
 
-def flag_gradient_batches(ps: list[events_pb2.GradientBatch], limits: Limits) -> np.ndarray:
-    """A boolean per payload: True where the per-event checks must decide (the payload may
-    be invalid); every payload the per-event checks refuse is flagged."""
-    e = len(ps)
-    flagged = np.fromiter((not _plain_ok(p) for p in ps), bool, count=e)
-    n = np.fromiter((len(p.row_keys.rows) for p in ps), np.int64, count=e)
-    dim = np.fromiter((p.dim for p in ps), np.int64, count=e)
-    dtype = np.fromiter((p.dtype for p in ps), np.int64, count=e)
-    size = np.fromiter((ITEM_SIZE.get(d, 0) for d in dtype), np.int64, count=e)
-    nbytes = np.empty(e, np.int64)
-    scan = _FiniteScan(flagged)
-    for i, p in enumerate(ps):
-        data = p.gradients  # each read of a bytes field copies it: read once
-        nbytes[i] = len(data)
-        scan.add(i, p.dtype, data)
-    scan.finish()
+def flag_gradient_batches(fields: list[GradientFields], limits: Limits) -> np.ndarray:
+    """A boolean per payload (its fields as decode read them): True where the per-event
+    checks must decide (the payload may be invalid); every payload the per-event checks
+    refuse is flagged."""
+    e = len(fields)
+    if not e:
+        return np.zeros(0, bool)
+    of = columns(fields, GradientFields._fields)
+    n = lengths(of["rows"])
+    dim = np.fromiter(of["dim"], np.int64, count=e)
+    dtype = np.fromiter(of["dtype"], np.int64, count=e)
+    size = np.where((dtype >= 0) & (dtype < len(_SIZES)),
+                    _SIZES[np.clip(dtype, 0, len(_SIZES) - 1)], 0)
+    flagged = _bad_ids(of["model_id"]) | _bad_ids(of["model_version"])
+    flagged |= ~np.isin(np.fromiter(of["kind"], np.int64, count=e), _KINDS)
+    flagged |= ~np.isin(np.fromiter(of["projection_kind"], np.int64, count=e), _PROJECTIONS)
+    flagged |= _bad_row_keys(of["node_ids"], of["node_index"], n)
     flagged |= (n == 0) | (n > limits.gradient_rows) | (dim == 0)
-    flagged |= (dim > limits.gradient_dim) | (size == 0) | (nbytes != n * dim * size)
+    flagged |= (dim > limits.gradient_dim) | (size == 0)
+    flagged |= lengths(of["gradients"]) != n * dim * size
     for name in _PER_ROW:
-        length = np.fromiter((len(getattr(p, name)) for p in ps), np.int64, count=e)
+        length = lengths(of[name])
         flagged |= (length != 0) & (length != n)
-    lr = np.fromiter((p.learning_rate for p in ps), np.float64, count=e)
-    flagged |= ~np.isfinite(lr)
+    flagged |= ~np.isfinite(np.fromiter(of["learning_rate"], np.float64, count=e))
+    _non_finite(flagged, dtype, of["gradients"])
     # Per-row values: one sum over all of them (a huge finite sum may overflow, which
     # only flags more events).
-    ok = np.flatnonzero(~flagged)
-    values = np.fromiter(chain.from_iterable(
-        getattr(ps[i], name) for i in ok for name in _PER_ROW), np.float64)
+    ok = ~flagged
+    values = np.fromiter(chain.from_iterable(chain.from_iterable(
+        compress(of[name], ok) for name in _PER_ROW)), np.float64)
     with np.errstate(over="ignore"):
         total = values.sum()
     if not math.isfinite(total):

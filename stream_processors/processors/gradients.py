@@ -7,13 +7,14 @@ curvature part of a batch is Σ w φφᵀ over its rows, per (model, version, ki
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
 
 from headwater.stream_processors.processors.decode import Accepted
+from headwater.stream_processors.processors.fields import Envelope, columns
 from headwater.stream_processors.processors.gradient_columns import (
     ITEM_SIZE,
     gradient_columns,
@@ -67,7 +68,7 @@ CURVATURE_SCHEMA = pa.schema([
 
 
 def of_payload(batch: list[Accepted], payload: str) -> list[events_pb2.Event]:
-    return [a.event for a in batch if a.event.WhichOneof("payload") == payload]
+    return [a.event for a in batch if a.envelope.kind == payload]
 
 
 def arrow_table(schema: pa.Schema, columns: Mapping[str, object]) -> pa.Table:
@@ -102,7 +103,7 @@ def model_version_rows(batch: list[Accepted]) -> pa.Table:
     })
 
 
-def _binary_rows(data: list[bytes], row_bytes: np.ndarray, counts: np.ndarray) -> pa.Array:
+def _binary_rows(data: Sequence[bytes], row_bytes: np.ndarray, counts: np.ndarray) -> pa.Array:
     """Split each event's n x k matrix into per-row binary values without copying rows."""
     buffer = b"".join(data)
     sizes = np.repeat(np.asarray(row_bytes, dtype=np.int64), counts)
@@ -113,33 +114,35 @@ def _binary_rows(data: list[bytes], row_bytes: np.ndarray, counts: np.ndarray) -
 
 
 def gradient_rows(batch: list[Accepted]) -> pa.Table:
-    """One `gradients` row per training row of every GradientBatch, built per batch: the
-    per-row fields are concatenated arrays, the per-event ones repeated by an Arrow take."""
-    found = of_payload(batch, "gradient_batch")
-    c = gradient_columns(found)
-    ps, starts = c.payloads, c.starts
-    item = np.fromiter((ITEM_SIZE[d] for d in c.dtypes), np.int64, count=len(ps))
+    """One `gradients` row per training row of every GradientBatch, built per batch from the
+    fields decode read once: the per-row fields are concatenated arrays, the per-event ones
+    repeated by an Arrow take."""
+    found = [a for a in batch if a.gradient is not None]
+    c = gradient_columns([a.gradient for a in found])  # type: ignore[misc]
+    p, env = c.of, columns([a.envelope for a in found], Envelope._fields)
+    e = len(found)
+    item = np.fromiter((ITEM_SIZE[d] for d in p["dtype"]), np.int64, count=e)
     return arrow_table(GRADIENTS_SCHEMA, {
-        "model_id": c.per_row([p.model_id for p in ps]),
-        "model_version": c.per_row([p.model_version for p in ps]),
-        "kind": c.per_row([KIND[p.kind] for p in ps]),
+        "model_id": c.per_row(p["model_id"], pa.string()),
+        "model_version": c.per_row(p["model_version"], pa.string()),
+        "kind": c.per_row([KIND[k] for k in p["kind"]], pa.string()),
         "node_id": c.node_ids, "row": c.rows,
-        "step": np.repeat(np.fromiter((p.step for p in ps), np.uint64, count=len(ps)),
-                          c.counts),
-        "learning_rate": np.repeat(np.fromiter((p.learning_rate for p in ps), np.float64,
-                                               count=len(ps)), c.counts),
+        "step": np.repeat(np.fromiter(p["step"], np.uint64, count=e), c.counts),
+        "learning_rate": np.repeat(np.fromiter(p["learning_rate"], np.float64, count=e),
+                                   c.counts),
         "loss": c.loss, "loss_weight": c.loss_weight, "curvature_weight": c.curvature_weight,
         "target": c.targets,
-        "output_function": c.per_row([p.output_function or "margin" for p in ps]),
-        "projection_id": c.per_row([p.projection.projection_id for p in ps]),
+        "output_function": c.per_row([f or "margin" for f in p["output_function"]],
+                                     pa.string()),
+        "projection_id": c.per_row(p["projection_id"], pa.string()),
         "dim": np.repeat(c.dims.astype(np.uint32), c.counts),
-        "dtype": c.per_row([DTYPES[p.dtype][0] for p in ps]),
-        "gradient": _binary_rows([p.gradients for p in ps], c.dims * item, c.counts),
-        "run_id": c.per_row([e.run_id for e in found]),
-        "event_id": c.per_row([e.event_id for e in found]),
+        "dtype": c.per_row([DTYPES[d][0] for d in p["dtype"]], pa.string()),
+        "gradient": _binary_rows(p["gradients"], c.dims * item, c.counts),
+        "run_id": c.per_row(env["run_id"], pa.string()),
+        "event_id": c.per_row(env["event_id"], pa.string()),
         "idx": (np.arange(len(c.rows), dtype=np.int64)
-                - np.repeat(starts[:-1], c.counts)).astype(np.uint32),
-        "recorded_at": c.per_row([micros(e.emitted_at) for e in found]).cast(TS),
+                - np.repeat(c.starts[:-1], c.counts)).astype(np.uint32),
+        "recorded_at": c.per_row(env["emitted_us"], pa.int64()).cast(TS),
     })
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import lru_cache
 
 import pyarrow as pa
 
 from headwater.stream_processors.processors.decode import Accepted, Rejected
+from headwater.stream_processors.processors.fields import Envelope, columns
 from headwater.v1 import events_pb2
 
 TS = pa.timestamp("us", tz="UTC")
@@ -62,28 +63,22 @@ def micros(event_ts) -> int:  # google.protobuf.Timestamp -> microseconds since 
     return event_ts.seconds * 1_000_000 + event_ts.nanos // 1000
 
 
-def ts_column(micros: list[int]) -> pa.Array:
+def ts_column(micros: Sequence[int]) -> pa.Array:
     return pa.array(micros, pa.int64()).cast(TS)
 
 
 def event_rows(batch: list[Accepted], transport: str, now: datetime) -> pa.Table:
     """One `events` row per accepted event: envelope columns + the exact bytes received."""
-    events = [a.event for a in batch]
+    env = columns([a.envelope for a in batch], Envelope._fields)
     records = [a.record for a in batch]
+    values = [r.value for r in records]
     n = len(batch)
     now_us = int(now.timestamp() * 1_000_000)
-    columns = [
-        [e.event_id for e in events],
-        [e.schema_version for e in events],
-        [e.producer_id for e in events],
-        [e.run_id for e in events],
-        [e.seq for e in events],
-        ts_column([micros(e.emitted_at) for e in events]),
-        [e.WhichOneof("payload") for e in events],
-        [e.prev_hash for e in events],
-        [e.hash for e in events],
-        [r.value for r in records],
-        [len(r.value) for r in records],
+    columns_ = [
+        env["event_id"], env["schema_version"], env["producer_id"], env["run_id"], env["seq"],
+        ts_column(env["emitted_us"]), env["kind"], env["prev_hash"], env["hash"],
+        values,
+        [len(v) for v in values],
         [transport] * n,
         [r.topic for r in records],
         [r.partition for r in records],
@@ -93,7 +88,7 @@ def event_rows(batch: list[Accepted], transport: str, now: datetime) -> pa.Table
     ]
     return pa.Table.from_arrays(
         [c if isinstance(c, pa.Array) else pa.array(c, f.type)
-         for c, f in zip(columns, EVENTS_SCHEMA, strict=True)],
+         for c, f in zip(columns_, EVENTS_SCHEMA, strict=True)],
         schema=EVENTS_SCHEMA,
     )
 
@@ -101,13 +96,13 @@ def event_rows(batch: list[Accepted], transport: str, now: datetime) -> pa.Table
 def receipt_rows(batch: list[Accepted], transport: str, now: datetime) -> pa.Table:
     """One `event_receipts` row per newly accepted event: the content hash its id now
     stands for (first write wins)."""
-    events = [a.event for a in batch]
+    env = columns([a.envelope for a in batch], Envelope._fields)
     return pa.Table.from_arrays([
-        pa.array([e.event_id for e in events], pa.string()),
-        pa.array([e.hash for e in events], pa.binary(32)),
-        pa.array([e.producer_id for e in events], pa.string()),
-        pa.array([e.run_id for e in events], pa.string()),
-        pa.array([e.seq for e in events], pa.uint64()),
+        pa.array(env["event_id"], pa.string()),
+        pa.array(env["hash"], pa.binary(32)),
+        pa.array(env["producer_id"], pa.string()),
+        pa.array(env["run_id"], pa.string()),
+        pa.array(env["seq"], pa.uint64()),
         pa.array([a.record.principal for a in batch], pa.string()),
         pa.array([transport] * len(batch), pa.string()),
         ts_column([int(now.timestamp() * 1_000_000)] * len(batch)),
@@ -116,7 +111,7 @@ def receipt_rows(batch: list[Accepted], transport: str, now: datetime) -> pa.Tab
 
 def source_rows(batch: list[Accepted]) -> pa.Table:
     """One `sources` row per SourceRegistered."""
-    found = [a.event for a in batch if a.event.WhichOneof("payload") == "source_registered"]
+    found = [a.event for a in batch if a.envelope.kind == "source_registered"]
     ps = [e.source_registered for e in found]
     columns = [
         [p.source_id for p in ps],
@@ -188,7 +183,7 @@ def lineage_node_rows(batch: list[Accepted]) -> pa.Table:
     rows = []
     for a in batch:
         e = a.event
-        kind = e.WhichOneof("payload")
+        kind = a.envelope.kind
         if kind == "source_registered":
             p = e.source_registered
             rows.append({"node_id": source_node_id(p), "kind": "source",
@@ -223,7 +218,7 @@ def lineage_op_rows(batch: list[Accepted]) -> pa.Table:
     rows = []
     for a in batch:
         e = a.event
-        if e.WhichOneof("payload") != "op_recorded":
+        if a.envelope.kind != "op_recorded":
             continue
         o = e.op_recorded
         rows.append({

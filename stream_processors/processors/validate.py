@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from headwater.errors import InvalidEvent
 from headwater.producers.envelope import SCHEMA_VERSION, hash_matches
+from headwater.stream_processors.processors.fields import Envelope, read_envelope
 from headwater.v1 import events_pb2
 
 MAX_ID_LEN = 256
@@ -262,28 +263,32 @@ def validate_payload(event: events_pb2.Event, kind: str, limits: Limits = DEFAUL
 def validate_envelope(event: events_pb2.Event) -> str:
     """Raise InvalidEvent naming the first envelope field that is wrong (the hash included);
     return the payload's oneof field name."""
+    return check_envelope(read_envelope(event), event)
+
+
+def check_envelope(env: Envelope, event: events_pb2.Event) -> str:
+    """validate_envelope on the envelope's fields already read (`env`, of `event`)."""
     # Plain `if` tests: this runs for every event, and messages are built only on failure.
-    if event.schema_version != SCHEMA_VERSION:
-        raise InvalidEvent(f"schema_version {event.schema_version} is not supported (this "
+    if env.schema_version != SCHEMA_VERSION:
+        raise InvalidEvent(f"schema_version {env.schema_version} is not supported (this "
                       f"service reads {SCHEMA_VERSION})")
-    if _UUID.match(event.event_id) is None:
-        raise InvalidEvent(f"event_id {event.event_id[:80]!r} is not a UUID in canonical text form")
-    _check_id("producer_id", event.producer_id)
-    _check_id("run_id", event.run_id)
-    if event.seq < 1:
+    if _UUID.match(env.event_id) is None:
+        raise InvalidEvent(f"event_id {env.event_id[:80]!r} is not a UUID in canonical text form")
+    _check_id("producer_id", env.producer_id)
+    _check_id("run_id", env.run_id)
+    if env.seq < 1:
         raise InvalidEvent("seq must be >= 1")
-    if event.emitted_at.seconds <= 0:
+    if env.emitted_s <= 0:
         raise InvalidEvent("emitted_at is not set")
-    if event.emitted_at.seconds > MAX_EMITTED_AT:
+    if env.emitted_s > MAX_EMITTED_AT:
         raise InvalidEvent("emitted_at is after 2299-12-31, outside the log's DateTime64 range")
-    if len(event.prev_hash) != 32:
-        raise InvalidEvent(f"prev_hash has {len(event.prev_hash)} bytes, not 32")
-    if len(event.hash) != 32:
-        raise InvalidEvent(f"hash has {len(event.hash)} bytes, not 32")
-    kind = event.WhichOneof("payload")
-    if kind is None:
+    if len(env.prev_hash) != 32:
+        raise InvalidEvent(f"prev_hash has {len(env.prev_hash)} bytes, not 32")
+    if len(env.hash) != 32:
+        raise InvalidEvent(f"hash has {len(env.hash)} bytes, not 32")
+    if env.kind is None:
         raise InvalidEvent("payload is missing (or of a type this service does not know)")
-    if not hash_matches(event):
+    if not hash_matches(event, env.hash):
         raise InvalidEvent("hash does not match the event's content (corrupted or altered in "
                       "transit)")
-    return kind
+    return env.kind
