@@ -49,6 +49,9 @@ def test_unlearning_benchmark_fast() -> None:
             continue
         assert {"NegGrad+ (baseline)", "SCRUB (baseline)",
                 "full-network K-FAC Newton"} <= set(result["methods"])
+        spread = result["reference_spread"]  # retrained from other initialisations
+        assert len(spread["gaps"]) == len(spread["seeds"]) == 4
+        assert all(math.isfinite(g) and g > 0 for g in spread["gaps"]), spread
         hooked = result["methods"]["auto with checkpoint hook"]  # replay within the budget
         assert hooked["method"] == "REPLAY" and hooked["distance_ratio"] <= 1e-6
         assert hooked["detail"]["method_reason"].startswith("replay: ")
