@@ -17,6 +17,9 @@ factored through the real embedded path BackgroundPublisher -> Publisher -> Loca
 variant so that a run lasts about --run-seconds). Same model, same batch, one torch thread
 by default; the variants are interleaved run by run and the figures are medians of per-step
 times. Targets (issue 16): <= 1.2x the plain step on 784-512-512-10, <= 1.5x on 64-128-10.
+The worker process's figures depend on where the kernel runs it: the report gives the share
+of samples (one per 50 steps) with the trainer and the worker on the same CPU, which then
+share one core; --pin puts them on different CPUs.
 
 Query latency: N random float16 gradient rows (k = 512) of one model version, keyed by the
 row keys of mini-batches cut from a tracked N-row source (so the engine's lineage grouping
@@ -156,6 +159,24 @@ def process_cpu_of(pid: int) -> Callable[[], float]:
     return clock
 
 
+def cpu_now(pid: int | str = "thread-self") -> int:
+    """The CPU a process (or, by default, the calling thread) last ran on (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[36])
+
+
+def pin_apart(worker_pid: int) -> tuple[int, int]:
+    """Pin the calling (trainer's) thread to one CPU and the worker process to another:
+    (trainer CPU, worker CPU). Unpinned, the kernel often runs a worker woken by the
+    trainer on the trainer's own core while the other core runs other work."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise BenchmarkError(f"--pin needs 2 CPUs; this process may use {cpus}")
+    os.sched_setaffinity(0, {cpus[0]})
+    os.sched_setaffinity(worker_pid, {cpus[1]})
+    return cpus[0], cpus[1]
+
+
 def interleaved_clocks(variants: Mapping[str, Callable[[], object]], repeats: int,
                        clocks: Mapping[str, Callable[[], float]] = CLOCKS
                        ) -> dict[str, dict[str, list[float]]]:
@@ -210,7 +231,8 @@ CAPTURE_TARGETS = {"64-128-10": 1.5, "784-512-512-10": 1.2}  # issue 16, by mode
 
 
 def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: int,
-                     repeats: int, run_s: float, store: Store, seed: int = 0) -> dict:
+                     repeats: int, run_s: float, store: Store, seed: int = 0,
+                     pin: bool = False) -> dict:
     """Median per-step ms of plain SGD against SGD captured five ways, interleaved:
     dense (vmap + dense P, a pass of its own before the step, no-op publish), factored
     (hooks on the step's own backward, no-op publish: the event is still encoded on the
@@ -218,7 +240,8 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
     encoding and hashing on the worker thread), factored_proc (ProcessPublisher -> no-op
     transport in the worker process; its CPU is the worker_cpu clock) and factored_sink
     (BackgroundPublisher ->
-    LocalTransport -> EventSink -> chDB, flushed at the end of every run)."""
+    LocalTransport -> EventSink -> chDB, flushed at the end of every run). `pin`: the
+    trainer's thread and the worker process on different CPUs (pin_apart)."""
     model = mlp(sizes, seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(seed)
@@ -234,6 +257,7 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
     background = TorchCapture(nowhere, model, f"{name}-bg", mode="factored", **common)
     elsewhere = ProcessPublisher(Publisher(NullTransport(), run_id=f"speed-proc-{name}"))
     in_process = TorchCapture(elsewhere, model, f"{name}-proc", mode="factored", **common)
+    pinned = pin_apart(elsewhere.pid) if pin else None
     sink_bg = BackgroundPublisher(Publisher(LocalTransport(EventSink(store, "local")),
                                             run_id=f"speed-{name}"))
     sink = TorchCapture(sink_bg, model, f"{name}-sink", mode="factored", **common)
@@ -261,6 +285,7 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
                 "factored_bg": hooked(background), "factored_proc": hooked(in_process),
                 "factored_sink": hooked(sink)}
     flushes: list[float] = []
+    together = [0, 0]  # factored_proc: samples with the trainer and worker on one CPU, all
 
     def run(variant: str) -> Callable[[], None]:
         fn = steps_of[variant]
@@ -273,8 +298,11 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
                           "factored_sink": sink_bg}.get(variant)
 
         def go() -> None:
-            for _ in range(steps):
+            for i in range(steps):
                 fn()
+                if variant == "factored_proc" and i % 50 == 0:  # ~0.3 µs a step
+                    together[0] += cpu_now() == cpu_now(elsewhere.pid)
+                    together[1] += 1
             if publisher is not None:  # the run's events are out before the clock stops
                 start = time.perf_counter()
                 publisher.flush()
@@ -287,6 +315,7 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
     for go in variants.values():
         go()  # warm-up: first calls, first sink insert
     flushes.clear()
+    together[:] = [0, 0]
     clocked = interleaved_clocks(variants, repeats,
                                  {**CLOCKS, "worker_cpu": process_cpu_of(elsewhere.pid)})
     times = {v: t["wall"] for v, t in clocked.items()}
@@ -299,7 +328,8 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
            "factors": factors_of(factored.projection.factors)
            if factored.projection.kind == "kronecker" else [],
            "batch": batch, "steps_per_run": counts, "runs": repeats, "plain_ms": plain,
-           "target": target}
+           "target": target, "pinned": list(pinned) if pinned else None,
+           "factored_proc_same_cpu": round(together[0] / max(1, together[1]), 3)}
     for variant in VARIANTS:
         ms = median_ms(times[variant], counts[variant])
         out[f"{variant}_ms"] = ms
@@ -490,6 +520,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--skip-query", action="store_true")
     ap.add_argument("--fast", action="store_true",
                     help="seconds: 64-128-10 MLP only, 5000 rows at k=64, few repeats")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the trainer's thread and the worker process to different CPUs")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     args = ap.parse_args(argv)
@@ -533,7 +565,8 @@ def run(args: argparse.Namespace) -> dict:
                 for i, (sizes, parameters) in enumerate(cases):
                     figures["capture"].append(capture_overhead(
                         sizes, parameters, k=args.k, batch=args.batch, repeats=args.repeats,
-                        run_s=args.run_seconds, store=store, seed=args.seed))
+                        run_s=args.run_seconds, store=store, seed=args.seed,
+                        pin=args.pin))
                     advance(i + 1)
             store.close()
         if not args.skip_query:
@@ -573,7 +606,10 @@ def report(figures: dict) -> None:
                   f"{c[f'ratio_factored_sink_{clock}']}x")
         print(f"    worker process CPU: {c['factored_proc_worker_cpu_ms']:.3f} ms a step; "
               f"trainer process + worker process CPU {c['ratio_factored_proc_total_cpu']}x "
-              "the plain step's process CPU")
+              "the plain step's process CPU; trainer and worker on the same CPU in "
+              f"{100 * c['factored_proc_same_cpu']:.0f} % of samples"
+              + (f" (pinned to CPUs {c['pinned'][0]} and {c['pinned'][1]})" if c["pinned"]
+                 else ""))
         if c["factors"]:
             print("    factors: " + "; ".join(c["factors"]))
         print(f"    parts: margin pass (featurise/prediction) {b['margin_pass']:.2f} ms, "

@@ -4,6 +4,8 @@ timing asserts: the machine's load decides those)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -44,6 +46,8 @@ def test_capture_figures_present_and_positive(figures: dict) -> None:
         # the worker process's own CPU is counted (10 ms ticks: a fast run may read 0)
         assert c["factored_proc_worker_cpu_ms"] >= 0
         assert c["ratio_factored_proc_total_cpu"] >= c["ratio_factored_proc_process_cpu"]
+        # where the kernel ran the worker: a share of samples; not pinned unless asked
+        assert 0 <= c["factored_proc_same_cpu"] <= 1 and c["pinned"] is None
         for key in ("margin_pass", "encode_event", "sink_flush"):
             assert c["breakdown_ms"][key] > 0, key
 
@@ -69,3 +73,21 @@ def test_text_report_and_bad_arguments() -> None:
     assert done.returncode == 2 and "row counts must be >= 1" in done.stderr
     done = _bench("--parameters", "everything", "--skip-query")
     assert done.returncode == 2 and "--parameters takes all and/or last_layer" in done.stderr
+
+
+def test_pin_puts_the_trainer_and_the_worker_on_different_cpus() -> None:
+    if shutil.which("taskset") is None:
+        pytest.skip("no taskset here to run the benchmark on one CPU")
+    cpus = sorted(os.sched_getaffinity(0))
+    done = subprocess.run(
+        ["taskset", "-c", str(cpus[0]), sys.executable, str(SCRIPT), "--fast", "--json",
+         "--quiet", "--skip-query", "--parameters", "all", "--pin"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "--pin needs 2 CPUs" in done.stderr  # one CPU given
+    if len(cpus) < 2:
+        pytest.skip("one CPU here: --pin cannot pin apart")
+    done = _bench("--fast", "--json", "--quiet", "--skip-query", "--parameters", "all",
+                  "--pin")
+    assert done.returncode == 0, done.stderr[-4000:]
+    (c,) = json.loads(done.stdout)["capture"]
+    assert c["pinned"] == cpus[:2] and c["factored_proc_same_cpu"] == 0
