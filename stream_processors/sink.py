@@ -149,6 +149,8 @@ class EventSink:
         """Repeats whose gradients the sketch has not counted yet: only a redelivery after a
         failure between the receipts and the sketch insert leaves one (see _sketch_part). An
         event new earlier in this batch is counted with the batch, not looked up."""
+        if not repeats:
+            return []
         new = {a.envelope.event_id for a in rows.accepted}
         return self._uncounted([a for a in repeats if a.envelope.event_id not in new])
 
@@ -199,6 +201,8 @@ class EventSink:
         self, records: list[Record], now: datetime
     ) -> tuple[list[Record], list[Ack], list[Rejected]]:
         """Persist chunk records; return whole records (including completed chunk sets)."""
+        if not any(r.headers for r in records):  # no chunk among them (the usual batch)
+            return records, [], []
         whole = [r for r in records if not chunks.is_chunk(r)]
         parts = [r for r in records if chunks.is_chunk(r)]
         if not parts:

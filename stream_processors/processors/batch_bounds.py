@@ -14,6 +14,8 @@ from headwater.stream_processors.processors.decode import Accepted, Rejected
 def within_months(accepted: list[Accepted], max_months: int
                   ) -> tuple[list[Accepted], list[Rejected]]:
     """Keep the events of the first `max_months` distinct emitted_at months (UTC)."""
+    if _months_at_most(accepted, max_months):  # the usual batch: nothing to refuse
+        return accepted, []
     months: set[int] = set()
     kept: list[Accepted] = []
     refused: list[Rejected] = []
@@ -28,6 +30,20 @@ def within_months(accepted: list[Accepted], max_months: int
                 "distinct months this batch already spans (HEADWATER_MAX_MONTHS_PER_BATCH); "
                 "send it again in another batch", a.event))
     return kept, refused
+
+
+def _months_at_most(accepted: list[Accepted], max_months: int) -> bool:
+    """Whether the events span at most `max_months` months. Touching one month more needs
+    max_months - 1 whole months (>= 28 days each) between a first and a last day, so a
+    first-to-last distance of at most 28 (max_months - 1) days decides it without
+    counting months."""
+    if not accepted:
+        return True
+    seconds = [a.envelope.emitted_s for a in accepted]
+    low, high = min(seconds), max(seconds)
+    if high // 86_400 - low // 86_400 <= 28 * (max_months - 1):
+        return True
+    return len({_month(s) for s in seconds}) <= max_months
 
 
 def _month(seconds: int) -> int:
