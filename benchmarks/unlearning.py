@@ -82,7 +82,11 @@ from headwater.producers.unlearning.replay import (
     replay_forget,
     train_step,
 )
-from headwater.producers.unlearning.verification import TorchAdapter, gap_closed
+from headwater.producers.unlearning.verification import (
+    TorchAdapter,
+    gap_closed,
+    torch_losses,
+)
 from headwater.v1 import events_pb2
 
 METHOD_NAMES = {events_pb2.NEWTON: "NEWTON", events_pb2.FINE_TUNE: "FINE_TUNE",
@@ -458,6 +462,145 @@ def descent_trace_case(seed: int, hidden: int, epochs: int, wd: float,
                            for k in ("from_newton", "from_original")]
         out[case] = {"forget_loss_before": before, "retrained_forget_loss": after,
                      "trace": rows}
+    return out
+
+
+RULES = ("meet (default)", "midpoint of the two at the meeting",
+         "Polyak average from the Newton step, [t, 2t]",
+         "Polyak average from the Newton step, [t/2, t]",
+         "agree within one check's step-to-step change", "met on 3 checks in a row",
+         "K-FAC influence target (linear)", "meet, no offset", "meet, half the offset",
+         "meet, Adam rate 3e-3", "meet, Adam rate 3e-4 (2.5x the steps)")
+
+
+def _meeting(a: np.ndarray, b: np.ndarray, before: float, agree: float = 0.05) -> int | None:
+    """auto's stop on traced forget losses (index 0 = step 0): the first check where the two
+    differ by at most `agree` of the change since θ₀."""
+    for t in range(1, len(a)):
+        if abs(a[t] - b[t]) <= agree * abs(a[t] - before):
+            return t
+    return None
+
+
+def _vector_loss(scratch: Any, v: Any, rows: tuple[Any, Any]) -> float:
+    """Mean forget loss of the parameter vector v (loaded into `scratch`)."""
+    import torch
+
+    torch.nn.utils.vector_to_parameters(v, scratch.parameters())
+    with torch.no_grad():
+        return float(torch_losses(scratch(rows[0]), rows[1], "classification").mean())
+
+
+def _traced_descents(stepped: Any, original: Any, f: tuple[Any, Any], r: tuple[Any, Any], *,
+                     offset: list[Any], lam_r: float, offset_scale: float, before: float,
+                     steps: int, lr: float = Descent.lr) -> tuple[Any, Any]:
+    """auto's two descents (from the K-FAC step, from θ₀) never stopped (agree ~0), as
+    parameter snapshots [checks + 1, p] at step 0 and every check."""
+    import copy
+
+    import torch
+
+    from headwater.producers.unlearning.descent import retained_descent
+
+    flat = torch.nn.utils.parameters_to_vector
+    a, b = copy.deepcopy(stepped), copy.deepcopy(original)
+    snaps: tuple[list[Any], list[Any]] = ([flat(a.parameters()).detach().clone()],
+                                          [flat(b.parameters()).detach().clone()])
+
+    def keep(_step: int, a: Any, b: Any) -> None:
+        snaps[0].append(flat(a.parameters()).detach().clone())
+        snaps[1].append(flat(b.parameters()).detach().clone())
+
+    retained_descent(a, b, f, r, task="classification", offset=offset, lam_retained=lam_r,
+                     offset_scale=offset_scale, loss_before=before,
+                     settings=Descent(steps=steps, agree=1e-300, lr=lr), observe=keep)
+    return torch.stack(snaps[0]), torch.stack(snaps[1])
+
+
+def _rule_losses(model: Any, f: tuple[Any, Any], r: tuple[Any, Any], recipe: Recipe,
+                 steps: int) -> tuple[float, int | None, dict[str, float | None]]:
+    """(θ₀'s forget loss, auto's meeting step, the forget loss each rule in RULES ends at)."""
+    import copy
+
+    import torch
+
+    from headwater.producers.unlearning.descent import training_gradient
+
+    flat = torch.nn.utils.parameters_to_vector
+    scratch = copy.deepcopy(model)
+    theta0 = flat(model.parameters()).detach().clone()
+    before = _vector_loss(scratch, theta0, f)
+    n, n_r = len(f[0]) + len(r[0]), len(r[0])
+    lam, lam_r, scale = recipe.lam(n), recipe.lam(n_r), n_r / n
+    params = list(model.parameters())
+    forget_grad = training_gradient(model, params, f, "classification", 0.0)
+    offset = [g + q for g, q in zip(forget_grad, training_gradient(
+        model, params, r, "classification", lam), strict=True)]
+    stepped, _ = kfac_newton(model, f, r, task="classification", lam=lam, lam_retained=lam_r,
+                             offset_scale=scale, target_loss=None)
+    trace = partial(_traced_descents, stepped, model, f, r, offset=offset, lam_r=lam_r,
+                    before=before)
+    sa, sb = trace(offset_scale=scale, steps=steps)
+    fa, fb = (np.array([_vector_loss(scratch, v, f) for v in s_]) for s_ in (sa, sb))
+    t = _meeting(fa, fb, before)
+    out: dict[str, float | None] = dict.fromkeys(RULES)
+    if t is not None:
+        out["meet (default)"] = float(fa[t])
+        out["midpoint of the two at the meeting"] = _vector_loss(scratch, (sa[t] + sb[t]) / 2, f)
+        out["Polyak average from the Newton step, [t, 2t]"] = \
+            _vector_loss(scratch, sa[t:2 * t + 1].mean(0), f) if 2 * t < len(sa) else None
+        out["Polyak average from the Newton step, [t/2, t]"] = \
+            _vector_loss(scratch, sa[t // 2:t + 1].mean(0), f)
+    wobble = np.maximum(np.abs(np.diff(fa)), np.abs(np.diff(fb)))  # per check, from check 1
+    close = [i for i in range(2, len(fa)) if abs(fa[i] - fb[i]) <= wobble[i - 1]]
+    out["agree within one check's step-to-step change"] = float(fa[close[0]]) if close else None
+    agree = np.abs(fa - fb) <= 0.05 * np.abs(fa - before)
+    run = [i for i in range(3, len(fa)) if agree[i - 2:i + 1].all()]
+    out["met on 3 checks in a row"] = float(fa[run[0]]) if run else None
+    # the forget loss's first-order change along the K-FAC step: an influence estimate of
+    # the retrained forget loss from the same curvature (a stop target, not a model)
+    net = copy.deepcopy(model)
+    mean_loss = torch_losses(net(f[0]), f[1], "classification").mean()
+    grad = flat(torch.autograd.grad(mean_loss, list(net.parameters())))
+    out["K-FAC influence target (linear)"] = before + float(grad @ (sa[0] - theta0))
+    for share, lr, length, rule in (
+            (0.0, Descent.lr, steps, "meet, no offset"),
+            (0.5, Descent.lr, steps, "meet, half the offset"),
+            (1.0, 3e-3, steps, "meet, Adam rate 3e-3"),
+            (1.0, 3e-4, steps * 5 // 2, "meet, Adam rate 3e-4 (2.5x the steps)")):
+        va, vb = trace(offset_scale=share * scale, lr=lr, steps=length)
+        ga, gb = (np.array([_vector_loss(scratch, v, f) for v in s_]) for s_ in (va, vb))
+        k = _meeting(ga, gb, before)
+        out[rule] = None if k is None else float(ga[k])
+    return before, t, out
+
+
+def descent_rules_case(seed: int, hidden: int, epochs: int, wd: float,
+                       steps: int = 600) -> dict[str, Any]:
+    """Candidate stopping rules for auto's two retained-objective descents, each scored by
+    the gap closed against the retrained model (issue 20's fifth wave). The descents are
+    traced every 10 steps to `steps` (auto's own limit; full batch, so deterministic), and
+    every rule uses only what the unlearner has: the two traces, the K-FAC step, θ₀."""
+    d = digits(seed)
+    x, y = d["x"], d["y"]
+    model = train_mlp(x, y, hidden=hidden, epochs=epochs, wd=wd, seed=seed)
+    rand = np.zeros(len(x), dtype=bool)
+    rand[np.random.default_rng(seed + 1).choice(len(x), round(0.05 * len(x)),
+                                                replace=False)] = True
+    adapter = TorchAdapter("classification")
+    out: dict[str, Any] = {}
+    for case, mask in (("forget 5% random rows", rand),
+                       ("forget one writer block", d["source"] == 3)):
+        progress(f"descent rules, {case}")
+        m = torch_mask(mask)
+        f, r = (x[m], y[m]), (x[~m], y[~m])
+        retrained = train_mlp(*r, hidden=hidden, epochs=epochs, wd=wd, seed=seed)
+        after = float(adapter.losses(retrained, f).mean())
+        before, t, losses = _rule_losses(model, f, r, Recipe("mean", l2=wd), steps)
+        out[case] = {"forget_loss_before": before, "retrained_forget_loss": after,
+                     "meeting_step": None if t is None else 10 * t,
+                     "gaps": {rule: None if v is None else gap_closed(before, v, after)
+                              for rule, v in losses.items()}}
     return out
 
 
@@ -1160,6 +1303,16 @@ def report_descent_trace(figs: dict[str, Any]) -> None:
                   f"{_fmt(row['gaps'][1])})")
 
 
+def report_descent_rules(figs: dict[str, Any]) -> None:
+    print("\ncandidate stopping rules for auto's two descents (MLP): gap closed "
+          "(- : the rule never stopped within the descents' limit)")
+    cases = list(figs["descent_rules"])
+    print(f"  {'rule':48} " + " ".join(f"{c[len('forget '):][:22]:>22}" for c in cases))
+    for rule in RULES:
+        print(f"  {rule:48} " + " ".join(
+            f"{_fmt(figs['descent_rules'][c]['gaps'][rule]):>22}" for c in cases))
+
+
 def report_replay_cost(figs: dict[str, Any]) -> None:
     print("\nreplay cost: 20 recent rows forgotten at the end of the stream")
     for c in figs["replay_cost"]:
@@ -1182,6 +1335,7 @@ def report(figs: dict[str, Any]) -> None:
     """The parts that ran, as tables."""
     for part, show in (PARTS["logreg"], report_logreg), (PARTS["mlp"], report_mlp), \
             (PARTS["descent_trace"], report_descent_trace), \
+            (PARTS["descent_rules"], report_descent_rules), \
             (PARTS["stream"], report_stream), (PARTS["schedules"], report_schedules), \
             (PARTS["request_time"], report_request_time), \
             (PARTS["replay_cost"], report_replay_cost), (PARTS["cost"], report_cost):
@@ -1191,7 +1345,7 @@ def report(figs: dict[str, Any]) -> None:
 
 # the parts --only can run, and the keys of their figures
 PARTS = {"logreg": ("logreg", "logreg_recipe", "softmax"), "mlp": ("mlp",),
-         "descent_trace": ("descent_trace",),
+         "descent_trace": ("descent_trace",), "descent_rules": ("descent_rules",),
          "stream": ("stream",), "schedules": ("stream_schedules",),
          "request_time": ("request_time",),
          "replay_cost": ("replay_cost",), "cost": ("cost",)}
@@ -1255,6 +1409,8 @@ def main(argv: list[str] | None = None) -> int:
         "descent_trace": lambda: {"descent_trace": descent_trace_case(
             args.seed, args.hidden, args.epochs, args.wd,
             [int(n) for n in args.trace_steps.split(",")])},
+        "descent_rules": lambda: {"descent_rules": descent_rules_case(
+            args.seed, args.hidden, args.epochs, args.wd)},
         "stream": lambda: {"stream": stream_case(args.seed, args.stream_steps, args.hidden)},
         "schedules": lambda: {"stream_schedules": stream_schedules_case(
             args.seed, args.stream_steps, args.hidden, args.stream_schedules)},

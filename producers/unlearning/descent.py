@@ -22,6 +22,7 @@ in lockstep; they stop when their forget losses agree to within `agree` of the c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,12 +95,15 @@ def retained_descent(model: torch.nn.Module, start: torch.nn.Module,
                      retain: tuple[torch.Tensor, torch.Tensor], *, task: str,
                      offset: list[torch.Tensor], lam_retained: float, offset_scale: float,
                      loss_before: float, settings: Descent = Descent(),
-                     seed: int = 0) -> dict[str, Any]:
+                     seed: int = 0,
+                     observe: Callable[[int, torch.nn.Module, torch.nn.Module], None] | None
+                     = None) -> dict[str, Any]:
     """Minimise S(θ) = Σ_R ℓ(θ) + λ_R/2·|θ|² − s·r₀ᵀθ (divided by n_R) from two points in
     lockstep, in eval mode: `model` (after the Newton step; changed in place, the result)
     and `start` (a copy of the original θ₀; changed too). `offset` is r₀ over their
     trainable parameters in order (training_gradient at θ₀), `offset_scale` s,
-    `loss_before` the original's mean forget loss."""
+    `loss_before` the original's mean forget loss. `observe(step, model, start)`, when
+    given, sees both at every check before the stop is judged (the benchmark traces them)."""
     import torch
 
     runs = []
@@ -135,6 +139,8 @@ def retained_descent(model: torch.nn.Module, start: torch.nn.Module,
                 opt.step()
             if step % settings.check:
                 continue
+            if observe is not None:
+                observe(step, model, start)
             losses = (_forget_loss(model, forget, task), _forget_loss(start, forget, task))
             if abs(losses[0] - losses[1]) <= settings.agree * abs(losses[0] - loss_before):
                 reason = "the two descents met"

@@ -4,6 +4,8 @@ retraining from scratch. The checks must fail a no-op unlearner: traceprop 0.7.0
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -399,6 +401,39 @@ def test_training_gradient_is_the_summed_objectives_gradient(mlp: dict) -> None:
     want = torch.autograd.grad(loss, params)
     for g, w in zip(got, want, strict=True):
         assert torch.allclose(g.float(), w, rtol=1e-4, atol=1e-5)
+
+
+def test_descent_observer_sees_both_descents_at_every_check(mlp: dict) -> None:
+    """`observe` is called at each check with the two models as they are then (what the
+    benchmark's rule comparison traces), and does not change where the descents stop."""
+    model, (f, r) = mlp["model"], (mlp["forget"], mlp["retain"])
+    params = list(model.parameters())
+    n, n_r = len(f[0]) + len(r[0]), len(r[0])
+    offset = training_gradient(model, params, (torch.cat([f[0], r[0]]), torch.cat([f[1], r[1]])),
+                               "classification", n * WD)
+    settings = Descent(steps=40, check=10, agree=1e-300)
+    seen: list[tuple[int, float, float]] = []
+
+    def observe(step: int, a: torch.nn.Module, b: torch.nn.Module) -> None:
+        with torch.no_grad():
+            seen.append((step, float(torch.nn.functional.cross_entropy(a(f[0]), f[1])),
+                         float(torch.nn.functional.cross_entropy(b(f[0]), f[1]))))
+
+    runs = []
+    for hook in (observe, None):
+        a, b = copy.deepcopy(model), copy.deepcopy(model)
+        with torch.no_grad():
+            for p in a.parameters():
+                p.add_(0.01)  # the two start apart, as after a Newton step
+        runs.append(retained_descent(a, b, f, r, task="classification", offset=offset,
+                                     lam_retained=n_r * WD, offset_scale=n_r / n,
+                                     loss_before=0.0, settings=settings, observe=hook))
+    assert [s for s, _, _ in seen] == [10, 20, 30, 40]
+    assert runs[0] == runs[1]  # observing changes nothing
+    step, from_newton, from_original = seen[-1]
+    assert from_newton == pytest.approx(runs[0]["descent_forget_loss"], rel=1e-5)
+    assert from_original == pytest.approx(runs[0]["descent_from_original_forget_loss"],
+                                          rel=1e-5)
 
 
 def test_descent_settings_are_checked() -> None:
