@@ -21,6 +21,7 @@ from threadpoolctl import ThreadpoolController
 
 from headwater.producers import telemetry
 from headwater.producers.transports.base import Ack, Record
+from headwater.stream_processors.gc_pause import gc_paused
 from headwater.stream_processors.processors import chunks
 from headwater.stream_processors.processors.batch_bounds import within_months
 from headwater.stream_processors.processors.decode import Accepted, Rejected, decode_batch
@@ -74,6 +75,10 @@ class EventSink:
 
     def ingest(self, records: list[Record]) -> list[Ack]:
         """Store a batch; one Ack per record, in order. Raises StoreError if a write fails."""
+        with gc_paused():
+            return self._ingest(records)
+
+    def _ingest(self, records: list[Record]) -> list[Ack]:
         # linked to the spans that sent the records (Kafka traceparent headers)
         links = telemetry.links_from_headers(r.headers for r in records if r.headers)
         with self._tracer.start_as_current_span("headwater.process.batch",
@@ -132,6 +137,10 @@ class EventSink:
         """Write only the derived tables (and sketch) of whole, already stored events: the
         replay path (`headwater replay`), through the same row builders as `ingest`. Returns
         the records that no longer decode or validate; nothing is dead-lettered."""
+        with gc_paused():
+            return self._derive(records)
+
+    def _derive(self, records: list[Record]) -> list[Rejected]:
         now = datetime.now(timezone.utc)
         accepted, rejected = decode_batch(records, limits=self.limits)
         rows = self._rows(accepted, now)
