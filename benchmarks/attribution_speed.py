@@ -289,10 +289,14 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
 
     def run(variant: str) -> Callable[[], None]:
         fn = steps_of[variant]
-        fn()  # warm-up; one step's time sizes the variant's runs to about run_s
-        start = time.perf_counter()
-        fn()
-        steps = max(3, min(200, math.ceil(run_s / (time.perf_counter() - start))))
+        fn()  # warm-up; the median of 5 steps sizes the variant's runs to about run_s (one
+        # step alone can be the first of a ring, or a wait for the worker: 80 steps, not 200)
+        sizing = []
+        for _ in range(5):
+            start = time.perf_counter()
+            fn()
+            sizing.append(time.perf_counter() - start)
+        steps = max(3, min(200, math.ceil(run_s / statistics.median(sizing))))
         counts[variant] = steps
         publisher: Any = {"factored_bg": nowhere, "factored_proc": elsewhere,
                           "factored_sink": sink_bg}.get(variant)
