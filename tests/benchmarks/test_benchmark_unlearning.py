@@ -8,6 +8,8 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -52,6 +54,7 @@ def test_unlearning_benchmark_fast() -> None:
         spread = result["reference_spread"]  # retrained from other initialisations
         assert len(spread["gaps"]) == len(spread["seeds"]) == 4
         assert all(math.isfinite(g) and g > 0 for g in spread["gaps"]), spread
+        assert math.isfinite(spread["auto_gap_vs_mean_retrain"])
         hooked = result["methods"]["auto with checkpoint hook"]  # replay within the budget
         assert hooked["method"] == "REPLAY" and hooked["distance_ratio"] <= 1e-6
         assert hooked["detail"]["method_reason"].startswith("replay: ")
@@ -76,6 +79,14 @@ def test_unlearning_benchmark_fast() -> None:
             if "fine_tune_steps" in detail:  # the record says what ran
                 assert (row["method"] == "FINE_TUNE") == (detail["fine_tune_steps"] > 0) or \
                     name == "fine-tune only"
+
+    for case, rules in figures["descent_rules"].items():  # candidate stopping rules
+        auto = figures["mlp"][case]["methods"]["auto: K-FAC Newton + retained descent"]
+        # the traced descents are auto's own: the default rule lands where auto does
+        assert rules["gaps"]["meet (default)"] == pytest.approx(auto["gap_closed"], abs=1e-3)
+        assert rules["meeting_step"] == auto["detail"]["descent_steps"]
+        assert len(rules["gaps"]) == 11
+        assert all(v is None or math.isfinite(v) for v in rules["gaps"].values())
 
     for case, trace in figures["descent_trace"].items():  # auto's descents, not stopped
         rows = trace["trace"]
