@@ -544,6 +544,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--parameters takes all and/or last_layer; got {bad}")
     if args.threads < 0:
         ap.error(f"--threads must be >= 0; got {args.threads}")
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        ap.error(f"--pin needs 2 CPUs; this process may use {sorted(os.sched_getaffinity(0))}")
     for name in ("k", "batch", "batch_rows", "repeats"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
