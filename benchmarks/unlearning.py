@@ -917,6 +917,7 @@ def _apply_request(d: dict[str, Any], model: Any, opt: Any, hook: Any, recipe: R
             "fine_tune_steps": result.detail.get("fine_tune_steps", 0),
             "training_gradient_norm": result.detail.get("training_gradient_norm"),
             "forget_gradient_norm": result.detail.get("forget_gradient_norm"),
+            "stationarity": result.detail.get("stationarity"),
             "forget_loss_before": v.forget_loss_before, "forget_loss_after": v.forget_loss_after}
 
 

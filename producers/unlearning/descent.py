@@ -80,6 +80,37 @@ def training_gradient(model: torch.nn.Module, params: list[torch.nn.Parameter],
     return [t + lam * p.detach().double() for t, p in zip(total, params, strict=True)]
 
 
+def row_gradient_scale(model: torch.nn.Module, params: list[torch.nn.Parameter],
+                       *parts: tuple[torch.Tensor, torch.Tensor], task: str, draws: int = 4,
+                       seed: int = 0) -> float:
+    """√(Σ_i ‖∇ℓ_i(θ)‖²) over the rows of `parts`, without per-row gradients: for independent
+    random signs ε_i = ±1, E‖Σ_i ε_i ∇ℓ_i‖² = Σ_i ‖∇ℓ_i‖² (the cross terms vanish), so the
+    mean of `draws` signed sums (one pass over the rows each) estimates it. The scale a
+    sum of the rows' gradients would have if they pointed nowhere in common."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    was = model.training
+    model.eval()
+    squares = 0.0
+    try:
+        for _ in range(draws):
+            total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+            for x, y in parts:
+                for lo in range(0, len(x), CHUNK):
+                    losses = torch_losses(model(x[lo:lo + CHUNK]), y[lo:lo + CHUNK], task)
+                    signs = torch.randint(0, 2, (len(losses),), generator=gen) * 2 - 1
+                    grads = torch.autograd.grad((losses * signs.to(losses)).sum(), params,
+                                                allow_unused=True)
+                    for t, g in zip(total, grads, strict=True):
+                        if g is not None:
+                            t += g.double()
+            squares += sum(float((t ** 2).sum()) for t in total)
+    finally:
+        model.train(was)
+    return (squares / max(draws, 1)) ** 0.5
+
+
 def _forget_loss(model: torch.nn.Module, forget: tuple[torch.Tensor, torch.Tensor],
                  task: str) -> float:
     import torch

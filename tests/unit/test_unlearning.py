@@ -24,8 +24,17 @@ from headwater.producers.unlearning import (
     verify,
 )
 from headwater.producers.unlearning import linear as U
-from headwater.producers.unlearning.descent import Descent, retained_descent, training_gradient
-from headwater.producers.unlearning.finetune import STATIONARY, forget_loss_estimate
+from headwater.producers.unlearning.descent import (
+    Descent,
+    retained_descent,
+    row_gradient_scale,
+    training_gradient,
+)
+from headwater.producers.unlearning.finetune import (
+    STATIONARY,
+    TRAINED,
+    forget_loss_estimate,
+)
 from headwater.producers.unlearning.recipe import Recipe
 from headwater.producers.unlearning.verification import TorchAdapter
 from headwater.v1 import events_pb2
@@ -386,9 +395,49 @@ def test_far_from_a_stationary_point_auto_is_last_layer_newton(digits: dict,
                      recipe=Recipe("mean", l2=WD))
     d = result.detail
     assert d["training_gradient_norm"] > STATIONARY * d["forget_gradient_norm"]
+    assert d["stationarity"] == pytest.approx(
+        d["training_gradient_norm"] / d["row_gradient_scale"])
+    assert d["stationarity"] > TRAINED
     assert d["descent_skipped"].startswith("far from a stationary point")
     assert d["newton"] == "last layer" and d["fine_tune_steps"] == 0
     assert result.method == events_pb2.NEWTON
+
+
+def test_a_trained_network_with_few_forget_rows_still_gets_the_descent(digits: dict,
+                                                                      mlp: dict) -> None:
+    """Well-fit forget rows have a small summed gradient, so a trained model's residual r₀
+    is several times it; but r₀ is small against the rows' gradient scale (the model is
+    trained, not mid-training), so the descent runs rather than the last layer's step."""
+    x, y = digits["x"], digits["y"]
+    with torch.no_grad():  # the 8 best-fit rows: their gradients are the smallest
+        losses = torch.nn.functional.cross_entropy(mlp["model"](x), y, reduction="none")
+    few = torch.zeros(len(x), dtype=torch.bool)
+    few[torch.argsort(losses)[:8]] = True
+    result = unlearn(mlp["model"], (x[few], y[few]), (x[~few], y[~few]),
+                     recipe=Recipe("mean", l2=WD))
+    d = result.detail
+    assert d["training_gradient_norm"] > STATIONARY * d["forget_gradient_norm"]
+    assert d["stationarity"] < TRAINED
+    assert "descent_skipped" not in d and d["newton"] == "K-FAC" and d["descent_steps"] > 0
+
+
+def test_row_gradient_scale_estimates_the_per_row_gradient_norms(mlp: dict) -> None:
+    """√(Σ_i ‖∇ℓ_i‖²) from signed sums, against the per-row gradients themselves."""
+    model = mlp["model"]
+    params = list(model.parameters())
+    x, y = mlp["forget"]
+    exact = 0.0
+    for i in range(len(x)):
+        grads = torch.autograd.grad(
+            torch.nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]), params)
+        exact += sum(float((g.double() ** 2).sum()) for g in grads)
+    half = len(x) // 2
+    got = row_gradient_scale(model, params, (x[:half], y[:half]), (x[half:], y[half:]),
+                             task="classification", draws=64)
+    assert got == pytest.approx(exact ** 0.5, rel=0.1)
+    one = row_gradient_scale(model, params, (x[:1], y[:1]), task="classification", draws=1)
+    assert one == pytest.approx(float(sum((g.double() ** 2).sum() for g in torch.autograd.grad(
+        torch.nn.functional.cross_entropy(model(x[:1]), y[:1]), params))) ** 0.5, rel=1e-5)
 
 
 def test_training_gradient_is_the_summed_objectives_gradient(mlp: dict) -> None:
