@@ -26,6 +26,8 @@ trainer's own recipe is the ground truth every row is compared with):
   Targets (issue 20): gap closed in [0.8, 1.2], test accuracy within 1 pp and MIA AUC
   within 0.05 of the retrained model's. Beside them, the reference's own spread: the
   model retrained from other initialisations, as a gap closed against the reference.
+  `descent_trace`: auto's two descents run on without a stop; `descent_rules`: candidate
+  stopping rules for them, each scored against the retrained model.
 - a continual-learning stream: online SGD with replay over digits arriving with class drift;
   two forget requests arrive mid-stream (5% of the rows seen so far, then one writer block),
   are applied between steps, and training continues; compared at the end with re-running
