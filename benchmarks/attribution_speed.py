@@ -291,6 +291,9 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
         fn = steps_of[variant]
         fn()  # warm-up; the median of 5 steps sizes the variant's runs to about run_s (one
         # step alone can be the first of a ring, or a wait for the worker: 80 steps, not 200)
+        if variant == "factored_proc":  # one pass over the worker's ring first: a fresh
+            for _ in range(elsewhere.slots):  # slot's shared memory faults in on the step
+                fn()  # that fills it (+0.24 ms a step on 64-128-10, +1.1 ms on 784-512-512-10)
         sizing = []
         for _ in range(5):
             start = time.perf_counter()
