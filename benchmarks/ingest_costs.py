@@ -21,7 +21,11 @@ alternately, `--rounds` times, so the machine's load falls on each of them alike
   and `gradients` as wide parts (before migration 0031) and as compact parts, each alone
   and both, and `events` whose raw bytes lack the gradient bytes (what the log would write
   if φ were stored once, in `gradients`);
-- sketch: CPU per trainer event (64 x 512 float16) of the curvature part, one BLAS thread.
+- sketch: CPU per trainer event (64 x 512 float16) of the curvature part, one BLAS thread;
+- python stages: thread CPU per small event of the sink's pure stages on one batch of
+  freshly parsed events (decode and validate, the row builders, the sketch's sum, the
+  first-write screen with receipts and acks), with the cyclic collector running and paused
+  (as EventSink.ingest runs them: stream_processors/gc_pause.py), alternating.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,11 +53,15 @@ from ingest import payload_factory  # noqa: E402
 
 from headwater.producers.envelope import EnvelopeBuilder  # noqa: E402
 from headwater.producers.transports.base import Record  # noqa: E402
+from headwater.stream_processors.gc_pause import gc_paused  # noqa: E402
+from headwater.stream_processors.processors.batch_bounds import within_months  # noqa: E402
 from headwater.stream_processors.processors.decode import decode_batch  # noqa: E402
+from headwater.stream_processors.processors.first_write import screen  # noqa: E402
 from headwater.stream_processors.processors.gradients import gradient_rows  # noqa: E402
-from headwater.stream_processors.processors.rows import event_rows  # noqa: E402
+from headwater.stream_processors.processors.rows import event_rows, receipt_rows  # noqa: E402
 from headwater.stream_processors.processors.sketch import curvature_parts  # noqa: E402
-from headwater.stream_processors.sink import EventSink  # noqa: E402
+from headwater.stream_processors.processors.validate import DEFAULT_LIMITS  # noqa: E402
+from headwater.stream_processors.sink import EventSink, _acks, _sketch_part  # noqa: E402
 from headwater.stream_processors.store import Store  # noqa: E402
 from headwater.v1 import events_pb2  # noqa: E402
 
@@ -241,6 +250,38 @@ def sketch_cost(recs: list[Record]) -> float:
     return best / len(accepted) * 1e6
 
 
+def python_stages(n: int, reps: int) -> dict[str, dict[str, float]]:
+    """Thread CPU µs per small event of each pure stage of EventSink.ingest on an n-event
+    batch, the median of `reps` fresh batches (protobuf reads are cheaper the second time),
+    with the cyclic collector running and paused, the two taking turns."""
+    sink = EventSink.__new__(EventSink)  # the row builders only: no store
+    sink.transport = "costs"
+    now = datetime.now(timezone.utc)
+    cpu: dict[str, dict[str, list[float]]] = {}
+    for r in range(2 * reps):
+        case = "collector running" if (r + r // 2) % 2 else "collector paused"
+        recs = records("gradient", n, seed=100 + r)
+        stages = cpu.setdefault(case, {})
+        with (gc_paused() if case == "collector paused" else nullcontext()):
+            t = time.thread_time()
+            accepted, _ = decode_batch(recs)
+            accepted, _ = within_months(accepted, DEFAULT_LIMITS.months_per_batch)
+            stages.setdefault("decode and validate", []).append(time.thread_time() - t)
+            t = time.thread_time()
+            rows = sink._rows(accepted, now)
+            stages.setdefault("rows", []).append(time.thread_time() - t)
+            t = time.thread_time()
+            _sketch_part(rows.tables["gradients"], [], now)
+            stages.setdefault("sketch sum", []).append(time.thread_time() - t)
+            t = time.thread_time()
+            new = screen(accepted, {}).new
+            receipt_rows(new, "costs", now)
+            _acks(new, [], [])
+            stages.setdefault("screen, receipts, acks", []).append(time.thread_time() - t)
+    return {case: {name: statistics.median(v) / n * 1e6 for name, v in stages.items()}
+            for case, stages in cpu.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
@@ -251,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="alternations of the trainer insert settings (median)")
     ap.add_argument("--trainer-batch", type=int, default=200,
                     help="trainer events per insert of the trainer-tables case (200: 13 MB)")
+    ap.add_argument("--stage-events", type=int, default=8000,
+                    help="small events per batch of the python-stages case")
+    ap.add_argument("--stage-reps", type=int, default=4,
+                    help="fresh batches per collector setting in the python-stages case")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
@@ -261,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"part_ms": [], "insert_rows_per_s": [],
                               "trainer_insert_cpu_us": [], "trainer_tables_cpu_us": [],
                               "sink": [],
-                              "overlap": [], "sketch_us_per_trainer_event": []}
+                              "overlap": [], "sketch_us_per_trainer_event": [],
+                              "python_stages_us": []}
     try:
         for r in range(args.rounds):
             store = new_store(work, f"store-{r}")
@@ -282,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["overlap"].append({"overlap": overlap, "events_per_s": eps,
                                           "cpu_us": us})
             result["sketch_us_per_trainer_event"].append(sketch_cost(trainer))
+            result["python_stages_us"].append(python_stages(args.stage_events,
+                                                            args.stage_reps))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load.append(os.getloadavg()[0])
@@ -315,6 +363,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name} (batch 2000): {s['events_per_s']:8,.0f}/s  {s['cpu_us']:6.1f} µs")
     print("curvature part, CPU µs per trainer event (1 BLAS thread): "
           + ", ".join(f"{v:.0f}" for v in result["sketch_us_per_trainer_event"]))
+    print(f"pure stages of EventSink.ingest, {args.stage_events}-event batch, thread CPU µs "
+          "per small event (median), per round:")
+    for case in result["python_stages_us"][0]:
+        for stage in result["python_stages_us"][0][case]:
+            print(f"  {case:18s} {stage:24s} " + "  ".join(
+                f"{r[case][stage]:6.1f}" for r in result["python_stages_us"]))
+        print(f"  {case:18s} {'total':24s} " + "  ".join(
+            f"{sum(r[case].values()):6.1f}" for r in result["python_stages_us"]))
     return 0
 
 

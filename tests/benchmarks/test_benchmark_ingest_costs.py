@@ -14,7 +14,7 @@ def test_short_run_reports_every_case() -> None:
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ingest_costs.py"),
                            "--rounds", "1", "--events", "1200", "--batches", "300,1200",
                            "--part-reps", "2", "--insert-reps", "2", "--trainer-batch", "20",
-                           "--json"], cwd=REPO,
+                           "--stage-events", "300", "--stage-reps", "1", "--json"], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -36,3 +36,8 @@ def test_short_run_reports_every_case() -> None:
     assert all(s["events_per_s"] > 0 and s["cpu_us"] > 0
                for s in report["sink"] + report["overlap"])
     assert report["sketch_us_per_trainer_event"][0] > 0
+    stages = report["python_stages_us"][0]
+    assert set(stages) == {"collector running", "collector paused"}
+    assert all(set(v) == {"decode and validate", "rows", "sketch sum",
+                          "screen, receipts, acks"} and all(x > 0 for x in v.values())
+               for v in stages.values())
