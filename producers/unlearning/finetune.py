@@ -289,10 +289,14 @@ def _network_removal(out: torch.nn.Module, trainable: list[torch.nn.Parameter],
     original = copy.deepcopy(out)  # the descent's second start
     theta0 = [p.detach().clone() for p in out.parameters()]
     detail: dict[str, Any] = {"training_gradient_norm": _norm(offset),
-                              "forget_gradient_norm": _norm(forget_grad),
-                              "row_gradient_scale": row_gradient_scale(
-                                  out, trainable, f, r, task=task, seed=seed)}
-    detail["stationarity"] = detail["training_gradient_norm"] / detail["row_gradient_scale"]
+                              "forget_gradient_norm": _norm(forget_grad)}
+    far = detail["training_gradient_norm"] > stationary * detail["forget_gradient_norm"]
+    if far:  # the second count costs passes over every row: only when the first trips
+        detail["row_gradient_scale"] = row_gradient_scale(out, trainable, f, r, task=task,
+                                                          seed=seed)
+        detail["stationarity"] = (detail["training_gradient_norm"]
+                                  / detail["row_gradient_scale"])
+        far = detail["stationarity"] > trained
 
     def last_layer_step() -> None:
         report = _last_layer_newton(out, f, r, task=task, last_layer=last_layer, l2=lam,
@@ -301,8 +305,6 @@ def _network_removal(out: torch.nn.Module, trainable: list[torch.nn.Parameter],
         detail.update(last_layer=last_layer, newton_steps=report.steps, newton="last layer",
                       residual_ratio=report.residual_ratio)
 
-    far = (detail["training_gradient_norm"] > stationary * detail["forget_gradient_norm"]
-           and detail["stationarity"] > trained)
     if far:  # S's linear term would dominate: the last layer's exact step alone
         detail["descent_skipped"] = (
             f"far from a stationary point of the training objective: |r0| = "
