@@ -631,12 +631,12 @@ def report(figures: dict) -> None:
               f"{q['cached_arrays_mb']:,.0f} MB), {q['examples']:,} examples")
         for method in METHODS:
             target = q["target_ms"]
-            verdict = ("" if target is None else f"  (target <= {target:.0f} ms: "
-                       f"{'met' if q[f'{method}_meets_target'] else 'NOT met'})")
+            meets = ("" if target is None else f"  (target <= {target:.0f} ms: "
+                     f"{'met' if q[f'{method}_meets_target'] else 'NOT met'})")
             b = q[f"{method}_breakdown_ms"]
             print(f"    {method}: warm attribute + top(10) median {q[f'{method}_warm_ms']:.1f} "
                   f"ms (min {q[f'{method}_warm_min_ms']:.1f}), first {q[f'{method}_first_ms']:.0f}"
-                  f" ms{verdict}; parts: " + ", ".join(f"{k} {v:.1f}" for k, v in b.items()))
+                  f" ms{meets}; parts: " + ", ".join(f"{k} {v:.1f}" for k, v in b.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
