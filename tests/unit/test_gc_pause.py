@@ -55,3 +55,46 @@ def test_threads_overlapping_release_once_the_last_leaves() -> None:
     release.set()
     other.join(10)
     assert gc.isenabled()
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_overlapping_holders_still_collect_other_threads_cycles(monkeypatch) -> None:
+    """Holders that overlap without end must not starve the collector: a holder leaving a
+    pause older than MAX_PAUSE_S collects, so a cycle dropped meanwhile is freed while
+    another holder is still inside (and is not freed by a fresh pause)."""
+    import weakref
+
+    from headwater.stream_processors import gc_pause
+
+    gc.enable()
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with gc_paused():
+            inside.set()
+            release.wait(10)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    try:
+        assert inside.wait(10)
+        cycle = _Cycle()
+        gone = weakref.ref(cycle)
+        del cycle
+        monkeypatch.setattr(gc_pause, "MAX_PAUSE_S", 1e9)
+        with gc_paused():
+            pass
+        assert gone() is not None  # a young pause: the collector still waits
+        monkeypatch.setattr(gc_pause, "MAX_PAUSE_S", 0.0)
+        with gc_paused():
+            pass
+        assert gone() is None  # collected by the leaving holder
+        assert not gc.isenabled()  # the other holder is still inside
+    finally:
+        release.set()
+        other.join(10)
+    assert gc.isenabled()
