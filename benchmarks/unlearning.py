@@ -59,7 +59,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -353,6 +353,27 @@ def reference_spread(forget: tuple[Any, Any], retain: tuple[Any, Any], before: f
             "gaps": [gap_closed(before, v, retrained) for v in losses]}
 
 
+def forget_sets(d: dict[str, Any], seed: int) -> list[tuple[str, np.ndarray]]:
+    """The MLP's two forget sets over digits `d`: 5 % random rows (drawn with seed + 1) and
+    one writer block (source 3)."""
+    rand = np.zeros(len(d["x"]), dtype=bool)
+    rand[np.random.default_rng(seed + 1).choice(len(d["x"]), round(0.05 * len(d["x"])),
+                                                replace=False)] = True
+    return [("forget 5% random rows", rand), ("forget one writer block", d["source"] == 3)]
+
+
+def _retrained_sets(d: dict[str, Any], seed: int, hidden: int, epochs: int, wd: float,
+                    what: str) -> Iterator[tuple[str, tuple[Any, Any], tuple[Any, Any], Any]]:
+    """(case, forget rows, retained rows, the model retrained on the retained rows) of each
+    forget set, `what` naming the part in the progress lines."""
+    x, y = d["x"], d["y"]
+    for case, mask in forget_sets(d, seed):
+        progress(f"{what}, {case}")
+        m = torch_mask(mask)
+        yield case, (x[m], y[m]), (x[~m], y[~m]), train_mlp(x[~m], y[~m], hidden=hidden,
+                                                            epochs=epochs, wd=wd, seed=seed)
+
+
 def mlp_cases(seed: int, hidden: int, epochs: int, wd: float, repeats: int,
               spread_inits: int = 4) -> dict[str, Any]:
     d = digits(seed)
@@ -361,13 +382,9 @@ def mlp_cases(seed: int, hidden: int, epochs: int, wd: float, repeats: int,
     progress(f"digits MLP: training 64-{hidden}-10 ({epochs} full-batch Adam steps)")
     train_s, model = timed(lambda: train_mlp(x, y, hidden=hidden, epochs=epochs, wd=wd,
                                              seed=seed), 1)
-    rand = np.zeros(len(x), dtype=bool)
-    rand[np.random.default_rng(seed + 1).choice(len(x), round(0.05 * len(x)),
-                                                replace=False)] = True
-    source = d["source"] == 3
     out: dict[str, Any] = {"train_rows": len(x), "hidden": hidden, "epochs": epochs,
                            "weight_decay": wd, "train_s": train_s}
-    for case, mask in (("forget 5% random rows", rand), ("forget one writer block", source)):
+    for case, mask in forget_sets(d, seed):
         m = torch_mask(mask)
         forget, retain = (x[m], y[m]), (x[~m], y[~m])
         progress(f"digits MLP, {case}: retraining from scratch")
@@ -441,17 +458,10 @@ def descent_trace_case(seed: int, hidden: int, epochs: int, wd: float,
     x, y = d["x"], d["y"]
     recipe = Recipe("mean", l2=wd)
     model = train_mlp(x, y, hidden=hidden, epochs=epochs, wd=wd, seed=seed)
-    rand = np.zeros(len(x), dtype=bool)
-    rand[np.random.default_rng(seed + 1).choice(len(x), round(0.05 * len(x)),
-                                                replace=False)] = True
     out: dict[str, Any] = {}
     adapter = TorchAdapter("classification")
-    for case, mask in (("forget 5% random rows", rand),
-                       ("forget one writer block", d["source"] == 3)):
-        progress(f"descent trace, {case}")
-        m = torch_mask(mask)
-        forget, retain = (x[m], y[m]), (x[~m], y[~m])
-        retrained = train_mlp(*retain, hidden=hidden, epochs=epochs, wd=wd, seed=seed)
+    for case, forget, retain, retrained in _retrained_sets(d, seed, hidden, epochs, wd,
+                                                            "descent trace"):
         before = float(adapter.losses(model, forget).mean())
         after = float(adapter.losses(retrained, forget).mean())
         auto = unlearn(model, forget, retain, recipe=recipe).detail
@@ -591,17 +601,10 @@ def descent_rules_case(seed: int, hidden: int, epochs: int, wd: float,
     d = digits(seed)
     x, y = d["x"], d["y"]
     model = train_mlp(x, y, hidden=hidden, epochs=epochs, wd=wd, seed=seed)
-    rand = np.zeros(len(x), dtype=bool)
-    rand[np.random.default_rng(seed + 1).choice(len(x), round(0.05 * len(x)),
-                                                replace=False)] = True
     adapter = TorchAdapter("classification")
     out: dict[str, Any] = {}
-    for case, mask in (("forget 5% random rows", rand),
-                       ("forget one writer block", d["source"] == 3)):
-        progress(f"descent rules, {case}")
-        m = torch_mask(mask)
-        f, r = (x[m], y[m]), (x[~m], y[~m])
-        retrained = train_mlp(*r, hidden=hidden, epochs=epochs, wd=wd, seed=seed)
+    for case, f, r, retrained in _retrained_sets(d, seed, hidden, epochs, wd,
+                                                  "descent rules"):
         after = float(adapter.losses(retrained, f).mean())
         before, t, losses = _rule_losses(model, f, r, Recipe("mean", l2=wd), steps)
         out[case] = {"forget_loss_before": before, "retrained_forget_loss": after,

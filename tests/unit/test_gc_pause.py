@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -38,8 +40,9 @@ def test_left_off_when_it_was_off() -> None:
     assert not gc.isenabled()
 
 
-def test_threads_overlapping_release_once_the_last_leaves() -> None:
-    gc.enable()
+@contextmanager
+def _held_by_another_thread() -> Iterator[None]:
+    """Another thread inside gc_paused() for the body; it leaves when the body ends."""
     inside, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -48,12 +51,21 @@ def test_threads_overlapping_release_once_the_last_leaves() -> None:
             release.wait(10)
 
     other = threading.Thread(target=hold)
-    with gc_paused():
-        other.start()
+    other.start()
+    try:
         assert inside.wait(10)
-    assert not gc.isenabled()  # the other thread still holds it
-    release.set()
-    other.join(10)
+        yield
+    finally:
+        release.set()
+        other.join(10)
+
+
+def test_threads_overlapping_release_once_the_last_leaves() -> None:
+    gc.enable()
+    with _held_by_another_thread():
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # the other thread still holds it
     assert gc.isenabled()
 
 
@@ -71,17 +83,7 @@ def test_overlapping_holders_still_collect_other_threads_cycles(monkeypatch) -> 
     from headwater.stream_processors import gc_pause
 
     gc.enable()
-    inside, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with gc_paused():
-            inside.set()
-            release.wait(10)
-
-    other = threading.Thread(target=hold)
-    other.start()
-    try:
-        assert inside.wait(10)
+    with _held_by_another_thread():
         cycle = _Cycle()
         gone = weakref.ref(cycle)
         del cycle
@@ -94,7 +96,4 @@ def test_overlapping_holders_still_collect_other_threads_cycles(monkeypatch) -> 
             pass
         assert gone() is None  # collected by the leaving holder
         assert not gc.isenabled()  # the other holder is still inside
-    finally:
-        release.set()
-        other.join(10)
     assert gc.isenabled()
