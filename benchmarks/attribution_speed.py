@@ -232,7 +232,7 @@ CAPTURE_TARGETS = {"64-128-10": 1.5, "784-512-512-10": 1.2}  # issue 16, by mode
 
 def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: int,
                      repeats: int, run_s: float, store: Store, seed: int = 0,
-                     pin: bool = False) -> dict:
+                     pin: bool = False, max_steps: int = 200) -> dict:
     """Median per-step ms of plain SGD against SGD captured five ways, interleaved:
     dense (vmap + dense P, a pass of its own before the step, no-op publish), factored
     (hooks on the step's own backward, no-op publish: the event is still encoded on the
@@ -241,7 +241,9 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
     transport in the worker process; its CPU is the worker_cpu clock) and factored_sink
     (BackgroundPublisher ->
     LocalTransport -> EventSink -> chDB, flushed at the end of every run). `pin`: the
-    trainer's thread and the worker process on different CPUs (pin_apart)."""
+    trainer's thread and the worker process on different CPUs (pin_apart). A run is at
+    most `max_steps` steps; its final flush (the worker draining up to one group) is
+    inside the run's clock, so short runs show that latency, long ones the steady state."""
     model = mlp(sizes, seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(seed)
@@ -299,7 +301,7 @@ def capture_overhead(sizes: tuple[int, ...], parameters: str, *, k: int, batch: 
             start = time.perf_counter()
             fn()
             sizing.append(time.perf_counter() - start)
-        steps = max(3, min(200, math.ceil(run_s / statistics.median(sizing))))
+        steps = max(3, min(max_steps, math.ceil(run_s / statistics.median(sizing))))
         counts[variant] = steps
         publisher: Any = {"factored_bg": nowhere, "factored_proc": elsewhere,
                           "factored_sink": sink_bg}.get(variant)
@@ -519,6 +521,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=15, help="interleaved timed runs/queries")
     ap.add_argument("--run-seconds", type=float, default=0.5,
                     help="about how long one timed capture run lasts (sets steps per run)")
+    ap.add_argument("--max-steps", type=int, default=200,
+                    help="most steps in one timed capture run (each run ends with a flush: "
+                    "longer runs weigh the worker's final drain less)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (0: torch's default); batch-64 steps of these MLPs gain "
                     "little from more, and on a busy machine extra threads wait on each other")
@@ -549,7 +554,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--threads must be >= 0; got {args.threads}")
     if args.pin and len(os.sched_getaffinity(0)) < 2:
         ap.error(f"--pin needs 2 CPUs; this process may use {sorted(os.sched_getaffinity(0))}")
-    for name in ("k", "batch", "batch_rows", "repeats"):
+    for name in ("k", "batch", "batch_rows", "repeats", "max_steps"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
     return args
@@ -575,7 +580,7 @@ def run(args: argparse.Namespace) -> dict:
                     figures["capture"].append(capture_overhead(
                         sizes, parameters, k=args.k, batch=args.batch, repeats=args.repeats,
                         run_s=args.run_seconds, store=store, seed=args.seed,
-                        pin=args.pin))
+                        pin=args.pin, max_steps=args.max_steps))
                     advance(i + 1)
             store.close()
         if not args.skip_query:

@@ -73,6 +73,17 @@ def test_text_report_and_bad_arguments() -> None:
     assert done.returncode == 2 and "row counts must be >= 1" in done.stderr
     done = _bench("--parameters", "everything", "--skip-query")
     assert done.returncode == 2 and "--parameters takes all and/or last_layer" in done.stderr
+    done = _bench("--max-steps", "0", "--skip-query")
+    assert done.returncode == 2 and "--max-steps must be >= 1" in done.stderr
+
+
+def test_max_steps_caps_every_variants_run() -> None:
+    done = _bench("--fast", "--json", "--quiet", "--skip-query", "--parameters", "all",
+                  "--max-steps", "7")
+    assert done.returncode == 0, done.stderr[-4000:]
+    (c,) = json.loads(done.stdout)["capture"]
+    assert set(c["steps_per_run"]) >= {"plain", "factored_proc"}
+    assert all(3 <= n <= 7 for n in c["steps_per_run"].values()), c["steps_per_run"]
 
 
 def test_pin_puts_the_trainer_and_the_worker_on_different_cpus() -> None:
