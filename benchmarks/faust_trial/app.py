@@ -3,7 +3,10 @@
     python app.py BOOTSTRAP TOPIC GROUP DSN BATCH [raise-on-batch N] [guard]
 
 The issue-18 trial of faust-streaming (docs/design-decisions.md), not a runner of the
-project: it needs `pip install faust-streaming==0.15.3`, which the project does not depend on.
+project: it needs `pip install faust-streaming==0.15.3` (and cramjam for zstd topics), which
+the project does not depend on. BATCH counts Kafka messages; a message carrying the
+`headwater-bundle` header holds many events, which EventSink.ingest expands (so the
+headers and key are passed on, as the confluent loop passes them).
 
 `raise-on-batch N`: the sink raises StoreError on the Nth batch (a store outage). Without
 `guard` the error propagates out of the agent's loop (faust's own behaviour is on trial);
@@ -14,6 +17,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import faust
 
@@ -42,13 +47,14 @@ async def process(stream):
     loop = asyncio.get_running_loop()
     async for events in stream.take_events(int(batch), within=0.5):
         records = [Record(value=e.message.value or b"", topic=e.message.topic,
-                          partition=e.message.partition, offset=e.message.offset)
+                          partition=e.message.partition, offset=e.message.offset,
+                          headers=_headers(e.message.headers), key=e.message.key or b"")
                    for e in events]
         state["batches"] += 1
         try:
             if state["batches"] == raise_on:
                 raise StoreError("store unreachable (injected)")
-            await loop.run_in_executor(None, sink.ingest, records)
+            acks = await loop.run_in_executor(None, sink.ingest, records)
         except StoreError:
             if guard:
                 print(f"STORE FAILED on batch {state['batches']} "
@@ -56,10 +62,20 @@ async def process(stream):
                       "before faust acks it", flush=True)
                 os._exit(70)
             raise
-        state["stored"] += len(records)
+        state["stored"] += len(acks)  # one ack per event, a bundle's events each their own
         if state["t_first"] is None:
             state["t_first"] = time.perf_counter()
-        print(f"BATCH {state['batches']} {len(records)} stored={state['stored']}", flush=True)
+        print(f"BATCH {state['batches']} messages={len(records)} events={len(acks)} "
+              f"stored={state['stored']}", flush=True)
+
+
+def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
+    """aiokafka hands a record's headers as a sequence of (str, bytes | None) pairs; faust
+    passes them on as given (a mapping only when it produced them itself)."""
+    if not headers:
+        return ()
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return tuple((k, v or b"") for k, v in pairs)
 
 
 if __name__ == "__main__":
