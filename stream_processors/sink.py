@@ -22,7 +22,7 @@ from threadpoolctl import ThreadpoolController
 from headwater.producers import telemetry
 from headwater.producers.transports.base import Ack, Record
 from headwater.stream_processors.gc_pause import gc_paused
-from headwater.stream_processors.processors import chunks
+from headwater.stream_processors.processors import bundles, chunks
 from headwater.stream_processors.processors.batch_bounds import within_months
 from headwater.stream_processors.processors.decode import Accepted, Rejected, decode_batch
 from headwater.stream_processors.processors.derived import DERIVED, PAYLOADS
@@ -85,7 +85,9 @@ class EventSink:
                                                 links=links) as span:
             span.set_attribute("headwater.records", len(records))
             now = datetime.now(timezone.utc)
+            records, bundle_rejects = bundles.expand(records)
             records, pending_acks, chunk_rejects = self._reassemble(records, now)
+            chunk_rejects += bundle_rejects
             accepted, rejected = decode_batch(records, limits=self.limits)
             accepted, too_many_months = within_months(accepted, self.limits.months_per_batch)
             # Rows are built on the worker thread while the store looks the ids up (outside

@@ -1,6 +1,8 @@
 """Delivery to Kafka with confluent-kafka: acks=all, checked delivery reports, backpressure.
 
-Every message stays in `_pending` until its delivery report says it is stored. If
+Small events sent under one key within `bundle_linger` go out as one message, a bundle
+(transports/bundling.py): Kafka's costs are per message. Every message stays in `_pending`
+until its delivery report says it is stored. If
 reports stop coming while messages are pending (a broker restart can leave librdkafka
 wedged), the producer is recreated and the pending messages are sent again; duplicates
 are harmless because the store collapses events by id. Failures are raised to the caller
@@ -20,10 +22,17 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from headwater.errors import PublishError
 from headwater.producers import telemetry
+from headwater.producers.transports.bundling import (
+    BUNDLE_HEADER,
+    Bundler,
+    OpenBundle,
+    encode_bundle,
+)
 from headwater.producers.transports.chunking import CHUNK_HEADER, split_into_chunks
 from headwater.producers.transports.spec import TransportSpec
 
 Headers = list[tuple[str, str | bytes | None]]
+Traced = tuple[tuple[str, bytes], ...]
 DEFAULT_TOPIC = "headwater.events"
 # librdkafka's compression.type values (HEADWATER_KAFKA_COMPRESSION, docs/configuration.md)
 COMPRESSION = ("zstd", "lz4", "snappy", "gzip", "none")
@@ -45,7 +54,14 @@ _RETRIABLE = {
 
 
 class KafkaTransport:
-    """Publishes encoded events to one topic, keyed by run id (one run, one partition)."""
+    """Publishes encoded events to one topic, keyed by run id (one run, one partition).
+
+    Bundling (on by default): events of up to half `bundle_bytes` sent under one key (and
+    one trace context) are held for at most `bundle_linger` seconds and sent together, up
+    to `bundle_events` a message; `bundle_events=1` sends every event alone, as consumers
+    older than bundles need (docs/configuration.md). A larger event first sends its key's
+    open bundle, so a key's events keep their order.
+    """
 
     def __init__(
         self,
@@ -59,6 +75,9 @@ class KafkaTransport:
         send_timeout: float = 30.0,
         stall_timeout: float = 15.0,
         max_attempts: int = 5,
+        bundle_events: int = 500,
+        bundle_bytes: int = 256 * 1024,
+        bundle_linger: float = 0.005,
     ) -> None:
         self.topic = topic
         self.rebuild_spec = TransportSpec(  # as it is rebuilt in a publishing worker process
@@ -66,7 +85,8 @@ class KafkaTransport:
                 "config": dict(config) if config else None, "compression": compression,
                 "max_message_bytes": max_message_bytes, "max_pending": max_pending,
                 "send_timeout": send_timeout, "stall_timeout": stall_timeout,
-                "max_attempts": max_attempts})
+                "max_attempts": max_attempts, "bundle_events": bundle_events,
+                "bundle_bytes": bundle_bytes, "bundle_linger": bundle_linger})
         if compression not in COMPRESSION:
             raise ValueError(f"compression {compression!r} is not one of "
                              f"{', '.join(COMPRESSION)}")
@@ -89,20 +109,26 @@ class KafkaTransport:
             **(dict(config) if config else {}),
         }
         self._max_message_bytes = max_message_bytes
+        self._bundler = Bundler(bundle_events, min(bundle_bytes, max_message_bytes),
+                                bundle_linger)
+        self._linger_thread: threading.Thread | None = None
+        self._closed = False
         self._max_pending = max_pending
         self._send_timeout = send_timeout
         self._stall_timeout = stall_timeout
         self._max_attempts = max_attempts
         self._ids = itertools.count()
-        # token -> (key, value, headers, event_id, attempts)
-        self._pending: dict[int, tuple[bytes, bytes, Headers, str, int]] = {}
+        # token -> (key, value, headers, event ids (a bundle's: several), attempts)
+        self._pending: dict[int, tuple[bytes, bytes, Headers, tuple[str, ...], int]] = {}
         self._errors: list[tuple[str, str]] = []
-        self._resend: deque[tuple[bytes, bytes, Headers, str, int]] = deque()
+        self._resend: deque[tuple[bytes, bytes, Headers, tuple[str, ...], int]] = deque()
         self._last_progress = time.monotonic()
         self._fatal = False
         self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)  # the linger thread's: a bundle opened
         self._producer = Producer(self._config)
         self.recreated = 0
+        self.messages_delivered = 0  # Kafka messages acknowledged (a bundle is one)
         self._published = telemetry.meter().create_counter(
             "headwater.events.published", description="events acknowledged by Kafka"
         )
@@ -111,20 +137,36 @@ class KafkaTransport:
 
     def send(self, key: str, event_id: str, value: bytes) -> None:
         """Queue one event; blocks (backpressure) while too many are unacknowledged."""
+        if self._closed:
+            raise RuntimeError(f"this KafkaTransport ({self.topic}) is closed")
         self._raise_errors()
-        traced = telemetry.trace_headers()  # the sender's span (a training step), if any
-        if len(value) > self._max_message_bytes:
-            chunks = split_into_chunks(event_id, value, self._max_message_bytes)
-            for chunk in chunks:
-                self._produce(key.encode(), chunk, [(CHUNK_HEADER, b"1"), *traced], event_id,
-                              0)
-        else:
-            self._produce(key.encode(), value, traced, event_id, 0)
+        # the sender's span (a training step), if any
+        traced: Traced = tuple(telemetry.trace_headers())
+        raw_key = key.encode()
+        with self._lock:
+            if self._bundler.takes(value):
+                for bundle in self._bundler.add(raw_key, traced, event_id, value):
+                    self._produce_bundle(raw_key, traced, bundle)
+                opened = self._bundler.open.get((raw_key, traced))
+                if opened is not None and len(opened.ids) == 1:
+                    self._linger()  # a new bundle: its linger starts now
+                return
+            before = self._bundler.take(raw_key, traced)  # the key's order is kept
+            if before is not None:
+                self._produce_bundle(raw_key, traced, before)
+            if len(value) > self._max_message_bytes:
+                chunks = split_into_chunks(event_id, value, self._max_message_bytes)
+                for chunk in chunks:
+                    self._produce(raw_key, chunk, [(CHUNK_HEADER, b"1"), *traced],
+                                  (event_id,), 0)
+            else:
+                self._produce(raw_key, value, list(traced), (event_id,), 0)
 
     def flush(self, timeout: float | None = None) -> None:
         """Return when every event sent so far is acknowledged; raise what failed."""
         limit = self._send_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
+        self._send_open_bundles(everything=True)
         while True:
             with self._lock:
                 self._producer.flush(0.2)
@@ -135,7 +177,8 @@ class KafkaTransport:
                 return
             if time.monotonic() > deadline:
                 with self._lock:
-                    ids = sorted({p[3] for p in [*self._pending.values(), *self._resend]})
+                    ids = sorted({i for p in [*self._pending.values(), *self._resend]
+                                  for i in p[3]})
                 raise PublishError(
                     f"{len(ids)} event(s) not acknowledged by Kafka "
                     f"({self._config['bootstrap.servers']}) within {limit:.0f}s",
@@ -148,7 +191,11 @@ class KafkaTransport:
             self.flush()
         finally:
             with self._lock:
+                self._closed = True
+                self._wake.notify_all()
                 self._producer.close()
+            if self._linger_thread is not None:
+                self._linger_thread.join(timeout=5)
 
     @property
     def pending(self) -> int:
@@ -157,8 +204,49 @@ class KafkaTransport:
 
     # -- internals --------------------------------------------------------------------
 
+    def _produce_bundle(self, key: bytes, traced: Traced, bundle: OpenBundle) -> None:
+        """Send one bundle: a lone event as itself, several as an EventBatch message."""
+        if len(bundle.values) == 1:
+            self._produce(key, bundle.values[0], list(traced), tuple(bundle.ids), 0)
+        else:
+            self._produce(key, encode_bundle(bundle.values), [(BUNDLE_HEADER, b"1"), *traced],
+                          tuple(bundle.ids), 0)
+
+    def _send_open_bundles(self, everything: bool = False) -> None:
+        """Send the bundles past their linger (every open one with `everything`); a failure
+        is kept for the next send or flush, naming the bundle's events."""
+        with self._lock:
+            for key, traced, bundle in self._bundler.due(everything=everything):
+                try:
+                    self._produce_bundle(key, traced, bundle)
+                except PublishError as exc:
+                    self._errors.extend((i, str(exc)) for i in bundle.ids)
+
+    def _linger(self) -> None:
+        """Wake (or start) the thread that sends bundles once their linger is over, so a
+        producer that goes quiet without a flush still has its events sent (it sleeps until
+        the oldest bundle is due; a later bundle is due later). Called with the lock held."""
+        if self._linger_thread is None:
+            self._linger_thread = threading.Thread(target=self._linger_loop, daemon=True,
+                                                   name="headwater-kafka-linger")
+            self._linger_thread.start()
+        self._wake.notify()
+
+    def _linger_loop(self) -> None:
+        with self._lock:
+            while not self._closed:
+                due = self._bundler.next_due()
+                if due is None:
+                    self._wake.wait()
+                    continue
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                self._send_open_bundles()
+
     def _produce(
-        self, key: bytes, value: bytes, headers: Headers, event_id: str,
+        self, key: bytes, value: bytes, headers: Headers, event_ids: tuple[str, ...],
         attempts: int,
     ) -> None:
         token = next(self._ids)
@@ -172,12 +260,13 @@ class KafkaTransport:
                         pass
                     except KafkaException as exc:
                         if exc.args[0].code() != KafkaError._FATAL:
-                            raise PublishError(f"event {event_id}: {exc}", [event_id]) from exc
+                            raise PublishError(f"event {', '.join(event_ids)}: {exc}",
+                                               list(event_ids)) from exc
                         self._fatal = True  # recreated by _check_stall below; try again
                     else:
                         if not self._pending:  # the stall clock starts with the first pending
                             self._last_progress = time.monotonic()
-                        self._pending[token] = (key, value, headers, event_id, attempts)
+                        self._pending[token] = (key, value, headers, event_ids, attempts)
                         self._producer.poll(0)
                         return
                 self._producer.poll(0.05)
@@ -186,8 +275,8 @@ class KafkaTransport:
             if time.monotonic() > deadline:
                 raise PublishError(
                     f"Kafka at {self._config['bootstrap.servers']} accepted nothing for "
-                    f"{self._send_timeout:.0f}s; {len(self._pending)} event(s) still pending",
-                    [event_id],
+                    f"{self._send_timeout:.0f}s; {len(self._pending)} message(s) still "
+                    "pending", list(event_ids),
                 )
 
     def _hand_over(self, token: int, key: bytes, value: bytes, headers: Headers) -> None:
@@ -205,18 +294,19 @@ class KafkaTransport:
         entry = self._pending.pop(token, None)
         if entry is None:  # a report for a message already re-sent elsewhere
             return
+        key, value, headers, event_ids, attempts = entry
         if err is None:
-            self._published.add(1)
+            self.messages_delivered += 1
+            self._published.add(len(event_ids))
             return
-        key, value, headers, event_id, attempts = entry
         if err.code() == KafkaError._FATAL:
             # A fatal idempotence error (e.g. a restarted broker forgot the producer id):
             # this producer accepts nothing more; a fresh one sends the message again.
             self._fatal = True
         if err.code() in _RETRIABLE and attempts + 1 < self._max_attempts:
-            self._resend.append((key, value, headers, event_id, attempts + 1))
+            self._resend.append((key, value, headers, event_ids, attempts + 1))
         else:
-            self._errors.append((event_id, f"{err.name()}: {err.str()}"))
+            self._errors.extend((i, f"{err.name()}: {err.str()}") for i in event_ids)
 
     def _check_stall(self) -> None:
         """Recreate a producer that stopped reporting (or failed fatally); re-send what it
@@ -235,7 +325,7 @@ class KafkaTransport:
         # Every message stays in `_resend` until the new producer took it: an event must
         # never be in neither `_pending` nor `_resend` before its delivery report.
         while self._resend:
-            key, value, headers, event_id, attempts = self._resend[0]
+            key, value, headers, event_ids, attempts = self._resend[0]
             token = next(self._ids)
             try:
                 self._hand_over(token, key, value, headers)
@@ -246,7 +336,7 @@ class KafkaTransport:
                     self._fatal = True
                     return
                 self._resend.popleft()
-                self._errors.append((event_id, str(exc)))
+                self._errors.extend((i, str(exc)) for i in event_ids)
                 continue
             if not self._pending:
                 self._last_progress = time.monotonic()

@@ -220,8 +220,9 @@ class _Processor:
     def output(self) -> str:
         return "".join(self.lines[-40:])
 
-    def caught_up(self, at_least: int, timeout: float = 45.0) -> None:
-        """Until the group committed >= at_least offsets and has no lag."""
+    def caught_up(self, messages: int, timeout: float = 45.0) -> None:
+        """Until the group committed >= `messages` offsets (Kafka messages: a bundle carries
+        several events) and has no lag."""
         deadline = time.monotonic() + timeout
         done, lag = 0, None
         while time.monotonic() < deadline:
@@ -231,10 +232,10 @@ class _Processor:
                 lag = consumer_lag(self.bootstrap, self.topic, self.group, {})
             except Exception as exc:  # broker briefly unavailable: ask again
                 lag = repr(exc)
-            if done >= at_least and isinstance(lag, dict) and sum(lag.values()) == 0:
+            if done >= messages and isinstance(lag, dict) and sum(lag.values()) == 0:
                 return
             time.sleep(0.3)
-        pytest.fail(f"committed {done} (< {at_least}?), lag {lag}:\n{self.output}")
+        pytest.fail(f"committed {done} (< {messages}?), lag {lag}:\n{self.output}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -262,21 +263,31 @@ _QUICK_GROUP = {"HEADWATER_KAFKA_CONFIG": json.dumps({"session.timeout.ms": 3000
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("per_message", [1, 4])
 def test_processor_killed_between_insert_and_commit_stores_the_batch_once(
-    broker: Broker, tmp_path: Path
+    broker: Broker, tmp_path: Path, per_message: int
 ) -> None:
+    """`per_message`: events per Kafka message (4: bundles, each full: the linger is long
+    and one key sends them all in order)."""
     topic, group = f"hw-crash-{_uid()}", f"g-{_uid()}"
     broker.create_topic(topic)
     dsn = f"chdb://{tmp_path / 'clickhouse'}"
-    w = workload(_uid(), rows=160, batch=8)
-    with Publisher(KafkaTransport(broker.bootstrap, topic), run_id=f"run-{_uid()}") as pub:
+    w = workload(_uid(), rows=160 * per_message, batch=8)  # batches of 25 messages: several
+    transport = KafkaTransport(broker.bootstrap, topic, bundle_events=per_message,
+                               bundle_linger=60.0)
+    with Publisher(transport, run_id=f"run-{_uid()}") as pub:
         events = _publish_all(pub, w)
 
     crashing = _Processor(broker.bootstrap, topic, group, dsn,
                           env={"HEADWATER_TEST_CRASH_AFTER_INSERT": "2", **_QUICK_GROUP})
-    assert crashing.proc.wait(60) == 70, crashing.output
+    try:
+        assert crashing.proc.wait(60) == 70, crashing.output
+    finally:  # a processor that never crashed is not left running
+        if crashing.proc.poll() is None:
+            stop(crashing.proc, timeout=30)
     assert "before the offset commit" in crashing.output
-    committed = sum(_committed(broker.bootstrap, topic, group).values())
+    messages = sum(_committed(broker.bootstrap, topic, group).values())
+    committed = min(messages * per_message, len(events))  # the events of those messages
     assert 0 < committed < len(events), committed  # batch 1 committed, batch 2 not
     stored = run_headwater("sql", "SELECT count() FROM events FINAL", "--dsn", dsn,
                            "--format", "json", timeout=60)
@@ -286,7 +297,7 @@ def test_processor_killed_between_insert_and_commit_stores_the_batch_once(
 
     proc = _Processor(broker.bootstrap, topic, group, dsn, env=_QUICK_GROUP)
     try:
-        proc.caught_up(len(events))
+        proc.caught_up(transport.messages_delivered)
     finally:
         proc.stop()
     assert_recovered(dsn, [e.event_id for e in events])
@@ -320,7 +331,8 @@ def test_broker_restarted_mid_stream_loses_nothing_acknowledged(
     transport.flush(timeout=30)
     proc = _Processor(own_broker.bootstrap, topic, f"g-{_uid()}", dsn, partitions=4)
     try:
-        proc.caught_up(half)
+        proc.caught_up(transport.messages_delivered)
+        before_restart = transport.messages_delivered
         own_broker.stop()
         failed: set[str] = set()
         for e in events[half:]:
@@ -346,7 +358,7 @@ def test_broker_restarted_mid_stream_loses_nothing_acknowledged(
         transport.flush(timeout=30)
         assert transport.pending == 0
         transport.close()
-        proc.caught_up(1)
+        proc.caught_up(transport.messages_delivered - before_restart)
     finally:
         proc.stop()
     assert_recovered(dsn, [e.event_id for e in events])

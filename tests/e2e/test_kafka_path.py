@@ -67,6 +67,19 @@ def _committed(bootstrap: str, topic: str, group: str) -> int:
         consumer.close()
 
 
+def _end_offsets(bootstrap: str, topic: str) -> int:
+    """Messages on the topic: the sum of its partitions' end offsets."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"end-{_uid()}"})
+    try:
+        meta = consumer.list_topics(topic, timeout=5)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            return 0
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+                   for p in meta.topics[topic].partitions)
+    finally:
+        consumer.close()
+
+
 class Processor:
     """`headwater process` as a child process; its output is drained by a thread."""
 
@@ -90,7 +103,9 @@ class Processor:
         return "".join(self.lines[-60:])
 
     def wait_committed(self, messages: int, timeout: float = 45.0) -> None:
-        """Until the group committed `messages` offsets and its lag is 0 (all stored)."""
+        """Until the group committed `messages` offsets (Kafka messages: with bundles one
+        may carry many events; a transport counts its own in `messages_delivered`) and its
+        lag is 0 (all stored)."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         done, lag = 0, None
@@ -193,7 +208,7 @@ def test_sources_published_through_kafka_are_stored_and_served(
     pub, events = _publish_sources(broker, topic, tag, 200)
 
     proc = _process(processors, broker.bootstrap, topic, data)
-    proc.wait_committed(200)
+    proc.wait_committed(pub.transport.messages_delivered)
     proc.stop()
     status = run_headwater("status", "--dsn", f"chdb://{data}", "--kafka-bootstrap",
                            broker.bootstrap, "--json",
@@ -251,15 +266,16 @@ def test_every_producer_compression_is_read_and_a_bad_one_is_named(
 ) -> None:
     """KafkaTransport(compression=...) for consumers without zstd: process reads each."""
     topic, tag, data = _setup(broker, "codecs", tmp_path)
-    published = []
+    published, messages = [], 0
     for codec in ("zstd", "lz4", "snappy", "gzip", "none"):
         with Publisher(KafkaTransport(broker.bootstrap, topic, compression=codec),
                        run_id=f"run-{tag}-{codec}") as pub:
             published += [pub.publish(_source(f"{tag}-{codec}", i)).event_id for i in range(3)]
+        messages += pub.transport.messages_delivered
     with pytest.raises(ValueError, match="compression 'brotli' is not one of zstd, lz4"):
         KafkaTransport(broker.bootstrap, topic, compression="brotli")
     proc = _process(processors, broker.bootstrap, topic, data)
-    proc.wait_committed(len(published))
+    proc.wait_committed(messages)
     proc.stop()
     assert _events_by_id(data) == dict.fromkeys(published, 1)
     bad = run_headwater("process", "--dsn", f"chdb://{tmp_path / 'unused'}",
@@ -274,7 +290,7 @@ def test_redelivered_events_are_stored_once(
     pub, events = _publish_sources(broker, topic, tag, 60)
 
     first = _process(processors, broker.bootstrap, topic, data)
-    first.wait_committed(60)
+    first.wait_committed(pub.transport.messages_delivered)
     first.stop()
     assert scalar(data, "SELECT count() FROM events FINAL") == 60
 
@@ -285,7 +301,7 @@ def test_redelivered_events_are_stored_once(
         raw.produce(topic, key=e.run_id.encode(), value=e.SerializeToString(deterministic=True))
     assert raw.flush(30) == 0
     second = _process(processors, broker.bootstrap, topic, data)
-    second.wait_committed(120)
+    second.wait_committed(pub.transport.messages_delivered + len(events))
     second.stop()
 
     assert _events_by_id(data) == {e.event_id: 1 for e in events}
@@ -339,7 +355,7 @@ def test_malformed_messages_go_to_dead_letters_and_the_events_around_them_are_st
     pub.close()
 
     proc = _process(processors, broker.bootstrap, topic, data)
-    proc.wait_committed(6)
+    proc.wait_committed(pub.transport.messages_delivered + 4)
     proc.stop()
 
     assert _events_by_id(data) == {before.event_id: 1, after.event_id: 1}
@@ -389,8 +405,9 @@ def test_broker_restart_while_publishing_loses_no_acknowledged_event(
     # A is stored before the broker goes (its memory storage forgets everything on
     # restart); the processor keeps running through the restart.
     proc = _process(processors, own_broker.bootstrap, topic, data, partitions=4)
-    proc.wait_committed(100)
+    proc.wait_committed(transport.messages_delivered)
 
+    before_restart = transport.messages_delivered
     own_broker.stop()
     batch_b: list[events_pb2.Event] = []
     failed: set[str] = set()
@@ -416,7 +433,7 @@ def test_broker_restart_while_publishing_loses_no_acknowledged_event(
     assert delivered, f"nothing of batch B was delivered after the restart: {failed}"
 
     # The restarted broker holds only what was delivered after the restart (batch B).
-    proc.wait_committed(len(delivered))
+    proc.wait_committed(transport.messages_delivered - before_restart)
     proc.stop()
 
     stored = _events_by_id(data)
@@ -446,7 +463,7 @@ def test_event_larger_than_a_message_is_chunked_and_reassembled(
     assert pieces >= 4
 
     proc = _process(processors, broker.bootstrap, topic, data)
-    proc.wait_committed(pieces + 1)
+    proc.wait_committed(transport.messages_delivered)  # the pieces and the small event
     proc.stop()
 
     assert _events_by_id(data) == {big.event_id: 1, small.event_id: 1}
@@ -475,3 +492,64 @@ def test_process_with_unreachable_kafka_fails_with_one_line(tmp_path: Path) -> N
     assert "Traceback" not in output
     assert not (tmp_path / "clickhouse").exists() or not os.listdir(tmp_path / "clickhouse")
 
+
+
+def test_small_events_travel_many_per_message_and_a_quiet_producer_s_go_unflushed(
+    broker: Broker, tmp_path: Path, processors: list[Processor]
+) -> None:
+    """Bundling, on by default: 300 small events take a handful of Kafka messages and are
+    all stored, each once; events sent and then left without a flush still go out once
+    their linger is over (the transport's own thread sends them)."""
+    topic, tag, data = _setup(broker, "bundles", tmp_path)
+    # a linger long enough that a loaded machine's slow publishes still share messages
+    with Publisher(KafkaTransport(broker.bootstrap, topic, bundle_linger=0.5),
+                   run_id=f"run-{tag}") as pub:
+        events = [pub.publish(_source(tag, i)) for i in range(300)]
+    messages = pub.transport.messages_delivered
+    assert 1 <= messages <= 30, f"{messages} messages for 300 small events"
+
+    transport = KafkaTransport(broker.bootstrap, topic, bundle_linger=0.5)
+    quiet = Publisher(transport, run_id=f"run-{tag}-quiet")
+    late = [quiet.publish(_source(tag, 1000 + i)) for i in range(3)]
+    deadline = time.monotonic() + 20
+    while _end_offsets(broker.bootstrap, topic) <= messages:  # no flush, no further send
+        assert time.monotonic() < deadline, "the lingering bundle was never sent"
+        time.sleep(0.05)
+    assert _end_offsets(broker.bootstrap, topic) == messages + 1  # the three, one message
+    transport.close()
+    assert transport.messages_delivered == 1
+
+    proc = _process(processors, broker.bootstrap, topic, data)
+    proc.wait_committed(messages + 1)
+    proc.stop()
+    assert _events_by_id(data) == {e.event_id: 1 for e in [*events, *late]}
+    assert scalar(data, "SELECT count() FROM dead_letters FINAL") == 0
+
+
+def test_forged_and_poisoned_bundles_are_dead_lettered_and_the_rest_stored(
+    broker: Broker, tmp_path: Path, processors: list[Processor]
+) -> None:
+    """A message with the bundle header whose value is no EventBatch is refused whole; a
+    poison event inside a real bundle only itself; the events around both are stored."""
+    from headwater.producers.transports.bundling import BUNDLE_HEADER, encode_bundle
+
+    topic, tag, data = _setup(broker, "hostile-bundles", tmp_path)
+    builder = EnvelopeBuilder(f"run-{tag}")
+    good = [builder.wrap(_source(tag, i)) for i in range(4)]
+    raw = [e.SerializeToString(deterministic=True) for e in good]
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    mark = [(BUNDLE_HEADER, b"1")]
+    producer.produce(topic, key=b"k", value=b"\xff\xfe forged", headers=mark)
+    producer.produce(topic, key=b"k", value=encode_bundle([raw[0], b"\x08\x96\x01 poison",
+                                                           raw[1]]), headers=mark)
+    producer.produce(topic, key=b"k", value=encode_bundle([]), headers=mark)
+    producer.produce(topic, key=b"k", value=encode_bundle(raw[2:]), headers=mark)
+    assert producer.flush(30) == 0
+
+    proc = _process(processors, broker.bootstrap, topic, data)
+    proc.wait_committed(4)
+    proc.stop()
+    assert _events_by_id(data) == {e.event_id: 1 for e in good}
+    errors = sorted(r["error"] for r in sql(data, "SELECT error FROM dead_letters FINAL"))
+    assert [e.split(":")[0] for e in errors] == [
+        "empty bundle", "undecodable bundle", "undecodable"], errors

@@ -103,9 +103,8 @@ def _pipeline_through_kafka(broker: Broker, tmp_path: Path,
     with Publisher(transport, run_id="pipeline") as pub:
         batches, expected = publish_pipeline(pub, tmp_path)
         pub.flush(timeout=30)
-        published = pub.envelopes.seq
     proc = _process(processors, broker.bootstrap, topic, data)
-    proc.wait_committed(published)
+    proc.wait_committed(transport.messages_delivered)
     proc.stop()
     port = free_port()
     qs = headwater("query-service", "--dsn", f"chdb://{data}", "--listen", f"127.0.0.1:{port}")

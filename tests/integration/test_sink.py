@@ -7,6 +7,7 @@ import pytest
 from headwater.producers import LocalTransport, Publisher, PublishError
 from headwater.producers.envelope import EnvelopeBuilder
 from headwater.producers.transports.base import Record
+from headwater.producers.transports.bundling import BUNDLE_HEADER, encode_bundle
 from headwater.producers.transports.chunking import CHUNK_HEADER, split_into_chunks
 from headwater.stream_processors.sink import EventSink
 from headwater.stream_processors.store import Store
@@ -65,6 +66,37 @@ def test_poison_event_goes_to_dead_letters_and_the_rest_is_stored(store: Store) 
     dead = store.query("SELECT topic, partition, offset, error, raw FROM dead_letters FINAL")
     assert len(dead) == 1
     assert dead[0][:3] == ("headwater.events", 3, 7) and "undecodable" in dead[0][3]
+
+
+def test_a_bundle_s_events_are_stored_and_dead_lettered_one_by_one(store: Store) -> None:
+    """A bundle (many events in one Kafka message) is no unit of acceptance: a poison
+    event inside is dead-lettered with its own bytes and the message's place, the rest
+    stored; the same bundle redelivered changes nothing."""
+    good = [r.value for r in _records(5)]
+    poison = b"\x08\x96\x01 not protobuf"
+    bundle = Record(encode_bundle([*good[:2], poison, *good[2:]]), "headwater.events", 1, 9,
+                    ((BUNDLE_HEADER, b"1"),), key=b"r")
+    sink = EventSink(store, "kafka")
+    acks = sink.ingest([bundle])
+    assert [a.accepted for a in acks] == [True, True, False, True, True, True]
+    assert "undecodable" in acks[2].error
+    sink.ingest([bundle])
+    assert store.query("SELECT count() FROM events FINAL")[0][0] == 5
+    assert store.query("SELECT count() FROM sources FINAL")[0][0] == 5
+    dead = store.query("SELECT topic, partition, offset, raw, key FROM dead_letters FINAL")
+    assert dead == [("headwater.events", 1, 9, poison.hex(), "r")]
+
+
+def test_a_forged_bundle_is_dead_lettered_whole_and_the_events_around_it_stored(
+        store: Store) -> None:
+    good = _records(2)
+    forged = Record(b"\xff\xfe not an EventBatch", "t", 0, 3, ((BUNDLE_HEADER, b"1"),))
+    acks = EventSink(store, "kafka").ingest([good[0], forged, good[1]])
+    assert sorted(a.accepted for a in acks) == [False, True, True]
+    assert any("undecodable bundle" in a.error for a in acks)
+    assert store.query("SELECT count() FROM events FINAL")[0][0] == 2
+    assert store.query("SELECT error FROM dead_letters FINAL")[0][0].startswith(
+        "undecodable bundle")
 
 
 def test_redelivered_poison_is_kept_once(store: Store) -> None:
