@@ -671,7 +671,8 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
         payload = payload_factory(args.payload, seed=2)
         del admin  # librdkafka clients are released by reference count
         compression = args.kafka_compression
-        kafka = KafkaTransport(bootstrap, topic, compression=compression)
+        kafka = KafkaTransport(bootstrap, topic, compression=compression,
+                               bundle_events=args.kafka_bundle_events)
         transport = CountingTransport(kafka)
         runs = [f"bench-kafka-{uuid.uuid4().hex[:8]}-{r}" for r in range(args.runs)]
         pubs = [Publisher(transport, run_id=r) for r in runs]
@@ -685,6 +686,7 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
             wait_for_lag_zero(watcher, processor, timeout=180, on_lag=lambda lag: None,
                               interval=0.1)
         transport.events = transport.bytes = 0
+        sent_before = kafka.messages_delivered
         cpu = CpuMeter({"broker": broker, "process": processor})
         cpu.start()
         n = args.events
@@ -698,9 +700,12 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
         with step(progress, "kafka: flush (broker acks)"):
             pubs[0].flush(timeout=600)
         t_flushed = time.perf_counter()
+        messages = kafka.messages_delivered - sent_before
+        per_message = n / max(messages, 1)  # the lag counts messages; a bundle holds many
         with step(progress, "kafka: processor drains (consumer lag -> 0)", n) as advance:
-            t_done = wait_for_lag_zero(watcher, processor, timeout=max(600, n / 200),
-                                       on_lag=lambda lag: advance(n - min(lag, n)))
+            t_done = wait_for_lag_zero(
+                watcher, processor, timeout=max(600, n / 200),
+                on_lag=lambda lag: advance(n - min(int(lag * per_message), n)))
         cpu.stop()
         final_lag = sum(consumer_lag(bootstrap, topic, group, {}).values())
         if final_lag:
@@ -714,7 +719,8 @@ def run_kafka(args: argparse.Namespace, progress: Progress, work: Path) -> Resul
             processor = None
             stored = headwater_sql("SELECT count() FROM events FINAL", "--dsn", dsn)
             extra: dict[str, Any] = {"partitions": args.partitions, "runs": args.runs,
-                                     "compression": compression,
+                                     "compression": compression, "kafka_messages": messages,
+                                     "bundle_events": args.kafka_bundle_events,
                                      "cpu_seconds": cpu.used,
                                      "cpu_seconds_by_thread": cpu.by_thread,
                                      "processor_exit": rc}
@@ -773,8 +779,12 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
             codec = r.extra.get("compression")
             target = (f" (target: serve/process <= {CPU_TARGET_US:.0f} us per small event)"
                       if r.payload == "gradient" else "")
+            messages = r.extra.get("kafka_messages")
             out.print(f"CPU while timed, {r.path}: {parts}{target}"
-                      + (f"; producer compression {codec}" if codec else ""))
+                      + (f"; producer compression {codec}" if codec else "")
+                      + (f"; {messages:,} Kafka messages ({r.events / max(messages, 1):,.1f} "
+                         f"events each; bundle_events {r.extra['bundle_events']})"
+                         if messages else ""))
         for name, split in (r.extra.get("cpu_seconds_by_thread") or {}).items():
             out.print(f"  {name} by thread, us/event: " + ", ".join(
                 f"{cls} {sec / r.events * 1e6:.0f}" for cls, sec in split.items()))
@@ -810,6 +820,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="Kafka: run ids (= message keys) the events are spread over (1)")
     ap.add_argument("--kafka-compression", default="zstd", choices=list(COMPRESSION),
                     help="KafkaTransport(compression=...) (zstd, its default)")
+    ap.add_argument("--kafka-bundle-events", type=int, default=500,
+                    help="KafkaTransport(bundle_events=...): most events one Kafka message "
+                         "carries (500, its default; 1: one event per message)")
     ap.add_argument("--process-batch-size", type=int, default=None,
                     help="`headwater process --batch-size` (its default when omitted)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary data directories")

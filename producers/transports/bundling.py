@@ -23,20 +23,26 @@ def encode_bundle(values: list[bytes]) -> bytes:
     return query_pb2.EventBatch(events=values).SerializeToString()
 
 
+Headers = tuple[tuple[str, bytes], ...]
+
+
 @dataclass
 class OpenBundle:
-    """Events waiting under one message key (and one set of trace headers)."""
+    """Events waiting under one message key, all with the same headers (trace context)."""
 
     opened: float
+    headers: Headers
     ids: list[str] = field(default_factory=list)
     values: list[bytes] = field(default_factory=list)
     size: int = 0
 
 
 class Bundler:
-    """Collects small events per (key, headers) into bundles of at most `max_events`
-    events and about `max_bytes` bytes; a bundle is due when full or `linger` seconds
-    after its first event. The caller produces what `add` and `due` hand back."""
+    """Collects small events per key into bundles of at most `max_events` events and about
+    `max_bytes` bytes; a bundle is due when full, when an event of its key does not fit or
+    carries other headers (at most one bundle is open per key, so a key's events keep
+    their order), or `linger` seconds after its first event. The caller produces what
+    `add` and `due` hand back."""
 
     def __init__(self, max_events: int, max_bytes: int, linger: float) -> None:
         if max_events < 1:
@@ -46,44 +52,43 @@ class Bundler:
         if linger < 0:
             raise ValueError(f"bundle_linger must be >= 0 seconds; got {linger}")
         self.max_events, self.max_bytes, self.linger = max_events, max_bytes, linger
-        self.open: dict[tuple[bytes, tuple[tuple[str, bytes], ...]], OpenBundle] = {}
+        self.open: dict[bytes, OpenBundle] = {}
 
     def takes(self, value: bytes) -> bool:
         """Whether an event of this size is bundled (a larger one is sent alone)."""
         return self.max_events > 1 and len(value) + BUNDLE_FRAMING <= self.max_bytes // 2
 
-    def add(self, key: bytes, headers: tuple[tuple[str, bytes], ...], event_id: str,
-            value: bytes, now: float | None = None) -> list[OpenBundle]:
+    def add(self, key: bytes, headers: Headers, event_id: str, value: bytes,
+            now: float | None = None) -> list[tuple[bytes, OpenBundle]]:
         """Put one event in its key's bundle; returns the bundles now due: the one it did
-        not fit in, and the one it filled."""
+        not fit in (or whose headers differ), and the one it filled."""
         now = time.monotonic() if now is None else now
-        slot = (key, headers)
         size = len(value) + BUNDLE_FRAMING
         out = []
-        bundle = self.open.get(slot)
-        if bundle is not None and bundle.size + size > self.max_bytes:
-            out.append(self.open.pop(slot))
+        bundle = self.open.get(key)
+        if bundle is not None and (bundle.size + size > self.max_bytes
+                                   or bundle.headers != headers):
+            out.append((key, self.open.pop(key)))
             bundle = None
         if bundle is None:
-            bundle = self.open[slot] = OpenBundle(now)
+            bundle = self.open[key] = OpenBundle(now, headers)
         bundle.ids.append(event_id)
         bundle.values.append(value)
         bundle.size += size
         if len(bundle.ids) >= self.max_events:
-            out.append(self.open.pop(slot))
+            out.append((key, self.open.pop(key)))
         return out
 
-    def take(self, key: bytes, headers: tuple[tuple[str, bytes], ...]) -> OpenBundle | None:
-        """The open bundle of this key and headers (sent before a large event of the same
-        key, so a key's events keep their order)."""
-        return self.open.pop((key, headers), None)
+    def take(self, key: bytes) -> OpenBundle | None:
+        """The key's open bundle (sent before a large event of the same key)."""
+        return self.open.pop(key, None)
 
     def due(self, now: float | None = None, everything: bool = False
-            ) -> list[tuple[bytes, tuple[tuple[str, bytes], ...], OpenBundle]]:
+            ) -> list[tuple[bytes, OpenBundle]]:
         """Bundles older than the linger (all of them with `everything`), removed."""
         now = time.monotonic() if now is None else now
-        slots = [s for s, b in self.open.items() if everything or now - b.opened >= self.linger]
-        return [(s[0], s[1], self.open.pop(s)) for s in slots]
+        keys = [k for k, b in self.open.items() if everything or now - b.opened >= self.linger]
+        return [(k, self.open.pop(k)) for k in keys]
 
     def next_due(self) -> float | None:
         """When the oldest open bundle is due (monotonic seconds); None when none is open."""

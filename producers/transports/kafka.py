@@ -145,15 +145,15 @@ class KafkaTransport:
         raw_key = key.encode()
         with self._lock:
             if self._bundler.takes(value):
-                for bundle in self._bundler.add(raw_key, traced, event_id, value):
-                    self._produce_bundle(raw_key, traced, bundle)
-                opened = self._bundler.open.get((raw_key, traced))
+                for due_key, bundle in self._bundler.add(raw_key, traced, event_id, value):
+                    self._produce_bundle(due_key, bundle)
+                opened = self._bundler.open.get(raw_key)
                 if opened is not None and len(opened.ids) == 1:
                     self._linger()  # a new bundle: its linger starts now
                 return
-            before = self._bundler.take(raw_key, traced)  # the key's order is kept
+            before = self._bundler.take(raw_key)  # the key's order is kept
             if before is not None:
-                self._produce_bundle(raw_key, traced, before)
+                self._produce_bundle(raw_key, before)
             if len(value) > self._max_message_bytes:
                 chunks = split_into_chunks(event_id, value, self._max_message_bytes)
                 for chunk in chunks:
@@ -204,21 +204,21 @@ class KafkaTransport:
 
     # -- internals --------------------------------------------------------------------
 
-    def _produce_bundle(self, key: bytes, traced: Traced, bundle: OpenBundle) -> None:
+    def _produce_bundle(self, key: bytes, bundle: OpenBundle) -> None:
         """Send one bundle: a lone event as itself, several as an EventBatch message."""
         if len(bundle.values) == 1:
-            self._produce(key, bundle.values[0], list(traced), tuple(bundle.ids), 0)
+            self._produce(key, bundle.values[0], list(bundle.headers), tuple(bundle.ids), 0)
         else:
-            self._produce(key, encode_bundle(bundle.values), [(BUNDLE_HEADER, b"1"), *traced],
-                          tuple(bundle.ids), 0)
+            self._produce(key, encode_bundle(bundle.values),
+                          [(BUNDLE_HEADER, b"1"), *bundle.headers], tuple(bundle.ids), 0)
 
     def _send_open_bundles(self, everything: bool = False) -> None:
         """Send the bundles past their linger (every open one with `everything`); a failure
         is kept for the next send or flush, naming the bundle's events."""
         with self._lock:
-            for key, traced, bundle in self._bundler.due(everything=everything):
+            for key, bundle in self._bundler.due(everything=everything):
                 try:
-                    self._produce_bundle(key, traced, bundle)
+                    self._produce_bundle(key, bundle)
                 except PublishError as exc:
                     self._errors.extend((i, str(exc)) for i in bundle.ids)
 

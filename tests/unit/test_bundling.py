@@ -22,8 +22,8 @@ def test_a_bundle_is_due_when_full_by_count() -> None:
     b = Bundler(max_events=3, max_bytes=10_000, linger=1.0)
     assert b.add(b"k", NO_HEADERS, "e1", b"a", now=0.0) == []
     assert b.add(b"k", NO_HEADERS, "e2", b"b", now=0.0) == []
-    (due,) = b.add(b"k", NO_HEADERS, "e3", b"c", now=0.0)
-    assert due.ids == ["e1", "e2", "e3"] and due.values == [b"a", b"b", b"c"]
+    ((key, due),) = b.add(b"k", NO_HEADERS, "e3", b"c", now=0.0)
+    assert key == b"k" and due.ids == ["e1", "e2", "e3"] and due.values == [b"a", b"b", b"c"]
     assert not b.open
 
 
@@ -31,22 +31,33 @@ def test_an_event_that_does_not_fit_sends_the_bundle_before_it() -> None:
     b = Bundler(max_events=100, max_bytes=3 * (10 + BUNDLE_FRAMING), linger=1.0)
     for i in range(3):
         assert b.add(b"k", NO_HEADERS, f"e{i}", b"x" * 10, now=0.0) == []
-    (due,) = b.add(b"k", NO_HEADERS, "e3", b"x" * 10, now=0.0)
+    ((_, due),) = b.add(b"k", NO_HEADERS, "e3", b"x" * 10, now=0.0)
     assert due.ids == ["e0", "e1", "e2"]
-    assert b.open[(b"k", NO_HEADERS)].ids == ["e3"]
+    assert b.open[b"k"].ids == ["e3"]
 
 
-def test_keys_and_trace_contexts_are_bundled_apart_and_due_after_the_linger() -> None:
+def test_keys_are_bundled_apart_and_due_after_the_linger() -> None:
     b = Bundler(max_events=100, max_bytes=10_000, linger=0.5)
-    traced = (("traceparent", b"00-abc-01"),)
     b.add(b"k1", NO_HEADERS, "a", b"1", now=0.0)
     b.add(b"k2", NO_HEADERS, "b", b"2", now=0.2)
-    b.add(b"k1", traced, "c", b"3", now=0.3)
+    b.add(b"k3", NO_HEADERS, "c", b"3", now=0.3)
     assert b.next_due() == 0.5
-    assert [(k, h, x.ids) for k, h, x in b.due(now=0.6)] == [(b"k1", NO_HEADERS, ["a"])]
+    assert [(k, x.ids) for k, x in b.due(now=0.6)] == [(b"k1", ["a"])]
     assert b.next_due() == pytest.approx(0.7)
     rest = b.due(now=0.0, everything=True)
-    assert sorted(x.ids[0] for *_, x in rest) == ["b", "c"] and b.next_due() is None
+    assert sorted(x.ids[0] for _, x in rest) == ["b", "c"] and b.next_due() is None
+
+
+def test_another_trace_context_closes_the_key_s_bundle_so_its_order_is_kept() -> None:
+    """One bundle open per key: an event with other headers (another span) sends the
+    bundle before it, so a key's events reach the partition in the order sent."""
+    b = Bundler(max_events=100, max_bytes=10_000, linger=1.0)
+    traced = (("traceparent", b"00-abc-01"),)
+    b.add(b"k", NO_HEADERS, "a", b"1", now=0.0)
+    ((_, first),) = b.add(b"k", traced, "b", b"2", now=0.0)
+    assert (first.ids, first.headers) == (["a"], NO_HEADERS)
+    assert (b.open[b"k"].ids, b.open[b"k"].headers) == (["b"], traced)
+    assert b.take(b"k") is not None and b.take(b"k") is None
 
 
 def test_large_events_and_bundles_of_one_are_not_bundled() -> None:

@@ -41,6 +41,8 @@ PURE = [
     "headwater.producers.unlearning.choice",
     "headwater.producers.unlearning.recipe",
     "headwater.producers.transports.chunking",
+    "headwater.producers.transports.bundling",
+    "headwater.stream_processors.processors.bundles",
     "headwater.producers.transports.spec",
     "headwater.producers.worker.ring",
     "headwater.producers.worker.pipe",
