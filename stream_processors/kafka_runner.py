@@ -40,7 +40,7 @@ log = logging.getLogger("headwater.process")
 # a backlog of small events is stored in large batches, while a batch of ~66 KB trainer
 # events stays near this size in memory (docs/design-decisions.md).
 BATCH_BYTES = 32 * 1024 * 1024
-_FIRST_EVENT_BYTES = 64 * 1024  # assumed before any event was seen: large events first
+_FIRST_EVENT_BYTES = 1024 * 1024  # assumed before any message was seen: the producers' cap
 
 
 def _headers(message: Message) -> list[tuple[str, str | bytes | None]]:
@@ -52,10 +52,13 @@ def _as_bytes(value: str | bytes | None) -> bytes:
     return value.encode() if isinstance(value, str) else value or b""
 
 
-def batch_count(batch_size: int, event_bytes: float) -> int:
+def batch_count(batch_size: int, message_bytes: float, events_per_message: float = 1.0
+                ) -> int:
     """Messages to ask of the next `consume` (one call per batch: the rebalance callbacks
-    run between batches): the batch size, bounded by BATCH_BYTES at `event_bytes` each."""
-    return max(1, min(batch_size, int(BATCH_BYTES / max(event_bytes, 1.0))))
+    run between batches): about `batch_size` events at `events_per_message` each (a bundle
+    carries many), bounded by BATCH_BYTES at `message_bytes` each."""
+    by_events = int(batch_size / max(events_per_message, 1.0))
+    return max(1, min(by_events, int(BATCH_BYTES / max(message_bytes, 1.0))))
 
 
 def check_reachable(bootstrap: str, config: dict[str, Any], timeout: float = 10.0) -> None:
@@ -122,7 +125,8 @@ class KafkaRunner:
         self.dead_lettered = 0
         self.assigned: set[int] = set()
         self._inserts = 0
-        self._event_bytes = float(_FIRST_EVENT_BYTES)  # mean size in the previous batch
+        self._event_bytes = float(_FIRST_EVENT_BYTES)  # mean message size, previous batch
+        self._per_message = 1.0  # events per message (bundles: many), previous batch
         self._stored_next: dict[int, int] = {}  # partition -> next offset after those stored
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
@@ -151,14 +155,16 @@ class KafkaRunner:
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
         try:
             while not self.stop_event.is_set():
-                messages = self._consumer.consume(batch_count(self.batch_size, self._event_bytes),
-                                                  timeout=self.within)
+                messages = self._consumer.consume(
+                    batch_count(self.batch_size, self._event_bytes, self._per_message),
+                    timeout=self.within)
                 records = self._records(messages)
                 if not records:
                     continue
                 acks = self._write(records)
                 if acks is None:
                     return  # stopping with an unstored batch: leave it uncommitted
+                self._per_message = max(1.0, len(acks) / len(records))
                 self._inserts += 1
                 _crash_after_insert_hook(self._inserts)
                 self._commit(records)

@@ -18,3 +18,9 @@ def test_large_events_are_bounded_by_bytes() -> None:
 def test_at_least_one_message_whatever_its_size() -> None:
     assert batch_count(8000, 10 * BATCH_BYTES) == 1
     assert batch_count(8000, 0.0) == 8000
+
+
+def test_bundles_count_by_their_events() -> None:
+    """A bundle (many events per message) counts as its events against the batch size."""
+    assert batch_count(8000, 200_000, events_per_message=200.0) == 40
+    assert batch_count(8000, 1_300, events_per_message=0.5) == 8000  # never below one
