@@ -22,6 +22,7 @@ from threadpoolctl import ThreadpoolController
 from headwater.producers import telemetry
 from headwater.producers.transports.base import Ack, Record
 from headwater.stream_processors.gc_pause import gc_paused
+from headwater.stream_processors.inflight import InFlight
 from headwater.stream_processors.processors import bundles, chunks
 from headwater.stream_processors.processors.batch_bounds import within_months
 from headwater.stream_processors.processors.decode import Accepted, Rejected, decode_batch
@@ -72,6 +73,8 @@ class EventSink:
                                       description="records sent to dead_letters")
         # one thread for the pure work done while the store works (rows, the sketch's sum)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="headwater-sink")
+        # a batch waits for another storing any of its events (concurrent calls, a retry)
+        self._in_flight = InFlight()
 
     def ingest(self, records: list[Record]) -> list[Ack]:
         """Store a batch; one Ack per record, in order. Raises StoreError if a write fails."""
@@ -90,40 +93,41 @@ class EventSink:
             chunk_rejects += bundle_rejects
             accepted, rejected = decode_batch(records, limits=self.limits)
             accepted, too_many_months = within_months(accepted, self.limits.months_per_batch)
-            # Rows are built on the worker thread while the store looks the ids up (outside
-            # the GIL); they are used when every event is new, the steady stream's case.
-            every = self._worker.submit(self._rows, accepted, now)
-            try:
-                screened = screen(accepted, self._stored_hashes(accepted))
-            except BaseException:
-                wait([every])  # never left running past a failed lookup
-                raise
-            built = every.result()
-            all_new = len(screened.new) == len(accepted)
-            rows = built if all_new else self._rows(screened.new, now)
-            rows.rejected += rejected + too_many_months + screened.conflicts + chunk_rejects
-            uncounted = self._repeats_to_count(screened.repeats, rows)
-            # The sketch's sum is worked out on the worker thread while the store inserts
-            # (outside the GIL); it is inserted last, after the receipts (_sketch_part).
-            part = self._worker.submit(_sketch_part, rows.tables["gradients"], uncounted, now)
-            try:
-                # Nothing is acked before all of these succeed, and each table is keyed, so
-                # their order does not matter: the store writes them in parallel.
-                self.store.insert_all([
-                    ("dead_letters", dead_letter_rows(rows.rejected, self.transport, now)),
-                    *self._table_rows(rows),
-                    ("events", pa.concat_tables(rows.tables["events"]))], UNMERGED_INSERTS)
-                self.store.insert("event_receipts",
-                                  receipt_rows(rows.accepted, self.transport, now))
-            except BaseException:
-                wait([part])  # never left running past a failed write
-                raise
-            sketch = part.result()
-            if sketch is not None:
-                self.store.insert("curvature_parts", sketch)
-            self._stored.add(len(rows.accepted))
-            self._dead.add(len(rows.rejected))
-            return _acks(rows.accepted + screened.repeats, rows.rejected, pending_acks)
+            with self._in_flight.held(a.envelope.event_id for a in accepted):
+                # Rows are built on the worker thread while the store looks the ids up (outside
+                # the GIL); they are used when every event is new, the steady stream's case.
+                every = self._worker.submit(self._rows, accepted, now)
+                try:
+                    screened = screen(accepted, self._stored_hashes(accepted))
+                except BaseException:
+                    wait([every])  # never left running past a failed lookup
+                    raise
+                built = every.result()
+                all_new = len(screened.new) == len(accepted)
+                rows = built if all_new else self._rows(screened.new, now)
+                rows.rejected += rejected + too_many_months + screened.conflicts + chunk_rejects
+                uncounted = self._repeats_to_count(screened.repeats, rows)
+                # The sketch's sum is worked out on the worker thread while the store inserts
+                # (outside the GIL); it is inserted last, after the receipts (_sketch_part).
+                part = self._worker.submit(_sketch_part, rows.tables["gradients"], uncounted, now)
+                try:
+                    # Nothing is acked before all of these succeed, and each table is keyed, so
+                    # their order does not matter: the store writes them in parallel.
+                    self.store.insert_all([
+                        ("dead_letters", dead_letter_rows(rows.rejected, self.transport, now)),
+                        *self._table_rows(rows),
+                        ("events", pa.concat_tables(rows.tables["events"]))], UNMERGED_INSERTS)
+                    self.store.insert("event_receipts",
+                                      receipt_rows(rows.accepted, self.transport, now))
+                except BaseException:
+                    wait([part])  # never left running past a failed write
+                    raise
+                sketch = part.result()
+                if sketch is not None:
+                    self.store.insert("curvature_parts", sketch)
+                self._stored.add(len(rows.accepted))
+                self._dead.add(len(rows.rejected))
+                return _acks(rows.accepted + screened.repeats, rows.rejected, pending_acks)
 
     def _stored_hashes(self, accepted: list[Accepted]) -> dict[str, bytes]:
         """The content hash each of these event ids was first accepted with, if any."""

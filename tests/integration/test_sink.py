@@ -203,3 +203,31 @@ def test_sketch_counts_each_event_once_across_a_failure_after_the_receipts(
     rows, ids = _counted(store)
     assert rows == 12 * 3
     assert ids == sorted(events_pb2.Event.FromString(r.value).event_id for r in batch)
+
+
+def test_the_same_new_events_in_two_concurrent_batches_are_counted_once(store: Store) -> None:
+    """serve stores concurrent calls at once; a client's retry beside its original holds
+    the same new events. Both batches found no receipt, so both stored the events and
+    the curvature sketch counted them twice (600 gradient rows counted as 1,200); now the
+    second waits for the first and screens them as repeats."""
+    import threading
+
+    sink = EventSink(store, "grpc")
+    records = gradient_records(200, run_id="r", seed=1)
+    barrier = threading.Barrier(2)
+    acks: list[list] = []
+
+    def send() -> None:
+        barrier.wait()
+        acks.append(sink.ingest(records))
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(a.accepted for batch in acks for a in batch) and len(acks) == 2
+    assert store.query("SELECT count() FROM events FINAL")[0][0] == 200
+    assert store.query("SELECT sum(rows) FROM curvature_parts")[0][0] == 600
+    assert store.query("SELECT count() FROM curvature_parts ARRAY JOIN event_ids AS e"
+                       )[0][0] == 200

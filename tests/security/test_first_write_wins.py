@@ -150,3 +150,36 @@ def test_an_event_written_around_the_sink_is_reported(sink: EventSink) -> None:
                    "ph": second.prev_hash.hex(), "h": second.hash.hex(), "raw": _raw(second).hex()})
     report = verify_stored_log(store)
     assert [(p.kind, p.seq) for p in report.problems] == [("unreceipted", 2)]
+
+
+def test_concurrent_batches_with_one_event_id_store_the_first_copy_only(
+        sink: EventSink) -> None:
+    """Two calls at once (serve's concurrent PublishBatch: a retry beside its original, or a
+    forger racing the producer) both find no receipt: the sink holds the second until the
+    first is stored, so it is screened as a repeat or a conflict, never stored beside it."""
+    import threading
+
+    env = EnvelopeBuilder("run-race", "trainer-race")
+    events = [env.wrap(_version("clf", f"v{i}", i)) for i in range(1, 201)]
+    forged = [_forged(e) for e in events]
+    barrier = threading.Barrier(2)
+    acks: dict[str, list] = {}
+
+    def send(name: str, batch: list[events_pb2.Event]) -> None:
+        barrier.wait()
+        acks[name] = sink.ingest([Record(_raw(e)) for e in batch])
+
+    threads = [threading.Thread(target=send, args=("real", events)),
+               threading.Thread(target=send, args=("forged", forged))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first = "real" if all(a.accepted for a in acks["real"]) else "forged"
+    second = "forged" if first == "real" else "real"
+    assert all(a.accepted for a in acks[first])
+    assert not any(a.accepted for a in acks[second])
+    assert all("conflicting duplicate" in a.error for a in acks[second])
+    kept = events if first == "real" else forged
+    stored = dict(sink.store.query("SELECT event_id, hex(hash) FROM events FINAL"))
+    assert stored == {e.event_id: e.hash.hex().upper() for e in kept}
