@@ -17,8 +17,10 @@ group's committed offsets translate exactly into events done (Tansu's high water
 partition's last batch's first offset + 1, too low to mark the end). A rate is taken from
 10 % of the events committed to all committed, so start-up is left out. Both runners of a
 pair read the same topic (each in its own group, into its own chDB directory), which runs
-first alternating from pair to pair, and get the same batch, in messages: ~BATCH_EVENTS
-events' worth at the topic's events per message.
+first alternating from pair to pair, and both store ~BATCH_EVENTS events per batch:
+`headwater process --batch-size` counts events (the loop asks for that many events' worth
+of messages at the previous batch's events per message), the faust worker's take_events
+counts messages, so it is given BATCH_EVENTS events' worth at the topic's mean.
 
 Codec: zstd by default, the project's (`KafkaTransport`'s default); aiokafka reads it only
 with cramjam installed. `--codec none` repeats the earlier trial's uncompressed topics.
@@ -180,12 +182,11 @@ def stored(dsn: str) -> int:
 
 
 def argv_for(kind: str, t: Topic, group: str, dsn: str) -> list[str]:
-    batch = str(t.batch_messages())
-    if kind == "confluent":
+    if kind == "confluent":  # --batch-size counts events (the loop sizes consume by them)
         return [*HEADWATER, "process", "--dsn", dsn, "--kafka-bootstrap", bootstrap,
-                "--topic", t.name, "--group", group, "--batch-size", batch,
+                "--topic", t.name, "--group", group, "--batch-size", str(BATCH_EVENTS),
                 "--partitions", str(PARTITIONS)]
-    return [FAUST_PY, APP, bootstrap, t.name, group, dsn, batch]
+    return [FAUST_PY, APP, bootstrap, t.name, group, dsn, str(t.batch_messages())]
 
 
 def run(kind: str, t: Topic) -> dict:
@@ -221,7 +222,7 @@ def run(kind: str, t: Topic) -> dict:
     return {"runner": kind, "topic": t.name, "bundles": t.bundled, "codec": args.codec,
             "events": n,
             "messages": t.messages, "events_per_message": round(n / t.messages, 1),
-            "high_watermarks": t.high, "batch_messages": t.batch_messages(),
+            "high_watermarks": t.high, "faust_batch_messages": t.batch_messages(),
             "stored": stored(dsn), "load_before": round(load, 2),
             "start_to_done_s": round(now - t0, 2),
             "events_per_s": round((n - ev_first) / span, 1) if span > 0 else None,
@@ -250,7 +251,7 @@ def failure_test(guard: bool, bundled: bool, n: int = 6000) -> dict:
     kept = stored(dsn)
     r = {"failure_test": "guard (exit before ack)" if guard else "faust as is (exception)",
          "bundles": bundled, "codec": args.codec, "events": n, "messages": t.messages,
-         "batch_messages": t.batch_messages(), "exit": rc,
+         "faust_batch_messages": t.batch_messages(), "exit": rc,
          "committed_messages": messages, "committed_events": done, "stored_events": kept,
          "lost": max(done - kept, 0)}
     if guard:
