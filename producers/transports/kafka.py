@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -145,11 +146,12 @@ class KafkaTransport:
         raw_key = key.encode()
         with self._lock:
             if self._bundler.takes(value):
-                for due_key, bundle in self._bundler.add(raw_key, traced, event_id, value):
-                    self._produce_bundle(due_key, bundle)
+                due = self._bundler.add(raw_key, traced, event_id, value)
                 opened = self._bundler.open.get(raw_key)
                 if opened is not None and len(opened.ids) == 1:
                     self._linger()  # a new bundle: its linger starts now
+                for due_key, bundle in due:
+                    self._produce_bundle(due_key, bundle)
                 return
             before = self._bundler.take(raw_key)  # the key's order is kept
             if before is not None:
@@ -227,23 +229,11 @@ class KafkaTransport:
         producer that goes quiet without a flush still has its events sent (it sleeps until
         the oldest bundle is due; a later bundle is due later). Called with the lock held."""
         if self._linger_thread is None:
-            self._linger_thread = threading.Thread(target=self._linger_loop, daemon=True,
-                                                   name="headwater-kafka-linger")
+            self._linger_thread = threading.Thread(
+                target=_linger_loop, args=(weakref.ref(self), self._wake), daemon=True,
+                name="headwater-kafka-linger")
             self._linger_thread.start()
         self._wake.notify()
-
-    def _linger_loop(self) -> None:
-        with self._lock:
-            while not self._closed:
-                due = self._bundler.next_due()
-                if due is None:
-                    self._wake.wait()
-                    continue
-                wait = due - time.monotonic()
-                if wait > 0:
-                    self._wake.wait(wait)
-                    continue
-                self._send_open_bundles()
 
     def _produce(
         self, key: bytes, value: bytes, headers: Headers, event_ids: tuple[str, ...],
@@ -350,3 +340,19 @@ class KafkaTransport:
                 f"{len(errors)} event(s) failed delivery to Kafka: {shown}",
                 [eid for eid, _ in errors],
             )
+
+
+def _linger_loop(transport: weakref.ref[KafkaTransport], wake: threading.Condition) -> None:
+    """The linger thread: sends bundles once due, until its transport is closed or gone
+    (it holds only a weak reference, so an unclosed transport can still be collected)."""
+    with wake:
+        while True:
+            t = transport()
+            if t is None or t._closed:
+                return
+            due = t._bundler.next_due()
+            if due is not None and due <= time.monotonic():
+                t._send_open_bundles()
+                continue
+            del t  # not held while asleep
+            wake.wait(1.0 if due is None else min(due - time.monotonic(), 1.0))
