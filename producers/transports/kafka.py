@@ -250,7 +250,7 @@ class KafkaTransport:
                         pass
                     except KafkaException as exc:
                         if exc.args[0].code() != KafkaError._FATAL:
-                            raise PublishError(f"event {', '.join(event_ids)}: {exc}",
+                            raise PublishError(f"{_named(event_ids)}: {exc}",
                                                list(event_ids)) from exc
                         self._fatal = True  # recreated by _check_stall below; try again
                     else:
@@ -340,6 +340,13 @@ class KafkaTransport:
                 f"{len(errors)} event(s) failed delivery to Kafka: {shown}",
                 [eid for eid, _ in errors],
             )
+
+
+def _named(event_ids: tuple[str, ...]) -> str:
+    """The events of a message, for an error (a bundle's first few)."""
+    shown = ", ".join(event_ids[:5])
+    more = f" and {len(event_ids) - 5} more" if len(event_ids) > 5 else ""
+    return f"event{'s' if len(event_ids) > 1 else ''} {shown}{more}"
 
 
 def _linger_loop(transport: weakref.ref[KafkaTransport], wake: threading.Condition) -> None:

@@ -30,3 +30,11 @@ def test_a_closed_transport_refuses_events_by_name() -> None:
     transport.close()  # nothing pending: returns at once
     with pytest.raises(RuntimeError, match=r"KafkaTransport \(t\) is closed"):
         transport.send("run", "e1", b"x")
+
+
+def test_a_failed_bundle_names_its_first_events_and_counts_the_rest() -> None:
+    from headwater.producers.transports.kafka import _named
+
+    assert _named(("e1",)) == "event e1"
+    assert _named(tuple(f"e{i}" for i in range(500))) == \
+        "events e0, e1, e2, e3, e4 and 495 more"
