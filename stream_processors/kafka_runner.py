@@ -35,12 +35,12 @@ from headwater.stream_processors.sink import EventSink
 log = logging.getLogger("headwater.process")
 
 # Bytes of events one batch may hold, about: the count asked of each `consume` is the
-# batch size, capped at what this many bytes hold at the previous batch's mean event size.
+# batch size, capped at what this many bytes hold at the previous batch's mean message size.
 # Each insert writes one part per table, a fixed cost of milliseconds whatever its size, so
 # a backlog of small events is stored in large batches, while a batch of ~66 KB trainer
 # events stays near this size in memory (docs/design-decisions.md).
 BATCH_BYTES = 32 * 1024 * 1024
-_FIRST_EVENT_BYTES = 1024 * 1024  # assumed before any message was seen: the producers' cap
+_FIRST_MESSAGE_BYTES = 1024 * 1024  # assumed before any message was seen: the producers' cap
 
 
 def _headers(message: Message) -> list[tuple[str, str | bytes | None]]:
@@ -125,7 +125,7 @@ class KafkaRunner:
         self.dead_lettered = 0
         self.assigned: set[int] = set()
         self._inserts = 0
-        self._event_bytes = float(_FIRST_EVENT_BYTES)  # mean message size, previous batch
+        self._message_bytes = float(_FIRST_MESSAGE_BYTES)  # mean message size, previous batch
         self._per_message = 1.0  # events per message (bundles: many), previous batch
         self._stored_next: dict[int, int] = {}  # partition -> next offset after those stored
         self._consumer = Consumer({
@@ -156,7 +156,7 @@ class KafkaRunner:
         try:
             while not self.stop_event.is_set():
                 messages = self._consumer.consume(
-                    batch_count(self.batch_size, self._event_bytes, self._per_message),
+                    batch_count(self.batch_size, self._message_bytes, self._per_message),
                     timeout=self.within)
                 records = self._records(messages)
                 if not records:
@@ -196,7 +196,7 @@ class KafkaRunner:
                 key=_as_bytes(m.key()),
             ))
         if records:
-            self._event_bytes = max(1.0, sum(len(r.value) for r in records) / len(records))
+            self._message_bytes = max(1.0, sum(len(r.value) for r in records) / len(records))
         return records
 
     def _write(self, records: list[Record]) -> list[Ack] | None:

@@ -29,11 +29,11 @@ from headwater.producers.transports.bundling import (
     OpenBundle,
     encode_bundle,
 )
+from headwater.producers.transports.bundling import Headers as Traced
 from headwater.producers.transports.chunking import CHUNK_HEADER, split_into_chunks
 from headwater.producers.transports.spec import TransportSpec
 
 Headers = list[tuple[str, str | bytes | None]]
-Traced = tuple[tuple[str, bytes], ...]
 DEFAULT_TOPIC = "headwater.events"
 # librdkafka's compression.type values (HEADWATER_KAFKA_COMPRESSION, docs/configuration.md)
 COMPRESSION = ("zstd", "lz4", "snappy", "gzip", "none")

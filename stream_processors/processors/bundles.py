@@ -8,6 +8,7 @@ from google.protobuf.message import DecodeError
 from headwater.producers.transports.base import Record
 from headwater.producers.transports.bundling import BUNDLE_HEADER
 from headwater.producers.transports.chunking import CHUNK_HEADER
+from headwater.stream_processors.processors.chunks import is_chunk
 from headwater.stream_processors.processors.decode import Rejected
 from headwater.v1 import query_pb2
 
@@ -23,7 +24,7 @@ def is_bundle(record: Record) -> bool:
 
 def _unpack(record: Record) -> list[bytes]:
     """The bundle's events; ValueError names what is wrong with the message."""
-    if any(name == CHUNK_HEADER for name, _ in record.headers):
+    if is_chunk(record):
         raise ValueError(f"a record cannot be both a bundle ({BUNDLE_HEADER}) and a chunk "
                          f"({CHUNK_HEADER})")
     batch = query_pb2.EventBatch()
