@@ -55,6 +55,11 @@ _FIRST_MESSAGE_BYTES = 1024 * 1024  # assumed before any message was seen: the p
 # Batches handed to the sink and not yet committed, at most: two overlap one batch's decoding
 # with the other's inserts; more would only queue on the same two cores.
 PIPELINE_DEPTH = 2
+# Mean event size above which a batch is stored alone: what overlaps usefully is decoding's
+# per-event Python work; a batch of large events (a trainer's ~66 KB GradientBatch) costs
+# bytes - hashing, copies, the engine's writes - and two such batches at once took 10-20 %
+# more CPU for no more rows/s (docs/design-decisions.md, the pipelined runner).
+PIPELINE_EVENT_BYTES = 16 * 1024
 
 
 def _headers(message: Message) -> list[tuple[str, str | bytes | None]]:
@@ -186,11 +191,10 @@ class KafkaRunner:
                 records = self._records(messages)
                 if records:
                     self._in_flight.append(_InFlight(records, pool.submit(self._write, records)))
-                # commit what is stored, in order; at most PIPELINE_DEPTH batches in flight,
-                # and one until a stored batch has told how many events a message holds
+                # commit what is stored, in order; at most PIPELINE_DEPTH batches in flight
                 while self._in_flight and (len(self._in_flight) >= PIPELINE_DEPTH
                                            or self._in_flight[0].acks.done()
-                                           or not self._inserts):
+                                           or not self._overlaps()):
                     self._finish(self._in_flight.popleft())
         finally:
             try:
@@ -199,6 +203,13 @@ class KafkaRunner:
                 pool.shutdown(wait=True)
                 self._commit_stored(set(self._stored_next))  # stored, before leaving
                 self._consumer.close()
+
+    def _overlaps(self) -> bool:
+        """Whether the next batch may be stored beside the one in flight: not until a stored
+        batch told how many events a message holds (a bundle carries many, and the next
+        batch is sized by it), nor for large events."""
+        return bool(self._inserts) and (
+            self._message_bytes / self._per_message <= PIPELINE_EVENT_BYTES)
 
     def _finish(self, batch: _InFlight, skip: frozenset[int] = frozenset()) -> None:
         """Wait for a batch's store, then commit its offsets (but `skip`'s partitions)."""

@@ -23,14 +23,14 @@ WAIT = 10.0  # s: a store a test is waiting for never takes this long
 
 
 class _Message:
-    def __init__(self, partition: int, offset: int) -> None:
-        self._partition, self._offset = partition, offset
+    def __init__(self, partition: int, offset: int, size: int) -> None:
+        self._partition, self._offset, self._size = partition, offset, size
 
     def error(self) -> None:
         return None
 
     def value(self) -> bytes:
-        return b"event-%d-%d" % (self._partition, self._offset)
+        return b"e" * self._size
 
     def topic(self) -> str:
         return "t"
@@ -52,8 +52,9 @@ class _Consumer:
     """Hands out scripted batches; a step may be a callable (a rebalance callback's turn,
     run inside consume as librdkafka does). Records every commit."""
 
-    def __init__(self, script: list[Any], runner_box: list[KafkaRunner]) -> None:
+    def __init__(self, script: list[Any], runner_box: list[KafkaRunner], size: int) -> None:
         self.script = deque(script)
+        self.size = size
         self.box = runner_box
         self.commits: list[tuple[bool, list[tuple[int, int]]]] = []
         self.callbacks: dict[str, Callable[..., None]] = {}
@@ -70,7 +71,7 @@ class _Consumer:
         if callable(step):
             step(self)
             return []
-        return [_Message(p, o) for p, o in step]
+        return [_Message(p, o, self.size) for p, o in step]
 
     def commit(self, offsets: list[Any], asynchronous: bool) -> None:
         self.commits.append((asynchronous, [(tp.partition, tp.offset) for tp in offsets]))
@@ -94,6 +95,7 @@ class _Sink:
         self.arrived = threading.Condition()
         self.running = 0
         self.most_running = 0
+        self.delay = 0.0  # s each store takes once released
 
     def ingest(self, records: list[Record]) -> list[Ack]:
         with self.arrived:
@@ -104,6 +106,7 @@ class _Sink:
             self.arrived.notify_all()
         try:
             assert self.release[n].wait(WAIT), f"call {n} was never released"
+            threading.Event().wait(self.delay)
             if n in self.outcome:
                 raise self.outcome.pop(n)
             return [Ack(i, f"e{i}", True) for i in range(len(records))]
@@ -116,10 +119,10 @@ class _Sink:
             assert self.arrived.wait_for(lambda: len(self.calls) >= n, WAIT)
 
 
-def _runner(monkeypatch: pytest.MonkeyPatch, script: list[Any], sink: _Sink
-            ) -> tuple[KafkaRunner, _Consumer]:
+def _runner(monkeypatch: pytest.MonkeyPatch, script: list[Any], sink: _Sink,
+            event_bytes: int = 1_300) -> tuple[KafkaRunner, _Consumer]:
     box: list[KafkaRunner] = []
-    consumer = _Consumer(script, box)
+    consumer = _Consumer(script, box, event_bytes)
     monkeypatch.setattr(kafka_runner, "Consumer", lambda config: consumer)
     runner = KafkaRunner(sink, "127.0.0.1:1", "t", "g", within=0.01)  # type: ignore[arg-type]
     box.append(runner)
@@ -144,6 +147,13 @@ def _async_commits(consumer: _Consumer) -> list[list[tuple[int, int]]]:
     return [offsets for asynchronous, offsets in consumer.commits if asynchronous]
 
 
+def _slow_stores(sink: _Sink) -> None:
+    """Every store takes 50 ms: long enough for the next batch to arrive meanwhile."""
+    for event in sink.release:
+        event.set()
+    sink.delay = 0.05
+
+
 def test_a_later_batch_stored_first_is_committed_after_the_earlier_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
     sink = _Sink()
@@ -166,20 +176,27 @@ def test_a_later_batch_stored_first_is_committed_after_the_earlier_one(
 def test_at_most_two_batches_are_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
     sink = _Sink()
     runner, consumer = _runner(monkeypatch, [[(0, i)] for i in range(6)], sink)
-    for event in sink.release:
-        event.set()
-    original = sink.ingest
-
-    def slow(records: list[Record]) -> list[Ack]:
-        threading.Event().wait(0.05)
-        return original(records)
-
-    sink.ingest = slow  # type: ignore[method-assign]
+    _slow_stores(sink)
     thread, errors = _start(runner)
     thread.join(WAIT)
     assert not errors
-    assert sink.most_running <= 2
+    assert sink.most_running == 2
     assert _async_commits(consumer) == [[(0, i + 1)] for i in range(6)]
+
+
+def test_batches_of_large_events_are_stored_one_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trainer's ~66 KB events: two such batches at once cost more CPU for no more rows/s,
+    so each is stored before the next is handed over."""
+    sink = _Sink()
+    runner, consumer = _runner(monkeypatch, [[(0, i)] for i in range(4)], sink,
+                               event_bytes=kafka_runner.PIPELINE_EVENT_BYTES + 1)
+    _slow_stores(sink)
+    thread, errors = _start(runner)
+    thread.join(WAIT)
+    assert not errors
+    assert sink.most_running == 1 and len(sink.calls) == 4
+    assert _async_commits(consumer) == [[(0, i + 1)] for i in range(4)]
 
 
 def test_a_batch_never_stored_stops_every_later_commit(
