@@ -12,7 +12,6 @@ import secrets
 import socket
 import threading
 import time
-import uuid
 
 from google.protobuf.message import Message
 
@@ -202,7 +201,8 @@ class _UUID7:
         value = (ms & ((1 << 48) - 1)) << 80
         value |= 0x7 << 76 | counter << 64
         value |= 0b10 << 62 | secrets.randbits(62)
-        return str(uuid.UUID(int=value))
+        h = f"{value:032x}"  # str(uuid.UUID(int=value)), without building the object
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 new_event_id = _UUID7()
@@ -263,7 +263,11 @@ class EnvelopeBuilder:
         with self._lock:
             self._seq += 1
             event.seq = self._seq
-            event.emitted_at.GetCurrentTime()
+            # the clock to the microsecond, as Timestamp.GetCurrentTime() (through datetime)
+            # sets it, read without building a datetime
+            now_us = time.time_ns() // 1000
+            event.emitted_at.seconds, micros = divmod(now_us, 1_000_000)
+            event.emitted_at.nanos = micros * 1000
             event.prev_hash = self._prev_hash
             event.hash = event_hash(event)
             self._prev_hash = event.hash

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -51,6 +52,16 @@ def test_event_ids_are_time_ordered_uuid7() -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
     assert all(uuid.UUID(i).version == 7 for i in ids[:10])
+    assert all(str(uuid.UUID(i)) == i for i in ids)  # the canonical text form
+
+
+def test_emitted_at_is_the_clock_to_the_microsecond() -> None:
+    before = time.time()
+    event = EnvelopeBuilder("r").wrap(_source(1))
+    after = time.time()
+    stamp = event.emitted_at.seconds + event.emitted_at.nanos / 1e9
+    assert before - 1e-6 <= stamp <= after
+    assert event.emitted_at.nanos % 1000 == 0 and 0 <= event.emitted_at.nanos < 1_000_000_000
 
 
 def test_wrong_payload_type_is_named() -> None:
