@@ -171,7 +171,8 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
     def Status(self, request: query_pb2.UnlearningStatusRequest,
                context: grpc.ServicerContext):
         """Stream the request's state on every change (each failed attempt of a retried
-        request too) until it is applied or failed for good."""
+        request too) until it is applied or failed for good; a stream that showed it
+        pending shows it requested before any outcome, however quickly that came."""
         last: tuple[str, str] = ("", "")
         while context.is_active():
             status = self._state(request.request_id)
@@ -180,6 +181,11 @@ class UnlearningService(query_pb2_grpc.UnlearningServicer):
                               f"no forget request {request.request_id!r}")
             assert status is not None
             if (status.state, status.applied.error) != last:
+                if last[0] == "pending" and status.state not in ("pending", "requested"):
+                    # stored and then applied between two polls: the stream still shows
+                    # the step a follower waits for (pending -> requested -> applied)
+                    yield query_pb2.UnlearningStatus(request_id=status.request_id,
+                                                     state="requested")
                 last = (status.state, status.applied.error)
                 yield status
             if status.state in ("applied", "failed"):
