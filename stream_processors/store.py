@@ -7,11 +7,13 @@ second process gets a clear error instead of a corrupted directory.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import os
 import re
 import threading
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +39,21 @@ from headwater.stream_processors.retention import (
 )
 
 LOCK_NAME = ".headwater.lock"
+
+# Embedded stores still open when the interpreter exits. chDB's engine is torn down with the
+# process; a connection (or writer) it still had then crashed the exit with SIGSEGV about
+# half the time (a script that served and queried, then ended without close()), so they
+# are closed first, at exit, as close() would.
+_OPEN_EMBEDDED: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    for store in list(_OPEN_EMBEDDED):
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - exiting anyway; one store's error skips no other
+            pass
 WRITERS = 2  # insert_all's writers beside the store's own
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -166,12 +183,15 @@ class Store:
         if self.dsn.embedded and lock:
             assert self.dsn.path is not None
             self._lock = _DirLock(self.dsn.path)
+        self._closed = False
         try:
             self._client = self._connect()
         except BaseException:
             if self._lock:
                 self._lock.release()
             raise
+        if self.dsn.embedded:
+            _OPEN_EMBEDDED.add(self)
 
     def _connect(self) -> Any:
         kwargs: dict[str, Any] = {}
@@ -349,7 +369,12 @@ class Store:
         return self.open_client()
 
     def close(self) -> None:
+        """Release the connections, the writers and the directory lock (again: nothing)."""
         with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            _OPEN_EMBEDDED.discard(self)
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)

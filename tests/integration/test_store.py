@@ -93,3 +93,19 @@ def test_bad_setting_from_env_is_named() -> None:
     done = run_headwater("status", env={"HEADWATER_LISTEN": "nowhere"})
     assert done.returncode == 2
     assert "setting listen" in done.stderr and "HOST:PORT" in done.stderr
+
+
+def test_an_embedded_store_left_open_is_closed_at_exit(tmp_path: Path) -> None:
+    """A script that ends without close(): the exit hook closes the store first (chDB's
+    teardown with a connection still open crashed such exits with SIGSEGV, ~1 in 5 for the
+    telemetry test's serve-and-query script), releasing the directory as close() does."""
+    closed = Store(f"chdb://{tmp_path / 'b'}")  # chDB: one directory open at a time
+    closed.close()
+    left_open = Store(f"chdb://{tmp_path / 'a'}")
+    assert left_open in store_module._OPEN_EMBEDDED
+    assert closed not in store_module._OPEN_EMBEDDED
+    store_module._close_open_stores()
+    assert left_open not in store_module._OPEN_EMBEDDED
+    _DirLock(tmp_path / "a").release()  # the lock is free: the store was closed
+    left_open.close()  # closing again does nothing
+    closed.close()
