@@ -13,7 +13,7 @@ Pipelined: while one batch is stored (the engine's inserts run outside the GIL),
 is consumed and handed to the sink too, so its decoding overlaps the first one's writes.
 Offsets stay committed in consumption order: a batch's commit waits for every batch before
 it, and a batch that was never stored stops every later commit (a later stored batch is
-redelivered, which the sink absorbs). Every rebalance callback first settles the batches in
+redelivered, which the sink absorbs). A revoke (or a loss) first settles the batches in
 flight, so the guarantees above hold for them as for one.
 
 Rebalancing is cooperative (`cooperative-sticky`, incremental): when a member joins, leaves
