@@ -177,16 +177,32 @@ def _skip(data: bytes, pos: int, key: int) -> int:
     raise ValueError(f"wire type {wire_type} in an encoded message")  # upb never writes one
 
 
+_RANDOM_POOL = 8 * 512  # bytes of the OS's CSPRNG read at once: 512 ids' random bits
+
+
 class _UUID7:
-    """UUIDv7 generator, monotonic within the process (a counter fills rand_a)."""
+    """UUIDv7 generator, monotonic within the process (a counter fills rand_a); rand_b comes
+    from the OS's CSPRNG, read 4 KiB at a time (a getrandom call per id cost 0.7-6 µs here,
+    more than the rest of the id), and discarded in a forked child, which must not repeat
+    its parent's bits."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last_ms = 0
         self._counter = 0
+        self._pool, self._used = b"", 0
+        os.register_at_fork(after_in_child=self._forget_pool)
+
+    def _forget_pool(self) -> None:
+        self._lock = threading.Lock()  # a lock held by another thread at the fork stays held
+        self._pool, self._used = b"", 0
 
     def __call__(self) -> str:
         with self._lock:
+            if self._used >= len(self._pool):
+                self._pool, self._used = os.urandom(_RANDOM_POOL), 0
+            random_b = int.from_bytes(self._pool[self._used:self._used + 8], "big") >> 2
+            self._used += 8
             ms = time.time_ns() // 1_000_000
             if ms <= self._last_ms:
                 self._counter += 1
@@ -200,7 +216,7 @@ class _UUID7:
             counter = self._counter
         value = (ms & ((1 << 48) - 1)) << 80
         value |= 0x7 << 76 | counter << 64
-        value |= 0b10 << 62 | secrets.randbits(62)
+        value |= 0b10 << 62 | random_b
         h = f"{value:032x}"  # str(uuid.UUID(int=value)), without building the object
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

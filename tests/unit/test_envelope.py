@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -76,3 +77,30 @@ def test_run_id_is_required() -> None:
 
 def test_default_producer_ids_differ_per_builder() -> None:
     assert EnvelopeBuilder("r").producer_id != EnvelopeBuilder("r").producer_id
+
+
+def _random_b(event_id: str) -> int:
+    return uuid.UUID(event_id).int & ((1 << 62) - 1)
+
+
+def test_event_ids_random_bits_differ_in_a_forked_child() -> None:
+    """The random bits are read from the OS ahead of use; a forked child must not repeat
+    the ones its parent is about to use."""
+    new_event_id()  # the pool is filled: the next ids' bits are already read
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, new_event_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = new_event_id()
+    assert uuid.UUID(child).version == 7
+    assert _random_b(child) != _random_b(parent)
+
+
+def test_event_ids_random_bits_are_not_repeated() -> None:
+    bits = [_random_b(new_event_id()) for _ in range(3000)]  # several 512-id pools
+    assert len(set(bits)) == len(bits)
