@@ -9,13 +9,6 @@ a stored-but-uncommitted batch; a crash at any point only causes redelivery. A f
 write is retried with backoff; a stop requested meanwhile leaves the batch uncommitted, to
 be redelivered to whichever member takes the partition.
 
-Pipelined: while one batch is stored (the engine's inserts run outside the GIL), the next
-is consumed and handed to the sink too, so its decoding overlaps the first one's writes.
-Offsets stay committed in consumption order: a batch's commit waits for every batch before
-it, and a batch that was never stored stops every later commit (a later stored batch is
-redelivered, which the sink absorbs). A revoke (or a loss) first settles the batches in
-flight, so the guarantees above hold for them as for one.
-
 Rebalancing is cooperative (`cooperative-sticky`, incremental): when a member joins, leaves
 or dies, only the partitions that move are revoked and assigned; the others stay with their
 members (an eager protocol takes every partition of the group away until the new
@@ -29,10 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -51,15 +41,6 @@ log = logging.getLogger("headwater.process")
 # events stays near this size in memory (docs/design-decisions.md).
 BATCH_BYTES = 32 * 1024 * 1024
 _FIRST_MESSAGE_BYTES = 1024 * 1024  # assumed before any message was seen: the producers' cap
-
-# Batches handed to the sink and not yet committed, at most: two overlap one batch's decoding
-# with the other's inserts; more would only queue on the same two cores.
-PIPELINE_DEPTH = 2
-# Mean event size above which a batch is stored alone: what overlaps usefully is decoding's
-# per-event Python work; a batch of large events (a trainer's ~66 KB GradientBatch) costs
-# bytes - hashing, copies, the engine's writes - and two such batches at once took 10-20 %
-# more CPU for no more rows/s (docs/design-decisions.md, the pipelined runner).
-PIPELINE_EVENT_BYTES = 16 * 1024
 
 
 def _headers(message: Message) -> list[tuple[str, str | bytes | None]]:
@@ -118,14 +99,6 @@ def _crash_after_insert_hook(inserts: int) -> None:
         os._exit(70)
 
 
-@dataclass
-class _InFlight:
-    """A consumed batch handed to the sink: its acks once stored (None: stopped first)."""
-
-    records: list[Record]
-    acks: Future[list[Ack] | None]
-
-
 class KafkaRunner:
     """Consumes `topic` in group `group` and stores every batch through `sink`."""
 
@@ -155,8 +128,6 @@ class KafkaRunner:
         self._message_bytes = float(_FIRST_MESSAGE_BYTES)  # mean message size, previous batch
         self._per_message = 1.0  # events per message (bundles: many), previous batch
         self._stored_next: dict[int, int] = {}  # partition -> next offset after those stored
-        self._in_flight: deque[_InFlight] = deque()  # consumption order
-        self._unstored = False  # a batch in flight was never stored: commit nothing later
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": group,
@@ -176,67 +147,36 @@ class KafkaRunner:
         self.cooperative = strategy.strip() == COOPERATIVE
 
     def stop(self) -> None:
-        """Finish the batches in hand (store + commit), then leave the group."""
+        """Finish the batch in hand (store + commit), then leave the group."""
         self.stop_event.set()
 
     def run(self) -> None:
         self._consumer.subscribe([self.topic], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
-        pool = ThreadPoolExecutor(PIPELINE_DEPTH, thread_name_prefix="headwater-batch")
         try:
-            while not self.stop_event.is_set() and not self._unstored:
+            while not self.stop_event.is_set():
                 messages = self._consumer.consume(
                     batch_count(self.batch_size, self._message_bytes, self._per_message),
                     timeout=self.within)
                 records = self._records(messages)
-                if records:
-                    self._in_flight.append(_InFlight(records, pool.submit(self._write, records)))
-                # commit what is stored, in order; at most PIPELINE_DEPTH batches in flight
-                while self._in_flight and (len(self._in_flight) >= PIPELINE_DEPTH
-                                           or self._in_flight[0].acks.done()
-                                           or not self._overlaps()):
-                    self._finish(self._in_flight.popleft())
+                if not records:
+                    continue
+                acks = self._write(records)
+                if acks is None:
+                    return  # stopping with an unstored batch: leave it uncommitted
+                self._per_message = max(1.0, len(acks) / len(records))
+                self._inserts += 1
+                _crash_after_insert_hook(self._inserts)
+                self._commit(records)
+                # events stored (or already stored, redelivered); dead letters apart
+                stored = sum(1 for a in acks if a.accepted and a.index >= 0)
+                self.stored += stored
+                self.dead_lettered += sum(1 for a in acks if not a.accepted)
+                if self.on_batch is not None:
+                    self.on_batch(stored)
         finally:
-            try:
-                self._settle()
-            finally:
-                pool.shutdown(wait=True)
-                self._commit_stored(set(self._stored_next))  # stored, before leaving
-                self._consumer.close()
-
-    def _overlaps(self) -> bool:
-        """Whether the next batch may be stored beside the one in flight: not until a stored
-        batch told how many events a message holds (a bundle carries many, and the next
-        batch is sized by it), nor for large events."""
-        return bool(self._inserts) and (
-            self._message_bytes / self._per_message <= PIPELINE_EVENT_BYTES)
-
-    def _finish(self, batch: _InFlight, skip: frozenset[int] = frozenset()) -> None:
-        """Wait for a batch's store, then commit its offsets (but `skip`'s partitions)."""
-        try:
-            acks = batch.acks.result()
-        except BaseException:
-            self._unstored = True  # a failed batch: no later one may be committed past it
-            raise
-        if acks is None or self._unstored:
-            # stopping with an unstored batch: it and every later one stay uncommitted
-            self._unstored = True
-            return
-        self._per_message = max(1.0, len(acks) / len(batch.records))
-        self._inserts += 1
-        _crash_after_insert_hook(self._inserts)
-        self._commit(batch.records, skip)
-        # events stored (or already stored, redelivered); dead letters apart
-        stored = sum(1 for a in acks if a.accepted and a.index >= 0)
-        self.stored += stored
-        self.dead_lettered += sum(1 for a in acks if not a.accepted)
-        if self.on_batch is not None:
-            self.on_batch(stored)
-
-    def _settle(self, skip: frozenset[int] = frozenset()) -> None:
-        """Finish every batch in flight, in order (before a rebalance or leaving)."""
-        while self._in_flight:
-            self._finish(self._in_flight.popleft(), skip)
+            self._commit_stored(set(self._stored_next))  # what was stored, before leaving
+            self._consumer.close()
 
     def _records(self, messages: list[Message]) -> list[Record]:
         records = []
@@ -274,15 +214,12 @@ class KafkaRunner:
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, 10.0)
 
-    def _commit(self, records: list[Record], skip: frozenset[int] = frozenset()) -> None:
+    def _commit(self, records: list[Record]) -> None:
         """Send the stored batch's offsets (asynchronously: the answer comes to _on_commit
-        in a later consume); `skip`: partitions no longer this member's."""
+        in a later consume)."""
         last: dict[int, int] = {}
         for r in records:
-            if r.partition not in skip:
-                last[r.partition] = max(last.get(r.partition, -1), r.offset)
-        if not last:
-            return
+            last[r.partition] = max(last.get(r.partition, -1), r.offset)
         for p, o in last.items():
             self._stored_next[p] = max(self._stored_next.get(p, 0), o + 1)
         offsets = [TopicPartition(self.topic, p, o + 1) for p, o in sorted(last.items())]
@@ -307,11 +244,10 @@ class KafkaRunner:
         if err is not None:  # stored, not committed: redelivered (and absorbed) at worst
             log.warning("offset commit failed (%s); the batch will be redelivered", err.str())
 
-    # The revoke and lost callbacks run inside consume(): each first settles the batches in
-    # flight (waits for their stores and commits them), and a revoke commits the revoked
-    # partitions' offsets synchronously, so nothing stored-but-uncommitted changes hands.
-    # Cooperative: `partitions` are just those added or taken away (the rest stay
-    # assigned); eager: the whole assignment each time.
+    # The rebalance callbacks run inside consume(), between batches: every batch before was
+    # stored, and a revoke commits the revoked partitions' offsets first, so nothing
+    # stored-but-uncommitted changes hands. Cooperative: `partitions` are just those added
+    # or taken away (the rest stay assigned); eager: the whole assignment each time.
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self.cooperative:
@@ -322,7 +258,6 @@ class KafkaRunner:
         log.info("assigned partitions %s", sorted(p.partition for p in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._settle()
         self._commit_stored({p.partition for p in partitions})
         self._forget(partitions)
         if self.cooperative:
@@ -339,9 +274,6 @@ class KafkaRunner:
         absorbs."""
         log.warning("lost partitions %s (session expired)",
                     sorted(p.partition for p in partitions))
-        # stored, but no longer ours to commit: a late commit could move another member's
-        # offset back
-        self._settle(skip=frozenset(p.partition for p in partitions))
         self._forget(partitions)  # not committed: no longer this member's to commit
         self._on_revoke(consumer, partitions)
 

@@ -129,7 +129,7 @@ def serve(data_dir: Path | None, dsn: str | None, listen: str | None,
     _freeze_startup_heap()
     _wait_for_signal()
     if member is not None:
-        member.stop()  # the batches in hand stored and committed, the group left
+        member.stop()  # the batch in hand stored and committed, the group left
     server.stop(grace=5).wait()
     if witness is not None:
         witness.stop()  # a last checkpoint of the heads as serve leaves them
