@@ -50,6 +50,8 @@ _OPEN_EMBEDDED: weakref.WeakSet[Store] = weakref.WeakSet()
 @atexit.register
 def _close_open_stores() -> None:
     for store in list(_OPEN_EMBEDDED):
+        if store._owner_pid != os.getpid():
+            continue  # a forked child's copy: closing it would release its parent's lock
         try:
             store.close()
         except Exception:  # noqa: BLE001 - exiting anyway; one store's error skips no other
@@ -184,6 +186,7 @@ class Store:
             assert self.dsn.path is not None
             self._lock = _DirLock(self.dsn.path)
         self._closed = False
+        self._owner_pid = os.getpid()
         try:
             self._client = self._connect()
         except BaseException:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,24 @@ def test_an_embedded_store_left_open_is_closed_at_exit(tmp_path: Path) -> None:
     _DirLock(tmp_path / "a").release()  # the lock is free: the store was closed
     left_open.close()  # closing again does nothing
     closed.close()
+
+
+def test_a_forked_child_leaving_does_not_close_its_parents_store(tmp_path: Path) -> None:
+    """The exit hook closes only stores this process opened: a forked child's copy shares
+    the parent's directory lock (flock), and closing it would release the parent's; closing
+    the engine's connections in the child hung its exit."""
+    store = Store(f"chdb://{tmp_path / 'a'}")
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child runs the exit hook, as its exit would
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler
+            signal.alarm(20)  # a hung hook ends the child by SIGALRM, not the test run
+            store_module._close_open_stores()
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0  # the hook returned at once
+        with pytest.raises(DataDirLocked):
+            _DirLock(tmp_path / "a")  # still held by this process's store
+        assert store.query("SELECT 1") == [(1,)]
+    finally:
+        store.close()
