@@ -39,25 +39,25 @@ from headwater.stream_processors.retention import (
 )
 
 LOCK_NAME = ".headwater.lock"
+WRITERS = 2  # insert_all's writers beside the store's own
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 # Embedded stores still open when the interpreter exits. chDB's engine is torn down with the
 # process; a connection (or writer) it still had then crashed the exit with SIGSEGV about
 # half the time (a script that served and queried, then ended without close()), so they
-# are closed first, at exit, as close() would.
+# are closed first, at exit, as close() would. A forked child starts with none: its copies
+# share the parent's directory lock (flock), and closing them hung the child's exit.
 _OPEN_EMBEDDED: weakref.WeakSet[Store] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_OPEN_EMBEDDED.clear)
 
 
 @atexit.register
 def _close_open_stores() -> None:
     for store in list(_OPEN_EMBEDDED):
-        if store._owner_pid != os.getpid():
-            continue  # a forked child's copy: closing it would release its parent's lock
         try:
             store.close()
         except Exception:  # noqa: BLE001 - exiting anyway; one store's error skips no other
             pass
-WRITERS = 2  # insert_all's writers beside the store's own
-_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,6 @@ class Store:
             assert self.dsn.path is not None
             self._lock = _DirLock(self.dsn.path)
         self._closed = False
-        self._owner_pid = os.getpid()
         try:
             self._client = self._connect()
         except BaseException:
