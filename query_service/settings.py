@@ -52,8 +52,9 @@ class Settings(BaseSettings):
     kafka_compression: Literal["zstd", "lz4", "snappy", "gzip", "none"] = Field(
         "zstd", description="codec of the service's own Kafka producer (serve's control "
         "events); trainers pass KafkaTransport(compression=...)")
-    batch_size: int = Field(8000, gt=0, description="most events per Kafka batch (one "
-                            "insert per table); fewer where 32 MiB is reached first")
+    batch_size: int = Field(256, gt=0, description="most Kafka messages per batch (one "
+                            "insert per table); a bundle message counts once, whatever "
+                            "events it carries")
     batch_within: float = Field(0.5, gt=0)
     otlp_endpoint: str | None = Field(None, description="OTLP/gRPC collector; the standard "
                                       "OTEL_* variables work too (docs/operations.md)")

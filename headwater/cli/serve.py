@@ -236,7 +236,8 @@ def query_service(dsn: str | None, listen: str | None, kafka_bootstrap: str | No
 @click.command()
 @dsn_option
 @group_options
-@click.option("--batch-size", type=int, default=None, help="Events per ClickHouse insert")
+@click.option("--batch-size", type=int, default=None, help="Most Kafka messages per ClickHouse "
+              "insert (a bundle of events counts once) [HEADWATER_BATCH_SIZE, 256]")
 def process(dsn: str | None, kafka_bootstrap: str | None, topic: str | None,
             group: str | None, partitions: int | None, batch_size: int | None) -> None:
     """Distributed mode: consume events from Kafka into ClickHouse (a consumer group)."""

@@ -304,6 +304,61 @@ def test_processor_killed_between_insert_and_commit_stores_the_batch_once(
 
 
 @pytest.mark.kafka
+def test_processor_store_failing_commits_nothing_unstored(broker: Broker,
+                                                          tmp_path: Path) -> None:
+    """The store fails (disk full, injected at Store.insert): the runner retries and commits
+    nothing it did not store; once the store recovers it goes on by itself. Failing again,
+    then stopped (SIGTERM) mid-retry: it exits 75 before faust could acknowledge the batch,
+    nothing of it committed, and a restart stores every event once."""
+    topic, group = f"hw-full-{_uid()}", f"g-{_uid()}"
+    broker.create_topic(topic)
+    dsn = f"chdb://{tmp_path / 'clickhouse'}"
+    flag = tmp_path / "disk-full"
+    flag.write_text("Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space. "
+                    "(NOT_ENOUGH_SPACE)")
+    transport = KafkaTransport(broker.bootstrap, topic, bundle_events=4, bundle_linger=60.0)
+    pub = Publisher(transport, run_id=f"run-{_uid()}")
+    events = _publish_all(pub, workload(_uid(), rows=64, batch=8))
+    pub.flush()
+    env = {"HEADWATER_TEST_FAIL_INSERTS": str(flag), **_QUICK_GROUP}
+
+    def retries(proc: _Processor) -> int:
+        return "".join(proc.lines).count("store write failed")
+
+    def failing(proc: _Processor, times: int) -> None:
+        deadline = time.monotonic() + 60
+        while retries(proc) < times:
+            assert time.monotonic() < deadline, proc.output
+            assert proc.proc.poll() is None, proc.output
+            time.sleep(0.2)
+
+    proc = _Processor(broker.bootstrap, topic, group, dsn, env=env)
+    try:
+        failing(proc, 2)
+        assert sum(_committed(broker.bootstrap, topic, group).values()) == 0
+        flag.unlink()  # space freed: the batch in hand is stored, then the rest
+        proc.caught_up(transport.messages_delivered)
+        first = sum(_committed(broker.bootstrap, topic, group).values())
+        flag.write_text("Code: 243. DB::Exception: not enough space. (NOT_ENOUGH_SPACE)")
+        events += _publish_all(pub, workload(_uid(), rows=64, batch=8))
+        pub.flush()
+        failing(proc, 2 + retries(proc))
+    finally:
+        stop(proc.proc, timeout=30)
+    assert proc.proc.returncode == 75, proc.output
+    assert "not committing them" in proc.output
+    assert sum(_committed(broker.bootstrap, topic, group).values()) == first
+    flag.unlink()
+    again = _Processor(broker.bootstrap, topic, group, dsn, env=_QUICK_GROUP)
+    try:
+        again.caught_up(transport.messages_delivered)
+    finally:
+        again.stop()
+        pub.close()
+    assert_recovered(dsn, [e.event_id for e in events])
+
+
+@pytest.mark.kafka
 def test_broker_restarted_mid_stream_loses_nothing_acknowledged(
     own_broker: Broker, tmp_path: Path
 ) -> None:
