@@ -184,9 +184,10 @@ class KafkaRunner:
                                   headers=_headers(e.message.headers),
                                   key=e.message.key or b"")
                            for e in events]
-                # Shielded: a cancelled agent (the app stopping) still finishes this batch;
-                # take_events would acknowledge it on the way out.
-                acks = await asyncio.shield(loop.run_in_executor(None, self._write, records))
+                # Synchronous, on the app's loop: no cancellation (the app stopping) can cut
+                # in before the batch is stored, which take_events would then acknowledge
+                # on the way out; the consumer's heartbeats run on a thread of their own.
+                acks = self._write(records)
                 self._inserts += 1
                 _crash_after_insert_hook(self._inserts)
                 for e in events:

@@ -44,6 +44,7 @@ from support.k8s_manifests import (
 from support.tools import kubectl
 
 from conftest import REPO
+from headwater.stream_processors import faust_config
 
 NAMESPACE = "headwater"
 STRIMZI = K8S / "operators" / "strimzi"
@@ -487,6 +488,9 @@ def test_tls_everywhere_with_certificates_from_cert_manager(overlay: str) -> Non
                 assert kc["security.protocol"] == "SASL_SSL"
                 assert kc["sasl.mechanisms"] == "SCRAM-SHA-512"
                 assert ca_file(kc["ssl.ca.location"]) == cert_ref["secretName"]
+                # the faust runner's consumer takes every key (the CA file is the pod's)
+                assert set(kc) <= set(faust_config.SUPPORTED), set(kc) - set(
+                    faust_config.SUPPORTED)
 
 
 def test_clickhouse_connect_reads_the_dsn_as_https_with_its_ca(monkeypatch) -> None:
