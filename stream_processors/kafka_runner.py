@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -138,9 +140,12 @@ class KafkaRunner:
         if self.stop_event.is_set():
             return
         s = self.settings
+        # faust keeps an app directory (for tables; this app has none) that it would make in
+        # the working directory, read-only in the Kubernetes pods: a private temporary one
+        datadir = tempfile.mkdtemp(prefix="headwater-faust-")
         app = faust.App(
             self.group, broker=f"kafka://{self.bootstrap}", loop=loop,
-            store="memory://", web_enabled=False, topic_disable_leader=True,
+            datadir=datadir, store="memory://", web_enabled=False, topic_disable_leader=True,
             autodiscover=False, consumer_auto_offset_reset="earliest",
             broker_session_timeout=s.session_timeout,
             broker_heartbeat_interval=s.heartbeat_interval,
@@ -169,11 +174,26 @@ class KafkaRunner:
         app.on_partitions_assigned.connect(cast(Any, assigned))
         app.on_partitions_revoked.connect(cast(Any, revoked))
 
-        await app.start()
         try:
-            await self._stopping.wait()
+            await app.start()
+            await self._until_stopped_or_crashed(app)
         finally:
             await app.stop()
+            shutil.rmtree(datadir, ignore_errors=True)
+
+    async def _until_stopped_or_crashed(self, app: Any) -> None:
+        """Until `stop`; HeadwaterError when faust's app or consumer crashed (a fatal Kafka
+        error: the member would otherwise stay up consuming nothing)."""
+        assert self._stopping is not None
+        while not self._stopping.is_set():
+            for service in (app, app.consumer):
+                if service.crashed:
+                    raise HeadwaterError(f"the Kafka consumer stopped: "
+                                         f"{service.crash_reason!r}")
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=0.5)
+            except asyncio.TimeoutError:
+                pass
 
     def _agent(self, app: Any, loop: asyncio.AbstractEventLoop
                ) -> Callable[[Any], Any]:

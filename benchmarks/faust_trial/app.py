@@ -2,9 +2,9 @@
 
     python app.py BOOTSTRAP TOPIC GROUP DSN BATCH [raise-on-batch N] [guard]
 
-The issue-18 trial of faust-streaming (docs/design-decisions.md), not a runner of the
-project: it needs `pip install faust-streaming==0.15.3` (and cramjam for zstd topics), which
-the project does not depend on. BATCH counts Kafka messages; a message carrying the
+The issue-18 trial of faust-streaming (docs/design-decisions.md), kept as the evidence of
+faust's own `take_events` losing data; the project's runner is stream_processors/
+kafka_runner.py (faust-streaming and cramjam are now dependencies). BATCH counts Kafka messages; a message carrying the
 `headwater-bundle` header holds many events, which EventSink.ingest expands (so the
 headers and key are passed on, as the confluent loop passes them).
 

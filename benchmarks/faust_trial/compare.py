@@ -6,10 +6,10 @@ per run and RESULTS at the end (docs/design-decisions.md has the figures).
     FAUST_PYTHON=/path/to/python-with-faust python compare.py [EVENTS] [REPS]
         [--bundles on|off|both] [--codec zstd|none] [--no-failure-tests] [--only-failure]
 
-FAUST_PYTHON: an interpreter with faust-streaming 0.15.3 (and cramjam, for zstd) installed
-that also imports headwater (e.g. a venv whose .pth runs
-`site.addsitedir('<this project>/.venv/lib/python3.11/site-packages')`). Not a project
-benchmark: the trial of issue 18.
+FAUST_PYTHON: an interpreter with faust-streaming 0.15.3 and cramjam (the project's own
+venv has both now). Not a project benchmark: the trial of issue 18, from before the runner
+moved to faust (its "confluent" side is now that runner; the retired loop is in git
+history, docs/design-decisions.md).
 
 Rates count events, not messages: after filling a topic the script reads it back once and
 notes how many events each message carries (1, or a bundle's EventBatch length), so the
