@@ -75,8 +75,11 @@ def test_trainer_and_server_spans_join_one_trace_and_metrics_scrape(
         step = json.loads(done.stdout.strip().splitlines()[-1])
 
         def joined(spans: list) -> bool:
-            return any(s.service == "serve-under-test" and s.name == "headwater.process.batch"
-                       and s.trace_id == step["trace"] for s in spans)
+            # both server spans: the batch span (the child) ends, and may be exported, a
+            # schedule delay before the call's span that holds it
+            return {"headwater.process.batch", "headwater.v1.Ingest/PublishBatch"} <= {
+                s.name for s in spans
+                if s.service == "serve-under-test" and s.trace_id == step["trace"]}
 
         spans = receiver.wait_for(joined)
         in_trace = [s for s in spans if s.trace_id == step["trace"]]
