@@ -4,9 +4,10 @@
 
 The issue-18 trial of faust-streaming (docs/design-decisions.md), kept as the evidence of
 faust's own `take_events` losing data; the project's runner is stream_processors/
-kafka_runner.py (faust-streaming and cramjam are now dependencies). BATCH counts Kafka messages; a message carrying the
-`headwater-bundle` header holds many events, which EventSink.ingest expands (so the
-headers and key are passed on, as the confluent loop passes them).
+kafka_runner.py (faust-streaming and cramjam are now dependencies). BATCH counts Kafka
+messages; a message carrying the `headwater-bundle` header holds many events, which
+EventSink.ingest expands (so the headers and key are passed on, as the confluent loop
+passed them).
 
 `raise-on-batch N`: the sink raises StoreError on the Nth batch (a store outage). Without
 `guard` the error propagates out of the agent's loop (faust's own behaviour is on trial);
