@@ -41,6 +41,7 @@ from headwater.stream_processors.sink import EventSink
 
 log = logging.getLogger("headwater.process")
 
+
 def check_reachable(bootstrap: str, config: dict[str, Any], timeout: float = 10.0) -> None:
     """Raise HeadwaterError in one line unless a broker answers within `timeout`.
 
@@ -121,16 +122,11 @@ class KafkaRunner:
         self.assigned: set[int] = set()
         self._inserts = 0
         self._per_message = 1.0  # events per message (a bundle: many), the batch before
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="headwater-store")
-        self._stopping: asyncio.Event | None = None
 
     def stop(self) -> None:
         """Finish the batch in hand (store + commit), then leave the group."""
         self.stop_event.set()
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None:
-            loop.call_soon_threadsafe(stopping.set)
 
     def run(self) -> None:
         """Run the member on an event loop of this thread until `stop`."""
@@ -143,7 +139,6 @@ class KafkaRunner:
     async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
         import faust
 
-        self._loop, self._stopping = loop, asyncio.Event()
         if self.stop_event.is_set():
             return
         s = self.settings
@@ -190,22 +185,17 @@ class KafkaRunner:
             shutil.rmtree(datadir, ignore_errors=True)
 
     async def _until_stopped_or_crashed(self, app: Any) -> None:
-        """Until `stop`; HeadwaterError when faust's app or consumer crashed (a fatal Kafka
-        error: the member would otherwise stay up consuming nothing)."""
-        assert self._stopping is not None
-        while not self._stopping.is_set():
+        """Until `stop` (polled: it is set from a signal handler or another thread);
+        HeadwaterError when faust's app or consumer crashed (a fatal Kafka error: the member
+        would otherwise stay up consuming nothing)."""
+        while not self.stop_event.is_set():
             for service in (app, app.consumer):
                 if service.crashed:
                     raise HeadwaterError(f"the Kafka consumer stopped: "
                                          f"{service.crash_reason!r}")
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=0.5)
-            except asyncio.TimeoutError:
-                pass
+            await asyncio.sleep(0.1)
 
     def _agent(self, app: Any) -> Callable[[Any], Any]:
-        store_thread = self._store_thread
-
         async def store_batches(stream: Any) -> None:
             async for events in stream.take_events(self.batch_size, within=self.within):
                 records = [Record(value=e.message.value or b"", topic=e.message.topic,
@@ -215,7 +205,7 @@ class KafkaRunner:
                            for e in events]
                 # Stored on a thread of its own, so faust goes on handing over messages
                 # meanwhile (trainer events: ~1.4x the rows/s of storing on the loop).
-                writing = store_thread.submit(self._write, records)
+                writing = self._store_thread.submit(self._write, records)
                 try:
                     acks = await asyncio.shield(asyncio.wrap_future(writing))
                 except asyncio.CancelledError:

@@ -22,7 +22,6 @@ def _service(crashed: bool = False, reason: BaseException | None = None) -> Simp
 
 
 async def _wait(runner: KafkaRunner, app: SimpleNamespace, crash_after: float | None) -> None:
-    runner._stopping = asyncio.Event()
     if crash_after is not None:
         async def crash() -> None:
             await asyncio.sleep(crash_after)
@@ -48,7 +47,6 @@ def test_a_stop_ends_the_wait_without_error() -> None:
     app = SimpleNamespace(crashed=False, crash_reason=None, consumer=_service())
 
     async def main() -> None:
-        runner._loop, runner._stopping = asyncio.get_running_loop(), asyncio.Event()
         threading.Timer(0.2, runner.stop).start()  # from another thread, as signals do
         await runner._until_stopped_or_crashed(app)
 
